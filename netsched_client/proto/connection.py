@@ -1,0 +1,73 @@
+"""aioquic's `QuicConnection` extended with NetSched's transport parameters.
+
+The client announces its connection-wide SLO defaults in transport parameter
+`SLO_TRANSPORT_PARAMETER`; the server reads them. aioquic keeps its parameter
+table in a module global, so instead of mutating it we append our parameter
+after aioquic serializes its own and scan for it after aioquic parses.
+Later protocol extensions (multipath, FEC) hang off this class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
+from aioquic.quic.connection import QuicConnection, QuicConnectionError
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+
+from ..errors import SLOError
+from .slo import SLO, SLO_TRANSPORT_PARAMETER, decode_slo, encode_slo
+
+
+def find_transport_parameter(data: bytes, param_id: int) -> bytes | None:
+    """The value of `param_id` in an encoded transport parameter list, if present."""
+    buf = Buffer(data=data)
+    try:
+        while not buf.eof():
+            pid = buf.pull_uint_var()
+            value = buf.pull_bytes(buf.pull_uint_var())
+            if pid == param_id:
+                return value
+    except BufferReadError:
+        return None
+    return None
+
+
+def encode_transport_parameter(param_id: int, value: bytes) -> bytes:
+    return encode_uint_var(param_id) + encode_uint_var(len(value)) + value
+
+
+class NetSchedConnection(QuicConnection):
+    """A QUIC connection that carries NetSched's SLO transport parameter.
+
+    `local_slo` (client only) is sent to the peer; `peer_slo` holds what the
+    peer sent, or None for a plain QUIC peer.
+    """
+
+    def __init__(self, *args: Any, local_slo: SLO | None = None, **kwargs: Any) -> None:
+        self._local_slo = local_slo
+        self.peer_slo: SLO | None = None
+        super().__init__(*args, **kwargs)
+
+    def _serialize_transport_parameters(self) -> bytes:
+        data: bytes = super()._serialize_transport_parameters()
+        if self._local_slo is not None:
+            data += encode_transport_parameter(SLO_TRANSPORT_PARAMETER, encode_slo(self._local_slo))
+        return data
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        if from_session_ticket:
+            # Connection defaults are announced afresh by every handshake.
+            return
+        value = find_transport_parameter(data, SLO_TRANSPORT_PARAMETER)
+        if value is None:
+            return
+        try:
+            self.peer_slo = decode_slo(value)
+        except SLOError as exc:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.TRANSPORT_PARAMETER_ERROR,
+                frame_type=QuicFrameType.CRYPTO,
+                reason_phrase=f"SLO transport parameter: {exc}",
+            ) from exc

@@ -1,0 +1,229 @@
+"""UDP endpoints that host sans-IO QUIC connections.
+
+`ServerEndpoint` routes datagrams to connections by destination connection ID
+and creates a connection for each new client Initial; `open_client_endpoint`
+binds one socket for one outgoing connection. Both send a connection's flush
+as one batch through `UdpSender.send_batch` (plain `sendto` today; the
+batched Cython I/O replaces exactly that method).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.events import ConnectionIdIssued, ConnectionIdRetired, ConnectionTerminated
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
+
+from .driver import ConnectionDriver, Datagram
+
+log = logging.getLogger("netsched.endpoint")
+
+ConnectionFactory = Callable[..., QuicConnection]
+
+
+class UdpSender(asyncio.DatagramProtocol):
+    """Owns the datagram transport and sends batches through it."""
+
+    transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def send_batch(self, datagrams: list[Datagram]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data, addr in datagrams:
+            transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def local_address(self) -> NetworkAddress:
+        assert self.transport is not None
+        return cast(NetworkAddress, self.transport.get_extra_info("sockname"))
+
+
+class ServerEndpoint(UdpSender):
+    """Accepts QUIC connections on one UDP socket."""
+
+    def __init__(
+        self,
+        configuration: QuicConfiguration,
+        on_connection: Callable[[ConnectionDriver], None],
+        *,
+        connection_factory: ConnectionFactory = QuicConnection,
+        retry: bool = False,
+        max_connections: int = 10_000,
+    ) -> None:
+        self._configuration = configuration
+        self._on_connection = on_connection
+        self._factory = connection_factory
+        self._retry = QuicRetryTokenHandler() if retry else None
+        self._max_connections = max_connections
+        self._routes: dict[bytes, ConnectionDriver] = {}
+        self._drivers: set[ConnectionDriver] = set()
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def connections(self) -> frozenset[ConnectionDriver]:
+        return frozenset(self._drivers)
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:  # type: ignore[override]
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length
+            )
+        except ValueError:
+            return  # not QUIC, or mangled beyond parsing: drop
+        driver = self._routes.get(header.destination_cid)
+        if driver is not None:
+            driver.datagram_received(data, addr)
+            return
+        if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
+            return  # never answer a VN with a VN (reflection loops)
+        if header.version is not None and header.version not in self._configuration.supported_versions:
+            self._send(
+                encode_quic_version_negotiation(
+                    source_cid=header.destination_cid,
+                    destination_cid=header.source_cid,
+                    supported_versions=self._configuration.supported_versions,
+                ),
+                addr,
+            )
+            return
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return
+        if len(self._drivers) >= self._max_connections:
+            log.warning("connection limit %d reached: dropping Initial", self._max_connections)
+            return
+        self._accept(data, addr, header.destination_cid, header.source_cid, header.token,
+                     header.version)
+
+    def _accept(
+        self, data: bytes, addr: NetworkAddress, dcid: bytes, scid: bytes, token: bytes,
+        version: int | None,
+    ) -> None:
+        original_dcid: bytes | None = dcid
+        retry_scid: bytes | None = None
+        if self._retry is not None:
+            if not token:
+                self._send_retry(addr, dcid, scid, version)
+                return
+            try:
+                original_dcid = self._retry.validate_token(
+                    address=addr, destination_cid=dcid, token=token, now=self._loop.time()
+                )
+            except ValueError:
+                return  # forged or stale token: drop (RFC 9000 §8.1.3 allows it)
+            retry_scid = dcid
+        quic = self._factory(
+            configuration=self._configuration,
+            original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_scid,
+        )
+        driver = ConnectionDriver(quic, self.send_batch, self._loop)
+        driver.add_event_handler(lambda event: self._on_event(driver, event))
+        self._drivers.add(driver)
+        self._routes[dcid] = driver
+        self._routes[quic.host_cid] = driver
+        self._on_connection(driver)
+        driver.datagram_received(data, addr)
+
+    def _send_retry(self, addr: NetworkAddress, dcid: bytes, scid: bytes, version: int | None) -> None:
+        assert self._retry is not None and version is not None
+        source_cid = os.urandom(8)
+        token = self._retry.create_token(
+            address=addr,
+            original_destination_connection_id=dcid,
+            retry_source_connection_id=source_cid,
+            now=self._loop.time(),
+        )
+        self._send(
+            encode_quic_retry(
+                version=version,
+                source_cid=source_cid,
+                destination_cid=scid,
+                original_destination_cid=dcid,
+                retry_token=token,
+            ),
+            addr,
+        )
+
+    def _on_event(self, driver: ConnectionDriver, event: object) -> None:
+        if isinstance(event, ConnectionIdIssued):
+            self._routes[event.connection_id] = driver
+        elif isinstance(event, ConnectionIdRetired):
+            self._routes.pop(event.connection_id, None)
+        elif isinstance(event, ConnectionTerminated):
+            self._drivers.discard(driver)
+            for cid in [cid for cid, d in self._routes.items() if d is driver]:
+                del self._routes[cid]
+
+    def _send(self, data: bytes, addr: NetworkAddress) -> None:
+        self.send_batch([(data, addr)])
+
+    def close_all(self, error_code: int = 0, reason: str = "") -> None:
+        for driver in list(self._drivers):
+            driver.close(error_code, reason)
+
+
+class ClientEndpoint(UdpSender):
+    """One UDP socket carrying one outgoing connection."""
+
+    def __init__(self) -> None:
+        self.driver: ConnectionDriver | None = None
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:  # type: ignore[override]
+        if self.driver is not None:
+            self.driver.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable) are advisory in QUIC: loss recovery handles them.
+        log.debug("UDP error: %s", exc)
+
+
+async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, NetworkAddress]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    return family, cast(NetworkAddress, sockaddr)
+
+
+async def open_server_endpoint(
+    host: str, port: int, endpoint_factory: Callable[[], ServerEndpoint]
+) -> ServerEndpoint:
+    loop = asyncio.get_running_loop()
+    family, addr = await resolve(host, port)
+    _, protocol = await loop.create_datagram_endpoint(
+        endpoint_factory, local_addr=addr[:2], family=family
+    )
+    return protocol
+
+
+async def open_client_endpoint(
+    family: socket.AddressFamily, local_host: str | None = None, local_port: int = 0
+) -> ClientEndpoint:
+    loop = asyncio.get_running_loop()
+    if local_host is None:
+        local_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    _, protocol = await loop.create_datagram_endpoint(
+        ClientEndpoint, local_addr=(local_host, local_port), family=family
+    )
+    return protocol

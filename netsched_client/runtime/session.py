@@ -1,0 +1,415 @@
+"""The client SDK: `connect()`, `Session`, `Stream`, `Response`.
+
+A thin asyncio layer over the sans-IO protocol objects: `NetSchedProtocol`
+when the edge speaks `netsched/1`, `H3Protocol` when it only speaks HTTP/3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+
+from ..errors import ConnectionLost, DeadlineExceeded, NegotiationError, error_for_status
+from ..proto import h3 as h3proto
+from ..proto import session as native
+from ..proto.connection import NetSchedConnection
+from ..proto.events import (
+    BodyReceived,
+    DatagramReceived,
+    ProtocolEvent,
+    ResponseReceived,
+    StreamAborted,
+)
+from ..proto.framing import RequestHead, ResponseHead
+from ..proto.slo import SLO
+from .driver import ConnectionDriver
+from .endpoint import ClientEndpoint, open_client_endpoint, resolve
+
+DEFAULT_ALPNS = (native.ALPN, h3proto.ALPN)
+MAX_RESPONSE_BYTES = 64 << 20
+# Slack on top of a deadline before the client gives up by itself: the edge
+# answers 504 at the deadline, so this only fires when the edge is unreachable.
+DEADLINE_GRACE_S = 0.5
+# CRYPTO_ERROR carrying TLS alert no_application_protocol (RFC 9001 §4.8).
+NO_APPLICATION_PROTOCOL = 0x100 + 120
+CLOSE_WAIT_S = 1.0
+
+
+class _AppProtocol(Protocol):
+    def send_request(
+        self, head: RequestHead, body: bytes = ..., *, end_stream: bool = ...
+    ) -> int: ...
+    def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = ...) -> bool: ...
+    def send_datagram(self, service: str, payload: bytes) -> None: ...
+    def abort(self, stream_id: int, error_code: int = ...) -> None: ...
+    def forget(self, stream_id: int) -> None: ...
+    def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    backend: str | None
+    latency_ms: float  # request sent → last body byte, measured by the client
+    queue_ms: float | None = None
+    backend_ms: float | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+class Stream:
+    """One request stream: write the request body, read the response."""
+
+    def __init__(self, session: Session, stream_id: int) -> None:
+        self._session = session
+        self.stream_id = stream_id
+        self._head: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        self._chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self._buffer = b""
+        self._eof = False
+        self._write_closed = False
+
+    async def response(self) -> ResponseHead:
+        """The response head; raises the matching `RequestError` for a non-2xx status."""
+        head = await asyncio.shield(self._head)
+        if not 200 <= head.status < 300:
+            raise error_for_status(head.status, head.message or f"status {head.status}")
+        return head
+
+    async def write(self, data: bytes) -> None:
+        if self._write_closed:
+            raise RuntimeError("write after write_eof()")
+        self._session._send_body(self.stream_id, data, end_stream=False)
+        await asyncio.sleep(0)
+
+    def write_eof(self) -> None:
+        if not self._write_closed:
+            self._write_closed = True
+            self._session._send_body(self.stream_id, b"", end_stream=True)
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes of the response body (all of it for n < 0); b"" at the end."""
+        await self.response()
+        if n < 0:
+            parts = [self._buffer]
+            self._buffer = b""
+            while (chunk := await self._next_chunk()) is not None:
+                parts.append(chunk)
+            return b"".join(parts)
+        if not self._buffer:
+            chunk = await self._next_chunk()
+            if chunk is None:
+                return b""
+            self._buffer = chunk
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def abort(self) -> None:
+        self._session._abort(self.stream_id)
+        self._fail(ConnectionLost("stream aborted by the application"))
+
+    async def _next_chunk(self) -> bytes | None:
+        if self._eof:
+            return None
+        item = await self._chunks.get()
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        if item is None:
+            self._eof = True
+        return item
+
+    # -- fed by the session ------------------------------------------------
+
+    def _on_head(self, head: ResponseHead) -> None:
+        if not self._head.done():
+            self._head.set_result(head)
+
+    def _on_body(self, data: bytes, end: bool) -> None:
+        if data:
+            self._chunks.put_nowait(data)
+        if end:
+            self._chunks.put_nowait(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._head.done():
+            self._head.set_exception(exc)
+            self._head.exception()  # mark retrieved: the reader may never ask
+        self._chunks.put_nowait(exc)
+
+
+class Session:
+    """A connection to an edge. Use `connect()` to make one."""
+
+    def __init__(
+        self,
+        driver: ConnectionDriver,
+        endpoint: ClientEndpoint,
+        alpn: str,
+        default_slo: SLO | None,
+        authority: str,
+    ) -> None:
+        self._driver = driver
+        self._endpoint = endpoint
+        self.alpn = alpn
+        self.default_slo = default_slo
+        quic = driver.quic
+        self._proto: _AppProtocol = (
+            native.NetSchedProtocol(quic) if alpn == native.ALPN else h3proto.H3Protocol(quic, authority)
+        )
+        self._streams: dict[int, Stream] = {}
+        self._datagrams: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1024)
+        self._lost: ConnectionLost | None = None
+        driver.add_event_handler(self._on_quic_event)
+
+    # -- public API ----------------------------------------------------------
+
+    async def request(
+        self,
+        service: str,
+        payload: bytes = b"",
+        *,
+        slo: SLO | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Send one request and wait for the whole response.
+
+        Raises the `RequestError` subclass matching a non-2xx status, and
+        `DeadlineExceeded` when the request's deadline passes without an answer.
+        """
+        started = time.monotonic()
+        stream = self._open(service, payload, slo, meta, streaming=False)
+        deadline_ms = self._effective(slo).deadline_ms
+        try:
+            async with asyncio.timeout(None if deadline_ms is None else deadline_ms / 1000 + DEADLINE_GRACE_S):
+                head = await stream.response()
+                body = await self._read_limited(stream)
+        except TimeoutError:
+            stream.abort()
+            raise DeadlineExceeded(f"no response from the edge within {deadline_ms} ms") from None
+        return Response(
+            status=head.status,
+            body=body,
+            backend=head.backend,
+            latency_ms=(time.monotonic() - started) * 1000,
+            queue_ms=head.queue_ms,
+            backend_ms=head.backend_ms,
+            meta=head.meta,
+        )
+
+    async def open_stream(
+        self, service: str, *, slo: SLO | None = None, meta: Mapping[str, str] | None = None
+    ) -> Stream:
+        """Open a streaming request: `write()` / `write_eof()`, then `read()`."""
+        return self._open(service, b"", slo, meta, streaming=True)
+
+    def send_datagram(self, service: str, payload: bytes) -> None:
+        self._check_open()
+        self._proto.send_datagram(service, payload)
+        self._driver.schedule_transmit()
+
+    async def receive_datagram(self) -> tuple[str, bytes]:
+        """The next (service, payload) datagram from the edge."""
+        self._check_open()
+        return await self._datagrams.get()
+
+    async def close(self) -> None:
+        if self._lost is None:
+            self._driver.close(reason="session closed")
+        # The close frame is out; waiting for the drain period is a courtesy, bounded.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self._driver.closed.wait()
+        self._endpoint.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None
+
+    # -- internals -----------------------------------------------------------
+
+    def _effective(self, slo: SLO | None) -> SLO:
+        return (self.default_slo or SLO()).merged(slo)
+
+    def _open(
+        self,
+        service: str,
+        payload: bytes,
+        slo: SLO | None,
+        meta: Mapping[str, str] | None,
+        *,
+        streaming: bool,
+    ) -> Stream:
+        self._check_open()
+        head = RequestHead(service=service, slo=slo, streaming=streaming, meta=dict(meta or {}))
+        stream_id = self._proto.send_request(head, payload, end_stream=not streaming)
+        stream = self._streams[stream_id] = Stream(self, stream_id)
+        self._driver.schedule_transmit()
+        return stream
+
+    async def _read_limited(self, stream: Stream) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await stream.read(65536):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                stream.abort()
+                raise ValueError(f"response exceeds {MAX_RESPONSE_BYTES} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _send_body(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
+        self._check_open()
+        self._proto.send_body(stream_id, data, end_stream=end_stream)
+        self._driver.schedule_transmit()
+
+    def _abort(self, stream_id: int) -> None:
+        if self._lost is None:
+            self._proto.abort(stream_id)
+            self._driver.schedule_transmit()
+        self._streams.pop(stream_id, None)
+
+    def _check_open(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def _on_quic_event(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self._on_terminated(event)
+            return
+        for pevent in self._proto.handle_event(event):
+            self._dispatch(pevent)
+
+    def _dispatch(self, event: ProtocolEvent) -> None:
+        if isinstance(event, DatagramReceived):
+            if not self._datagrams.full():
+                self._datagrams.put_nowait((event.service, event.payload))
+            return
+        if not isinstance(event, ResponseReceived | BodyReceived | StreamAborted):
+            return
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            return
+        if isinstance(event, ResponseReceived):
+            stream._on_head(event.head)
+        elif isinstance(event, BodyReceived):
+            stream._on_body(event.data, event.end_stream)
+            if event.end_stream:
+                self._streams.pop(event.stream_id, None)
+                self._proto.forget(event.stream_id)
+        else:
+            stream._fail(ConnectionLost(f"stream {event.stream_id} aborted: {event.reason}"))
+            self._streams.pop(event.stream_id, None)
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        reason = event.reason_phrase or f"error code {event.error_code:#x}"
+        self._lost = ConnectionLost(f"connection closed: {reason}")
+        for stream in self._streams.values():
+            stream._fail(self._lost)
+        self._streams.clear()
+
+
+def client_configuration(
+    server_name: str,
+    alpns: tuple[str, ...] = DEFAULT_ALPNS,
+    *,
+    ca_file: str | None = None,
+    verify: bool = True,
+    idle_timeout: float = 30.0,
+) -> QuicConfiguration:
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=list(alpns),
+        server_name=server_name,
+        idle_timeout=idle_timeout,
+        max_datagram_frame_size=65536,
+    )
+    if not verify:
+        configuration.verify_mode = ssl.CERT_NONE
+    elif ca_file is not None:
+        configuration.load_verify_locations(ca_file)
+    return configuration
+
+
+async def open_session(
+    host: str,
+    port: int,
+    *,
+    slo: SLO | None = None,
+    configuration: QuicConfiguration | None = None,
+    ca_file: str | None = None,
+    verify: bool = True,
+    timeout: float = 10.0,
+) -> Session:
+    """Connect and complete the handshake; the caller closes the session."""
+    if configuration is None:
+        configuration = client_configuration(host, ca_file=ca_file, verify=verify)
+    family, addr = await resolve(host, port)
+    endpoint = await open_client_endpoint(family)
+    quic = NetSchedConnection(configuration=configuration, local_slo=slo)
+    driver = ConnectionDriver(quic, endpoint.send_batch)
+    endpoint.driver = driver
+    handshake: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+    def on_handshake(event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted) and not handshake.done():
+            handshake.set_result(event.alpn_protocol)
+        elif isinstance(event, ConnectionTerminated) and not handshake.done():
+            reason = event.reason_phrase or "no reason given"
+            exc = ConnectionLost(f"handshake failed: {reason} (error code {event.error_code:#x})")
+            exc.error_code = event.error_code
+            handshake.set_exception(exc)
+
+    driver.add_event_handler(on_handshake)
+    quic.connect(addr, now=asyncio.get_running_loop().time())
+    driver.transmit()
+    try:
+        async with asyncio.timeout(timeout):
+            alpn = await handshake
+    except TimeoutError:
+        endpoint.close()
+        raise ConnectionLost(f"no handshake with {host}:{port} within {timeout} s") from None
+    except ConnectionLost as exc:
+        endpoint.close()
+        if exc.error_code == NO_APPLICATION_PROTOCOL:
+            raise NegotiationError(
+                f"{host}:{port} speaks none of {', '.join(configuration.alpn_protocols or [])}"
+            ) from None
+        raise
+    if alpn is None or alpn not in (configuration.alpn_protocols or []):
+        driver.close(reason="no common application protocol")
+        endpoint.close()
+        raise NegotiationError(f"{host}:{port} negotiated {alpn!r}")
+    authority = f"{host}:{port}"
+    return Session(driver, endpoint, alpn, slo, authority)
+
+
+@asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    *,
+    slo: SLO | None = None,
+    configuration: QuicConfiguration | None = None,
+    ca_file: str | None = None,
+    verify: bool = True,
+    timeout: float = 10.0,
+) -> AsyncIterator[Session]:
+    """`async with connect(host, port, slo=SLO(...)) as session:` — a session to an edge."""
+    session = await open_session(
+        host, port, slo=slo, configuration=configuration, ca_file=ca_file, verify=verify,
+        timeout=timeout,
+    )
+    try:
+        yield session
+    finally:
+        await session.close()

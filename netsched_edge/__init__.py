@@ -1,0 +1,1 @@
+"""NetSched edge: the SLO-aware QUIC scheduler that operators run."""

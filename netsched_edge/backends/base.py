@@ -1,0 +1,85 @@
+"""What every backend kind offers the edge's dispatcher.
+
+A backend turns one request (service, metadata, a body that may arrive in
+chunks) into one response (status, headers, a body that may leave in chunks).
+Unary requests are the one-chunk case of the same call, so that the dispatcher
+has a single code path for requests and streams.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+
+class BackendUnavailable(Exception):
+    """The backend could not be reached or broke before answering.
+
+    Raised only when no response byte has been passed to the caller, so an
+    idempotent request may be retried on another backend.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRequest:
+    service: str
+    # Request metadata: "method" and "path" for HTTP-like backends, free-form otherwise.
+    meta: Mapping[str, str] = field(default_factory=dict)
+    affinity: str | None = None
+    # Body length when known up front (unary requests); None for streams.
+    length: int | None = None
+
+
+@dataclass(slots=True)
+class BackendResponse:
+    status: int
+    body: AsyncIterator[bytes]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+async def iter_chunks(*chunks: bytes) -> AsyncIterator[bytes]:
+    """An async iterator over the given chunks (a unary body)."""
+    for chunk in chunks:
+        if chunk:
+            yield chunk
+
+
+async def collect(body: AsyncIterator[bytes], limit: int) -> bytes:
+    """Read a whole body, refusing one longer than `limit` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"body exceeds {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class Backend(ABC):
+    """One backend server of a service."""
+
+    kind: str = "abstract"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def exchange(
+        self, request: BackendRequest, body: AsyncIterator[bytes], timeout: float
+    ) -> BackendResponse:
+        """Send `request` with `body`; return once the response head is known.
+
+        Raises `BackendUnavailable` when nothing was received, and
+        `TimeoutError` when no response head came within `timeout` seconds.
+        The response body is read from the returned iterator; breaking out of
+        it early must release the backend connection.
+        """
+
+    @abstractmethod
+    async def check(self, timeout: float) -> bool:
+        """Active health check: True when the backend answers within `timeout`."""
+
+    async def close(self) -> None:
+        """Release pooled resources."""

@@ -1,0 +1,91 @@
+"""`netsched-edge`: run the edge from a config file, check a config, or run the demo.
+
+    netsched-edge --config edge.toml      serve until SIGINT/SIGTERM
+    netsched-edge check-config edge.toml  validate and exit (0 ok, 2 error)
+    netsched-edge demo [--duration 10]    self-contained demo with built-in backends
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from .config import ConfigError, EdgeConfig, load_config
+from .server import EdgeServer
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netsched-edge", description="Run the NetSched edge.")
+    parser.add_argument("--config", "-c", required=True, help="edge TOML config file")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netsched-edge demo", description="Run the built-in demo.")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of workload")
+    parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+async def _serve(config: EdgeConfig) -> None:
+    server = EdgeServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"netsched-edge listening on {config.host}:{server.port} (from {config.source})",
+          flush=True)
+    await stop.wait()
+    await server.close()
+
+
+def _load(path: str) -> EdgeConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"netsched-edge: config error: {exc}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["demo"]:
+        from .demo import run_demo
+
+        opts = _demo_parser().parse_args(args[1:])
+        _logging(opts.verbose)
+        return asyncio.run(run_demo(duration=opts.duration, rate=opts.rate, seed=opts.seed))
+    if args[:1] == ["check-config"]:
+        if len(args) != 2:
+            print("usage: netsched-edge check-config FILE", file=sys.stderr)
+            return 2
+        config = _load(args[1])
+        if config is None:
+            return 2
+        print(f"{args[1]}: ok ({len(config.services)} services)")
+        return 0
+    opts = _serve_parser().parse_args(args)
+    _logging(opts.verbose)
+    config = _load(opts.config)
+    if config is None:
+        return 2
+    asyncio.run(_serve(config))
+    return 0
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

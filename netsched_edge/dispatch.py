@@ -1,0 +1,231 @@
+"""From an incoming request to a backend response, under the request's SLO.
+
+The dispatcher is protocol-agnostic: the native, HTTP/3 and HTTP/0.9 fronts
+all hand it an `IncomingRequest` and stream back the `Outcome` it returns.
+Every failure becomes a response status, never silence: unknown service 404,
+no healthy backend or saturation 503, backend failure 502, deadline 504.
+Idempotent requests are retried on another backend after a connection-level
+failure (up to the service's `retries`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+from netsched_client.errors import DeadlineExceeded, NoBackend, Status
+from netsched_client.proto.framing import ResponseHead
+from netsched_client.proto.hq import SERVICE as WWW_SERVICE
+from netsched_client.proto.slo import SLO
+
+from .backends import make_backend
+from .backends.base import BackendRequest, BackendResponse, BackendUnavailable, collect, iter_chunks
+from .balancing.policy import BackendSlot
+from .config import BackendConfig, EdgeConfig, ServiceConfig
+from .metrics import EdgeMetrics
+from .pool import ServicePool
+
+log = logging.getLogger("netsched.edge.dispatch")
+
+
+@dataclass(slots=True)
+class IncomingRequest:
+    service: str
+    slo: SLO  # resolved: edge defaults < connection defaults < request
+    body: AsyncIterator[bytes]
+    received_at: float  # loop time
+    meta: Mapping[str, str] = field(default_factory=dict)
+    streaming: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    head: ResponseHead
+    body: AsyncIterator[bytes]
+
+
+def error_outcome(status: Status, message: str) -> Outcome:
+    return Outcome(ResponseHead(status=status, message=message), iter_chunks())
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        rng: random.Random | None = None,
+        metrics: EdgeMetrics | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or EdgeMetrics()
+        self._clock = clock or asyncio.get_running_loop().time
+        rng = rng or random.Random()
+        self.pools = {
+            svc.name: ServicePool(
+                svc,
+                {b.name: make_backend(b, svc.health) for b in svc.backends},
+                rng=rng,
+                queue_limit=config.max_queue,
+                clock=self._clock,
+            )
+            for svc in _services(config)
+        }
+
+    def start(self) -> None:
+        for pool in self.pools.values():
+            pool.start_health_checks()
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+
+    async def handle(self, request: IncomingRequest) -> Outcome:
+        outcome = await self._handle(request)
+        # Unknown names share one label: a peer must not grow our label set.
+        label = request.service if request.service in self.pools else "_unknown"
+        self.metrics.observe_response(label, outcome.head.status)
+        return outcome
+
+    async def _handle(self, request: IncomingRequest) -> Outcome:
+        pool = self.pools.get(request.service)
+        if pool is None:
+            return error_outcome(Status.NOT_FOUND, f"unknown service {request.service!r}")
+        deadline_at = self._deadline_at(request)
+        if deadline_at is not None and deadline_at <= self._clock():
+            return error_outcome(Status.DEADLINE_EXCEEDED, "deadline passed on arrival")
+        try:
+            if request.streaming:
+                return await self._stream(pool, request, deadline_at)
+            return await self._unary(pool, request, deadline_at)
+        except DeadlineExceeded as exc:
+            return error_outcome(Status.DEADLINE_EXCEEDED, str(exc))
+        except NoBackend as exc:
+            return error_outcome(Status.NO_BACKEND, str(exc))
+
+    def _deadline_at(self, request: IncomingRequest) -> float | None:
+        if request.slo.deadline_ms is None:
+            return None
+        return request.received_at + request.slo.deadline_ms / 1000
+
+    def _timeout(self, pool: ServicePool, deadline_at: float | None) -> float:
+        if deadline_at is None:
+            return pool.config.timeout_s
+        return max(0.0, min(pool.config.timeout_s, deadline_at - self._clock()))
+
+    def _backend_request(self, request: IncomingRequest, length: int | None) -> BackendRequest:
+        return BackendRequest(
+            service=request.service,
+            meta=dict(request.meta),
+            affinity=request.slo.affinity,
+            length=length,
+        )
+
+    async def _unary(
+        self, pool: ServicePool, request: IncomingRequest, deadline_at: float | None
+    ) -> Outcome:
+        try:
+            body = await collect(request.body, pool.config.max_body)
+        except ValueError as exc:
+            return error_outcome(Status.BAD_REQUEST, f"request {exc}")
+        breq = self._backend_request(request, len(body))
+        key = request.slo.affinity or request.service
+        attempts = 1 + (pool.config.retries if request.slo.idempotent else 0)
+        tried: set[str] = set()
+        failure = "no attempt made"
+        for _ in range(attempts):
+            queued_at = self._clock()
+            slot = await pool.acquire(key, request.slo.urgency or 0, deadline_at, tried)
+            queue_ms = (self._clock() - queued_at) * 1000
+            outcome, failure = await self._attempt(pool, slot, breq, body, deadline_at, queue_ms)
+            if outcome is not None:
+                return outcome
+            tried.add(slot.name)
+            self.metrics.retries.labels(request.service).inc()
+        return error_outcome(Status.BACKEND_ERROR, failure)
+
+    async def _attempt(
+        self,
+        pool: ServicePool,
+        slot: BackendSlot,
+        breq: BackendRequest,
+        body: bytes,
+        deadline_at: float | None,
+        queue_ms: float,
+    ) -> tuple[Outcome | None, str]:
+        """One try on one backend: (outcome, "") or (None, why) when another may be tried."""
+        backend = pool.backends[slot.name]
+        started = self._clock()
+        ok: bool | None = False
+        try:
+            response = await backend.exchange(breq, iter_chunks(body), self._timeout(pool, deadline_at))
+            data = await collect(response.body, pool.config.max_body)
+            ok = True
+        except BackendUnavailable as exc:
+            log.info("backend %s unavailable: %s", slot.name, exc)
+            return None, f"backend {slot.name} failed: {exc}"
+        except TimeoutError:
+            if deadline_at is not None and self._clock() >= deadline_at - 1e-3:
+                ok = None  # our deadline, not the backend's fault
+                return error_outcome(Status.DEADLINE_EXCEEDED, "deadline passed waiting for the backend"), ""
+            return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name} timed out"), ""
+        except ValueError as exc:
+            ok = None
+            return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name}: response {exc}"), ""
+        finally:
+            pool.release(slot, ok=ok)
+        backend_ms = (self._clock() - started) * 1000
+        self.metrics.observe_backend(breq.service, slot.name, backend_ms / 1000)
+        head = ResponseHead(
+            status=response.status,
+            backend=slot.name,
+            queue_ms=round(queue_ms, 3),
+            backend_ms=round(backend_ms, 3),
+        )
+        return Outcome(head, iter_chunks(data)), ""
+
+    async def _stream(
+        self, pool: ServicePool, request: IncomingRequest, deadline_at: float | None
+    ) -> Outcome:
+        key = request.slo.affinity or request.service
+        queued_at = self._clock()
+        slot = await pool.acquire(key, request.slo.urgency or 0, deadline_at, set())
+        queue_ms = (self._clock() - queued_at) * 1000
+        backend = pool.backends[slot.name]
+        try:
+            response = await backend.exchange(
+                self._backend_request(request, None), request.body, self._timeout(pool, deadline_at)
+            )
+        except (BackendUnavailable, TimeoutError) as exc:
+            pool.release(slot, ok=False)
+            return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name} failed: {exc!r}")
+        head = ResponseHead(status=response.status, backend=slot.name, queue_ms=round(queue_ms, 3))
+        return Outcome(head, _released(response, pool, slot))
+
+
+def _services(config: EdgeConfig) -> tuple[ServiceConfig, ...]:
+    """The configured services, plus the HTTP/0.9 file service when a www root is set."""
+    if config.www is None or config.service(WWW_SERVICE) is not None:
+        return config.services
+    www = ServiceConfig(
+        name=WWW_SERVICE,
+        backends=(BackendConfig(name=WWW_SERVICE, kind="static", root=config.www),),
+        policy="round-robin",
+    )
+    return (*config.services, www)
+
+
+async def _released(
+    response: BackendResponse, pool: ServicePool, slot: BackendSlot
+) -> AsyncIterator[bytes]:
+    """The response body; the slot goes back to the pool when the stream ends."""
+    ok = False
+    try:
+        async for chunk in response.body:
+            yield chunk
+        ok = True
+    finally:
+        pool.release(slot, ok=ok or None)

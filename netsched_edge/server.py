@@ -1,0 +1,260 @@
+"""The edge's QUIC front: accepts connections and serves their requests.
+
+One `EdgeConnection` per QUIC connection picks the application protocol from
+the negotiated ALPN (`netsched/1`, `h3`, `hq-interop`), turns each request
+into an `IncomingRequest` for the dispatcher, and streams the outcome back.
+All three protocol objects share one interface, so this file has a single
+request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+
+from netsched_client.errors import Status
+from netsched_client.proto import h3 as h3proto
+from netsched_client.proto import hq as hqproto
+from netsched_client.proto import session as native
+from netsched_client.proto.connection import NetSchedConnection
+from netsched_client.proto.events import (
+    BodyReceived,
+    DatagramReceived,
+    ProtocolEvent,
+    RequestReceived,
+    RequestRejected,
+    StreamAborted,
+)
+from netsched_client.proto.framing import RequestHead, ResponseHead
+from netsched_client.proto.slo import SLO
+from netsched_client.runtime.driver import ConnectionDriver
+from netsched_client.runtime.endpoint import ServerEndpoint, open_server_endpoint
+
+from .config import EdgeConfig
+from .datagrams import DatagramRelay
+from .dispatch import Dispatcher, IncomingRequest
+from .tls import generate_self_signed
+
+log = logging.getLogger("netsched.edge")
+
+# Body chunks buffered per request before the backend reads them; QUIC flow
+# control bounds the bytes, this bounds the chunk objects.
+MAX_QUEUED_CHUNKS = 1024
+
+
+class _AppProtocol(Protocol):
+    def send_response(
+        self, stream_id: int, head: ResponseHead, body: bytes = ..., *, end_stream: bool = ...
+    ) -> bool: ...
+    def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = ...) -> bool: ...
+    def send_datagram(self, service: str, payload: bytes) -> None: ...
+    def abort(self, stream_id: int, error_code: int = ...) -> None: ...
+    def forget(self, stream_id: int) -> None: ...
+    def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]: ...
+
+
+@dataclass(slots=True)
+class _Request:
+    body: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED_CHUNKS))
+    task: asyncio.Task[None] | None = None
+
+
+class EdgeConnection:
+    def __init__(self, driver: ConnectionDriver, edge: EdgeServer) -> None:
+        self._driver = driver
+        self._edge = edge
+        self._proto: _AppProtocol | None = None
+        self._requests: dict[int, _Request] = {}
+        self._relay: DatagramRelay | None = None
+        driver.add_event_handler(self._on_quic_event)
+
+    def _on_quic_event(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated):
+            self._proto = self._make_protocol(event.alpn_protocol)
+        elif isinstance(event, ConnectionTerminated):
+            self._on_terminated()
+            return
+        if self._proto is None:
+            return
+        for pevent in self._proto.handle_event(event):
+            self._dispatch(pevent)
+
+    def _make_protocol(self, alpn: str | None) -> _AppProtocol:
+        quic = self._driver.quic
+        if alpn == h3proto.ALPN:
+            return h3proto.H3Protocol(quic)
+        if alpn == hqproto.ALPN:
+            return hqproto.HQProtocol(quic)
+        self._relay = DatagramRelay(self._edge.dispatcher, self._send_datagram)
+        return native.NetSchedProtocol(quic)
+
+    def _dispatch(self, event: ProtocolEvent) -> None:
+        if isinstance(event, RequestReceived):
+            self._start_request(event.stream_id, event.head)
+        elif isinstance(event, BodyReceived):
+            self._feed_body(event)
+        elif isinstance(event, StreamAborted):
+            self._cancel(event.stream_id)
+        elif isinstance(event, RequestRejected):
+            self._edge.dispatcher.metrics.rejected.labels(str(event.status)).inc()
+            self._driver.schedule_transmit()
+        elif isinstance(event, DatagramReceived) and self._relay is not None:
+            self._relay.on_datagram(event.service, event.payload)
+
+    def _start_request(self, stream_id: int, head: RequestHead) -> None:
+        request = self._requests[stream_id] = _Request()
+        incoming = IncomingRequest(
+            service=head.service,
+            slo=self._effective_slo(head.slo),
+            body=_drain(request.body),
+            received_at=asyncio.get_running_loop().time(),
+            meta=head.meta,
+            streaming=head.streaming,
+        )
+        request.task = asyncio.create_task(self._serve(stream_id, incoming))
+
+    def _effective_slo(self, request_slo: SLO | None) -> SLO:
+        quic = self._driver.quic
+        peer = quic.peer_slo if isinstance(quic, NetSchedConnection) else None
+        return self._edge.config.default_slo.merged(peer).merged(request_slo).resolved()
+
+    def _feed_body(self, event: BodyReceived) -> None:
+        request = self._requests.get(event.stream_id)
+        if request is None:
+            return
+        try:
+            if event.data:
+                request.body.put_nowait(event.data)
+            if event.end_stream:
+                request.body.put_nowait(None)
+        except asyncio.QueueFull:
+            self._abort(event.stream_id, "request body arrived faster than the backend reads it")
+
+    async def _serve(self, stream_id: int, request: IncomingRequest) -> None:
+        assert self._proto is not None
+        try:
+            outcome = await self._edge.dispatcher.handle(request)
+            self._proto.send_response(stream_id, outcome.head)
+            self._driver.schedule_transmit()
+            async for chunk in outcome.body:
+                if not self._proto.send_body(stream_id, chunk):
+                    return  # the client went away; closing the iterator frees the backend
+                self._driver.schedule_transmit()
+            self._proto.send_body(stream_id, b"", end_stream=True)
+            self._driver.schedule_transmit()
+        except Exception:
+            log.exception("request on stream %d failed", stream_id)
+            self._proto.send_response(
+                stream_id,
+                ResponseHead(status=Status.BACKEND_ERROR, message="internal error at the edge"),
+                end_stream=True,
+            )
+            self._driver.schedule_transmit()
+        finally:
+            self._requests.pop(stream_id, None)
+            self._proto.forget(stream_id)
+
+    def _abort(self, stream_id: int, reason: str) -> None:
+        log.info("aborting stream %d: %s", stream_id, reason)
+        if self._proto is not None:
+            self._proto.abort(stream_id)
+            self._driver.schedule_transmit()
+        self._cancel(stream_id)
+
+    def _cancel(self, stream_id: int) -> None:
+        request = self._requests.pop(stream_id, None)
+        if request is not None and request.task is not None:
+            request.task.cancel()
+
+    def _send_datagram(self, service: str, payload: bytes) -> None:
+        if self._proto is not None:
+            self._proto.send_datagram(service, payload)
+            self._driver.schedule_transmit()
+
+    def _on_terminated(self) -> None:
+        for stream_id in list(self._requests):
+            self._cancel(stream_id)
+        if self._relay is not None:
+            self._relay.close()
+
+
+async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    while (chunk := await queue.get()) is not None:
+        yield chunk
+
+
+class EdgeServer:
+    """The edge: a QUIC endpoint in front of a dispatcher."""
+
+    def __init__(self, config: EdgeConfig, dispatcher: Dispatcher | None = None) -> None:
+        self.config = config
+        self.dispatcher = dispatcher or Dispatcher(config)
+        self._endpoint: ServerEndpoint | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._generated_ca: Path | None = None
+        self.connections: set[EdgeConnection] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._endpoint is not None
+        return int(self._endpoint.local_address[1])
+
+    @property
+    def ca_certificate(self) -> Path | None:
+        """The CA that signed a generated certificate (for clients to trust)."""
+        return self._generated_ca
+
+    def _quic_configuration(self) -> QuicConfiguration:
+        configuration = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=list(self.config.alpn),
+            idle_timeout=self.config.idle_timeout_s,
+            max_datagram_frame_size=65536,
+        )
+        cert, key = self.config.certificate, self.config.private_key
+        if cert is None or key is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="netsched-edge-")
+            pair = generate_self_signed(Path(self._tmp.name))
+            cert, key, self._generated_ca = pair.certificate, pair.private_key, pair.ca_certificate
+        configuration.load_cert_chain(cert, key)
+        return configuration
+
+    async def start(self) -> None:
+        configuration = self._quic_configuration()
+        self.dispatcher.start()
+
+        def endpoint_factory() -> ServerEndpoint:
+            return ServerEndpoint(
+                configuration, self._on_connection, connection_factory=NetSchedConnection
+            )
+
+        self._endpoint = await open_server_endpoint(self.config.host, self.config.port, endpoint_factory)
+        log.info("edge listening on %s:%d (ALPN %s)", self.config.host, self.port,
+                 ", ".join(self.config.alpn))
+
+    def _on_connection(self, driver: ConnectionDriver) -> None:
+        connection = EdgeConnection(driver, self)
+        self.connections.add(connection)
+        driver.add_event_handler(
+            lambda event: self.connections.discard(connection)
+            if isinstance(event, ConnectionTerminated) else None
+        )
+
+    async def close(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close_all(reason="edge shutting down")
+            await asyncio.sleep(0)
+            self._endpoint.close()
+        await self.dispatcher.close()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
