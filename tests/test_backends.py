@@ -185,6 +185,16 @@ async def test_http_bad_metadata_is_refused_before_connecting(
         await backend.exchange(BackendRequest("svc", meta=meta), chunks(), TIMEOUT)
 
 
+@pytest.mark.parametrize("parts", [(b"abc",), (b"abc", b"defgh")])
+async def test_http_body_must_match_declared_length(
+    demo: DemoHTTPServer, demo_backend: HTTPBackend, parts: tuple[bytes, ...]
+) -> None:
+    request = BackendRequest("svc", length=5)
+    with pytest.raises(ValueError, match="Content-Length"):
+        await demo_backend.exchange(request, chunks(*parts), TIMEOUT)
+    await eventually(lambda: demo.open_connections == 0)
+
+
 async def test_http_pool_reuses_and_caps_idle_connections(demo: DemoHTTPServer) -> None:
     backend = HTTPBackend("a", HOST, demo.port, pool_size=1)
 

@@ -178,12 +178,16 @@ class HTTPBackend(Backend):
         return _Connection(reader, writer, h11.Connection(h11.CLIENT))
 
     async def _send_body(self, conn: _Connection, body: AsyncIterator[bytes]) -> None:
-        await pump_body(
-            body,
-            conn.writer,
-            lambda chunk: conn.send(h11.Data(data=chunk)),
-            lambda: conn.send(h11.EndOfMessage()),
-        )
+        try:
+            await pump_body(
+                body,
+                conn.writer,
+                lambda chunk: conn.send(h11.Data(data=chunk)),
+                lambda: conn.send(h11.EndOfMessage()),
+            )
+        except h11.LocalProtocolError as exc:
+            # The only framing our side can get wrong: a body that disagrees with request.length.
+            raise ValueError(f"http backend {self.name!r}: request body: {exc}") from exc
 
     async def _await_head(self, conn: _Connection, sender: asyncio.Task[None]) -> h11.Response:
         """Wait for the response head while the body goes out; a failing body source wins."""

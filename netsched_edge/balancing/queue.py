@@ -74,6 +74,8 @@ class DeadlineQueue(Generic[T]):
         if len(self._heap) > 2 * len(self._live):
             self._heap = [e for e in self._heap if self._is_live(e)]
             heapq.heapify(self._heap)
+        else:
+            self._drop_dead_head()
         return True
 
     def expire(self, now: float) -> list[T]:
