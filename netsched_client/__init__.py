@@ -1,7 +1,7 @@
 """NetSched client SDK: SLO-aware requests over QUIC.
 
-    async with netsched_client.connect("127.0.0.1", 4433, slo=SLO(deadline_ms=100)) as s:
-        response = await s.request("api", b"payload")
+async with netsched_client.connect("127.0.0.1", 4433, slo=SLO(deadline_ms=100)) as s:
+    response = await s.request("api", b"payload")
 """
 
 from .errors import (

@@ -1,6 +1,6 @@
 """`netsched`: send one request to an edge and print the response.
 
-    netsched request 127.0.0.1:4433 api --data hello --deadline-ms 100 --urgency 1
+netsched request 127.0.0.1:4433 api --data hello --deadline-ms 100 --urgency 1
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ async def _request(opts: argparse.Namespace) -> int:
     )
     async with connect(host, port, ca_file=opts.ca, verify=not opts.insecure) as session:
         response = await session.request(opts.service, opts.data.encode(), slo=slo)
-    print(f"status {response.status} from {response.backend} in {response.latency_ms:.1f} ms",
-          file=sys.stderr)
+    print(
+        f"status {response.status} from {response.backend} in {response.latency_ms:.1f} ms",
+        file=sys.stderr,
+    )
     sys.stdout.buffer.write(response.body)
     return 0
 

@@ -1,8 +1,8 @@
 """`netsched-edge`: run the edge from a config file, check a config, or run the demo.
 
-    netsched-edge --config edge.toml      serve until SIGINT/SIGTERM
-    netsched-edge check-config edge.toml  validate and exit (0 ok, 2 error)
-    netsched-edge demo [--duration 10]    self-contained demo with built-in backends
+netsched-edge --config edge.toml      serve until SIGINT/SIGTERM
+netsched-edge check-config edge.toml  validate and exit (0 ok, 2 error)
+netsched-edge demo [--duration 10]    self-contained demo with built-in backends
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def _demo_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="netsched-edge demo", description="Run the built-in demo.")
+    parser = argparse.ArgumentParser(
+        prog="netsched-edge demo", description="Run the built-in demo."
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of workload")
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
     parser.add_argument("--seed", type=int, default=1)
@@ -40,8 +42,9 @@ async def _serve(config: EdgeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"netsched-edge listening on {config.host}:{server.port} (from {config.source})",
-          flush=True)
+    print(
+        f"netsched-edge listening on {config.host}:{server.port} (from {config.source})", flush=True
+    )
     await stop.wait()
     await server.close()
 

@@ -59,8 +59,11 @@ async def run_demo(duration: float = 10.0, rate: float = 150.0, seed: int = 1) -
     results = Results()
     try:
         async with connect("127.0.0.1", edge.port, ca_file=str(edge.ca_certificate)) as session:
-            print(f"demo: edge on 127.0.0.1:{edge.port} ({session.alpn}), "
-                  f"{rate:.0f} req/s for {duration:.0f} s ...", flush=True)
+            print(
+                f"demo: edge on 127.0.0.1:{edge.port} ({session.alpn}), "
+                f"{rate:.0f} req/s for {duration:.0f} s ...",
+                flush=True,
+            )
             await _workload(session, results, duration, rate, random.Random(seed))
     finally:
         await edge.close()
@@ -117,8 +120,14 @@ def _report(results: Results, servers: list[DemoHTTPServer]) -> str:
         lat = results.by_backend.get(server.name, [])
         hit = 100 * server.hits / max(1, server.hits + server.misses)
         backend_rows.append(
-            [server.name, len(lat), percentile(lat, 50), percentile(lat, 99),
-             f"{100 * len(lat) / total:.0f}%", f"{hit:.0f}%"]
+            [
+                server.name,
+                len(lat),
+                percentile(lat, 50),
+                percentile(lat, 99),
+                f"{100 * len(lat) / total:.0f}%",
+                f"{hit:.0f}%",
+            ]
         )
     class_rows = []
     for cls in CLASSES:
@@ -126,13 +135,16 @@ def _report(results: Results, servers: list[DemoHTTPServer]) -> str:
         lat = results.latency[cls.name]
         met = 100 * results.met[cls.name] / max(1, sent)
         deadline = f"{cls.slo.deadline_ms} ms" if cls.slo.deadline_ms else "none"
-        class_rows.append([cls.name, deadline, sent, f"{met:.1f}%", percentile(lat, 50),
-                           percentile(lat, 99)])
+        class_rows.append(
+            [cls.name, deadline, sent, f"{met:.1f}%", percentile(lat, 50), percentile(lat, 99)]
+        )
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(results.errors.items())) or "none"
-    return "\n\n".join([
-        "Per backend (latency ms, seen by the client)",
-        table(["backend", "requests", "p50", "p99", "choices", "cache hits"], backend_rows),
-        "Per SLO class",
-        table(["class", "deadline", "requests", "met", "p50 ms", "p99 ms"], class_rows),
-        f"Errors: {errors}",
-    ])
+    return "\n\n".join(
+        [
+            "Per backend (latency ms, seen by the client)",
+            table(["backend", "requests", "p50", "p99", "choices", "cache hits"], backend_rows),
+            "Per SLO class",
+            table(["class", "deadline", "requests", "met", "p50 ms", "p99 ms"], class_rows),
+            f"Errors: {errors}",
+        ]
+    )

@@ -161,7 +161,9 @@ class Dispatcher:
         started = self._clock()
         ok: bool | None = False
         try:
-            response = await backend.exchange(breq, iter_chunks(body), self._timeout(pool, deadline_at))
+            response = await backend.exchange(
+                breq, iter_chunks(body), self._timeout(pool, deadline_at)
+            )
             data = await collect(response.body, pool.config.max_body)
             ok = True
         except BackendUnavailable as exc:
@@ -170,7 +172,9 @@ class Dispatcher:
         except TimeoutError:
             if deadline_at is not None and self._clock() >= deadline_at - 1e-3:
                 ok = None  # our deadline, not the backend's fault
-                return error_outcome(Status.DEADLINE_EXCEEDED, "deadline passed waiting for the backend"), ""
+                return error_outcome(
+                    Status.DEADLINE_EXCEEDED, "deadline passed waiting for the backend"
+                ), ""
             return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name} timed out"), ""
         except ValueError as exc:
             ok = None

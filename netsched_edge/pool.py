@@ -68,14 +68,12 @@ class ServicePool:
 
     def pick(self, key: str | None) -> Backend | None:
         """A healthy backend for a long-lived flow (datagrams), not counted as in flight."""
-        now = self._clock()
-        for slot in self.slots:
-            slot.available = self.health[slot.name].available(now)
-        slot = self._policy.choose(self.slots, key)
-        return None if slot is None else self.backends[slot.name]
+        self._refresh_health()
+        chosen = self._policy.choose(self.slots, key)
+        return None if chosen is None else self.backends[chosen.name]
 
     def release(self, slot: BackendSlot, *, ok: bool | None) -> None:
-        """Return a slot; `ok` feeds passive health (None: outcome says nothing about the backend)."""
+        """Return a slot; `ok` feeds passive health (None: the outcome says nothing)."""
         slot.in_flight -= 1
         tracker = self.health[slot.name]
         if ok is True:
@@ -99,17 +97,20 @@ class ServicePool:
             await backend.close()
 
     def _try_choose(self, key: str | None, exclude: set[str]) -> BackendSlot | None:
-        now = self._clock()
-        for slot in self.slots:
-            slot.available = self.health[slot.name].available(now)
+        self._refresh_health()
         if not any(s.available and s.name not in exclude for s in self.slots):
             raise NoBackend(f"no healthy backend for service {self.config.name!r}")
         full = {s.name for s in self.slots if s.in_flight >= self._caps[s.name]}
-        slot = self._policy.choose(self.slots, key, exclude | full)
-        if slot is not None:
-            slot.in_flight += 1
-            self._policy.record(slot, key)
-        return slot
+        chosen = self._policy.choose(self.slots, key, exclude | full)
+        if chosen is not None:
+            chosen.in_flight += 1
+            self._policy.record(chosen, key)
+        return chosen
+
+    def _refresh_health(self) -> None:
+        now = self._clock()
+        for slot in self.slots:
+            slot.available = self.health[slot.name].available(now)
 
     async def _wait_turn(self, urgency: int, deadline_at: float | None) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -64,7 +64,9 @@ class _AppProtocol(Protocol):
 
 @dataclass(slots=True)
 class _Request:
-    body: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED_CHUNKS))
+    body: asyncio.Queue[bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(MAX_QUEUED_CHUNKS)
+    )
     task: asyncio.Task[None] | None = None
 
 
@@ -237,16 +239,25 @@ class EdgeServer:
                 configuration, self._on_connection, connection_factory=NetSchedConnection
             )
 
-        self._endpoint = await open_server_endpoint(self.config.host, self.config.port, endpoint_factory)
-        log.info("edge listening on %s:%d (ALPN %s)", self.config.host, self.port,
-                 ", ".join(self.config.alpn))
+        self._endpoint = await open_server_endpoint(
+            self.config.host, self.config.port, endpoint_factory
+        )
+        log.info(
+            "edge listening on %s:%d (ALPN %s)",
+            self.config.host,
+            self.port,
+            ", ".join(self.config.alpn),
+        )
 
     def _on_connection(self, driver: ConnectionDriver) -> None:
         connection = EdgeConnection(driver, self)
         self.connections.add(connection)
         driver.add_event_handler(
-            lambda event: self.connections.discard(connection)
-            if isinstance(event, ConnectionTerminated) else None
+            lambda event: (
+                self.connections.discard(connection)
+                if isinstance(event, ConnectionTerminated)
+                else None
+            )
         )
 
     async def close(self) -> None:

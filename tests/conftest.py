@@ -51,7 +51,11 @@ def open_client(stack: AsyncExitStack) -> SessionFactory:
     async def open_(edge: EdgeServer, slo: SLO | None = None, **kwargs: object) -> Session:
         ca = edge.ca_certificate
         session = await open_session(
-            "127.0.0.1", edge.port, slo=slo, ca_file=str(ca) if ca else None, **kwargs  # type: ignore[arg-type]
+            "127.0.0.1",
+            edge.port,
+            slo=slo,
+            ca_file=str(ca) if ca else None,
+            **kwargs,  # type: ignore[arg-type]
         )
         stack.push_async_callback(session.close)
         return session

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from support import http_backend, service
 
 from netsched_client import (
     SLO,
@@ -17,8 +18,6 @@ from netsched_client import (
 )
 from netsched_edge.config import BackendConfig
 from netsched_edge.demo_backends import DemoHTTPServer, TCPEchoServer, UDPEchoServer
-
-from support import http_backend, service
 
 
 async def test_http_backend_round_trip(start_server, start_edge, open_client) -> None:
@@ -34,7 +33,9 @@ async def test_http_backend_round_trip(start_server, start_edge, open_client) ->
     assert response.latency_ms >= response.backend_ms
 
 
-async def test_tcp_udp_and_static_backends(start_server, start_edge, open_client, www: Path) -> None:
+async def test_tcp_udp_and_static_backends(
+    start_server, start_edge, open_client, www: Path
+) -> None:
     tcp_port = await start_server(TCPEchoServer())
     udp_port = await start_server(UDPEchoServer())
     edge = await start_edge(

@@ -20,7 +20,9 @@ from netsched_edge.demo_backends import DemoHTTPServer
 
 
 def _config(edge, alpn: str) -> QuicConfiguration:
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=[alpn], server_name="localhost")
+    configuration = QuicConfiguration(
+        is_client=True, alpn_protocols=[alpn], server_name="localhost"
+    )
     configuration.load_verify_locations(str(edge.ca_certificate))
     return configuration
 
@@ -32,10 +34,20 @@ class H3Client(QuicConnectionProtocol):
         self.responses: dict[int, asyncio.Future[tuple[dict[bytes, bytes], bytes]]] = {}
         self._partial: dict[int, tuple[dict[bytes, bytes], bytearray]] = {}
 
-    async def post(self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], bytes]:
+    async def post(
+        self, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[dict[bytes, bytes], bytes]:
         sid = self._quic.get_next_available_stream_id()
-        self.h3.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"https"),
-                                   (b":authority", b"localhost"), (b":path", path.encode()), *headers])
+        self.h3.send_headers(
+            sid,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost"),
+                (b":path", path.encode()),
+                *headers,
+            ],
+        )
         self.h3.send_data(sid, body, end_stream=True)
         self.responses[sid] = asyncio.get_running_loop().create_future()
         self.transmit()
@@ -55,8 +67,9 @@ class H3Client(QuicConnectionProtocol):
 async def test_aioquic_h3_client_through_edge(start_server, start_edge) -> None:
     port = await start_server(DemoHTTPServer("b1", base_ms=1, cold_ms=1))
     edge = await start_edge(service("api", http_backend("b1", port)))
-    async with connect("127.0.0.1", edge.port, configuration=_config(edge, "h3"),
-                       create_protocol=H3Client) as client:
+    async with connect(
+        "127.0.0.1", edge.port, configuration=_config(edge, "h3"), create_protocol=H3Client
+    ) as client:
         headers, body = await client.post("/api", b"plain h3", [(b"priority", b"u=1")])
         assert headers[b":status"] == b"200"
         assert headers[b"netsched-backend"] == b"b1"
@@ -99,8 +112,12 @@ async def test_bad_slo_metadata_rejected_others_unaffected(start_server, start_e
     port = await start_server(DemoHTTPServer("b1", base_ms=20, cold_ms=0))
     edge = await start_edge(service("api", http_backend("b1", port)))
     async with connect("127.0.0.1", edge.port, configuration=_config(edge, "netsched/1")) as client:
-        good = asyncio.create_task(_raw_exchange(client, _raw_request({"v": 1, "svc": "api"}, b"fine")))
-        bad_slo = await _raw_exchange(client, _raw_request({"v": 1, "svc": "api", "slo": {"v": 1, "u": 9}}))
+        good = asyncio.create_task(
+            _raw_exchange(client, _raw_request({"v": 1, "svc": "api"}, b"fine"))
+        )
+        bad_slo = await _raw_exchange(
+            client, _raw_request({"v": 1, "svc": "api", "slo": {"v": 1, "u": 9}})
+        )
         assert bad_slo[0].status == 422 and "urgency" in bad_slo[0].message
         bad_head = await _raw_exchange(client, b"\x05\xff\xff\xff\xff\xff")
         assert bad_head[0].status == 400

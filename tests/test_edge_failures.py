@@ -16,8 +16,12 @@ async def test_backend_killed_mid_load_loses_nothing(start_server, start_edge, o
     servers = [DemoHTTPServer(f"b{i}", base_ms=15, cold_ms=0) for i in range(3)]
     ports = [await start_server(s) for s in servers]
     edge = await start_edge(
-        service("api", *(http_backend(s.name, p) for s, p in zip(servers, ports, strict=True)),
-                policy="least-in-flight", retries=2)
+        service(
+            "api",
+            *(http_backend(s.name, p) for s, p in zip(servers, ports, strict=True)),
+            policy="least-in-flight",
+            retries=2,
+        )
     )
     session = await open_client(edge)
     slo = SLO(idempotent=True, deadline_ms=5000)
@@ -48,8 +52,9 @@ async def test_non_idempotent_request_is_not_retried(start_server, start_edge, o
     port = await start_server(server)
     other = await start_server(DemoHTTPServer("other", base_ms=1, cold_ms=0))
     edge = await start_edge(
-        service("api", http_backend("only", port), http_backend("other", other),
-                policy="round-robin")
+        service(
+            "api", http_backend("only", port), http_backend("other", other), policy="round-robin"
+        )
     )
     session = await open_client(edge)
     first = asyncio.create_task(session.request("api", b"a"))
@@ -102,11 +107,17 @@ async def test_dead_backend_ejected_then_restored(start_server, start_edge, open
     server = DemoHTTPServer("flaky", base_ms=1, cold_ms=0)
     port = await start_server(server)
     healthy = await start_server(DemoHTTPServer("steady", base_ms=1, cold_ms=0))
-    health = HealthConfig(interval_s=0.05, timeout_s=0.2, unhealthy_after=2, healthy_after=1,
-                          ejection_s=0.2)
+    health = HealthConfig(
+        interval_s=0.05, timeout_s=0.2, unhealthy_after=2, healthy_after=1, ejection_s=0.2
+    )
     edge = await start_edge(
-        service("api", http_backend("flaky", port), http_backend("steady", healthy),
-                policy="round-robin", health=health)
+        service(
+            "api",
+            http_backend("flaky", port),
+            http_backend("steady", healthy),
+            policy="round-robin",
+            health=health,
+        )
     )
     session = await open_client(edge)
     await server.kill()

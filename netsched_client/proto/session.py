@@ -20,6 +20,7 @@ the connection's other streams.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from aioquic.quic.connection import QuicConnection
@@ -201,10 +202,8 @@ class NetSchedProtocol:
         # STOP_SENDING only applies while the peer may still send on the stream.
         if state is None or state.recv_done:
             return
-        try:
+        with contextlib.suppress(ValueError):  # aioquic already discarded the stream
             self._quic.stop_stream(stream_id, error_code)
-        except ValueError:
-            pass  # aioquic already discarded the stream
 
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)

@@ -85,7 +85,7 @@ class ServerEndpoint(UdpSender):
     def connections(self) -> frozenset[ConnectionDriver]:
         return frozenset(self._drivers)
 
-    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self._configuration.connection_id_length
@@ -98,7 +98,10 @@ class ServerEndpoint(UdpSender):
             return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             return  # never answer a VN with a VN (reflection loops)
-        if header.version is not None and header.version not in self._configuration.supported_versions:
+        if (
+            header.version is not None
+            and header.version not in self._configuration.supported_versions
+        ):
             self._send(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
@@ -113,11 +116,17 @@ class ServerEndpoint(UdpSender):
         if len(self._drivers) >= self._max_connections:
             log.warning("connection limit %d reached: dropping Initial", self._max_connections)
             return
-        self._accept(data, addr, header.destination_cid, header.source_cid, header.token,
-                     header.version)
+        self._accept(
+            data, addr, header.destination_cid, header.source_cid, header.token, header.version
+        )
 
     def _accept(
-        self, data: bytes, addr: NetworkAddress, dcid: bytes, scid: bytes, token: bytes,
+        self,
+        data: bytes,
+        addr: NetworkAddress,
+        dcid: bytes,
+        scid: bytes,
+        token: bytes,
         version: int | None,
     ) -> None:
         original_dcid: bytes | None = dcid
@@ -146,7 +155,9 @@ class ServerEndpoint(UdpSender):
         self._on_connection(driver)
         driver.datagram_received(data, addr)
 
-    def _send_retry(self, addr: NetworkAddress, dcid: bytes, scid: bytes, version: int | None) -> None:
+    def _send_retry(
+        self, addr: NetworkAddress, dcid: bytes, scid: bytes, version: int | None
+    ) -> None:
         assert self._retry is not None and version is not None
         source_cid = os.urandom(8)
         token = self._retry.create_token(
@@ -190,7 +201,7 @@ class ClientEndpoint(UdpSender):
     def __init__(self) -> None:
         self.driver: ConnectionDriver | None = None
 
-    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         if self.driver is not None:
             self.driver.datagram_received(data, addr)
 

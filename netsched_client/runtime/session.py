@@ -164,7 +164,9 @@ class Session:
         self.default_slo = default_slo
         quic = driver.quic
         self._proto: _AppProtocol = (
-            native.NetSchedProtocol(quic) if alpn == native.ALPN else h3proto.H3Protocol(quic, authority)
+            native.NetSchedProtocol(quic)
+            if alpn == native.ALPN
+            else h3proto.H3Protocol(quic, authority)
         )
         self._streams: dict[int, Stream] = {}
         self._datagrams: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1024)
@@ -190,7 +192,9 @@ class Session:
         stream = self._open(service, payload, slo, meta, streaming=False)
         deadline_ms = self._effective(slo).deadline_ms
         try:
-            async with asyncio.timeout(None if deadline_ms is None else deadline_ms / 1000 + DEADLINE_GRACE_S):
+            async with asyncio.timeout(
+                None if deadline_ms is None else deadline_ms / 1000 + DEADLINE_GRACE_S
+            ):
                 head = await stream.response()
                 body = await self._read_limited(stream)
         except TimeoutError:
@@ -406,7 +410,12 @@ async def connect(
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=SLO(...)) as session:` — a session to an edge."""
     session = await open_session(
-        host, port, slo=slo, configuration=configuration, ca_file=ca_file, verify=verify,
+        host,
+        port,
+        slo=slo,
+        configuration=configuration,
+        ca_file=ca_file,
+        verify=verify,
         timeout=timeout,
     )
     try:

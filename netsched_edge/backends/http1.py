@@ -25,7 +25,7 @@ from netsched_edge.backends.tcp import (
     ReleasingBody,
     open_stream,
     pump_body,
-    settle_sender,
+    settle,
 )
 
 # Headers the backend derives itself: letting request metadata set them would
@@ -114,7 +114,7 @@ class HTTPBackend(Backend):
                 response = await self._await_head(conn, sender)
         except BaseException:
             if sender is not None:
-                settle_sender(sender)
+                settle(sender)
             if conn is not None:
                 conn.writer.transport.abort()
             raise
@@ -193,12 +193,14 @@ class HTTPBackend(Backend):
         """Wait for the response head while the body goes out; a failing body source wins."""
         head = asyncio.create_task(self._read_head(conn))
         try:
-            done, _ = await asyncio.wait((head, sender), return_when=asyncio.FIRST_COMPLETED)
-            if head not in done:
+            await asyncio.wait((head, sender), return_when=asyncio.FIRST_COMPLETED)
+            if sender.done():
+                # A failed body source aborts the connection: its error is the cause,
+                # whatever the head reader saw.
                 sender.result()
             return await head
         finally:
-            head.cancel()
+            settle(head)
 
     async def _read_head(self, conn: _Connection) -> h11.Response:
         try:
@@ -243,7 +245,7 @@ class HTTPBackend(Backend):
             ) from exc
 
     def _finish(self, conn: _Connection, sender: asyncio.Task[None], complete: bool) -> None:
-        sent = settle_sender(sender)
+        sent = settle(sender)
         if not complete:
             conn.writer.transport.abort()
         elif sent and conn.reusable() and not self._closed and len(self._idle) < self.pool_size:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from netsched_edge.backends.base import Backend, BackendRequest, BackendResponse, BackendUnavailable
 
@@ -102,16 +103,16 @@ async def _drained(writer: asyncio.StreamWriter) -> bool:
     return True
 
 
-def settle_sender(sender: asyncio.Task[None]) -> bool:
-    """Stop `sender` if still running; True when it sent the whole body.
+def settle(task: asyncio.Task[Any]) -> bool:
+    """Stop `task` if still running; True when it finished without error.
 
     Retrieves the task's exception so that a failure already reported another
     way is not logged again as never retrieved.
     """
-    if not sender.done():
-        sender.cancel()
+    if not task.done():
+        task.cancel()
         return False
-    return not sender.cancelled() and sender.exception() is None
+    return not task.cancelled() and task.exception() is None
 
 
 async def read_until_eof(reader: asyncio.StreamReader) -> bytes | None:
@@ -138,7 +139,7 @@ class TCPBackend(Backend):
         sender = asyncio.create_task(pump_body(body, writer, writer.write, writer.write_eof))
 
         def release(complete: bool) -> None:
-            settle_sender(sender)
+            settle(sender)
             if complete:
                 writer.close()
             else:
