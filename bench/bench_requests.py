@@ -42,14 +42,20 @@ async def _aioquic_echo(ports: mp.Queue[int]) -> None:
     configuration = QuicConfiguration(is_client=False, alpn_protocols=["echo"])
     configuration.load_cert_chain(pair.certificate, pair.private_key)
 
+    tasks: set[asyncio.Task[None]] = set()
+
     def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def echo() -> None:
             writer.write(await reader.read())
             writer.write_eof()
 
-        asyncio.ensure_future(echo())
+        task = asyncio.ensure_future(echo())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
-    server = await aioquic_serve("127.0.0.1", 0, configuration=configuration, stream_handler=on_stream)
+    server = await aioquic_serve(
+        "127.0.0.1", 0, configuration=configuration, stream_handler=on_stream
+    )
     ports.put(server._transport.get_extra_info("sockname")[1])  # type: ignore[union-attr]
     await asyncio.Event().wait()
 
@@ -90,7 +96,9 @@ async def _load(request: Request, payload: bytes, duration: float, concurrency: 
     return latencies
 
 
-async def _bench_aioquic(port: int, payload: bytes, duration: float, concurrency: int) -> list[float]:
+async def _bench_aioquic(
+    port: int, payload: bytes, duration: float, concurrency: int
+) -> list[float]:
     configuration = QuicConfiguration(is_client=True, alpn_protocols=["echo"])
     configuration.verify_mode = ssl.CERT_NONE
     async with aioquic_connect("127.0.0.1", port, configuration=configuration) as client:
@@ -145,7 +153,9 @@ def main() -> None:
             proc.terminate()
             proc.join()
         rates[name] = len(latencies) / args.duration
-        rows.append([name, f"{rates[name]:.0f}", percentile(latencies, 50), percentile(latencies, 99)])
+        rows.append(
+            [name, f"{rates[name]:.0f}", percentile(latencies, 50), percentile(latencies, 99)]
+        )
     print(f"{args.concurrency} concurrent requests of {args.size} B, {args.duration:.0f} s each\n")
     print(table(["server", "req/s", "p50 ms", "p99 ms"], rows))
     for name in ("edge-tcp", "edge-http"):

@@ -81,5 +81,5 @@ class Backend(ABC):
     async def check(self, timeout: float) -> bool:
         """Active health check: True when the backend answers within `timeout`."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook: most kinds pool nothing
         """Release pooled resources."""
