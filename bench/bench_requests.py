@@ -1,7 +1,7 @@
 """Requests/s and latency: through the NetSched edge vs a plain aioquic echo server.
 
-Both servers run in their own process (so client and server use separate
-cores), in the same run, with the same closed-loop client load; the ratio is
+Client, server and (for the edge) backend each run in their own process, in
+the same run, with the same closed-loop client load; the ratio is
 printed because absolute numbers drift on shared machines.
 
     python bench/bench_requests.py [--duration 5] [--concurrency 16] [--size 100]
@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aioquic.asyncio.client import connect as aioquic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -60,9 +61,13 @@ async def _aioquic_echo(ports: mp.Queue[int]) -> None:
     await asyncio.Event().wait()
 
 
-async def _edge(ports: mp.Queue[int], kind: str) -> None:
-    backend_server = TCPEchoServer() if kind == "tcp" else DemoHTTPServer("b", base_ms=0, cold_ms=0)
-    backend_port = await backend_server.start()
+async def _backend(ports: mp.Queue[int], kind: str) -> None:
+    server = TCPEchoServer() if kind == "tcp" else DemoHTTPServer("b", base_ms=0, cold_ms=0)
+    ports.put(await server.start())
+    await asyncio.Event().wait()
+
+
+async def _edge(ports: mp.Queue[int], kind: str, backend_port: int) -> None:
     backend = BackendConfig(name="b", kind=kind, host="127.0.0.1", port=backend_port)
     config = EdgeConfig(host="127.0.0.1", port=0, services=(ServiceConfig("echo", (backend,)),))
     edge = EdgeServer(config)
@@ -71,11 +76,22 @@ async def _edge(ports: mp.Queue[int], kind: str) -> None:
     await asyncio.Event().wait()
 
 
-def _run_server(name: str, ports: mp.Queue[int]) -> None:
-    if name == "aioquic":
+def _run_server(name: str, ports: mp.Queue[int], backend_port: int = 0) -> None:
+    role, _, kind = name.partition("-")
+    if role == "aioquic":
         asyncio.run(_aioquic_echo(ports))
+    elif role == "backend":
+        asyncio.run(_backend(ports, kind))
     else:
-        asyncio.run(_edge(ports, name.split("-")[1]))
+        asyncio.run(_edge(ports, kind, backend_port))
+
+
+def _start(ctx: Any, name: str, backend_port: int = 0) -> tuple[Any, int]:
+    """Start a server process; return it and its port."""
+    ports: mp.Queue[int] = ctx.Queue()
+    proc = ctx.Process(target=_run_server, args=(name, ports, backend_port), daemon=True)
+    proc.start()
+    return proc, ports.get(timeout=30)
 
 
 # -- clients -----------------------------------------------------------------
@@ -143,15 +159,20 @@ def main() -> None:
     rows = []
     rates: dict[str, float] = {}
     for name in ("aioquic", "edge-tcp", "edge-http"):
-        ports: mp.Queue[int] = ctx.Queue()
-        proc = ctx.Process(target=_run_server, args=(name, ports), daemon=True)
-        proc.start()
+        # The edge's backend runs in its own process, as a real backend would.
+        procs = []
+        backend_port = 0
+        if name.startswith("edge"):
+            backend, backend_port = _start(ctx, "backend-" + name.split("-")[1])
+            procs.append(backend)
         try:
-            port = ports.get(timeout=30)
+            server, port = _start(ctx, name, backend_port)
+            procs.append(server)
             latencies = asyncio.run(_measure(name, port, args))
         finally:
-            proc.terminate()
-            proc.join()
+            for proc in procs:
+                proc.terminate()
+                proc.join()
         rates[name] = len(latencies) / args.duration
         rows.append(
             [name, f"{rates[name]:.0f}", percentile(latencies, 50), percentile(latencies, 99)]

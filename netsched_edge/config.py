@@ -550,6 +550,9 @@ def _valid_host(v6: str | None, host: str | None) -> bool:
     return True
 
 
+_alpn_protocol = _choice(ALPN_PROTOCOLS)
+
+
 def _alpn(item: _Item) -> tuple[str, ...]:
     if not isinstance(item.value, list):
         raise item.fail("an array of protocol names")
@@ -558,7 +561,7 @@ def _alpn(item: _Item) -> tuple[str, ...]:
     protocols: list[str] = []
     for index, value in enumerate(item.value):
         element = _Item(value, (*item.path, index), item.context)
-        protocol = _choice(ALPN_PROTOCOLS)(element)
+        protocol = _alpn_protocol(element)
         if protocol in protocols:
             raise element.error(f"duplicate protocol {protocol!r}")
         protocols.append(protocol)
