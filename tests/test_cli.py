@@ -1,0 +1,89 @@
+"""The two binaries, run as a user would: real processes, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from netsched_edge.demo_backends import DemoHTTPServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _edge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "netsched_edge.cli", *args]
+
+
+async def test_check_config_accepts_example_and_names_errors(tmp_path: Path) -> None:
+    code, out, _ = await _run(*_edge("check-config", str(ROOT / "examples" / "edge.toml")))
+    assert code == 0 and "ok" in out
+    bad = tmp_path / "edge.toml"
+    bad.write_text(
+        '[edge]\nlisten = "127.0.0.1:4433"\n\n[[services]]\nname = "api"\npolicy = "fastest"\n'
+    )
+    code, _, err = await _run(*_edge("check-config", str(bad)))
+    assert code == 2
+    assert f"{bad}:6: services[0].policy:" in err
+
+
+async def test_demo_runs_and_reports(tmp_path: Path) -> None:
+    code, out, err = await _run(*_edge("demo", "--duration", "1.5", "--rate", "60"), timeout=90)
+    assert code == 0, err
+    for word in ("Per backend", "Per SLO class", "fast", "steady", "slow", "interactive", "bulk"):
+        assert word in out
+
+
+async def test_serve_and_request_through_the_clis(tmp_path: Path) -> None:
+    backend = DemoHTTPServer("cli-backend", base_ms=1, cold_ms=0)
+    port = await backend.start()
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        '[edge]\nlisten = "127.0.0.1:0"\n\n[[services]]\nname = "api"\n\n'
+        f'[[services.backends]]\nname = "b"\nkind = "http"\naddress = "127.0.0.1:{port}"\n'
+    )
+    edge = await asyncio.create_subprocess_exec(
+        *_edge("--config", str(config)), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert edge.stdout is not None
+        line = (await asyncio.wait_for(edge.stdout.readline(), 30)).decode()
+        edge_port = line.split("listening on 127.0.0.1:")[1].split()[0]
+        code, out, err = await _run(
+            sys.executable,
+            "-m",
+            "netsched_client.cli",
+            "request",
+            f"127.0.0.1:{edge_port}",
+            "api",
+            "--data",
+            "through the CLI",
+            "--deadline-ms",
+            "2000",
+            "--insecure",
+        )
+        assert code == 0, err
+        assert out == "through the CLI" and "from b" in err
+        code, _, err = await _run(
+            sys.executable,
+            "-m",
+            "netsched_client.cli",
+            "request",
+            f"127.0.0.1:{edge_port}",
+            "missing",
+            "--insecure",
+        )
+        assert code == 1 and "ServiceNotFound" in err
+    finally:
+        edge.terminate()
+        assert await asyncio.wait_for(edge.wait(), 10) == 0
+        await backend.stop()
