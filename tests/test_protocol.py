@@ -107,7 +107,7 @@ def test_malformed_head_rejected_other_streams_continue(tmp_path: Path) -> None:
     pair.client.send_stream_data(bad_slo, encode_uint_var(len(packed)) + packed, end_stream=True)
     garbage = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(garbage, b"\x02\xc1\xc1", end_stream=True)
-    c_events, s_events = _pump(pair, client, server)
+    _, s_events = _pump(pair, client, server)
     rejected = {e.stream_id: e.status for e in s_events if isinstance(e, RequestRejected)}
     assert rejected == {bad_slo: 422, garbage: 400}
     # The good stream is untouched and still open.
