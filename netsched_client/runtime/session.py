@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
 from ..errors import ConnectionLost, DeadlineExceeded, NegotiationError, error_for_status
 from ..proto import h3 as h3proto
+from ..proto import hq as hqproto
 from ..proto import session as native
 from ..proto.connection import NetSchedConnection
 from ..proto.events import (
@@ -147,6 +149,14 @@ class Stream:
         self._chunks.put_nowait(exc)
 
 
+def _app_protocol(alpn: str, quic: QuicConnection, authority: str) -> _AppProtocol:
+    if alpn == native.ALPN:
+        return native.NetSchedProtocol(quic)
+    if alpn == hqproto.ALPN:
+        return hqproto.HQProtocol(quic)
+    return h3proto.H3Protocol(quic, authority)
+
+
 class Session:
     """A connection to an edge. Use `connect()` to make one."""
 
@@ -163,11 +173,7 @@ class Session:
         self.alpn = alpn
         self.default_slo = default_slo
         quic = driver.quic
-        self._proto: _AppProtocol = (
-            native.NetSchedProtocol(quic)
-            if alpn == native.ALPN
-            else h3proto.H3Protocol(quic, authority)
-        )
+        self._proto = _app_protocol(alpn, quic, authority)
         self._streams: dict[int, Stream] = {}
         self._datagrams: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1024)
         self._lost: ConnectionLost | None = None
