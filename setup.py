@@ -5,7 +5,8 @@ from pathlib import Path
 from Cython.Build import cythonize
 from setuptools import setup
 
-sources = sorted(str(p) for p in Path(__file__).parent.glob("netsched_*/**/*.pyx"))
+# pip runs this from the project root; relative paths keep module names right.
+sources = sorted(str(p) for p in Path().glob("netsched_*/**/*.pyx"))
 setup(
     ext_modules=cythonize(
         sources, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}
