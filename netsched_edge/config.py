@@ -3,7 +3,7 @@
 Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, www,
-                  idle_timeout_s, max_queue
+                  idle_timeout_s, max_queue, retry
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
@@ -95,6 +95,7 @@ class EdgeConfig:
     www: Path | None = None  # hq-interop / HTTP/0.9 static root
     idle_timeout_s: float = 30.0
     max_queue: int = 1024  # requests waiting for a backend, over all services
+    retry: bool = False  # validate client addresses with a Retry before any state is kept
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<default>"
@@ -516,6 +517,12 @@ def _existing(what: str, test: Callable[[Path], bool]) -> _Spec:
     return convert
 
 
+def _boolean(item: _Item) -> bool:
+    if not isinstance(item.value, bool):
+        raise item.fail("true or false")
+    return item.value
+
+
 _file = _existing("file", Path.is_file)
 _directory = _existing("directory", Path.is_dir)
 
@@ -592,6 +599,7 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "www": _directory,
     "idle_timeout_s": _number(0, inclusive=False),
     "max_queue": _integer(0),
+    "retry": _boolean,
 }
 
 

@@ -36,6 +36,7 @@ from netsched_client.proto.events import (
 )
 from netsched_client.proto.framing import RequestHead, ResponseHead
 from netsched_client.proto.slo import SLO
+from netsched_client.runtime.debug import enable_debug_logs
 from netsched_client.runtime.driver import ConnectionDriver
 from netsched_client.runtime.endpoint import ServerEndpoint, open_server_endpoint
 
@@ -228,6 +229,7 @@ class EdgeServer:
             pair = generate_self_signed(Path(self._tmp.name))
             cert, key, self._generated_ca = pair.certificate, pair.private_key, pair.ca_certificate
         configuration.load_cert_chain(cert, key)
+        enable_debug_logs(configuration)
         return configuration
 
     async def start(self) -> None:
@@ -236,7 +238,10 @@ class EdgeServer:
 
         def endpoint_factory() -> ServerEndpoint:
             return ServerEndpoint(
-                configuration, self._on_connection, connection_factory=NetSchedConnection
+                configuration,
+                self._on_connection,
+                connection_factory=NetSchedConnection,
+                retry=self.config.retry,
             )
 
         self._endpoint = await open_server_endpoint(

@@ -142,3 +142,10 @@ async def test_fallback_to_h3(start_server, start_edge, open_client) -> None:
     assert session.alpn == "h3"
     response = await session.request("api", b"via h3", slo=SLO(deadline_ms=2000, urgency=2))
     assert (response.status, response.body, response.backend) == (200, b"via h3", "b1")
+
+
+async def test_retry_validates_address_then_serves(start_server, start_edge, open_client) -> None:
+    port = await start_server(DemoHTTPServer("b1", base_ms=1, cold_ms=1))
+    edge = await start_edge(service("api", http_backend("b1", port)), retry=True)
+    session = await open_client(edge)
+    assert (await session.request("api", b"after retry")).body == b"after retry"

@@ -33,6 +33,7 @@ from ..proto.events import (
 )
 from ..proto.framing import RequestHead, ResponseHead
 from ..proto.slo import SLO
+from .debug import enable_debug_logs
 from .driver import ConnectionDriver
 from .endpoint import ClientEndpoint, open_client_endpoint, resolve
 
@@ -347,6 +348,7 @@ def client_configuration(
         configuration.verify_mode = ssl.CERT_NONE
     elif ca_file is not None:
         configuration.load_verify_locations(ca_file)
+    enable_debug_logs(configuration)
     return configuration
 
 
