@@ -9,11 +9,7 @@ from aioquic.buffer import encode_uint_var
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 from support import MemoryPair, events_of, memory_pair
 
-from netsched_client.proto.connection import (
-    NetSchedConnection,
-    encode_transport_parameter,
-    find_transport_parameter,
-)
+from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.events import (
     BodyReceived,
     DatagramReceived,
@@ -26,6 +22,10 @@ from netsched_client.proto.events import (
 from netsched_client.proto.framing import RequestHead, ResponseHead
 from netsched_client.proto.session import NetSchedProtocol
 from netsched_client.proto.slo import SLO, SLO_TRANSPORT_PARAMETER
+from netsched_client.proto.transport_parameters import (
+    encode_transport_parameter,
+    find_transport_parameter,
+)
 
 
 def _connected(

@@ -4,40 +4,24 @@ The client announces its connection-wide SLO defaults in transport parameter
 `SLO_TRANSPORT_PARAMETER`; the server reads them. aioquic keeps its parameter
 table in a module global, so instead of mutating it we append our parameter
 after aioquic serializes its own and scan for it after aioquic parses.
-Later protocol extensions (multipath, FEC) hang off this class.
+Multipath (draft-21) comes from `MultipathConnection`; FEC will hang off
+this class too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
-from aioquic.quic.connection import QuicConnection, QuicConnectionError
+from aioquic.quic.connection import QuicConnectionError
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import SLOError
+from .multipath.connection import MultipathConnection
 from .slo import SLO, SLO_TRANSPORT_PARAMETER, decode_slo, encode_slo
+from .transport_parameters import encode_transport_parameter, find_transport_parameter
 
 
-def find_transport_parameter(data: bytes, param_id: int) -> bytes | None:
-    """The value of `param_id` in an encoded transport parameter list, if present."""
-    buf = Buffer(data=data)
-    try:
-        while not buf.eof():
-            pid = buf.pull_uint_var()
-            value = buf.pull_bytes(buf.pull_uint_var())
-            if pid == param_id:
-                return value
-    except BufferReadError:
-        return None
-    return None
-
-
-def encode_transport_parameter(param_id: int, value: bytes) -> bytes:
-    return encode_uint_var(param_id) + encode_uint_var(len(value)) + value
-
-
-class NetSchedConnection(QuicConnection):
+class NetSchedConnection(MultipathConnection):
     """A QUIC connection that carries NetSched's SLO transport parameter.
 
     `local_slo` (client only) is sent to the peer; `peer_slo` holds what the

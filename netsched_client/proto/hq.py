@@ -1,10 +1,14 @@
-"""HTTP/0.9 over QUIC (ALPN `hq-interop`), server role, sans-IO.
+"""HTTP/0.9 over QUIC (ALPN `hq-interop`), both roles, sans-IO.
 
 The QUIC interop runner's file-transfer protocol: the client sends
 `GET /path\\r\\n` on a bidirectional stream and the server answers with the
 file's bytes and FIN. There is no status line, so an error resets the stream.
-Requests surface as `RequestReceived` with `meta = {"method": "GET", "path": …}`
-so the edge serves them like any other request.
+
+Server: requests surface as `RequestReceived` with
+`meta = {"method": "GET", "path": …}` so the edge serves them like any other
+request. Client: `send_request` takes the same head (service `www`, the path in
+`meta["path"]`); the answer surfaces as `ResponseReceived` (status 200, since a
+reset is the only way to fail) followed by `BodyReceived` until FIN.
 """
 
 from __future__ import annotations
@@ -13,13 +17,31 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
 
 from ..errors import NegotiationError
-from .events import BodyReceived, ProtocolEvent, RequestReceived, StreamAborted
+from .events import (
+    BodyReceived,
+    ProtocolEvent,
+    RequestReceived,
+    ResponseReceived,
+    StreamAborted,
+)
 from .framing import RequestHead, ResponseHead
 
 ALPN = "hq-interop"
 SERVICE = "www"  # the edge's built-in file service for HTTP/0.9
 MAX_REQUEST_LINE = 2048
 ERROR_NOT_FOUND = 0x1  # HTTP/0.9 has no status: a failed request is a reset stream
+
+
+def request_line(path: str) -> bytes:
+    """`GET <path>\\r\\n`; ValueError for a path that cannot stand in a request line."""
+    if (
+        not path.startswith("/")
+        or not path.isascii()
+        or any(c.isspace() or not c.isprintable() for c in path)
+        or len(path) + 6 > MAX_REQUEST_LINE
+    ):
+        raise ValueError(f"meta['path'] must be '/' + printable ASCII without spaces, got {path!r}")
+    return f"GET {path}\r\n".encode("ascii")
 
 
 def parse_request_line(line: bytes) -> str | None:
@@ -39,9 +61,28 @@ class HQProtocol:
         self._pending: dict[int, bytes] = {}
         self._aborted: set[int] = set()
         self._served: set[int] = set()
+        self._requested: set[int] = set()  # client: streams awaiting the first response byte
+        self._receiving: set[int] = set()  # client: streams whose response body is arriving
 
     def send_request(self, head: RequestHead, body: bytes = b"", *, end_stream: bool = True) -> int:
-        raise NegotiationError("hq-interop is served, not spoken, by this endpoint")
+        """Send `GET <meta["path"]>` on a new stream; HTTP/0.9 has no request body.
+
+        The request always ends the stream: `end_stream` is accepted for the
+        common interface, and a later `send_body` on the stream returns False.
+        """
+        if not self._quic.configuration.is_client:
+            raise NegotiationError("only a client sends hq-interop requests")
+        if head.service != SERVICE:
+            raise NegotiationError(
+                f"hq-interop reaches only the {SERVICE!r} file service, not {head.service!r}"
+            )
+        if body:
+            raise NegotiationError("an HTTP/0.9 request has no body")
+        line = request_line(head.meta.get("path", "/"))
+        stream_id = self._quic.get_next_available_stream_id()
+        self._quic.send_stream_data(stream_id, line, end_stream=True)
+        self._requested.add(stream_id)
+        return stream_id
 
     def send_response(
         self, stream_id: int, head: ResponseHead, body: bytes = b"", *, end_stream: bool = False
@@ -52,7 +93,8 @@ class HQProtocol:
         return self.send_body(stream_id, body, end_stream=end_stream)
 
     def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> bool:
-        if stream_id in self._aborted:
+        # A client's request already ended its stream: there is no request body to add.
+        if stream_id in self._aborted or self._quic.configuration.is_client:
             return False
         try:
             self._quic.send_stream_data(stream_id, data, end_stream)
@@ -71,6 +113,8 @@ class HQProtocol:
     def forget(self, stream_id: int) -> None:
         self._aborted.discard(stream_id)
         self._served.discard(stream_id)
+        self._requested.discard(stream_id)
+        self._receiving.discard(stream_id)
         self._pending.pop(stream_id, None)
 
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]:
@@ -81,7 +125,24 @@ class HQProtocol:
             return [StreamAborted(event.stream_id, event.error_code, "reset by peer")]
         if not isinstance(event, StreamDataReceived) or event.stream_id in self._aborted:
             return []
+        if self._quic.configuration.is_client:
+            return self._on_response_data(event.stream_id, event.data, event.end_stream)
         return self._on_data(event.stream_id, event.data, event.end_stream)
+
+    def _on_response_data(self, stream_id: int, data: bytes, end: bool) -> list[ProtocolEvent]:
+        """Client: the first bytes (or a bare FIN) on a requested stream are a 200 response."""
+        events: list[ProtocolEvent] = []
+        if stream_id in self._requested:
+            self._requested.discard(stream_id)
+            self._receiving.add(stream_id)
+            events.append(ResponseReceived(stream_id, ResponseHead(status=200)))
+        elif stream_id not in self._receiving:
+            return []  # not a stream we asked on (an HTTP/0.9 server opens none): ignore
+        if end:
+            self._receiving.discard(stream_id)
+        if data or end:
+            events.append(BodyReceived(stream_id, data, end))
+        return events
 
     def _on_data(self, stream_id: int, data: bytes, end: bool) -> list[ProtocolEvent]:
         if stream_id in self._served:

@@ -66,6 +66,15 @@ class _Frame:
     def read(cls, frame_type: int, buf: Buffer) -> _Frame:
         raise NotImplementedError
 
+    def encode(self) -> bytes:
+        raise NotImplementedError
+
+    def split(self) -> tuple[int, bytes]:
+        """(frame type, body): what a packet builder's start_frame() needs."""
+        buf = Buffer(data=self.encode())
+        frame_type = buf.pull_uint_var()
+        return frame_type, self.encode()[buf.tell() :]
+
 
 @dataclass(frozen=True, slots=True)
 class PathAck(_Frame):

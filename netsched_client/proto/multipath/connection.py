@@ -1,0 +1,844 @@
+"""Multipath QUIC (draft-ietf-quic-multipath-21) as a subclass of aioquic's connection.
+
+Path 0 *is* aioquic: its state lives in aioquic's own attributes, so a peer
+without multipath sees plain RFC 9000. Every other path keeps its own copies
+of the per-path attributes (`PATH_ATTRIBUTES`: packet numbers, packet space,
+recovery, pacing, CIDs, 4-tuples, 1-RTT nonce) and `_on_path(path)` swaps them
+in around aioquic's unmodified methods. Nothing else in the project touches
+aioquic's private attributes: everything goes through this module, and
+`tests/test_mp_aioquic_contract.py` fails loudly when an aioquic upgrade moves
+what it relies on.
+
+Where aioquic is path-0 specific, this class overrides it from the draft:
+ACK frames, NEW/RETIRE_CONNECTION_ID are path 0's; PATH_ACK and the PATH_*
+CID frames carry a path ID; a failed validation abandons one path, not the
+connection; the idle timeout uses the largest PTO over paths.
+
+Driving contract: as aioquic's `QuicConnection`, plus
+- `datagrams_with_paths(now)` → (data, addr, path_id) for runtimes that bind
+  one socket per local address (`datagrams_to_send` drops the path ID);
+- client: `open_path(local_addr, remote_addr, now)`, and for both sides
+  `abandon_path`, `set_path_backup`, `path_info()`; path events (`events.py`)
+  come out of `next_event()` with aioquic's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+from aioquic.buffer import Buffer
+from aioquic.quic import connection as aioquic_connection
+from aioquic.quic import packet_builder as aioquic_packet_builder
+from aioquic.quic.connection import (
+    ACK_FRAME_CAPACITY,
+    END_STATES,
+    NetworkAddress,
+    QuicConnection,
+    QuicConnectionError,
+    QuicConnectionId,
+    QuicNetworkPath,
+    QuicReceiveContext,
+)
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
+    QuicPacketType,
+    QuicProtocolVersion,
+    push_ack_frame,
+)
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
+from aioquic.tls import Epoch
+
+from ..transport_parameters import (
+    decode_varint_value,
+    encode_transport_parameter,
+    find_transport_parameter,
+)
+from . import events as mp_events
+from . import frames as f
+from .crypto import PathCrypto
+from .path import Path, PathState
+from .scheduler import Scheduler
+
+log = logging.getLogger("netsched.multipath")
+
+# The aioquic attributes that belong to one path (DESIGN.md §2).
+PATH_ATTRIBUTES: Final = (
+    "_packet_number",
+    "_spaces",
+    "_loss",
+    "_loss_at",
+    "_pacing_at",
+    "_probe_pending",
+    "_host_cids",
+    "host_cid",
+    "_host_cid_seq",
+    "_peer_cid",
+    "_peer_cid_available",
+    "_peer_cid_sequence_numbers",
+    "_peer_retire_prior_to",
+    "_retire_connection_ids",
+    "_network_paths",
+    "_spin_bit",
+    "_spin_highest_pn",
+    "_cryptos",
+)
+
+DEFAULT_MAX_PATH_ID: Final = 3
+CIDS_PER_PATH: Final = 2
+MAX_PEER_CIDS_PER_PATH: Final = 8  # our active_connection_id_limit, applied per path
+MAX_PATH_IDS_TRACKED: Final = 16  # path IDs we issue CIDs for, whatever the peer allows
+MULTIPATH_FRAME_CAPACITY: Final = 64
+
+
+def _mark_path_ack_non_eliciting() -> None:
+    """PATH_ACK, like ACK, must not elicit an ACK, or peers ping-pong ACKs forever.
+
+    aioquic reads this set from module globals in two modules. Adding the two
+    PATH_ACK types changes nothing for connections that never negotiate
+    multipath: to them these frame types are unknown and refused anyway.
+    """
+    extra = frozenset({f.PATH_ACK, f.PATH_ACK_ECN})
+    patches = (
+        (aioquic_connection, "NON_ACK_ELICITING_FRAME_TYPES"),
+        (aioquic_packet_builder, "NON_ACK_ELICITING_FRAME_TYPES"),
+        (aioquic_packet_builder, "NON_IN_FLIGHT_FRAME_TYPES"),
+    )
+    for module, name in patches:
+        setattr(module, name, frozenset(getattr(module, name)) | extra)
+
+
+_mark_path_ack_non_eliciting()
+
+
+class MultipathError(Exception):
+    """A path operation that cannot be done now (no path ID, no CID, not negotiated)."""
+
+
+class MultipathConnection(QuicConnection):
+    def __init__(self, *args: Any, max_path_id: int | None = DEFAULT_MAX_PATH_ID, **kwargs: Any):
+        if max_path_id is not None and not 0 <= max_path_id <= f.MAX_PATH_ID_VALUE:
+            raise ValueError(f"max_path_id must be in 0..2^32-1, got {max_path_id}")
+        self._local_max_path_id = max_path_id
+        self._peer_max_path_id: int | None = None
+        super().__init__(*args, **kwargs)
+        self._path0 = Path(0, PathState.ACTIVE)
+        self._live = self._path0
+        self._paths: dict[int, Path] = {0: self._path0}
+        self._used_path_ids: set[int] = {0}
+        # Path IDs not opened yet: our CIDs for them and the peer's.
+        self._host_pool: dict[int, list[QuicConnectionId]] = {}
+        self._peer_pool: dict[int, list[QuicConnectionId]] = {}
+        self._cid_path: dict[bytes, int] = {}
+        self._announce: deque[f.PathNewConnectionId] = deque()
+        self._control: deque[f.MultipathFrame] = deque()
+        self.scheduler = Scheduler()
+        self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
+        self.closed_stats: dict[int, Any] = {}
+        handlers = self._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+        for frame_type in f.FRAME_CLASSES:
+            handlers[frame_type] = (self._handle_multipath_frame, frozenset([Epoch.ONE_RTT]))
+
+    # -- negotiation ------------------------------------------------------------
+
+    @property
+    def multipath_enabled(self) -> bool:
+        return (
+            self._local_max_path_id is not None
+            and self._peer_max_path_id is not None
+            and self._handshake_complete
+        )
+
+    def _serialize_transport_parameters(self) -> bytes:
+        data: bytes = super()._serialize_transport_parameters()
+        if self._local_max_path_id is not None:
+            value = Buffer(capacity=8)
+            value.push_uint_var(self._local_max_path_id)
+            data += encode_transport_parameter(f.TP_INITIAL_MAX_PATH_ID, value.data)
+        return data
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        if from_session_ticket:
+            return  # initial_max_path_id must not be remembered (draft-21 §2.1)
+        raw = find_transport_parameter(data, f.TP_INITIAL_MAX_PATH_ID)
+        if raw is None:
+            return
+        value = decode_varint_value(raw)
+        if value is None or value > f.MAX_PATH_ID_VALUE:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.TRANSPORT_PARAMETER_ERROR,
+                frame_type=QuicFrameType.CRYPTO,
+                reason_phrase="initial_max_path_id must be a varint <= 2^32-1",
+            )
+        self._peer_max_path_id = value
+
+    # -- the swap -----------------------------------------------------------------
+
+    @contextmanager
+    def _on_path(self, path: Path) -> Iterator[None]:
+        """Make `path` the one aioquic works on, for the duration of the block."""
+        previous = self._live
+        if path is previous:
+            yield
+            return
+        self._park(previous)
+        self._load(path)
+        try:
+            yield
+        finally:
+            self._park(path)
+            self._load(previous)
+
+    def _park(self, path: Path) -> None:
+        path.parked = {name: getattr(self, name) for name in PATH_ATTRIBUTES}
+
+    def _load(self, path: Path) -> None:
+        for name, value in path.parked.items():
+            setattr(self, name, value)
+        path.parked = {}
+        self._live = path
+
+    def _attr(self, path: Path, name: str) -> Any:
+        return getattr(self, name) if path is self._live else path.parked[name]
+
+    # -- public path API ----------------------------------------------------------------
+
+    @property
+    def paths(self) -> dict[int, Path]:
+        return dict(self._paths)
+
+    def path_pto_count(self, path: Path) -> int:
+        loss: QuicPacketRecovery = self._attr(path, "_loss")
+        return int(loss._pto_count)
+
+    def path_rtt(self, path: Path) -> float | None:
+        loss: QuicPacketRecovery = self._attr(path, "_loss")
+        return loss._rtt_smoothed if loss._rtt_initialized else None
+
+    def path_info(self) -> list[dict[str, Any]]:
+        """A snapshot per path: state, tuple, RTT, congestion window, bytes, loss."""
+        out = []
+        for path in self._paths.values():
+            loss: QuicPacketRecovery = self._attr(path, "_loss")
+            network_paths: list[QuicNetworkPath] = self._attr(path, "_network_paths")
+            out.append(
+                {
+                    "path_id": path.path_id,
+                    "state": path.state.value,
+                    "backup": path.backup,
+                    "local": path.local_addr,
+                    "remote": network_paths[0].addr if network_paths else None,
+                    "rtt": self.path_rtt(path),
+                    "cwnd": loss.congestion_window,
+                    "bytes_in_flight": loss.bytes_in_flight,
+                    "bytes_sent": path.stats.bytes_sent,
+                    "bytes_received": path.stats.bytes_received,
+                    "packets_lost": path.stats.packets_lost,
+                }
+            )
+        return out
+
+    def open_path(
+        self, local_addr: NetworkAddress | None, remote_addr: NetworkAddress, now: float
+    ) -> int:
+        """Client: open a new path on a new 4-tuple; it is validated before carrying data."""
+        if not self._is_client:
+            raise MultipathError("only clients open paths (draft-21 §3)")
+        if not self.multipath_enabled:
+            raise MultipathError("multipath was not negotiated on this connection")
+        path_id = self._free_path_id()
+        host = self._host_pool.pop(path_id)
+        peer = self._peer_pool.pop(path_id)
+        path = self._new_path(path_id, PathState.VALIDATING, host, peer, remote_addr)
+        path.local_addr = local_addr
+        return path.path_id
+
+    def abandon_path(
+        self, path_id: int, error_code: int = f.APPLICATION_ABANDON_PATH, *, now: float
+    ) -> None:
+        path = self._paths.get(path_id)
+        if path is None or path.state is PathState.CLOSING:
+            return
+        path.abandon_error = error_code
+        self._start_closing(path, now)
+
+    def set_path_backup(self, path_id: int, backup: bool) -> None:
+        """Tell the peer our preference (PATH_STATUS_BACKUP/AVAILABLE) and schedule by it."""
+        path = self._paths[path_id]
+        path.backup = backup
+        path.status_seq_sent += 1
+        self._control.append(f.PathStatus(path_id, path.status_seq_sent, available=not backup))
+
+    def _free_path_id(self) -> int:
+        assert self._local_max_path_id is not None and self._peer_max_path_id is not None
+        candidates = sorted(set(self._host_pool) & set(self._peer_pool))
+        if candidates:
+            return candidates[0]
+        limit = min(self._local_max_path_id, self._peer_max_path_id)
+        if len(self._used_path_ids) > limit:
+            self._control.append(f.PathsBlocked(self._peer_max_path_id))
+            raise MultipathError(f"all path IDs up to {limit} are used")
+        blocked = min(set(self._host_pool) - set(self._peer_pool), default=None)
+        if blocked is not None:
+            self._control.append(f.PathCidsBlocked(blocked, 0))
+        raise MultipathError("the peer has not issued connection IDs for a new path yet")
+
+    # -- path creation and teardown -------------------------------------------------------
+
+    def _new_path(
+        self,
+        path_id: int,
+        state: PathState,
+        host_cids: list[QuicConnectionId],
+        peer_cids: list[QuicConnectionId],
+        remote_addr: NetworkAddress | None,
+    ) -> Path:
+        path = Path(path_id, state)
+        space = QuicPacketSpace(is_application_data=True)
+        base_loss: QuicPacketRecovery = self._attr(self._path0, "_loss")
+        loss = QuicPacketRecovery(
+            congestion_control_algorithm=self._configuration.congestion_control_algorithm,
+            initial_rtt=self._configuration.initial_rtt,
+            max_datagram_size=self._max_datagram_size,
+            peer_completed_address_validation=True,
+            quic_logger=self._quic_logger,
+            send_probe=self._send_probe,
+            logger=self._logger,
+        )
+        loss.spaces = [space]
+        loss.handshake_confirmed = True
+        loss.max_ack_delay = base_loss.max_ack_delay
+        base_cryptos = self._attr(self._path0, "_cryptos")
+        network_paths = [] if remote_addr is None else [QuicNetworkPath(remote_addr)]
+        peer = sorted(peer_cids, key=lambda c: c.sequence_number or 0)
+        path.parked = {
+            "_packet_number": 0,
+            "_spaces": {Epoch.ONE_RTT: space},
+            "_loss": loss,
+            "_loss_at": None,
+            "_pacing_at": None,
+            "_probe_pending": False,
+            "_host_cids": host_cids,
+            "host_cid": host_cids[0].cid,
+            "_host_cid_seq": max(c.sequence_number for c in host_cids) + 1,
+            "_peer_cid": peer[0],
+            "_peer_cid_available": peer[1:],
+            "_peer_cid_sequence_numbers": {c.sequence_number for c in peer},
+            "_peer_retire_prior_to": 0,
+            "_retire_connection_ids": [],
+            "_network_paths": network_paths,
+            "_spin_bit": False,
+            "_spin_highest_pn": 0,
+            "_cryptos": {Epoch.ONE_RTT: PathCrypto(base_cryptos[Epoch.ONE_RTT], path_id)},
+        }
+        self._paths[path_id] = path
+        self._used_path_ids.add(path_id)
+        return path
+
+    def _start_closing(self, path: Path, now: float) -> None:
+        """Abandon a path: announce it, retire the peer's CIDs, resend its data elsewhere."""
+        if path.state is PathState.CLOSING:
+            return
+        if not path.abandon_sent:
+            path.abandon_sent = True
+            self._control.append(f.PathAbandon(path.path_id, path.abandon_error))
+        path.state = PathState.CLOSING
+        path.closing_until = now + 3 * self._largest_pto()
+        with self._on_path(path):
+            self._declare_in_flight_lost()
+        self._events.append(
+            mp_events.PathAbandoned(path.path_id, path.abandon_error, path.abandon_received)
+        )
+        if not any(p.state is not PathState.CLOSING for p in self._paths.values()):
+            self.close(
+                error_code=QuicErrorCode.NO_VIABLE_PATH,
+                reason_phrase="every path was abandoned",
+            )
+
+    def _declare_in_flight_lost(self) -> None:
+        """The live path's unacknowledged packets: lost (their data goes out on other paths)."""
+        space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
+        packets = list(space.sent_packets.values())
+        self._loss.discard_space(space)
+        for packet in packets:
+            self._live.stats.packets_lost += 1
+            for handler, args in packet.delivery_handlers:
+                handler(QuicDeliveryState.LOST, *args)
+
+    def _forget_closed_paths(self, now: float) -> None:
+        for path in list(self._paths.values()):
+            if path is self._path0 or path.closing_until is None or now < path.closing_until:
+                continue
+            for cid in self._attr(path, "_host_cids"):
+                self._cid_path.pop(cid.cid, None)
+                self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
+            self.closed_stats[path.path_id] = path.stats
+            del self._paths[path.path_id]
+
+    def _largest_pto(self) -> float:
+        ptos: list[float] = [
+            self._attr(p, "_loss").get_probe_timeout() for p in self._paths.values()
+        ]
+        return max(ptos)
+
+    # -- connection IDs per path ---------------------------------------------------------------
+
+    def _issue_path_cids(self) -> None:
+        """Proactively issue CIDs for every unused path ID both sides allow (draft-21 §3.2.1)."""
+        assert self._local_max_path_id is not None and self._peer_max_path_id is not None
+        limit = min(self._local_max_path_id, self._peer_max_path_id, MAX_PATH_IDS_TRACKED)
+        for path_id in range(1, limit + 1):
+            if path_id in self._used_path_ids or path_id in self._host_pool:
+                continue
+            self._host_pool[path_id] = [
+                self._make_host_cid(path_id, seq) for seq in range(CIDS_PER_PATH)
+            ]
+
+    def _make_host_cid(self, path_id: int, sequence: int) -> QuicConnectionId:
+        cid = QuicConnectionId(
+            cid=os.urandom(self._configuration.connection_id_length),
+            sequence_number=sequence,
+            stateless_reset_token=os.urandom(16),
+            was_sent=True,  # announced by PATH_NEW_CONNECTION_ID, never by aioquic
+        )
+        self._cid_path[cid.cid] = path_id
+        self._events.append(aioquic_connection.events.ConnectionIdIssued(cid.cid))
+        assert cid.stateless_reset_token is not None
+        self._announce.append(
+            f.PathNewConnectionId(path_id, sequence, 0, cid.cid, cid.stateless_reset_token)
+        )
+        return cid
+
+    def _on_peer_cid(self, frame: f.PathNewConnectionId) -> None:
+        cid = QuicConnectionId(
+            cid=frame.cid,
+            sequence_number=frame.sequence,
+            stateless_reset_token=frame.reset_token,
+        )
+        path = self._paths.get(frame.path_id)
+        if path is None:
+            if frame.path_id in self._used_path_ids:
+                return  # abandoned path: ignore silently (draft-21 §4)
+            pool = self._peer_pool.setdefault(frame.path_id, [])
+            if all(c.sequence_number != frame.sequence for c in pool):
+                pool.append(cid)
+            if len(pool) > MAX_PEER_CIDS_PER_PATH:
+                raise QuicConnectionError(
+                    QuicErrorCode.CONNECTION_ID_LIMIT_ERROR,
+                    f.PATH_NEW_CONNECTION_ID,
+                    f"more than {MAX_PEER_CIDS_PER_PATH} CIDs for path {frame.path_id}",
+                )
+            return
+        if path.state is PathState.CLOSING:
+            return
+        with self._on_path(path):
+            if frame.sequence in self._peer_cid_sequence_numbers:
+                return
+            self._peer_cid_sequence_numbers.add(frame.sequence)
+            self._peer_cid_available.append(cid)
+            if len(self._peer_cid_available) + 1 > MAX_PEER_CIDS_PER_PATH:
+                raise QuicConnectionError(
+                    QuicErrorCode.CONNECTION_ID_LIMIT_ERROR,
+                    f.PATH_NEW_CONNECTION_ID,
+                    f"more than {MAX_PEER_CIDS_PER_PATH} CIDs for path {frame.path_id}",
+                )
+            self._retire_prior_to(path, frame.retire_prior_to)
+
+    def _retire_prior_to(self, path: Path, retire_prior_to: int) -> None:
+        """Live path: drop the peer's CIDs below `retire_prior_to`, switching if needed."""
+        if retire_prior_to <= self._peer_retire_prior_to:
+            return
+        self._peer_retire_prior_to = retire_prior_to
+        for cid in list(self._peer_cid_available):
+            if (cid.sequence_number or 0) < retire_prior_to:
+                self._peer_cid_available.remove(cid)
+                path.retire_pending.append(cid.sequence_number or 0)
+        if (self._peer_cid.sequence_number or 0) < retire_prior_to and self._peer_cid_available:
+            path.retire_pending.append(self._peer_cid.sequence_number or 0)
+            self._peer_cid = self._peer_cid_available.pop(0)
+
+    def _on_retire_host_cid(self, frame: f.PathRetireConnectionId) -> None:
+        path = self._paths.get(frame.path_id)
+        cids: list[QuicConnectionId] | None = (
+            self._attr(path, "_host_cids")
+            if path is not None
+            else self._host_pool.get(frame.path_id)
+        )
+        if not cids:
+            return
+        for cid in list(cids):
+            if cid.sequence_number == frame.sequence:
+                if len(cids) == 1 and path is not None and path.state is not PathState.CLOSING:
+                    cids.append(self._make_host_cid(frame.path_id, self._next_host_seq(path)))
+                cids.remove(cid)
+                self._cid_path.pop(cid.cid, None)
+                self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
+                if path is not None and self._attr(path, "host_cid") == cid.cid:
+                    self._set_attr(path, "host_cid", cids[0].cid)
+                return
+
+    def _next_host_seq(self, path: Path) -> int:
+        seq: int = self._attr(path, "_host_cid_seq")
+        self._set_attr(path, "_host_cid_seq", seq + 1)
+        return seq
+
+    def _set_attr(self, path: Path, name: str, value: Any) -> None:
+        if path is self._live:
+            setattr(self, name, value)
+        else:
+            path.parked[name] = value
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        path = self._route(data, now)
+        if path is None:
+            return
+        with self._on_path(path):
+            super().receive_datagram(data, addr, now)
+            if path.path_id:
+                self._after_receive(path, len(data))
+        if path is self._path0:
+            path.stats.bytes_received += len(data)
+
+    def _route(self, data: bytes, now: float) -> Path | None:
+        """The path a datagram belongs to, by the DCID of its (short header) packet."""
+        cid_length = self._configuration.connection_id_length
+        if not data or data[0] & 0x80 or len(data) < 1 + cid_length:
+            return self._path0
+        path_id = self._cid_path.get(data[1 : 1 + cid_length], 0)
+        path = self._paths.get(path_id)
+        if path is not None:
+            return path
+        if path_id in self._host_pool and not self._is_client and self.multipath_enabled:
+            return self._accept_path(path_id)
+        return None if path_id in self._used_path_ids else self._path0
+
+    def _accept_path(self, path_id: int) -> Path | None:
+        """Server: the client opened path `path_id` with one of our CIDs."""
+        peer = self._peer_pool.pop(path_id, [])
+        host = self._host_pool.pop(path_id)
+        if not peer:
+            # We cannot answer on a path we hold no client CID for (draft-21 §3.1).
+            self._used_path_ids.add(path_id)
+            self._control.append(f.PathAbandon(path_id, f.NO_CID_AVAILABLE_FOR_PATH))
+            return None
+        path = self._new_path(path_id, PathState.ACTIVE, host, peer, None)
+        self._events.append(mp_events.PathAvailable(path_id))
+        return path
+
+    def _after_receive(self, path: Path, size: int) -> None:
+        path.stats.bytes_received += size
+        path.stats.packets_received += 1
+        if path.state is PathState.VALIDATING and self._network_paths[0].is_validated:
+            path.state = PathState.ACTIVE
+            self._events.append(mp_events.PathValidated(path.path_id))
+
+    def _handle_multipath_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        if not self.multipath_enabled:
+            raise QuicConnectionError(
+                QuicErrorCode.PROTOCOL_VIOLATION, frame_type, "multipath frame without negotiation"
+            )
+        try:
+            frame = f.decode_frame(frame_type, buf)
+        except f.FrameEncodingError as exc:
+            raise QuicConnectionError(
+                QuicErrorCode.FRAME_ENCODING_ERROR, frame_type, str(exc)
+            ) from exc
+        self._check_path_limits(frame, frame_type)
+        self._dispatch_multipath_frame(frame, context)
+
+    def _check_path_limits(self, frame: f.MultipathFrame, frame_type: int) -> None:
+        assert self._local_max_path_id is not None
+        path_id = (
+            frame.maximum if isinstance(frame, f.PathsBlocked) else getattr(frame, "path_id", None)
+        )
+        if path_id is not None and path_id > self._local_max_path_id:
+            raise QuicConnectionError(
+                QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type,
+                f"path ID {path_id} above our maximum {self._local_max_path_id}",
+            )
+
+    def _dispatch_multipath_frame(
+        self, frame: f.MultipathFrame, context: QuicReceiveContext
+    ) -> None:
+        if isinstance(frame, f.PathAck):
+            self._on_path_ack(frame, context.time)
+        elif isinstance(frame, f.PathNewConnectionId):
+            self._on_peer_cid(frame)
+        elif isinstance(frame, f.PathRetireConnectionId):
+            self._on_retire_host_cid(frame)
+        elif isinstance(frame, f.PathAbandon):
+            self._on_path_abandon(frame, context.time)
+        elif isinstance(frame, f.PathStatus):
+            self._on_path_status(frame)
+        elif isinstance(frame, f.MaxPathId):
+            assert self._peer_max_path_id is not None
+            self._peer_max_path_id = max(self._peer_max_path_id, frame.maximum)
+        elif isinstance(frame, f.PathCidsBlocked):
+            self._on_cids_blocked(frame)
+        # PATHS_BLOCKED is informational: we raise no limits at run time yet.
+
+    def _on_path_ack(self, frame: f.PathAck, now: float) -> None:
+        path = self._paths.get(frame.path_id)
+        if path is None:
+            return  # abandoned and forgotten: ignore silently (draft-21 §3.4.3)
+        with self._on_path(path):
+            self._loss.on_ack_received(
+                ack_rangeset=frame.ranges,
+                ack_delay=(frame.ack_delay << self._remote_ack_delay_exponent) / 1_000_000,
+                now=now,
+                space=self._spaces[Epoch.ONE_RTT],
+            )
+
+    def _on_path_abandon(self, frame: f.PathAbandon, now: float) -> None:
+        path = self._paths.get(frame.path_id)
+        if path is None:
+            # An unused path ID: nobody will use it.
+            self._host_pool.pop(frame.path_id, None)
+            self._peer_pool.pop(frame.path_id, None)
+            self._used_path_ids.add(frame.path_id)
+            return
+        path.abandon_received = True
+        path.abandon_error = frame.error_code
+        self._start_closing(path, now)
+
+    def _on_path_status(self, frame: f.PathStatus) -> None:
+        path = self._paths.get(frame.path_id)
+        if path is None or frame.sequence <= path.peer_status_seq:
+            return  # stale or reordered (draft-21 §3.3)
+        path.peer_status_seq = frame.sequence
+        path.peer_backup = not frame.available
+        self._events.append(mp_events.PathStatusChanged(frame.path_id, path.peer_backup))
+
+    def _on_cids_blocked(self, frame: f.PathCidsBlocked) -> None:
+        path = self._paths.get(frame.path_id)
+        if path is None or path.state is PathState.CLOSING:
+            return
+        next_seq: int = self._attr(path, "_host_cid_seq")
+        if frame.next_sequence > next_seq:
+            raise QuicConnectionError(
+                QuicErrorCode.PROTOCOL_VIOLATION,
+                f.PATH_CIDS_BLOCKED,
+                "PATH_CIDS_BLOCKED names a sequence number we never reached",
+            )
+        cids: list[QuicConnectionId] = self._attr(path, "_host_cids")
+        if len(cids) < MAX_PEER_CIDS_PER_PATH:
+            cids.append(self._make_host_cid(path.path_id, self._next_host_seq(path)))
+
+    # Frames that RFC 9000 defines and draft-21 confines to path 0.
+
+    def _handle_ack_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+        with self._on_path(self._path0):
+            super()._handle_ack_frame(context, frame_type, buf)
+
+    def _handle_new_connection_id_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        with self._on_path(self._path0):
+            super()._handle_new_connection_id_frame(context, frame_type, buf)
+
+    def _handle_retire_connection_id_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        with self._on_path(self._path0):
+            super()._handle_retire_connection_id_frame(context, frame_type, buf)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        return [(data, addr) for data, addr, _ in self.datagrams_with_paths(now)]
+
+    def datagrams_with_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
+        if len(self._paths) == 1 and self._live is self._path0 and self._path0.usable:
+            sent = super().datagrams_to_send(now)
+            self._account(self._path0, sent)
+            return [(data, addr, 0) for data, addr in sent]
+        self._forget_closed_paths(now)
+        out: list[tuple[bytes, NetworkAddress, int]] = []
+        for path, data_allowed in self.scheduler.plan(self, now):
+            with self._on_path(path):
+                sent = self._send_on_live_path(path, now, data_allowed)
+            self._account(path, sent)
+            out.extend((data, addr, path.path_id) for data, addr in sent)
+            if self._state in END_STATES:
+                break
+        return out
+
+    def _send_on_live_path(
+        self, path: Path, now: float, data_allowed: bool
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        if not self._network_paths:
+            return []  # server side: no packet decrypted on this path yet
+        if path.state is PathState.VALIDATING:
+            return self._send_path_challenge(now)
+        if data_allowed:
+            return super().datagrams_to_send(now)
+        with self._without_application_data():
+            return super().datagrams_to_send(now)
+
+    @contextmanager
+    def _without_application_data(self) -> Iterator[None]:
+        """ACKs and control frames only: a backup path carries no data while others work."""
+        streams, datagrams = self._streams_queue, self._datagrams_pending
+        self._streams_queue, self._datagrams_pending = [], deque()
+        try:
+            yield
+        finally:
+            self._streams_queue = streams + [s for s in self._streams_queue if s not in streams]
+            self._datagrams_pending = datagrams
+
+    def _send_path_challenge(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Client: probe a new path once; the validation deadline abandons it if unanswered."""
+        network_path = self._network_paths[0]
+        if network_path.local_challenge_sent:
+            return []
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=self._max_datagram_size,
+            packet_number=self._packet_number,
+            peer_cid=self._peer_cid.cid,
+            quic_logger=self._quic_logger,
+            version=self._version or QuicProtocolVersion.VERSION_1,
+        )
+        builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[Epoch.ONE_RTT])
+        self._write_path_challenge_frame(builder=builder, network_path=network_path)
+        network_path.validation_deadline = now + 3 * max(
+            self._loss.get_probe_timeout(), 2 * self._configuration.initial_rtt
+        )
+        sent: list[tuple[bytes, NetworkAddress]] = self._flush_builder(
+            builder=builder, network_path=network_path, peer_cid=self._peer_cid.cid, now=now
+        )
+        return sent
+
+    def _account(self, path: Path, sent: list[tuple[bytes, NetworkAddress]]) -> None:
+        path.stats.packets_sent += len(sent)
+        path.stats.bytes_sent += sum(len(data) for data, _ in sent)
+
+    def _write_ack_frame(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float
+    ) -> None:
+        if self._live is self._path0:
+            super()._write_ack_frame(builder=builder, space=space, now=now)
+            return
+        assert space.largest_received_time is not None
+        delay = (
+            int((now - space.largest_received_time) * 1_000_000) >> self._local_ack_delay_exponent
+        )
+        buf = builder.start_frame(
+            f.PATH_ACK,
+            capacity=ACK_FRAME_CAPACITY + 5,
+            handler=self._on_ack_delivery,
+            handler_args=(space, space.largest_received_packet),
+        )
+        buf.push_uint_var(self._live.path_id)
+        push_ack_frame(buf, space.ack_queue, delay, builder.remaining_buffer_space)
+        space.ack_at = None
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        # aioquic calls this once per 1-RTT packet after the handshake: our frames ride along.
+        super()._write_connection_limits(builder=builder, space=space)
+        if self.multipath_enabled:
+            self._issue_path_cids()
+            self._write_multipath_frames(builder)
+
+    def _write_multipath_frames(self, builder: QuicPacketBuilder) -> None:
+        for queue in (self._announce, self._control):
+            while queue:
+                self._write_frame(builder, queue[0])
+                queue.popleft()
+        for path in self._paths.values():
+            while path.retire_pending:
+                frame = f.PathRetireConnectionId(path.path_id, path.retire_pending[0])
+                self._write_frame(builder, frame)
+                path.retire_pending.pop(0)
+
+    def _write_frame(self, builder: QuicPacketBuilder, frame: f.MultipathFrame) -> None:
+        """Write one frame (QuicPacketBuilderStop when the packet is full: it stays queued)."""
+        frame_type, body = frame.split()
+        buf = builder.start_frame(
+            frame_type,
+            capacity=len(body) + 8,
+            handler=self._on_multipath_frame_delivery,
+            handler_args=(frame,),
+        )
+        buf.push_bytes(body)
+
+    def _on_multipath_frame_delivery(
+        self, delivery: QuicDeliveryState, frame: f.MultipathFrame
+    ) -> None:
+        if delivery != QuicDeliveryState.LOST or self._state in END_STATES:
+            return
+        if isinstance(frame, f.PathNewConnectionId):
+            if self._cid_path.get(frame.cid) == frame.path_id:
+                self._announce.append(frame)  # still valid: announce again
+        elif isinstance(frame, f.PathStatus):
+            path = self._paths.get(frame.path_id)
+            if path is not None and path.status_seq_sent == frame.sequence:
+                self._control.append(frame)  # resend only the latest status
+        elif isinstance(frame, f.PathRetireConnectionId):
+            path = self._paths.get(frame.path_id)
+            if path is not None:
+                path.retire_pending.append(frame.sequence)
+        else:
+            self._control.append(frame)
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        if len(self._paths) == 1:
+            return super().get_timer()
+        timers: list[float] = []
+        for path in self._paths.values():
+            with self._on_path(path):
+                timer = super().get_timer()
+            if timer is not None:
+                timers.append(timer)
+            if path.closing_until is not None:
+                timers.append(path.closing_until)
+        return min(timers, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        if len(self._paths) == 1:
+            super().handle_timer(now)
+            return
+        self._now = now
+        # Path 0 first: aioquic's idle/close handling must run in its own context.
+        for path in [self._path0, *(p for p in self._paths.values() if p is not self._path0)]:
+            if self._state in END_STATES or path.path_id not in self._paths:
+                break
+            with self._on_path(path):
+                super().get_timer()  # refreshes this path's loss timer
+                super().handle_timer(now)
+        for path in self.scheduler.dead_paths(self):
+            path.abandon_error = f.PATH_UNSTABLE_OR_POOR
+            self._start_closing(path, now)
+        self._forget_closed_paths(now)
+
+    def _idle_timeout(self) -> float:
+        idle: float = super()._idle_timeout()
+        if len(self._paths) > 1:
+            idle = max(idle, 3 * self._largest_pto())
+        return idle
+
+    def _abandon_path_validation(self) -> None:
+        if self._live is self._path0 and len(self._paths) == 1:
+            super()._abandon_path_validation()
+            return
+        # A failed validation costs this path, never the connection (draft-21 §3.1).
+        path = self._live
+        path.abandon_error = f.PATH_UNSTABLE_OR_POOR
+        network_path = self._network_paths[0]
+        network_path.validation_deadline = None
+        self._start_closing(path, self._now)

@@ -1,0 +1,71 @@
+"""One multipath path: its ID, lifecycle, status and the aioquic state it owns.
+
+The path is picoquic's unit (packet numbers, ACK state, recovery, pacing,
+CIDs); its 4-tuples are aioquic's `QuicNetworkPath` objects in the path's own
+`_network_paths`. While a path is not the one aioquic is working on, the
+aioquic attributes it owns are parked in `parked` (see `connection.py`).
+
+Lifecycle (the whole state machine):
+
+    VALIDATING --PATH_RESPONSE--> ACTIVE --PATH_ABANDON sent/received--> CLOSING
+    VALIDATING --deadline / abandon--> CLOSING --3 x PTO--> (forgotten)
+
+A server-side path starts ACTIVE (the client opened it; aioquic validates the
+new 4-tuple like a migration, under the 3x anti-amplification limit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from aioquic.quic.connection import NetworkAddress
+
+
+class PathState(Enum):
+    VALIDATING = "validating"
+    ACTIVE = "active"
+    CLOSING = "closing"
+
+
+@dataclass(slots=True)
+class PathStats:
+    """Counters that outlive the path (kept in `MultipathConnection.closed_stats`)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    packets_sent: int = 0
+    packets_received: int = 0
+    packets_lost: int = 0
+
+
+@dataclass(slots=True)
+class Path:
+    path_id: int
+    state: PathState
+    local_addr: NetworkAddress | None = None  # client: the local address the path is bound to
+    # The aioquic attributes of this path while another path is live.
+    parked: dict[str, Any] = field(default_factory=dict)
+    # Status: ours (sent to the peer) and the peer's preference for this path.
+    backup: bool = False
+    status_seq_sent: int = 0
+    status_pending: bool = False
+    peer_backup: bool | None = None
+    peer_status_seq: int = -1
+    # Abandonment.
+    abandon_pending: bool = False
+    abandon_sent: bool = False
+    abandon_received: bool = False
+    abandon_error: int = 0
+    closing_until: float | None = None
+    # CIDs for this path ID: ours not yet announced, and retirements to send.
+    cids_to_announce: list[int] = field(default_factory=list)  # sequence numbers
+    retire_pending: list[int] = field(default_factory=list)
+    next_peer_cid_seq: int = 0  # highest PATH_NEW_CONNECTION_ID sequence seen + 1
+    stats: PathStats = field(default_factory=PathStats)
+
+    @property
+    def usable(self) -> bool:
+        """May carry application data."""
+        return self.state is PathState.ACTIVE and not self.abandon_pending
