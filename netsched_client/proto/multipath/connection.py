@@ -336,7 +336,11 @@ class MultipathConnection(QuicConnection):
             "_network_paths": network_paths,
             "_spin_bit": False,
             "_spin_highest_pn": 0,
-            "_cryptos": {Epoch.ONE_RTT: PathCrypto(base_cryptos[Epoch.ONE_RTT], path_id)},
+            # Other epochs are aioquic's (long torn down): its code still looks them up.
+            "_cryptos": {
+                **base_cryptos,
+                Epoch.ONE_RTT: PathCrypto(base_cryptos[Epoch.ONE_RTT], path_id),
+            },
         }
         self._paths[path_id] = path
         self._used_path_ids.add(path_id)

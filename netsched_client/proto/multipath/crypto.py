@@ -45,6 +45,9 @@ class PathCrypto:
     def update_key(self) -> None:
         self.base.update_key()
 
+    def teardown(self) -> None:
+        self.base.teardown()
+
     def encrypt_packet(
         self, plain_header: bytes, plain_payload: bytes, packet_number: int
     ) -> bytes:

@@ -1,0 +1,135 @@
+"""Multipath in the sans-IO core: two connections, an in-memory network, a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
+from mp_harness import C1, C2, C3, SERVER, Link, Net, make_net
+
+from netsched_client.proto.multipath import events as mpe
+from netsched_client.proto.multipath.connection import MultipathError
+from netsched_client.proto.multipath.path import PathState
+
+
+def _connected(tmp_path: Path, **kwargs) -> Net:
+    net = make_net(tmp_path, **kwargs)
+    assert net.run(2.0, until=lambda: bool(net.events("client", HandshakeCompleted)))
+    net.run(0.2)  # HANDSHAKE_DONE, CIDs for new paths
+    return net
+
+
+def _two_paths(tmp_path: Path, **kwargs) -> tuple[Net, int]:
+    net = _connected(tmp_path, **kwargs)
+    path_id = net.client.open_path(C2, SERVER, net.now)
+    assert net.run(2.0, until=lambda: bool(net.events("client", mpe.PathValidated)))
+    return net, path_id
+
+
+def _download(net: Net, size: int) -> int:
+    """Client asks on a stream; the server answers with `size` bytes."""
+    sid = net.client.get_next_available_stream_id()
+    net.client.send_stream_data(sid, b"get", end_stream=True)
+    net.run(1.0, until=lambda: any(getattr(e, "stream_id", None) == sid for e in net.server_events))
+    net.server.send_stream_data(sid, bytes(range(256)) * (size // 256), end_stream=True)
+    return sid
+
+
+def test_negotiated_both_ways(tmp_path: Path) -> None:
+    net = _connected(tmp_path)
+    assert net.client.multipath_enabled and net.server.multipath_enabled
+
+
+def test_plain_peer_means_single_path(tmp_path: Path) -> None:
+    net = _connected(tmp_path, server_max_path_id=None)
+    assert not net.client.multipath_enabled
+    with pytest.raises(MultipathError):
+        net.client.open_path(C2, SERVER, net.now)
+
+
+def test_second_path_validated_and_used(tmp_path: Path) -> None:
+    net, path_id = _two_paths(tmp_path)
+    assert path_id == 1
+    assert net.events("server", mpe.PathAvailable) == [mpe.PathAvailable(1)]
+    sid = _download(net, 2_000_000)
+    assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= 1_999_872)
+    assert net.received[sid] == bytes(range(256)) * (2_000_000 // 256)
+    sent = {p["path_id"]: p["bytes_sent"] for p in net.server.path_info()}
+    assert sent[0] > 200_000 and sent[1] > 200_000, sent  # both paths carried the transfer
+    rtts = {p["path_id"]: p["rtt"] for p in net.server.path_info()}
+    assert rtts[1] is not None  # PATH_ACK on path 1 gave RTT samples
+
+
+RATE_LIMITED = {C1: Link(rate_bps=20e6), C2: Link(rate_bps=20e6), C3: Link()}
+
+
+def test_blackholed_path_abandoned_and_transfer_completes(tmp_path: Path) -> None:
+    net, _ = _two_paths(tmp_path, links=RATE_LIMITED)
+    sid = _download(net, 3_000_000)
+    net.run(0.3)
+    net.links[C1].up = False  # path 0 dies mid-transfer
+    done = net.run(60.0, until=lambda: len(net.received.get(sid, b"")) >= 2_999_808)
+    assert done, f"got {len(net.received.get(sid, b''))} bytes"
+    assert net.received[sid] == bytes(range(256)) * (3_000_000 // 256)  # no byte lost
+    abandoned = net.events("server", mpe.PathAbandoned) + net.events("client", mpe.PathAbandoned)
+    assert any(e.path_id == 0 for e in abandoned)
+    assert not net.events("client", ConnectionTerminated)
+
+
+def test_failed_validation_costs_the_path_not_the_connection(tmp_path: Path) -> None:
+    net = _connected(tmp_path)
+    net.links[C2].up = False
+    path_id = net.client.open_path(C2, SERVER, net.now)
+    net.run(5.0, until=lambda: bool(net.events("client", mpe.PathAbandoned)))
+    assert net.events("client", mpe.PathAbandoned)[0].path_id == path_id
+    assert not net.events("client", ConnectionTerminated)
+    sid = _download(net, 50_000)
+    assert net.run(5.0, until=lambda: len(net.received.get(sid, b"")) >= 49_920)
+
+
+def test_path_ids_run_out(tmp_path: Path) -> None:
+    net = _connected(tmp_path, client_max_path_id=2, server_max_path_id=2)
+    net.client.open_path(C2, SERVER, net.now)
+    net.client.open_path(C3, SERVER, net.now)
+    with pytest.raises(MultipathError):
+        net.client.open_path(("127.0.0.5", 5004), SERVER, net.now)
+
+
+def test_abandon_by_application_then_forgotten(tmp_path: Path) -> None:
+    net, path_id = _two_paths(tmp_path)
+    net.client.abandon_path(path_id, now=net.now)
+    net.run(0.5)
+    assert net.events("server", mpe.PathAbandoned)[0].by_peer
+    net.run(5.0)
+    assert path_id not in net.client.paths and path_id not in net.server.paths
+    sid = _download(net, 100_000)
+    assert net.run(5.0, until=lambda: len(net.received.get(sid, b"")) >= 99_840)
+
+
+def test_backup_path_carries_data_only_when_needed(tmp_path: Path) -> None:
+    net, path_id = _two_paths(tmp_path)
+    net.server.set_path_backup(path_id, True)
+    before = {p["path_id"]: p["bytes_sent"] for p in net.server.path_info()}
+    sid = _download(net, 500_000)
+    assert net.run(10.0, until=lambda: len(net.received.get(sid, b"")) >= 499_968)
+    after = {p["path_id"]: p["bytes_sent"] for p in net.server.path_info()}
+    assert after[path_id] - before[path_id] < 20_000  # ACKs and control only
+    net.links[C1].up = False
+    sid = _download(net, 300_000)
+    assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= 299_776)
+
+
+def test_key_update_across_paths(tmp_path: Path) -> None:
+    net, _ = _two_paths(tmp_path)
+    net.client.request_key_update()
+    sid = _download(net, 1_000_000)
+    assert net.run(20.0, until=lambda: len(net.received.get(sid, b"")) >= 999_936)
+    assert not net.events("client", ConnectionTerminated)
+
+
+def test_lossy_second_path(tmp_path: Path) -> None:
+    net, _ = _two_paths(tmp_path, links={C1: Link(delay=0.005), C2: Link(delay=0.030, drop_every=10), C3: Link()})
+    sid = _download(net, 1_000_000)
+    assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= 999_936)
+    assert net.received[sid] == bytes(range(256)) * (1_000_000 // 256)
