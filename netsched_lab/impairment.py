@@ -42,6 +42,11 @@ def _check_non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
+def _check_integer(name: str, value: int, *, minimum: int) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class GilbertElliott:
     """Two-state bursty loss: a Markov chain stepped once per packet.
@@ -99,10 +104,9 @@ class GilbertElliott:
 
     def step(self, bad: bool, rng: random.Random) -> tuple[bool, bool]:
         """Advance the chain by one packet: (new state is bad, packet lost)."""
-        if bad:
-            bad = rng.random() >= self.p_bad_good
-        else:
-            bad = rng.random() < self.p_good_bad
+        leave = self.p_bad_good if bad else self.p_good_bad
+        if rng.random() < leave:
+            bad = not bad
         return bad, rng.random() < (self.loss_bad if bad else self.loss_good)
 
 
@@ -132,18 +136,11 @@ class LinkSpec:
             _check_probability(name, getattr(self, name))
         if self.bursty is not None and not isinstance(self.bursty, GilbertElliott):
             raise ValueError(f"bursty must be a GilbertElliott or None, got {self.bursty!r}")
-        if self.rate_mbps is not None and not (
-            math.isfinite(self.rate_mbps) and self.rate_mbps > 0.0
-        ):
-            raise ValueError(f"rate_mbps must be a finite number > 0 or None, got {self.rate_mbps!r}")
-        if isinstance(self.burst_bytes, bool) or not (
-            isinstance(self.burst_bytes, int) and self.burst_bytes >= 1
-        ):
-            raise ValueError(f"burst_bytes must be an integer >= 1, got {self.burst_bytes!r}")
-        if isinstance(self.queue_bytes, bool) or not (
-            isinstance(self.queue_bytes, int) and self.queue_bytes >= 0
-        ):
-            raise ValueError(f"queue_bytes must be an integer >= 0, got {self.queue_bytes!r}")
+        rate = self.rate_mbps
+        if rate is not None and not (math.isfinite(rate) and rate > 0.0):
+            raise ValueError(f"rate_mbps must be a finite number > 0 or None, got {rate!r}")
+        _check_integer("burst_bytes", self.burst_bytes, minimum=1)
+        _check_integer("queue_bytes", self.queue_bytes, minimum=0)
         if not isinstance(self.blackhole, bool):
             raise ValueError(f"blackhole must be a bool, got {self.blackhole!r}")
 

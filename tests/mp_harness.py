@@ -101,7 +101,9 @@ class Net:
             self._drain_events()
             if until is not None and until():
                 return True
-            timers = [t for t in (self.client.get_timer(), self.server.get_timer()) if t is not None]
+            timers = [
+                t for t in (self.client.get_timer(), self.server.get_timer()) if t is not None
+            ]
             candidates = [*timers, *(q[0] for q in self.queue[:1])]
             if not candidates:
                 return False
@@ -128,10 +130,17 @@ class Net:
         return [e for e in source if isinstance(e, kind)]
 
 
-def make_net(tmp: Path, *, client_max_path_id: int | None = 3, server_max_path_id: int | None = 3,
-             links: dict[NetworkAddress, Link] | None = None) -> Net:
+def make_net(
+    tmp: Path,
+    *,
+    client_max_path_id: int | None = 3,
+    server_max_path_id: int | None = 3,
+    links: dict[NetworkAddress, Link] | None = None,
+) -> Net:
     pair = generate_self_signed(tmp)
-    client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["netsched/1"], server_name="localhost")
+    client_cfg = QuicConfiguration(
+        is_client=True, alpn_protocols=["netsched/1"], server_name="localhost"
+    )
     client_cfg.load_verify_locations(str(pair.ca_certificate))
     server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["netsched/1"])
     server_cfg.load_cert_chain(pair.certificate, pair.private_key)

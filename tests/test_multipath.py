@@ -9,8 +9,8 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 from mp_harness import C1, C2, C3, SERVER, Link, Net, make_net
 
 from netsched_client.proto.multipath import events as mpe
+from netsched_client.proto.multipath import frames as mpf
 from netsched_client.proto.multipath.connection import MultipathError
-from netsched_client.proto.multipath.path import PathState
 
 
 def _connected(tmp_path: Path, **kwargs) -> Net:
@@ -129,7 +129,40 @@ def test_key_update_across_paths(tmp_path: Path) -> None:
 
 
 def test_lossy_second_path(tmp_path: Path) -> None:
-    net, _ = _two_paths(tmp_path, links={C1: Link(delay=0.005), C2: Link(delay=0.030, drop_every=10), C3: Link()})
+    net, _ = _two_paths(
+        tmp_path, links={C1: Link(delay=0.005), C2: Link(delay=0.030, drop_every=10), C3: Link()}
+    )
     sid = _download(net, 1_000_000)
     assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= 999_936)
     assert net.received[sid] == bytes(range(256)) * (1_000_000 // 256)
+
+
+class _RawFrame(mpf.MaxPathId):
+    """A frame we write verbatim, to feed the peer malformed input."""
+
+    def __init__(self, frame_type: int, body: bytes) -> None:
+        super().__init__(0)
+        object.__setattr__(self, "raw", (frame_type, body))
+
+    def split(self) -> tuple[int, bytes]:
+        return self.raw  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("frame_type", "body", "code"),
+    [
+        (mpf.PATH_NEW_CONNECTION_ID, bytes([1, 5, 0, 0]), 0x7),  # empty CID: FRAME_ENCODING_ERROR
+        (mpf.MAX_PATH_ID, bytes.fromhex("c0000001ffffffff"), 0xA),  # above 2^32-1
+        (mpf.PATH_ABANDON, bytes([9, 0]), 0xA),  # path ID above our maximum: PROTOCOL_VIOLATION
+        (mpf.PATH_CIDS_BLOCKED, bytes([1, 9]), 0xA),  # sequence we never reached
+    ],
+)
+def test_malformed_multipath_frames_close_with_the_right_code(
+    tmp_path: Path, frame_type: int, body: bytes, code: int
+) -> None:
+    net, _ = _two_paths(tmp_path)
+    net.client._control.append(_RawFrame(frame_type, body))
+    net.client.send_ping(1)  # a packet to carry it
+    net.run(2.0, until=lambda: bool(net.events("client", ConnectionTerminated)))
+    closed = net.events("client", ConnectionTerminated)
+    assert closed and closed[0].error_code == code, closed

@@ -554,6 +554,10 @@ class MultipathConnection(QuicConnection):
             )
         try:
             frame = f.decode_frame(frame_type, buf)
+        except f.PathIdTooLarge as exc:
+            raise QuicConnectionError(
+                QuicErrorCode.PROTOCOL_VIOLATION, frame_type, str(exc)
+            ) from exc
         except f.FrameEncodingError as exc:
             raise QuicConnectionError(
                 QuicErrorCode.FRAME_ENCODING_ERROR, frame_type, str(exc)
@@ -819,12 +823,17 @@ class MultipathConnection(QuicConnection):
             return
         self._now = now
         # Path 0 first: aioquic's idle/close handling must run in its own context.
-        for path in [self._path0, *(p for p in self._paths.values() if p is not self._path0)]:
-            if self._state in END_STATES or path.path_id not in self._paths:
-                break
+        with self._on_path(self._path0):
+            super().get_timer()  # refreshes this path's loss timer
+            super().handle_timer(now)
+        for path in [p for p in self._paths.values() if p is not self._path0]:
+            if self._state in END_STATES:
+                return
             with self._on_path(path):
-                super().get_timer()  # refreshes this path's loss timer
+                super().get_timer()
                 super().handle_timer(now)
+        if self._state in END_STATES:
+            return
         for path in self.scheduler.dead_paths(self):
             path.abandon_error = f.PATH_UNSTABLE_OR_POOR
             self._start_closing(path, now)

@@ -43,6 +43,10 @@ class FrameEncodingError(ValueError):
     """A multipath frame could not be parsed."""
 
 
+class PathIdTooLarge(FrameEncodingError):
+    """A path ID above 2^32-1: a PROTOCOL_VIOLATION rather than an encoding error."""
+
+
 def _pull(buf: Buffer) -> int:
     return buf.pull_uint_var()
 
@@ -50,7 +54,7 @@ def _pull(buf: Buffer) -> int:
 def _path_id(buf: Buffer) -> int:
     value = _pull(buf)
     if value > MAX_PATH_ID_VALUE:
-        raise FrameEncodingError(f"path ID {value} exceeds 2^32-1")
+        raise PathIdTooLarge(f"path ID {value} exceeds 2^32-1")
     return value
 
 
