@@ -20,6 +20,7 @@ from .errors import (
     Status,
 )
 from .proto.slo import SLO
+from .runtime.paths import PathError, PathStats
 from .runtime.session import Response, Session, Stream, connect, open_session
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "NegotiationError",
     "NetSchedError",
     "NoBackend",
+    "PathError",
+    "PathStats",
     "RequestError",
     "Response",
     "SLOError",

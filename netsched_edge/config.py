@@ -3,7 +3,7 @@
 Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, www,
-                  idle_timeout_s, max_queue, retry
+                  idle_timeout_s, max_queue, retry, multipath, max_path_id
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
@@ -96,6 +96,8 @@ class EdgeConfig:
     idle_timeout_s: float = 30.0
     max_queue: int = 1024  # requests waiting for a backend, over all services
     retry: bool = False  # validate client addresses with a Retry before any state is kept
+    multipath: bool = True  # offer draft-ietf-quic-multipath-21 (initial_max_path_id)
+    max_path_id: int = 3  # paths per connection - 1 that a client may open
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<default>"
@@ -600,6 +602,8 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "idle_timeout_s": _number(0, inclusive=False),
     "max_queue": _integer(0),
     "retry": _boolean,
+    "multipath": _boolean,
+    "max_path_id": _integer(0, 2**32 - 1),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -240,7 +241,10 @@ class EdgeServer:
             return ServerEndpoint(
                 configuration,
                 self._on_connection,
-                connection_factory=NetSchedConnection,
+                connection_factory=functools.partial(
+                    NetSchedConnection,
+                    max_path_id=self.config.max_path_id if self.config.multipath else None,
+                ),
                 retry=self.config.retry,
             )
 

@@ -48,11 +48,13 @@ def start_server(stack: AsyncExitStack) -> Callable[[object], Awaitable[int]]:
 
 @pytest.fixture
 def open_client(stack: AsyncExitStack) -> SessionFactory:
-    async def open_(edge: EdgeServer, slo: SLO | None = None, **kwargs: object) -> Session:
+    async def open_(
+        edge: EdgeServer, slo: SLO | None = None, port: int | None = None, **kwargs: object
+    ) -> Session:
         ca = edge.ca_certificate
         session = await open_session(
             "127.0.0.1",
-            edge.port,
+            port or edge.port,
             slo=slo,
             ca_file=str(ca) if ca else None,
             **kwargs,  # type: ignore[arg-type]

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 
-Datagram = tuple[bytes, NetworkAddress]
+from ..proto.multipath.connection import MultipathConnection
+
+# (payload, destination, path ID): the path picks the local socket on a multipath client.
+Datagram = tuple[bytes, NetworkAddress, int]
 SendBatch = Callable[[list[Datagram]], None]
 EventHandler = Callable[[QuicEvent], None]
 
@@ -52,9 +55,15 @@ class ConnectionDriver:
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
-        datagrams = self.quic.datagrams_to_send(now=self._loop.time())
+        now = self._loop.time()
+        if isinstance(self.quic, MultipathConnection):
+            datagrams = self.quic.datagrams_with_paths(now)
+        else:
+            datagrams = [(data, addr, 0) for data, addr in self.quic.datagrams_to_send(now)]
         if datagrams:
             self._send_batch(datagrams)
+        # Building packets can queue events too (new CIDs the endpoint must route).
+        self._drain_events()
         self._rearm_timer()
 
     def close(self, error_code: int = 0, reason: str = "") -> None:

@@ -47,7 +47,7 @@ class UdpSender(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        for data, addr in datagrams:
+        for data, addr, _ in datagrams:
             transport.sendto(data, addr)
 
     def close(self) -> None:
@@ -188,7 +188,7 @@ class ServerEndpoint(UdpSender):
                 del self._routes[cid]
 
     def _send(self, data: bytes, addr: NetworkAddress) -> None:
-        self.send_batch([(data, addr)])
+        self.send_batch([(data, addr, 0)])
 
     def close_all(self, error_code: int = 0, reason: str = "") -> None:
         for driver in list(self._drivers):
@@ -196,10 +196,12 @@ class ServerEndpoint(UdpSender):
 
 
 class ClientEndpoint(UdpSender):
-    """One UDP socket carrying one outgoing connection."""
+    """The sockets of one outgoing connection: the primary one (path 0) and one
+    per extra path, each bound to the local address the path was opened from."""
 
     def __init__(self) -> None:
         self.driver: ConnectionDriver | None = None
+        self._path_sockets: dict[int, PathSocket] = {}
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         if self.driver is not None:
@@ -208,6 +210,50 @@ class ClientEndpoint(UdpSender):
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable) are advisory in QUIC: loss recovery handles them.
         log.debug("UDP error: %s", exc)
+
+    def send_batch(self, datagrams: list[Datagram]) -> None:
+        if not self._path_sockets:
+            super().send_batch(datagrams)
+            return
+        for data, addr, path_id in datagrams:
+            sender = self._path_sockets.get(path_id)
+            if sender is None:
+                super().send_batch([(data, addr, path_id)])
+            else:
+                sender.send_batch([(data, addr, path_id)])
+
+    async def open_path_socket(self, family: socket.AddressFamily, local_host: str) -> PathSocket:
+        loop = asyncio.get_running_loop()
+        _, sock = await loop.create_datagram_endpoint(
+            lambda: PathSocket(self), local_addr=(local_host, 0), family=family
+        )
+        return sock
+
+    def bind_path(self, path_id: int, sock: PathSocket) -> None:
+        self._path_sockets[path_id] = sock
+
+    def release_path(self, path_id: int) -> None:
+        sock = self._path_sockets.pop(path_id, None)
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        for path_id in list(self._path_sockets):
+            self.release_path(path_id)
+        super().close()
+
+
+class PathSocket(UdpSender):
+    """An extra path's socket: what it receives goes to the owner's connection."""
+
+    def __init__(self, owner: ClientEndpoint) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        self._owner.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error on a path socket: %s", exc)
 
 
 async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, NetworkAddress]:

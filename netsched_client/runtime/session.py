@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
 from ..errors import ConnectionLost, DeadlineExceeded, NegotiationError, error_for_status
@@ -36,6 +39,10 @@ from ..proto.slo import SLO
 from .debug import enable_debug_logs
 from .driver import ConnectionDriver
 from .endpoint import ClientEndpoint, open_client_endpoint, resolve
+from .interfaces import InterfaceError, discover, resolve_local
+from .paths import PathError, PathManager, PathStats
+
+log = logging.getLogger("netsched.client")
 
 DEFAULT_ALPNS = (native.ALPN, h3proto.ALPN)
 MAX_RESPONSE_BYTES = 64 << 20
@@ -168,9 +175,11 @@ class Session:
         alpn: str,
         default_slo: SLO | None,
         authority: str,
+        path_manager: PathManager,
     ) -> None:
         self._driver = driver
         self._endpoint = endpoint
+        self._paths = path_manager
         self.alpn = alpn
         self.default_slo = default_slo
         quic = driver.quic
@@ -232,6 +241,37 @@ class Session:
         """The next (service, payload) datagram from the edge."""
         self._check_open()
         return await self._datagrams.get()
+
+    # -- paths ----------------------------------------------------------------
+
+    @property
+    def multipath(self) -> bool:
+        """Whether the edge negotiated multipath (draft-ietf-quic-multipath-21)."""
+        return self._paths.multipath
+
+    @property
+    def paths(self) -> list[PathStats]:
+        """Live per-path statistics; closed paths keep their totals."""
+        return self._paths.stats()
+
+    @property
+    def path_events(self) -> list[QuicEvent]:
+        """Recent path events (validated, abandoned, status changed), oldest first."""
+        return list(self._paths.events)
+
+    async def add_path(self, local: str) -> int:
+        """Open a path from a local address or interface name; its ID once validated."""
+        self._check_open()
+        return await self._paths.add(local)
+
+    def remove_path(self, path_id: int) -> None:
+        self._check_open()
+        self._paths.remove(path_id)
+
+    def set_path_backup(self, path_id: int, backup: bool = True) -> None:
+        """Use a path only when no other works (and tell the edge so)."""
+        self._check_open()
+        self._paths.set_backup(path_id, backup)
 
     async def close(self) -> None:
         if self._lost is None:
@@ -361,15 +401,68 @@ async def open_session(
     ca_file: str | None = None,
     verify: bool = True,
     timeout: float = 10.0,
+    paths: Sequence[str] | Literal["auto"] | None = None,
 ) -> Session:
-    """Connect and complete the handshake; the caller closes the session."""
+    """Connect and complete the handshake; the caller closes the session.
+
+    `paths`: local addresses or interface names to use at once, the first one
+    for the handshake; "auto" adds every non-loopback local address. When the
+    edge does not negotiate multipath, extra paths are skipped silently and
+    the session runs on one path.
+    """
     if configuration is None:
         configuration = client_configuration(host, ca_file=ca_file, verify=verify)
     family, addr = await resolve(host, port)
-    endpoint = await open_client_endpoint(family)
+    locals_ = _local_addresses(paths, family, addr)
+    endpoint = await open_client_endpoint(family, locals_[0] if locals_ else None)
     quic = NetSchedConnection(configuration=configuration, local_slo=slo)
     driver = ConnectionDriver(quic, endpoint.send_batch)
     endpoint.driver = driver
+    manager = PathManager(driver, endpoint, family, addr)
+    alpn = await _handshake(driver, endpoint, addr, configuration, f"{host}:{port}", timeout)
+    session = Session(driver, endpoint, alpn, slo, f"{host}:{port}", manager)
+    await _open_extra_paths(session, locals_[1:])
+    return session
+
+
+def _local_addresses(
+    paths: Sequence[str] | Literal["auto"] | None,
+    family: socket.AddressFamily,
+    remote: NetworkAddress,
+) -> list[str]:
+    if paths is None:
+        return []
+    if paths == "auto":
+        if ipaddress.ip_address(remote[0]).is_loopback:
+            return []
+        return ["::" if family == socket.AF_INET6 else "0.0.0.0", *discover(family)]
+    try:
+        return [resolve_local(local, family) for local in paths]
+    except InterfaceError as exc:
+        raise PathError(str(exc)) from None
+
+
+async def _open_extra_paths(session: Session, locals_: Sequence[str]) -> None:
+    if locals_ and not session.multipath:
+        log.info("the edge did not negotiate multipath: using one path")
+        return
+    for local in locals_:
+        try:
+            await session.add_path(local)
+        except PathError as exc:
+            # MPTCP's lesson: a path that cannot be used must not cost the session.
+            log.warning("path from %s not used: %s", local, exc)
+
+
+async def _handshake(
+    driver: ConnectionDriver,
+    endpoint: ClientEndpoint,
+    addr: NetworkAddress,
+    configuration: QuicConfiguration,
+    name: str,
+    timeout: float,
+) -> str:
+    """Run the handshake; the negotiated ALPN, or a typed error (sockets closed)."""
     handshake: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     def on_handshake(event: QuicEvent) -> None:
@@ -382,27 +475,26 @@ async def open_session(
             handshake.set_exception(exc)
 
     driver.add_event_handler(on_handshake)
-    quic.connect(addr, now=asyncio.get_running_loop().time())
+    driver.quic.connect(addr, now=asyncio.get_running_loop().time())
     driver.transmit()
     try:
         async with asyncio.timeout(timeout):
             alpn = await handshake
     except TimeoutError:
         endpoint.close()
-        raise ConnectionLost(f"no handshake with {host}:{port} within {timeout} s") from None
+        raise ConnectionLost(f"no handshake with {name} within {timeout} s") from None
     except ConnectionLost as exc:
         endpoint.close()
         if exc.error_code == NO_APPLICATION_PROTOCOL:
             raise NegotiationError(
-                f"{host}:{port} speaks none of {', '.join(configuration.alpn_protocols or [])}"
+                f"{name} speaks none of {', '.join(configuration.alpn_protocols or [])}"
             ) from None
         raise
     if alpn is None or alpn not in (configuration.alpn_protocols or []):
         driver.close(reason="no common application protocol")
         endpoint.close()
-        raise NegotiationError(f"{host}:{port} negotiated {alpn!r}")
-    authority = f"{host}:{port}"
-    return Session(driver, endpoint, alpn, slo, authority)
+        raise NegotiationError(f"{name} negotiated {alpn!r}")
+    return alpn
 
 
 @asynccontextmanager
@@ -415,8 +507,9 @@ async def connect(
     ca_file: str | None = None,
     verify: bool = True,
     timeout: float = 10.0,
+    paths: Sequence[str] | Literal["auto"] | None = None,
 ) -> AsyncIterator[Session]:
-    """`async with connect(host, port, slo=SLO(...)) as session:` — a session to an edge."""
+    """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
         host,
         port,
@@ -425,6 +518,7 @@ async def connect(
         ca_file=ca_file,
         verify=verify,
         timeout=timeout,
+        paths=paths,
     )
     try:
         yield session

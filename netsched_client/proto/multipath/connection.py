@@ -118,7 +118,11 @@ _mark_path_ack_non_eliciting()
 
 
 class MultipathError(Exception):
-    """A path operation that cannot be done now (no path ID, no CID, not negotiated)."""
+    """A path operation that cannot be done (no path ID left, not negotiated)."""
+
+
+class PathIdNotReady(MultipathError):
+    """No path ID is ready yet: wait for a `PathIdReady` event and try again."""
 
 
 class MultipathConnection(QuicConnection):
@@ -137,6 +141,7 @@ class MultipathConnection(QuicConnection):
         self._peer_pool: dict[int, list[QuicConnectionId]] = {}
         self._cid_path: dict[bytes, int] = {}
         self._announce: deque[f.PathNewConnectionId] = deque()
+        self._acked_cid_paths: set[int] = set()
         self._control: deque[f.MultipathFrame] = deque()
         self.scheduler = Scheduler()
         self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
@@ -278,7 +283,8 @@ class MultipathConnection(QuicConnection):
 
     def _free_path_id(self) -> int:
         assert self._local_max_path_id is not None and self._peer_max_path_id is not None
-        candidates = sorted(set(self._host_pool) & set(self._peer_pool))
+        # Only path IDs whose CIDs the peer has acknowledged: it can answer on them at once.
+        candidates = sorted(set(self._host_pool) & set(self._peer_pool) & self._acked_cid_paths)
         if candidates:
             return candidates[0]
         limit = min(self._local_max_path_id, self._peer_max_path_id)
@@ -288,7 +294,16 @@ class MultipathConnection(QuicConnection):
         blocked = min(set(self._host_pool) - set(self._peer_pool), default=None)
         if blocked is not None:
             self._control.append(f.PathCidsBlocked(blocked, 0))
-        raise MultipathError("the peer has not issued connection IDs for a new path yet")
+        raise PathIdNotReady("no path ID has connection IDs on both sides yet")
+
+    def _check_path_id_ready(self, path_id: int) -> None:
+        if (
+            self._is_client
+            and path_id in self._host_pool
+            and path_id in self._peer_pool
+            and path_id in self._acked_cid_paths
+        ):
+            self._events.append(mp_events.PathIdReady(path_id))
 
     # -- path creation and teardown -------------------------------------------------------
 
@@ -433,6 +448,8 @@ class MultipathConnection(QuicConnection):
             pool = self._peer_pool.setdefault(frame.path_id, [])
             if all(c.sequence_number != frame.sequence for c in pool):
                 pool.append(cid)
+                if len(pool) == 1:
+                    self._check_path_id_ready(frame.path_id)
             if len(pool) > MAX_PEER_CIDS_PER_PATH:
                 raise QuicConnectionError(
                     QuicErrorCode.CONNECTION_ID_LIMIT_ERROR,
@@ -786,6 +803,13 @@ class MultipathConnection(QuicConnection):
     def _on_multipath_frame_delivery(
         self, delivery: QuicDeliveryState, frame: f.MultipathFrame
     ) -> None:
+        if (
+            delivery == QuicDeliveryState.ACKED
+            and isinstance(frame, f.PathNewConnectionId)
+            and frame.path_id not in self._acked_cid_paths
+        ):
+            self._acked_cid_paths.add(frame.path_id)
+            self._check_path_id_ready(frame.path_id)
         if delivery != QuicDeliveryState.LOST or self._state in END_STATES:
             return
         if isinstance(frame, f.PathNewConnectionId):

@@ -34,3 +34,10 @@ class PathStatusChanged(QuicEvent):
 
     path_id: int
     backup: bool
+
+
+@dataclass
+class PathIdReady(QuicEvent):
+    """Client: both sides hold CIDs for this unused path ID; `open_path` can use it."""
+
+    path_id: int

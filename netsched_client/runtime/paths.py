@@ -1,0 +1,177 @@
+"""The client's view of its paths: open, close, prefer, and watch them.
+
+A thin asyncio layer over `MultipathConnection`'s path API; it owns the
+socket of each extra path (through the endpoint) and turns path events into
+awaitables and a bounded history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from dataclasses import dataclass
+
+from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.events import QuicEvent
+
+from ..errors import NetSchedError
+from ..proto.multipath import events as mpe
+from ..proto.multipath.connection import MultipathConnection, MultipathError, PathIdNotReady
+from ..proto.multipath.frames import APPLICATION_ABANDON_PATH
+from .driver import ConnectionDriver
+from .endpoint import ClientEndpoint
+from .interfaces import InterfaceError, resolve_local
+
+PATH_VALIDATION_TIMEOUT_S = 5.0
+
+
+class PathError(NetSchedError):
+    """A path could not be opened or used."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathStats:
+    path_id: int
+    state: str  # validating | active | closing | closed
+    local: NetworkAddress | None
+    remote: NetworkAddress | None
+    backup: bool
+    rtt_ms: float | None
+    cwnd: int
+    bytes_in_flight: int
+    bytes_sent: int
+    bytes_received: int
+    packets_lost: int
+
+
+class PathManager:
+    def __init__(
+        self,
+        driver: ConnectionDriver,
+        endpoint: ClientEndpoint,
+        family: socket.AddressFamily,
+        remote: NetworkAddress,
+    ) -> None:
+        self._driver = driver
+        self._endpoint = endpoint
+        self._family = family
+        self._remote = remote
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._id_ready: asyncio.Future[None] | None = None
+        self.events: deque[QuicEvent] = deque(maxlen=256)
+        driver.add_event_handler(self._on_event)
+
+    @property
+    def _quic(self) -> MultipathConnection:
+        quic = self._driver.quic
+        assert isinstance(quic, MultipathConnection)
+        return quic
+
+    @property
+    def multipath(self) -> bool:
+        return self._quic.multipath_enabled
+
+    def stats(self) -> list[PathStats]:
+        live = [
+            PathStats(
+                path_id=info["path_id"],
+                state=info["state"],
+                local=info["local"],
+                remote=info["remote"],
+                backup=info["backup"],
+                rtt_ms=None if info["rtt"] is None else info["rtt"] * 1000,
+                cwnd=info["cwnd"],
+                bytes_in_flight=info["bytes_in_flight"],
+                bytes_sent=info["bytes_sent"],
+                bytes_received=info["bytes_received"],
+                packets_lost=info["packets_lost"],
+            )
+            for info in self._quic.path_info()
+        ]
+        closed = [
+            PathStats(
+                path_id,
+                "closed",
+                None,
+                None,
+                False,
+                None,
+                0,
+                0,
+                s.bytes_sent,
+                s.bytes_received,
+                s.packets_lost,
+            )
+            for path_id, s in self._quic.closed_stats.items()
+        ]
+        return live + closed
+
+    async def add(self, local: str, timeout: float = PATH_VALIDATION_TIMEOUT_S) -> int:
+        """Open a path from `local` (address or interface name); return once validated."""
+        try:
+            host = resolve_local(local, self._family)
+        except InterfaceError as exc:
+            raise PathError(str(exc)) from None
+        sock = await self._endpoint.open_path_socket(self._family, host)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                path_id = await self._open(sock.local_address)
+        except (MultipathError, TimeoutError) as exc:
+            sock.close()
+            raise PathError(str(exc) or "no path ID became ready") from None
+        self._endpoint.bind_path(path_id, sock)
+        waiter = self._waiters[path_id] = loop.create_future()
+        self._driver.schedule_transmit()
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            self.remove(path_id)
+            raise PathError(f"path from {local} not validated within {timeout} s") from None
+        finally:
+            self._waiters.pop(path_id, None)
+        return path_id
+
+    async def _open(self, local: NetworkAddress) -> int:
+        """open_path, waiting while path IDs are not ready (just after the handshake)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return self._quic.open_path(local, self._remote, loop.time())
+            except PathIdNotReady:
+                self._id_ready = loop.create_future()
+                self._driver.schedule_transmit()  # PATH_CIDS_BLOCKED, if one was queued
+                await self._id_ready
+
+    def remove(self, path_id: int) -> None:
+        self._quic.abandon_path(
+            path_id, APPLICATION_ABANDON_PATH, now=asyncio.get_running_loop().time()
+        )
+        self._driver.schedule_transmit()
+
+    def set_backup(self, path_id: int, backup: bool) -> None:
+        self._quic.set_path_backup(path_id, backup)
+        self._driver.schedule_transmit()
+
+    def _on_event(self, event: QuicEvent) -> None:
+        if isinstance(
+            event, mpe.PathValidated | mpe.PathAbandoned | mpe.PathStatusChanged | mpe.PathAvailable
+        ):
+            self.events.append(event)
+        if isinstance(event, mpe.PathIdReady):
+            if self._id_ready is not None and not self._id_ready.done():
+                self._id_ready.set_result(None)
+        elif isinstance(event, mpe.PathValidated):
+            waiter = self._waiters.get(event.path_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif isinstance(event, mpe.PathAbandoned):
+            waiter = self._waiters.get(event.path_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(
+                    PathError(f"path {event.path_id} abandoned (code {event.error_code:#x})")
+                )
+            # Keep the socket until the path is forgotten: late packets still need ACKs.
+            asyncio.get_running_loop().call_later(3.0, self._endpoint.release_path, event.path_id)

@@ -1,0 +1,65 @@
+"""Multipath end to end: our client on 127.0.0.1 + 127.0.0.2 → the edge, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from support import service
+
+from netsched_client.proto.multipath import events as mpe
+from netsched_edge.config import BackendConfig
+from netsched_lab.impairment import LinkSpec, PathProfile
+from netsched_lab.relay import UdpRelay
+
+BIG = bytes(range(256)) * (16 * 1024)  # 4 MiB
+
+
+def _files(root: Path):
+    (root / "big.bin").write_bytes(BIG)
+    return service("files", BackendConfig(name="f", kind="static", root=root), max_body=8 << 20)
+
+
+async def test_two_paths_carry_one_download(start_edge, open_client, www: Path) -> None:
+    edge = await start_edge(_files(www))
+    session = await open_client(edge, paths=["127.0.0.1", "127.0.0.2"])
+    assert session.multipath
+    assert [p.state for p in session.paths] == ["active", "active"]
+    response = await session.request("files", meta={"method": "GET", "path": "/big.bin"})
+    assert response.body == BIG
+    received = {p.path_id: p.bytes_received for p in session.paths}
+    assert all(n > 100_000 for n in received.values()), received
+    locals_ = {p.local[0] if p.local else "127.0.0.1" for p in session.paths}
+    assert locals_ == {"127.0.0.1", "127.0.0.2"}
+
+
+async def test_failover_when_a_path_is_blackholed(
+    start_edge, open_client, www: Path, stack
+) -> None:
+    edge = await start_edge(_files(www))
+    shaped = PathProfile(
+        up=LinkSpec(delay_ms=5, rate_mbps=20), down=LinkSpec(delay_ms=5, rate_mbps=20)
+    )
+    relay = UdpRelay(("127.0.0.1", edge.port), default=shaped)
+    _, relay_port = await relay.start()
+    stack.push_async_callback(relay.stop)
+    session = await open_client(edge, port=relay_port, paths=["127.0.0.1", "127.0.0.2"])
+    download = asyncio.create_task(
+        session.request("files", meta={"method": "GET", "path": "/big.bin"})
+    )
+    await asyncio.sleep(0.5)
+    relay.blackhole("127.0.0.1")  # path 0 dies mid-transfer
+    response = await asyncio.wait_for(download, 60)
+    assert response.body == BIG  # the application sees no lost byte
+    abandoned = [e for e in session.path_events if isinstance(e, mpe.PathAbandoned)]
+    assert [e.path_id for e in abandoned] == [0]
+
+
+async def test_single_path_fallback_when_edge_lacks_multipath(
+    start_edge, open_client, www: Path
+) -> None:
+    edge = await start_edge(_files(www), multipath=False)
+    session = await open_client(edge, paths=["127.0.0.1", "127.0.0.2"])
+    assert not session.multipath
+    assert [p.path_id for p in session.paths] == [0]
+    assert (await session.request("files", meta={"method": "GET", "path": "/big.bin"})).body == BIG
