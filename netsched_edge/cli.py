@@ -31,6 +31,7 @@ def _demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of workload")
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--single-path", action="store_true", help="use 127.0.0.1 only")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -64,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = _demo_parser().parse_args(args[1:])
         _logging(opts.verbose)
-        return asyncio.run(run_demo(duration=opts.duration, rate=opts.rate, seed=opts.seed))
+        return asyncio.run(
+            run_demo(
+                duration=opts.duration, rate=opts.rate, seed=opts.seed, single_path=opts.single_path
+            )
+        )
     if args[:1] == ["check-config"]:
         if len(args) != 2:
             print("usage: netsched-edge check-config FILE", file=sys.stderr)

@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from netsched_client import SLO, NetSchedError, Session, connect
+from netsched_lab.impairment import LinkSpec, PathProfile
+from netsched_lab.relay import UdpRelay
 
 from .config import BackendConfig, EdgeConfig, ServiceConfig
 from .demo_backends import DemoHTTPServer
@@ -23,6 +25,19 @@ from .server import EdgeServer
 
 # name, base latency ms, extra latency on a cache miss ms, cache entries
 BACKENDS = (("fast", 2.0, 20.0, 256), ("steady", 6.0, 25.0, 128), ("slow", 15.0, 40.0, 32))
+
+
+def _link(delay_ms: float, loss: float, rate_mbps: float) -> PathProfile:
+    spec = LinkSpec(delay_ms=delay_ms, jitter_ms=delay_ms / 10, loss=loss, rate_mbps=rate_mbps)
+    return PathProfile(up=spec, down=spec)
+
+
+# Two paths on one machine: the client binds 127.0.0.1 and 127.0.0.2; the relay
+# shapes each like a real access link (one-way delay, random loss, rate).
+PATHS = {
+    "127.0.0.1": ("wifi", _link(delay_ms=4, loss=0.005, rate_mbps=40)),
+    "127.0.0.2": ("cellular", _link(delay_ms=15, loss=0.01, rate_mbps=15)),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,27 +65,63 @@ class Results:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-async def run_demo(duration: float = 10.0, rate: float = 150.0, seed: int = 1) -> int:
+async def run_demo(
+    duration: float = 10.0, rate: float = 150.0, seed: int = 1, single_path: bool = False
+) -> int:
     servers = [DemoHTTPServer(n, base_ms=b, cold_ms=c, cache_size=s) for n, b, c, s in BACKENDS]
     ports = [await server.start() for server in servers]
-    config = demo_config(ports)
-    edge = EdgeServer(config)
+    edge = EdgeServer(demo_config(ports))
     await edge.start()
+    relay = UdpRelay(
+        ("127.0.0.1", edge.port), profiles={ip: p for ip, (_, p) in PATHS.items()}, seed=seed
+    )
+    _, relay_port = await relay.start()
+    locals_ = list(PATHS)[:1] if single_path else list(PATHS)
     results = Results()
     try:
-        async with connect("127.0.0.1", edge.port, ca_file=str(edge.ca_certificate)) as session:
+        async with connect(
+            "127.0.0.1", relay_port, ca_file=str(edge.ca_certificate), paths=locals_
+        ) as session:
             print(
-                f"demo: edge on 127.0.0.1:{edge.port} ({session.alpn}), "
+                f"demo: client -> relay 127.0.0.1:{relay_port} -> edge 127.0.0.1:{edge.port} "
+                f"({session.alpn}, {len(session.paths)} path(s)), "
                 f"{rate:.0f} req/s for {duration:.0f} s ...",
                 flush=True,
             )
             await _workload(session, results, duration, rate, random.Random(seed))
+            path_table = _path_report(session)
     finally:
+        await relay.stop()
         await edge.close()
         for server in servers:
             await server.stop()
     print(_report(results, servers))
+    print("\n" + path_table)
     return 0 if sum(results.met.values()) > 0 else 1
+
+
+def _path_report(session: Session) -> str:
+    rows = []
+    for path in session.paths:
+        host = path.local[0] if path.local else next(iter(PATHS))
+        name, profile = PATHS.get(host, ("?", PathProfile()))
+        spec = profile.up
+        link = f"{spec.delay_ms:g} ms, {spec.loss:.1%}, {spec.rate_mbps or 0:g} Mbit/s"
+        rtt = path.rtt_ms if path.rtt_ms is not None else float("nan")
+        rows.append(
+            [
+                f"{path.path_id} {name}",
+                host,
+                path.state,
+                link,
+                rtt,
+                f"{path.bytes_sent / 1e6:.2f}",
+                f"{path.bytes_received / 1e6:.2f}",
+                path.packets_lost,
+            ]
+        )
+    headers = ["path", "local", "state", "link (one way)", "rtt ms", "MB sent", "MB recv", "lost"]
+    return "Per path (client side)\n\n" + table(headers, rows)
 
 
 def demo_config(ports: list[int]) -> EdgeConfig:

@@ -64,6 +64,7 @@ from . import events as mp_events
 from . import frames as f
 from .crypto import PathCrypto
 from .path import Path, PathState
+from .recovery import CountingRecovery
 from .scheduler import Scheduler
 
 log = logging.getLogger("netsched.multipath")
@@ -132,6 +133,8 @@ class MultipathConnection(QuicConnection):
         self._local_max_path_id = max_path_id
         self._peer_max_path_id: int | None = None
         super().__init__(*args, **kwargs)
+        # The same recovery aioquic builds, plus a loss counter (nothing was sent yet).
+        self._loss = self._new_recovery(peer_completed_address_validation=not self._is_client)
         self._path0 = Path(0, PathState.ACTIVE)
         self._live = self._path0
         self._paths: dict[int, Path] = {0: self._path0}
@@ -245,7 +248,7 @@ class MultipathConnection(QuicConnection):
                     "bytes_in_flight": loss.bytes_in_flight,
                     "bytes_sent": path.stats.bytes_sent,
                     "bytes_received": path.stats.bytes_received,
-                    "packets_lost": path.stats.packets_lost,
+                    "packets_lost": path.stats.packets_lost + getattr(loss, "packets_lost", 0),
                 }
             )
         return out
@@ -318,15 +321,7 @@ class MultipathConnection(QuicConnection):
         path = Path(path_id, state)
         space = QuicPacketSpace(is_application_data=True)
         base_loss: QuicPacketRecovery = self._attr(self._path0, "_loss")
-        loss = QuicPacketRecovery(
-            congestion_control_algorithm=self._configuration.congestion_control_algorithm,
-            initial_rtt=self._configuration.initial_rtt,
-            max_datagram_size=self._max_datagram_size,
-            peer_completed_address_validation=True,
-            quic_logger=self._quic_logger,
-            send_probe=self._send_probe,
-            logger=self._logger,
-        )
+        loss = self._new_recovery(peer_completed_address_validation=True)
         loss.spaces = [space]
         loss.handshake_confirmed = True
         loss.max_ack_delay = base_loss.max_ack_delay
@@ -360,6 +355,17 @@ class MultipathConnection(QuicConnection):
         self._paths[path_id] = path
         self._used_path_ids.add(path_id)
         return path
+
+    def _new_recovery(self, *, peer_completed_address_validation: bool) -> CountingRecovery:
+        return CountingRecovery(
+            congestion_control_algorithm=self._configuration.congestion_control_algorithm,
+            initial_rtt=self._configuration.initial_rtt,
+            max_datagram_size=self._max_datagram_size,
+            peer_completed_address_validation=peer_completed_address_validation,
+            quic_logger=self._quic_logger,
+            send_probe=self._send_probe,
+            logger=self._logger,
+        )
 
     def _start_closing(self, path: Path, now: float) -> None:
         """Abandon a path: announce it, retire the peer's CIDs, resend its data elsewhere."""
@@ -398,6 +404,7 @@ class MultipathConnection(QuicConnection):
             for cid in self._attr(path, "_host_cids"):
                 self._cid_path.pop(cid.cid, None)
                 self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
+            path.stats.packets_lost += self._attr(path, "_loss").packets_lost
             self.closed_stats[path.path_id] = path.stats
             del self._paths[path.path_id]
 
