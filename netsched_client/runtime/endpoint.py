@@ -3,8 +3,8 @@
 `ServerEndpoint` routes datagrams to connections by destination connection ID
 and creates a connection for each new client Initial; `open_client_endpoint`
 binds one socket for one outgoing connection. Both send a connection's flush
-as one batch through `UdpSender.send_batch` (plain `sendto` today; the
-batched Cython I/O replaces exactly that method).
+as one batch through `UdpSender.send_batch`, on the batched Cython socket
+of `netsched_client.io` (sendmmsg/GSO out, recvmmsg/GRO in).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -28,6 +28,7 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from ..io import BatchedUdpSocket, UdpSocket, attach
 from .driver import ConnectionDriver, Datagram
 
 log = logging.getLogger("netsched.endpoint")
@@ -35,29 +36,43 @@ log = logging.getLogger("netsched.endpoint")
 ConnectionFactory = Callable[..., QuicConnection]
 
 
-class UdpSender(asyncio.DatagramProtocol):
-    """Owns the datagram transport and sends batches through it."""
+class UdpSender:
+    """Owns one batched UDP socket (recvmmsg/GRO in, sendmmsg/GSO out).
 
-    transport: asyncio.DatagramTransport | None = None
+    A connection's flush leaves as one `send_batch`; received datagrams come in
+    batches, one wake-up each, and are handed to `datagram_received`.
+    """
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    _sock: UdpSocket | None = None
+    _detach: Callable[[], None] | None = None
+
+    def bind(self, family: socket.AddressFamily, local: tuple[str, int]) -> None:
+        self._sock = BatchedUdpSocket(family, local)
+        self._detach = attach(asyncio.get_running_loop(), self._sock, self._on_batch)
+
+    def _on_batch(self, batch: list[tuple[bytes, Any]]) -> None:
+        for data, addr in batch:
+            self.datagram_received(data, addr)
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        raise NotImplementedError
 
     def send_batch(self, datagrams: list[Datagram]) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        for data, addr, _ in datagrams:
-            transport.sendto(data, addr)
+        if self._sock is not None:
+            self._sock.send_batch([(data, addr) for data, addr, _ in datagrams])
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self._detach is not None:
+            self._detach()
+            self._detach = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     @property
     def local_address(self) -> NetworkAddress:
-        assert self.transport is not None
-        return cast(NetworkAddress, self.transport.get_extra_info("sockname"))
+        assert self._sock is not None
+        return cast(NetworkAddress, self._sock.local_address)
 
 
 class ServerEndpoint(UdpSender):
@@ -207,10 +222,6 @@ class ClientEndpoint(UdpSender):
         if self.driver is not None:
             self.driver.datagram_received(data, addr)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable) are advisory in QUIC: loss recovery handles them.
-        log.debug("UDP error: %s", exc)
-
     def send_batch(self, datagrams: list[Datagram]) -> None:
         if not self._path_sockets:
             super().send_batch(datagrams)
@@ -223,10 +234,8 @@ class ClientEndpoint(UdpSender):
                 sender.send_batch([(data, addr, path_id)])
 
     async def open_path_socket(self, family: socket.AddressFamily, local_host: str) -> PathSocket:
-        loop = asyncio.get_running_loop()
-        _, sock = await loop.create_datagram_endpoint(
-            lambda: PathSocket(self), local_addr=(local_host, 0), family=family
-        )
+        sock = PathSocket(self)
+        sock.bind(family, (local_host, 0))
         return sock
 
     def bind_path(self, path_id: int, sock: PathSocket) -> None:
@@ -252,9 +261,6 @@ class PathSocket(UdpSender):
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         self._owner.datagram_received(data, addr)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error on a path socket: %s", exc)
-
 
 async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, NetworkAddress]:
     loop = asyncio.get_running_loop()
@@ -266,21 +272,17 @@ async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, NetworkAd
 async def open_server_endpoint(
     host: str, port: int, endpoint_factory: Callable[[], ServerEndpoint]
 ) -> ServerEndpoint:
-    loop = asyncio.get_running_loop()
     family, addr = await resolve(host, port)
-    _, protocol = await loop.create_datagram_endpoint(
-        endpoint_factory, local_addr=addr[:2], family=family
-    )
-    return protocol
+    endpoint = endpoint_factory()
+    endpoint.bind(family, addr[:2])
+    return endpoint
 
 
 async def open_client_endpoint(
     family: socket.AddressFamily, local_host: str | None = None, local_port: int = 0
 ) -> ClientEndpoint:
-    loop = asyncio.get_running_loop()
     if local_host is None:
         local_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
-    _, protocol = await loop.create_datagram_endpoint(
-        ClientEndpoint, local_addr=(local_host, local_port), family=family
-    )
-    return protocol
+    endpoint = ClientEndpoint()
+    endpoint.bind(family, (local_host, local_port))
+    return endpoint
