@@ -33,6 +33,8 @@ class Link:
     up: bool = True
     drop_every: int = 0  # drop every Nth datagram (deterministic loss), 0: none
     rate_bps: float | None = None  # serialization rate per direction; None: unlimited
+    reorder_every: int = 0  # hold every Nth datagram back by reorder_s, 0: never
+    reorder_s: float = 0.015
     max_queue_s: float = 0.1  # tail drop beyond this much queued delay
     sent: int = 0
     busy_until: dict[bool, float] = field(default_factory=dict)
@@ -42,13 +44,16 @@ class Link:
         self.sent += 1
         if not self.up or (self.drop_every and self.sent % self.drop_every == 0):
             return None
+        extra = (
+            self.reorder_s if self.reorder_every and self.sent % self.reorder_every == 0 else 0.0
+        )
         if self.rate_bps is None:
-            return now + self.delay
+            return now + self.delay + extra
         start = max(now, self.busy_until.get(upstream, now))
         if start - now > self.max_queue_s:
             return None
         self.busy_until[upstream] = start + size * 8 / self.rate_bps
-        return self.busy_until[upstream] + self.delay
+        return self.busy_until[upstream] + self.delay + extra
 
 
 @dataclass

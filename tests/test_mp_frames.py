@@ -101,3 +101,28 @@ def test_new_connection_id_round_trip(
 ) -> None:
     frame = f.PathNewConnectionId(path_id, max(a, b), min(a, b), cid, token)
     assert f.parse_frame(frame.encode()) == frame
+
+
+def _pair() -> tuple[CryptoPair, CryptoPair]:
+    client, server = CryptoPair(), CryptoPair()
+    client.setup_initial(cid=b"\x02" * 8, is_client=True, version=1)
+    server.setup_initial(cid=b"\x02" * 8, is_client=False, version=1)
+    return client, server
+
+
+def test_previous_keys_open_packets_delayed_across_a_key_update() -> None:
+    client, server = _pair()
+    sender = PathCrypto(client, 1)
+    receiver = PathCrypto(server, 1)
+    header = bytes([0x41]) + b"\x11" * 8 + b"\x00\x01"
+    late = sender.encrypt_packet(header, b"L" * 40, 1)  # sent before the update, delayed
+    sender.update_key()
+    new_header = bytes([0x41 | 0x04]) + header[1:-1] + b"\x02"  # key phase 1
+    fresh = sender.encrypt_packet(new_header, b"F" * 40, 2)
+    assert receiver.decrypt_packet(fresh, len(header) - 2, 0)[1] == b"F" * 40  # update applied
+    assert receiver.decrypt_packet(late, len(header) - 2, 0)[1] == b"L" * 40  # old keys kept
+    receiver.history.expire(now=10.0, hold=0.3)
+    receiver.history.expire(now=10.5, hold=0.3)  # 3 x PTO later: old keys gone
+    assert receiver.history.previous is None
+    with pytest.raises(ValueError):
+        receiver.decrypt_packet(late, len(header) - 2, 0)

@@ -62,7 +62,7 @@ from ..transport_parameters import (
 )
 from . import events as mp_events
 from . import frames as f
-from .crypto import PathCrypto
+from .crypto import KeyHistory, PathCrypto
 from .path import Path, PathState
 from .recovery import CountingRecovery
 from .scheduler import Scheduler
@@ -349,12 +349,22 @@ class MultipathConnection(QuicConnection):
             # Other epochs are aioquic's (long torn down): its code still looks them up.
             "_cryptos": {
                 **base_cryptos,
-                Epoch.ONE_RTT: PathCrypto(base_cryptos[Epoch.ONE_RTT], path_id),
+                Epoch.ONE_RTT: self._path_crypto(path_id),
             },
         }
         self._paths[path_id] = path
         self._used_path_ids.add(path_id)
         return path
+
+    def _path_crypto(self, path_id: int) -> PathCrypto:
+        """Path `path_id`'s view of the one 1-RTT CryptoPair (path 0's, wrapped on first use)."""
+        cryptos = self._attr(self._path0, "_cryptos")
+        base = cryptos[Epoch.ONE_RTT]
+        if not isinstance(base, PathCrypto):
+            # Path 0 gets the same view (its nonce is unchanged) so that all
+            # paths share one key history across key updates.
+            base = cryptos[Epoch.ONE_RTT] = PathCrypto(base, 0, KeyHistory())
+        return base if path_id == 0 else PathCrypto(base.base, path_id, base.history)
 
     def _new_recovery(self, *, peer_completed_address_validation: bool) -> CountingRecovery:
         return CountingRecovery(
@@ -526,6 +536,9 @@ class MultipathConnection(QuicConnection):
     # -- receiving ---------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        crypto = self._attr(self._path0, "_cryptos").get(Epoch.ONE_RTT)
+        if isinstance(crypto, PathCrypto):
+            crypto.history.expire(now, 3 * self._largest_pto())
         path = self._route(data, now)
         if path is None:
             return
@@ -782,6 +795,7 @@ class MultipathConnection(QuicConnection):
         # aioquic calls this once per 1-RTT packet after the handshake: our frames ride along.
         super()._write_connection_limits(builder=builder, space=space)
         if self.multipath_enabled:
+            self._path_crypto(0)
             self._issue_path_cids()
             self._write_multipath_frames(builder)
 
