@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 from aioquic.buffer import Buffer
@@ -126,3 +127,21 @@ def test_previous_keys_open_packets_delayed_across_a_key_update() -> None:
     assert receiver.history.previous is None
     with pytest.raises(ValueError):
         receiver.decrypt_packet(late, len(header) - 2, 0)
+
+
+def test_protocol_doc_examples_match_the_codec() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text()
+    section = doc[doc.index("## 8. Multipath") :]
+    examples = {
+        "PATH_ABANDON(path 3, PATH_UNSTABLE_OR_POOR)": f.PathAbandon(3, f.PATH_UNSTABLE_OR_POOR),
+        "PATH_STATUS_BACKUP(path 1, seq 5)": f.PathStatus(1, 5, available=False),
+        "MAX_PATH_ID(4)": f.MaxPathId(4),
+        "PATH_RETIRE_CONNECTION_ID(path 2, seq 0)": f.PathRetireConnectionId(2, 0),
+    }
+    for line in section.splitlines():
+        for name, frame in examples.items():
+            if line.startswith(name):
+                assert line[len(name) :].replace(" ", "") == frame.encode().hex(), line
+    lines = section.splitlines()
+    found = [name for name in examples if any(line.startswith(name) for line in lines)]
+    assert found == list(examples)
