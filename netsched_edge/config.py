@@ -3,7 +3,7 @@
 Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, www,
-                  idle_timeout_s, max_queue, retry, multipath, max_path_id
+                  idle_timeout_s, max_queue, retry, multipath, max_path_id, admin
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
@@ -96,6 +96,8 @@ class EdgeConfig:
     idle_timeout_s: float = 30.0
     max_queue: int = 1024  # requests waiting for a backend, over all services
     retry: bool = False  # validate client addresses with a Retry before any state is kept
+    admin_host: str | None = None  # [edge] admin = "host:port": /metrics, /livez, /readyz
+    admin_port: int | None = None
     multipath: bool = True  # offer draft-ietf-quic-multipath-21 (initial_max_path_id)
     max_path_id: int = 3  # paths per connection - 1 that a client may open
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
@@ -603,6 +605,7 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "max_queue": _integer(0),
     "retry": _boolean,
     "multipath": _boolean,
+    "admin": _address(lowest_port=0),
     "max_path_id": _integer(0, 2**32 - 1),
 }
 
@@ -611,6 +614,8 @@ def _read_edge(table: _Table) -> dict[str, Any]:
     values = table.read(_EDGE_KEYS)
     if "listen" in values:
         values["host"], values["port"] = values.pop("listen")
+    if "admin" in values:
+        values["admin_host"], values["admin_port"] = values.pop("admin")
     for key, other in (("certificate", "private_key"), ("private_key", "certificate")):
         if key in values and other not in values:
             raise table.error(other, f"missing: {key!r} is set, and the two go together")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
+
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -39,6 +41,24 @@ class EdgeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+        self.paths_opened = Counter(
+            "netsched_edge_paths_opened_total",
+            "Extra paths clients opened on multipath connections.",
+            registry=self.registry,
+        )
+        self.paths_abandoned = Counter(
+            "netsched_edge_paths_abandoned_total",
+            "Paths abandoned, by who abandoned them.",
+            ["by"],
+            registry=self.registry,
+        )
+
+    def observe_path(self, event: PathAvailable | PathAbandoned) -> None:
+        if isinstance(event, PathAvailable):
+            self.paths_opened.inc()
+        else:
+            self.paths_abandoned.labels("client" if event.by_peer else "edge").inc()
 
     def observe_response(self, service: str, status: int) -> None:
         self.responses.labels(service, str(status)).inc()

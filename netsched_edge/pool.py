@@ -66,6 +66,10 @@ class ServicePool:
                 return slot
             await self._wait_turn(urgency, deadline_at)
 
+    def has_available_backend(self) -> bool:
+        now = self._clock()
+        return any(tracker.available(now) for tracker in self.health.values())
+
     def pick(self, key: str | None) -> Backend | None:
         """A healthy backend for a long-lived flow (datagrams), not counted as in flight."""
         self._refresh_health()

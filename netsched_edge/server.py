@@ -36,11 +36,13 @@ from netsched_client.proto.events import (
     StreamAborted,
 )
 from netsched_client.proto.framing import RequestHead, ResponseHead
+from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
 from netsched_client.proto.slo import SLO
 from netsched_client.runtime.debug import enable_debug_logs
 from netsched_client.runtime.driver import ConnectionDriver
 from netsched_client.runtime.endpoint import ServerEndpoint, open_server_endpoint
 
+from .admin import AdminServer
 from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, IncomingRequest
@@ -82,6 +84,8 @@ class EdgeConnection:
         driver.add_event_handler(self._on_quic_event)
 
     def _on_quic_event(self, event: QuicEvent) -> None:
+        if isinstance(event, PathAvailable | PathAbandoned):
+            self._edge.dispatcher.metrics.observe_path(event)
         if isinstance(event, ProtocolNegotiated):
             self._proto = self._make_protocol(event.alpn_protocol)
         elif isinstance(event, ConnectionTerminated):
@@ -206,6 +210,14 @@ class EdgeServer:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._generated_ca: Path | None = None
         self.connections: set[EdgeConnection] = set()
+        self._admin = AdminServer(self.dispatcher.metrics.exposition, self.ready)
+        self.admin_port: int | None = None
+
+    def ready(self) -> bool:
+        """Serving, and every service has at least one backend taking traffic."""
+        if self._endpoint is None:
+            return False
+        return all(pool.has_available_backend() for pool in self.dispatcher.pools.values())
 
     @property
     def port(self) -> int:
@@ -251,6 +263,11 @@ class EdgeServer:
         self._endpoint = await open_server_endpoint(
             self.config.host, self.config.port, endpoint_factory
         )
+        if self.config.admin_port is not None:
+            assert self.config.admin_host is not None
+            self.admin_port = await self._admin.start(
+                self.config.admin_host, self.config.admin_port
+            )
         log.info(
             "edge listening on %s:%d (ALPN %s)",
             self.config.host,
@@ -270,6 +287,7 @@ class EdgeServer:
         )
 
     async def close(self) -> None:
+        await self._admin.close()
         if self._endpoint is not None:
             self._endpoint.close_all(reason="edge shutting down")
             await asyncio.sleep(0)
