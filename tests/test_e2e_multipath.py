@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from support import service
 
 from netsched_client.proto.multipath import events as mpe
@@ -62,4 +63,16 @@ async def test_single_path_fallback_when_edge_lacks_multipath(
     session = await open_client(edge, paths=["127.0.0.1", "127.0.0.2"])
     assert not session.multipath
     assert [p.path_id for p in session.paths] == [0]
+    assert (await session.request("files", meta={"method": "GET", "path": "/big.bin"})).body == BIG
+
+
+async def test_bad_local_addresses_are_clear_errors(start_edge, open_client, www: Path) -> None:
+    from netsched_client import PathError
+
+    edge = await start_edge(_files(www))
+    with pytest.raises(PathError, match="no-such-if0"):
+        await open_client(edge, paths=["no-such-if0"])
+    session = await open_client(edge, paths=["lo"])  # an interface name resolves
+    with pytest.raises(PathError):
+        await session.add_path("::1")  # wrong address family for this server
     assert (await session.request("files", meta={"method": "GET", "path": "/big.bin"})).body == BIG
