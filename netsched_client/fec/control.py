@@ -304,13 +304,26 @@ def _coding_window(inputs: FecInputs, policy: FecPolicy) -> int:
     return window
 
 
-def _at_least_one(
-    model: GilbertElliott, window: int, repairs: int, residual: float
-) -> tuple[int, float]:
-    """A short response's tail gets a repair even when the model says it needs none."""
-    if repairs:
-        return repairs, residual
-    return 1, unrecoverable_probabilities(model, window, 1)[1]
+def _repairs(inputs: FecInputs, window: int, budget: int, short: bool) -> tuple[int, float]:
+    """(repairs, residual) for the window, at most `budget` repairs."""
+    model = GilbertElliott.fit(inputs.loss_rate, inputs.mean_burst)
+    repairs, residual = repairs_needed(model, window, inputs.loss_tolerance, budget)
+    if short and repairs == 0 and budget > 0:
+        # A short response's tail gets a repair even when the model says none is needed.
+        return 1, unrecoverable_probabilities(model, window, 1)[1]
+    return repairs, residual
+
+
+def _tail(
+    inputs: FecInputs, policy: FecPolicy, remaining: int, cap: float, allowance: int
+) -> FecDecision:
+    """Retransmission is in time, but the last packets of a short response get repairs."""
+    window = min(remaining, policy.max_window, inputs.decoder_window)
+    budget = min(policy.max_tail_repairs, _budget(window, cap, allowance))
+    if budget == 0:
+        return FecDecision(FecReason.RETRANSMIT)
+    repairs, residual = _repairs(inputs, window, budget, short=True)
+    return FecDecision(FecReason.TAIL, window, repairs, residual)
 
 
 def decide(
@@ -323,27 +336,20 @@ def decide(
         cap = min(cap, override.max_overhead)
     if mode is FecMode.OFF or cap == 0.0 or inputs.decoder_window == 0:
         return FecDecision(FecReason.DISABLED)
-    short = (
-        inputs.remaining_packets is not None
-        and inputs.remaining_packets <= policy.short_response_packets
-    )
-    in_time = inputs.slack is None or inputs.slack >= policy.retransmit_rtts * inputs.rtt
-    if in_time and mode is FecMode.AUTO and not (short and inputs.slack is not None):
-        return FecDecision(FecReason.NO_DEADLINE if inputs.slack is None else FecReason.RETRANSMIT)
+    remaining = inputs.remaining_packets
+    short = remaining is not None and remaining <= policy.short_response_packets
     # Tail repairs are bounded in number rather than by the policy's ratio cap;
     # a cap the session or request set itself still binds them.
     allowance = policy.max_tail_repairs if short and override.max_overhead is None else 0
-    model = GilbertElliott.fit(inputs.loss_rate, inputs.mean_burst)
+    if mode is FecMode.AUTO:
+        if inputs.slack is None:
+            return FecDecision(FecReason.NO_DEADLINE)
+        if inputs.slack >= policy.retransmit_rtts * inputs.rtt:
+            if remaining is None or not short:
+                return FecDecision(FecReason.RETRANSMIT)
+            return _tail(inputs, policy, remaining, cap, allowance)
     window = _coding_window(inputs, policy)
-    budget = _budget(window, cap, allowance)
-    if in_time and mode is FecMode.AUTO:
-        budget = min(budget, policy.max_tail_repairs)
-        if budget == 0:
-            return FecDecision(FecReason.RETRANSMIT)
-    repairs, residual = repairs_needed(model, window, inputs.loss_tolerance, budget)
-    if short and budget:
-        repairs, residual = _at_least_one(model, window, repairs, residual)
-    if in_time and mode is FecMode.AUTO:
-        return FecDecision(FecReason.TAIL, window, repairs, residual)
-    capped = residual > inputs.loss_tolerance
-    return FecDecision(FecReason.PROTECT, window, repairs, residual, capped)
+    repairs, residual = _repairs(inputs, window, _budget(window, cap, allowance), short)
+    return FecDecision(
+        FecReason.PROTECT, window, repairs, residual, residual > inputs.loss_tolerance
+    )

@@ -27,7 +27,7 @@ from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from netsched_client.fec._rlc import MAX_SYMBOL_ID, MAX_SYMBOL_SIZE, MAX_WINDOW, MIN_SYMBOL_SIZE
 from netsched_client.fec.errors import FecError
 
-# Private codepoints, one contiguous block (docs/FEC.md §6 says why these).
+# Private codepoints, one contiguous block (docs/FEC.md §7 says why these).
 SOURCE_SYMBOL_ID: Final = 0x0FEC0000
 REPAIR: Final = 0x0FEC0001
 SYMBOL_ACK: Final = 0x0FEC0002
@@ -138,10 +138,12 @@ class SymbolAck(_Frame):
         _check("SYMBOL_ACK", "range count", len(self.ranges), 1, MAX_SYMBOL_ACK_RANGES)
         previous_stop = -1  # a range must start past the previous one's end, gap >= 1
         for item in self.ranges:
-            if item.step != 1 or item.start > item.stop - 1 or item.start <= previous_stop:
+            if item.step != 1 or item.stop <= item.start:
+                raise FrameEncodingError(f"SYMBOL_ACK.ranges: {item!r} is empty or strided")
+            if item.start <= previous_stop:
                 raise FrameEncodingError(
-                    f"SYMBOL_ACK.ranges: {item!r} is empty, strided, or not above the "
-                    f"previous range with a gap"
+                    f"SYMBOL_ACK.ranges: {item!r} must start at {previous_stop + 1} or above "
+                    f"(ranges ascend, with gaps)"
                 )
             _check("SYMBOL_ACK", "largest", item.stop - 1, 0, MAX_SYMBOL_ID)
             previous_stop = item.stop
@@ -224,7 +226,7 @@ def parse_frame(data: bytes) -> FecFrame:
     try:
         frame_type = buf.pull_uint_var()
     except BufferReadError as exc:
-        raise FrameEncodingError("empty frame") from exc
+        raise FrameEncodingError("no complete frame type") from exc
     frame = decode_frame(frame_type, buf)
     if not buf.eof():
         raise FrameEncodingError(f"{len(data) - buf.tell()} trailing bytes after frame")
