@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 
 from .config import ConfigError, EdgeConfig, load_config
 from .server import EdgeServer
@@ -20,6 +21,9 @@ from .server import EdgeServer
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="netsched-edge", description="Run the NetSched edge.")
     parser.add_argument("--config", "-c", required=True, help="edge TOML config file")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT + QUIC-LB)"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -84,7 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     config = _load(opts.config)
     if config is None:
         return 2
+    if opts.workers > 1:
+        return _serve_workers(config, opts.workers)
     asyncio.run(_serve(config))
+    return 0
+
+
+def _serve_workers(config: EdgeConfig, count: int) -> int:
+    from .workers import WorkerPool
+
+    pool = WorkerPool(config, count)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        port = pool.start()
+        print(f"netsched-edge listening on {config.host}:{port} ({count} workers)", flush=True)
+        stop.wait()
+    finally:
+        pool.stop()
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -47,6 +48,7 @@ from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, IncomingRequest
 from .tls import generate_self_signed
+from .workers import ReuseportSteering, WorkerIdentity
 
 log = logging.getLogger("netsched.edge")
 
@@ -151,7 +153,7 @@ class EdgeConnection:
         assert self._proto is not None
         try:
             outcome = await self._edge.dispatcher.handle(request)
-            self._proto.send_response(stream_id, outcome.head)
+            self._proto.send_response(stream_id, self._edge.stamp(outcome.head))
             self._driver.schedule_transmit()
             async for chunk in outcome.body:
                 if not self._proto.send_body(stream_id, chunk):
@@ -203,8 +205,15 @@ async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
 class EdgeServer:
     """The edge: a QUIC endpoint in front of a dispatcher."""
 
-    def __init__(self, config: EdgeConfig, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        dispatcher: Dispatcher | None = None,
+        *,
+        worker: WorkerIdentity | None = None,
+    ) -> None:
         self.config = config
+        self.worker = worker
         self.dispatcher = dispatcher or Dispatcher(config)
         self._endpoint: ServerEndpoint | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -212,6 +221,12 @@ class EdgeServer:
         self.connections: set[EdgeConnection] = set()
         self._admin = AdminServer(self.dispatcher.metrics.exposition, self.ready)
         self.admin_port: int | None = None
+
+    def stamp(self, head: ResponseHead) -> ResponseHead:
+        """Tell the client which worker answered (operators trace requests by it)."""
+        if self.worker is None:
+            return head
+        return dataclasses.replace(head, meta={**head.meta, "edge-worker": str(self.worker.index)})
 
     def ready(self) -> bool:
         """Serving, and every service has at least one backend taking traffic."""
@@ -256,13 +271,17 @@ class EdgeServer:
                 connection_factory=functools.partial(
                     NetSchedConnection,
                     max_path_id=self.config.max_path_id if self.config.multipath else None,
+                    cid_factory=None if self.worker is None else self.worker.quic_lb().generate,
                 ),
                 retry=self.config.retry,
             )
 
+        steering = None if self.worker is None else ReuseportSteering(self.worker.count)
         self._endpoint = await open_server_endpoint(
-            self.config.host, self.config.port, endpoint_factory
+            self.config.host, self.config.port, endpoint_factory, setup=steering
         )
+        if steering is not None:
+            steering.attach(self._endpoint.fileno())
         if self.config.admin_port is not None:
             assert self.config.admin_host is not None
             self.admin_port = await self._admin.start(

@@ -164,13 +164,28 @@ def check_options(
         raise ValueError(f"max_pending must be >= 0, got {max_pending!r}")
 
 
-def open_socket(family: int, local: Address, rcvbuf: int, sndbuf: int, ecn: int) -> socket.socket:
-    """A bound, non-blocking UDP socket with buffers sized and ECN set up."""
+SocketSetup = Callable[[socket.socket], None]
+
+
+def open_socket(
+    family: int,
+    local: Address,
+    rcvbuf: int,
+    sndbuf: int,
+    ecn: int,
+    setup: SocketSetup | None = None,
+) -> socket.socket:
+    """A bound, non-blocking UDP socket with buffers sized and ECN set up.
+
+    `setup` runs just before bind (e.g. SO_REUSEPORT and a steering program).
+    """
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         _set_buffer(sock, socket.SO_RCVBUF, rcvbuf)
         _set_buffer(sock, socket.SO_SNDBUF, sndbuf)
         _setup_ecn(sock, family, ecn)
+        if setup is not None:
+            setup(sock)
         sock.bind(local)
         sock.setblocking(False)
     except BaseException:

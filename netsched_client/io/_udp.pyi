@@ -1,6 +1,6 @@
 from collections.abc import Callable
 
-from ._common import Address, Datagram, UdpStats
+from ._common import Address, Datagram, SocketSetup, UdpStats
 
 class BatchedUdpSocket:
     on_blocked: Callable[[], None] | None
@@ -16,6 +16,7 @@ class BatchedUdpSocket:
         sndbuf: int = ...,
         ecn: int = 0,
         max_pending: int = ...,
+        setup: SocketSetup | None = None,
     ) -> None: ...
     @property
     def local_address(self) -> Address: ...

@@ -86,12 +86,12 @@ cdef class BatchedUdpSocket:
         self._fd = -1  # closed until __init__ has bound a socket
 
     def __init__(self, family, local, *, batch=64, gso=True, gro=True, rcvbuf=4 << 20,
-                 sndbuf=4 << 20, ecn=0, max_pending=DEFAULT_MAX_PENDING):
+                 sndbuf=4 << 20, ecn=0, max_pending=DEFAULT_MAX_PENDING, setup=None):
         check_options(family, batch, rcvbuf, sndbuf, ecn, max_pending)
         if self._rmsgs != NULL:
             raise RuntimeError("BatchedUdpSocket is already initialised")
         self._allocate(batch)
-        sock = open_socket(family, local, rcvbuf, sndbuf, ecn)
+        sock = open_socket(family, local, rcvbuf, sndbuf, ecn, setup)
         self._gso, self._gro = enable_offloads(sock, bool(gso), bool(gro))
         self._sock = sock
         self._fd = sock.fileno()

@@ -18,6 +18,7 @@ from ._common import (
     Address,
     Datagram,
     SendQueue,
+    SocketSetup,
     UdpStats,
     check_datagram,
     check_options,
@@ -48,10 +49,11 @@ class PyUdpSocket:
         sndbuf: int = 4 << 20,
         ecn: int = 0,
         max_pending: int = DEFAULT_MAX_PENDING,
+        setup: SocketSetup | None = None,
     ) -> None:
         # gso/gro are accepted for a common signature; this socket has neither.
         check_options(family, batch, rcvbuf, sndbuf, ecn, max_pending)
-        self._sock = open_socket(family, local, rcvbuf, sndbuf, ecn)
+        self._sock = open_socket(family, local, rcvbuf, sndbuf, ecn, setup)
         self._family = family
         self._batch = batch
         self._queue = SendQueue(max_pending)

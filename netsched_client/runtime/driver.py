@@ -1,15 +1,32 @@
-"""Drives one sans-IO QUIC connection from an asyncio loop.
+"""Drives one sans-IO QUIC connection from an asyncio (or uvloop) loop.
 
 receive → drain events → transmit → re-arm one timer: the whole adapter. It
 owns no socket; datagrams leave through `send_batch`, a callable supplied by
 the endpoint, so that one flush of a connection is one batch (the seam where
 sendmmsg/GSO plug in).
+
+Three rules make it cheap on a loop whose timers count whole milliseconds
+(libuv's, and epoll_wait's timeout under asyncio):
+
+- The connection reads a sub-millisecond clock. uvloop's `loop.time()` is
+  `uv_now()`, floored to the millisecond: the pacer would see no time pass
+  between two wake-ups in the same millisecond, earn no credit, and ask for a
+  timer a few microseconds away, again and again.
+- No timer is armed closer than `timer_resolution`: a deadline the loop cannot
+  wait for (aioquic's pacer asks for one packet time, often tens of µs) becomes
+  one wake-up a resolution away, which sends what the pacer allows by then.
+  uvloop turns a sub-0.5 ms timer into `call_soon`, so without this the loop
+  spins until the millisecond ticks over.
+- Datagrams received in one loop callback share one flush: receiving only
+  schedules the transmit, which then runs once for the whole batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
@@ -20,6 +37,34 @@ from ..proto.multipath.connection import MultipathConnection
 Datagram = tuple[bytes, NetworkAddress, int]
 SendBatch = Callable[[list[Datagram]], None]
 EventHandler = Callable[[QuicEvent], None]
+Clock = Callable[[], float]
+
+# libuv timers and epoll_wait timeouts are whole milliseconds.
+TIMER_RESOLUTION = 0.001
+# A loop clock this close to time.monotonic() is the same clock, maybe coarser (uvloop's).
+_SAME_CLOCK_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStats:
+    """Counters since the driver was made (a snapshot)."""
+
+    timers_armed: int  # loop.call_at calls
+    timer_wakeups: int  # timer callbacks that ran
+    flushes: int  # transmit() calls: packets built (maybe none) and one batch sent
+    datagrams_sent: int
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Clock:
+    """A sub-millisecond clock on the loop's time base.
+
+    `time.monotonic` when the loop keeps that clock (asyncio exactly, uvloop
+    floored to the millisecond), so that deadlines given to `call_at` mean the
+    same instant; else the loop's own clock (a loop with virtual time, say).
+    """
+    if abs(loop.time() - time.monotonic()) < _SAME_CLOCK_TOLERANCE:
+        return time.monotonic
+    return loop.time
 
 
 class ConnectionDriver:
@@ -28,23 +73,45 @@ class ConnectionDriver:
         quic: QuicConnection,
         send_batch: SendBatch,
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        timer_resolution: float = TIMER_RESOLUTION,
+        clock: Clock | None = None,
     ) -> None:
+        if timer_resolution < 0:
+            raise ValueError(f"timer_resolution must be >= 0 seconds, got {timer_resolution!r}")
         self.quic = quic
         self._send_batch = send_batch
         self._loop = loop or asyncio.get_running_loop()
+        self._clock = clock or loop_clock(self._loop)
+        self._resolution = timer_resolution
         self._handlers: list[EventHandler] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._armed_at = 0.0  # when self._timer fires
+        self._deadline: float | None = None  # what the connection asked for
         self._transmit_handle: asyncio.Handle | None = None
+        self._timers_armed = self._timer_wakeups = self._flushes = self._datagrams_sent = 0
         self.closed = asyncio.Event()
+
+    @property
+    def stats(self) -> DriverStats:
+        return DriverStats(
+            timers_armed=self._timers_armed,
+            timer_wakeups=self._timer_wakeups,
+            flushes=self._flushes,
+            datagrams_sent=self._datagrams_sent,
+        )
+
+    def now(self) -> float:
+        """The time to hand the connection (for callers that call it directly)."""
+        return self._clock()
 
     def add_event_handler(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
-        self.quic.receive_datagram(data, addr, now=self._loop.time())
+        self.quic.receive_datagram(data, addr, now=self._clock())
         self._drain_events()
-        self.transmit()
+        self.schedule_transmit()
 
     def schedule_transmit(self) -> None:
         """Coalesce the sends of one loop iteration into one flush."""
@@ -55,37 +122,52 @@ class ConnectionDriver:
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
-        now = self._loop.time()
+        now = self._clock()
         if isinstance(self.quic, MultipathConnection):
             datagrams = self.quic.datagrams_with_paths(now)
         else:
             datagrams = [(data, addr, 0) for data, addr in self.quic.datagrams_to_send(now)]
+        self._flushes += 1
         if datagrams:
+            self._datagrams_sent += len(datagrams)
             self._send_batch(datagrams)
         # Building packets can queue events too (new CIDs the endpoint must route).
         self._drain_events()
-        self._rearm_timer()
+        self._rearm_timer(now)
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
 
-    def _rearm_timer(self) -> None:
-        timer_at = self.quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+    def _rearm_timer(self, now: float) -> None:
+        deadline = self.quic.get_timer()
+        self._deadline = deadline
+        if deadline is None:
+            self._cancel_timer()
+            return
+        latest = max(deadline, now + self._resolution)
+        # An armed timer between the deadline and `latest` does the job: keep it.
+        if self._timer is not None and deadline <= self._armed_at <= latest:
+            return
+        self._cancel_timer()
+        self._armed_at = latest
+        self._timers_armed += 1
+        self._timer = self._loop.call_at(latest, self._on_timer)
 
     def _on_timer(self) -> None:
-        now = max(self._timer_at or 0.0, self._loop.time())
         self._timer = None
-        self._timer_at = None
+        self._timer_wakeups += 1
+        # uvloop rounds a delay to the nearest millisecond, so a timer may fire up
+        # to 0.5 ms early: count the deadline as reached, as aioquic's own adapter does.
+        now = max(self._deadline or 0.0, self._clock())
         self.quic.handle_timer(now=now)
         self._drain_events()
         self.transmit()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _drain_events(self) -> None:
         event = self.quic.next_event()
@@ -97,7 +179,5 @@ class ConnectionDriver:
             event = self.quic.next_event()
 
     def _terminate(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         self.closed.set()

@@ -46,8 +46,13 @@ class UdpSender:
     _sock: UdpSocket | None = None
     _detach: Callable[[], None] | None = None
 
-    def bind(self, family: socket.AddressFamily, local: tuple[str, int]) -> None:
-        self._sock = BatchedUdpSocket(family, local)
+    def bind(
+        self,
+        family: socket.AddressFamily,
+        local: tuple[str, int],
+        setup: Callable[[socket.socket], None] | None = None,
+    ) -> None:
+        self._sock = BatchedUdpSocket(family, local, setup=setup)
         self._detach = attach(asyncio.get_running_loop(), self._sock, self._on_batch)
 
     def _on_batch(self, batch: list[tuple[bytes, Any]]) -> None:
@@ -68,6 +73,10 @@ class UdpSender:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
 
     @property
     def local_address(self) -> NetworkAddress:
@@ -270,11 +279,15 @@ async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, NetworkAd
 
 
 async def open_server_endpoint(
-    host: str, port: int, endpoint_factory: Callable[[], ServerEndpoint]
+    host: str,
+    port: int,
+    endpoint_factory: Callable[[], ServerEndpoint],
+    setup: Callable[[socket.socket], None] | None = None,
 ) -> ServerEndpoint:
+    """Bind a server endpoint; `setup` prepares the socket before bind (e.g. SO_REUSEPORT)."""
     family, addr = await resolve(host, port)
     endpoint = endpoint_factory()
-    endpoint.bind(family, addr[:2])
+    endpoint.bind(family, addr[:2], setup)
     return endpoint
 
 

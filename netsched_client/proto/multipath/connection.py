@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -127,12 +127,23 @@ class PathIdNotReady(MultipathError):
 
 
 class MultipathConnection(QuicConnection):
-    def __init__(self, *args: Any, max_path_id: int | None = DEFAULT_MAX_PATH_ID, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        max_path_id: int | None = DEFAULT_MAX_PATH_ID,
+        cid_factory: Callable[[], bytes] | None = None,
+        **kwargs: Any,
+    ):
         if max_path_id is not None and not 0 <= max_path_id <= f.MAX_PATH_ID_VALUE:
             raise ValueError(f"max_path_id must be in 0..2^32-1, got {max_path_id}")
         self._local_max_path_id = max_path_id
         self._peer_max_path_id: int | None = None
+        self._cid_factory = cid_factory
         super().__init__(*args, **kwargs)
+        if cid_factory is not None and not self._is_client:
+            # Our first CID is the one clients route on from the first Handshake packet.
+            cid = self._host_cids[0].cid = cid_factory()
+            self.host_cid = self._local_initial_source_connection_id = cid
         # The same recovery aioquic builds, plus a loss counter (nothing was sent yet).
         self._loss = self._new_recovery(peer_completed_address_validation=not self._is_client)
         self._path0 = Path(0, PathState.ACTIVE)
@@ -437,9 +448,21 @@ class MultipathConnection(QuicConnection):
                 self._make_host_cid(path_id, seq) for seq in range(CIDS_PER_PATH)
             ]
 
+    def _new_cid(self) -> bytes:
+        if self._cid_factory is not None:
+            return self._cid_factory()
+        return os.urandom(self._configuration.connection_id_length)
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        if self._cid_factory is not None:
+            for cid in self._host_cids:
+                if not cid.was_sent:  # not announced yet: still ours to choose
+                    cid.cid = self._new_cid()
+
     def _make_host_cid(self, path_id: int, sequence: int) -> QuicConnectionId:
         cid = QuicConnectionId(
-            cid=os.urandom(self._configuration.connection_id_length),
+            cid=self._new_cid(),
             sequence_number=sequence,
             stateless_reset_token=os.urandom(16),
             was_sent=True,  # announced by PATH_NEW_CONNECTION_ID, never by aioquic

@@ -1,0 +1,66 @@
+"""N edge workers on one port: every connection, on every path, stays on one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+
+import pytest
+from support import http_backend, service
+
+from netsched_client import open_session
+from netsched_client.proto.quic_lb import QuicLbConfig, server_id_of
+from netsched_edge.config import EdgeConfig
+from netsched_edge.demo_backends import DemoHTTPServer
+from netsched_edge.workers import WorkerPool, steering_program
+
+
+def test_quic_lb_plaintext_cids() -> None:
+    config = QuicLbConfig(server_id=b"\x05", config_rotation=1, cid_length=8)
+    cid = config.generate()
+    assert len(cid) == 8 and cid[0] == 0b001_00111  # rotation 1, length 8 - 1
+    assert server_id_of(cid, 1) == b"\x05"
+    assert server_id_of(b"\xe7" + cid[1:], 1) is None  # rotation 0b111: unroutable
+    with pytest.raises(ValueError):
+        QuicLbConfig(server_id=b"\x01" * 4, cid_length=8)  # no room for the nonce
+
+
+def test_steering_program_shape() -> None:
+    program = steering_program(4)
+    assert program[-2] == (0x94, 0, 0, 4) and program[-1][0] == 0x16
+
+
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="SO_REUSEPORT steering is Linux-only")
+async def test_connections_and_their_paths_stay_on_one_worker(start_server) -> None:
+    backend = await start_server(DemoHTTPServer("b", base_ms=1, cold_ms=0))
+    config = EdgeConfig(
+        host="127.0.0.1", port=0, services=(service("api", http_backend("b", backend)),)
+    )
+    pool = WorkerPool(config, 3)
+    loop = asyncio.get_running_loop()
+    port = await loop.run_in_executor(None, pool.start)
+    try:
+        seen: Counter[str] = Counter()
+        for _ in range(6):
+            session = await open_session(
+                "127.0.0.1",
+                port,
+                ca_file=str(pool.ca_certificate),
+                paths=["127.0.0.1", "127.0.0.2"],
+            )
+            try:
+                first = (await session.request("api", b"a")).meta["edge-worker"]
+                assert [p.state for p in session.paths] == ["active", "active"]
+                session.remove_path(0)  # from now on only the 127.0.0.2 path carries data
+                workers = {
+                    (await session.request("api", b"b")).meta["edge-worker"] for _ in range(3)
+                }
+                assert workers == {first}
+                assert session.paths[0].state == "closing"
+                seen[first] += 1
+            finally:
+                await session.close()
+        assert len(seen) >= 2, seen  # connections spread over the workers
+    finally:
+        await loop.run_in_executor(None, pool.stop)
