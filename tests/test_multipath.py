@@ -183,3 +183,13 @@ def test_reordering_and_key_update_on_paths_of_different_delay(tmp_path: Path) -
     assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= 299_776)
     assert net.received[sid] == bytes(range(256)) * (300_000 // 256)
     assert not net.events("client", ConnectionTerminated)
+
+
+def test_multipath_frames_are_unknown_without_negotiation(tmp_path: Path) -> None:
+    net = _connected(tmp_path, server_max_path_id=None)  # the server never registered them
+    net.client._control.append(_RawFrame(mpf.MAX_PATH_ID, bytes([4])))
+    net.client._peer_max_path_id = 3  # a client that sends them anyway
+    net.client.send_ping(1)
+    net.run(2.0, until=lambda: bool(net.events("client", ConnectionTerminated)))
+    closed = net.events("client", ConnectionTerminated)
+    assert closed and closed[0].error_code == 0x7  # FRAME_ENCODING_ERROR: unknown frame type

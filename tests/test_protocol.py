@@ -162,3 +162,12 @@ def test_response_survives_loss(tmp_path: Path) -> None:
     c_events = [pe for e in events_of(pair.client) for pe in client.handle_event(e)]
     body = b"".join(e.data for e in c_events if isinstance(e, BodyReceived))
     assert body == b"x" * 5000
+
+
+def test_abandoning_the_only_path_closes_the_connection_visibly(tmp_path: Path) -> None:
+    pair, _, _ = _connected(tmp_path)
+    pair.client.abandon_path(0, now=pair.now)
+    pair.flush()
+    pair.advance(5)
+    closed = [e for e in events_of(pair.server) if isinstance(e, ConnectionTerminated)]
+    assert closed and closed[0].error_code == 0x10  # NO_VIABLE_PATH, not an idle timeout

@@ -160,9 +160,11 @@ class MultipathConnection(QuicConnection):
         self.scheduler = Scheduler()
         self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
         self.closed_stats: dict[int, Any] = {}
-        handlers = self._QuicConnection__frame_handlers  # type: ignore[attr-defined]
-        for frame_type in f.FRAME_CLASSES:
-            handlers[frame_type] = (self._handle_multipath_frame, frozenset([Epoch.ONE_RTT]))
+        if max_path_id is not None:
+            # Without multipath these stay unknown frame types, as in aioquic.
+            handlers = self._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+            for frame_type in f.FRAME_CLASSES:
+                handlers[frame_type] = (self._handle_multipath_frame, frozenset([Epoch.ONE_RTT]))
 
     # -- negotiation ------------------------------------------------------------
 
@@ -609,8 +611,9 @@ class MultipathConnection(QuicConnection):
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
     ) -> None:
         if not self.multipath_enabled:
+            # The peer did not negotiate multipath: to us these are unknown frames (RFC 9000 §12.4).
             raise QuicConnectionError(
-                QuicErrorCode.PROTOCOL_VIOLATION, frame_type, "multipath frame without negotiation"
+                QuicErrorCode.FRAME_ENCODING_ERROR, frame_type, "Unknown frame type"
             )
         try:
             frame = f.decode_frame(frame_type, buf)
@@ -734,7 +737,11 @@ class MultipathConnection(QuicConnection):
             return [(data, addr, 0) for data, addr in sent]
         self._forget_closed_paths(now)
         out: list[tuple[bytes, NetworkAddress, int]] = []
-        for path, data_allowed in self.scheduler.plan(self, now):
+        plan = self.scheduler.plan(self, now)
+        if not plan and self._close_pending:
+            # Every path is closing: CONNECTION_CLOSE still has to leave on one of them.
+            plan = [(next(iter(self._paths.values())), False)]
+        for path, data_allowed in plan:
             with self._on_path(path):
                 sent = self._send_on_live_path(path, now, data_allowed)
             self._account(path, sent)
