@@ -14,6 +14,8 @@ import signal
 import sys
 import threading
 
+from netsched_client.cli import add_loop_option, run_on_loop
+
 from .config import ConfigError, EdgeConfig, load_config
 from .server import EdgeServer
 
@@ -24,6 +26,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT + QUIC-LB)"
     )
+    add_loop_option(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -36,6 +39,7 @@ def _demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--single-path", action="store_true", help="use 127.0.0.1 only")
+    add_loop_option(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -69,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = _demo_parser().parse_args(args[1:])
         _logging(opts.verbose)
-        return asyncio.run(
+        return run_on_loop(
             run_demo(
                 duration=opts.duration, rate=opts.rate, seed=opts.seed, single_path=opts.single_path
-            )
+            ),
+            opts.loop,
         )
     if args[:1] == ["check-config"]:
         if len(args) != 2:
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if opts.workers > 1:
         return _serve_workers(config, opts.workers)
-    asyncio.run(_serve(config))
+    run_on_loop(_serve(config), opts.loop)
     return 0
 
 

@@ -42,6 +42,11 @@ class EdgeMetrics:
             registry=self.registry,
         )
 
+        self.deadline_missed = Counter(
+            "netsched_edge_deadline_missed_total",
+            "Response streams reset because their deadline passed with data still queued.",
+            registry=self.registry,
+        )
         self.paths_opened = Counter(
             "netsched_edge_paths_opened_total",
             "Extra paths clients opened on multipath connections.",

@@ -38,6 +38,7 @@ from netsched_client.proto.events import (
 )
 from netsched_client.proto.framing import RequestHead, ResponseHead
 from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
+from netsched_client.proto.send_order import DeadlineMissed
 from netsched_client.proto.slo import SLO
 from netsched_client.runtime.debug import enable_debug_logs
 from netsched_client.runtime.driver import ConnectionDriver
@@ -88,6 +89,8 @@ class EdgeConnection:
     def _on_quic_event(self, event: QuicEvent) -> None:
         if isinstance(event, PathAvailable | PathAbandoned):
             self._edge.dispatcher.metrics.observe_path(event)
+        elif isinstance(event, DeadlineMissed):
+            self._edge.dispatcher.metrics.deadline_missed.inc()
         if isinstance(event, ProtocolNegotiated):
             self._proto = self._make_protocol(event.alpn_protocol)
         elif isinstance(event, ConnectionTerminated):
@@ -122,14 +125,24 @@ class EdgeConnection:
 
     def _start_request(self, stream_id: int, head: RequestHead) -> None:
         request = self._requests[stream_id] = _Request()
+        slo = self._effective_slo(head.slo)
+        received_at = asyncio.get_running_loop().time()
         incoming = IncomingRequest(
             service=head.service,
-            slo=self._effective_slo(head.slo),
+            slo=slo,
             body=_drain(request.body),
-            received_at=asyncio.get_running_loop().time(),
+            received_at=received_at,
             meta=head.meta,
             streaming=head.streaming,
         )
+        quic = self._driver.quic
+        if isinstance(quic, NetSchedConnection):
+            # The response leaves by deadline, then urgency, whatever else is queued.
+            # Streams (long-lived by nature) are ordered by urgency only.
+            deadline = None
+            if slo.deadline_ms is not None and not head.streaming:
+                deadline = received_at + slo.deadline_ms / 1000
+            quic.set_stream_priority(stream_id, deadline, slo.urgency or 0)
         request.task = asyncio.create_task(self._serve(stream_id, incoming))
 
     def _effective_slo(self, request_slo: SLO | None) -> SLO:
@@ -153,6 +166,8 @@ class EdgeConnection:
         assert self._proto is not None
         try:
             outcome = await self._edge.dispatcher.handle(request)
+            if not 200 <= outcome.head.status < 300:
+                self._untime(stream_id, request)  # an error status must arrive, late or not
             self._proto.send_response(stream_id, self._edge.stamp(outcome.head))
             self._driver.schedule_transmit()
             async for chunk in outcome.body:
@@ -172,6 +187,11 @@ class EdgeConnection:
         finally:
             self._requests.pop(stream_id, None)
             self._proto.forget(stream_id)
+
+    def _untime(self, stream_id: int, request: IncomingRequest) -> None:
+        quic = self._driver.quic
+        if isinstance(quic, NetSchedConnection):
+            quic.set_stream_priority(stream_id, None, request.slo.urgency or 0)
 
     def _abort(self, stream_id: int, reason: str) -> None:
         log.info("aborting stream %d: %s", stream_id, reason)

@@ -103,7 +103,8 @@ CONNECTION_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "_remote_ack_delay_exponent": int,
     "_state": QuicConnectionState,
     "_streams_queue": list,  # emptied while a backup path sends
-    "_close_pending": bool,  # CONNECTION_CLOSE must leave even when every path is closing
+    "_close_pending": bool,
+    "_streams": dict,  # live stream IDs: bounds the send-order priorities  # CONNECTION_CLOSE must leave even when every path is closing
     "_version": (int, NoneType),
 }
 
@@ -140,6 +141,11 @@ CRYPTO_PAIR_API: Final = frozenset(
 # sha256 (first 16 hex digits) of inspect.getsource() of every aioquic function
 # whose behaviour we rely on, and what to re-check in our code when it changes.
 SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
+    "aioquic.quic.connection:QuicConnection.reset_stream": (
+        "f5a5e1ff5935b8a1",
+        "NetSchedConnection resets a stream whose deadline passed with data queued "
+        "(send_order.py); it must stay a no-op on a finished stream",
+    ),
     "aioquic.quic.connection:QuicConnection.__init__": (
         "81aea715e34447e1",
         "creates every PATH_ATTRIBUTES entry and the frame table; MultipathConnection "

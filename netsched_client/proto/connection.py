@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioquic.quic.connection import QuicConnectionError
+from aioquic.quic.connection import NetworkAddress, QuicConnectionError
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import SLOError
 from .multipath.connection import MultipathConnection
+from .send_order import ERROR_DEADLINE, DeadlineMissed, SendOrder
 from .slo import SLO, SLO_TRANSPORT_PARAMETER, decode_slo, encode_slo
 from .transport_parameters import encode_transport_parameter, find_transport_parameter
 
@@ -31,7 +32,22 @@ class NetSchedConnection(MultipathConnection):
     def __init__(self, *args: Any, local_slo: SLO | None = None, **kwargs: Any) -> None:
         self._local_slo = local_slo
         self.peer_slo: SLO | None = None
+        self.send_order = SendOrder()
         super().__init__(*args, **kwargs)
+
+    def set_stream_priority(self, stream_id: int, deadline_at: float | None, urgency: int) -> None:
+        """Serve this stream by deadline (absolute, connection clock), then urgency."""
+        self.send_order.set(stream_id, deadline_at, urgency)
+
+    def datagrams_with_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
+        if self.send_order.priorities:
+            if len(self.send_order.priorities) > 2 * len(self._streams) + 16:
+                self.send_order.prune(self._streams)
+            for stream_id in self.send_order.expired(self._streams_queue, now):
+                self.reset_stream(stream_id, ERROR_DEADLINE)
+                self._events.append(DeadlineMissed(stream_id))
+            self._streams_queue = self.send_order.order(self._streams_queue)
+        return super().datagrams_with_paths(now)
 
     def _serialize_transport_parameters(self) -> bytes:
         data: bytes = super()._serialize_transport_parameters()

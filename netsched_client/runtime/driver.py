@@ -17,13 +17,14 @@ Three rules make it cheap on a loop whose timers count whole milliseconds
   one wake-up a resolution away, which sends what the pacer allows by then.
   uvloop turns a sub-0.5 ms timer into `call_soon`, so without this the loop
   spins until the millisecond ticks over.
-- Datagrams received in one loop callback share one flush: receiving only
-  schedules the transmit, which then runs once for the whole batch.
+- Datagrams received in one loop callback share flushes: one per timer
+  resolution while the batch is read, and one when it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class ConnectionDriver:
         self._armed_at = 0.0  # when self._timer fires
         self._deadline: float | None = None  # what the connection asked for
         self._transmit_handle: asyncio.Handle | None = None
+        self._flushed_at = -math.inf
         self._timers_armed = self._timer_wakeups = self._flushes = self._datagrams_sent = 0
         self.closed = asyncio.Event()
 
@@ -109,9 +111,15 @@ class ConnectionDriver:
         self._handlers.append(handler)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
-        self.quic.receive_datagram(data, addr, now=self._clock())
+        now = self._clock()
+        self.quic.receive_datagram(data, addr, now=now)
         self._drain_events()
-        self.schedule_transmit()
+        # Within a batch, flush once per timer resolution: ACKs (and the sends they
+        # free) wait no longer than a timer would, however long the batch takes.
+        if now - self._flushed_at >= self._resolution:
+            self.transmit()
+        else:
+            self.schedule_transmit()
 
     def schedule_transmit(self) -> None:
         """Coalesce the sends of one loop iteration into one flush."""
@@ -122,7 +130,7 @@ class ConnectionDriver:
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
-        now = self._clock()
+        now = self._flushed_at = self._clock()
         if isinstance(self.quic, MultipathConnection):
             datagrams = self.quic.datagrams_with_paths(now)
         else:

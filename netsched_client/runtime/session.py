@@ -22,7 +22,13 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
-from ..errors import ConnectionLost, DeadlineExceeded, NegotiationError, error_for_status
+from ..errors import (
+    ConnectionLost,
+    DeadlineExceeded,
+    NegotiationError,
+    NetSchedError,
+    error_for_status,
+)
 from ..proto import h3 as h3proto
 from ..proto import hq as hqproto
 from ..proto import session as native
@@ -35,6 +41,7 @@ from ..proto.events import (
     StreamAborted,
 )
 from ..proto.framing import RequestHead, ResponseHead
+from ..proto.send_order import ERROR_DEADLINE
 from ..proto.slo import SLO
 from .debug import enable_debug_logs
 from .driver import ConnectionDriver
@@ -155,6 +162,12 @@ class Stream:
             self._head.set_exception(exc)
             self._head.exception()  # mark retrieved: the reader may never ask
         self._chunks.put_nowait(exc)
+
+
+def _abort_error(event: StreamAborted) -> NetSchedError:
+    if event.error_code == ERROR_DEADLINE:
+        return DeadlineExceeded("the edge dropped the response: its deadline passed in transit")
+    return ConnectionLost(f"stream {event.stream_id} aborted: {event.reason}")
 
 
 def _app_protocol(alpn: str, quic: QuicConnection, authority: str) -> _AppProtocol:
@@ -303,6 +316,14 @@ class Session:
         self._check_open()
         head = RequestHead(service=service, slo=slo, streaming=streaming, meta=dict(meta or {}))
         stream_id = self._proto.send_request(head, payload, end_stream=not streaming)
+        deadline_ms = self._effective(slo).deadline_ms
+        quic = self._driver.quic
+        if isinstance(quic, NetSchedConnection):
+            now = asyncio.get_running_loop().time()
+            deadline = None
+            if deadline_ms is not None and not streaming:
+                deadline = now + deadline_ms / 1000
+            quic.set_stream_priority(stream_id, deadline, self._effective(slo).urgency or 3)
         stream = self._streams[stream_id] = Stream(self, stream_id)
         self._driver.schedule_transmit()
         return stream
@@ -358,7 +379,7 @@ class Session:
                 self._streams.pop(event.stream_id, None)
                 self._proto.forget(event.stream_id)
         else:
-            stream._fail(ConnectionLost(f"stream {event.stream_id} aborted: {event.reason}"))
+            stream._fail(_abort_error(event))
             self._streams.pop(event.stream_id, None)
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:

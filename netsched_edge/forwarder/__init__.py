@@ -1,0 +1,43 @@
+"""The edge's UDP forwarder: a flow table and an mmsg relay between clients and backends.
+
+`UdpRelay` is the Cython relay on Linux when the extension is built, else the
+pure-Python `PyUdpRelay`; both have the `Relay` interface (rules in flows.py).
+`UdpForwarder` drives either from an asyncio or uvloop event loop:
+
+    relay = UdpRelay(("0.0.0.0", 5353), [("10.0.0.2", 53), ("10.0.0.3", 53)], choose)
+    forwarder = UdpForwarder(relay)
+    ...
+    forwarder.close()
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from .driver import UdpForwarder
+from .flows import Choose, FlowTable, ForwarderStats, Relay
+from .reference import PyUdpRelay
+
+if TYPE_CHECKING:
+    from ._relay import UdpRelay
+
+    HAVE_NATIVE: bool
+else:
+    try:
+        from ._relay import UdpRelay as NativeUdpRelay
+    except ImportError:  # not built (no compiler): stay usable, just slower
+        NativeUdpRelay = None
+    HAVE_NATIVE = NativeUdpRelay is not None and sys.platform == "linux"
+    UdpRelay = NativeUdpRelay if HAVE_NATIVE else PyUdpRelay
+
+__all__ = [
+    "HAVE_NATIVE",
+    "Choose",
+    "FlowTable",
+    "ForwarderStats",
+    "PyUdpRelay",
+    "Relay",
+    "UdpForwarder",
+    "UdpRelay",
+]

@@ -1,0 +1,122 @@
+# The relay's C state; the implementation and the rules are in _relay.pyx and flows.py.
+
+from libc.stdint cimport uint32_t, uint64_t
+from posix.uio cimport iovec
+
+from netsched_client.io.includes.system cimport msghdr, ns_mmsghdr, sockaddr_in6, socklen_t
+
+from ._linux cimport epoll_event
+
+
+cdef struct Flow:
+    sockaddr_in6 client  # the client's sockaddr (an IPv4 sockaddr_in fits too)
+    socklen_t client_len
+    uint32_t hash
+    int fd  # the connected upstream socket; -1: the slot is free
+    int backend
+    int next  # the next flow in this hash bucket, or in the free list
+    int older  # least-recently-active list
+    int newer
+    uint32_t gen  # bumped on close, so a stale epoll event cannot reach the slot's next flow
+    double last_active
+    uint64_t seq  # the front batch that last queued datagrams for this flow
+    int first  # that batch's datagrams for this flow, chained through UdpRelay._rnext
+    int tail
+
+
+cdef class UdpRelay:
+    cdef readonly object local_address
+    cdef readonly int batch
+    cdef readonly double idle_timeout
+    cdef object _sock  # the front socket; its fd is _front_fd
+    cdef object _choose
+    cdef int _front_fd
+    cdef int _flow_rcvbuf
+    cdef bint _gso
+    cdef int _epfd  # every flow's upstream socket, registered for EPOLLIN
+
+    # the flow table: slots, hash buckets, free list, least-recently-active list
+    cdef Flow *_flows
+    cdef int *_buckets
+    cdef uint32_t _mask
+    cdef uint64_t _seed
+    cdef int _max_flows
+    cdef int _count
+    cdef int _free
+    cdef int _oldest
+    cdef int _newest
+    cdef int _last  # the flow the previous lookup found: clients send in runs
+
+    cdef int _nbackends
+    cdef sockaddr_in6 *_backends
+    cdef socklen_t *_backend_len
+    cdef uint64_t *_refused  # per backend
+
+    # from clients: one slot per datagram, then one sendmmsg per flow
+    cdef ns_mmsghdr *_rmsgs
+    cdef iovec *_riov
+    cdef sockaddr_in6 *_rnames
+    cdef char *_rbuf
+    cdef int *_rnext
+    cdef int *_active  # flows with datagrams in the current batch
+    cdef int _nactive
+    cdef uint64_t _seq
+    # from backends: slots filled by several flows, then one sendmmsg to the clients
+    cdef epoll_event *_events
+    cdef ns_mmsghdr *_pmsgs
+    cdef iovec *_piov
+    cdef char *_pbuf
+    # the send side of both directions: datagrams queued in _siov/_sflow, then
+    # planned into messages (one GSO run, or one datagram, each)
+    cdef iovec *_siov
+    cdef int *_sflow  # the flow each queued datagram belongs to
+    cdef ns_mmsghdr *_smsgs
+    cdef int *_sfirst  # the message's first datagram
+    cdef int _nqueued  # replies queued so far
+    cdef int *_scount  # datagrams in the message (> 1: a GSO run)
+    cdef char *_sctrl
+
+    cdef uint64_t _from_clients
+    cdef uint64_t _to_backends
+    cdef uint64_t _from_backends
+    cdef uint64_t _to_clients
+    cdef uint64_t _flows_opened
+    cdef uint64_t _flows_expired
+    cdef uint64_t _flows_failed
+    cdef uint64_t _flows_refused
+    cdef uint64_t _backend_refused
+    cdef uint64_t _no_backend
+    cdef uint64_t _choose_errors
+    cdef uint64_t _open_errors
+    cdef uint64_t _unrouted
+    cdef uint64_t _send_errors
+    cdef uint64_t _gso_sends
+    cdef uint64_t _gso_fallbacks
+    cdef uint64_t _recv_truncated
+    cdef uint64_t _syscalls_recv
+    cdef uint64_t _syscalls_send
+
+    cdef int _allocate(self, int batch, int max_flows, int nbackends) except -1
+    cdef void _prepare(self) noexcept
+    cdef int _check_open(self) except -1
+    cdef int _recv(self, int fd, ns_mmsghdr *msgs, int count) noexcept
+    cdef int _transmit(self, int fd, int n, bint connected, int *fatal) except -1
+    cdef int _plan(self, int j, int n, bint connected) noexcept
+    cdef int _run_length(self, int j, int n) noexcept
+    cdef void _set_segment(self, msghdr *hdr, int m, size_t segment) noexcept
+    cdef int _count_sent(self, int first, int last) noexcept
+    cdef int _refuse_gso(self, int err) except -1
+    cdef int _find(self, sockaddr_in6 *name, socklen_t length, double now) noexcept
+    cdef bint _same(self, int f, sockaddr_in6 *name, socklen_t length) noexcept
+    cdef void _touch(self, int f, double now) noexcept
+    cdef void _unlink(self, int f) noexcept
+    cdef void _queue(self, int f, int i) noexcept
+    cdef int _send_upstream(self, int f) except -1
+    cdef int _receive_replies(self, int f, int k) noexcept
+    cdef int _open_flow(self, sockaddr_in6 *name, socklen_t length, double now) except -2
+    cdef int _connect(self, int b, int f) noexcept
+    cdef void _insert(self, int f, int fd, int b, sockaddr_in6 *name, socklen_t length,
+                      double now) noexcept
+    cdef bint _evict_idle(self, double now) noexcept
+    cdef void _fail(self, int f, int err) noexcept
+    cdef void _close_flow(self, int f) noexcept

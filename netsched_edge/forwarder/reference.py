@@ -1,0 +1,283 @@
+"""The pure-Python relay: `UdpRelay`'s rules and counters, one syscall per datagram.
+
+Selected where the Cython relay is not built, and the reference the Cython
+relay is tested against. It works in the same steps, so that their counters
+agree: a front batch is first split into flows (opening new ones), then each
+flow's datagrams are sent in arrival order; replies are read per ready flow
+into one batch for the clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import select
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from netsched_client.io import Address
+
+from .flows import (
+    COUNTERS,
+    DEFAULT_BATCH,
+    DEFAULT_BUFFER,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_FLOWS,
+    FLOW_RCVBUF,
+    Choose,
+    FlowTable,
+    ForwarderStats,
+    address_family,
+    backend_index,
+    check_options,
+    open_front,
+    warn_once,
+)
+
+_SLOT = 65536  # as the Cython relay: the largest UDP payload fits
+
+
+@dataclass(frozen=True, slots=True)
+class _Flow:
+    client: Address
+    backend: int
+    sock: socket.socket
+
+
+class PyUdpRelay:
+    """A UDP load balancer's data path with the `UdpRelay` interface (see flows.py)."""
+
+    def __init__(
+        self,
+        listen: Address,
+        backends: Sequence[Address],
+        choose: Choose,
+        *,
+        max_flows: int = DEFAULT_MAX_FLOWS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        batch: int = DEFAULT_BATCH,
+        rcvbuf: int = DEFAULT_BUFFER,
+        sndbuf: int = DEFAULT_BUFFER,
+        gso: bool = True,
+    ) -> None:
+        # gso is accepted for a common signature: this relay sends datagram by datagram.
+        options = check_options(
+            listen, backends, max_flows=max_flows, idle_timeout=idle_timeout, batch=batch,
+            rcvbuf=rcvbuf, sndbuf=sndbuf,
+        )  # fmt: skip
+        if not callable(choose):
+            raise TypeError(f"choose must be callable, got {choose!r:.80}")
+        self._backends = options.backends
+        self._choose = choose
+        self._table: FlowTable[Address, _Flow] = FlowTable(max_flows, options.idle_timeout)
+        self._by_fd: dict[int, _Flow] = {}
+        self._n = dict.fromkeys(COUNTERS, 0)
+        self._refused = [0] * len(options.backends)
+        self._epoll = select.epoll()
+        self._sock = open_front(options)
+        self._closed = False
+        self.local_address: Address = self._sock.getsockname()
+        self.batch = options.batch
+        self.idle_timeout = options.idle_timeout
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def upstream_fileno(self) -> int:
+        return self._epoll.fileno()
+
+    @property
+    def stats(self) -> ForwarderStats:
+        return ForwarderStats(
+            **self._n, active_flows=len(self._table), refused_by_backend=tuple(self._refused)
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for flow in self._table.values():
+            self._table.remove(flow.client)
+            self._close_flow(flow)
+        self._epoll.close()
+        self._sock.close()
+
+    def expire(self, now: float) -> int:
+        closed = 0
+        while (flow := self._table.pop_idle(now)) is not None:
+            self._close_flow(flow)
+            self._n["flows_expired"] += 1
+            closed += 1
+        return closed
+
+    # -- clients → backends --------------------------------------------------
+
+    def relay_front(self, now: float) -> int:
+        self._check_open()
+        before = self._n["from_clients"]
+        plan: dict[_Flow, list[bytes]] = {}
+        for data, client in self._receive_front():
+            flow = self._table.find(client, now) or self._open_flow(client, now)
+            if self._closed:
+                break  # `choose` closed the relay: its flows are gone
+            if flow is None:
+                self._n["unrouted"] += 1
+            else:
+                plan.setdefault(flow, []).append(data)
+        if not self._closed:
+            for flow, datagrams in plan.items():
+                self._send_upstream(flow, datagrams)
+        return self._n["from_clients"] - before
+
+    def _receive_front(self) -> list[tuple[bytes, Address]]:
+        """Up to `batch` datagrams read; truncated ones are counted and left out."""
+        out: list[tuple[bytes, Address]] = []
+        for _ in range(self.batch):
+            self._n["syscalls_recv"] += 1
+            try:
+                data, _, flags, addr = self._sock.recvmsg(_SLOT)
+            except BlockingIOError:
+                break
+            self._n["from_clients"] += 1
+            if flags & socket.MSG_TRUNC:
+                self._n["recv_truncated"] += 1
+                continue
+            out.append((data, addr))
+        return out
+
+    def _send_upstream(self, flow: _Flow, datagrams: list[bytes]) -> None:
+        for i, data in enumerate(datagrams):
+            self._n["syscalls_send"] += 1
+            try:
+                flow.sock.send(data)
+            except BlockingIOError:
+                self._n["send_errors"] += len(datagrams) - i
+                return
+            except ConnectionRefusedError as exc:
+                self._n["send_errors"] += len(datagrams) - i
+                self._fail(flow, exc)
+                return
+            except OSError:
+                self._n["send_errors"] += 1
+                continue
+            self._n["to_backends"] += 1
+
+    # -- backends → clients --------------------------------------------------
+
+    def relay_upstream(self, now: float) -> int:
+        self._check_open()
+        before = self._n["from_backends"]
+        replies: list[tuple[bytes, Address]] = []
+        slots = 0  # as the Cython relay's receive slots
+        for fd, _ in self._epoll.poll(0, self.batch):
+            flow = self._by_fd.get(fd)
+            if flow is None:
+                continue
+            if slots == self.batch:
+                self._send_replies(replies)
+                replies, slots = [], 0
+            slots += self._receive_replies(flow, self.batch - slots, replies, now)
+        self._send_replies(replies)
+        return self._n["from_backends"] - before
+
+    def _receive_replies(
+        self, flow: _Flow, limit: int, replies: list[tuple[bytes, Address]], now: float
+    ) -> int:
+        """Queue up to `limit` replies of `flow` for its client; return how many were read."""
+        read = 0
+        while read < limit:
+            self._n["syscalls_recv"] += 1
+            try:
+                data, _, flags, _ = flow.sock.recvmsg(_SLOT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._fail(flow, exc)
+                break
+            read += 1
+            self._n["from_backends"] += 1
+            if flags & socket.MSG_TRUNC:
+                self._n["recv_truncated"] += 1
+                continue
+            replies.append((data, flow.client))
+        if read:
+            self._table.find(flow.client, now)
+        return read
+
+    def _send_replies(self, replies: list[tuple[bytes, Address]]) -> None:
+        for i, (data, client) in enumerate(replies):
+            self._n["syscalls_send"] += 1
+            try:
+                self._sock.sendto(data, client)
+            except BlockingIOError:
+                self._n["send_errors"] += len(replies) - i
+                return
+            except OSError:
+                self._n["send_errors"] += 1
+                continue
+            self._n["to_clients"] += 1
+
+    # -- flows -------------------------------------------------------------------
+
+    def _open_flow(self, client: Address, now: float) -> _Flow | None:
+        if self._table.full:
+            victim = self._table.pop_idle(now)
+            if victim is None:
+                self._n["flows_refused"] += 1
+                return None
+            self._close_flow(victim)
+            self._n["flows_expired"] += 1
+        try:
+            choice = backend_index(self._choose(client), len(self._backends))
+        except Exception as exc:
+            self._n["choose_errors"] += 1
+            warn_once(
+                "choose", "UDP forwarder: choose(%r) failed, datagram dropped: %r", client, exc
+            )
+            return None
+        if choice is None:
+            self._n["no_backend"] += 1
+            return None
+        if self._closed:
+            return None
+        try:
+            sock = self._connect(self._backends[choice])
+        except OSError as exc:
+            self._n["open_errors"] += 1
+            warn_once("open", "UDP forwarder: cannot open a socket to backend %d: %s", choice, exc)
+            return None
+        flow = _Flow(client, choice, sock)
+        self._table.add(client, flow, now)
+        self._by_fd[sock.fileno()] = flow
+        self._n["flows_opened"] += 1
+        return flow
+
+    def _connect(self, backend: Address) -> socket.socket:
+        sock = socket.socket(address_family(backend, "backend"), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, FLOW_RCVBUF)
+            sock.connect(backend)
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _fail(self, flow: _Flow, exc: OSError) -> None:
+        if isinstance(exc, ConnectionRefusedError):
+            self._n["backend_refused"] += 1
+            self._refused[flow.backend] += 1
+        self._n["flows_failed"] += 1
+        self._table.remove(flow.client)
+        self._close_flow(flow)
+
+    def _close_flow(self, flow: _Flow) -> None:
+        del self._by_fd[flow.sock.fileno()]
+        flow.sock.close()  # which also takes it out of the epoll set
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "PyUdpRelay is closed")
