@@ -3,7 +3,8 @@
 Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, www,
-                  idle_timeout_s, max_queue, retry, multipath, max_path_id, admin
+                  idle_timeout_s, max_queue, retry, send_order, multipath, max_path_id,
+                  admin
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
@@ -98,6 +99,7 @@ class EdgeConfig:
     retry: bool = False  # validate client addresses with a Retry before any state is kept
     admin_host: str | None = None  # [edge] admin = "host:port": /metrics, /livez, /readyz
     admin_port: int | None = None
+    send_order: str = "edf"  # "edf": responses by deadline then urgency; "fifo": aioquic's round robin
     multipath: bool = True  # offer draft-ietf-quic-multipath-21 (initial_max_path_id)
     max_path_id: int = 3  # paths per connection - 1 that a client may open
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
@@ -604,6 +606,7 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "idle_timeout_s": _number(0, inclusive=False),
     "max_queue": _integer(0),
     "retry": _boolean,
+    "send_order": _choice(("edf", "fifo")),
     "multipath": _boolean,
     "admin": _address(lowest_port=0),
     "max_path_id": _integer(0, 2**32 - 1),

@@ -136,7 +136,7 @@ class EdgeConnection:
             streaming=head.streaming,
         )
         quic = self._driver.quic
-        if isinstance(quic, NetSchedConnection):
+        if isinstance(quic, NetSchedConnection) and self._edge.config.send_order == "edf":
             # The response leaves by deadline, then urgency, whatever else is queued.
             # Streams (long-lived by nature) are ordered by urgency only.
             deadline = None

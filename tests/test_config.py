@@ -254,7 +254,7 @@ ERRORS: list[tuple[str, str, int | None]] = [
     (
         "[edge]\nmax_queue = 1\nzzz = 1\n",
         "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, www, "
-        "idle_timeout_s, max_queue, retry, multipath, admin, max_path_id)",
+        "idle_timeout_s, max_queue, retry, send_order, multipath, admin, max_path_id)",
         3,
     ),
     (
