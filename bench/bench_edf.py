@@ -51,12 +51,10 @@ async def run(
 
             async def bulk() -> None:
                 while not stop.is_set():
-                    try:
+                    with contextlib.suppress(NetSchedError):
                         await session.request(
                             "bulk", meta={"method": "GET", "path": "/bulk.bin"}, slo=SLO(urgency=6)
                         )
-                    except NetSchedError:
-                        pass
 
             async def interactive() -> None:
                 nonlocal missed, sent
