@@ -8,6 +8,7 @@ Layout (every key optional unless noted):
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
+                  udp_listen ("host:port", udp backends only),
                   health = {...} or [services.health]
     [[services.backends]]  kind (required), name, address ("host:port" or
                   "[v6]:port", http/tcp/udp only), root (static only), weight,
@@ -84,6 +85,9 @@ class ServiceConfig:
     timeout_s: float = 10.0  # response-head timeout when the request has no deadline
     max_body: int = 1 << 20  # bytes, unary request/response bodies
     health: HealthConfig = HealthConfig()
+    # UDP services: a plain UDP front ("host:port") relayed to the udp backends by
+    # the Cython forwarder, one backend per client flow.
+    udp_listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +103,9 @@ class EdgeConfig:
     retry: bool = False  # validate client addresses with a Retry before any state is kept
     admin_host: str | None = None  # [edge] admin = "host:port": /metrics, /livez, /readyz
     admin_port: int | None = None
-    send_order: str = "edf"  # "edf": responses by deadline then urgency; "fifo": aioquic's round robin
+    send_order: str = (
+        "edf"  # "edf": responses by deadline then urgency; "fifo": aioquic's round robin
+    )
     multipath: bool = True  # offer draft-ietf-quic-multipath-21 (initial_max_path_id)
     max_path_id: int = 3  # paths per connection - 1 that a client may open
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
@@ -678,6 +684,7 @@ _SERVICE_KEYS: Final[Mapping[str, _Spec]] = {
     "timeout_s": _number(0, inclusive=False),
     "max_body": _integer(0),
     "health": lambda item: _read_health(_table(item)),
+    "udp_listen": _address(lowest_port=0),
 }
 
 
@@ -688,6 +695,8 @@ def _read_service(table: _Table) -> ServiceConfig:
     if not values.get("backends"):
         raise table.error("backends", "at least one backend is required")
     values["backends"] = _read_backends(values["backends"], values["name"])
+    if "udp_listen" in values and any(b.kind != "udp" for b in values["backends"]):
+        raise table.error("udp_listen", "a UDP front needs every backend of the service to be udp")
     return ServiceConfig(**values)
 
 

@@ -49,6 +49,7 @@ from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, IncomingRequest
 from .tls import generate_self_signed
+from .udp_front import UdpFront
 from .workers import ReuseportSteering, WorkerIdentity
 
 log = logging.getLogger("netsched.edge")
@@ -239,6 +240,7 @@ class EdgeServer:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._generated_ca: Path | None = None
         self.connections: set[EdgeConnection] = set()
+        self.udp_fronts: dict[str, UdpFront] = {}
         self._admin = AdminServer(self.dispatcher.metrics.exposition, self.ready)
         self.admin_port: int | None = None
 
@@ -302,6 +304,10 @@ class EdgeServer:
         )
         if steering is not None:
             steering.attach(self._endpoint.fileno())
+        for service in self.config.services:
+            if service.udp_listen is not None:
+                front = UdpFront(self.dispatcher.pools[service.name], service.udp_listen)
+                self.udp_fronts[service.name] = front
         if self.config.admin_port is not None:
             assert self.config.admin_host is not None
             self.admin_port = await self._admin.start(
@@ -327,6 +333,8 @@ class EdgeServer:
 
     async def close(self) -> None:
         await self._admin.close()
+        for front in self.udp_fronts.values():
+            front.close()
         if self._endpoint is not None:
             self._endpoint.close_all(reason="edge shutting down")
             await asyncio.sleep(0)

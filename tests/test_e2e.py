@@ -149,3 +149,28 @@ async def test_retry_validates_address_then_serves(start_server, start_edge, ope
     edge = await start_edge(service("api", http_backend("b1", port)), retry=True)
     session = await open_client(edge)
     assert (await session.request("api", b"after retry")).body == b"after retry"
+
+
+async def test_plain_udp_service_through_the_forwarder(start_server, start_edge) -> None:
+    ports = [await start_server(UDPEchoServer()) for _ in range(2)]
+    backends = [
+        BackendConfig(name=f"u{i}", kind="udp", host="127.0.0.1", port=p)
+        for i, p in enumerate(ports)
+    ]
+    edge = await start_edge(service("dns", *backends, udp_listen=("127.0.0.1", 0)))
+    front = edge.udp_fronts["dns"].local_address
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            received.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=front)
+    try:
+        for i in range(20):
+            transport.sendto(b"q%d" % i)
+        answers = {await asyncio.wait_for(received.get(), 5) for _ in range(20)}
+        assert answers == {b"q%d" % i for i in range(20)}
+    finally:
+        transport.close()
