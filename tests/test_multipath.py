@@ -61,11 +61,13 @@ def test_second_path_validated_and_used(tmp_path: Path) -> None:
     assert rtts[1] is not None  # PATH_ACK on path 1 gave RTT samples
 
 
-RATE_LIMITED = {C1: Link(rate_bps=20e6), C2: Link(rate_bps=20e6), C3: Link()}
+def rate_limited() -> dict:
+    """Fresh links (they carry state: a test may blackhole one)."""
+    return {C1: Link(rate_bps=20e6), C2: Link(rate_bps=20e6), C3: Link()}
 
 
 def test_blackholed_path_abandoned_and_transfer_completes(tmp_path: Path) -> None:
-    net, _ = _two_paths(tmp_path, links=RATE_LIMITED)
+    net, _ = _two_paths(tmp_path, links=rate_limited())
     sid = _download(net, 3_000_000)
     net.run(0.3)
     net.links[C1].up = False  # path 0 dies mid-transfer
@@ -193,3 +195,14 @@ def test_multipath_frames_are_unknown_without_negotiation(tmp_path: Path) -> Non
     net.run(2.0, until=lambda: bool(net.events("client", ConnectionTerminated)))
     closed = net.events("client", ConnectionTerminated)
     assert closed and closed[0].error_code == 0x7  # FRAME_ENCODING_ERROR: unknown frame type
+
+
+def test_no_timer_in_the_past_after_path_0_is_abandoned(tmp_path: Path) -> None:
+    net, _ = _two_paths(tmp_path, links=rate_limited())
+    net.links[C1].up = False
+    net.client.send_ping(1)
+    assert net.run(5.0, until=lambda: bool(net.events("client", mpe.PathAbandoned)))
+    net.run(3.0)  # past 3 x PTO
+    for conn in (net.client, net.server):
+        timer = conn.get_timer()
+        assert timer is None or timer > net.now, (timer, net.now)  # no spinning on a stale deadline

@@ -422,8 +422,11 @@ class MultipathConnection(QuicConnection):
 
     def _forget_closed_paths(self, now: float) -> None:
         for path in list(self._paths.values()):
-            if path is self._path0 or path.closing_until is None or now < path.closing_until:
+            if path.closing_until is None or now < path.closing_until:
                 continue
+            path.closing_until = None  # the 3 x PTO wait is over
+            if path is self._path0:
+                continue  # path 0's state is aioquic's own: it stays, unused
             for cid in self._attr(path, "_host_cids"):
                 self._cid_path.pop(cid.cid, None)
                 self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
@@ -880,7 +883,7 @@ class MultipathConnection(QuicConnection):
     # -- timers ---------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        if len(self._paths) == 1:
+        if len(self._paths) == 1 or self._state in END_STATES:
             return super().get_timer()
         timers: list[float] = []
         for path in self._paths.values():
@@ -893,8 +896,11 @@ class MultipathConnection(QuicConnection):
         return min(timers, default=None)
 
     def handle_timer(self, now: float) -> None:
+        if self._close_at is None and self._state in END_STATES:
+            return  # terminated: nothing is due (aioquic would compare against None)
         if len(self._paths) == 1:
             super().handle_timer(now)
+            self._forget_closed_paths(now)
             return
         self._now = now
         # Path 0 first: aioquic's idle/close handling must run in its own context.
