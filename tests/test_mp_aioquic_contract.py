@@ -104,7 +104,8 @@ CONNECTION_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "_state": QuicConnectionState,
     "_streams_queue": list,  # emptied while a backup path sends
     "_close_pending": bool,
-    "_streams": dict,  # live stream IDs: bounds the send-order priorities  # CONNECTION_CLOSE must leave even when every path is closing
+    "_streams": dict,  # live stream IDs: bounds the send-order priorities
+    "_close_at": (float, type(None)),  # None once terminated: no timer may fire then  # CONNECTION_CLOSE must leave even when every path is closing
     "_version": (int, NoneType),
 }
 

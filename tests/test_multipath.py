@@ -206,3 +206,19 @@ def test_no_timer_in_the_past_after_path_0_is_abandoned(tmp_path: Path) -> None:
     for conn in (net.client, net.server):
         timer = conn.get_timer()
         assert timer is None or timer > net.now, (timer, net.now)  # no spinning on a stale deadline
+
+
+def test_stalled_path_data_is_reinjected_before_the_path_is_abandoned(tmp_path: Path) -> None:
+    links = {C1: Link(rate_bps=20e6, delay=0.005), C2: Link(rate_bps=20e6, delay=0.010), C3: Link()}
+    net, _ = _two_paths(tmp_path, links=links)
+    sid = _download(net, 4_000_000)
+    net.run(0.3)
+    net.links[C1].up = False
+    before = len(net.received.get(sid, b""))
+    # Within one PTO plus a couple of survivor RTTs, data flows again: well before abandonment.
+    net.run(0.3)
+    assert len(net.received.get(sid, b"")) > before + 50_000
+    stats = {p.path_id: p.stats for p in net.server.paths.values()}
+    assert stats[0].packets_reinjected > 0
+    assert net.run(20.0, until=lambda: len(net.received.get(sid, b"")) >= 3_999_744)
+    assert net.received[sid] == bytes(range(256)) * (4_000_000 // 256)

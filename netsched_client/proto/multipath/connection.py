@@ -420,6 +420,21 @@ class MultipathConnection(QuicConnection):
             for handler, args in packet.delivery_handlers:
                 handler(QuicDeliveryState.LOST, *args)
 
+    def _reinject_in_flight(self) -> None:
+        """Resend the live path's unacknowledged data on other paths, now (XLINK-style).
+
+        The packets stay in flight for this path's congestion control; only their
+        frames are handed back for retransmission, once (a later ACK of the original
+        packet finds no handlers left, and the copy's ACK completes the delivery).
+        """
+        space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
+        self._live.reinjected_pto = self._loss._pto_count
+        for packet in list(space.sent_packets.values()):
+            handlers, packet.delivery_handlers = packet.delivery_handlers, []
+            for handler, args in handlers:
+                handler(QuicDeliveryState.LOST, *args)
+            self._live.stats.packets_reinjected += 1
+
     def _forget_closed_paths(self, now: float) -> None:
         for path in list(self._paths.values()):
             if path.closing_until is None or now < path.closing_until:
@@ -915,6 +930,9 @@ class MultipathConnection(QuicConnection):
                 super().handle_timer(now)
         if self._state in END_STATES:
             return
+        for path in self.scheduler.suspect_paths(self):
+            with self._on_path(path):
+                self._reinject_in_flight()
         for path in self.scheduler.dead_paths(self):
             path.abandon_error = f.PATH_UNSTABLE_OR_POOR
             self._start_closing(path, now)

@@ -38,6 +38,7 @@ class PathStats:
     packets_sent: int = 0
     packets_received: int = 0
     packets_lost: int = 0
+    packets_reinjected: int = 0  # resent on another path when this one stalled
 
 
 @dataclass(slots=True)
@@ -59,6 +60,7 @@ class Path:
     abandon_received: bool = False
     abandon_error: int = 0
     closing_until: float | None = None
+    reinjected_pto: int = 0  # the PTO count at the last re-injection (once per stall)
     # CIDs for this path ID: ours not yet announced, and retirements to send.
     cids_to_announce: list[int] = field(default_factory=list)  # sequence numbers
     retire_pending: list[int] = field(default_factory=list)

@@ -6,9 +6,10 @@ Default policy (draft-21 leaves scheduling to implementations):
   rides the fastest path alone and a backlog spreads over all of them;
 - a path marked backup (by us, or by the peer's PATH_STATUS_BACKUP) carries
   data only when no available path works; it still sends ACKs and control;
-- a path whose PTO fired `stall_ptos` times in a row gets no new data (its
-  loss recovery still runs), and after `dead_ptos` it is abandoned while
-  another path works, so its data is resent on the survivors.
+- a path whose PTO fired `stall_ptos` times in a row gets no new data, and its
+  unacknowledged data is re-injected on a working path at once (XLINK-style:
+  failover costs one PTO plus one RTT of the survivor, not several PTOs); after
+  `dead_ptos` it is abandoned while another path works.
 Every decision is counted per path and reason in `decisions`.
 """
 
@@ -42,6 +43,19 @@ class Scheduler:
             self.decisions[(path.path_id, reason)] += 1
             plan.append((path, allowed))
         return plan
+
+    def suspect_paths(self, conn: MultipathConnection) -> list[Path]:
+        """Stalled paths whose unacknowledged data should go out on a working path now."""
+        active = [p for p in conn.paths.values() if p.state is PathState.ACTIVE]
+        working = [p for p in active if conn.path_pto_count(p) == 0]
+        if not working:
+            return []
+        return [
+            p
+            for p in active
+            if conn.path_pto_count(p) >= self.stall_ptos
+            and conn.path_pto_count(p) > p.reinjected_pto
+        ]
 
     def dead_paths(self, conn: MultipathConnection) -> list[Path]:
         """Paths to abandon now: stalled for `dead_ptos` while another path works."""
