@@ -220,5 +220,5 @@ def test_stalled_path_data_is_reinjected_before_the_path_is_abandoned(tmp_path: 
     assert len(net.received.get(sid, b"")) > before + 50_000
     stats = {p.path_id: p.stats for p in net.server.paths.values()}
     assert stats[0].packets_reinjected > 0
-    assert net.run(20.0, until=lambda: len(net.received.get(sid, b"")) >= 3_999_744)
+    assert net.run(20.0, until=lambda: len(net.received.get(sid, b"")) >= 4_000_000)
     assert net.received[sid] == bytes(range(256)) * (4_000_000 // 256)

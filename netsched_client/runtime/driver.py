@@ -16,7 +16,9 @@ Three rules make it cheap on a loop whose timers count whole milliseconds
   wait for (aioquic's pacer asks for one packet time, often tens of µs) becomes
   one wake-up a resolution away, which sends what the pacer allows by then.
   uvloop turns a sub-0.5 ms timer into `call_soon`, so without this the loop
-  spins until the millisecond ticks over.
+  spins until the millisecond ticks over. uvloop also rounds every delay to
+  the nearest millisecond, so its timers are armed half a resolution late:
+  none fires early, and a paced wake-up finds a full resolution of credit.
 - Datagrams received in one loop callback share flushes: one per timer
   resolution while the batch is read, and one when it is done.
 """
@@ -56,6 +58,12 @@ class DriverStats:
     datagrams_sent: int
 
 
+def _counts_milliseconds(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop's clock is whole milliseconds (libuv's `uv_now`): such a
+    loop rounds timer delays to the nearest millisecond too."""
+    return all(abs(t * 1000 - round(t * 1000)) < 1e-6 for t in (loop.time(), loop.time()))
+
+
 def loop_clock(loop: asyncio.AbstractEventLoop) -> Clock:
     """A sub-millisecond clock on the loop's time base.
 
@@ -85,6 +93,7 @@ class ConnectionDriver:
         self._loop = loop or asyncio.get_running_loop()
         self._clock = clock or loop_clock(self._loop)
         self._resolution = timer_resolution
+        self._rounding_slack = timer_resolution / 2 if _counts_milliseconds(self._loop) else 0.0
         self._handlers: list[EventHandler] = []
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = 0.0  # when self._timer fires
@@ -160,13 +169,13 @@ class ConnectionDriver:
         self._cancel_timer()
         self._armed_at = latest
         self._timers_armed += 1
-        self._timer = self._loop.call_at(latest, self._on_timer)
+        self._timer = self._loop.call_at(latest + self._rounding_slack, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_wakeups += 1
-        # uvloop rounds a delay to the nearest millisecond, so a timer may fire up
-        # to 0.5 ms early: count the deadline as reached, as aioquic's own adapter does.
+        # Should a loop still fire a timer a little early, count the deadline as
+        # reached (as aioquic's own adapter does) rather than re-arm for a few µs.
         now = max(self._deadline or 0.0, self._clock())
         self.quic.handle_timer(now=now)
         self._drain_events()

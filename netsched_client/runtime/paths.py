@@ -77,7 +77,8 @@ class PathManager:
             PathStats(
                 path_id=info["path_id"],
                 state=info["state"],
-                local=info["local"],
+                local=info["local"]
+                or (self._endpoint.local_address if info["path_id"] == 0 else None),
                 remote=info["remote"],
                 backup=info["backup"],
                 rtt_ms=None if info["rtt"] is None else info["rtt"] * 1000,

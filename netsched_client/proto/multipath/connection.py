@@ -239,6 +239,16 @@ class MultipathConnection(QuicConnection):
         loss: QuicPacketRecovery = self._attr(path, "_loss")
         return int(loss._pto_count)
 
+    def path_last_ack(self, path: Path) -> float | None:
+        """When this path last had a packet acknowledged (connection clock)."""
+        return path.last_ack_at
+
+    def path_oldest_unacked(self, path: Path) -> float | None:
+        """Send time of this path's oldest packet still in flight, if any."""
+        space: QuicPacketSpace = self._attr(path, "_spaces")[Epoch.ONE_RTT]
+        times = [p.sent_time for p in space.sent_packets.values() if p.in_flight]
+        return min((t for t in times if t is not None), default=None)
+
     def path_rtt(self, path: Path) -> float | None:
         loss: QuicPacketRecovery = self._attr(path, "_loss")
         return loss._rtt_smoothed if loss._rtt_initialized else None
@@ -419,6 +429,14 @@ class MultipathConnection(QuicConnection):
             self._live.stats.packets_lost += 1
             for handler, args in packet.delivery_handlers:
                 handler(QuicDeliveryState.LOST, *args)
+
+    def _track_stalls(self) -> None:
+        """Remember when each path went silent (its oldest unacknowledged send at its first PTO)."""
+        for path in self._paths.values():
+            if self.path_pto_count(path) == 0:
+                path.stalled_since = None
+            elif path.stalled_since is None:
+                path.stalled_since = self.path_oldest_unacked(path)
 
     def _reinject_in_flight(self) -> None:
         """Resend the live path's unacknowledged data on other paths, now (XLINK-style).
@@ -682,6 +700,7 @@ class MultipathConnection(QuicConnection):
         path = self._paths.get(frame.path_id)
         if path is None:
             return  # abandoned and forgotten: ignore silently (draft-21 §3.4.3)
+        path.last_ack_at = now
         with self._on_path(path):
             self._loss.on_ack_received(
                 ack_rangeset=frame.ranges,
@@ -728,6 +747,7 @@ class MultipathConnection(QuicConnection):
     # Frames that RFC 9000 defines and draft-21 confines to path 0.
 
     def _handle_ack_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+        self._path0.last_ack_at = context.time
         with self._on_path(self._path0):
             super()._handle_ack_frame(context, frame_type, buf)
 
@@ -918,6 +938,7 @@ class MultipathConnection(QuicConnection):
             self._forget_closed_paths(now)
             return
         self._now = now
+        self._track_stalls()
         # Path 0 first: aioquic's idle/close handling must run in its own context.
         with self._on_path(self._path0):
             super().get_timer()  # refreshes this path's loss timer
@@ -930,9 +951,12 @@ class MultipathConnection(QuicConnection):
                 super().handle_timer(now)
         if self._state in END_STATES:
             return
+        self._track_stalls()
         for path in self.scheduler.suspect_paths(self):
             with self._on_path(path):
                 self._reinject_in_flight()
+        for path in self.scheduler.need_evidence(self):
+            self._set_attr(path, "_probe_pending", True)  # its ACK will tell whether it works
         for path in self.scheduler.dead_paths(self):
             path.abandon_error = f.PATH_UNSTABLE_OR_POOR
             self._start_closing(path, now)

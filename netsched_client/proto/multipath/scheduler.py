@@ -58,10 +58,37 @@ class Scheduler:
         ]
 
     def dead_paths(self, conn: MultipathConnection) -> list[Path]:
-        """Paths to abandon now: stalled for `dead_ptos` while another path works."""
+        """Paths to abandon now: stalled for `dead_ptos` while another path demonstrably works.
+
+        "Works" needs evidence: an ACK on another path for something sent after this
+        path's oldest unacknowledged packet. A paused peer (nothing acknowledged
+        anywhere) or an idle second path proves nothing, and costs no path.
+        """
         active = [p for p in conn.paths.values() if p.state is PathState.ACTIVE]
-        dead = [p for p in active if conn.path_pto_count(p) >= self.dead_ptos]
+        dead = [
+            p
+            for p in active
+            if conn.path_pto_count(p) >= self.dead_ptos and self._others_deliver(conn, p, active)
+        ]
         return dead if len(dead) < len(active) else []
+
+    def need_evidence(self, conn: MultipathConnection) -> list[Path]:
+        """Paths to probe (PING) because another path stalled and nothing shows they work."""
+        active = [p for p in conn.paths.values() if p.state is PathState.ACTIVE]
+        stalled = [
+            p
+            for p in active
+            if conn.path_pto_count(p) >= self.stall_ptos
+            and not self._others_deliver(conn, p, active)
+        ]
+        return [o for o in active if stalled and o not in stalled]
+
+    @staticmethod
+    def _others_deliver(conn: MultipathConnection, path: Path, active: list[Path]) -> bool:
+        """Another path had a packet acknowledged after this one went silent."""
+        since = path.stalled_since
+        others = (conn.path_last_ack(o) for o in active if o is not path)
+        return since is not None and any(t is not None and t > since for t in others)
 
     def _data_allowed(self, path: Path, works: bool, have_preferred: bool) -> tuple[bool, str]:
         if path.state is PathState.VALIDATING:

@@ -1,0 +1,250 @@
+"""A picoquic multipath client: handshake, optionally a second path, an hq-interop GET.
+
+Run: `python -m picoquic_mp.client --port P [--second-local 127.0.0.2] [--get /path]
+[--abandon-at BYTES --abandon-path ID] [--qlog DIR]`.
+
+Steps, each reported on stdout: `ready` (transport parameters both ways),
+`path_allowed` (the server sent CIDs for path ID 1, which it only does once
+multipath is negotiated), `probe` (picoquic_probe_new_path's return code),
+`path` events, `request`, `abandon` (return code of picoquic_abandon_path and
+the path qualities just before), `fetched` (size, SHA-256, path qualities),
+then `done` — or `failed` with the reason. Exit status 0 only after `done`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import capi
+from .loop import PacketLoop, guarded, report, udp_socket
+
+SNI = b"localhost"
+CLOSE_GRACE_US = 1_000_000  # time to send CONNECTION_CLOSE before exiting
+APPLICATION_ABANDON_PATH = 0x3E  # draft-21's PATH_ABANDON error code for "the application asked"
+REQUEST_STREAM = 0
+
+
+@dataclass(slots=True)
+class Options:
+    server: tuple[str, int]
+    local: str
+    second_local: str | None
+    get: str | None
+    abandon_at: int | None
+    abandon_path: int
+    timeout_s: float
+    qlog: str | None
+
+
+@dataclass(slots=True)
+class Progress:
+    ready: bool = False
+    path_allowed: bool = False
+    probed: bool = False
+    second_path_up: bool = False
+    requested: bool = False
+    abandoned: bool = False
+    finished: bool = False
+    received: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    closing_since: int | None = None
+
+
+class Client:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.progress = Progress()
+        self.callback = capi.StreamCallback(guarded(self.on_event))
+        self.exit_code = 1
+        self.cnx = 0
+        self._loop: PacketLoop | None = None
+        self._started = 0
+
+    def start(self, loop: PacketLoop) -> None:
+        self._loop = loop
+        self._started = int(capi.current_time())
+        self.cnx = capi.create_client_cnx(
+            loop.quic,
+            ctypes.byref(capi.sockaddr(self.options.server)),
+            self._started,
+            0,
+            SNI,
+            capi.ALPN,
+            self.callback,
+            None,
+        )
+        if not self.cnx:  # picoquic_create_client_cnx also starts it
+            raise SystemExit("picoquic could not create the client connection")
+        loop.on_tick = self.tick
+
+    def on_event(
+        self, cnx: int, stream_id: int, data: int, length: int, event: int, _ctx: int, _sctx: int
+    ) -> int:
+        p = self.progress
+        if event == capi.EVENT_READY and not p.ready:
+            p.ready = True
+            report("ready", transport=capi.transport_info(cnx))
+        elif event in (capi.EVENT_STREAM_DATA, capi.EVENT_STREAM_FIN):
+            self._on_body(ctypes.string_at(data, length) if length else b"")
+            if event == capi.EVENT_STREAM_FIN:
+                self._on_fin()
+        elif event == capi.EVENT_STREAM_RESET:
+            self._fail(f"stream {stream_id} reset by the server")
+        elif event in capi.PATH_EVENTS:
+            report("path", kind=capi.PATH_EVENTS[event], unique_path_id=stream_id)
+            p.second_path_up |= event == capi.EVENT_PATH_AVAILABLE and stream_id != 0
+        elif event in (capi.EVENT_CLOSE, capi.EVENT_APPLICATION_CLOSE):
+            report("closed", **capi.errors(cnx))
+            if not p.finished:
+                self._fail("connection closed before the transfer finished")
+        return 0
+
+    def tick(self, now: int) -> None:
+        p = self.progress
+        if p.closing_since is not None:
+            closed = capi.get_cnx_state(self.cnx) >= capi.STATE_DISCONNECTED
+            if closed or now - p.closing_since > CLOSE_GRACE_US:
+                assert self._loop is not None
+                self._loop.running = False
+        elif now - self._started > self.options.timeout_s * 1e6:
+            self._fail(f"timeout after {self.options.timeout_s} s ({self._where()})")
+        elif p.ready and not p.path_allowed:
+            self._check_path_allowed()
+        elif p.path_allowed and self.options.second_local and not p.probed:
+            self._probe(now)
+        elif self._may_request():
+            self._request()
+        elif p.path_allowed and self.options.get is None:
+            self._finish()
+
+    def _where(self) -> str:
+        done = [name for name in Progress.__slots__ if getattr(self.progress, name) is True]
+        return f"reached: {', '.join(done) or 'nothing'}; {self.progress.received} bytes received"
+
+    def _check_path_allowed(self) -> None:
+        allowed = ctypes.c_int()
+        ret = capi.subscribe_new_path_allowed(self.cnx, ctypes.byref(allowed))
+        if ret != 0:
+            self._fail(f"picoquic_subscribe_new_path_allowed returned {ret:#x}")
+        elif allowed.value:
+            self.progress.path_allowed = True
+            report("path_allowed")
+
+    def _probe(self, now: int) -> None:
+        assert self.options.second_local is not None
+        assert self._loop is not None
+        local = next(a for a in self._loop.sockets if a[0] == self.options.second_local)
+        ret = capi.probe_new_path(
+            self.cnx,
+            ctypes.byref(capi.sockaddr(self.options.server)),
+            ctypes.byref(capi.sockaddr(local)),
+            now,
+        )
+        self.progress.probed = True
+        report("probe", local=list(local), ret=ret)
+        if ret != 0:
+            self._fail(f"picoquic_probe_new_path returned {ret:#x}")
+
+    def _may_request(self) -> bool:
+        p = self.progress
+        wanted = self.options.get is not None and not p.requested and p.path_allowed
+        return wanted and (p.second_path_up or not self.options.second_local)
+
+    def _request(self) -> None:
+        assert self.options.get is not None
+        line = f"GET {self.options.get}\r\n".encode("ascii")
+        ret = capi.add_to_stream(self.cnx, REQUEST_STREAM, line, len(line), 1)
+        self.progress.requested = True
+        report("request", path=self.options.get, ret=ret)
+
+    def _on_body(self, chunk: bytes) -> None:
+        p = self.progress
+        p.received += len(chunk)
+        p.digest.update(chunk)
+        at = self.options.abandon_at
+        if at is not None and not p.abandoned and p.received >= at:
+            p.abandoned = True
+            before = capi.path_qualities(self.cnx)
+            ret = capi.abandon_path(
+                self.cnx, self.options.abandon_path, APPLICATION_ABANDON_PATH, capi.current_time()
+            )
+            report(
+                "abandon",
+                unique_path_id=self.options.abandon_path,
+                ret=ret,
+                at=p.received,
+                paths=before,
+            )
+
+    def _on_fin(self) -> None:
+        p = self.progress
+        report(
+            "fetched",
+            bytes=p.received,
+            sha256=p.digest.hexdigest(),
+            paths=capi.path_qualities(self.cnx),
+        )
+        self._finish()
+
+    def _finish(self) -> None:
+        self.progress.finished = True
+        self.exit_code = 0
+        report("done")
+        self._close()
+
+    def _fail(self, reason: str) -> None:
+        if self.progress.closing_since is None:
+            report("failed", reason=reason)
+            self._close()
+
+    def _close(self) -> None:
+        self.progress.closing_since = int(capi.current_time())
+        capi.close(self.cnx, 0)
+
+
+def parse(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--local", default="127.0.0.1")
+    parser.add_argument("--second-local")
+    parser.add_argument("--get")
+    parser.add_argument("--abandon-at", type=int)
+    parser.add_argument("--abandon-path", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--qlog", help="folder for picoquic's qlog traces")
+    args = parser.parse_args(argv)
+    return Options(
+        server=(args.host, args.port),
+        local=args.local,
+        second_local=args.second_local,
+        get=args.get,
+        abandon_at=args.abandon_at,
+        abandon_path=args.abandon_path,
+        timeout_s=args.timeout,
+        qlog=args.qlog,
+    )
+
+
+def main() -> None:
+    options = parse(sys.argv[1:])
+    client = Client(options)
+    quic = capi.new_context(client.callback, qlog=options.qlog)
+    capi.set_null_verifier(quic)  # the edge's certificate is self-signed
+    locals_ = [options.local, *([options.second_local] if options.second_local else [])]
+    loop = PacketLoop(quic, [udp_socket(host) for host in locals_])
+    client.start(loop)
+    try:
+        loop.run()
+    finally:
+        capi.free(quic)
+    sys.exit(client.exit_code)
+
+
+if __name__ == "__main__":
+    main()
