@@ -238,23 +238,21 @@ def _assert_our_parameters_seen(ready: dict[str, Any]) -> None:
     assert local["initial_max_path_id"] == PICOQUIC_MAX_PATH_ID, ready
 
 
-def _xfail_if_we_dropped_a_healthy_path(
+def _fail_if_we_dropped_a_healthy_path(
     session: Session | None = None, edge: EdgeServer | None = None
 ) -> None:
-    """Known finding, reported each time it happens rather than as a flaky failure.
+    """A regression guard for a finding this suite made (now fixed).
 
-    Our dead-path rule (PROTOCOL.md §8: abandon a path whose PTO fired twice
-    "while another path works") counts a path with nothing in flight as working.
-    On loopback a PTO is ~12 ms against picoquic (its max_ack_delay is 10 ms), so
-    when the picoquic process is not scheduled for ~40 ms on a busy machine we
-    abandon the path that carried our last packet as PATH_UNSTABLE_OR_POOR,
-    although no path showed a sign of life in that time either.
+    Our dead-path rule once counted a path with nothing in flight as "working",
+    so a ~40 ms pause of the picoquic process (PTO ~12 ms on loopback) cost a
+    healthy path as PATH_UNSTABLE_OR_POOR. A path is now abandoned only when
+    another path was acknowledged after it went silent.
     """
     ours = [] if session is None else _unstable_paths(session)
     by_edge = 0.0 if edge is None else _edge_counter(edge, ABANDONED, by="edge")
     if ours or by_edge:
-        pytest.xfail(
-            f"finding: NetSched abandoned a healthy loopback path as PATH_UNSTABLE_OR_POOR "
+        pytest.fail(
+            f"regression: NetSched abandoned a healthy loopback path as PATH_UNSTABLE_OR_POOR "
             f"after a short picoquic pause (client paths {ours}, edge abandons {by_edge:.0f})"
         )
 
@@ -304,7 +302,7 @@ async def test_transfer_on_two_paths_our_client_from_picoquic_server(
 
     assert await _get(session) == body()
 
-    _xfail_if_we_dropped_a_healthy_path(session)
+    _fail_if_we_dropped_a_healthy_path(session)
     ours = {p.path_id: p.bytes_received for p in session.paths}
     assert all(ours[i] >= ON_EACH_PATH for i in (0, 1)), (ours, session.path_events)
     (theirs,) = await server.stats()
@@ -323,7 +321,7 @@ async def test_transfer_on_two_paths_picoquic_client_from_our_edge(
     fetched = client.of("fetched")[0]
     assert (fetched["bytes"], fetched["sha256"]) == (SIZE, digest())
     assert _edge_counter(edge, "netsched_edge_paths_opened_total") == 1
-    _xfail_if_we_dropped_a_healthy_path(edge=edge)
+    _fail_if_we_dropped_a_healthy_path(edge=edge)
     received = {i: q["bytes_received"] for i, q in fetched["paths"].items()}
     assert all(received.get(i, 0) >= ON_EACH_PATH for i in ("0", "1")), received
 
@@ -343,7 +341,7 @@ async def test_abandon_path_0_mid_transfer_our_client_from_picoquic_server(
     assert not download.done(), "the transfer ended before a path could be abandoned"
     if [p.state for p in session.paths] != ["active", "active"]:
         download.cancel()  # abandoning path 0 now would leave no path at all
-        _xfail_if_we_dropped_a_healthy_path(session)
+        _fail_if_we_dropped_a_healthy_path(session)
         raise AssertionError(f"a path closed before the test abandoned one: {session.paths}")
     at_abandon = {p.path_id: p.bytes_received for p in session.paths}
     session.remove_path(0)
@@ -382,7 +380,7 @@ async def test_abandon_path_0_mid_transfer_picoquic_client_from_our_edge(
     assert await client.finished() == 0, client.diagnostics()
     fetched = client.of("fetched")[0]
     assert (fetched["bytes"], fetched["sha256"]) == (SIZE, digest())
-    _xfail_if_we_dropped_a_healthy_path(edge=edge)
+    _fail_if_we_dropped_a_healthy_path(edge=edge)
     abandon = client.of("abandon")[0]
     assert abandon["ret"] == 0 and ABANDON_AT <= abandon["at"] < SIZE, abandon
     assert client.of("path", kind="deleted", unique_path_id=0), client.diagnostics()
