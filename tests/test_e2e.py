@@ -142,6 +142,11 @@ async def test_fallback_to_h3(start_server, start_edge, open_client) -> None:
     assert session.alpn == "h3"
     response = await session.request("api", b"via h3", slo=SLO(deadline_ms=2000, urgency=2))
     assert (response.status, response.body, response.backend) == (200, b"via h3", "b1")
+    # Later requests need the QPACK state the server set up during the handshake.
+    for i in range(3):
+        assert (await session.request("api", b"again %d" % i)).body == b"again %d" % i
+    bodies = await asyncio.gather(*(session.request("api", b"c%d" % i) for i in range(3)))
+    assert [r.body for r in bodies] == [b"c0", b"c1", b"c2"]
 
 
 async def test_retry_validates_address_then_serves(start_server, start_edge, open_client) -> None:

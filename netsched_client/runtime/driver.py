@@ -119,6 +119,9 @@ class ConnectionDriver:
     def add_event_handler(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
 
+    def remove_event_handler(self, handler: EventHandler) -> None:
+        self._handlers.remove(handler)
+
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         now = self._clock()
         self.quic.receive_datagram(data, addr, now=now)

@@ -440,8 +440,16 @@ async def open_session(
     driver = ConnectionDriver(quic, endpoint.send_batch)
     endpoint.driver = driver
     manager = PathManager(driver, endpoint, family, addr)
+    # Events that arrive between the handshake and the session (the server's
+    # HTTP/3 control and QPACK streams often share the handshake's last flight)
+    # are kept and replayed: the application protocol must see every stream byte.
+    early: list[QuicEvent] = []
+    driver.add_event_handler(early.append)
     alpn = await _handshake(driver, endpoint, addr, configuration, f"{host}:{port}", timeout)
+    driver.remove_event_handler(early.append)
     session = Session(driver, endpoint, alpn, slo, f"{host}:{port}", manager)
+    for event in early:
+        session._on_quic_event(event)
     await _open_extra_paths(session, locals_[1:])
     return session
 
