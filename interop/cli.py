@@ -1,0 +1,160 @@
+"""`python -m interop setup | run | list`.
+
+setup   install the peers (idempotent); one line per peer, exit 1 if any failed
+run     run the matrix, print progress, write interop/results/<date>/
+        (matrix.json, matrix.md, logs/); exit 1 when a failure is NetSched's
+run --ci  the CI subset: handshake, transfer, retry against aioquic, ngtcp2 and
+        picoquic in both roles; a CI peer that is not installed fails the run
+list    peers (and whether they are installed) and cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import cases as case_table
+from . import peers as peer_table
+from .cases import Role
+from .peers import NETSCHED, Peer, SetupError
+from .results import Result, Verdict, markdown, to_json
+from .runner import Runner, Settings
+
+INTEROP_DIR = Path(__file__).resolve().parent
+RESULTS_FILE = INTEROP_DIR / "RESULTS.md"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m interop", description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", type=Path, help="where peers are installed")
+    sub = parser.add_subparsers(dest="command", required=True)
+    setup = sub.add_parser("setup", help="install peers")
+    setup.add_argument("--peers", nargs="+", metavar="PEER")
+    run = sub.add_parser("run", help="run test cases")
+    run.add_argument("--peers", nargs="+", metavar="PEER")
+    run.add_argument("--cases", nargs="+", metavar="CASE")
+    run.add_argument("--role", nargs="+", choices=[r.value for r in Role], metavar="ROLE")
+    run.add_argument("--ci", action="store_true", help="the CI subset (see module help)")
+    run.add_argument("--out", type=Path, help="results folder (default interop/results/<date>)")
+    run.add_argument("--qlog", action="store_true", help="ask endpoints for qlog traces")
+    run.add_argument("--seed", type=int, default=1, help="seed of file names and contents")
+    run.add_argument("--publish", action="store_true", help="also write interop/RESULTS.md")
+    sub.add_parser("list", help="list peers and cases")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    registry = peer_table.registry(args.cache or peer_table.default_cache())
+    try:
+        if args.command == "setup":
+            return setup(peer_table.select(registry, args.peers))
+        if args.command == "list":
+            return list_all(registry)
+        return run(args, registry)
+    except ValueError as exc:
+        print(f"interop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def setup(peers: Sequence[Peer]) -> int:
+    failed = 0
+    for peer in peers:
+        print(f"== {peer.name}: {peer.description}", flush=True)
+        if peer.status() is None:
+            print(f"ok {peer.name} (already installed)", flush=True)
+            continue
+        try:
+            peer.install(lambda line: print(f"   {line}", flush=True))
+        except SetupError as exc:
+            failed += 1
+            print(f"!! {peer.name}: cannot install: {exc}", flush=True)
+            continue
+        status = peer.status()
+        print(f"ok {peer.name}" if status is None else f"!! {peer.name}: {status}", flush=True)
+        failed += status is not None
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def list_all(registry: dict[str, Peer]) -> int:
+    print("peers:")
+    for peer in registry.values():
+        print(f"  {peer.name:<9} {peer.status() or 'installed':<14} {peer.description}")
+    print("cases:")
+    for case in case_table.CASES:
+        state = f"pending: {case.pending}" if case.pending else case.description
+        print(f"  {case.name:<14} {state}")
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, registry: dict[str, Peer]) -> int:
+    if args.ci:
+        peer_names = args.peers or list(peer_table.CI_PEERS)
+        case_names = args.cases or list(case_table.CI_CASES)
+        roles = [Role(r) for r in args.role] if args.role else [Role.CLIENT, Role.SERVER]
+    else:
+        peer_names, case_names = args.peers, args.cases
+        roles = [Role(r) for r in args.role] if args.role else list(Role)
+    peers = peer_table.select(registry, peer_names)
+    selected_cases = case_table.select(case_names)
+    out = args.out or _results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"interop: {len(peers)} peers x {len(selected_cases)} cases → {out}", flush=True)
+    settings = Settings(results_dir=out, seed=args.seed, qlog=args.qlog, log=_print)
+    runner = Runner(settings, registry[NETSCHED])
+    try:
+        results = asyncio.run(runner.run(peers, selected_cases, roles))
+    finally:
+        runner.close()
+    meta = _meta(args, peers)
+    (out / "matrix.json").write_text(to_json(results, meta) + "\n")
+    table = markdown(results, title="NetSched interop results", meta=meta)
+    (out / "matrix.md").write_text(table)
+    if args.publish:
+        RESULTS_FILE.write_text(table)
+    return _exit_status(results, ci=args.ci)
+
+
+def _exit_status(results: Sequence[Result], *, ci: bool) -> int:
+    ours = [r for r in results if r.blames_netsched]
+    setup_failures = [r for r in results if r.verdict is Verdict.SETUP_FAILED]
+    counts = {v: sum(r.verdict is v for r in results) for v in Verdict}
+    print("interop: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n), flush=True)
+    for result in ours:
+        print(f"FAIL {result.peer} {result.role} {result.case}: {result.reason}", flush=True)
+    if ci and setup_failures:
+        print("FAIL: CI peers are not installed; run `python -m interop setup`", flush=True)
+        return EXIT_FAILED
+    return EXIT_FAILED if ours else EXIT_OK
+
+
+def _meta(args: argparse.Namespace, peers: Sequence[Peer]) -> dict[str, str]:
+    command = "python -m interop run" + (" --ci" if args.ci else "")
+    for flag in ("peers", "cases", "role"):
+        value = getattr(args, flag)
+        if value:
+            command += f" --{flag} {' '.join(value)}"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"`{command}`",
+        "machine": "one host, loopback only (127.0.0.1); loss cases through the path lab relay",
+        **{f"peer {p.name}": p.description for p in peers},
+    }
+
+
+def _results_dir() -> Path:
+    base = INTEROP_DIR / "results" / datetime.date.today().isoformat()
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)

@@ -1,0 +1,146 @@
+"""Results of a run: one record per peer x case x role, as JSON and as Markdown.
+
+Verdicts, and who they count against:
+- pass / fail: a real result. A fail in role client or server, or of NetSched
+  against itself, counts against NetSched (the CI exit code), unless it
+  matches a known peer bug (known-issue).
+- known-issue: failed the way a documented bug of the peer makes it fail;
+  `reason` names the bug and its evidence.
+- unsupported: an endpoint cannot be told to do what the case needs (said
+  before running) or answered the runner's exit status 127.
+- pending: the case needs something that is not built yet.
+- setup-failed: the peer is not installed (`python -m interop setup`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .cases import Role
+
+NETSCHED = "netsched"  # the peer name of this repository's stack (peers/netsched.py)
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    KNOWN_ISSUE = "known-issue"
+    UNSUPPORTED = "unsupported"
+    PENDING = "pending"
+    SETUP_FAILED = "setup-failed"
+
+
+SYMBOLS: Mapping[Verdict, str] = {
+    Verdict.PASS: "✅",
+    Verdict.FAIL: "❌",
+    Verdict.KNOWN_ISSUE: "⚠️",
+    Verdict.UNSUPPORTED: "⚪",
+    Verdict.PENDING: "⏳",
+    Verdict.SETUP_FAILED: "🚫",
+}
+LEGEND = (
+    "✅ pass · ❌ fail · ⚠️ known peer issue (see reason) · ⚪ unsupported by an endpoint · "
+    "⏳ pending (not built yet) · 🚫 peer not installed"
+)
+_ROLE_TITLES: Mapping[Role, str] = {
+    Role.CLIENT: "NetSched client → peer server",
+    Role.SERVER: "peer client → NetSched edge",
+    Role.BASELINE: "peer client → same peer's server (baseline)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    peer: str
+    case: str
+    role: Role
+    verdict: Verdict
+    duration_s: float = 0.0
+    reason: str = ""
+    client: str = ""
+    server: str = ""
+    alpn: str = ""
+    notes: tuple[str, ...] = ()  # weaker checks, protocol substitutions
+    logs: Mapping[str, str] = field(default_factory=dict)  # name -> path
+    trace: Mapping[str, Any] = field(default_factory=dict)  # the tap's summary
+
+    @property
+    def blames_netsched(self) -> bool:
+        """A failure with NetSched on one side (a peer against itself is the peer's)."""
+        ours = self.role is not Role.BASELINE or self.peer == NETSCHED
+        return self.verdict is Verdict.FAIL and ours
+
+
+def to_json(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
+    return json.dumps(
+        {"meta": dict(meta), "results": [asdict(r) for r in results]}, indent=2, sort_keys=False
+    )
+
+
+def from_json(text: str) -> tuple[dict[str, Any], list[Result]]:
+    data = json.loads(text)
+    results = []
+    for index, item in enumerate(data.get("results", [])):
+        try:
+            item["role"] = Role(item["role"])
+            item["verdict"] = Verdict(item["verdict"])
+            item["notes"] = tuple(item.get("notes", ()))
+            results.append(Result(**item))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"results[{index}]: {exc}") from None
+    return dict(data.get("meta", {})), results
+
+
+def markdown(results: Sequence[Result], *, title: str, meta: Mapping[str, Any]) -> str:
+    """Tables per role (peers x cases), then every non-pass result with its reason."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {key}: {value}" for key, value in meta.items()]
+    lines += ["", LEGEND, ""]
+    for role in Role:
+        subset = [r for r in results if r.role is role]
+        if subset:
+            lines += [f"## {_ROLE_TITLES[role]}", "", *_table(subset), ""]
+    details = [r for r in results if r.verdict is not Verdict.PASS or r.notes]
+    if details:
+        lines += ["## Details", ""]
+        lines += [_detail(r) for r in details]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _table(results: Sequence[Result]) -> list[str]:
+    cases = _ordered(r.case for r in results)
+    peers = _ordered(r.peer for r in results)
+    cell = {(r.peer, r.case): r for r in results}
+    rows = ["| peer | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
+    for peer in peers:
+        cells = [_cell(cell.get((peer, case))) for case in cases]
+        rows.append(f"| {peer} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _cell(result: Result | None) -> str:
+    if result is None:
+        return " "
+    if result.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.KNOWN_ISSUE):
+        return f"{SYMBOLS[result.verdict]} {result.duration_s:.1f}s"
+    return SYMBOLS[result.verdict]
+
+
+def _detail(result: Result) -> str:
+    text = f"- **{result.peer} / {result.case} / {result.role}**: {result.verdict}"
+    if result.alpn:
+        text += f" ({result.alpn})"
+    if result.reason:
+        text += f" — {result.reason}"
+    for note in result.notes:
+        text += f"; note: {note}"
+    return text
+
+
+def _ordered(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))

@@ -1,0 +1,366 @@
+"""Run test cases: plan each (peer, case, role), run the two endpoints, judge the result.
+
+One test: generate the case's files into a fresh www folder, start the server
+and wait until its UDP port is bound, start the tap in front of it, start the
+client with URLs pointing at the tap, wait for the client (the case's timeout),
+stop everything, then check the downloads by hash and the trace by the case's
+rules. Every process is stopped in a `finally`, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from netsched_edge.tls import generate_self_signed
+from netsched_lab.relay import UdpRelay
+
+from . import known, procs, www
+from .cases import H3, HQ, Case, Role, Scenario, Side, check
+from .peers import Job, Peer
+from .programs.contract import EXIT_UNSUPPORTED
+from .results import Result, Verdict
+from .tap import LOOPBACK, Tap, Trace
+
+SERVER_START_TIMEOUT_S = 15.0
+LOG_TAIL_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """Which stack plays which side for a peer in a role."""
+
+    peer: Peer
+    role: Role
+    client: Peer
+    server: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A test that can run (alpn set) or a result decided without running it."""
+
+    alpn: str = ""
+    notes: tuple[str, ...] = ()
+    verdict: Verdict | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    results_dir: Path
+    seed: int = 1
+    qlog: bool = False
+    log: Callable[[str], None] = print
+    known_issues: tuple[known.KnownIssue, ...] = known.KNOWN_ISSUES
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one run produced, before it is judged."""
+
+    exit_code: int | None = None
+    server_exit: int | None = None
+    problem: str = ""  # the run went wrong before the client could finish
+    trace: Trace = field(default_factory=Trace)
+    files_problem: str | None = None
+    link: dict[str, object] = field(default_factory=dict)  # the relay's counters
+
+
+def pairings(peer: Peer, ours: Peer, roles: Sequence[Role]) -> list[Pairing]:
+    """The (client, server) pairs for `peer` in `roles`; NetSched itself only as a baseline."""
+    sides = {
+        Role.CLIENT: (ours, peer),
+        Role.SERVER: (peer, ours),
+        Role.BASELINE: (peer, peer),
+    }
+    if peer.name == ours.name:
+        roles = [r for r in roles if r is Role.BASELINE]
+    return [Pairing(peer, role, *sides[role]) for role in roles]
+
+
+def plan(case: Case, client: Peer, server: Peer) -> Plan:
+    """Decide whether a case can run between two endpoints, and over which ALPN."""
+    if case.pending:
+        return Plan(verdict=Verdict.PENDING, reason=case.pending)
+    for peer, side in ((client, Side.CLIENT), (server, Side.SERVER)):
+        reason = peer.unsupported(case, side)
+        if reason is not None:
+            return Plan(verdict=Verdict.UNSUPPORTED, reason=reason)
+    common = [a for a in client.alpns(Side.CLIENT) if a in server.alpns(Side.SERVER)]
+    notes = tuple(n for n in (case.weaker, case.scenario.description if case.scenario else "") if n)
+    if case.alpn in common:
+        return Plan(alpn=case.alpn, notes=notes)
+    if case.alpn == HQ and H3 in common:
+        only_h3 = client.name if HQ not in client.alpns(Side.CLIENT) else server.name
+        return Plan(alpn=H3, notes=(f"run over h3: {only_h3} speaks no hq-interop", *notes))
+    return Plan(
+        verdict=Verdict.UNSUPPORTED,
+        reason=f"no common ALPN for {case.alpn}: client {client.alpns(Side.CLIENT)}, "
+        f"server {server.alpns(Side.SERVER)}",
+    )
+
+
+class Runner:
+    def __init__(self, settings: Settings, ours: Peer) -> None:
+        self.settings = settings
+        self.ours = ours
+        self._rng = random.Random(settings.seed)
+        self._scratch = Path(tempfile.mkdtemp(prefix="netsched-interop-"))
+        self._certs = make_certificates(self._scratch / "certs")
+
+    def close(self) -> None:
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    async def run(
+        self, peers: Sequence[Peer], cases: Sequence[Case], roles: Sequence[Role]
+    ) -> list[Result]:
+        tests = [(p, c) for peer in peers for p in pairings(peer, self.ours, roles) for c in cases]
+        results: list[Result] = []
+        for index, (pairing, case) in enumerate(tests, 1):
+            result = await self.run_test(pairing, case)
+            results.append(result)
+            self.settings.log(_progress(index, len(tests), result))
+        return results
+
+    async def run_test(self, pairing: Pairing, case: Case) -> Result:
+        base = Result(
+            peer=pairing.peer.name,
+            case=case.name,
+            role=pairing.role,
+            verdict=Verdict.UNSUPPORTED,
+            client=pairing.client.name,
+            server=pairing.server.name,
+        )
+        missing = [p for p in (pairing.client, pairing.server) if p.status() is not None]
+        if missing and not case.pending:
+            reason = "; ".join(f"{p.name}: {p.status()}" for p in missing)
+            return replace(base, verdict=Verdict.SETUP_FAILED, reason=reason)
+        decided = plan(case, pairing.client, pairing.server)
+        if decided.verdict is not None:
+            return replace(base, verdict=decided.verdict, reason=decided.reason)
+        logdir = self.settings.results_dir / "logs" / pairing.peer.name / pairing.role / case.name
+        started = time.monotonic()
+        outcome = await self._execute(pairing, case, decided.alpn, logdir)
+        result = replace(
+            base,
+            alpn=decided.alpn,
+            notes=decided.notes,
+            duration_s=round(time.monotonic() - started, 2),
+            logs=self._log_paths(logdir),
+            trace={**outcome.trace.summary(), **({"link": outcome.link} if outcome.link else {})},
+        )
+        outcome.trace.keylog = read_keylog(logdir)
+        (logdir / "trace.json").write_text(json.dumps(result.trace, indent=2))
+        return judge(result, case, outcome, logdir, self.settings.known_issues)
+
+    async def _execute(self, pairing: Pairing, case: Case, alpn: str, logdir: Path) -> Outcome:
+        outcome = Outcome()
+        logdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="case-", dir=self._scratch) as tmp:
+            root = Path(tmp)
+            files = www.generate(root / "www", case.file_sizes, self._rng)
+            server_job = self._job(Side.SERVER, case, alpn, procs.free_udp_port(), root, logdir)
+            server = await procs.start(pairing.server.launch(server_job), logdir / "server.log")
+            client: procs.Process | None = None
+            tap: Tap | None = None
+            link: _Link | None = None
+            try:
+                if not await procs.wait_bound(server_job.port, server, SERVER_START_TIMEOUT_S):
+                    outcome.server_exit = server.returncode
+                    outcome.problem = f"server did not start (exit status {server.returncode})"
+                    return outcome
+                upstream = server_job.port
+                if case.scenario is not None:
+                    link = _Link(case.scenario, server_job.port, self.settings.seed)
+                    upstream = await link.start()
+                tap = Tap((LOOPBACK, upstream))
+                tap_port = await tap.start()
+                urls = tuple(
+                    f"https://{LOOPBACK}:{tap_port}{pairing.server.url_path(f.name, alpn)}"
+                    for f in files
+                )
+                client_job = replace(
+                    self._job(Side.CLIENT, case, alpn, tap_port, root, logdir), requests=urls
+                )
+                client = await procs.start(pairing.client.launch(client_job), logdir / "client.log")
+                if link is not None:
+                    link.start_blackouts()
+                outcome.exit_code = await client.wait(case.timeout_s)
+                outcome.server_exit = server.returncode
+                if outcome.exit_code is None:
+                    outcome.problem = f"client did not finish within {case.timeout_s:.0f} s"
+                else:
+                    outcome.files_problem = www.check_downloads(root / "downloads", files)
+            finally:
+                for process in (client, server):
+                    if process is not None:
+                        await process.stop()
+                if tap is not None:
+                    tap.close()
+                    outcome.trace = tap.trace
+                if link is not None:
+                    outcome.link = await link.stop()
+        return outcome
+
+    def _job(self, side: Side, case: Case, alpn: str, port: int, root: Path, logdir: Path) -> Job:
+        workdir = root / f"{side}-work"
+        workdir.mkdir(exist_ok=True)
+        qlog = logdir / f"{side}-qlog" if self.settings.qlog else None
+        if side is Side.CLIENT:
+            (root / "downloads").mkdir(exist_ok=True)
+        return Job(
+            side=side,
+            testcase=case.endpoint_name(side),
+            alpn=alpn,
+            port=port,
+            workdir=workdir,
+            certs=self._certs,
+            keylog=logdir / f"{side}.keys",
+            www=root / "www" if side is Side.SERVER else None,
+            downloads=root / "downloads" if side is Side.CLIENT else None,
+            qlog_dir=qlog,
+        )
+
+    def _log_paths(self, logdir: Path) -> dict[str, str]:
+        root = self.settings.results_dir
+        return {
+            path.name: str(path.relative_to(root))
+            for path in sorted(logdir.iterdir())
+            if path.name.endswith((".log", ".keys", "-qlog"))
+        }
+
+
+class _Link:
+    """The path lab relay between the tap and the server, playing a case's scenario."""
+
+    def __init__(self, scenario: Scenario, server_port: int, seed: int) -> None:
+        self._scenario = scenario
+        self._relay = UdpRelay((LOOPBACK, server_port), default=scenario.profile, seed=seed)
+        self._blackouts: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        return int((await self._relay.start())[1])
+
+    def start_blackouts(self) -> None:
+        if self._scenario.blackout is not None:
+            self._blackouts = asyncio.create_task(self._cycle(*self._scenario.blackout))
+
+    async def _cycle(self, on_s: float, off_s: float) -> None:
+        # The tap's upstream socket is the relay's only client, on LOOPBACK.
+        while True:
+            await asyncio.sleep(on_s)
+            self._relay.blackhole(LOOPBACK)
+            await asyncio.sleep(off_s)
+            self._relay.restore(LOOPBACK)
+
+    async def stop(self) -> dict[str, object]:
+        """Stop the relay; its per-direction counters."""
+        if self._blackouts is not None:
+            self._blackouts.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._blackouts
+        up, down = self._relay.stats(LOOPBACK)
+        await self._relay.stop()
+        return {
+            name: {"packets": stats.packets_in, "dropped": stats.dropped}
+            for name, stats in (("client_to_server", up), ("server_to_client", down))
+        }
+
+
+def judge(
+    result: Result,
+    case: Case,
+    outcome: Outcome,
+    logdir: Path,
+    known_issues: tuple[known.KnownIssue, ...] = known.KNOWN_ISSUES,
+) -> Result:
+    """The verdict of a finished test: exit statuses, downloads, then the case's rules."""
+    if EXIT_UNSUPPORTED in (outcome.exit_code, outcome.server_exit):
+        side = "client" if outcome.exit_code == EXIT_UNSUPPORTED else "server"
+        return replace(result, verdict=Verdict.UNSUPPORTED, reason=f"{side} exit status 127")
+    problems = _run_problems(outcome, logdir)
+    if not problems:
+        problems = check(case, outcome.trace)
+    if not problems:
+        issue = known.find(result.peer, result.case, result.role, known_issues)
+        stale = (f"listed known issue did not reproduce: {issue.summary}",) if issue else ()
+        return replace(result, verdict=Verdict.PASS, notes=result.notes + stale)
+    reason = "; ".join(problems)
+    issue = known.find(result.peer, result.case, result.role, known_issues)
+    if issue is not None:
+        return replace(
+            result,
+            verdict=Verdict.KNOWN_ISSUE,
+            reason=f"{issue.describe()}; observed: {reason}",
+        )
+    return replace(result, verdict=Verdict.FAIL, reason=reason)
+
+
+def read_keylog(logdir: Path) -> str:
+    """The client's key log, else the server's: the first that has handshake secrets.
+
+    The runner prefers the client's the same way (testcase.py `_keylog_file`).
+    """
+    for name in ("client.keys", "server.keys"):
+        try:
+            text = (logdir / name).read_text(errors="replace")
+        except OSError:
+            continue
+        if "SERVER_HANDSHAKE_TRAFFIC_SECRET" in text:
+            return text
+    return ""
+
+
+def _run_problems(outcome: Outcome, logdir: Path) -> list[str]:
+    if outcome.problem:
+        log = "server.log" if outcome.problem.startswith("server") else "client.log"
+        return [f"{outcome.problem}{_tail(logdir / log)}"]
+    if outcome.exit_code != 0:
+        return [f"client exited with status {outcome.exit_code}{_tail(logdir / 'client.log')}"]
+    if outcome.files_problem is not None:
+        return [outcome.files_problem]
+    return []
+
+
+def _tail(log: Path) -> str:
+    """The last meaningful line of a log, to put the cause in the reason."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [line for line in lines[1:] if line]  # [0] is the command
+    return f" (last log line: {lines[-1][-LOG_TAIL_CHARS:]})" if lines else ""
+
+
+def _progress(index: int, total: int, result: Result) -> str:
+    width = len(str(total))
+    line = (
+        f"[{index:>{width}}/{total}] {result.peer:<9} {result.role:<8} {result.case:<13} "
+        f"{result.verdict:<12}"
+    )
+    if result.duration_s:
+        line += f" {result.duration_s:5.1f}s"
+    if result.verdict is not Verdict.PASS and result.reason:
+        line += f"  {result.reason[:160]}"
+    return line
+
+
+def make_certificates(directory: Path) -> Path:
+    """CA + leaf in the runner's layout: cert.pem (leaf, then CA), priv.key, ca.pem.
+
+    A CA and a separate leaf, not one self-signed certificate: qh3 and
+    webpki-based stacks refuse a leaf that is itself a CA (CA:TRUE), which is
+    what a plain self-signed certificate is (netsched_edge/tls.py says the same).
+    """
+    pair = generate_self_signed(directory)
+    pair.private_key.rename(directory / "priv.key")
+    return directory

@@ -1,0 +1,206 @@
+"""A loopback UDP forwarder between client and server that records what it sees.
+
+It stands where the interop runner's network simulator and pcap stand: the
+client talks to the tap's port, the tap talks to the server from one socket per
+client address (a NAT, so the server sees a stable address and Retry tokens
+stay valid), and every datagram is parsed with `wire.parse_datagram` into a
+`Trace` that the pass rules read. It neither drops nor delays anything; loss
+and delay belong to the impairment relay (netsched_lab) once that exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from typing import cast
+
+from .wire import Packet, PacketType, WireError, parse_datagram
+
+LOOPBACK = "127.0.0.1"
+MAX_CLIENT_ADDRESSES = 64  # a case opens a few connections; more means a runaway peer
+MAX_RECORDED_PACKETS = 100_000  # long-header packets kept, and 1-RTT prefixes per direction
+SOCKET_BUFFER = 8 << 20  # bursts of a fast peer must not overflow the tap's receive queue
+SO_RCVBUFFORCE = 33  # Linux: as root, beyond net.core.rmem_max
+SO_SNDBUFFORCE = 32
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    from_client: bool
+    packet: Packet
+
+
+class Trace:
+    """Packets seen by the tap, in arrival order (long headers), plus counters.
+
+    `short_headers[from_client]` keeps the first bytes of each 1-RTT packet
+    (enough to read its key phase with the key log); `keylog` is the key log
+    text an endpoint wrote, set by the runner once the test is over.
+    """
+
+    def __init__(self) -> None:
+        self.packets: list[Observed] = []
+        self.short_headers: dict[bool, list[bytes]] = {True: [], False: []}
+        self.keylog = ""
+        self.datagrams: Counter[bool] = Counter()  # from_client -> count
+        self.bytes: Counter[bool] = Counter()
+        self.one_rtt: Counter[bool] = Counter()
+        self.unparsable = 0
+        self.dropped_records = 0
+
+    def record(self, data: bytes, *, from_client: bool) -> None:
+        self.datagrams[from_client] += 1
+        self.bytes[from_client] += len(data)
+        try:
+            packets = parse_datagram(data)
+        except WireError:
+            self.unparsable += 1
+            return
+        for packet in packets:
+            if packet.kind is PacketType.PADDING:
+                continue
+            if packet.kind is PacketType.ONE_RTT:
+                self.one_rtt[from_client] += 1
+                if len(self.short_headers[from_client]) < MAX_RECORDED_PACKETS:
+                    self.short_headers[from_client].append(packet.data)
+            elif len(self.packets) < MAX_RECORDED_PACKETS:
+                self.packets.append(Observed(from_client, packet))
+            else:
+                self.dropped_records += 1
+
+    def of(self, kind: PacketType, *, from_client: bool) -> list[Packet]:
+        return [
+            o.packet for o in self.packets if o.from_client == from_client and o.packet.kind is kind
+        ]
+
+    def first(self, kind: PacketType, *, from_client: bool) -> Packet | None:
+        return next(iter(self.of(kind, from_client=from_client)), None)
+
+    def handshakes(self) -> int:
+        """Connections the server answered: distinct SCIDs of its Initials (runner's count)."""
+        return len({p.scid for p in self.of(PacketType.INITIAL, from_client=False)})
+
+    def versions(self, kind: PacketType, *, from_client: bool) -> set[int]:
+        return {p.version for p in self.of(kind, from_client=from_client)}
+
+    def summary(self) -> dict[str, object]:
+        kinds = Counter(
+            f"{'client' if o.from_client else 'server'} {o.packet.kind}" for o in self.packets
+        )
+        return {
+            "datagrams": {"client": self.datagrams[True], "server": self.datagrams[False]},
+            "bytes": {"client": self.bytes[True], "server": self.bytes[False]},
+            "long_header_packets": dict(sorted(kinds.items())),
+            "one_rtt_packets": {"client": self.one_rtt[True], "server": self.one_rtt[False]},
+            "handshakes": self.handshakes(),
+            "server_initial_versions": sorted(
+                f"{v:#010x}" for v in self.versions(PacketType.INITIAL, from_client=False)
+            ),
+            "unparsable_datagrams": self.unparsable,
+        }
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    """One client address's socket towards the server."""
+
+    def __init__(self, tap: Tap, client: Address) -> None:
+        self._tap = tap
+        self._client = client
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        _enlarge_buffers(self.transport)
+        for data in self.pending:
+            self.transport.sendto(data)
+        self.pending.clear()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is None:
+            self.pending.append(data)
+        else:
+            self.transport.sendto(data)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._tap.trace.record(data, from_client=False)
+        self._tap.to_client(data, self._client)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable while a server restarts: QUIC recovers, so do we
+
+
+class Tap(asyncio.DatagramProtocol):
+    """Forward datagrams between clients (on our port) and `server`, recording both ways."""
+
+    def __init__(self, server: Address, *, host: str = LOOPBACK) -> None:
+        if not _is_loopback(host) or not _is_loopback(server[0]):
+            raise ValueError(f"the tap runs on loopback only, got {host} -> {server[0]}")
+        self.trace = Trace()
+        self._server = server
+        self._host = host
+        self._downstream: asyncio.DatagramTransport | None = None
+        self._upstreams: dict[Address, _Upstream] = {}
+        self.refused_clients = 0
+
+    async def start(self) -> int:
+        """Bind the client-facing socket; returns its port."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self._host, 0), family=socket.AF_INET
+        )
+        self._downstream = transport
+        _enlarge_buffers(transport)
+        return int(transport.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.trace.record(data, from_client=True)
+        upstream = self._upstreams.get(addr)
+        if upstream is None:
+            if len(self._upstreams) >= MAX_CLIENT_ADDRESSES:
+                self.refused_clients += 1
+                return
+            upstream = self._upstreams[addr] = _Upstream(self, addr)
+            asyncio.get_running_loop().create_task(self._open(upstream))
+        upstream.send(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    async def _open(self, upstream: _Upstream) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            await loop.create_datagram_endpoint(
+                lambda: upstream, local_addr=(self._host, 0), remote_addr=self._server
+            )
+
+    def to_client(self, data: bytes, client: Address) -> None:
+        if self._downstream is not None and not self._downstream.is_closing():
+            self._downstream.sendto(data, client)
+
+    def close(self) -> None:
+        for upstream in self._upstreams.values():
+            if upstream.transport is not None:
+                upstream.transport.close()
+        if self._downstream is not None:
+            self._downstream.close()
+
+
+def _enlarge_buffers(transport: asyncio.DatagramTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for forced, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+        except OSError:  # not root: take what net.core.[rw]mem_max allows
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"

@@ -1,0 +1,259 @@
+"""What an on-path observer can read of QUIC packets (sans-IO).
+
+The interop runner checks its pass rules on a pcap; we check the same rules on
+the datagrams our loopback tap forwards. Long headers are unprotected
+(RFC 8999/9000 §17.2): version, connection IDs, packet type, the Initial token,
+Retry. Initial packets are encrypted with keys derived from the client's first
+destination connection ID (RFC 9001 §5.2), so an observer can also read the
+ClientHello's cipher suites, which is what the `chacha20` rule needs. Handshake
+and 1-RTT packets need the TLS key log: `keylog.py` reads those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aioquic.quic.crypto import CryptoError, CryptoPair
+
+QUIC_V1 = 0x00000001
+QUIC_V2 = 0x6B3343CF  # RFC 9369
+QUIC_V2_DRAFT = 0x709A50C4  # draft-ietf-quic-v2-01..08, all that ngtcp2 0.12 knows
+RETRY_TAG_SIZE = 16
+# Bytes of a 1-RTT packet kept: flags, a DCID of up to 20 bytes, and the
+# header-protection sample after a 4-byte packet number (RFC 9001 §5.4.2).
+SHORT_HEADER_PREFIX = 1 + 20 + 4 + 16
+MAX_CID_LENGTH = 20
+CHACHA20_POLY1305_SHA256 = 0x1303
+# Bounds on what the observer reassembles: a ClientHello is a few kB even with
+# post-quantum key shares; anything past this is not a ClientHello we can read.
+MAX_CLIENT_HELLO = 64 * 1024
+
+
+class PacketType(StrEnum):
+    INITIAL = "initial"
+    ZERO_RTT = "0rtt"
+    HANDSHAKE = "handshake"
+    RETRY = "retry"
+    VERSION_NEGOTIATION = "vn"
+    ONE_RTT = "1rtt"
+    PADDING = "padding"  # zero bytes after the last packet of a datagram
+
+
+_V1_TYPES = (PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE, PacketType.RETRY)
+# QUIC v2 renumbered the long packet types (RFC 9369 §3.2), and its drafts did too.
+_V2_TYPES = (PacketType.RETRY, PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE)
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One QUIC packet as an observer sees it.
+
+    `token` is the Initial's token or the Retry's token. `data` holds the raw
+    bytes of Initial and Handshake packets (to decrypt them) and the first
+    SHORT_HEADER_PREFIX bytes of a 1-RTT packet (to read its key phase), else
+    b"". Of a 1-RTT packet only `kind`, `size` and that prefix are known.
+    """
+
+    kind: PacketType
+    size: int
+    version: int = 0
+    dcid: bytes = b""
+    scid: bytes = b""
+    token: bytes = b""
+    data: bytes = b""
+    payload_offset: int = 0  # Initial, Handshake: where the protected packet number starts
+
+
+class WireError(ValueError):
+    """Bytes that cannot be a QUIC packet."""
+
+
+def packet_type(first_byte: int, version: int) -> PacketType:
+    if version == 0:
+        return PacketType.VERSION_NEGOTIATION
+    table = _V2_TYPES if version in (QUIC_V2, QUIC_V2_DRAFT) else _V1_TYPES
+    return table[(first_byte >> 4) & 0x03]
+
+
+def read_varint(data: bytes, offset: int) -> tuple[int, int]:
+    """(value, next offset) of the QUIC variable-length integer at `offset`."""
+    if offset >= len(data):
+        raise WireError(f"varint at offset {offset} runs past the end ({len(data)} bytes)")
+    length = 1 << (data[offset] >> 6)
+    if offset + length > len(data):
+        raise WireError(f"{length}-byte varint at offset {offset} runs past the end")
+    value = data[offset] & 0x3F
+    for byte in data[offset + 1 : offset + length]:
+        value = (value << 8) | byte
+    return value, offset + length
+
+
+def parse_datagram(data: bytes) -> list[Packet]:
+    """The packets coalesced in one UDP datagram, in order.
+
+    A short-header packet ends the datagram (it has no length field). Bytes that
+    do not parse end it too, and are reported as a WireError only when not even
+    the first packet could be read.
+    """
+    packets: list[Packet] = []
+    offset = 0
+    while offset < len(data):
+        try:
+            packet = _parse_packet(data, offset)
+        except WireError:
+            if not packets:
+                raise
+            break
+        packets.append(packet)
+        offset += packet.size
+    return packets
+
+
+def _parse_packet(data: bytes, start: int) -> Packet:
+    first = data[start]
+    if not first & 0x80:
+        if data.count(0, start) == len(data) - start:
+            # Zeros after a padded Initial (aioquic pads the datagram, not the packet).
+            return Packet(PacketType.PADDING, size=len(data) - start)
+        prefix = data[start : start + SHORT_HEADER_PREFIX]
+        return Packet(PacketType.ONE_RTT, size=len(data) - start, data=prefix)
+    if len(data) - start < 7:
+        raise WireError(f"long header of {len(data) - start} bytes is too short")
+    version = int.from_bytes(data[start + 1 : start + 5], "big")
+    dcid, offset = _cid(data, start + 5)
+    scid, offset = _cid(data, offset)
+    kind = packet_type(first, version)
+    if kind in (PacketType.VERSION_NEGOTIATION, PacketType.RETRY):
+        token = data[offset : len(data) - RETRY_TAG_SIZE] if kind is PacketType.RETRY else b""
+        return Packet(kind, len(data) - start, version, dcid, scid, token)
+    token = b""
+    if kind is PacketType.INITIAL:
+        token_length, offset = read_varint(data, offset)
+        token = data[offset : offset + token_length]
+        offset += token_length
+    length, offset = read_varint(data, offset)
+    end = offset + length
+    if end > len(data):
+        raise WireError(f"{kind} packet length {length} runs past the datagram")
+    raw = data[start:end] if kind in (PacketType.INITIAL, PacketType.HANDSHAKE) else b""
+    return Packet(kind, end - start, version, dcid, scid, token, raw, offset - start)
+
+
+def _cid(data: bytes, offset: int) -> tuple[bytes, int]:
+    if offset >= len(data):
+        raise WireError("connection ID length runs past the end")
+    length = data[offset]
+    if length > MAX_CID_LENGTH or offset + 1 + length > len(data):
+        raise WireError(f"bad connection ID length {length} at offset {offset}")
+    return data[offset + 1 : offset + 1 + length], offset + 1 + length
+
+
+# ---------------------------------------------------------------- Initial decryption
+
+
+def initial_crypto_data(packet: Packet, *, from_client: bool) -> list[tuple[int, bytes]]:
+    """The (offset, data) CRYPTO frames of one Initial, decrypted with the public keys.
+
+    A client's Initials are protected with keys derived from their own DCID
+    until the client switches to the server's CID, which is after the
+    ClientHello; so this reads every ClientHello. Undecryptable packets give [].
+    """
+    if packet.kind is not PacketType.INITIAL or not packet.data:
+        return []
+    pair = CryptoPair()
+    # We decrypt what the client sent, so we take the server's side of the keys.
+    pair.setup_initial(cid=packet.dcid, is_client=not from_client, version=packet.version)
+    try:
+        _, payload, _ = pair.decrypt_packet(packet.data, packet.payload_offset, 0)
+    except (CryptoError, ValueError, IndexError):
+        return []
+    try:
+        return list(crypto_frames(payload))
+    except WireError:
+        return []
+
+
+def crypto_frames(payload: bytes) -> Iterable[tuple[int, bytes]]:
+    """CRYPTO frames of an Initial payload; only the frame types an Initial may carry."""
+    offset = 0
+    while offset < len(payload):
+        frame_type, offset = read_varint(payload, offset)
+        if frame_type in (0x00, 0x01):  # PADDING, PING
+            continue
+        if frame_type == 0x06:  # CRYPTO
+            at, offset = read_varint(payload, offset)
+            length, offset = read_varint(payload, offset)
+            if offset + length > len(payload):
+                raise WireError("CRYPTO frame runs past the payload")
+            yield at, payload[offset : offset + length]
+            offset += length
+        elif frame_type in (0x02, 0x03):  # ACK, ACK_ECN
+            offset = _skip_ack(payload, offset, ecn=frame_type == 0x03)
+        else:  # CONNECTION_CLOSE or garbage: nothing more to read
+            return
+
+
+def _skip_ack(payload: bytes, offset: int, *, ecn: bool) -> int:
+    _, offset = read_varint(payload, offset)  # largest acknowledged
+    _, offset = read_varint(payload, offset)  # delay
+    ranges, offset = read_varint(payload, offset)
+    _, offset = read_varint(payload, offset)  # first range
+    for _ in range(2 * ranges + (3 if ecn else 0)):
+        _, offset = read_varint(payload, offset)
+    return offset
+
+
+def reassemble(chunks: Iterable[tuple[int, bytes]], limit: int = MAX_CLIENT_HELLO) -> bytes:
+    """The contiguous bytes from offset 0 of (offset, data) chunks, up to `limit`."""
+    buffer = bytearray()
+    pending = sorted(chunks)
+    progressed = True
+    while progressed and len(buffer) < limit:
+        progressed = False
+        for at, data in pending:
+            if at <= len(buffer) < at + len(data):
+                buffer += data[len(buffer) - at :]
+                progressed = True
+    return bytes(buffer[:limit])
+
+
+def client_hello_cipher_suites(handshake: bytes) -> tuple[int, ...] | None:
+    """Cipher suites offered by the TLS ClientHello at the start of `handshake`.
+
+    None when the bytes are not (yet) a whole enough ClientHello.
+    """
+    # Handshake header: type (1 = ClientHello), 24-bit length; then legacy_version,
+    # random (32), legacy_session_id <0..32>, cipher_suites <2..2^16-2>.
+    if len(handshake) < 4 + 2 + 32 + 1 or handshake[0] != 1:
+        return None
+    offset = 4 + 2 + 32
+    offset += 1 + handshake[offset]
+    if offset + 2 > len(handshake):
+        return None
+    length = int.from_bytes(handshake[offset : offset + 2], "big")
+    offset += 2
+    if length % 2 or offset + length > len(handshake):
+        return None
+    return tuple(
+        int.from_bytes(handshake[i : i + 2], "big") for i in range(offset, offset + length, 2)
+    )
+
+
+def offered_cipher_suites(client_initials: Sequence[Packet]) -> tuple[int, ...] | None:
+    """The ClientHello's cipher suites, read from the client's Initial packets.
+
+    Only the first connection attempt is read (its DCID's packets): a client
+    offers the same suites again after a Retry.
+    """
+    if not client_initials:
+        return None
+    first_dcid = client_initials[0].dcid
+    chunks = [
+        chunk
+        for packet in client_initials
+        if packet.dcid == first_dcid
+        for chunk in initial_crypto_data(packet, from_client=True)
+    ]
+    return client_hello_cipher_suites(reassemble(chunks))

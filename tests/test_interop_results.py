@@ -1,0 +1,54 @@
+"""Result records: JSON round trip, Markdown matrix, whose failure a result is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from interop.cases import Role
+from interop.results import Result, Verdict, from_json, markdown, to_json
+
+RESULTS = [
+    Result("aioquic", "handshake", Role.CLIENT, Verdict.PASS, 1.25, client="netsched"),
+    Result(
+        "aioquic", "retry", Role.SERVER, Verdict.FAIL, 3.0, reason="no Retry", alpn="hq-interop"
+    ),
+    Result("ngtcp2", "handshake", Role.CLIENT, Verdict.PASS, 0.5, notes=("run over h3",)),
+    Result("ngtcp2", "v2", Role.CLIENT, Verdict.UNSUPPORTED, reason="v2 draft only"),
+    Result("aioquic", "retry", Role.BASELINE, Verdict.FAIL, 2.0, reason="peer bug"),
+    Result("netsched", "retry", Role.BASELINE, Verdict.FAIL, 2.0, reason="our bug"),
+    Result("picoquic", "handshake", Role.CLIENT, Verdict.KNOWN_ISSUE, 1.0, reason="known"),
+]
+
+
+def test_json_round_trip() -> None:
+    meta, back = from_json(to_json(RESULTS, {"date": "today"}))
+    assert meta == {"date": "today"}
+    assert back == RESULTS
+
+
+def test_from_json_names_the_bad_record() -> None:
+    data = json.loads(to_json(RESULTS[:2], {}))
+    data["results"][1]["verdict"] = "maybe"
+    with pytest.raises(ValueError, match=r"results\[1\]"):
+        from_json(json.dumps(data))
+
+
+def test_who_is_blamed() -> None:
+    blamed = [(r.peer, r.role) for r in RESULTS if r.blames_netsched]
+    # A peer failing against itself is the peer's problem; our own baseline is ours.
+    assert blamed == [("aioquic", Role.SERVER), ("netsched", Role.BASELINE)]
+
+
+def test_markdown_matrix() -> None:
+    text = markdown(RESULTS, title="T", meta={"date": "today"})
+    lines = text.splitlines()
+    client_table = lines.index("## NetSched client → peer server")
+    assert lines[client_table + 2] == "| peer | handshake | v2 |"
+    assert lines[client_table + 4] == "| aioquic | ✅ 1.2s |   |"
+    assert lines[client_table + 5] == "| ngtcp2 | ✅ 0.5s | ⚪ |"
+    assert "| picoquic | ⚠️ 1.0s |   |" in lines
+    assert "- **aioquic / retry / server**: fail (hq-interop) — no Retry" in lines
+    assert "- **ngtcp2 / handshake / client**: pass; note: run over h3" in lines
+    assert "- date: today" in lines
