@@ -6,6 +6,7 @@ run     run the matrix, print progress, write interop/results/<date>/
 run --ci  the CI subset: handshake, transfer, retry against aioquic, ngtcp2 and
         picoquic in both roles; a CI peer that is not installed fails the run
 list    peers (and whether they are installed) and cases
+report  rewrite matrix.md of a results folder from its matrix.json (--publish: RESULTS.md too)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from . import cases as case_table
 from . import peers as peer_table
 from .cases import Role
 from .peers import NETSCHED, Peer, SetupError
-from .results import Result, Verdict, markdown, to_json
+from .results import Result, Verdict, from_json, markdown, summary, to_json
 from .runner import Runner, Settings
 
 INTEROP_DIR = Path(__file__).resolve().parent
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=1, help="seed of file names and contents")
     run.add_argument("--publish", action="store_true", help="also write interop/RESULTS.md")
     sub.add_parser("list", help="list peers and cases")
+    report = sub.add_parser("report", help="render a results folder's matrix.json again")
+    report.add_argument("folder", type=Path, help="interop/results/<date>")
+    report.add_argument("--publish", action="store_true", help="also write interop/RESULTS.md")
     return parser
 
 
@@ -56,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return setup(peer_table.select(registry, args.peers))
         if args.command == "list":
             return list_all(registry)
+        if args.command == "report":
+            return report(args.folder, publish=args.publish)
         return run(args, registry)
     except ValueError as exc:
         print(f"interop: {exc}", file=sys.stderr)
@@ -111,20 +117,28 @@ def run(args: argparse.Namespace, registry: dict[str, Peer]) -> int:
         results = asyncio.run(runner.run(peers, selected_cases, roles))
     finally:
         runner.close()
-    meta = _meta(args, peers)
-    (out / "matrix.json").write_text(to_json(results, meta) + "\n")
-    table = markdown(results, title="NetSched interop results", meta=meta)
-    (out / "matrix.md").write_text(table)
-    if args.publish:
-        RESULTS_FILE.write_text(table)
+    (out / "matrix.json").write_text(to_json(results, _meta(args, peers)) + "\n")
+    report(out, publish=args.publish)
     return _exit_status(results, ci=args.ci)
+
+
+def report(folder: Path, *, publish: bool) -> int:
+    """Render `folder`/matrix.json as `folder`/matrix.md (and RESULTS.md when publishing)."""
+    try:
+        meta, results = from_json((folder / "matrix.json").read_text())
+    except OSError as exc:
+        raise ValueError(f"{folder}: cannot read matrix.json: {exc.strerror}") from None
+    table = markdown(results, title="NetSched interop results", meta=meta)
+    (folder / "matrix.md").write_text(table)
+    if publish:
+        RESULTS_FILE.write_text(table)
+    return EXIT_OK
 
 
 def _exit_status(results: Sequence[Result], *, ci: bool) -> int:
     ours = [r for r in results if r.blames_netsched]
     setup_failures = [r for r in results if r.verdict is Verdict.SETUP_FAILED]
-    counts = {v: sum(r.verdict is v for r in results) for v in Verdict}
-    print("interop: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n), flush=True)
+    print(f"interop: {summary(results)}", flush=True)
     for result in ours:
         print(f"FAIL {result.peer} {result.role} {result.case}: {result.reason}", flush=True)
     if ci and setup_failures:

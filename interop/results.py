@@ -96,20 +96,48 @@ def from_json(text: str) -> tuple[dict[str, Any], list[Result]]:
 
 
 def markdown(results: Sequence[Result], *, title: str, meta: Mapping[str, Any]) -> str:
-    """Tables per role (peers x cases), then every non-pass result with its reason."""
+    """Tables per role (peers x cases); then what did not pass, with reasons; then notes."""
     lines = [f"# {title}", ""]
     lines += [f"- {key}: {value}" for key, value in meta.items()]
-    lines += ["", LEGEND, ""]
+    lines += ["", f"Summary: {summary(results)}.", "", LEGEND, ""]
     for role in Role:
         subset = [r for r in results if r.role is role]
         if subset:
             lines += [f"## {_ROLE_TITLES[role]}", "", *_table(subset), ""]
-    details = [r for r in results if r.verdict is not Verdict.PASS or r.notes]
-    if details:
-        lines += ["## Details", ""]
-        lines += [_detail(r) for r in details]
-        lines.append("")
+    for heading, verdicts in _SECTIONS:
+        shown = [r for r in results if r.verdict in verdicts]
+        if shown:
+            lines += [f"## {heading}", "", *(_detail(r) for r in shown), ""]
+    notes = _notes(results)
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
     return "\n".join(lines)
+
+
+_SECTIONS = (
+    ("Failures", (Verdict.FAIL,)),
+    ("Known peer issues", (Verdict.KNOWN_ISSUE,)),
+    ("Unsupported and not installed", (Verdict.UNSUPPORTED, Verdict.SETUP_FAILED)),
+)
+
+
+def summary(results: Sequence[Result]) -> str:
+    """Counts per verdict, and how many failures are NetSched's."""
+    counts = [(v, sum(r.verdict is v for r in results)) for v in Verdict]
+    text = ", ".join(f"{n} {v}" for v, n in counts if n)
+    ours = sum(r.blames_netsched for r in results)
+    return f"{text} ({ours} of the failures NetSched's)" if ours else text
+
+
+def _notes(results: Sequence[Result]) -> list[str]:
+    """Each note once, with the cases it was made for (weaker checks, links, h3 runs)."""
+    cases: dict[str, list[str]] = {}
+    for result in results:
+        for note in result.notes:
+            seen = cases.setdefault(note, [])
+            if result.case not in seen:
+                seen.append(result.case)
+    return [f"- {note} ({', '.join(names)})" for note, names in cases.items()]
 
 
 def _table(results: Sequence[Result]) -> list[str]:
@@ -132,14 +160,10 @@ def _cell(result: Result | None) -> str:
 
 
 def _detail(result: Result) -> str:
-    text = f"- **{result.peer} / {result.case} / {result.role}**: {result.verdict}"
+    text = f"- **{result.peer} / {result.case} / {result.role}**"
     if result.alpn:
         text += f" ({result.alpn})"
-    if result.reason:
-        text += f" — {result.reason}"
-    for note in result.notes:
-        text += f"; note: {note}"
-    return text
+    return f"{text}: {result.reason}" if result.reason else text
 
 
 def _ordered(values: Iterable[str]) -> list[str]:

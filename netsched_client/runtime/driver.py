@@ -2,10 +2,9 @@
 
 receive → drain events → transmit → re-arm one timer: the whole adapter. It
 owns no socket; datagrams leave through `send_batch`, a callable supplied by
-the endpoint, so that one flush of a connection is one batch (the seam where
-sendmmsg/GSO plug in).
+the endpoint, one batch per pacer round (the seam where sendmmsg/GSO plug in).
 
-Three rules make it cheap on a loop whose timers count whole milliseconds
+Four rules make it cheap on a loop whose timers count whole milliseconds
 (libuv's, and epoll_wait's timeout under asyncio):
 
 - The connection reads a sub-millisecond clock. uvloop's `loop.time()` is
@@ -13,12 +12,16 @@ Three rules make it cheap on a loop whose timers count whole milliseconds
   between two wake-ups in the same millisecond, earn no credit, and ask for a
   timer a few microseconds away, again and again.
 - No timer is armed closer than `timer_resolution`: a deadline the loop cannot
-  wait for (aioquic's pacer asks for one packet time, often tens of µs) becomes
-  one wake-up a resolution away, which sends what the pacer allows by then.
-  uvloop turns a sub-0.5 ms timer into `call_soon`, so without this the loop
-  spins until the millisecond ticks over. uvloop also rounds every delay to
-  the nearest millisecond, so its timers are armed half a resolution late:
-  none fires early, and a paced wake-up finds a full resolution of credit.
+  wait for (aioquic's pacer asks for one packet time, often µs) becomes one
+  wake-up a resolution away. uvloop turns a sub-0.5 ms timer into `call_soon`,
+  so without this the loop spins until the millisecond ticks over. uvloop also
+  rounds every delay to the nearest millisecond, so its timers are armed half
+  a resolution late: none fires early.
+- A deadline that passes while a flush is being built is served at once,
+  round after round, up to `MAX_BURST` datagrams per transmit: aioquic's pacer
+  lets out at most 16 datagrams per round, and on a fast path its next packet
+  is due before the last round was even built, so a wake-up per round would
+  cap the rate at 16 datagrams per loop iteration (or per millisecond).
 - Datagrams received in one loop callback share flushes: one per timer
   resolution while the batch is read, and one when it is done.
 """
@@ -44,6 +47,9 @@ Clock = Callable[[], float]
 
 # libuv timers and epoll_wait timeouts are whole milliseconds.
 TIMER_RESOLUTION = 0.001
+# Datagrams one transmit() may send in pacer rounds before yielding to the loop:
+# a GSO super-datagram's worth (UDP_MAX_SEGMENTS).
+MAX_BURST = 64
 # A loop clock this close to time.monotonic() is the same clock, maybe coarser (uvloop's).
 _SAME_CLOCK_TOLERANCE = 0.01
 
@@ -143,6 +149,27 @@ class ConnectionDriver:
             self._transmit_handle.cancel()
             self._transmit_handle = None
         now = self._flushed_at = self._clock()
+        sent = self._flush(now)
+        # A deadline that passed while that flush was built (a pacer whose packet
+        # time is shorter than building a packet) is served now, as its timer
+        # would be: another round, up to a burst per call.
+        while 0 < sent < MAX_BURST:
+            deadline = self.quic.get_timer()
+            now = self._clock()
+            if deadline is None or deadline > now:
+                break
+            self.quic.handle_timer(now=now)
+            self._drain_events()
+            more = self._flush(now)
+            if not more:
+                break
+            sent += more
+        if sent >= MAX_BURST:
+            self.schedule_transmit()  # perhaps more is due: let the loop serve others first
+        self._rearm_timer(now)
+
+    def _flush(self, now: float) -> int:
+        """Build what the connection may send now, as one batch; how many datagrams."""
         if isinstance(self.quic, MultipathConnection):
             datagrams = self.quic.datagrams_with_paths(now)
         else:
@@ -153,7 +180,7 @@ class ConnectionDriver:
             self._send_batch(datagrams)
         # Building packets can queue events too (new CIDs the endpoint must route).
         self._drain_events()
-        self._rearm_timer(now)
+        return len(datagrams)
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason)
