@@ -49,13 +49,11 @@ def _recovered(pairs: list[tuple[int, bytes]]) -> list[Recovered]:
     return [Recovered(symbol_id, payload) for symbol_id, payload in pairs]
 
 
-class FecEncoder:
-    """Keeps the last `max_window` source symbols and computes repair symbols over them."""
+class _WindowView:
+    """The window geometry both codec ends expose from their Cython core."""
 
     __slots__ = ("_core",)
-
-    def __init__(self, symbol_size: int, max_window: int, first_id: int = 0) -> None:
-        self._core = EncoderCore(symbol_size, max_window, first_id)
+    _core: EncoderCore | DecoderCore
 
     @property
     def symbol_size(self) -> int:
@@ -67,8 +65,17 @@ class FecEncoder:
 
     @property
     def window(self) -> tuple[int, int]:
-        """(oldest id held, next id to add): repairs may cover ids in between."""
+        """Encoder: (oldest id held, next id to add); decoder: the ids first <= id < end held."""
         return self._core.window
+
+
+class FecEncoder(_WindowView):
+    """Keeps the last `max_window` source symbols and computes repair symbols over them."""
+
+    __slots__ = ()
+
+    def __init__(self, symbol_size: int, max_window: int, first_id: int = 0) -> None:
+        self._core: EncoderCore = EncoderCore(symbol_size, max_window, first_id)
 
     def add_source(self, symbol_id: int, payload: BytesLike) -> None:
         """Add the next source symbol; when the window is full the oldest one leaves."""
@@ -83,26 +90,13 @@ class FecEncoder:
         return self._core.repair(repair_key, first_id, count, dt)
 
 
-class FecDecoder:
+class FecDecoder(_WindowView):
     """Recovers lost source symbols of the window from the repair symbols received."""
 
-    __slots__ = ("_core",)
+    __slots__ = ()
 
     def __init__(self, symbol_size: int, max_window: int, first_id: int = 0) -> None:
-        self._core = DecoderCore(symbol_size, max_window, first_id)
-
-    @property
-    def symbol_size(self) -> int:
-        return self._core.symbol_size
-
-    @property
-    def max_window(self) -> int:
-        return self._core.max_window
-
-    @property
-    def window(self) -> tuple[int, int]:
-        """(first, end): the ids first <= id < end the decoder holds now."""
-        return self._core.window
+        self._core: DecoderCore = DecoderCore(symbol_size, max_window, first_id)
 
     @property
     def pending_repairs(self) -> int:
