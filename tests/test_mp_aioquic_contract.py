@@ -114,6 +114,7 @@ FOREIGN_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "QuicPacketRecovery._pto_count": int,  # the scheduler's stall/dead signal
     "QuicPacketRecovery._rtt_initialized": bool,
     "QuicPacketRecovery._rtt_smoothed": float,
+    "QuicPacketRecovery._rtt_latest": float,  # the silence rule's time threshold
     "QuicPacketRecovery.spaces": list,  # a new path's recovery gets its one space
     "QuicPacketRecovery.handshake_confirmed": bool,  # or a new path's PTO never arms
     "QuicPacketRecovery.max_ack_delay": float,

@@ -8,6 +8,7 @@ import pytest
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 from mp_harness import C1, C2, C3, SERVER, Link, Net, make_net
 
+from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.multipath import events as mpe
 from netsched_client.proto.multipath import frames as mpf
 from netsched_client.proto.multipath.connection import MultipathError
@@ -222,3 +223,86 @@ def test_stalled_path_data_is_reinjected_before_the_path_is_abandoned(tmp_path: 
     assert stats[0].packets_reinjected > 0
     assert net.run(20.0, until=lambda: len(net.received.get(sid, b"")) >= 4_000_000)
     assert net.received[sid] == bytes(range(256)) * (4_000_000 // 256)
+
+
+def _delivery_times(net: Net, sid: int) -> list[float]:
+    """Record when the client's stream `sid` grows (the harness drains events each step)."""
+    stamps: list[float] = []
+    drain = net._drain_events
+
+    def recording() -> None:
+        before = len(net.received.get(sid, b""))
+        drain()
+        if len(net.received.get(sid, b"")) > before:
+            stamps.append(net.now)
+
+    net._drain_events = recording  # type: ignore[method-assign]
+    return stamps
+
+
+@pytest.mark.parametrize("delays", [(0.005, 0.005), (0.010, 0.005), (0.005, 0.010)])
+def test_failover_resumes_within_three_survivor_rtts(
+    tmp_path: Path, delays: tuple[float, float]
+) -> None:
+    links = {
+        C1: Link(rate_bps=20e6, delay=delays[0]),
+        C2: Link(rate_bps=20e6, delay=delays[1]),
+        C3: Link(),
+    }
+    net, path_id = _two_paths(tmp_path, links=links)
+    size = 6 << 20
+    sid = _download(net, size)
+    stamps = _delivery_times(net, sid)
+    net.run(0.5)
+    blackhole = net.now
+    net.links[C1].up = False
+    assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= size)
+    assert net.received[sid] == bytes(range(256)) * (size // 256)  # no byte lost
+    after = [t for t in stamps if t >= blackhole]
+    gap = max(b - a for a, b in zip([blackhole, *after], after, strict=False))
+    survivor = net.client.path_rtt(net.client.paths[path_id])
+    assert survivor is not None
+    assert gap <= 3 * survivor, (gap, survivor)
+    # The silence rule, not a PTO, stalled the path (one decision, on the dead path only).
+    silent = {k: v for k, v in net.server.scheduler.decisions.items() if k[1] == "silent"}
+    assert silent == {(0, "silent"): 1}
+
+
+class _PausedClient:
+    """The client process not running: datagrams wait in its socket, nothing is sent."""
+
+    def __init__(self, client: NetSchedConnection) -> None:
+        self.client = client
+        self.backlog: list[tuple[bytes, tuple[str, int]]] = []
+        self.paths = client.paths
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        self.backlog.append((data, addr))
+
+    def datagrams_with_paths(self, now: float) -> list:
+        return []
+
+    def get_timer(self) -> None:
+        return None
+
+    def next_event(self) -> None:
+        return None
+
+
+def test_paused_peer_stalls_no_path(tmp_path: Path) -> None:
+    """A paused client looks silent on every path at once: no evidence, no stall."""
+    links = {C1: Link(rate_bps=20e6), C2: Link(rate_bps=20e6), C3: Link()}
+    net, _ = _two_paths(tmp_path, links=links)
+    size = 3 << 20
+    sid = _download(net, size)
+    net.run(0.3)
+    client = net.client
+    net.client = paused = _PausedClient(client)  # type: ignore[assignment]
+    net.run(0.08)
+    net.client = client
+    for data, addr in paused.backlog:
+        client.receive_datagram(data, addr, net.now)
+    assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= size)
+    assert net.received[sid] == bytes(range(256)) * (size // 256)
+    assert not [k for k in net.server.scheduler.decisions if k[1] == "silent"]
+    assert not net.events("server", mpe.PathAbandoned)

@@ -159,6 +159,7 @@ class MultipathConnection(QuicConnection):
         self._control: deque[f.MultipathFrame] = deque()
         self.scheduler = Scheduler()
         self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
+        self._stalls_checked_at = 0.0  # silence deadlines up to here were judged
         self.closed_stats: dict[int, Any] = {}
         if max_path_id is not None:
             # Without multipath these stay unknown frame types, as in aioquic.
@@ -239,19 +240,30 @@ class MultipathConnection(QuicConnection):
         loss: QuicPacketRecovery = self._attr(path, "_loss")
         return int(loss._pto_count)
 
-    def path_last_ack(self, path: Path) -> float | None:
-        """When this path last had a packet acknowledged (connection clock)."""
-        return path.last_ack_at
+    def path_acked_sent_time(self, path: Path) -> float | None:
+        """Send time of the newest packet of this path an ACK covered."""
+        loss: CountingRecovery = self._attr(path, "_loss")
+        return loss.acked_sent_time
+
+    def path_first_ack_after(self, path: Path, sent: float) -> float | None:
+        """When an ACK first covered a packet of this path sent after `sent` (recent ACKs)."""
+        loss: CountingRecovery = self._attr(path, "_loss")
+        return loss.first_ack_after(sent)
 
     def path_oldest_unacked(self, path: Path) -> float | None:
-        """Send time of this path's oldest packet still in flight, if any."""
+        """Send time of this path's oldest ack-eliciting packet still in flight, if any."""
         space: QuicPacketSpace = self._attr(path, "_spaces")[Epoch.ONE_RTT]
-        times = [p.sent_time for p in space.sent_packets.values() if p.in_flight]
-        return min((t for t in times if t is not None), default=None)
+        # Packets are kept in send order: the first match is the oldest.
+        packets = space.sent_packets.values()
+        return next((p.sent_time for p in packets if p.in_flight and p.delivery_handlers), None)
 
     def path_rtt(self, path: Path) -> float | None:
         loss: QuicPacketRecovery = self._attr(path, "_loss")
         return loss._rtt_smoothed if loss._rtt_initialized else None
+
+    def path_latest_rtt(self, path: Path) -> float | None:
+        loss: QuicPacketRecovery = self._attr(path, "_loss")
+        return float(loss._rtt_latest) if loss._rtt_initialized else None
 
     def path_info(self) -> list[dict[str, Any]]:
         """A snapshot per path: state, tuple, RTT, congestion window, bytes, loss."""
@@ -430,13 +442,24 @@ class MultipathConnection(QuicConnection):
             for handler, args in packet.delivery_handlers:
                 handler(QuicDeliveryState.LOST, *args)
 
-    def _track_stalls(self) -> None:
-        """Remember when each path went silent (its oldest unacknowledged send at its first PTO)."""
+    def _track_stalls(self, now: float) -> None:
+        """Judge every path: stalled (no new data; its data resent elsewhere) or working again.
+
+        A path stalls when the scheduler finds it silent (its oldest packet overdue while
+        another path had later packets acknowledged: about one RTT after a blackhole) or,
+        failing that evidence, at its first PTO. An ACK for anything sent since ends it.
+        """
         for path in self._paths.values():
-            if self.path_pto_count(path) == 0:
+            acked = self.path_acked_sent_time(path)
+            if path.stalled_since is not None and acked is not None and acked >= path.stalled_since:
                 path.stalled_since = None
-            elif path.stalled_since is None:
-                path.stalled_since = self.path_oldest_unacked(path)
+            elif path.stalled_since is None and self.path_pto_count(path) > 0:
+                path.stalled_since = self.path_oldest_unacked(path) or now
+        for path in self.scheduler.silent_paths(self, now):
+            path.stalled_since = self.path_oldest_unacked(path)
+            with self._on_path(path):
+                self._reinject_in_flight()
+        self._stalls_checked_at = now
 
     def _reinject_in_flight(self) -> None:
         """Resend the live path's unacknowledged data on other paths, now (XLINK-style).
@@ -448,6 +471,8 @@ class MultipathConnection(QuicConnection):
         space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
         self._live.reinjected_pto = self._loss._pto_count
         for packet in list(space.sent_packets.values()):
+            if not packet.delivery_handlers:
+                continue
             handlers, packet.delivery_handlers = packet.delivery_handlers, []
             for handler, args in handlers:
                 handler(QuicDeliveryState.LOST, *args)
@@ -700,7 +725,6 @@ class MultipathConnection(QuicConnection):
         path = self._paths.get(frame.path_id)
         if path is None:
             return  # abandoned and forgotten: ignore silently (draft-21 §3.4.3)
-        path.last_ack_at = now
         with self._on_path(path):
             self._loss.on_ack_received(
                 ack_rangeset=frame.ranges,
@@ -747,7 +771,6 @@ class MultipathConnection(QuicConnection):
     # Frames that RFC 9000 defines and draft-21 confines to path 0.
 
     def _handle_ack_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
-        self._path0.last_ack_at = context.time
         with self._on_path(self._path0):
             super()._handle_ack_frame(context, frame_type, buf)
 
@@ -774,6 +797,9 @@ class MultipathConnection(QuicConnection):
             self._account(self._path0, sent)
             return [(data, addr, 0) for data, addr in sent]
         self._forget_closed_paths(now)
+        # Once per flush, not per datagram: a receive batch holds every path's latest ACKs,
+        # and judging in the middle of one would take a late ACK for a silent path.
+        self._track_stalls(now)
         out: list[tuple[bytes, NetworkAddress, int]] = []
         plan = self.scheduler.plan(self, now)
         if not plan and self._close_pending:
@@ -928,6 +954,9 @@ class MultipathConnection(QuicConnection):
                 timers.append(timer)
             if path.closing_until is not None:
                 timers.append(path.closing_until)
+            silence = self.scheduler.silence_deadline(self, path)
+            if silence is not None and silence > self._stalls_checked_at:
+                timers.append(silence)  # judged once; later evidence comes with an ACK
         return min(timers, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -938,7 +967,6 @@ class MultipathConnection(QuicConnection):
             self._forget_closed_paths(now)
             return
         self._now = now
-        self._track_stalls()
         # Path 0 first: aioquic's idle/close handling must run in its own context.
         with self._on_path(self._path0):
             super().get_timer()  # refreshes this path's loss timer
@@ -951,7 +979,7 @@ class MultipathConnection(QuicConnection):
                 super().handle_timer(now)
         if self._state in END_STATES:
             return
-        self._track_stalls()
+        self._track_stalls(now)
         for path in self.scheduler.suspect_paths(self):
             with self._on_path(path):
                 self._reinject_in_flight()

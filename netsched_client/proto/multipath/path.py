@@ -61,8 +61,7 @@ class Path:
     abandon_error: int = 0
     closing_until: float | None = None
     reinjected_pto: int = 0  # the PTO count at the last re-injection (once per stall)
-    last_ack_at: float | None = None  # last time one of this path's packets was acknowledged
-    stalled_since: float | None = None  # send time of the oldest packet unacknowledged at its PTO
+    stalled_since: float | None = None  # send time of the oldest packet overdue when it stalled
     # CIDs for this path ID: ours not yet announced, and retirements to send.
     cids_to_announce: list[int] = field(default_factory=list)  # sequence numbers
     retire_pending: list[int] = field(default_factory=list)

@@ -6,10 +6,16 @@ Default policy (draft-21 leaves scheduling to implementations):
   rides the fastest path alone and a backlog spreads over all of them;
 - a path marked backup (by us, or by the peer's PATH_STATUS_BACKUP) carries
   data only when no available path works; it still sends ACKs and control;
-- a path whose PTO fired `stall_ptos` times in a row gets no new data, and its
-  unacknowledged data is re-injected on a working path at once (XLINK-style:
-  failover costs one PTO plus one RTT of the survivor, not several PTOs); after
-  `dead_ptos` it is abandoned while another path works.
+- a *silent* path stalls: its oldest unacknowledged packet is overdue (RFC
+  9002's time threshold, 9/8 of the path's RTT, plus the peer's ACK timer), no
+  later packet of the path was acknowledged (that would be a loss, for loss
+  detection), and another path had packets sent later acknowledged, so the
+  network delivers and this path does not. A stalled path gets no new data and
+  its unacknowledged data is re-injected on the working paths at once
+  (XLINK-style): failover costs about one RTT of the dead path plus one of the
+  survivor, not several PTOs. Without that evidence (a paused peer looks the
+  same on every path) the path stalls at its first PTO instead; after
+  `dead_ptos` PTOs, while another path works, it is abandoned.
 Every decision is counted per path and reason in `decisions`.
 """
 
@@ -21,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from .path import Path, PathState
 
+GRANULARITY = 0.001  # RFC 9002's kGranularity
+
 if TYPE_CHECKING:
     from .connection import MultipathConnection
 
@@ -29,6 +37,11 @@ if TYPE_CHECKING:
 class Scheduler:
     stall_ptos: int = 1
     dead_ptos: int = 2
+    # RFC 9002 §6.1.2's time threshold: a queue that grows within one RTT stays inside it.
+    silence_rtts: float = 9 / 8
+    # The peer's ACK timer (aioquic's is kGranularity) plus our clock's resolution. Not
+    # the advertised max_ack_delay (25 ms, far above what aioquic-based peers delay).
+    ack_allowance: float = 0.002
     decisions: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     def plan(self, conn: MultipathConnection, now: float) -> list[tuple[Path, bool]]:
@@ -43,6 +56,55 @@ class Scheduler:
             self.decisions[(path.path_id, reason)] += 1
             plan.append((path, allowed))
         return plan
+
+    def silence_deadline(self, conn: MultipathConnection, path: Path) -> float | None:
+        """When this path counts as silent, or None (nothing to wait for, or no evidence yet).
+
+        Silent: its oldest unacknowledged packet is overdue, no later packet of its own
+        was acknowledged (that is a loss, for loss detection), and another path's ACK for
+        something sent later came long enough ago that this path's ACK would have come
+        with it. A peer that paused answers on every path at once after the pause, so the
+        other path's ACK is no evidence until the difference in path delays has passed.
+        """
+        if path.state is not PathState.ACTIVE or path.stalled_since is not None:
+            return None
+        oldest = conn.path_oldest_unacked(path)
+        rtt = conn.path_rtt(path)
+        latest = conn.path_latest_rtt(path)
+        if oldest is None or rtt is None or latest is None:
+            return None
+        own = conn.path_acked_sent_time(path)
+        if own is not None and own > oldest:
+            return None
+        evidence = self._evidence(conn, path, oldest, rtt)
+        if evidence is None:
+            return None
+        overdue = oldest + max(self.silence_rtts * max(rtt, latest), GRANULARITY)
+        return max(overdue + self.ack_allowance, evidence)
+
+    def _evidence(
+        self, conn: MultipathConnection, path: Path, sent: float, rtt: float
+    ) -> float | None:
+        """Earliest time another path proves that packets sent after `sent` get through."""
+        times = []
+        for other in conn.paths.values():
+            if other is path or other.state is not PathState.ACTIVE:
+                continue
+            acked_at = conn.path_first_ack_after(other, sent)
+            other_rtt = conn.path_rtt(other)
+            if acked_at is not None and other_rtt is not None:
+                times.append(acked_at + abs(rtt - other_rtt) / 2 + self.ack_allowance)
+        return min(times, default=None)
+
+    def silent_paths(self, conn: MultipathConnection, now: float) -> list[Path]:
+        """Working paths to stall now (see `silence_deadline`)."""
+        silent = []
+        for path in conn.paths.values():
+            deadline = self.silence_deadline(conn, path)
+            if deadline is not None and now >= deadline:
+                self.decisions[(path.path_id, "silent")] += 1
+                silent.append(path)
+        return silent
 
     def suspect_paths(self, conn: MultipathConnection) -> list[Path]:
         """Stalled paths whose unacknowledged data should go out on a working path now."""
@@ -68,7 +130,8 @@ class Scheduler:
         dead = [
             p
             for p in active
-            if conn.path_pto_count(p) >= self.dead_ptos and self._others_deliver(conn, p, active)
+            if conn.path_pto_count(p) >= self.dead_ptos
+            and self._others_deliver(conn, p, active, p.stalled_since)
         ]
         return dead if len(dead) < len(active) else []
 
@@ -79,15 +142,16 @@ class Scheduler:
             p
             for p in active
             if conn.path_pto_count(p) >= self.stall_ptos
-            and not self._others_deliver(conn, p, active)
+            and not self._others_deliver(conn, p, active, p.stalled_since)
         ]
         return [o for o in active if stalled and o not in stalled]
 
     @staticmethod
-    def _others_deliver(conn: MultipathConnection, path: Path, active: list[Path]) -> bool:
-        """Another path had a packet acknowledged after this one went silent."""
-        since = path.stalled_since
-        others = (conn.path_last_ack(o) for o in active if o is not path)
+    def _others_deliver(
+        conn: MultipathConnection, path: Path, active: list[Path], since: float | None
+    ) -> bool:
+        """Another path had a packet sent after `since` acknowledged."""
+        others = (conn.path_acked_sent_time(o) for o in active if o is not path)
         return since is not None and any(t is not None and t > since for t in others)
 
     def _data_allowed(self, path: Path, works: bool, have_preferred: bool) -> tuple[bool, str]:
@@ -100,7 +164,11 @@ class Scheduler:
         return True, "backup-in-use" if self._is_backup(path) else "data"
 
     def _works(self, conn: MultipathConnection, path: Path) -> bool:
-        return path.usable and conn.path_pto_count(path) < self.stall_ptos
+        return (
+            path.usable
+            and path.stalled_since is None
+            and conn.path_pto_count(path) < self.stall_ptos
+        )
 
     @staticmethod
     def _is_backup(path: Path) -> bool:
