@@ -306,3 +306,65 @@ def test_paused_peer_stalls_no_path(tmp_path: Path) -> None:
     assert net.received[sid] == bytes(range(256)) * (size // 256)
     assert not [k for k in net.server.scheduler.decisions if k[1] == "silent"]
     assert not net.events("server", mpe.PathAbandoned)
+
+
+def _urgent_messages(tmp_path: Path, share: float) -> tuple[Net, int, int]:
+    """The server sends 1 KB messages with a deadline 12 ms out (RTT 10 ms on the fast path,
+    which loses every 8th datagram; 16 ms on the other). Returns (net, on time, copies)."""
+    links = {C1: Link(delay=0.005, drop_every=9), C2: Link(delay=0.008), C3: Link()}
+    net, _ = _two_paths(tmp_path, links=links)
+    net.server.urgent_copies.share = share
+    deadlines: dict[int, float] = {}
+    arrived: dict[int, float] = {}
+    for _ in range(60):
+        sid = net.client.get_next_available_stream_id()
+        net.client.send_stream_data(sid, b"ask", end_stream=True)
+        net.run(
+            0.2,
+            until=lambda sid=sid: any(  # type: ignore[misc]
+                getattr(e, "stream_id", None) == sid for e in net.server_events
+            ),
+        )
+        deadlines[sid] = net.now + 0.012
+        net.server.set_stream_priority(sid, deadlines[sid], 3)
+        net.server.send_stream_data(sid, bytes(1000), end_stream=True)
+        net.run(0.05, until=lambda sid=sid: len(net.received.get(sid, b"")) >= 1000)  # type: ignore[misc]
+        arrived[sid] = net.now
+        net.run(0.03)
+    on_time = sum(arrived[sid] <= deadlines[sid] for sid in deadlines)
+    copies = sum(v for k, v in net.server.scheduler.decisions.items() if k[1] == "urgent-copy")
+    return net, on_time, copies
+
+
+def test_urgent_data_is_copied_on_a_second_path(tmp_path: Path) -> None:
+    _, plain_on_time, plain_copies = _urgent_messages(tmp_path / "plain", share=0.0)
+    net, on_time, copies = _urgent_messages(tmp_path / "xlink", share=1.0)
+    assert plain_copies == 0 and copies >= 30
+    # Every 9th datagram on the fast path is lost: about half the messages miss the deadline
+    # when they wait for a retransmission, (almost) none when a copy took the other path.
+    assert plain_on_time <= 45 and on_time >= 57, (plain_on_time, on_time)
+    sent = sum(p.stats.bytes_sent for p in net.server.paths.values())
+    assert net.server.urgent_copies.copy_bytes <= sent
+
+
+def test_urgent_copies_are_capped_as_a_share_of_bytes(tmp_path: Path) -> None:
+    net, _, _ = _urgent_messages(tmp_path, share=0.1)
+    sent = sum(p.stats.bytes_sent for p in net.server.paths.values())
+    assert 0 < net.server.urgent_copies.copy_bytes <= 0.1 * sent
+
+
+def test_slow_path_leaves_alone_a_stream_it_would_deliver_late(tmp_path: Path) -> None:
+    links = {C1: Link(delay=0.005, rate_bps=20e6), C2: Link(delay=0.040), C3: Link()}
+    net, path_id = _two_paths(tmp_path, links=links)
+    sid = net.client.get_next_available_stream_id()
+    net.client.send_stream_data(sid, b"ask", end_stream=True)
+    net.run(1.0, until=lambda: any(getattr(e, "stream_id", None) == sid for e in net.server_events))
+    slow = net.server.paths[path_id]
+    before = slow.stats.bytes_sent
+    # 300 kB fill the fast path's window and more; the slow path (40 ms one way) would be
+    # late for a deadline 30 ms out, so it carries none of it.
+    net.server.set_stream_priority(sid, net.now + 0.030, 3)
+    net.server.send_stream_data(sid, bytes(300_000), end_stream=True)
+    net.run(0.03)
+    assert slow.stats.bytes_sent - before < 2_000  # ACKs and control only
+    assert net.server.scheduler.decisions[(0, "data")] > 0

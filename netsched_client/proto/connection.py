@@ -10,6 +10,7 @@ this class too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aioquic.quic.connection import NetworkAddress, QuicConnectionError
@@ -17,7 +18,7 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import SLOError
 from .multipath.connection import MultipathConnection
-from .send_order import ERROR_DEADLINE, DeadlineMissed, SendOrder
+from .send_order import ERROR_DEADLINE, DeadlineMissed, SendOrder, StreamPriority
 from .slo import SLO, SLO_TRANSPORT_PARAMETER, decode_slo, encode_slo
 from .transport_parameters import encode_transport_parameter, find_transport_parameter
 
@@ -38,6 +39,9 @@ class NetSchedConnection(MultipathConnection):
     def set_stream_priority(self, stream_id: int, deadline_at: float | None, urgency: int) -> None:
         """Serve this stream by deadline (absolute, connection clock), then urgency."""
         self.send_order.set(stream_id, deadline_at, urgency)
+
+    def stream_priorities(self) -> Mapping[int, StreamPriority]:
+        return self.send_order.priorities
 
     def datagrams_with_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
         if self.send_order.priorities:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -53,8 +53,10 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
+from aioquic.quic.stream import QuicStreamSender
 from aioquic.tls import Epoch
 
+from ..send_order import StreamPriority
 from ..transport_parameters import (
     decode_varint_value,
     encode_transport_parameter,
@@ -65,6 +67,7 @@ from . import frames as f
 from .crypto import KeyHistory, PathCrypto
 from .path import Path, PathState
 from .recovery import CountingRecovery
+from .reinjection import UrgentCopies
 from .scheduler import Scheduler
 
 log = logging.getLogger("netsched.multipath")
@@ -158,6 +161,7 @@ class MultipathConnection(QuicConnection):
         self._acked_cid_paths: set[int] = set()
         self._control: deque[f.MultipathFrame] = deque()
         self.scheduler = Scheduler()
+        self.urgent_copies = UrgentCopies()
         self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
         self._stalls_checked_at = 0.0  # silence deadlines up to here were judged
         self.closed_stats: dict[int, Any] = {}
@@ -231,6 +235,10 @@ class MultipathConnection(QuicConnection):
         return getattr(self, name) if path is self._live else path.parked[name]
 
     # -- public path API ----------------------------------------------------------------
+
+    def stream_priorities(self) -> Mapping[int, StreamPriority]:
+        """Deadline and urgency per stream, for deadline-aware path choice (none here)."""
+        return {}
 
     @property
     def paths(self) -> dict[int, Path]:
@@ -812,6 +820,7 @@ class MultipathConnection(QuicConnection):
             out.extend((data, addr, path.path_id) for data, addr in sent)
             if self._state in END_STATES:
                 break
+        self.urgent_copies.next_round()
         return out
 
     def _send_on_live_path(
@@ -821,21 +830,75 @@ class MultipathConnection(QuicConnection):
             return []  # server side: no packet decrypted on this path yet
         if path.state is PathState.VALIDATING:
             return self._send_path_challenge(now)
-        if data_allowed:
+        if not data_allowed:
+            with self._holding_back(None):
+                return super().datagrams_to_send(now)
+        priorities = self.stream_priorities()
+        if not priorities:
             return super().datagrams_to_send(now)
-        with self._without_application_data():
-            return super().datagrams_to_send(now)
+        late = self.scheduler.late_streams(self, path, priorities, now)
+        self._send_urgent_copies(path, late)
+        first = self._packet_number
+        with self._holding_back(late):
+            sent: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
+        self._offer_urgent_copies(path, first, priorities, now)
+        return sent
 
     @contextmanager
-    def _without_application_data(self) -> Iterator[None]:
-        """ACKs and control frames only: a backup path carries no data while others work."""
+    def _holding_back(self, stream_ids: Collection[int] | None) -> Iterator[None]:
+        """Keep these streams' data (None: all application data) off the live path.
+
+        A backup path carries ACKs and control frames only while others work; a slow
+        path leaves a stream alone when it would deliver after the stream's deadline
+        and a faster path would not.
+        """
         streams, datagrams = self._streams_queue, self._datagrams_pending
-        self._streams_queue, self._datagrams_pending = [], deque()
+        if stream_ids is None:
+            held, self._datagrams_pending = streams, deque()
+        else:
+            held = [s for s in streams if s.stream_id in stream_ids]
+        if not held:
+            yield
+            return
+        kept = set(held)
+        self._streams_queue = [s for s in streams if s not in kept]
         try:
             yield
         finally:
-            self._streams_queue = streams + [s for s in self._streams_queue if s not in streams]
+            # aioquic may have dropped finished streams and rotated the ones it served.
+            self._streams_queue = held + [s for s in self._streams_queue if s not in kept]
             self._datagrams_pending = datagrams
+
+    def _send_urgent_copies(self, path: Path, late: Collection[int]) -> None:
+        """Queue, first on this path, the urgent ranges other paths sent (within its cwnd)."""
+        room = self._loss.congestion_window - self._loss.bytes_in_flight
+        if self.urgent_copies.pending and room > 0:
+            count = self.urgent_copies.send_on(path.path_id, room, late)
+            if count:
+                self.scheduler.decisions[(path.path_id, "urgent-copy")] += count
+
+    def _offer_urgent_copies(
+        self, path: Path, first: int, priorities: Mapping[int, StreamPriority], now: float
+    ) -> None:
+        """Offer copies of what just left on this path for streams too urgent to retransmit."""
+        rtt = self.path_rtt(path) or self._configuration.initial_rtt
+        urgent = {sid for sid, p in priorities.items() if self.scheduler.is_urgent(p, now, rtt)}
+        if not urgent or len(self.scheduler.working_paths(self)) < 2:
+            return
+        streams = {id(s.sender): sid for sid, s in self._streams.items()}
+        if len(self.urgent_copies.copied) > 2 * len(streams) + 16:
+            self.urgent_copies.forget(streams.values())
+        bytes_sent = sum(p.stats.bytes_sent for p in self._paths.values())
+        space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
+        for number in range(first, self._packet_number):
+            packet = space.sent_packets.get(number)
+            for handler, args in packet.delivery_handlers if packet else ():
+                sender = getattr(handler, "__self__", None)
+                if not isinstance(sender, QuicStreamSender):
+                    continue
+                stream_id = streams.get(id(sender))
+                if stream_id in urgent:
+                    self.urgent_copies.offer(path.path_id, stream_id, handler, args, bytes_sent)
 
     def _send_path_challenge(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         """Client: probe a new path once; the validation deadline abandons it if unanswered."""

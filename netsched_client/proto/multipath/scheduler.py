@@ -22,9 +22,11 @@ Every decision is counted per path and reason in `decisions`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..send_order import StreamPriority
 from .path import Path, PathState
 
 GRANULARITY = 0.001  # RFC 9002's kGranularity
@@ -42,6 +44,9 @@ class Scheduler:
     # The peer's ACK timer (aioquic's is kGranularity) plus our clock's resolution. Not
     # the advertised max_ack_delay (25 ms, far above what aioquic-based peers delay).
     ack_allowance: float = 0.002
+    # Stream data with less slack than this many RTTs of its path cannot wait for a
+    # retransmission (9/8 RTT to detect the loss, half an RTT to resend): it is urgent.
+    urgent_rtts: float = 1.75
     decisions: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     def plan(self, conn: MultipathConnection, now: float) -> list[tuple[Path, bool]]:
@@ -56,6 +61,42 @@ class Scheduler:
             self.decisions[(path.path_id, reason)] += 1
             plan.append((path, allowed))
         return plan
+
+    def working_paths(self, conn: MultipathConnection) -> list[Path]:
+        return [p for p in conn.paths.values() if self._works(conn, p) and not self._is_backup(p)]
+
+    def is_urgent(self, priority: StreamPriority, now: float, rtt: float) -> bool:
+        """Worth a copy on a second path: RFC 9218 urgency 0, or a deadline within reach of
+        one delivery but not of a retransmission."""
+        if priority.urgency == 0:
+            return True
+        deadline = priority.deadline_at
+        return deadline is not None and 0.0 <= deadline - now < self.urgent_rtts * rtt
+
+    def late_streams(
+        self,
+        conn: MultipathConnection,
+        path: Path,
+        priorities: Mapping[int, StreamPriority],
+        now: float,
+    ) -> set[int]:
+        """Streams this path would deliver after their deadline while a faster path exists.
+
+        Delivery takes about half a path's RTT (a path without an RTT sample promises
+        nothing). The fastest path serves every stream; a slower one only the streams it
+        can still deliver in time, so a backlog spreads over both exactly when the fast
+        path alone cannot meet the deadline and the slow one can.
+        """
+        own = self._rtt(conn, path)
+        faster = [self._rtt(conn, other) for other in self.working_paths(conn) if other is not path]
+        if not faster or min(faster) >= own:
+            return set()
+        arrival = now + own / 2
+        return {
+            sid
+            for sid, p in priorities.items()
+            if p.deadline_at is not None and p.deadline_at < arrival
+        }
 
     def silence_deadline(self, conn: MultipathConnection, path: Path) -> float | None:
         """When this path counts as silent, or None (nothing to wait for, or no evidence yet).
