@@ -2,7 +2,7 @@
 
 Layout (every key optional unless noted):
 
-    [edge]        listen = "host:port", certificate, private_key, alpn, www,
+    [edge]        listen = "host:port", certificate, private_key, alpn, cipher_suites, www,
                   idle_timeout_s, max_queue, retry, send_order, multipath, max_path_id,
                   admin
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
@@ -37,6 +37,12 @@ from netsched_client.proto.slo import SLO, service_name_problem, show
 POLICIES: Final = ("warm-first", "least-in-flight", "round-robin", "consistent-hash")
 BACKEND_KINDS: Final = ("http", "tcp", "udp", "static")
 ALPN_PROTOCOLS: Final = ("netsched/1", "h3", "hq-interop")
+# The TLS 1.3 suites aioquic implements, by their IANA names.
+CIPHER_SUITES: Final = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+)
 _NETWORK_KINDS: Final = ("http", "tcp", "udp")
 
 
@@ -97,6 +103,8 @@ class EdgeConfig:
     certificate: Path | None = None  # with private_key; both None -> generated self-signed
     private_key: Path | None = None
     alpn: tuple[str, ...] = ALPN_PROTOCOLS
+    cipher_suites: tuple[str, ...] | None = None  # names from CIPHER_SUITES, in preference
+    # order; None: aioquic's default (all three)
     www: Path | None = None  # hq-interop / HTTP/0.9 static root
     idle_timeout_s: float = 30.0
     max_queue: int = 1024  # requests waiting for a backend, over all services
@@ -569,22 +577,25 @@ def _valid_host(v6: str | None, host: str | None) -> bool:
     return True
 
 
-_alpn_protocol = _choice(ALPN_PROTOCOLS)
+def _choices(options: tuple[str, ...], what: str) -> Callable[[_Item], tuple[str, ...]]:
+    """A non-empty array of distinct `options`, order kept (it is a preference order)."""
+    element_of = _choice(options)
 
+    def convert(item: _Item) -> tuple[str, ...]:
+        if not isinstance(item.value, list):
+            raise item.fail(f"an array of {what} names")
+        if not item.value:
+            raise item.error(f"at least one {what} is required")
+        chosen: list[str] = []
+        for index, value in enumerate(item.value):
+            element = _Item(value, (*item.path, index), item.context)
+            name = element_of(element)
+            if name in chosen:
+                raise element.error(f"duplicate {what} {name!r}")
+            chosen.append(name)
+        return tuple(chosen)
 
-def _alpn(item: _Item) -> tuple[str, ...]:
-    if not isinstance(item.value, list):
-        raise item.fail("an array of protocol names")
-    if not item.value:
-        raise item.error("at least one protocol is required")
-    protocols: list[str] = []
-    for index, value in enumerate(item.value):
-        element = _Item(value, (*item.path, index), item.context)
-        protocol = _alpn_protocol(element)
-        if protocol in protocols:
-            raise element.error(f"duplicate protocol {protocol!r}")
-        protocols.append(protocol)
-    return tuple(protocols)
+    return convert
 
 
 def _table(item: _Item) -> _Table:
@@ -607,7 +618,8 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "listen": _address(lowest_port=0),  # 0: any free port
     "certificate": _file,
     "private_key": _file,
-    "alpn": _alpn,
+    "alpn": _choices(ALPN_PROTOCOLS, "protocol"),
+    "cipher_suites": _choices(CIPHER_SUITES, "cipher suite"),
     "www": _directory,
     "idle_timeout_s": _number(0, inclusive=False),
     "max_queue": _integer(0),

@@ -39,6 +39,7 @@ class IncomingRequest:
     received_at: float  # loop time
     meta: Mapping[str, str] = field(default_factory=dict)
     streaming: bool = False
+    length: int | None = None  # the body's size, when it is complete before dispatch
 
 
 @dataclass(slots=True)
@@ -201,7 +202,9 @@ class Dispatcher:
         backend = pool.backends[slot.name]
         try:
             response = await backend.exchange(
-                self._backend_request(request, None), request.body, self._timeout(pool, deadline_at)
+                self._backend_request(request, request.length),
+                request.body,
+                self._timeout(pool, deadline_at),
             )
         except (BackendUnavailable, TimeoutError) as exc:
             pool.release(slot, ok=False)

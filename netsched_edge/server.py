@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Protocol
 
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection, QuicReceiveContext
 from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+from aioquic.tls import CipherSuite
 
 from netsched_client.errors import Status
 from netsched_client.proto import h3 as h3proto
@@ -48,7 +50,7 @@ from .admin import AdminServer
 from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, IncomingRequest
-from .tls import generate_self_signed
+from .tls import enable_hello_retry, generate_self_signed
 from .udp_front import UdpFront
 from .workers import ReuseportSteering, WorkerIdentity
 
@@ -57,6 +59,45 @@ log = logging.getLogger("netsched.edge")
 # Body chunks buffered per request before the backend reads them; QUIC flow
 # control bounds the bytes, this bounds the chunk objects.
 MAX_QUEUED_CHUNKS = 1024
+
+# Response bytes a stream may hold unacknowledged (aioquic's send buffer is
+# unbounded): above the high mark the writer waits until the client has
+# acknowledged down to the low mark, so a slow or stalled client costs the edge
+# at most about HIGH + one chunk per stream, not the whole response.
+SEND_BUFFER_HIGH = 1 << 20
+SEND_BUFFER_LOW = 1 << 19
+# aioquic raises no event when an ACK frees send buffer, so a writer over the
+# high mark polls; the low mark leaves tens of ms of data queued at loopback
+# rates, so the poll never starves the stream. While nothing is acknowledged
+# the poll backs off, so stalled streams cost few wake-ups.
+SEND_BUFFER_POLL_S = 0.005
+SEND_BUFFER_POLL_MAX_S = 0.2
+
+# Fetches: an HTTP/3 GET or HEAD is served as a stream (the response flows as
+# the backend produces it, under the send-buffer bound) rather than collected
+# whole up to the service's max_body.
+_FETCH_METHODS = frozenset({"GET", "HEAD"})
+
+
+class EdgeQuicConnection(NetSchedConnection):
+    """NetSchedConnection as the edge accepts it: HelloRetryRequest, lenient first Initial.
+
+    TLS: `tls.HelloRetryContext` (clients that lead with a post-quantum share).
+    First Initial: RFC 9000 §17.2.2 makes the first Initial a client *sends*
+    carry CRYPTO. When that one is lost, the first to *arrive* may be a
+    PING+PADDING probe or an ACK, and aioquic would close the connection on it
+    ("Packet contains no CRYPTO frame"). Processed instead, it costs an ACK, and
+    the client's retransmitted ClientHello goes on with the handshake.
+    """
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        enable_hello_retry(self.tls)
+
+    def _payload_received(
+        self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        return super()._payload_received(context, plain, crypto_frame_required=False)
 
 
 class _AppProtocol(Protocol):
@@ -76,6 +117,8 @@ class _Request:
         default_factory=lambda: asyncio.Queue(MAX_QUEUED_CHUNKS)
     )
     task: asyncio.Task[None] | None = None
+    received: int = 0  # request body bytes so far
+    ended: bool = False  # the whole request body has arrived
 
 
 class EdgeConnection:
@@ -134,7 +177,7 @@ class EdgeConnection:
             body=_drain(request.body),
             received_at=received_at,
             meta=head.meta,
-            streaming=head.streaming,
+            streaming=head.streaming or self._is_fetch(head),
         )
         quic = self._driver.quic
         if isinstance(quic, NetSchedConnection) and self._edge.config.send_order == "edf":
@@ -146,6 +189,12 @@ class EdgeConnection:
             quic.set_stream_priority(stream_id, deadline, slo.urgency or 0)
         request.task = asyncio.create_task(self._serve(stream_id, incoming))
 
+    def _is_fetch(self, head: RequestHead) -> bool:
+        # Only h3: a native request states `streaming` itself, and every hq-interop
+        # request already streams.
+        method = head.meta.get("method", "").upper()
+        return isinstance(self._proto, h3proto.H3Protocol) and method in _FETCH_METHODS
+
     def _effective_slo(self, request_slo: SLO | None) -> SLO:
         quic = self._driver.quic
         peer = quic.peer_slo if isinstance(quic, NetSchedConnection) else None
@@ -155,6 +204,8 @@ class EdgeConnection:
         request = self._requests.get(event.stream_id)
         if request is None:
             return
+        request.received += len(event.data)
+        request.ended = event.end_stream
         try:
             if event.data:
                 request.body.put_nowait(event.data)
@@ -165,6 +216,11 @@ class EdgeConnection:
 
     async def _serve(self, stream_id: int, request: IncomingRequest) -> None:
         assert self._proto is not None
+        state = self._requests.get(stream_id)
+        if state is not None and state.ended:
+            # The body came with the head (the events of one packet are handled before
+            # this task runs): a streamed request can announce its size to the backend.
+            request.length = state.received
         try:
             outcome = await self._edge.dispatcher.handle(request)
             if not 200 <= outcome.head.status < 300:
@@ -175,6 +231,7 @@ class EdgeConnection:
                 if not self._proto.send_body(stream_id, chunk):
                     return  # the client went away; closing the iterator frees the backend
                 self._driver.schedule_transmit()
+                await self._acknowledged(stream_id)
             self._proto.send_body(stream_id, b"", end_stream=True)
             self._driver.schedule_transmit()
         except Exception:
@@ -188,6 +245,19 @@ class EdgeConnection:
         finally:
             self._requests.pop(stream_id, None)
             self._proto.forget(stream_id)
+
+    async def _acknowledged(self, stream_id: int) -> None:
+        """Wait, when over the high mark, until the client acknowledged down to the low one."""
+        quic = self._driver.quic
+        unacked = unacked_bytes(quic, stream_id)
+        if unacked <= SEND_BUFFER_HIGH:
+            return
+        delay = SEND_BUFFER_POLL_S
+        while unacked > SEND_BUFFER_LOW:
+            await asyncio.sleep(delay)
+            before, unacked = unacked, unacked_bytes(quic, stream_id)
+            progress = unacked < before
+            delay = SEND_BUFFER_POLL_S if progress else min(2 * delay, SEND_BUFFER_POLL_MAX_S)
 
     def _untime(self, stream_id: int, request: IncomingRequest) -> None:
         quic = self._driver.quic
@@ -216,6 +286,25 @@ class EdgeConnection:
             self._cancel(stream_id)
         if self._relay is not None:
             self._relay.close()
+
+
+def cipher_suites(names: tuple[str, ...] | None) -> list[CipherSuite] | None:
+    """aioquic's suites for configured IANA names (config.CIPHER_SUITES); None: its default."""
+    if names is None:
+        return None
+    return [CipherSuite[name.removeprefix("TLS_")] for name in names]
+
+
+def unacked_bytes(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes written to a stream and not yet acknowledged (0 once the stream is gone).
+
+    aioquic (pinned 1.7.2) has no public accessor: the sender keeps exactly this
+    span, [_buffer_start, _buffer_stop), until the peer acknowledges it.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return stream.sender._buffer_stop - stream.sender._buffer_start
 
 
 async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
@@ -272,6 +361,7 @@ class EdgeServer:
             alpn_protocols=list(self.config.alpn),
             idle_timeout=self.config.idle_timeout_s,
             max_datagram_frame_size=65536,
+            cipher_suites=cipher_suites(self.config.cipher_suites),
         )
         cert, key = self.config.certificate, self.config.private_key
         if cert is None or key is None:
@@ -291,7 +381,7 @@ class EdgeServer:
                 configuration,
                 self._on_connection,
                 connection_factory=functools.partial(
-                    NetSchedConnection,
+                    EdgeQuicConnection,
                     max_path_id=self.config.max_path_id if self.config.multipath else None,
                     cid_factory=None if self.worker is None else self.worker.quic_lb().generate,
                 ),

@@ -1,10 +1,12 @@
-"""Throw-away TLS credentials for an edge started without a certificate.
+"""The edge's TLS: throw-away credentials, and HelloRetryRequest for aioquic's server.
 
-We issue a private CA and a leaf signed by it rather than one self-signed
-certificate: webpki-based QUIC stacks (qh3, rustls) refuse a leaf that is
-itself a CA, and a separate CA file is what clients are told to trust.
-Only the CA certificate is written out; its key is discarded, so nothing
-else can ever be signed by it.
+Credentials, for an edge started without a certificate: we issue a private CA
+and a leaf signed by it rather than one self-signed certificate: webpki-based
+QUIC stacks (qh3, rustls) refuse a leaf that is itself a CA, and a separate CA
+file is what clients are told to trust. Only the CA certificate is written out;
+its key is discarded, so nothing else can ever be signed by it.
+
+HelloRetryRequest: see `HelloRetryContext`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
+from aioquic import tls
+from aioquic.buffer import Buffer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -188,3 +193,103 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+# RFC 8446 §4.1.3: a ServerHello with this random is a HelloRetryRequest.
+HELLO_RETRY_RANDOM: Final = bytes.fromhex(
+    "CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C"
+)
+
+
+class HelloRetryContext(tls.Context):
+    """aioquic's server TLS context, plus one HelloRetryRequest (RFC 8446 §4.1.4).
+
+    aioquic (1.7.2) fails a ClientHello whose key shares are all in groups it
+    lacks ("No supported key share"), though the hello may list a group it has:
+    picoquic 1.1.53 by default sends only an X25519MLKEM768 share. Such a hello
+    gets a HelloRetryRequest naming the client's most preferred group of ours;
+    the second hello then runs through aioquic's own code, with the transcript
+    that §4.4.1 prescribes: message_hash(first hello), the HRR, the second hello.
+    """
+
+    _retried = False
+    _retry_suite: tls.CipherSuite | None = None
+    _retry_transcript: bytes | None = None  # to open the next key schedule's transcript
+    _schedule: tls.KeySchedule | None = None
+
+    # aioquic starts a new key schedule, hence a new transcript, for every
+    # ClientHello it handles; this is the one place to put the retry in front.
+    @property
+    def key_schedule(self) -> tls.KeySchedule | None:
+        return self._schedule
+
+    @key_schedule.setter
+    def key_schedule(self, schedule: tls.KeySchedule | None) -> None:
+        if schedule is not None and self._retry_transcript is not None:
+            if schedule.cipher_suite != self._retry_suite:
+                raise tls.AlertIllegalParameter("cipher suite changed after HelloRetryRequest")
+            schedule.update_hash(self._retry_transcript)
+            self._retry_transcript = None
+        self._schedule = schedule
+
+    def _server_handle_hello(
+        self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer
+    ) -> None:
+        if not self._retried:
+            hello = tls.pull_client_hello(input_buf)
+            group = self._retry_group(hello)
+            if group is not None:
+                self._send_retry(hello, input_buf.data, group, initial_buf)
+                return
+            input_buf.seek(0)  # aioquic parses the hello itself
+        super()._server_handle_hello(input_buf, initial_buf, handshake_buf)
+
+    def _retry_group(self, hello: tls.ClientHello) -> int | None:
+        """The group to ask for: None when a share is usable, or no listed group is ours."""
+        if hello.key_share is None:
+            return None  # no key_share extension at all: aioquic's alert is the answer
+        if any(group in self._supported_groups for group, _ in hello.key_share):
+            return None
+        offered = hello.supported_groups or []
+        return next((group for group in offered if group in self._supported_groups), None)
+
+    def _send_retry(
+        self, hello: tls.ClientHello, client_hello: bytes, group: int, initial_buf: Buffer
+    ) -> None:
+        suite = tls.negotiate(
+            self._cipher_suites,
+            hello.cipher_suites,
+            tls.AlertHandshakeFailure("No supported cipher suite"),
+        )
+        digest = hashes.Hash(tls.cipher_suite_hash(suite))
+        digest.update(client_hello)
+        hello_hash = digest.finalize()
+        message_hash = bytes([tls.HandshakeType.MESSAGE_HASH, 0, 0, len(hello_hash)]) + hello_hash
+        retry = Buffer(capacity=256)
+        tls.push_server_hello(
+            retry,
+            tls.ServerHello(
+                random=HELLO_RETRY_RANDOM,
+                legacy_session_id=hello.legacy_session_id,
+                cipher_suite=suite,
+                compression_method=tls.CompressionMethod.NULL,
+                supported_version=tls.TLS_VERSION_1_3,
+                other_extensions=[(tls.ExtensionType.KEY_SHARE, group.to_bytes(2, "big"))],
+            ),
+        )
+        initial_buf.push_bytes(retry.data)
+        self._retried = True
+        self._retry_suite = suite
+        self._retry_transcript = message_hash + retry.data
+
+
+def enable_hello_retry(context: tls.Context) -> None:
+    """Give an aioquic server context (made by QuicConnection itself) HelloRetryRequest.
+
+    aioquic builds and configures its Context inside QuicConnection._initialize,
+    so there is no factory to pass; HelloRetryContext adds behaviour only (no
+    state of its own until a hello arrives), so the instance can take its class.
+    """
+    if context._is_client:
+        raise ValueError("HelloRetryRequest is the server's: this context is a client's")
+    context.__class__ = HelloRetryContext

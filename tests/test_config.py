@@ -82,6 +82,7 @@ def test_every_key(tmp_path: Path) -> None:
         certificate = "tls/cert.pem"
         private_key = "tls/key.pem"
         alpn = ["h3", "netsched/1"]
+        cipher_suites = ["TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"]
         www = "www"
         idle_timeout_s = 5
         max_queue = 0
@@ -122,6 +123,7 @@ def test_every_key(tmp_path: Path) -> None:
         certificate=tmp_path / "tls" / "cert.pem",
         private_key=tmp_path / "tls" / "key.pem",
         alpn=("h3", "netsched/1"),
+        cipher_suites=("TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"),
         www=tmp_path / "www",
         idle_timeout_s=5.0,
         max_queue=0,
@@ -253,8 +255,9 @@ ERRORS: list[tuple[str, str, int | None]] = [
     ("[edgee]\n", "edgee: unknown key 'edgee' (did you mean 'edge'?)", 1),
     (
         "[edge]\nmax_queue = 1\nzzz = 1\n",
-        "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, www, "
-        "idle_timeout_s, max_queue, retry, send_order, multipath, admin, max_path_id)",
+        "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, "
+        "cipher_suites, www, idle_timeout_s, max_queue, retry, send_order, multipath, admin, "
+        "max_path_id)",
         3,
     ),
     (
@@ -268,6 +271,11 @@ ERRORS: list[tuple[str, str, int | None]] = [
     ("edge = 5\n", "edge: expected a table, got 5", 1),
     ('services = { name = "x" }\n', "services: expected an array of tables, got a table", 1),
     ('[edge]\nalpn = "h3"\n', "edge.alpn: expected an array of protocol names, got 'h3'", 2),
+    (
+        '[edge]\ncipher_suites = "TLS_AES_128_GCM_SHA256"\n',
+        "edge.cipher_suites: expected an array of cipher suite names, got 'TLS_AES_128_GCM_SHA256'",
+        2,
+    ),
     (
         SERVICE + "max_in_flight = 1.0\n",
         "services[0].backends[0].max_in_flight: expected an integer, got 1.0",
@@ -347,6 +355,12 @@ ERRORS: list[tuple[str, str, int | None]] = [
         2,
     ),
     (
+        '[edge]\ncipher_suites = [\n  "TLS_AES_128_GCM_SHA256",\n  "AES_256_GCM_SHA384",\n]\n',
+        "edge.cipher_suites[1]: expected one of 'TLS_AES_128_GCM_SHA256', "
+        "'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256', got 'AES_256_GCM_SHA384'",
+        4,
+    ),
+    (
         '[[services]]\nname = "a"\nhealth = { path = "/a b" }\n',
         "services[0].health.path: expected a path starting with '/' (printable ASCII, "
         "no spaces), got '/a b'",
@@ -406,6 +420,11 @@ ERRORS: list[tuple[str, str, int | None]] = [
         7,
     ),
     ('[edge]\nalpn = ["h3",\n  "h3"]\n', "edge.alpn[1]: duplicate protocol 'h3'", 3),
+    (
+        '[edge]\ncipher_suites = ["TLS_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"]\n',
+        "edge.cipher_suites[1]: duplicate cipher suite 'TLS_AES_128_GCM_SHA256'",
+        2,
+    ),
     # missing required keys (located at their table)
     (SERVICE.replace('name = "api"\n', ""), "services[0].name: missing required key 'name'", 1),
     (
@@ -430,6 +449,11 @@ ERRORS: list[tuple[str, str, int | None]] = [
         3,
     ),
     ("[edge]\nalpn = []\n", "edge.alpn: at least one protocol is required", 2),
+    (
+        "[edge]\ncipher_suites = []\n",
+        "edge.cipher_suites: at least one cipher suite is required",
+        2,
+    ),
     # keys that do not fit the rest
     (
         SERVICE.replace('"http"', '"static"'),
