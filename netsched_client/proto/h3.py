@@ -169,6 +169,10 @@ class H3Protocol:
         self._aborted.discard(stream_id)
 
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]:
+        if isinstance(event, StopSendingReceived) and self._quic.configuration.is_client:
+            # The server stopped reading the request; its response may still come, and a
+            # client must not discard it (RFC 9114 §4.1). aioquic reset our sending side.
+            return []
         if isinstance(event, StreamReset | StopSendingReceived):
             if event.stream_id in self._aborted:
                 return []

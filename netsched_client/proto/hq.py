@@ -118,6 +118,10 @@ class HQProtocol:
         self._pending.pop(stream_id, None)
 
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]:
+        if isinstance(event, StopSendingReceived) and self._quic.configuration.is_client:
+            # The server stopped reading the request; its response may still come, and a
+            # client must not discard it (RFC 9114 §4.1). aioquic reset our sending side.
+            return []
         if isinstance(event, StreamReset | StopSendingReceived):
             if event.stream_id in self._aborted:
                 return []
