@@ -9,7 +9,7 @@ the results carry that note.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -17,19 +17,22 @@ from netsched_lab.impairment import GilbertElliott, LinkSpec, PathProfile
 
 from .keylog import (
     INITIAL_MAX_STREAMS_BIDI,
+    _transport_parameters,
     key_phases,
     parse_keylog,
     server_cipher_suite,
     server_transport_parameters,
     varint_value,
 )
-from .tap import Trace
+from .programs.multipath import ABANDON_AT
+from .tap import Address, Trace
 from .wire import (
     CHACHA20_POLY1305_SHA256,
     QUIC_V1,
     QUIC_V2,
     PacketType,
     offered_cipher_suites,
+    offered_transport_parameters,
 )
 
 KB = 1 << 10
@@ -65,15 +68,30 @@ Rule = Callable[[Trace], str | None]
 
 
 @dataclass(frozen=True, slots=True)
+class PathCut:
+    """Blackhole one client IP for good once the server has sent `after_bytes` (mp-failover)."""
+
+    client_ip: str
+    after_bytes: int
+
+    @property
+    def label(self) -> str:
+        """The name of the moment in the trace (`Trace.mark`)."""
+        return f"blackhole {self.client_ip}"
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """The runner's ns-3 link for a case, played by the path lab relay (netsched_lab).
 
     `blackout` = (on_s, off_s): the link works for on_s seconds, then drops
     everything for off_s seconds, and again, as the runner's blackhole scenario.
+    `cut`: one path (client IP) goes dark mid-transfer and stays dark.
     """
 
     profile: PathProfile
     blackout: tuple[float, float] | None = None
+    cut: PathCut | None = None
     description: str = ""
 
 
@@ -91,6 +109,7 @@ class Case:
     weaker: str = ""  # what of the runner's rule the tap cannot check
     pending: str = ""  # non-empty: the case cannot run yet, and why
     scenario: Scenario | None = None  # None: client and server meet through the tap only
+    client_locals: tuple[str, ...] = ()  # the client's local addresses (LOCALS), one path each
     # TESTCASE as the runner names it to each endpoint (multiplexing is "transfer" to both).
     endpoint_names: dict[Side, str] = field(default_factory=dict)
 
@@ -205,18 +224,122 @@ def key_updated(trace: Trace) -> str | None:
 
 def stream_limit_at_most_1000(trace: Trace) -> str | None:
     """The runner's multiplexing rule: the server's initial_max_streams_bidi is <= 1000."""
-    secrets = parse_keylog(trace.keylog)
-    suite = _negotiated_suite(trace)
-    if secrets.server_handshake is None or suite is None:
-        return "couldn't check stream limit: no key log with handshake secrets"
-    handshakes = trace.of(PacketType.HANDSHAKE, from_client=False)
-    parameters = server_transport_parameters(handshakes, secrets.server_handshake, suite)
-    if parameters is None:
-        return "couldn't check stream limit: server transport parameters not found"
+    parameters = _server_parameters(trace)
+    if isinstance(parameters, str):
+        return f"couldn't check stream limit: {parameters}"
     limit = varint_value(parameters.get(INITIAL_MAX_STREAMS_BIDI, b"\x00"))
     if limit is None or limit > 1000:
         return f"server set a stream limit > 1000 ({limit})"
     return None
+
+
+def _server_parameters(trace: Trace) -> dict[int, bytes] | str:
+    """The server's transport parameters (EncryptedExtensions, with the key log), or why not."""
+    secrets = parse_keylog(trace.keylog)
+    suite = _negotiated_suite(trace)
+    if secrets.server_handshake is None or suite is None:
+        return "no key log with handshake secrets"
+    handshakes = trace.of(PacketType.HANDSHAKE, from_client=False)
+    parameters = server_transport_parameters(handshakes, secrets.server_handshake, suite)
+    return "server transport parameters not found" if parameters is None else parameters
+
+
+# ---------------------------------------------------------------- multipath rules
+
+INITIAL_MAX_PATH_ID = 0x3E  # draft-ietf-quic-multipath-21 §2.1
+# "A real share": each path carries at least this part of what the server sent
+# (256 KB of a 5 MB file), far above ACKs, PATH_CHALLENGE and other control
+# traffic (a few kB). Not more: picoquic's own scheduler sometimes gives one
+# path as little as 13 % (measured in its baseline), which is still real use.
+MIN_PATH_SHARE = 0.05
+# What the other path must carry after one went away (mp-failover, mp-abandon):
+# most of the rest of the transfer, with room for what was in flight.
+MIN_BYTES_AFTER = 1 * MB
+
+
+def multipath_negotiated(trace: Trace) -> str | None:
+    """Both sides sent initial_max_path_id (which is what negotiates multipath):
+    the client in its ClientHello (public Initial keys), the server in its
+    EncryptedExtensions (the key log's server handshake secret)."""
+    client = offered_transport_parameters(trace.of(PacketType.INITIAL, from_client=True))
+    if client is None:
+        return "could not read the client's transport parameters from its Initial packets"
+    if INITIAL_MAX_PATH_ID not in (_transport_parameters(client) or {}):
+        return "the client did not offer multipath (no initial_max_path_id 0x3e in its ClientHello)"
+    server = _server_parameters(trace)
+    if isinstance(server, str):
+        return f"couldn't check the server's initial_max_path_id: {server}"
+    if INITIAL_MAX_PATH_ID not in server:
+        return "the server did not accept multipath (no initial_max_path_id 0x3e)"
+    return None
+
+
+def data_on_two_paths(trace: Trace) -> str | None:
+    """Two client addresses each carried a real share of the server's bytes."""
+    total = trace.server_total
+    shares = {a: p.server_bytes for a, p in trace.paths.items()}
+    carrying = [a for a, sent in shares.items() if total and sent >= MIN_PATH_SHARE * total]
+    if len(carrying) >= 2:
+        return None
+    return (
+        f"expected server data on two paths, each at least {MIN_PATH_SHARE:.0%} of "
+        f"{total} bytes; got {_by_path(shares)}"
+    )
+
+
+def failed_over(cut: PathCut) -> Rule:
+    """The cut path was in use before the blackhole, the other path carried the rest."""
+
+    def rule(trace: Trace) -> str | None:
+        mark = next((m for m in trace.marks if m.label == cut.label), None)
+        if mark is None:
+            return f"the path was never cut: the server sent {trace.server_total} bytes in all"
+        before = sum(mark.server_bytes.values())
+        cut_before = sum(n for a, n in mark.server_bytes.items() if a[0] == cut.client_ip)
+        if cut_before < MIN_PATH_SHARE * before:
+            return (
+                f"the cut path {cut.client_ip} was not in use: {cut_before} of the {before} "
+                f"server bytes before the cut ({_by_path(mark.server_bytes)})"
+            )
+        after = sum(
+            p.server_bytes - mark.server_bytes.get(a, 0)
+            for a, p in trace.paths.items()
+            if a[0] != cut.client_ip
+        )
+        if after < MIN_BYTES_AFTER:
+            return f"the other paths carried only {after} server bytes after the cut"
+        return None
+
+    return rule
+
+
+def abandoned_and_went_on(trace: Trace) -> str | None:
+    """The client reported a PATH_ABANDON; after the path's last server datagram the
+    server went on over the other path (client report + trace)."""
+    report = next((r for r in trace.client_reports if r.get("event") == "abandon"), None)
+    if report is None:
+        return "the client reported no abandoned path"
+    if report.get("ret", 0) != 0:
+        return f"the client could not abandon the path: {report}"
+    local = report.get("local")
+    gone = [p for a, p in trace.paths.items() if a[0] == local]
+    if not gone or sum(p.server_bytes for p in gone) < MIN_PATH_SHARE * ABANDON_AT:
+        return f"the abandoned path ({local}) was not in use: {_by_path(_server_bytes(trace))}"
+    after = trace.server_total - max(p.server_total_at_last for p in gone)
+    if after < MIN_BYTES_AFTER:
+        return (
+            f"the server sent only {after} bytes after its last datagram on the abandoned "
+            f"path {local} ({_by_path(_server_bytes(trace))})"
+        )
+    return None
+
+
+def _server_bytes(trace: Trace) -> dict[Address, int]:
+    return {a: p.server_bytes for a, p in trace.paths.items()}
+
+
+def _by_path(server_bytes: Mapping[Address, int]) -> str:
+    return ", ".join(f"{h}:{p} {n}" for (h, p), n in server_bytes.items()) or "no paths"
 
 
 def _hex(values: set[int], width: int = 10) -> str:
@@ -225,8 +348,18 @@ def _hex(values: set[int], width: int = 10) -> str:
 
 # ---------------------------------------------------------------- the cases
 
-# NetSched's multipath has landed (issue #3); the multipath peer has not.
-_MP_PENDING = "needs the picoquic multipath peer (C API via ctypes, DESIGN.md §2)"
+# The client's paths in the mp-* cases: two loopback IPs, as issue #4's demo.
+MULTIPATH_LOCALS = ("127.0.0.1", "127.0.0.2")
+_MULTIPATH = frozenset({Feature.MULTIPATH})
+_MP_FILE = 5 * MB
+# mp-failover: the path that goes dark, once a fifth of the file is through.
+_CUT = PathCut(MULTIPATH_LOCALS[0], after_bytes=_MP_FILE // 5)
+_FAILOVER = Scenario(
+    PathProfile(),
+    cut=_CUT,
+    description=f"no impairment; {_CUT.client_ip} blackholed for good after "
+    f"{_CUT.after_bytes} server bytes",
+)
 
 _TRANSFER_SIZES = (2 * MB, 3 * MB, 5 * MB)
 
@@ -256,6 +389,30 @@ _BLACKHOLE = Scenario(
     blackout=(5.0, 2.0),
     description="15 ms, 10 Mbit/s, queue 25 packets; on 5 s / off 2 s",
 )
+
+
+def _multipath_case(
+    name: str,
+    abbreviation: str,
+    description: str,
+    *rules: Rule,
+    size: int = _MP_FILE,
+    locals_: tuple[str, ...] = MULTIPATH_LOCALS,
+    scenario: Scenario | None = None,
+) -> Case:
+    """An mp-* case: both sides must do multipath, and every such case checks it was negotiated."""
+    return Case(
+        name,
+        abbreviation,
+        description,
+        (size,),
+        (one_handshake, version_v1, multipath_negotiated, *rules),
+        client_needs=_MULTIPATH,
+        server_needs=_MULTIPATH,
+        scenario=scenario,
+        client_locals=locals_,
+    )
+
 
 CASES: tuple[Case, ...] = (
     Case(
@@ -352,50 +509,42 @@ CASES: tuple[Case, ...] = (
         endpoint_names={Side.CLIENT: "transfer", Side.SERVER: "transfer"},
         scenario=_BLACKHOLE,
     ),
-    Case(
+    _multipath_case(
         "mp-handshake",
         "MH",
-        "Multipath (0x3e) is negotiated.",
-        (1 * KB,),
-        (one_handshake,),
-        client_needs=frozenset({Feature.MULTIPATH}),
-        server_needs=frozenset({Feature.MULTIPATH}),
-        pending=_MP_PENDING,
+        "Multipath is negotiated: initial_max_path_id (0x3e) in the client's ClientHello "
+        "(public Initial keys) and the server's EncryptedExtensions (key log).",
+        size=1 * KB,
+        locals_=MULTIPATH_LOCALS[:1],
     ),
-    Case(
+    _multipath_case(
         "mp-transfer",
         "MT",
-        "A transfer uses two paths.",
-        (5 * MB,),
-        (one_handshake,),
-        client_needs=frozenset({Feature.MULTIPATH}),
-        server_needs=frozenset({Feature.MULTIPATH}),
-        pending=_MP_PENDING,
+        "A 5 MB transfer over two paths (127.0.0.1, 127.0.0.2): the tap sees each carry at "
+        f"least {MIN_PATH_SHARE:.0%} of the server's bytes.",
+        data_on_two_paths,
     ),
-    Case(
+    _multipath_case(
         "mp-failover",
         "MF",
-        "One path is blackholed mid-transfer; the transfer completes on the other.",
-        (5 * MB,),
-        (one_handshake,),
-        client_needs=frozenset({Feature.MULTIPATH}),
-        server_needs=frozenset({Feature.MULTIPATH}),
-        pending=_MP_PENDING,
+        "One of two paths is blackholed (relay) after 1 MB; the transfer completes on the "
+        "other: the tap sees the cut path in use before and 1 MB on the other after.",
+        failed_over(_CUT),
+        scenario=_FAILOVER,
     ),
-    Case(
+    _multipath_case(
         "mp-abandon",
         "MA",
-        "A path is abandoned and the connection goes on.",
-        (1 * MB,),
-        (one_handshake,),
-        client_needs=frozenset({Feature.MULTIPATH}),
-        server_needs=frozenset({Feature.MULTIPATH}),
-        pending=_MP_PENDING,
+        "The client abandons its first path (PATH_ABANDON) after 1 MB and the transfer goes "
+        "on: the client's report names the path; the tap sees 1 MB more on the other after "
+        "the abandoned path's last server datagram.",
+        abandoned_and_went_on,
     ),
 )
 
 CASES_BY_NAME = {case.name: case for case in CASES}
-CI_CASES = ("handshake", "transfer", "retry")
+# mp-handshake and mp-transfer run only with picoquic among the CI peers (4 tests, ~5 s).
+CI_CASES = ("handshake", "transfer", "retry", "mp-handshake", "mp-transfer")
 
 
 def select(names: list[str] | None) -> tuple[Case, ...]:

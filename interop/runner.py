@@ -24,14 +24,17 @@ from netsched_edge.tls import generate_self_signed
 from netsched_lab.relay import UdpRelay
 
 from . import known, procs, www
-from .cases import H3, HQ, Case, Role, Scenario, Side, check
+from .cases import H3, HQ, Case, PathCut, Role, Scenario, Side, check
 from .peers import Job, Peer
 from .programs.contract import EXIT_UNSUPPORTED
+from .programs.multipath import LOCALS, parse_reports
 from .results import Result, Verdict
 from .tap import LOOPBACK, Tap, Trace
 
 SERVER_START_TIMEOUT_S = 15.0
 LOG_TAIL_CHARS = 300
+CUT_POLL_S = 0.005  # how often the relay looks at the tap's byte count for a PathCut
+MAX_CLIENT_LOG = 4 << 20  # what of client.log is read for reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,7 @@ class Runner:
             trace={**outcome.trace.summary(), **({"link": outcome.link} if outcome.link else {})},
         )
         outcome.trace.keylog = read_keylog(logdir)
+        outcome.trace.client_reports = read_reports(logdir / "client.log")
         (logdir / "trace.json").write_text(json.dumps(result.trace, indent=2))
         return judge(result, case, outcome, logdir, self.settings.known_issues)
 
@@ -191,9 +195,11 @@ class Runner:
                 client_job = replace(
                     self._job(Side.CLIENT, case, alpn, tap_port, root, logdir), requests=urls
                 )
-                client = await procs.start(pairing.client.launch(client_job), logdir / "client.log")
+                client = await procs.start(
+                    client_launch(pairing.client, client_job, case), logdir / "client.log"
+                )
                 if link is not None:
-                    link.start_blackouts()
+                    link.start_events(tap.trace)
                 outcome.exit_code = await client.wait(case.timeout_s)
                 outcome.server_exit = server.returncode
                 if outcome.exit_code is None:
@@ -239,20 +245,31 @@ class Runner:
         }
 
 
+def client_launch(peer: Peer, job: Job, case: Case) -> procs.Launch:
+    """The client's launch, with the case's local addresses (LOCALS) where it has them."""
+    launch = peer.launch(job)
+    if not case.client_locals:
+        return launch
+    return replace(launch, env={**launch.env, LOCALS: " ".join(case.client_locals)})
+
+
 class _Link:
     """The path lab relay between the tap and the server, playing a case's scenario."""
 
     def __init__(self, scenario: Scenario, server_port: int, seed: int) -> None:
         self._scenario = scenario
         self._relay = UdpRelay((LOOPBACK, server_port), default=scenario.profile, seed=seed)
-        self._blackouts: asyncio.Task[None] | None = None
+        self._events: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         return int((await self._relay.start())[1])
 
-    def start_blackouts(self) -> None:
+    def start_events(self, trace: Trace) -> None:
+        """Start the scenario's blackouts or path cut, against the running transfer."""
         if self._scenario.blackout is not None:
-            self._blackouts = asyncio.create_task(self._cycle(*self._scenario.blackout))
+            self._events = asyncio.create_task(self._cycle(*self._scenario.blackout))
+        elif self._scenario.cut is not None:
+            self._events = asyncio.create_task(self._cut(self._scenario.cut, trace))
 
     async def _cycle(self, on_s: float, off_s: float) -> None:
         # The tap's upstream socket is the relay's only client, on LOOPBACK.
@@ -262,14 +279,31 @@ class _Link:
             await asyncio.sleep(off_s)
             self._relay.restore(LOOPBACK)
 
+    async def _cut(self, cut: PathCut, trace: Trace) -> None:
+        # Counted in bytes the tap passed to the client, not in time: the cut
+        # falls at the same point of the transfer on a fast or a slow machine.
+        while trace.server_total < cut.after_bytes:
+            await asyncio.sleep(CUT_POLL_S)
+        self._relay.blackhole(cut.client_ip)
+        trace.mark(cut.label)
+
     async def stop(self) -> dict[str, object]:
-        """Stop the relay; its per-direction counters."""
-        if self._blackouts is not None:
-            self._blackouts.cancel()
+        """Stop the relay; its per-direction counters (per client IP when there are several)."""
+        if self._events is not None:
+            self._events.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._blackouts
-        up, down = self._relay.stats(LOOPBACK)
+                await self._events
+        ips = self._relay.client_ips()
+        counters: dict[str, object] = (
+            self._counters(LOOPBACK)
+            if set(ips) <= {LOOPBACK}
+            else {ip: self._counters(ip) for ip in ips}
+        )
         await self._relay.stop()
+        return counters
+
+    def _counters(self, client_ip: str) -> dict[str, object]:
+        up, down = self._relay.stats(client_ip)
         return {
             name: {"packets": stats.packets_in, "dropped": stats.dropped}
             for name, stats in (("client_to_server", up), ("server_to_client", down))
@@ -318,6 +352,15 @@ def read_keylog(logdir: Path) -> str:
         if "SERVER_HANDSHAKE_TRAFFIC_SECRET" in text:
             return text
     return ""
+
+
+def read_reports(log: Path) -> list[dict[str, object]]:
+    """What the client program reported (programs/multipath.py), from its log."""
+    try:
+        with log.open(errors="replace") as file:
+            return parse_reports(file.read(MAX_CLIENT_LOG))
+    except OSError:
+        return []
 
 
 def _run_problems(outcome: Outcome, logdir: Path) -> list[str]:

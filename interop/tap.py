@@ -4,8 +4,11 @@ It stands where the interop runner's network simulator and pcap stand: the
 client talks to the tap's port, the tap talks to the server from one socket per
 client address (a NAT, so the server sees a stable address and Retry tokens
 stay valid), and every datagram is parsed with `wire.parse_datagram` into a
-`Trace` that the pass rules read. It neither drops nor delays anything; loss
-and delay belong to the impairment relay (netsched_lab) once that exists.
+`Trace` that the pass rules read. Each upstream socket is bound to its client's
+own loopback IP, so a multipath client on 127.0.0.1 and 127.0.0.2 stays two
+paths for the relay (which impairs per client IP) and the server; the trace
+counts bytes per client address, which is per path. It neither drops nor
+delays anything; loss and delay belong to the path lab relay (netsched_lab).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import asyncio
 import contextlib
 import socket
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from .wire import Packet, PacketType, WireError, parse_datagram
 
 LOOPBACK = "127.0.0.1"
 MAX_CLIENT_ADDRESSES = 64  # a case opens a few connections; more means a runaway peer
 MAX_RECORDED_PACKETS = 100_000  # long-header packets kept, and 1-RTT prefixes per direction
+MAX_MARKS = 16  # the runner marks a handful of network events per test
+SUMMARY_PATHS = 8  # per-path counters in the summary up to this many client addresses
 SOCKET_BUFFER = 8 << 20  # bursts of a fast peer must not overflow the tap's receive queue
 SO_RCVBUFFORCE = 33  # Linux: as root, beyond net.core.rmem_max
 SO_SNDBUFFORCE = 32
@@ -34,12 +40,34 @@ class Observed:
     packet: Packet
 
 
+@dataclass(slots=True)
+class PathTraffic:
+    """What one client address (one path, as the tap sees it) carried, in bytes."""
+
+    client_bytes: int = 0
+    server_bytes: int = 0
+    # All paths' server bytes when this path's last server datagram passed: what
+    # the server sent after it is `Trace.server_total - server_total_at_last`.
+    server_total_at_last: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Something the runner did to the network, with the server bytes per path at that moment."""
+
+    label: str
+    server_bytes: Mapping[Address, int]
+
+
 class Trace:
     """Packets seen by the tap, in arrival order (long headers), plus counters.
 
     `short_headers[from_client]` keeps the first bytes of each 1-RTT packet
     (enough to read its key phase with the key log); `keylog` is the key log
-    text an endpoint wrote, set by the runner once the test is over.
+    text an endpoint wrote, and `client_reports` what the client program
+    reported (programs/multipath.py), both set by the runner once the test is
+    over. `paths` counts bytes per client address; `marks` are the runner's
+    network events (`mark`).
     """
 
     def __init__(self) -> None:
@@ -51,10 +79,20 @@ class Trace:
         self.one_rtt: Counter[bool] = Counter()
         self.unparsable = 0
         self.dropped_records = 0
+        self.paths: dict[Address, PathTraffic] = {}
+        self.marks: list[Mark] = []
+        self.client_reports: list[dict[str, Any]] = []
 
-    def record(self, data: bytes, *, from_client: bool) -> None:
+    @property
+    def server_total(self) -> int:
+        return self.bytes[False]
+
+    def record(self, data: bytes, *, from_client: bool, client: Address | None = None) -> None:
+        """Count and parse one datagram; `client` is the client address it came from or went to."""
         self.datagrams[from_client] += 1
         self.bytes[from_client] += len(data)
+        if client is not None:
+            self._count_path(client, len(data), from_client=from_client)
         try:
             packets = parse_datagram(data)
         except WireError:
@@ -71,6 +109,24 @@ class Trace:
                 self.packets.append(Observed(from_client, packet))
             else:
                 self.dropped_records += 1
+
+    def _count_path(self, client: Address, size: int, *, from_client: bool) -> None:
+        path = self.paths.get(client)
+        if path is None:
+            if len(self.paths) >= MAX_CLIENT_ADDRESSES:
+                return
+            path = self.paths[client] = PathTraffic()
+        if from_client:
+            path.client_bytes += size
+        else:
+            path.server_bytes += size
+            path.server_total_at_last = self.server_total
+
+    def mark(self, label: str) -> None:
+        """Note a network event now, against the bytes each path carried so far."""
+        if len(self.marks) < MAX_MARKS:
+            snapshot = {client: path.server_bytes for client, path in self.paths.items()}
+            self.marks.append(Mark(label, snapshot))
 
     def of(self, kind: PacketType, *, from_client: bool) -> list[Packet]:
         return [
@@ -91,6 +147,15 @@ class Trace:
         kinds = Counter(
             f"{'client' if o.from_client else 'server'} {o.packet.kind}" for o in self.packets
         )
+        paths: dict[str, object] = {"client_addresses": len(self.paths)}
+        if len(self.paths) <= SUMMARY_PATHS:
+            paths = {
+                f"{host}:{port}": {"client": p.client_bytes, "server": p.server_bytes}
+                for (host, port), p in self.paths.items()
+            }
+        marks = {
+            m.label: {f"{h}:{p}": n for (h, p), n in m.server_bytes.items()} for m in self.marks
+        }
         return {
             "datagrams": {"client": self.datagrams[True], "server": self.datagrams[False]},
             "bytes": {"client": self.bytes[True], "server": self.bytes[False]},
@@ -101,6 +166,8 @@ class Trace:
                 f"{v:#010x}" for v in self.versions(PacketType.INITIAL, from_client=False)
             ),
             "unparsable_datagrams": self.unparsable,
+            "paths": paths,
+            **({"marks": marks} if marks else {}),
         }
 
 
@@ -109,7 +176,7 @@ class _Upstream(asyncio.DatagramProtocol):
 
     def __init__(self, tap: Tap, client: Address) -> None:
         self._tap = tap
-        self._client = client
+        self.client = client
         self.transport: asyncio.DatagramTransport | None = None
         self.pending: list[bytes] = []
 
@@ -127,8 +194,8 @@ class _Upstream(asyncio.DatagramProtocol):
             self.transport.sendto(data)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._tap.trace.record(data, from_client=False)
-        self._tap.to_client(data, self._client)
+        self._tap.trace.record(data, from_client=False, client=self.client)
+        self._tap.to_client(data, self.client)
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while a server restarts: QUIC recovers, so do we
@@ -158,7 +225,7 @@ class Tap(asyncio.DatagramProtocol):
         return int(transport.get_extra_info("sockname")[1])
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.trace.record(data, from_client=True)
+        self.trace.record(data, from_client=True, client=addr)
         upstream = self._upstreams.get(addr)
         if upstream is None:
             if len(self._upstreams) >= MAX_CLIENT_ADDRESSES:
@@ -173,9 +240,11 @@ class Tap(asyncio.DatagramProtocol):
 
     async def _open(self, upstream: _Upstream) -> None:
         loop = asyncio.get_running_loop()
+        # The client's own IP: the relay and the server tell paths apart by it.
+        host = upstream.client[0] if _is_loopback(upstream.client[0]) else self._host
         with contextlib.suppress(OSError):
             await loop.create_datagram_endpoint(
-                lambda: upstream, local_addr=(self._host, 0), remote_addr=self._server
+                lambda: upstream, local_addr=(host, 0), remote_addr=self._server
             )
 
     def to_client(self, data: bytes, client: Address) -> None:

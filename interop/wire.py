@@ -26,6 +26,7 @@ RETRY_TAG_SIZE = 16
 SHORT_HEADER_PREFIX = 1 + 20 + 4 + 16
 MAX_CID_LENGTH = 20
 CHACHA20_POLY1305_SHA256 = 0x1303
+TRANSPORT_PARAMETERS_EXTENSION = 0x39  # RFC 9001 §8.2
 # Bounds on what the observer reassembles: a ClientHello is a few kB even with
 # post-quantum key shares; anything past this is not a ClientHello we can read.
 MAX_CLIENT_HELLO = 64 * 1024
@@ -224,6 +225,48 @@ def client_hello_cipher_suites(handshake: bytes) -> tuple[int, ...] | None:
 
     None when the bytes are not (yet) a whole enough ClientHello.
     """
+    found = _cipher_suites_field(handshake)
+    if found is None:
+        return None
+    offset, length = found
+    return tuple(
+        int.from_bytes(handshake[i : i + 2], "big") for i in range(offset, offset + length, 2)
+    )
+
+
+def client_hello_extensions(handshake: bytes) -> dict[int, bytes] | None:
+    """The extensions of the TLS ClientHello at the start of `handshake`, by type.
+
+    None when the bytes are not (yet) a whole enough ClientHello.
+    """
+    found = _cipher_suites_field(handshake)
+    if found is None:
+        return None
+    offset = sum(found)
+    # legacy_compression_methods <1..2^8-1>, then extensions <8..2^16-1>.
+    if offset + 1 > len(handshake):
+        return None
+    offset += 1 + handshake[offset]
+    if offset + 2 > len(handshake):
+        return None
+    end = offset + 2 + int.from_bytes(handshake[offset : offset + 2], "big")
+    if end > len(handshake):
+        return None
+    extensions: dict[int, bytes] = {}
+    offset += 2
+    while offset + 4 <= end:
+        kind = int.from_bytes(handshake[offset : offset + 2], "big")
+        length = int.from_bytes(handshake[offset + 2 : offset + 4], "big")
+        offset += 4
+        if offset + length > end:
+            return None
+        extensions.setdefault(kind, handshake[offset : offset + length])
+        offset += length
+    return extensions
+
+
+def _cipher_suites_field(handshake: bytes) -> tuple[int, int] | None:
+    """(offset, length) of a ClientHello's cipher_suites, or None."""
     # Handshake header: type (1 = ClientHello), 24-bit length; then legacy_version,
     # random (32), legacy_session_id <0..32>, cipher_suites <2..2^16-2>.
     if len(handshake) < 4 + 2 + 32 + 1 or handshake[0] != 1:
@@ -236,9 +279,7 @@ def client_hello_cipher_suites(handshake: bytes) -> tuple[int, ...] | None:
     offset += 2
     if length % 2 or offset + length > len(handshake):
         return None
-    return tuple(
-        int.from_bytes(handshake[i : i + 2], "big") for i in range(offset, offset + length, 2)
-    )
+    return offset, length
 
 
 def offered_cipher_suites(client_initials: Sequence[Packet]) -> tuple[int, ...] | None:
@@ -247,8 +288,19 @@ def offered_cipher_suites(client_initials: Sequence[Packet]) -> tuple[int, ...] 
     Only the first connection attempt is read (its DCID's packets): a client
     offers the same suites again after a Retry.
     """
+    return client_hello_cipher_suites(client_hello(client_initials))
+
+
+def offered_transport_parameters(client_initials: Sequence[Packet]) -> bytes | None:
+    """The ClientHello's quic_transport_parameters extension (RFC 9001 §8.2), undecoded."""
+    extensions = client_hello_extensions(client_hello(client_initials))
+    return None if extensions is None else extensions.get(TRANSPORT_PARAMETERS_EXTENSION)
+
+
+def client_hello(client_initials: Sequence[Packet]) -> bytes:
+    """The ClientHello bytes of the first connection attempt (its DCID's Initials)."""
     if not client_initials:
-        return None
+        return b""
     first_dcid = client_initials[0].dcid
     chunks = [
         chunk
@@ -256,4 +308,4 @@ def offered_cipher_suites(client_initials: Sequence[Packet]) -> tuple[int, ...] 
         if packet.dcid == first_dcid
         for chunk in initial_crypto_data(packet, from_client=True)
     ]
-    return client_hello_cipher_suites(reassemble(chunks))
+    return reassemble(chunks)

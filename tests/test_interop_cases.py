@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,15 +10,23 @@ import pytest
 from interop.cases import (
     CASES,
     CASES_BY_NAME,
+    CI_CASES,
     H3,
     HQ,
+    MULTIPATH_LOCALS,
     Feature,
+    PathCut,
     Role,
+    abandoned_and_went_on,
     check,
+    data_on_two_paths,
+    failed_over,
+    multipath_negotiated,
     select,
 )
 from interop.peers import NETSCHED, registry
 from interop.peers.base import Peer
+from interop.programs.multipath import ABANDON_AT
 from interop.runner import pairings, plan
 from interop.tap import Observed, Trace
 from interop.wire import QUIC_V1, QUIC_V2, Packet, PacketType
@@ -97,7 +106,17 @@ def test_chacha20_rule_needs_a_readable_client_hello() -> None:
 def test_case_table() -> None:
     assert [c.name for c in CASES][:4] == ["handshake", "transfer", "multiplexing", "retry"]
     assert CASES_BY_NAME["transfer"].file_sizes == (2 << 20, 3 << 20, 5 << 20)
-    assert all(c.pending for c in CASES if c.name.startswith("mp-"))
+    multipath = [c for c in CASES if c.name.startswith("mp-")]
+    assert [c.name for c in multipath] == [
+        "mp-handshake",
+        "mp-transfer",
+        "mp-failover",
+        "mp-abandon",
+    ]
+    assert all(not c.pending and multipath_negotiated in c.rules for c in multipath)
+    assert all(c.client_needs == c.server_needs == {Feature.MULTIPATH} for c in multipath)
+    assert CASES_BY_NAME["mp-transfer"].client_locals == MULTIPATH_LOCALS
+    assert {"mp-handshake", "mp-transfer"} <= set(CI_CASES)
     assert CASES_BY_NAME["http3"].alpn == H3
     assert [c.name for c in select(["retry", "handshake"])] == ["handshake", "retry"]
     with pytest.raises(ValueError, match="unknown case"):
@@ -125,8 +144,21 @@ def test_plan_refuses_what_an_endpoint_cannot_do(peers: dict[str, Peer]) -> None
     assert v2.verdict == "unsupported" and "0x709a50c4" in v2.reason
     key_update = plan(CASES_BY_NAME["keyupdate"], peers[NETSCHED], peers["aioquic"])
     assert key_update.verdict == "unsupported" and Feature.KEY_UPDATE in key_update.reason
-    pending = plan(CASES_BY_NAME["mp-transfer"], peers["picoquic"], peers["picoquic"])
-    assert pending.verdict == "pending" and "multipath peer" in pending.reason
+    waiting = replace(CASES_BY_NAME["handshake"], pending="needs a thing")
+    pending = plan(waiting, peers["picoquic"], peers["picoquic"])
+    assert (pending.verdict, pending.reason) == ("pending", "needs a thing")
+
+
+def test_multipath_runs_only_where_both_sides_do_it(peers: dict[str, Peer]) -> None:
+    case = CASES_BY_NAME["mp-transfer"]
+    for client, server in (
+        (NETSCHED, "picoquic"),
+        ("picoquic", NETSCHED),
+        ("picoquic", "picoquic"),
+    ):
+        assert plan(case, peers[client], peers[server]).alpn == HQ
+    refused = plan(case, peers[NETSCHED], peers["aioquic"])
+    assert refused.verdict == "unsupported" and "aioquic server" in refused.reason
 
 
 def test_pairings_put_netsched_on_the_right_side(peers: dict[str, Peer]) -> None:
@@ -148,3 +180,64 @@ def test_plan_notes_the_impaired_link(peers: dict[str, Peer]) -> None:
     scenario = CASES_BY_NAME["blackhole"].scenario
     assert scenario is not None and scenario.blackout == (5.0, 2.0)
     assert scenario.profile.up.rate_mbps == 10.0
+
+
+# ---------------------------------------------------------------- multipath rules
+
+MB = 1 << 20
+A, B = ("127.0.0.1", 5000), ("127.0.0.2", 6000)
+
+
+def traffic(*steps: tuple[tuple[str, int], int]) -> Trace:
+    """A trace of server datagrams of `size` bytes to each client address, in order."""
+    t = Trace()
+    for client, size in steps:
+        t.record(b"\x40" + bytes(size - 1), from_client=False, client=client)
+    return t
+
+
+def test_two_paths_rule_wants_a_real_share_on_each() -> None:
+    assert data_on_two_paths(traffic((A, 3 * MB), (B, 2 * MB))) is None
+    lopsided = data_on_two_paths(traffic((A, 5 * MB), (B, 100_000)))  # under 5 %
+    assert lopsided is not None and "127.0.0.2:6000 100000" in lopsided
+    assert data_on_two_paths(Trace()) == (
+        "expected server data on two paths, each at least 5% of 0 bytes; got no paths"
+    )
+
+
+def test_failover_rule_reads_the_cut_against_the_bytes() -> None:
+    cut = PathCut("127.0.0.1", after_bytes=MB)
+    rule = failed_over(cut)
+    t = traffic((A, MB // 2), (B, MB // 2))
+    assert rule(t) == f"the path was never cut: the server sent {MB} bytes in all"
+    t.mark(cut.label)
+    t.record(bytes(4 * MB), from_client=False, client=B)
+    assert rule(t) is None
+    idle = traffic((B, MB))
+    idle.mark(cut.label)
+    idle.record(bytes(4 * MB), from_client=False, client=B)
+    assert (reason := rule(idle)) is not None and "was not in use" in reason
+    stalled = traffic((A, MB // 2), (B, MB // 2))
+    stalled.mark(cut.label)
+    stalled.record(bytes(MB // 2), from_client=False, client=B)
+    assert rule(stalled) == f"the other paths carried only {MB // 2} server bytes after the cut"
+
+
+def test_abandon_rule_wants_the_report_and_the_rest_on_the_other_path() -> None:
+    went_on = traffic((A, MB // 2), (B, MB // 2), (A, 1000), (B, 3 * MB))
+    assert abandoned_and_went_on(went_on) == "the client reported no abandoned path"
+    went_on.client_reports = [{"event": "abandon", "local": "127.0.0.1", "at": ABANDON_AT}]
+    assert abandoned_and_went_on(went_on) is None
+    kept_on = traffic((A, MB // 2), (B, MB // 2), (B, 3 * MB), (A, 1000))
+    kept_on.client_reports = went_on.client_reports
+    reason = abandoned_and_went_on(kept_on)
+    assert reason is not None and reason.startswith("the server sent only 0 bytes after")
+    failed = traffic((A, MB))
+    failed.client_reports = [{"event": "abandon", "local": "127.0.0.1", "ret": 0x401}]
+    assert (reason := abandoned_and_went_on(failed)) and "could not abandon" in reason
+
+
+def test_multipath_negotiation_needs_readable_transport_parameters() -> None:
+    assert multipath_negotiated(CLEAN) == (
+        "could not read the client's transport parameters from its Initial packets"
+    )

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from interop.cases import CASES_BY_NAME, Role
+from interop.cases import CASES_BY_NAME, Role, Side
 from interop.known import KnownIssue
-from interop.peers import NETSCHED, registry
+from interop.peers import NETSCHED, Job, registry
+from interop.procs import Launch
 from interop.results import Result, Verdict
-from interop.runner import Outcome, Runner, Settings, judge, pairings
+from interop.runner import Outcome, Runner, Settings, client_launch, judge, pairings, read_reports
 from interop.tap import Observed, Trace
 from interop.wire import QUIC_V1, Packet, PacketType
 
@@ -53,7 +54,7 @@ async def test_netsched_against_itself_end_to_end(tmp_path: Path) -> None:
     try:
         results = await runner.run(
             [peers[NETSCHED], peers["aioquic"]],
-            [CASES_BY_NAME["handshake"], CASES_BY_NAME["mp-transfer"]],
+            [CASES_BY_NAME["handshake"], CASES_BY_NAME["mp-failover"]],
             [Role.CLIENT, Role.BASELINE],
         )
     finally:
@@ -68,7 +69,13 @@ async def test_netsched_against_itself_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / ours.logs["server.log"]).read_text().startswith("$ ")
     assert "SERVER_HANDSHAKE_TRAFFIC_SECRET" in (tmp_path / ours.logs["client.keys"]).read_text()
     assert json.loads((tmp_path / "logs/netsched/baseline/handshake/trace.json").read_text())
-    assert by_peer[(NETSCHED, "mp-transfer")].verdict is Verdict.PENDING
+    # Two client IPs through tap and relay; the relay cut 127.0.0.1 mid-transfer.
+    failover = by_peer[(NETSCHED, "mp-failover")]
+    assert failover.verdict is Verdict.PASS, failover.reason
+    assert list(failover.trace["marks"]) == ["blackhole 127.0.0.1"]
+    link = failover.trace["link"]
+    assert link["127.0.0.1"]["server_to_client"]["dropped"] > 0
+    assert link["127.0.0.2"]["server_to_client"]["dropped"] == 0
     # A peer whose install is missing is a setup failure, reported without running.
     missing = by_peer[("aioquic", "handshake")]
     assert missing.verdict is Verdict.SETUP_FAILED and "not installed" in missing.reason
@@ -87,3 +94,16 @@ def test_pairings_cover_each_role_once(tmp_path: Path) -> None:
     assert roles == [Role.SERVER]
     with pytest.raises(KeyError):
         pairings(peers["picoquic"], peers[NETSCHED], ["nonsense"])  # type: ignore[list-item]
+
+
+def test_client_gets_the_case_locals_and_its_reports_are_read(tmp_path: Path) -> None:
+    peers = registry(tmp_path)
+    job = Job(Side.CLIENT, "mp-transfer", "hq-interop", 4433, tmp_path, tmp_path, tmp_path / "k")
+    launch = client_launch(peers[NETSCHED], job, CASES_BY_NAME["mp-transfer"])
+    assert launch.env["LOCALS"] == "127.0.0.1 127.0.0.2"
+    plain = client_launch(peers[NETSCHED], job, CASES_BY_NAME["transfer"])
+    assert "LOCALS" not in plain.env and isinstance(plain, Launch)
+    log = tmp_path / "client.log"
+    log.write_text('$ cmd\n{"event": "abandon", "local": "127.0.0.1"}\n{"event": 3}\nnot json\n')
+    assert read_reports(log) == [{"event": "abandon", "local": "127.0.0.1"}]
+    assert read_reports(tmp_path / "missing.log") == []

@@ -3,10 +3,11 @@
 Our client ↔ a picoquic server and a picoquic client ↔ our edge, on loopback
 (127.0.0.1 and 127.0.0.2): the handshake negotiates initial_max_path_id (0x3e),
 an 8 MB hq-interop GET runs over two paths, and a path abandoned mid-transfer
-costs no byte. The picoquic side is `tests/picoquic_mp/` (ctypes on picoquic's
-C API) in a Python 3.12 venv made once under the pytest cache; without Python
-3.12 or PyPI the tests skip. picoquic writes qlog into each test's tmp_path;
-`QLOGDIR=...` adds ours.
+costs no byte. The picoquic side is `interop/programs/picoquic_mp/` (ctypes on
+picoquic's C API), the interop suite's multipath peer, run in that peer's
+Python 3.12 venv (`python -m interop setup --peers picoquic`, done here when
+missing); without Python 3.12 or PyPI the tests skip. picoquic writes qlog
+into each test's tmp_path; `QLOGDIR=...` adds ours.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-from picoquic_mp.install import Unavailable, ensure_venv
 
+from interop.peers import SetupError, default_cache
+from interop.peers.base import REPO_ROOT
+from interop.peers.picoquic import Picoquic
 from netsched_client import ConnectionLost, Session, open_session
 from netsched_client.proto.multipath import events as mpe
 from netsched_client.runtime.session import client_configuration
@@ -34,7 +36,6 @@ from netsched_edge.tls import CertificatePair, generate_self_signed
 
 pytestmark = pytest.mark.timeout(60)
 
-TESTS = Path(__file__).parent
 SIZE = 8 << 20
 # Values picoquic reports back from our transport parameters. The idle timeout is
 # unusual on purpose: it proves picoquic's struct was read at the right offsets.
@@ -134,17 +135,14 @@ def digest() -> str:
 
 
 @pytest.fixture(scope="session")
-def picoquic_python(request: pytest.FixtureRequest) -> Path:
-    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
-    venv = (
-        cache.mkdir("picoquic-venv")
-        if cache is not None
-        else Path(tempfile.gettempdir()) / "netsched-picoquic-venv"
-    )
-    try:
-        return ensure_venv(venv)
-    except Unavailable as exc:
-        pytest.skip(f"picoquic peer unavailable: {exc}")
+def picoquic_python() -> Path:
+    peer = Picoquic(default_cache())
+    if peer.status() is not None:
+        try:
+            peer.install(lambda line: None)
+        except SetupError as exc:
+            pytest.skip(f"picoquic peer unavailable: {exc}")
+    return peer.home / "venv" / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +166,7 @@ def start_peer(picoquic_python: Path, tmp_path: Path, stack: AsyncExitStack) -> 
             process = await asyncio.create_subprocess_exec(
                 str(picoquic_python),
                 "-m",
-                f"picoquic_mp.{program}",
+                f"interop.programs.picoquic_mp.{program}",
                 *args,
                 "--qlog",
                 str(workdir / "qlog"),
@@ -176,7 +174,7 @@ def start_peer(picoquic_python: Path, tmp_path: Path, stack: AsyncExitStack) -> 
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 cwd=workdir,
-                env={**os.environ, "PYTHONPATH": str(TESTS)},
+                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
             )
         peer = Peer(process, workdir)
         stack.push_async_callback(peer.stop)

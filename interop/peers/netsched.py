@@ -16,10 +16,10 @@ MAX_WWW_BODY = 64 << 20  # above the largest file a case serves (www.MAX_FILE_SI
 class NetSched(Peer):
     name = NAME
     description = "this repository: netsched_client (client) and netsched-edge (server)"
-    client_features = frozenset({Feature.CHACHA20, Feature.V2})
+    client_features = frozenset({Feature.CHACHA20, Feature.V2, Feature.MULTIPATH})
     # The edge cannot restrict its cipher suites, but it accepts a ChaCha20-only
     # client, which is what the runner's chacha20 rule checks.
-    server_features = frozenset({Feature.RETRY, Feature.V2})
+    server_features = frozenset({Feature.RETRY, Feature.V2, Feature.MULTIPATH})
 
     def status(self) -> str | None:
         return None  # runs from this checkout with the suite's own interpreter
@@ -48,7 +48,7 @@ _EDGE_ENV = ("SSLKEYLOGFILE", "QLOGDIR", "PYTHONUNBUFFERED")
 
 
 def edge_config(job: Job) -> str:
-    """The edge's TOML for one test: listen, certificate, www, Retry per test case.
+    """The edge's TOML for one test: listen, certificate, www, Retry per test case, multipath.
 
     The www service is declared rather than left to `[edge] www` alone: an
     HTTP/3 GET is a unary request, whose response the dispatcher collects up to
@@ -66,6 +66,7 @@ def edge_config(job: Job) -> str:
         f"www = {json.dumps(str(job.www))}",
         f"alpn = {json.dumps([HQ, H3])}",
         f"retry = {'true' if job.testcase == 'retry' else 'false'}",
+        "multipath = true",  # the default, said here because the mp-* cases rely on it
         "",
         "[[services]]",
         'name = "www"',

@@ -1,4 +1,8 @@
-"""picoquic 1.1.53 as bundled by aiopquic 0.6.1 (PyPI, Python >= 3.12)."""
+"""picoquic 1.1.53 as bundled by aiopquic 0.6.1 (PyPI, Python >= 3.12).
+
+Its endpoint is programs/picoquic_peer.py: aiopquic's asyncio API, except for
+the mp-* cases, which drive picoquic's C API through ctypes (programs/picoquic_mp).
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,11 @@ class Picoquic(Peer):
     description = f"picoquic via aiopquic {VERSION} (PyPI), interop/programs/picoquic_peer.py"
     client_alpns = (HQ,)
     server_alpns = (HQ,)
-    client_features = frozenset({Feature.CHACHA20, Feature.KEY_UPDATE, Feature.V2})
-    server_features = frozenset({Feature.RETRY, Feature.V2})
+    client_features = frozenset(
+        {Feature.CHACHA20, Feature.KEY_UPDATE, Feature.V2, Feature.MULTIPATH}
+    )
+    # Multipath through picoquic's C API (programs/picoquic_mp), not aiopquic's.
+    server_features = frozenset({Feature.RETRY, Feature.V2, Feature.MULTIPATH})
 
     def install(self, log: Log) -> None:
         python = make_venv(self.home / "venv", find_python312(), log)

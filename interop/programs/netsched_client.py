@@ -5,7 +5,12 @@ Runs under the project's interpreter. Per test case:
   transfer needs MAX_DATA / MAX_STREAM_DATA updates (the runner's rule);
 - chacha20: offer only TLS_CHACHA20_POLY1305_SHA256;
 - v2: start in v1 and offer v2 for compatible version negotiation;
-- keyupdate: unsupported (exit 127): the SDK has no call to request one yet.
+- keyupdate: unsupported (exit 127): the SDK has no call to request one yet;
+- mp-*: fail unless multipath was negotiated; mp-transfer, mp-failover and
+  mp-abandon open a path from each LOCALS address (`open_session(paths=...)`)
+  and fail unless two are active before the requests go out; mp-abandon
+  abandons path 0 once ABANDON_AT bytes have arrived (`Session.remove_path`).
+  Steps are reported as JSON lines (`programs/multipath.py`).
 Requests go out concurrently on one connection, as the runner asks; for
 multiconnect (handshakeloss) each URL gets a connection of its own, in turn.
 """
@@ -22,6 +27,7 @@ from aioquic.tls import CipherSuite
 
 from netsched_client import Session, open_session
 from netsched_client.proto import hq
+from netsched_client.runtime.paths import PathStats
 from netsched_client.runtime.session import client_configuration
 
 from .contract import (
@@ -33,14 +39,30 @@ from .contract import (
     unsupported,
     url_target,
 )
+from .multipath import ABANDON_AT, MULTIPATH_CASES, local_addresses, report
 
 SMALL_WINDOW = 256 << 10  # aioquic's default is 1 MiB; the 5 MB file needs many updates
 SMALL_STREAM_WINDOW = 128 << 10
-KNOWN_CASES = ("handshake", "transfer", "retry", "http3", "chacha20", "v2", "multiconnect")
+KNOWN_CASES = (
+    "handshake",
+    "transfer",
+    "retry",
+    "http3",
+    "chacha20",
+    "v2",
+    "multiconnect",
+    *MULTIPATH_CASES,
+)
 # Generous: under handshakeloss's 30 % loss a handshake can take many PTOs, which
 # double each time (seen here: one of 50 handshakes with picoquic took over 30 s);
 # the case's timeout bounds the whole run anyway.
 HANDSHAKE_TIMEOUT_S = 60.0
+PATHS_WANTED = 2  # mp-transfer, mp-failover, mp-abandon
+ABANDON_POLL_S = 0.002  # how often mp-abandon looks at the bytes received
+
+
+class MultipathError(Exception):
+    """The session cannot do what an mp-* case needs."""
 
 
 def configuration(contract: Contract, server_name: str) -> QuicConfiguration:
@@ -95,12 +117,66 @@ async def fetch(contract: Contract, urls: tuple[str, ...]) -> None:
     """Download `urls` concurrently over one connection."""
     host, port, _ = url_target(urls[0])
     session = await open_session(
-        host, port, configuration=configuration(contract, host), timeout=HANDSHAKE_TIMEOUT_S
+        host,
+        port,
+        configuration=configuration(contract, host),
+        timeout=HANDSHAKE_TIMEOUT_S,
+        paths=paths_for(contract),
     )
     try:
-        await asyncio.gather(*(download(session, contract, url) for url in urls))
+        if contract.testcase in MULTIPATH_CASES:
+            check_paths(session, contract.testcase)
+        downloads = asyncio.gather(*(download(session, contract, url) for url in urls))
+        if contract.testcase == "mp-abandon":
+            try:
+                await abandon_first_path(session, downloads)
+            except BaseException:
+                downloads.cancel()  # the session closes next; nothing is left unawaited
+                raise
+        await downloads
     finally:
+        if contract.testcase in MULTIPATH_CASES:
+            report("paths", paths=[_path_report(p) for p in session.paths])
         await session.close()
+
+
+def paths_for(contract: Contract) -> list[str] | None:
+    """The local addresses to open paths from: all of LOCALS, or its first for mp-handshake."""
+    if contract.testcase not in MULTIPATH_CASES:
+        return None
+    locals_ = list(local_addresses())
+    return locals_[:1] if contract.testcase == "mp-handshake" else locals_
+
+
+def check_paths(session: Session, testcase: str) -> None:
+    if not session.multipath:
+        raise MultipathError("the server did not negotiate multipath (no initial_max_path_id)")
+    report("multipath", negotiated=True)
+    active = [p.path_id for p in session.paths if p.state == "active"]
+    if testcase != "mp-handshake" and len(active) < PATHS_WANTED:
+        raise MultipathError(f"expected {PATHS_WANTED} active paths, got {session.paths}")
+
+
+async def abandon_first_path(session: Session, downloads: asyncio.Future[list[None]]) -> None:
+    """Abandon path 0 once ABANDON_AT bytes arrived; the downloads must still be running."""
+    while sum(p.bytes_received for p in session.paths) < ABANDON_AT:
+        if downloads.done():
+            raise MultipathError(f"the transfer ended before {ABANDON_AT} bytes arrived")
+        await asyncio.sleep(ABANDON_POLL_S)
+    first = next(p for p in session.paths if p.path_id == 0)
+    received = sum(p.bytes_received for p in session.paths)
+    session.remove_path(0)
+    report("abandon", path_id=0, local=first.local[0] if first.local else None, at=received)
+
+
+def _path_report(path: PathStats) -> dict[str, object]:
+    return {
+        "path_id": path.path_id,
+        "state": path.state,
+        "local": list(path.local) if path.local else None,
+        "bytes_received": path.bytes_received,
+        "bytes_sent": path.bytes_sent,
+    }
 
 
 def main() -> int:

@@ -4,7 +4,8 @@ Runs under Python 3.12 in aiopquic's venv. aiopquic's asyncio API drives
 picoquic on its own network thread; test cases map to its configuration:
 retry → serve(retry=True), chacha20 → cipher_suite 0x1303, keyupdate →
 key_update_interval, v2 → supported_versions [v2, v1], transfer → small
-initial flow-control windows on the client.
+initial flow-control windows on the client. aiopquic's API has no multipath
+call, so the mp-* cases go to `picoquic_mp` (picoquic's C API through ctypes).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from .contract import (
     unsupported,
     url_target,
 )
+from .multipath import MULTIPATH_CASES
+from .picoquic_mp import endpoint as multipath_endpoint
 
 ALPN = "hq-interop"
 CHACHA20 = 0x1303
@@ -200,9 +203,12 @@ def main() -> int:
         contract = from_environment()
         if contract.alpn != ALPN:
             return unsupported(contract, f"the picoquic endpoint speaks only {ALPN}")
+        if contract.downloads is not None:
+            Path(contract.downloads).mkdir(parents=True, exist_ok=True)
+        if contract.testcase in MULTIPATH_CASES:
+            return multipath_endpoint.run(contract)
         if contract.role == "server":
             return asyncio.run(run_server(contract))
-        Path(str(contract.downloads)).mkdir(parents=True, exist_ok=True)
         return asyncio.run(run_client(contract))
     except ContractError as exc:
         print(f"picoquic endpoint: {exc}", file=sys.stderr)

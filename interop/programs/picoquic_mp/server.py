@@ -1,6 +1,7 @@
 """A picoquic multipath server answering hq-interop (HTTP/0.9) GETs from a folder.
 
-Run: `python -m picoquic_mp.server --cert C --key K --www DIR [--port P] [--qlog DIR]`.
+Run: `python -m interop.programs.picoquic_mp.server --cert C --key K --www DIR [--port P]
+[--qlog DIR]` (the tests), or through `serve` (the interop endpoint, `endpoint.py`).
 Reports: `listening` (port), per connection `ready` (transport parameters
 both ways), `path` (available/suspended/deleted with the unique path ID),
 `served`, `closed` (error codes); `stats` on request (path quality per path).
@@ -12,8 +13,9 @@ import argparse
 import ctypes
 from pathlib import Path
 
+from ..multipath import report
 from . import capi
-from .loop import PacketLoop, guarded, report, udp_socket
+from .loop import PacketLoop, guarded, udp_socket
 
 MAX_REQUEST_LINE = 2048
 NOT_FOUND = 1
@@ -66,20 +68,21 @@ class HqServer:
         return target.read_bytes()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--www", type=Path, required=True)
-    parser.add_argument("--qlog", help="folder for picoquic's qlog traces")
-    args = parser.parse_args()
-
-    server = HqServer(args.www)
-    quic = capi.new_context(server.callback, cert=args.cert, key=args.key, qlog=args.qlog)
-    sock = udp_socket(args.host, args.port)
-    loop = PacketLoop(quic, [sock])
+def serve(
+    address: tuple[str, int],
+    *,
+    cert: str,
+    key: str,
+    www: Path,
+    qlog: str | None = None,
+    keylog: str | None = None,
+    control: bool = True,
+) -> None:
+    """Serve `www` on `address` until the loop stops (stdin closed, or SIGTERM)."""
+    server = HqServer(www)
+    quic = capi.new_context(server.callback, cert=cert, key=key, qlog=qlog, keylog=keylog)
+    sock = udp_socket(*address)
+    loop = PacketLoop(quic, [sock], control=control)
 
     def stats() -> None:
         connections = []
@@ -94,7 +97,19 @@ def main() -> None:
     try:
         loop.run()
     finally:
-        capi.free(quic)  # closes the qlog, so it is complete on disk
+        capi.free(quic)  # closes the qlog and the key log, so they are complete on disk
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--www", type=Path, required=True)
+    parser.add_argument("--qlog", help="folder for picoquic's qlog traces")
+    args = parser.parse_args()
+    serve((args.host, args.port), cert=args.cert, key=args.key, www=args.www, qlog=args.qlog)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 aiopquic's Python API exposes no multipath call, but its `_transport` module
 exports picoquic 1.1.53's symbols (DESIGN.md §2), so the declarations below
-are taken from picoquic.h. Layouts and enum values that our tests rely on are
-checked against known values by the tests themselves (see `transport_info`).
+are taken from picoquic.h. Layouts and enum values that we rely on are checked
+against known values by tests/test_picoquic_multipath.py (see `transport_info`).
 """
 
 from __future__ import annotations
@@ -175,6 +175,8 @@ set_default_multipath_option = _declare("picoquic_set_default_multipath_option",
 enable_path_callbacks_default = _declare("picoquic_enable_path_callbacks_default", None, _p, _int)
 set_null_verifier = _declare("picoquic_set_null_verifier", None, _p)
 set_qlog = _declare("picoquic_set_qlog", _int, _p, ctypes.c_char_p)
+enable_sslkeylog = _declare("picoquic_enable_sslkeylog", None, _p, _int)
+set_key_log_file = _declare("picoquic_set_key_log_file", None, _p, ctypes.c_char_p)
 create_client_cnx = _declare(
     "picoquic_create_client_cnx",
     _p,
@@ -268,11 +270,17 @@ def prefer_classic_key_exchange() -> None:
 
 
 def new_context(
-    callback: Any, *, cert: str | None = None, key: str | None = None, qlog: str | None = None
+    callback: Any,
+    *,
+    cert: str | None = None,
+    key: str | None = None,
+    qlog: str | None = None,
+    keylog: str | None = None,
 ) -> int:
     """A picoquic context speaking hq-interop with multipath and path events on.
 
-    With `cert` and `key` it accepts connections, else it is a client.
+    With `cert` and `key` it accepts connections, else it is a client. `keylog`
+    is an NSS key log file (SSLKEYLOGFILE), written until `free`.
     """
     quic = create(
         8,
@@ -298,6 +306,9 @@ def new_context(
     enable_path_callbacks_default(quic, 1)
     if qlog is not None:
         set_qlog(quic, qlog.encode())
+    if keylog is not None:
+        enable_sslkeylog(quic, 1)
+        set_key_log_file(quic, keylog.encode())
     return int(quic)
 
 

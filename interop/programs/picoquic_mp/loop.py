@@ -1,4 +1,4 @@
-"""A single-threaded socket loop around one picoquic context, plus the peers' report channel.
+"""A single-threaded socket loop around one picoquic context, and its control channel.
 
 picoquic's own `picoquic_packet_loop` binds the wildcard address; this loop
 binds only the loopback addresses it is given, and knows which socket is which
@@ -7,8 +7,10 @@ packet loop does: `incoming_packet_ex` for each datagram, `prepare_next_packet_e
 until it has nothing to send, then sleep until `get_next_wake_delay`. All
 callbacks therefore run on this thread, as picoquic requires.
 
-Reports go to stdout as one JSON object per line. stdin is the control
-channel: the line `stats` asks for a path-quality snapshot, end of file stops.
+Reports go to stdout as one JSON object per line. stdin, when it is the
+control channel (the tests' programs), takes the line `stats` (a path-quality
+snapshot) and stops at end of file; SIGTERM stops the loop too (the interop
+runner's way), so the context is freed and its qlog and key log are complete.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import json
 import os
 import selectors
+import signal
 import socket
 import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ..multipath import report
 from . import capi
 
 MAX_WAIT_US = 20_000  # the app's tick runs at least this often
@@ -33,10 +36,6 @@ SEND_BUFFER = 1536  # one packet per prepare call (no GSO)
 SOCKET_BUFFER = 4 << 20
 RECV_BURST = 64  # datagrams taken per wake-up before sending again, as picoquic's loop does
 SEND_BURST = 64
-
-
-def report(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def guarded(function: Callable[..., int]) -> Callable[..., int]:
@@ -67,7 +66,7 @@ def udp_socket(host: str, port: int = 0) -> socket.socket:
 
 
 class PacketLoop:
-    def __init__(self, quic: int, sockets: list[socket.socket]) -> None:
+    def __init__(self, quic: int, sockets: list[socket.socket], *, control: bool = True) -> None:
         self.quic = quic
         self.sockets = {sock.getsockname(): sock for sock in sockets}
         self._local = {sock: capi.sockaddr(sock.getsockname()) for sock in sockets}
@@ -77,9 +76,11 @@ class PacketLoop:
         self._selector = selectors.DefaultSelector()
         for sock in sockets:
             self._selector.register(sock, selectors.EVENT_READ)
-        self._selector.register(sys.stdin.fileno(), selectors.EVENT_READ)
+        if control:
+            self._selector.register(sys.stdin.fileno(), selectors.EVENT_READ)
         self._stdin = b""
         self.running = True
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         self.on_tick: Callable[[int], None] = lambda now: None
         self.on_stats: Callable[[], None] = lambda: None
 
@@ -143,6 +144,10 @@ class PacketLoop:
             # A full socket buffer is a lost packet; QUIC recovers it.
             with contextlib.suppress(BlockingIOError):
                 sock.sendto(memoryview(self._send)[: length.value], destination)
+
+    def _on_sigterm(self, _signal: int, _frame: Any) -> None:
+        # select() is resumed after the handler (PEP 475) and returns within MAX_WAIT_US.
+        self.running = False
 
     def _control(self) -> None:
         data = os.read(sys.stdin.fileno(), 4096)

@@ -1,14 +1,17 @@
-"""A picoquic multipath client: handshake, optionally a second path, an hq-interop GET.
+"""A picoquic multipath client: handshake, optionally a second path, hq-interop GETs.
 
-Run: `python -m picoquic_mp.client --port P [--second-local 127.0.0.2] [--get /path]
-[--abandon-at BYTES --abandon-path ID] [--qlog DIR]`.
+Run: `python -m interop.programs.picoquic_mp.client --port P [--second-local 127.0.0.2]
+[--get /path ...] [--downloads DIR] [--abandon-at BYTES --abandon-path ID] [--qlog DIR]`
+(the tests), or through `Client` (the interop endpoint, `endpoint.py`).
 
 Steps, each reported on stdout: `ready` (transport parameters both ways),
 `path_allowed` (the server sent CIDs for path ID 1, which it only does once
 multipath is negotiated), `probe` (picoquic_probe_new_path's return code),
-`path` events, `request`, `abandon` (return code of picoquic_abandon_path and
-the path qualities just before), `fetched` (size, SHA-256, path qualities),
-then `done` — or `failed` with the reason. Exit status 0 only after `done`.
+`path` events, `request` (one stream per path asked for, all at once),
+`abandon` (return code of picoquic_abandon_path, the local address of the
+path and the path qualities just before), `fetched` per response (size,
+SHA-256, path qualities), then `done` — or `failed` with the reason. Exit
+status 0 only after `done`.
 """
 
 from __future__ import annotations
@@ -16,29 +19,48 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..multipath import report
 from . import capi
-from .loop import PacketLoop, guarded, report, udp_socket
+from .loop import PacketLoop, guarded, udp_socket
 
 SNI = b"localhost"
 CLOSE_GRACE_US = 1_000_000  # time to send CONNECTION_CLOSE before exiting
 APPLICATION_ABANDON_PATH = 0x3E  # draft-21's PATH_ABANDON error code for "the application asked"
-REQUEST_STREAM = 0
+STREAM_ID_STEP = 4  # client-initiated bidirectional streams: 0, 4, 8, ...
+DEFAULT_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    server: tuple[str, int]
+    local: str = "127.0.0.1"
+    second_local: str | None = None
+    gets: tuple[str, ...] = ()  # request paths, one stream each
+    downloads: Path | None = None  # bodies go to DOWNLOADS/<last path segment>; None: hash only
+    abandon_at: int | None = None  # bytes received (all responses) when abandon_path goes
+    abandon_path: int = 0  # unique path ID: 0 the handshake's path, 1 the second
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    qlog: str | None = None
+    keylog: str | None = None
+    control: bool = True  # stdin is the control channel (see loop.py)
+
+    @property
+    def locals(self) -> tuple[str, ...]:
+        return (self.local, *((self.second_local,) if self.second_local else ()))
 
 
 @dataclass(slots=True)
-class Options:
-    server: tuple[str, int]
-    local: str
-    second_local: str | None
-    get: str | None
-    abandon_at: int | None
-    abandon_path: int
-    timeout_s: float
-    qlog: str | None
+class Response:
+    path: str
+    size: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    chunks: list[bytes] = field(default_factory=list)  # kept only when written to DOWNLOADS
 
 
 @dataclass(slots=True)
@@ -51,7 +73,7 @@ class Progress:
     abandoned: bool = False
     finished: bool = False
     received: int = 0
-    digest: Any = field(default_factory=hashlib.sha256)
+    responses: dict[int, Response] = field(default_factory=dict)  # by stream ID, until FIN
     closing_since: int | None = None
 
 
@@ -90,9 +112,9 @@ class Client:
             p.ready = True
             report("ready", transport=capi.transport_info(cnx))
         elif event in (capi.EVENT_STREAM_DATA, capi.EVENT_STREAM_FIN):
-            self._on_body(ctypes.string_at(data, length) if length else b"")
+            self._on_body(stream_id, ctypes.string_at(data, length) if length else b"")
             if event == capi.EVENT_STREAM_FIN:
-                self._on_fin()
+                self._on_fin(stream_id)
         elif event == capi.EVENT_STREAM_RESET:
             self._fail(f"stream {stream_id} reset by the server")
         elif event in capi.PATH_EVENTS:
@@ -119,7 +141,7 @@ class Client:
             self._probe(now)
         elif self._may_request():
             self._request()
-        elif p.path_allowed and self.options.get is None:
+        elif p.path_allowed and not self.options.gets:
             self._finish()
 
     def _where(self) -> str:
@@ -152,44 +174,65 @@ class Client:
 
     def _may_request(self) -> bool:
         p = self.progress
-        wanted = self.options.get is not None and not p.requested and p.path_allowed
+        wanted = bool(self.options.gets) and not p.requested and p.path_allowed
         return wanted and (p.second_path_up or not self.options.second_local)
 
     def _request(self) -> None:
-        assert self.options.get is not None
-        line = f"GET {self.options.get}\r\n".encode("ascii")
-        ret = capi.add_to_stream(self.cnx, REQUEST_STREAM, line, len(line), 1)
         self.progress.requested = True
-        report("request", path=self.options.get, ret=ret)
+        for index, path in enumerate(self.options.gets):
+            stream_id = index * STREAM_ID_STEP
+            self.progress.responses[stream_id] = Response(path)
+            line = f"GET {path}\r\n".encode("ascii")
+            ret = capi.add_to_stream(self.cnx, stream_id, line, len(line), 1)
+            report("request", path=path, stream_id=stream_id, ret=ret)
 
-    def _on_body(self, chunk: bytes) -> None:
+    def _on_body(self, stream_id: int, chunk: bytes) -> None:
         p = self.progress
+        response = p.responses.get(stream_id)
+        if response is None:
+            self._fail(f"data on stream {stream_id}, which carries no request")
+            return
+        response.size += len(chunk)
+        response.digest.update(chunk)
+        if self.options.downloads is not None:
+            response.chunks.append(chunk)
         p.received += len(chunk)
-        p.digest.update(chunk)
         at = self.options.abandon_at
         if at is not None and not p.abandoned and p.received >= at:
-            p.abandoned = True
-            before = capi.path_qualities(self.cnx)
-            ret = capi.abandon_path(
-                self.cnx, self.options.abandon_path, APPLICATION_ABANDON_PATH, capi.current_time()
-            )
-            report(
-                "abandon",
-                unique_path_id=self.options.abandon_path,
-                ret=ret,
-                at=p.received,
-                paths=before,
-            )
+            self._abandon()
 
-    def _on_fin(self) -> None:
+    def _abandon(self) -> None:
         p = self.progress
+        p.abandoned = True
+        before = capi.path_qualities(self.cnx)
+        path_id = self.options.abandon_path
+        ret = capi.abandon_path(self.cnx, path_id, APPLICATION_ABANDON_PATH, capi.current_time())
+        locals_ = self.options.locals
+        report(
+            "abandon",
+            unique_path_id=path_id,
+            local=locals_[path_id] if path_id < len(locals_) else None,
+            ret=ret,
+            at=p.received,
+            paths=before,
+        )
+
+    def _on_fin(self, stream_id: int) -> None:
+        response = self.progress.responses.pop(stream_id, None)
+        if response is None:
+            return  # _on_body failed the connection already
+        if self.options.downloads is not None:
+            name = os.path.basename(response.path)
+            (self.options.downloads / name).write_bytes(b"".join(response.chunks))
         report(
             "fetched",
-            bytes=p.received,
-            sha256=p.digest.hexdigest(),
+            path=response.path,
+            bytes=response.size,
+            sha256=response.digest.hexdigest(),
             paths=capi.path_qualities(self.cnx),
         )
-        self._finish()
+        if not self.progress.responses:
+            self._finish()
 
     def _finish(self) -> None:
         self.progress.finished = True
@@ -213,17 +256,19 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--local", default="127.0.0.1")
     parser.add_argument("--second-local")
-    parser.add_argument("--get")
+    parser.add_argument("--get", action="append", default=[], help="a path to GET (repeatable)")
+    parser.add_argument("--downloads", type=Path, help="folder for the responses")
     parser.add_argument("--abandon-at", type=int)
     parser.add_argument("--abandon-path", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
     parser.add_argument("--qlog", help="folder for picoquic's qlog traces")
     args = parser.parse_args(argv)
     return Options(
         server=(args.host, args.port),
         local=args.local,
         second_local=args.second_local,
-        get=args.get,
+        gets=tuple(args.get),
+        downloads=args.downloads,
         abandon_at=args.abandon_at,
         abandon_path=args.abandon_path,
         timeout_s=args.timeout,
@@ -231,19 +276,22 @@ def parse(argv: list[str]) -> Options:
     )
 
 
-def main() -> None:
-    options = parse(sys.argv[1:])
+def run(options: Options) -> int:
+    """Run the client to the end; its exit status (0 only after `done`)."""
     client = Client(options)
-    quic = capi.new_context(client.callback, qlog=options.qlog)
-    capi.set_null_verifier(quic)  # the edge's certificate is self-signed
-    locals_ = [options.local, *([options.second_local] if options.second_local else [])]
-    loop = PacketLoop(quic, [udp_socket(host) for host in locals_])
+    quic = capi.new_context(client.callback, qlog=options.qlog, keylog=options.keylog)
+    capi.set_null_verifier(quic)  # the servers' certificates are self-signed
+    loop = PacketLoop(quic, [udp_socket(host) for host in options.locals], control=options.control)
     client.start(loop)
     try:
         loop.run()
     finally:
-        capi.free(quic)
-    sys.exit(client.exit_code)
+        capi.free(quic)  # closes the qlog and the key log, so they are complete on disk
+    return client.exit_code
+
+
+def main() -> None:
+    sys.exit(run(parse(sys.argv[1:])))
 
 
 if __name__ == "__main__":
