@@ -2,13 +2,24 @@
 
 Each edge owns its own registry so that several edges (tests, workers) in one
 process never share counters.
+
+The UDP forwarders' counters live in C (the relay's data path does no Python
+work per datagram); `ForwarderCollector` reads them once per scrape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
+
+from .forwarder.flows import ForwarderStats
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -58,6 +69,15 @@ class EdgeMetrics:
             ["by"],
             registry=self.registry,
         )
+        self.forwarders = ForwarderCollector()
+        self.registry.register(self.forwarders)
+
+    def add_forwarder(self, service: str, backends: Sequence[str], source: ForwarderSource) -> None:
+        """Export a UDP forwarder's counters (`backends`: names by backend index)."""
+        self.forwarders.add(service, backends, source)
+
+    def remove_forwarder(self, service: str) -> None:
+        self.forwarders.remove(service)
 
     def observe_path(self, event: PathAvailable | PathAbandoned) -> None:
         if isinstance(event, PathAvailable):
@@ -73,3 +93,130 @@ class EdgeMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ForwarderSource(Protocol):
+    """A UDP forwarder or relay: its counters, read in C, as one snapshot."""
+
+    @property
+    def stats(self) -> ForwarderStats: ...
+
+
+# ForwarderStats counters by metric: (name, help, label, {label value: counter}).
+_DIRECTIONS = ("from_clients", "to_backends", "from_backends", "to_clients")
+_FAMILIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
+    ("datagrams", "Datagrams relayed, by direction.", "direction", {d: d for d in _DIRECTIONS}),
+    (
+        "bytes",
+        "Payload bytes relayed, by direction.",
+        "direction",
+        {d: f"bytes_{d}" for d in _DIRECTIONS},
+    ),
+    (
+        "flows_closed",
+        "Flows closed: idle (expired or evicted for room), socket error, silent backend.",
+        "reason",
+        {"idle": "flows_expired", "error": "flows_failed", "silent": "flows_silent"},
+    ),
+    (
+        "dropped_datagrams",
+        "Datagrams dropped, by reason.",
+        "reason",
+        {
+            "table_full": "flows_refused",
+            "no_backend": "no_backend",
+            "choose_error": "choose_errors",
+            "open_error": "open_errors",
+            "send_error": "send_errors",
+            "truncated": "recv_truncated",
+        },
+    ),
+    (
+        "syscalls",
+        "Receive and send system calls (mmsg: one per batch).",
+        "op",
+        {"recv": "syscalls_recv", "send": "syscalls_send"},
+    ),
+)
+_PLAIN: tuple[tuple[str, str, str], ...] = (
+    ("flows_opened", "Flows opened (one backend choice each).", "flows_opened"),
+    (
+        "gso_sends",
+        "Send messages that carried a run of datagrams as one UDP GSO send.",
+        "gso_sends",
+    ),
+    ("gso_fallbacks", "Times the kernel refused UDP GSO (then switched off).", "gso_fallbacks"),
+    ("report_errors", "Health reports that raised.", "report_errors"),
+)
+_PREFIX = "netsched_edge_forwarder_"
+
+
+class ForwarderCollector(Collector):
+    """The UDP forwarders' counters, labelled by service, read at scrape time."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple[tuple[str, ...], ForwarderSource]] = {}
+
+    def add(self, service: str, backends: Sequence[str], source: ForwarderSource) -> None:
+        if service in self._sources:
+            raise ValueError(f"service {service!r} already has a forwarder")
+        self._sources[service] = (tuple(backends), source)
+
+    def remove(self, service: str) -> None:
+        self._sources.pop(service, None)
+
+    def collect(self) -> Iterator[Metric]:
+        snapshots = [
+            (service, backends, source.stats)
+            for service, (backends, source) in self._sources.items()
+        ]
+        for name, help_text, label, counters in _FAMILIES:
+            family = CounterMetricFamily(_PREFIX + name, help_text, labels=["service", label])
+            for service, _, stats in snapshots:
+                for value, counter in counters.items():
+                    family.add_metric([service, value], getattr(stats, counter))
+            yield family
+        for name, help_text, counter in _PLAIN:
+            family = CounterMetricFamily(_PREFIX + name, help_text, labels=["service"])
+            for service, _, stats in snapshots:
+                family.add_metric([service], getattr(stats, counter))
+            yield family
+        yield from _gauges(snapshots)
+        yield _backend_failures(snapshots)
+
+
+def _gauges(
+    snapshots: list[tuple[str, tuple[str, ...], ForwarderStats]],
+) -> Iterator[Metric]:
+    active = GaugeMetricFamily(_PREFIX + "flows_active", "Flows open now.", labels=["service"])
+    per_datagram = GaugeMetricFamily(
+        _PREFIX + "syscalls_per_datagram",
+        "System calls per datagram received, since start (each is relayed once: "
+        "2 would be one receive and one send per datagram).",
+        labels=["service"],
+    )
+    for service, _, stats in snapshots:
+        active.add_metric([service], stats.active_flows)
+        received = stats.from_clients + stats.from_backends
+        calls = stats.syscalls_recv + stats.syscalls_send
+        per_datagram.add_metric([service], calls / received if received else 0.0)
+    yield active
+    yield per_datagram
+
+
+def _backend_failures(
+    snapshots: list[tuple[str, tuple[str, ...], ForwarderStats]],
+) -> Metric:
+    family = CounterMetricFamily(
+        _PREFIX + "backend_failures",
+        "Flows that found their backend failing, reported to its health tracking.",
+        labels=["service", "backend", "reason"],
+    )
+    for service, backends, stats in snapshots:
+        for reason, counts in (
+            ("refused", stats.refused_by_backend),
+            ("silent", stats.silent_by_backend),
+        ):
+            for backend, count in zip(backends, counts, strict=True):
+                family.add_metric([service, backend, reason], count)
+    return family

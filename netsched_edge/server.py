@@ -396,7 +396,9 @@ class EdgeServer:
             steering.attach(self._endpoint.fileno())
         for service in self.config.services:
             if service.udp_listen is not None:
-                front = UdpFront(self.dispatcher.pools[service.name], service.udp_listen)
+                pool = self.dispatcher.pools[service.name]
+                metrics = self.dispatcher.metrics
+                front = UdpFront(pool, service.udp_listen, metrics=metrics)
                 self.udp_fronts[service.name] = front
         if self.config.admin_port is not None:
             assert self.config.admin_host is not None

@@ -29,7 +29,7 @@ from netsched_edge.forwarder import (
     Relay,
     UdpRelay,
 )
-from netsched_edge.forwarder.flows import address_of, sockaddr_bytes
+from netsched_edge.forwarder.flows import FlowOutcome, ReplyWatch, address_of, sockaddr_bytes
 
 RelayFactory = Callable[..., Relay]
 
@@ -151,6 +151,16 @@ class Recorder:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+class Reports:
+    """A `report` that records its calls as (backend, outcome, now)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, FlowOutcome, float]] = []
+
+    def __call__(self, backend: int, outcome: FlowOutcome, now: float) -> None:
+        self.calls.append((backend, outcome, now))
 
 
 # -- relaying ------------------------------------------------------------------------
@@ -378,7 +388,8 @@ def test_backend_down_is_counted_and_the_next_datagram_chooses_again(
 ) -> None:
     alive = net.udp()
     choose = Recorder()
-    relay = net.relay(cls, [dead_port(), alive.getsockname()], choose)
+    reports = Reports()
+    relay = net.relay(cls, [dead_port(), alive.getsockname()], choose, report=reports)
     client = net.udp()
     choose.plan[client.getsockname()[1]] = 0
     client.sendto(b"first", relay.local_address)
@@ -387,6 +398,7 @@ def test_backend_down_is_counted_and_the_next_datagram_chooses_again(
 
     stats = relay.stats
     assert (stats.flows_failed, stats.active_flows, stats.refused_by_backend) == (1, 0, (1, 0))
+    assert reports.calls == [(0, FlowOutcome.REFUSED, 0.0)]
     choose.plan[client.getsockname()[1]] = 1  # the policy learnt that backend 0 is down
     client.sendto(b"second", relay.local_address)
     pump(relay, 1.0, lambda: relay.stats.to_backends == 2)
@@ -442,6 +454,143 @@ def test_choose_may_close_the_relay(net: Net, cls: RelayFactory) -> None:
     with pytest.raises(OSError, match="closed"):
         relays[0].relay_front(0.0)
     relays[0].close()  # idempotent
+
+
+# -- backend health ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_a_flows_first_reply_is_reported_once(net: Net, cls: RelayFactory) -> None:
+    backend = net.udp()
+    reports = Reports()
+    relay = net.relay(cls, [backend.getsockname()], Recorder(), report=reports, reply_timeout=5.0)
+    client = net.udp()
+    for i in range(3):
+        client.sendto(b"q%d" % i, relay.local_address)
+    pump(relay, 1.0, relayed(relay, 3))
+    echo(backend, 3)
+    pump(relay, 2.0, lambda: relay.stats.to_clients == 3)
+    client.sendto(b"q3", relay.local_address)
+    pump(relay, 3.0, relayed(relay, 4))
+    echo(backend, 1)
+    pump(relay, 4.0, lambda: relay.stats.to_clients == 4)
+
+    assert reports.calls == [(0, FlowOutcome.ANSWERED, 2.0)]
+    assert len(receive(client, 4)) == 4
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_a_silent_backend_is_reported_before_the_client_chooses_again(
+    net: Net, cls: RelayFactory
+) -> None:
+    silent, alive = net.udp(), net.udp()
+    events: list[object] = []
+
+    def choose(client: Address) -> int:
+        events.append("choose")
+        return 0 if events == ["choose"] else 1
+
+    def report(backend: int, outcome: FlowOutcome, now: float) -> None:
+        events.append((backend, outcome, now))
+
+    relay = net.relay(
+        cls, [silent.getsockname(), alive.getsockname()], choose, report=report,
+        reply_timeout=5.0,
+    )  # fmt: skip
+    client = net.udp()
+    for i, now in enumerate([10.0, 12.0, 14.0, 14.9]):  # unanswered, for less than 5 s
+        client.sendto(b"q%d" % i, relay.local_address)
+        pump(relay, now, relayed(relay, i + 1))
+    assert events == ["choose"]
+
+    client.sendto(b"q4", relay.local_address)
+    pump(relay, 15.0, relayed(relay, 5))
+
+    assert events == ["choose", (0, FlowOutcome.SILENT, 15.0), "choose"]
+    assert [data for data, _ in receive(silent, 4)] == [b"q0", b"q1", b"q2", b"q3"]
+    assert alive.recvfrom(100)[0] == b"q4"
+    stats = relay.stats
+    assert (stats.flows_silent, stats.silent_by_backend, stats.flows_failed) == (1, (1, 0), 0)
+    assert (stats.flows_opened, stats.active_flows) == (2, 1)
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_a_reply_or_a_long_pause_starts_the_silence_count_again(
+    net: Net, cls: RelayFactory
+) -> None:
+    backend = net.udp()
+    reports = Reports()
+    relay = net.relay(cls, [backend.getsockname()], Recorder(), report=reports, reply_timeout=5.0)
+    client = net.udp()
+
+    def send(now: float) -> None:
+        client.sendto(b"at %g" % now, relay.local_address)
+        pump(relay, now, relayed(relay, relay.stats.to_backends + 1))
+
+    send(0.0)
+    echo(backend, 1)
+    pump(relay, 3.0, lambda: relay.stats.to_clients == 1)  # answered at 3
+    send(4.0)
+    send(8.5)  # unanswered since 4
+    send(15.0)  # a pause of 6.5 s: counting starts again at 15
+    send(19.9)
+    assert reports.calls == [(0, FlowOutcome.ANSWERED, 3.0)]
+    send(20.0)  # 5 s unanswered, sending all along
+
+    assert reports.calls[1:] == [(0, FlowOutcome.SILENT, 20.0)]
+    assert (relay.stats.flows_silent, relay.stats.flows_opened) == (1, 2)
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_without_reply_timeout_an_unanswered_flow_stays(net: Net, cls: RelayFactory) -> None:
+    backend = net.udp()
+    reports = Reports()
+    relay = net.relay(cls, [backend.getsockname()], Recorder(), report=reports)
+    client = net.udp()
+    for i in range(4):
+        client.sendto(b"q%d" % i, relay.local_address)
+        pump(relay, 4.0 * i, relayed(relay, i + 1))
+
+    assert (relay.stats.flows_opened, relay.stats.flows_silent, reports.calls) == (1, 0, [])
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_a_failing_report_is_counted_and_relaying_goes_on(net: Net, cls: RelayFactory) -> None:
+    backend = net.udp()
+
+    def report(backend: int, outcome: FlowOutcome, now: float) -> None:
+        raise RuntimeError("health layer bug")
+
+    relay = net.relay(cls, [backend.getsockname()], Recorder(), report=report)
+    client = net.udp()
+    client.sendto(b"q", relay.local_address)
+    pump(relay, 0.0, relayed(relay, 1))
+    echo(backend, 1)
+    pump(relay, 0.0, lambda: relay.stats.to_clients == 1)
+
+    assert client.recvfrom(100)[0] == b"re:q"
+    assert (relay.stats.report_errors, relay.stats.active_flows) == (1, 1)
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_report_may_close_the_relay(net: Net, cls: RelayFactory) -> None:
+    backend = net.udp()
+    relays: list[Relay] = []
+
+    def close_it(backend: int, outcome: FlowOutcome, now: float) -> None:
+        relays[0].close()
+
+    relays.append(net.relay(cls, [backend.getsockname()], Recorder(), report=close_it))
+    client = net.udp()
+    client.sendto(b"q", relays[0].local_address)
+    pump(relays[0], 0.0, relayed(relays[0], 1))
+    echo(backend, 1)
+    select.select([relays[0].upstream_fileno()], [], [], TIMEOUT)
+
+    assert relays[0].relay_upstream(0.0) == 1
+    assert (relays[0].stats.active_flows, relays[0].stats.to_clients) == (0, 0)
+    with pytest.raises(OSError, match="closed"):
+        relays[0].relay_upstream(0.0)
 
 
 # -- both implementations, one scenario ------------------------------------------------------
@@ -502,10 +651,13 @@ def test_native_and_reference_agree(net: Net) -> None:
     ]
     assert stats == {
         "from_clients": 15, "to_backends": 12, "from_backends": 10, "to_clients": 10,
+        "bytes_from_clients": 10 * 40 + 48, "bytes_to_backends": 10 * 40 + 15 + 4,
+        "bytes_from_backends": 10 * 43, "bytes_to_clients": 10 * 43,
         "active_flows": 0, "flows_opened": 4, "flows_expired": 3, "flows_failed": 1,
-        "flows_refused": 1, "backend_refused": 1, "no_backend": 1, "choose_errors": 1,
-        "open_errors": 0, "unrouted": 3, "send_errors": 0, "recv_truncated": 0,
-        "refused_by_backend": (0, 1),
+        "flows_silent": 0, "flows_refused": 1, "backend_refused": 1, "no_backend": 1,
+        "choose_errors": 1, "open_errors": 0, "report_errors": 0, "unrouted": 3,
+        "send_errors": 0, "recv_truncated": 0, "refused_by_backend": (0, 1),
+        "silent_by_backend": (0, 0),
     }  # fmt: skip
 
 
@@ -526,6 +678,10 @@ def test_native_and_reference_agree(net: Net) -> None:
         (("127.0.0.1", 0), [("127.0.0.1", 9)], {"idle_timeout": math.nan}, "idle_timeout"),
         (("127.0.0.1", 0), [("127.0.0.1", 9)], {"batch": 0}, "batch"),
         (("127.0.0.1", 0), [("127.0.0.1", 9)], {"rcvbuf": -1}, "rcvbuf"),
+        (("127.0.0.1", 0), [("127.0.0.1", 9)], {"reply_timeout": 0}, "reply_timeout"),
+        (("127.0.0.1", 0), [("127.0.0.1", 9)], {"reply_timeout": math.inf}, "reply_timeout"),
+        (("127.0.0.1", 0), [("127.0.0.1", 9)], {"reply_timeout": "5"}, "reply_timeout"),
+        (("127.0.0.1", 0), [("127.0.0.1", 9)], {"report": 1}, "report must be callable"),
     ],
 )
 def test_bad_options_are_named(
@@ -625,3 +781,41 @@ def test_flow_table_evicts_only_idle_flows_oldest_first(
             model[key] = (now, touch)
         assert len(table) == len(model) <= max_flows
         assert sorted(table.values()) == sorted(model)
+
+
+# -- the silence rule, against a model -----------------------------------------------------------
+
+REPLY_TIMEOUT = 2.0
+
+
+def _silent_by_model(sends: list[float], now: float) -> bool:
+    """Unanswered sends (since the last reply) reaching back REPLY_TIMEOUT without a long pause."""
+    if not sends or now - sends[-1] > REPLY_TIMEOUT:
+        return False
+    start = sends[-1]
+    for earlier, later in zip(reversed(sends[:-1]), reversed(sends[1:]), strict=True):
+        if later - earlier > REPLY_TIMEOUT:
+            break
+        start = earlier
+    return now - start >= REPLY_TIMEOUT
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 3)), max_size=60))
+def test_reply_watch_follows_the_silence_rule(events: list[tuple[bool, float]]) -> None:
+    watch = ReplyWatch(REPLY_TIMEOUT)
+    sends: list[float] = []  # the client's datagrams since the flow's last reply
+    now = 0.0
+    for is_reply, step in events:
+        now += step
+        if is_reply:
+            first = not watch.answered
+            assert watch.replied() is first
+            sends = []
+            continue
+        silent = watch.silent(now)
+        assert silent == _silent_by_model(sends, now)
+        if silent:  # the relay replaces the flow
+            watch, sends = ReplyWatch(REPLY_TIMEOUT), []
+        watch.sent(now)
+        sends.append(now)

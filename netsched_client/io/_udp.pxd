@@ -2,7 +2,8 @@
 
 from posix.uio cimport iovec
 
-from .includes.system cimport msghdr, ns_mmsghdr, sockaddr_storage, socklen_t
+from ._mmsg cimport Outbox
+from .includes.system cimport msghdr, ns_mmsghdr, sockaddr_in6, sockaddr_storage, socklen_t
 
 
 cdef enum:
@@ -17,7 +18,6 @@ cdef class BatchedUdpSocket:
     cdef int _fd
     cdef int _family
     cdef int _batch
-    cdef bint _gso
     cdef bint _gro
 
     # receive: one buffer slot, name and control area per mmsghdr
@@ -36,13 +36,9 @@ cdef class BatchedUdpSocket:
     cdef int _rnext
     cdef int _rlast
 
-    # send: one mmsghdr per message; a GSO message points at several iovecs
-    cdef ns_mmsghdr *_smsgs
-    cdef iovec *_siov
-    cdef sockaddr_storage *_snames
-    cdef char *_sctrl
-    cdef Py_ssize_t *_sfirst  # index of the message's first datagram in the list
-    cdef int *_scount  # datagrams in the message (> 1: a GSO run)
+    # send: the datagrams of one outbox_send, and a copy of each one's destination
+    cdef Outbox _out
+    cdef sockaddr_in6 *_snames
     # destination tuple → its parsed sockaddr
     cdef list _dkeys
     cdef sockaddr_storage _dcache[ADDR_CACHE]
@@ -50,14 +46,10 @@ cdef class BatchedUdpSocket:
     cdef int _dnext
     cdef int _dlast
 
-    cdef unsigned long long _syscalls_send
+    # the send counters are the outbox's
     cdef unsigned long long _syscalls_recv
-    cdef unsigned long long _datagrams_sent
     cdef unsigned long long _datagrams_received
-    cdef unsigned long long _gso_sends
-    cdef unsigned long long _gso_fallbacks
     cdef unsigned long long _gro_batches
-    cdef unsigned long long _send_errors
     cdef unsigned long long _recv_truncated
 
     cdef int _allocate(self, int batch) except -1
@@ -67,13 +59,8 @@ cdef class BatchedUdpSocket:
     cdef object _source(self, sockaddr_storage *sa, socklen_t salen)
     cdef int _validate(self, list datagrams) except -1
     cpdef Py_ssize_t _send_from(self, list items, Py_ssize_t i) except -1
-    cdef int _plan(self, list items, Py_ssize_t i, Py_ssize_t n) except -1
-    cdef int _extend_run(self, list items, Py_ssize_t i, Py_ssize_t n, object addr, int m,
-                         Py_ssize_t size, int iov) except -1
-    cdef void _set_segment(self, msghdr *hdr, int m, int segment) noexcept
-    cdef void _count_sent(self, int first, int last) noexcept
-    cdef int _drop(self, list items, int m, int err) except -1
-    cdef int _refuse_gso(self, int err) except -1
+    cdef int _load(self, list items, Py_ssize_t i, Py_ssize_t n) except -1
+    cdef int _log_faults(self, list items, Py_ssize_t i, unsigned long long fallbacks,
+                         unsigned long long dropped) except -1
     cdef int _dest_slot(self, object addr) except -1
     cdef int _parse_dest(self, object addr, int slot) except -1
-    cdef bint _same_dest(self, object addr, int m) except -1

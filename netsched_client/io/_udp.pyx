@@ -3,34 +3,31 @@
 
 One `recv_batch` is one recvmmsg; one `send_batch` is one sendmmsg per
 `batch` messages, where a run of same-size datagrams to one destination
-travels as a single GSO message (one iovec per datagram, no copy). The only
-Python objects made per datagram are the received `bytes` and its
-(bytes, address) pair; address tuples are cached both ways.
+travels as a single GSO message (one iovec per datagram, no copy): the send
+loop is _mmsg.pyx's, shared with the edge's relay. The only Python objects
+made per datagram are the received `bytes` and its (bytes, address) pair;
+address tuples are cached both ways.
 
-Send errors, per message: EAGAIN stops the flush and the rest waits in the
-pending queue; EIO/EINVAL on a GSO message switches GSO off for good and the
-run is resent datagram by datagram (quinn-udp does the same); any other error
-drops that message's datagrams (QUIC recovers from loss) and is counted.
+Send errors, per message (_mmsg.pyx): EAGAIN stops the flush and the rest
+waits in the pending queue; EIO/EINVAL on a GSO message switches GSO off for
+good and the run is resent datagram by datagram; any other error drops that
+message's datagrams (QUIC recovers from loss) and is counted.
 """
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc
 from libc.errno cimport errno
-from libc.stdint cimport uint16_t
 from libc.string cimport memcmp, memcpy, memset, strlen
 
+from ._mmsg cimport GSO_MAX_SEGMENTS, outbox_close, outbox_open, outbox_send
 from .includes.system cimport (
     AF_INET,
     AF_INET6,
     CMSG_DATA,
     CMSG_FIRSTHDR,
-    CMSG_LEN,
     CMSG_NXTHDR,
-    CMSG_SPACE,
     EINTR,
-    EINVAL,
-    EIO,
     INET6_ADDRSTRLEN,
     IP_TOS,
     IPPROTO_IP,
@@ -40,14 +37,12 @@ from .includes.system cimport (
     NS_WOULD_BLOCK,
     SOL_UDP,
     UDP_GRO,
-    UDP_SEGMENT,
     cmsghdr,
     htonl,
     htons,
     inet_ntop,
     inet_pton,
     ns_recvmmsg,
-    ns_sendmmsg,
     ntohl,
     ntohs,
     sockaddr_in,
@@ -73,8 +68,6 @@ from ._common import (
 cdef enum:
     RECV_SLOT = 65536  # the largest UDP payload, and a full GRO super-datagram, fit
     CTRL_SPACE = 128  # room for UDP_GRO + IP_TOS + IPV6_TCLASS control messages
-    GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer allow 128)
-    GSO_MAX_BYTES = 65507  # 65535 minus IPv4 and UDP headers: one IP packet's payload
     ECN_MASK = 3
 
 
@@ -92,7 +85,7 @@ cdef class BatchedUdpSocket:
             raise RuntimeError("BatchedUdpSocket is already initialised")
         self._allocate(batch)
         sock = open_socket(family, local, rcvbuf, sndbuf, ecn, setup)
-        self._gso, self._gro = enable_offloads(sock, bool(gso), bool(gro))
+        self._out.gso, self._gro = enable_offloads(sock, bool(gso), bool(gro))
         self._sock = sock
         self._fd = sock.fileno()
         self._family = family
@@ -111,12 +104,8 @@ cdef class BatchedUdpSocket:
         PyMem_RawFree(self._rbuf)
         PyMem_RawFree(self._recn)
         PyMem_RawFree(self._rsegs)
-        PyMem_RawFree(self._smsgs)
-        PyMem_RawFree(self._siov)
         PyMem_RawFree(self._snames)
-        PyMem_RawFree(self._sctrl)
-        PyMem_RawFree(self._sfirst)
-        PyMem_RawFree(self._scount)
+        outbox_close(&self._out)
 
     cdef int _allocate(self, int batch) except -1:
         cdef size_t b = batch
@@ -127,18 +116,13 @@ cdef class BatchedUdpSocket:
         self._rbuf = <char *>PyMem_RawMalloc(b * RECV_SLOT)  # pages fault in as used
         self._recn = <unsigned char *>PyMem_RawCalloc(b, 1)
         self._rsegs = <int *>PyMem_RawCalloc(b, sizeof(int))
-        self._smsgs = <ns_mmsghdr *>PyMem_RawCalloc(b, sizeof(ns_mmsghdr))
-        self._siov = <iovec *>PyMem_RawCalloc(b * GSO_MAX_SEGMENTS, sizeof(iovec))
-        self._snames = <sockaddr_storage *>PyMem_RawCalloc(b, sizeof(sockaddr_storage))
-        self._sctrl = <char *>PyMem_RawCalloc(b, CTRL_SPACE)
-        self._sfirst = <Py_ssize_t *>PyMem_RawCalloc(b, sizeof(Py_ssize_t))
-        self._scount = <int *>PyMem_RawCalloc(b, sizeof(int))
+        # up to `batch` messages of up to GSO_MAX_SEGMENTS datagrams per sendmmsg
+        self._snames = <sockaddr_in6 *>PyMem_RawCalloc(b * GSO_MAX_SEGMENTS, sizeof(sockaddr_in6))
         if (self._rmsgs == NULL or self._riov == NULL or self._rnames == NULL
                 or self._rctrl == NULL or self._rbuf == NULL or self._recn == NULL
-                or self._rsegs == NULL or self._smsgs == NULL or self._siov == NULL
-                or self._snames == NULL or self._sctrl == NULL or self._sfirst == NULL
-                or self._scount == NULL):
+                or self._rsegs == NULL or self._snames == NULL):
             raise MemoryError("BatchedUdpSocket: cannot allocate batch buffers")
+        outbox_open(&self._out, batch, batch * GSO_MAX_SEGMENTS)
         return 0
 
     cdef void _prepare_recv(self) noexcept:
@@ -170,7 +154,7 @@ cdef class BatchedUdpSocket:
 
     @property
     def gso_enabled(self):
-        return self._gso
+        return self._out.gso
 
     @property
     def gro_enabled(self):
@@ -179,14 +163,14 @@ cdef class BatchedUdpSocket:
     @property
     def stats(self):
         return UdpStats(
-            syscalls_send=self._syscalls_send,
+            syscalls_send=self._out.syscalls,
             syscalls_recv=self._syscalls_recv,
-            datagrams_sent=self._datagrams_sent,
+            datagrams_sent=self._out.sent,
             datagrams_received=self._datagrams_received,
-            gso_sends=self._gso_sends,
-            gso_fallbacks=self._gso_fallbacks,
+            gso_sends=self._out.gso_sends,
+            gso_fallbacks=self._out.gso_fallbacks,
             gro_batches=self._gro_batches,
-            send_errors=self._send_errors,
+            send_errors=self._out.dropped,
             send_overflow=self._queue.overflow if self._queue is not None else 0,
             recv_truncated=self._recv_truncated,
         )
@@ -311,16 +295,16 @@ cdef class BatchedUdpSocket:
         """
         self._check_open()
         self._validate(datagrams)
-        cdef unsigned long long before = self._datagrams_sent
+        cdef unsigned long long before = self._out.sent
         self._queue.send(datagrams, self._send_from, self.on_blocked)
-        return self._datagrams_sent - before
+        return self._out.sent - before
 
     def flush(self):
         """Retry the pending datagrams; return how many the kernel took."""
         self._check_open()
-        cdef unsigned long long before = self._datagrams_sent
+        cdef unsigned long long before = self._out.sent
         self._queue.flush(self._send_from)
-        return self._datagrams_sent - before
+        return self._out.sent - before
 
     cdef int _validate(self, list datagrams) except -1:
         # All or nothing: a bad item must not leave half a flush on the wire.
@@ -337,128 +321,52 @@ cdef class BatchedUdpSocket:
     cpdef Py_ssize_t _send_from(self, list items, Py_ssize_t i) except -1:
         """Send items[i:]; return the index of the first datagram not yet handled."""
         cdef Py_ssize_t n = len(items)
-        cdef int m, k, sent, err
+        cdef int count, done
+        cdef unsigned long long fallbacks, dropped
         while i < n:
-            m = self._plan(items, i, n)
-            k = 0
-            while k < m:
-                sent = ns_sendmmsg(self._fd, &self._smsgs[k], m - k)
-                self._syscalls_send += 1
-                if sent > 0:
-                    self._count_sent(k, k + sent)
-                    k += sent
-                    continue
-                err = errno
-                if err == EINTR:
-                    continue
-                if NS_WOULD_BLOCK(err):
-                    return self._sfirst[k]
-                if self._scount[k] > 1 and (err == EIO or err == EINVAL):
-                    self._refuse_gso(err)
-                    break  # re-plan from this run without GSO
-                self._drop(items, k, err)
-                k += 1
-            if k < m:
-                i = self._sfirst[k]
-            else:
-                i = self._sfirst[m - 1] + self._scount[m - 1]
+            count = self._load(items, i, n)
+            fallbacks = self._out.gso_fallbacks
+            dropped = self._out.dropped
+            done = outbox_send(&self._out, self._fd, count, False)
+            self._log_faults(items, i, fallbacks, dropped)
+            i += done
+            if done < count:
+                break  # EAGAIN: the rest waits for writability
         return i
 
-    cdef int _plan(self, list items, Py_ssize_t i, Py_ssize_t n) except -1:
-        """Fill up to `batch` mmsghdrs from items[i:n]; return how many."""
-        cdef int m = 0
-        cdef int iov = 0
-        cdef int count, slot
-        cdef Py_ssize_t size
-        cdef msghdr *hdr
-        while i < n and m < self._batch:
-            item = <tuple>items[i]
+    cdef int _load(self, list items, Py_ssize_t i, Py_ssize_t n) except -1:
+        """Queue items[i:n] in the outbox, as many as fit; return how many."""
+        cdef int j = 0
+        cdef int slot
+        last = None
+        while i + j < n and j < self._out.capacity:
+            item = <tuple>items[i + j]
             data = <bytes>item[0]
             addr = item[1]
-            slot = self._dest_slot(addr)
-            hdr = &self._smsgs[m].msg_hdr
-            memcpy(&self._snames[m], &self._dcache[slot], self._dclen[slot])
-            hdr.msg_name = &self._snames[m]
-            hdr.msg_namelen = self._dclen[slot]
-            size = PyBytes_GET_SIZE(data)
-            self._siov[iov].iov_base = PyBytes_AS_STRING(data)
-            self._siov[iov].iov_len = size
-            count = 1
-            if self._gso and size > 0:
-                count = self._extend_run(items, i, n, addr, m, size, iov)
-            hdr.msg_iov = &self._siov[iov]
-            hdr.msg_iovlen = count
-            self._set_segment(hdr, m, size if count > 1 else 0)
-            self._sfirst[m] = i
-            self._scount[m] = count
-            iov += count
-            i += count
-            m += 1
-        return m
-
-    cdef int _extend_run(self, list items, Py_ssize_t i, Py_ssize_t n, object addr, int m,
-                         Py_ssize_t size, int iov) except -1:
-        """Add following datagrams of a GSO run to message m; return the run's length.
-
-        A run: same destination, every datagram `size` long except that the
-        last may be shorter, within the kernel's segment and byte limits.
-        """
-        cdef int count = 1
-        cdef Py_ssize_t total = size
-        cdef Py_ssize_t next_size
-        cdef Py_ssize_t j = i + 1
-        while j < n and count < GSO_MAX_SEGMENTS:
-            item = <tuple>items[j]
-            data = <bytes>item[0]
-            next_size = PyBytes_GET_SIZE(data)
-            if next_size == 0 or next_size > size or total + next_size > GSO_MAX_BYTES:
-                break
-            next_addr = item[1]
-            if next_addr is not addr and not self._same_dest(next_addr, m):
-                break
-            self._siov[iov + count].iov_base = PyBytes_AS_STRING(data)
-            self._siov[iov + count].iov_len = next_size
-            count += 1
-            total += next_size
+            self._out.iov[j].iov_base = PyBytes_AS_STRING(data)
+            self._out.iov[j].iov_len = PyBytes_GET_SIZE(data)
+            if addr is last:  # a burst to one peer: the same name, and a GSO run may follow
+                self._out.name[j] = self._out.name[j - 1]
+                self._out.namelen[j] = self._out.namelen[j - 1]
+            else:  # a copy: the address cache may reuse the slot within this send
+                slot = self._dest_slot(addr)
+                memcpy(&self._snames[j], &self._dcache[slot], self._dclen[slot])
+                self._out.name[j] = &self._snames[j]
+                self._out.namelen[j] = self._dclen[slot]
+                last = addr
             j += 1
-            if next_size < size:
-                break  # a short datagram can only end a run
-        return count
+        return j
 
-    cdef void _set_segment(self, msghdr *hdr, int m, int segment) noexcept:
-        """Attach a UDP_SEGMENT control message (segment > 0) or none."""
-        cdef cmsghdr *cmsg
-        cdef uint16_t value = segment
-        if segment == 0:
-            hdr.msg_control = NULL
-            hdr.msg_controllen = 0
-            return
-        hdr.msg_control = self._sctrl + <size_t>m * CTRL_SPACE
-        hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-        cmsg = CMSG_FIRSTHDR(hdr)
-        cmsg.cmsg_level = SOL_UDP
-        cmsg.cmsg_type = UDP_SEGMENT
-        cmsg.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-        memcpy(CMSG_DATA(cmsg), &value, sizeof(uint16_t))
-
-    cdef void _count_sent(self, int first, int last) noexcept:
-        cdef int k
-        for k in range(first, last):
-            self._datagrams_sent += self._scount[k]
-            if self._scount[k] > 1:
-                self._gso_sends += 1
-
-    cdef int _drop(self, list items, int m, int err) except -1:
-        self._send_errors += self._scount[m]
-        log.debug("UDP send to %r failed, %d datagram(s) dropped: %s",
-                  (<tuple>items[self._sfirst[m]])[1], self._scount[m], os.strerror(err))
-        return 0
-
-    cdef int _refuse_gso(self, int err) except -1:
-        self._gso = False
-        self._gso_fallbacks += 1
-        log.info("UDP GSO refused by the kernel (%s): sending datagrams one by one",
-                 os.strerror(err))
+    cdef int _log_faults(self, list items, Py_ssize_t i, unsigned long long fallbacks,
+                         unsigned long long dropped) except -1:
+        """Log what the last outbox_send of items[i:] refused (the stats count it)."""
+        if self._out.gso_fallbacks != fallbacks:
+            log.info("UDP GSO refused by the kernel (%s): sending datagrams one by one",
+                     os.strerror(self._out.gso_errno))
+        if self._out.dropped != dropped:
+            log.debug("UDP send to %r failed, %d datagram(s) dropped: %s",
+                      (<tuple>items[i + self._out.drop_at])[1], self._out.dropped - dropped,
+                      os.strerror(self._out.drop_errno))
         return 0
 
     # -- destination addresses --------------------------------------------------
@@ -483,11 +391,6 @@ cdef class BatchedUdpSocket:
         self._dnext = (k + 1) % ADDR_CACHE
         self._dlast = k
         return k
-
-    cdef bint _same_dest(self, object addr, int m) except -1:
-        cdef int slot = self._dest_slot(addr)
-        return (self._dclen[slot] == self._smsgs[m].msg_hdr.msg_namelen
-                and memcmp(&self._dcache[slot], &self._snames[m], self._dclen[slot]) == 0)
 
     cdef int _parse_dest(self, object addr, int slot) except -1:
         """Parse addr into cache slot `slot`, or raise the reference checker's error."""

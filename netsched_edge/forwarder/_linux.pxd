@@ -63,4 +63,3 @@ cdef extern from * nogil:
         EPOLL_CLOEXEC
         SOL_SOCKET
         SO_RCVBUF
-        ECONNREFUSED

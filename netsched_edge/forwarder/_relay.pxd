@@ -3,7 +3,8 @@
 from libc.stdint cimport uint32_t, uint64_t
 from posix.uio cimport iovec
 
-from netsched_client.io.includes.system cimport msghdr, ns_mmsghdr, sockaddr_in6, socklen_t
+from netsched_client.io._mmsg cimport Outbox
+from netsched_client.io.includes.system cimport ns_mmsghdr, sockaddr_in6, socklen_t
 
 from ._linux cimport epoll_event
 
@@ -19,6 +20,9 @@ cdef struct Flow:
     int newer
     uint32_t gen  # bumped on close, so a stale epoll event cannot reach the slot's next flow
     double last_active
+    double asked  # the first client datagram since the last reply; INFINITY: none
+    double last_sent  # the client's last datagram
+    bint answered  # a reply came (reported once)
     uint64_t seq  # the front batch that last queued datagrams for this flow
     int first  # that batch's datagrams for this flow, chained through UdpRelay._rnext
     int tail
@@ -30,9 +34,10 @@ cdef class UdpRelay:
     cdef readonly double idle_timeout
     cdef object _sock  # the front socket; its fd is _front_fd
     cdef object _choose
+    cdef object _report  # None, or flows.Report
+    cdef double _reply_timeout  # 0: the silence rule is off
     cdef int _front_fd
     cdef int _flow_rcvbuf
-    cdef bint _gso
     cdef int _epfd  # every flow's upstream socket, registered for EPOLLIN
 
     # the flow table: slots, hash buckets, free list, least-recently-active list
@@ -51,6 +56,7 @@ cdef class UdpRelay:
     cdef sockaddr_in6 *_backends
     cdef socklen_t *_backend_len
     cdef uint64_t *_refused  # per backend
+    cdef uint64_t *_silent  # per backend
 
     # from clients: one slot per datagram, then one sendmmsg per flow
     cdef ns_mmsghdr *_rmsgs
@@ -66,57 +72,55 @@ cdef class UdpRelay:
     cdef ns_mmsghdr *_pmsgs
     cdef iovec *_piov
     cdef char *_pbuf
-    # the send side of both directions: datagrams queued in _siov/_sflow, then
-    # planned into messages (one GSO run, or one datagram, each)
-    cdef iovec *_siov
-    cdef int *_sflow  # the flow each queued datagram belongs to
-    cdef ns_mmsghdr *_smsgs
-    cdef int *_sfirst  # the message's first datagram
-    cdef int _nqueued  # replies queued so far
-    cdef int *_scount  # datagrams in the message (> 1: a GSO run)
-    cdef char *_sctrl
+    # the send side of both directions (_mmsg.pyx): _nqueued datagrams queued so far
+    cdef Outbox _out
+    cdef int _nqueued
 
     cdef uint64_t _from_clients
     cdef uint64_t _to_backends
     cdef uint64_t _from_backends
     cdef uint64_t _to_clients
+    cdef uint64_t _bytes_from_clients
+    cdef uint64_t _bytes_to_backends
+    cdef uint64_t _bytes_from_backends
+    cdef uint64_t _bytes_to_clients
     cdef uint64_t _flows_opened
     cdef uint64_t _flows_expired
     cdef uint64_t _flows_failed
+    cdef uint64_t _flows_silent
     cdef uint64_t _flows_refused
     cdef uint64_t _backend_refused
     cdef uint64_t _no_backend
     cdef uint64_t _choose_errors
     cdef uint64_t _open_errors
+    cdef uint64_t _report_errors
     cdef uint64_t _unrouted
-    cdef uint64_t _send_errors
-    cdef uint64_t _gso_sends
-    cdef uint64_t _gso_fallbacks
+    cdef uint64_t _send_errors  # what a stopped send left (the outbox counts its own drops)
     cdef uint64_t _recv_truncated
     cdef uint64_t _syscalls_recv
-    cdef uint64_t _syscalls_send
 
     cdef int _allocate(self, int batch, int max_flows, int nbackends) except -1
     cdef void _prepare(self) noexcept
     cdef int _check_open(self) except -1
     cdef int _recv(self, int fd, ns_mmsghdr *msgs, int count) noexcept
-    cdef int _transmit(self, int fd, int n, bint connected, int *fatal) except -1
-    cdef int _plan(self, int j, int n, bint connected) noexcept
-    cdef int _run_length(self, int j, int n) noexcept
-    cdef void _set_segment(self, msghdr *hdr, int m, size_t segment) noexcept
-    cdef int _count_sent(self, int first, int last) noexcept
-    cdef int _refuse_gso(self, int err) except -1
-    cdef int _find(self, sockaddr_in6 *name, socklen_t length, double now) noexcept
+    cdef int _transmit(self, int fd, int n, bint connected, uint64_t *datagrams,
+                       uint64_t *nbytes) except -1
+    cdef int _flow_for(self, sockaddr_in6 *name, socklen_t length, double now) except -2
+    cdef int _find(self, sockaddr_in6 *name, socklen_t length) noexcept
     cdef bint _same(self, int f, sockaddr_in6 *name, socklen_t length) noexcept
+    cdef bint _is_silent(self, int f, double now) noexcept
     cdef void _touch(self, int f, double now) noexcept
     cdef void _unlink(self, int f) noexcept
-    cdef void _queue(self, int f, int i) noexcept
-    cdef int _send_upstream(self, int f) except -1
-    cdef int _receive_replies(self, int f, int k) noexcept
+    cdef void _queue(self, int f, int i, double now) noexcept
+    cdef int _send_upstream(self, int f, double now) except -1
+    cdef int _send_replies(self) except -1
+    cdef int _receive_replies(self, int f, int k, double now) except -1
     cdef int _open_flow(self, sockaddr_in6 *name, socklen_t length, double now) except -2
     cdef int _connect(self, int b, int f) noexcept
     cdef void _insert(self, int f, int fd, int b, sockaddr_in6 *name, socklen_t length,
                       double now) noexcept
     cdef bint _evict_idle(self, double now) noexcept
-    cdef void _fail(self, int f, int err) noexcept
+    cdef int _fail(self, int f, int err, double now) except -1
+    cdef int _give_up(self, int f, double now) except -1
+    cdef int _tell(self, int b, object outcome, double now) except -1
     cdef void _close_flow(self, int f) noexcept

@@ -2,7 +2,7 @@ from collections.abc import Sequence
 
 from netsched_client.io import Address
 
-from .flows import Choose, ForwarderStats
+from .flows import Choose, ForwarderStats, Report
 
 class UdpRelay:
     def __init__(
@@ -17,6 +17,8 @@ class UdpRelay:
         rcvbuf: int = ...,
         sndbuf: int = ...,
         gso: bool = ...,
+        reply_timeout: float | None = ...,
+        report: Report | None = ...,
     ) -> None: ...
     @property
     def local_address(self) -> Address: ...

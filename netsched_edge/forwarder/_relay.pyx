@@ -7,13 +7,16 @@ order, straight from the receive slots: no copy). `relay_upstream` is one
 epoll_wait(0) over every flow's socket, a recvmmsg per ready flow into a
 shared set of slots, then one sendmmsg on the front socket addressed to the
 clients. Python runs only when a client without a flow arrives (`choose`),
-once per call, and for stats. The flow-table rules are in flows.py.
+once per call, for stats, and once per flow event for `report` (a flow's
+first reply, its backend refusing or going silent). The flow-table and
+health rules are in flows.py.
 
-With `gso`, a run of same-size datagrams of one flow (the last may be
-shorter) leaves as one UDP GSO message: the stack is walked once per run and
-the datagrams are cut apart at the end (receivers still see datagrams).
-EIO/EINVAL on a GSO message switches GSO off for good and the run is resent
-datagram by datagram, as in netsched_client/io/_udp.pyx.
+Both directions send through netsched_client/io/_mmsg.pyx, the send loop of
+the io package's socket: with `gso`, a run of same-size datagrams of one
+flow (the last may be shorter) leaves as one UDP GSO message: the stack is
+walked once per run and the datagrams are cut apart at the end (receivers
+still see datagrams). EIO/EINVAL on a GSO message switches GSO off for good
+and the run is resent datagram by datagram.
 
 Not carried: ECN marks (no per-datagram control messages are asked for);
 UDP GRO stays off, so the kernel hands over datagrams one by one.
@@ -28,30 +31,22 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc
 from libc.errno cimport errno
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.math cimport INFINITY
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
+from netsched_client.io._mmsg cimport outbox_close, outbox_open, outbox_send
 from netsched_client.io.includes.system cimport (
-    CMSG_DATA,
-    CMSG_FIRSTHDR,
-    CMSG_LEN,
-    CMSG_SPACE,
+    ECONNREFUSED,
     EINTR,
-    EINVAL,
-    EIO,
     MSG_TRUNC,
     NS_WOULD_BLOCK,
-    SOL_UDP,
-    UDP_SEGMENT,
-    cmsghdr,
     msghdr,
     ns_recvmmsg,
-    ns_sendmmsg,
     sockaddr,
 )
 
 from ._linux cimport (
-    ECONNREFUSED,
     EPOLL_CLOEXEC,
     EPOLL_CTL_ADD,
     EPOLLIN,
@@ -77,6 +72,7 @@ from .flows import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_FLOWS,
     FLOW_RCVBUF,
+    FlowOutcome,
     ForwarderStats,
     address_of,
     backend_index,
@@ -97,9 +93,10 @@ cdef extern from *:
 cdef enum:
     SLOT = 65536  # the largest UDP payload fits
     NO_FLOW = -1
-    CTRL_SPACE = 32  # one UDP_SEGMENT control message
-    GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels (newer allow 128)
-    GSO_MAX_BYTES = 65507  # one IPv4 packet's UDP payload
+
+cdef object ANSWERED = FlowOutcome.ANSWERED
+cdef object REFUSED = FlowOutcome.REFUSED
+cdef object SILENT = FlowOutcome.SILENT
 
 
 cdef inline uint32_t _hash(const sockaddr_in6 *name, socklen_t length, uint64_t seed) noexcept:
@@ -126,12 +123,12 @@ cdef class UdpRelay:
 
     def __init__(self, listen, backends, choose, *, max_flows=DEFAULT_MAX_FLOWS,
                  idle_timeout=DEFAULT_IDLE_TIMEOUT, batch=DEFAULT_BATCH, rcvbuf=DEFAULT_BUFFER,
-                 sndbuf=DEFAULT_BUFFER, gso=True):
+                 sndbuf=DEFAULT_BUFFER, gso=True, reply_timeout=None,
+                 report=None):
         options = check_options(listen, backends, max_flows=max_flows,
                                 idle_timeout=idle_timeout, batch=batch, rcvbuf=rcvbuf,
-                                sndbuf=sndbuf)
-        if not callable(choose):
-            raise TypeError(f"choose must be callable, got {choose!r:.80}")
+                                sndbuf=sndbuf, reply_timeout=reply_timeout, choose=choose,
+                                report=report)
         if self._flows != NULL:
             raise RuntimeError("UdpRelay is already initialised")
         self._allocate(options.batch, options.max_flows, len(options.backends))
@@ -142,6 +139,8 @@ cdef class UdpRelay:
         self.batch = options.batch
         self.idle_timeout = options.idle_timeout
         self._choose = choose
+        self._report = report
+        self._reply_timeout = options.reply_timeout or 0.0
         self._flow_rcvbuf = FLOW_RCVBUF
         self._seed = int.from_bytes(os.urandom(8), "little")
         self._prepare()
@@ -149,7 +148,7 @@ cdef class UdpRelay:
         if self._epfd < 0:
             raise OSError(errno, os.strerror(errno))
         sock = open_front(options)
-        self._gso = enable_offloads(sock, bool(gso), False)[0]  # probes the kernel
+        self._out.gso = enable_offloads(sock, bool(gso), False)[0]  # probes the kernel
         self._sock = sock
         self._front_fd = sock.fileno()
         self.local_address = sock.getsockname()
@@ -167,6 +166,7 @@ cdef class UdpRelay:
         PyMem_RawFree(self._backends)
         PyMem_RawFree(self._backend_len)
         PyMem_RawFree(self._refused)
+        PyMem_RawFree(self._silent)
         PyMem_RawFree(self._rmsgs)
         PyMem_RawFree(self._riov)
         PyMem_RawFree(self._rnames)
@@ -177,12 +177,7 @@ cdef class UdpRelay:
         PyMem_RawFree(self._pmsgs)
         PyMem_RawFree(self._piov)
         PyMem_RawFree(self._pbuf)
-        PyMem_RawFree(self._smsgs)
-        PyMem_RawFree(self._siov)
-        PyMem_RawFree(self._sflow)
-        PyMem_RawFree(self._sfirst)
-        PyMem_RawFree(self._scount)
-        PyMem_RawFree(self._sctrl)
+        outbox_close(&self._out)
 
     cdef int _allocate(self, int batch, int max_flows, int nbackends) except -1:
         cdef size_t b = batch
@@ -197,6 +192,7 @@ cdef class UdpRelay:
         self._backends = <sockaddr_in6 *>PyMem_RawCalloc(nbackends, sizeof(sockaddr_in6))
         self._backend_len = <socklen_t *>PyMem_RawCalloc(nbackends, sizeof(socklen_t))
         self._refused = <uint64_t *>PyMem_RawCalloc(nbackends, sizeof(uint64_t))
+        self._silent = <uint64_t *>PyMem_RawCalloc(nbackends, sizeof(uint64_t))
         self._rmsgs = <ns_mmsghdr *>PyMem_RawCalloc(b, sizeof(ns_mmsghdr))
         self._riov = <iovec *>PyMem_RawCalloc(b, sizeof(iovec))
         self._rnames = <sockaddr_in6 *>PyMem_RawCalloc(b, sizeof(sockaddr_in6))
@@ -207,20 +203,14 @@ cdef class UdpRelay:
         self._pmsgs = <ns_mmsghdr *>PyMem_RawCalloc(b, sizeof(ns_mmsghdr))
         self._piov = <iovec *>PyMem_RawCalloc(b, sizeof(iovec))
         self._pbuf = <char *>PyMem_RawMalloc(b * SLOT)
-        self._smsgs = <ns_mmsghdr *>PyMem_RawCalloc(b, sizeof(ns_mmsghdr))
-        self._siov = <iovec *>PyMem_RawCalloc(b, sizeof(iovec))
-        self._sflow = <int *>PyMem_RawCalloc(b, sizeof(int))
-        self._sfirst = <int *>PyMem_RawCalloc(b, sizeof(int))
-        self._scount = <int *>PyMem_RawCalloc(b, sizeof(int))
-        self._sctrl = <char *>PyMem_RawCalloc(b, CTRL_SPACE)
         if (self._flows == NULL or self._buckets == NULL or self._backends == NULL
-                or self._backend_len == NULL or self._refused == NULL or self._rmsgs == NULL
-                or self._riov == NULL or self._rnames == NULL or self._rbuf == NULL
-                or self._rnext == NULL or self._active == NULL or self._events == NULL
-                or self._pmsgs == NULL or self._piov == NULL or self._pbuf == NULL
-                or self._smsgs == NULL or self._siov == NULL or self._sflow == NULL
-                or self._sfirst == NULL or self._scount == NULL or self._sctrl == NULL):
+                or self._backend_len == NULL or self._refused == NULL or self._silent == NULL
+                or self._rmsgs == NULL or self._riov == NULL or self._rnames == NULL
+                or self._rbuf == NULL or self._rnext == NULL or self._active == NULL
+                or self._events == NULL or self._pmsgs == NULL or self._piov == NULL
+                or self._pbuf == NULL):
             raise MemoryError("UdpRelay: cannot allocate the flow table and batch buffers")
+        outbox_open(&self._out, batch, batch)  # a batch is at most `batch` datagrams either way
         return 0
 
     cdef void _prepare(self) noexcept:
@@ -269,23 +259,30 @@ cdef class UdpRelay:
             to_backends=self._to_backends,
             from_backends=self._from_backends,
             to_clients=self._to_clients,
+            bytes_from_clients=self._bytes_from_clients,
+            bytes_to_backends=self._bytes_to_backends,
+            bytes_from_backends=self._bytes_from_backends,
+            bytes_to_clients=self._bytes_to_clients,
             active_flows=self._count,
             flows_opened=self._flows_opened,
             flows_expired=self._flows_expired,
             flows_failed=self._flows_failed,
+            flows_silent=self._flows_silent,
             flows_refused=self._flows_refused,
             backend_refused=self._backend_refused,
             no_backend=self._no_backend,
             choose_errors=self._choose_errors,
             open_errors=self._open_errors,
+            report_errors=self._report_errors,
             unrouted=self._unrouted,
-            send_errors=self._send_errors,
-            gso_sends=self._gso_sends,
-            gso_fallbacks=self._gso_fallbacks,
+            send_errors=self._send_errors + self._out.dropped,
+            gso_sends=self._out.gso_sends,
+            gso_fallbacks=self._out.gso_fallbacks,
             recv_truncated=self._recv_truncated,
             syscalls_recv=self._syscalls_recv,
-            syscalls_send=self._syscalls_send,
+            syscalls_send=self._out.syscalls,
             refused_by_backend=tuple(self._refused[b] for b in range(self._nbackends)),
+            silent_by_backend=tuple(self._silent[b] for b in range(self._nbackends)),
         )
 
     def close(self):
@@ -325,24 +322,42 @@ cdef class UdpRelay:
         self._nactive = 0
         for i in range(n):
             hdr = &self._rmsgs[i].msg_hdr
+            self._bytes_from_clients += self._rmsgs[i].msg_len
             if hdr.msg_flags & MSG_TRUNC:
                 self._recv_truncated += 1
                 continue
-            f = self._find(<sockaddr_in6 *>hdr.msg_name, hdr.msg_namelen, now)
+            f = self._flow_for(<sockaddr_in6 *>hdr.msg_name, hdr.msg_namelen, now)
+            if self._front_fd < 0:
+                return n  # `choose` or `report` closed the relay: its flows are gone
             if f == NO_FLOW:
-                f = self._open_flow(<sockaddr_in6 *>hdr.msg_name, hdr.msg_namelen, now)
-                if self._front_fd < 0:
-                    return n  # `choose` closed the relay: its flows are gone
-                if f == NO_FLOW:
-                    self._unrouted += 1
-                    continue
-            self._queue(f, i)
+                self._unrouted += 1
+                continue
+            self._queue(f, i, now)
         for i in range(self._nactive):
-            self._send_upstream(self._active[i])
+            self._send_upstream(self._active[i], now)
+            if self._front_fd < 0:
+                return n
         return n
 
-    cdef void _queue(self, int f, int i) noexcept:
-        """Append datagram i to flow f's chain for this batch."""
+    cdef int _flow_for(self, sockaddr_in6 *name, socklen_t length, double now) except -2:
+        """The client's flow, refreshed at `now`, or a new one; NO_FLOW if none could be opened.
+
+        A flow whose backend went silent is closed and reported first, so the
+        client is pinned again (flows.py).
+        """
+        cdef int f = self._find(name, length)
+        if f != NO_FLOW and self._is_silent(f, now):
+            self._give_up(f, now)
+            if self._front_fd < 0:
+                return NO_FLOW
+            f = NO_FLOW
+        if f == NO_FLOW:
+            return self._open_flow(name, length, now)
+        self._touch(f, now)
+        return f
+
+    cdef void _queue(self, int f, int i, double now) noexcept:
+        """Append datagram i to flow f's chain for this batch; it now awaits a reply."""
         cdef Flow *flow = &self._flows[f]
         self._rnext[i] = NO_FLOW
         if flow.seq != self._seq:
@@ -353,29 +368,30 @@ cdef class UdpRelay:
         else:
             self._rnext[flow.tail] = i
         flow.tail = i
+        if flow.asked == INFINITY or now - flow.last_sent > self._reply_timeout:
+            flow.asked = now  # a pause longer than reply_timeout starts the count again
+        flow.last_sent = now
 
-    cdef int _send_upstream(self, int f) except -1:
+    cdef int _send_upstream(self, int f, double now) except -1:
         """Send flow f's datagrams of this batch, in order, from their receive slots."""
         cdef Flow *flow = &self._flows[f]
         cdef int i = flow.first
         cdef int n = 0
-        cdef int fatal = 0
         while i != NO_FLOW:
-            self._siov[n].iov_base = self._riov[i].iov_base
-            self._siov[n].iov_len = self._rmsgs[i].msg_len
-            self._sflow[n] = f
+            self._out.iov[n].iov_base = self._riov[i].iov_base
+            self._out.iov[n].iov_len = self._rmsgs[i].msg_len
             n += 1
             i = self._rnext[i]
-        self._to_backends += self._transmit(flow.fd, n, True, &fatal)
-        if fatal:
-            self._fail(f, fatal)
+        self._transmit(flow.fd, n, True, &self._to_backends, &self._bytes_to_backends)
+        if self._out.stop == ECONNREFUSED:
+            self._fail(f, ECONNREFUSED, now)
         return 0
 
     # -- backends → clients --------------------------------------------------
 
     def relay_upstream(self, double now):
         """Replies from every ready flow, relayed to their clients; return how many (0: none)."""
-        cdef int e, n, f, got
+        cdef int e, n, f
         cdef int k = 0  # receive slots used
         cdef uint64_t data
         cdef uint64_t before = self._from_backends
@@ -392,17 +408,22 @@ cdef class UdpRelay:
             if self._flows[f].fd < 0 or self._flows[f].gen != <uint32_t>(data >> 32):
                 continue  # closed since the event was queued
             if k == self.batch:
-                self._to_clients += self._transmit(self._front_fd, self._nqueued, False, NULL)
-                k = self._nqueued = 0
-            got = self._receive_replies(f, k)
-            if got > 0:
-                self._touch(f, now)
-                k += got
+                self._send_replies()
+                k = 0
+            k += self._receive_replies(f, k, now)
+            if self._front_fd < 0:
+                return self._from_backends - before  # `report` closed the relay
         if self._nqueued:
-            self._to_clients += self._transmit(self._front_fd, self._nqueued, False, NULL)
+            self._send_replies()
         return self._from_backends - before
 
-    cdef int _receive_replies(self, int f, int k) noexcept:
+    cdef int _send_replies(self) except -1:
+        self._transmit(self._front_fd, self._nqueued, False, &self._to_clients,
+                       &self._bytes_to_clients)
+        self._nqueued = 0
+        return 0
+
+    cdef int _receive_replies(self, int f, int k, double now) except -1:
         """recvmmsg flow f's replies into slots k.. and queue them for its client.
 
         Return how many slots were filled (truncated replies are counted, not
@@ -413,18 +434,27 @@ cdef class UdpRelay:
         cdef int j
         cdef int q = self._nqueued
         if got < 0:
-            self._fail(f, -got)
+            self._fail(f, -got, now)
+            return 0
+        if got == 0:
             return 0
         self._from_backends += got
         for j in range(k, k + got):
+            self._bytes_from_backends += self._pmsgs[j].msg_len
             if self._pmsgs[j].msg_hdr.msg_flags & MSG_TRUNC:
                 self._recv_truncated += 1
                 continue
-            self._siov[q].iov_base = self._piov[j].iov_base
-            self._siov[q].iov_len = self._pmsgs[j].msg_len
-            self._sflow[q] = f
+            self._out.iov[q].iov_base = self._piov[j].iov_base
+            self._out.iov[q].iov_len = self._pmsgs[j].msg_len
+            self._out.name[q] = &flow.client
+            self._out.namelen[q] = flow.client_len
             q += 1
         self._nqueued = q
+        self._touch(f, now)
+        flow.asked = INFINITY
+        if not flow.answered:
+            flow.answered = True
+            self._tell(flow.backend, ANSWERED, now)
         return got
 
     # -- syscalls --------------------------------------------------------------
@@ -444,121 +474,28 @@ cdef class UdpRelay:
                 return 0
             return -err
 
-    cdef int _transmit(self, int fd, int n, bint connected, int *fatal) except -1:
-        """Send the n datagrams queued in _siov/_sflow; return how many the kernel took."""
-        cdef int j = 0
-        cdef int sent = 0
-        cdef int m, k, r, err
-        while j < n:
-            m = self._plan(j, n, connected)
-            k = 0
-            while k < m:
-                r = ns_sendmmsg(fd, &self._smsgs[k], m - k)
-                self._syscalls_send += 1
-                if r > 0:
-                    sent += self._count_sent(k, k + r)
-                    k += r
-                    continue
-                err = errno
-                if err == EINTR:
-                    continue
-                if self._scount[k] > 1 and (err == EIO or err == EINVAL):
-                    self._refuse_gso(err)
-                    break  # re-plan from this run without GSO
-                if NS_WOULD_BLOCK(err) or (connected and err == ECONNREFUSED):
-                    self._send_errors += n - self._sfirst[k]
-                    if connected and err == ECONNREFUSED:
-                        fatal[0] = err
-                    return sent
-                self._send_errors += self._scount[k]
-                k += 1
-            j = self._sfirst[k] if k < m else n
-        return sent
+    cdef int _transmit(self, int fd, int n, bint connected, uint64_t *datagrams,
+                       uint64_t *nbytes) except -1:
+        """Send the n datagrams queued in the outbox; add what the kernel took to the counters.
 
-    cdef int _plan(self, int j, int n, bint connected) noexcept:
-        """Plan datagrams j..n-1 into _smsgs, a GSO run per message if allowed; return how many.
-
-        Replies carry their client's address (a run never spans two flows);
-        flow sockets are connected and carry none.
+        UDP: what a stopped send (EAGAIN, ECONNREFUSED) leaves is dropped and
+        counted, not queued.
         """
-        cdef int m = 0
-        cdef int count
-        cdef Flow *flow
-        cdef msghdr *hdr
-        while j < n:
-            count = self._run_length(j, n) if self._gso else 1
-            hdr = &self._smsgs[m].msg_hdr
-            hdr.msg_iov = &self._siov[j]
-            hdr.msg_iovlen = count
-            if connected:
-                hdr.msg_name = NULL
-                hdr.msg_namelen = 0
-            else:
-                flow = &self._flows[self._sflow[j]]
-                hdr.msg_name = &flow.client
-                hdr.msg_namelen = flow.client_len
-            self._set_segment(hdr, m, self._siov[j].iov_len if count > 1 else 0)
-            self._sfirst[m] = j
-            self._scount[m] = count
-            j += count
-            m += 1
-        return m
-
-    cdef int _run_length(self, int j, int n) noexcept:
-        """How many datagrams from j form a GSO run: one flow, one size (the last may be less)."""
-        cdef size_t size = self._siov[j].iov_len
-        cdef size_t total = size
-        cdef size_t next_size
-        cdef int count = 1
-        if size == 0:
-            return 1
-        while (j + count < n and count < GSO_MAX_SEGMENTS
-               and self._sflow[j + count] == self._sflow[j]):
-            next_size = self._siov[j + count].iov_len
-            if next_size == 0 or next_size > size or total + next_size > GSO_MAX_BYTES:
-                break
-            count += 1
-            total += next_size
-            if next_size < size:
-                break  # a short datagram can only end a run
-        return count
-
-    cdef void _set_segment(self, msghdr *hdr, int m, size_t segment) noexcept:
-        """Attach a UDP_SEGMENT control message (segment > 0) or none."""
-        cdef cmsghdr *cmsg
-        cdef uint16_t value = <uint16_t>segment
-        if segment == 0:
-            hdr.msg_control = NULL
-            hdr.msg_controllen = 0
-            return
-        hdr.msg_control = self._sctrl + <size_t>m * CTRL_SPACE
-        hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-        cmsg = CMSG_FIRSTHDR(hdr)
-        cmsg.cmsg_level = SOL_UDP
-        cmsg.cmsg_type = UDP_SEGMENT
-        cmsg.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-        memcpy(CMSG_DATA(cmsg), &value, sizeof(uint16_t))
-
-    cdef int _count_sent(self, int first, int last) noexcept:
-        cdef int k
-        cdef int sent = 0
-        for k in range(first, last):
-            sent += self._scount[k]
-            if self._scount[k] > 1:
-                self._gso_sends += 1
-        return sent
-
-    cdef int _refuse_gso(self, int err) except -1:
-        self._gso = False
-        self._gso_fallbacks += 1
-        warn_once("gso", "UDP forwarder: GSO refused by the kernel (%s): sending datagrams one "
-                  "by one", os.strerror(err))
+        cdef uint64_t sent = self._out.sent
+        cdef uint64_t sent_bytes = self._out.bytes_sent
+        cdef uint64_t fallbacks = self._out.gso_fallbacks
+        self._send_errors += n - outbox_send(&self._out, fd, n, connected)
+        datagrams[0] += self._out.sent - sent
+        nbytes[0] += self._out.bytes_sent - sent_bytes
+        if self._out.gso_fallbacks != fallbacks:
+            warn_once("gso", "UDP forwarder: GSO refused by the kernel (%s): sending datagrams "
+                      "one by one", os.strerror(self._out.gso_errno))
         return 0
 
     # -- the flow table ----------------------------------------------------------
 
-    cdef int _find(self, sockaddr_in6 *name, socklen_t length, double now) noexcept:
-        """The client's flow, refreshed at `now`; NO_FLOW if it has none."""
+    cdef int _find(self, sockaddr_in6 *name, socklen_t length) noexcept:
+        """The client's flow; NO_FLOW if it has none."""
         cdef int f = self._last
         if f == NO_FLOW or not self._same(f, name, length):
             f = self._buckets[_hash(name, length, self._seed) & self._mask]
@@ -567,12 +504,17 @@ cdef class UdpRelay:
             if f == NO_FLOW:
                 return NO_FLOW
             self._last = f
-        self._touch(f, now)
         return f
 
     cdef bint _same(self, int f, sockaddr_in6 *name, socklen_t length) noexcept:
         return (self._flows[f].client_len == length
                 and memcmp(&self._flows[f].client, name, length) == 0)
+
+    cdef bint _is_silent(self, int f, double now) noexcept:
+        """Whether a client datagram at `now` finds flow f's backend silent (flows.py)."""
+        cdef Flow *flow = &self._flows[f]
+        return (self._reply_timeout > 0 and now - flow.last_sent <= self._reply_timeout
+                and now - flow.asked >= self._reply_timeout)
 
     cdef void _touch(self, int f, double now) noexcept:
         """Mark flow f active at `now`: it moves to the newest end of the list."""
@@ -658,6 +600,9 @@ cdef class UdpRelay:
         flow.fd = fd
         flow.backend = b
         flow.seq = 0
+        flow.asked = INFINITY
+        flow.last_sent = now
+        flow.answered = False
         flow.older = flow.newer = NO_FLOW
         flow.next = self._buckets[flow.hash & self._mask]
         self._buckets[flow.hash & self._mask] = f
@@ -675,13 +620,37 @@ cdef class UdpRelay:
         self._flows_expired += 1
         return True
 
-    cdef void _fail(self, int f, int err) noexcept:
+    cdef int _fail(self, int f, int err, double now) except -1:
         """Close flow f after a socket error; ECONNREFUSED means its backend is down."""
-        if err == ECONNREFUSED:
-            self._backend_refused += 1
-            self._refused[self._flows[f].backend] += 1
+        cdef int b = self._flows[f].backend
         self._flows_failed += 1
         self._close_flow(f)
+        if err == ECONNREFUSED:
+            self._backend_refused += 1
+            self._refused[b] += 1
+            self._tell(b, REFUSED, now)
+        return 0
+
+    cdef int _give_up(self, int f, double now) except -1:
+        """Close flow f: its backend left the client unanswered for reply_timeout."""
+        cdef int b = self._flows[f].backend
+        self._flows_silent += 1
+        self._silent[b] += 1
+        self._close_flow(f)
+        self._tell(b, SILENT, now)
+        return 0
+
+    cdef int _tell(self, int b, object outcome, double now) except -1:
+        """Report a flow's outcome for backend b (flows.py); a failing `report` is counted."""
+        if self._report is None:
+            return 0
+        try:
+            self._report(b, outcome, now)
+        except Exception as exc:
+            self._report_errors += 1
+            warn_once("report", "UDP forwarder: report(%d, %s) failed: %r", b, outcome.value,
+                      exc)
+        return 0
 
     cdef void _close_flow(self, int f) noexcept:
         cdef Flow *flow = &self._flows[f]

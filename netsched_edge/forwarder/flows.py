@@ -18,6 +18,26 @@ their Python statement, used by the reference relay):
 - A flow whose socket fails (ECONNREFUSED: backend down) is closed and
   counted; the client's next datagram opens a new flow and chooses again.
 
+Backend health, per flow (`report(backend, outcome, now)` tells the health
+layer, so that `choose` can steer new flows away from a failing backend):
+
+- ANSWERED: the flow's first reply, once per flow: the backend serves.
+- REFUSED: ECONNREFUSED on the flow's socket; the flow is closed (above).
+- SILENT: the client's datagrams went unanswered for `reply_timeout`
+  seconds: from the first one after the last reply (or since the flow
+  opened) to the current one, while the client kept sending (a pause longer
+  than `reply_timeout` starts the count again, so a client that sends one
+  datagram now and then is not taken for a dead backend). The current
+  datagram closes the flow and opens a new one: `choose` runs again, after
+  the report.
+
+So a client is re-pinned at its first datagram after its backend refused,
+or at the first one `reply_timeout` after its backend went silent; each
+such flow is one failure for the health layer, which ejects the backend
+after its `unhealthy_after` consecutive failures, and from then on `choose`
+picks another. `reply_timeout=None` (the relays' default) turns the
+silence rule off, for protocols whose backends need not answer.
+
 Time is the driver's `now` (event-loop seconds), never read here.
 
 Why a connected socket per flow rather than one NAT-style upstream socket:
@@ -43,6 +63,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
 from netsched_client.io import Address
@@ -52,9 +73,23 @@ log = logging.getLogger("netsched.edge.forwarder")
 
 Choose = Callable[[Address], int | None]  # client address → backend index, None: no backend
 
+
+class FlowOutcome(Enum):
+    """What a flow says about its backend's health (the rules in the module doc)."""
+
+    ANSWERED = "answered"
+    REFUSED = "refused"
+    SILENT = "silent"
+
+
+Report = Callable[[int, FlowOutcome, float], None]  # (backend index, outcome, now)
+
 MAX_FLOWS = 1 << 20
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_IDLE_TIMEOUT = 30.0  # seconds without a datagram either way (nginx proxy_timeout: 600)
+# Seconds of client datagrams without a reply after which a backend is silent
+# (the edge's UDP front; the relays' own default is None, the rule off).
+DEFAULT_REPLY_TIMEOUT = 5.0
 DEFAULT_BATCH = 64
 DEFAULT_BUFFER = 4 << 20  # front socket receive and send buffers
 FLOW_RCVBUF = 1 << 20  # each upstream socket: room for a burst of replies
@@ -72,15 +107,21 @@ class ForwarderStats:
     to_backends: int  # datagrams the kernel took for a backend
     from_backends: int  # reply datagrams received from backends
     to_clients: int  # reply datagrams the kernel took for a client
+    bytes_from_clients: int  # their payload bytes, the same four ways
+    bytes_to_backends: int
+    bytes_from_backends: int
+    bytes_to_clients: int
     active_flows: int
     flows_opened: int
     flows_expired: int  # idle: by the timer or evicted to make room
     flows_failed: int  # closed on a socket error (backend_refused included)
+    flows_silent: int  # closed because the backend left the client unanswered (reply_timeout)
     flows_refused: int  # new clients turned away: the table was full of active flows
     backend_refused: int  # ICMP port unreachable from a backend (ECONNREFUSED)
     no_backend: int  # new clients for which `choose` returned None
     choose_errors: int  # `choose` raised or returned something other than a backend index
     open_errors: int  # upstream socket could not be opened (EMFILE, ENETUNREACH…)
+    report_errors: int  # `report` raised
     unrouted: int  # client datagrams dropped because no flow could be opened for them
     send_errors: int  # datagrams dropped on a send error (EAGAIN included), either way
     gso_sends: int  # messages that carried a run of datagrams as one UDP GSO send
@@ -89,11 +130,14 @@ class ForwarderStats:
     syscalls_recv: int
     syscalls_send: int
     refused_by_backend: tuple[int, ...]  # backend_refused per backend index
+    silent_by_backend: tuple[int, ...]  # flows_silent per backend index
 
 
-# The plain counters; active_flows and refused_by_backend are derived.
+# The plain counters; active_flows and the per-backend tuples are derived.
 COUNTERS = tuple(
-    f for f in ForwarderStats.__slots__ if f not in ("active_flows", "refused_by_backend")
+    f
+    for f in ForwarderStats.__slots__
+    if f not in ("active_flows", "refused_by_backend", "silent_by_backend")
 )
 
 
@@ -134,6 +178,7 @@ class RelayOptions:
     batch: int
     rcvbuf: int
     sndbuf: int
+    reply_timeout: float | None
 
 
 def check_options(
@@ -145,6 +190,9 @@ def check_options(
     batch: int,
     rcvbuf: int,
     sndbuf: int,
+    reply_timeout: float | None,
+    choose: object,
+    report: object,
 ) -> RelayOptions:
     """Validate the relay's settings; raise ValueError/TypeError naming the bad one."""
     if not backends:
@@ -154,17 +202,30 @@ def check_options(
         address_family(backend, f"backends[{i}]")
     if type(max_flows) is not int or not 1 <= max_flows <= MAX_FLOWS:
         raise ValueError(f"max_flows must be an int 1..{MAX_FLOWS}, got {max_flows!r}")
-    if not (isinstance(idle_timeout, int | float) and 0 < idle_timeout < math.inf):
+    if not _positive_seconds(idle_timeout):
         raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}")
     if type(batch) is not int or not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"batch must be an int 1..{MAX_BATCH}, got {batch!r}")
     for name, size in (("rcvbuf", rcvbuf), ("sndbuf", sndbuf)):
         if type(size) is not int or size <= 0:
             raise ValueError(f"{name} must be a positive int, got {size!r}")
+    if reply_timeout is not None and not _positive_seconds(reply_timeout):
+        raise ValueError(
+            f"reply_timeout must be None or a positive number of seconds, got {reply_timeout!r}"
+        )
+    if not callable(choose):
+        raise TypeError(f"choose must be callable, got {choose!r:.80}")
+    if report is not None and not callable(report):
+        raise TypeError(f"report must be callable or None, got {report!r:.80}")
     return RelayOptions(
         family, tuple(listen), tuple(tuple(b) for b in backends), max_flows,
         float(idle_timeout), batch, rcvbuf, sndbuf,
+        None if reply_timeout is None else float(reply_timeout),
     )  # fmt: skip
+
+
+def _positive_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def open_front(options: RelayOptions) -> socket.socket:
@@ -242,6 +303,42 @@ def warn_once(kind: str, message: str, *args: object) -> None:
 def sweep_interval(idle_timeout: float) -> float:
     """How often the driver expires flows: an idle flow lives at most 1.25 x idle_timeout."""
     return max(idle_timeout / 4, 0.01)
+
+
+class ReplyWatch:
+    """One flow's replies, for the silence rule (module doc); the C relay keeps the same state."""
+
+    __slots__ = ("_asked", "_last_sent", "answered", "reply_timeout")
+
+    def __init__(self, reply_timeout: float | None) -> None:
+        self.reply_timeout = reply_timeout
+        self.answered = False
+        self._asked: float | None = None  # the first unanswered client datagram
+        self._last_sent = -math.inf  # the client's last datagram
+
+    def silent(self, now: float) -> bool:
+        """Whether a client datagram at `now` finds the backend silent (no side effects)."""
+        timeout = self.reply_timeout
+        return (
+            timeout is not None
+            and self._asked is not None
+            and now - self._last_sent <= timeout
+            and now - self._asked >= timeout
+        )
+
+    def sent(self, now: float) -> None:
+        """The client sent a datagram at `now`."""
+        timeout = math.inf if self.reply_timeout is None else self.reply_timeout
+        if self._asked is None or now - self._last_sent > timeout:
+            self._asked = now
+        self._last_sent = now
+
+    def replied(self) -> bool:
+        """The backend replied; return True if that is the flow's first reply."""
+        self._asked = None
+        first = not self.answered
+        self.answered = True
+        return first
 
 
 K = TypeVar("K")

@@ -26,8 +26,11 @@ from .flows import (
     DEFAULT_MAX_FLOWS,
     FLOW_RCVBUF,
     Choose,
+    FlowOutcome,
     FlowTable,
     ForwarderStats,
+    ReplyWatch,
+    Report,
     address_family,
     backend_index,
     check_options,
@@ -43,6 +46,7 @@ class _Flow:
     client: Address
     backend: int
     sock: socket.socket
+    watch: ReplyWatch
 
 
 class PyUdpRelay:
@@ -60,20 +64,24 @@ class PyUdpRelay:
         rcvbuf: int = DEFAULT_BUFFER,
         sndbuf: int = DEFAULT_BUFFER,
         gso: bool = True,
+        reply_timeout: float | None = None,
+        report: Report | None = None,
     ) -> None:
         # gso is accepted for a common signature: this relay sends datagram by datagram.
         options = check_options(
             listen, backends, max_flows=max_flows, idle_timeout=idle_timeout, batch=batch,
-            rcvbuf=rcvbuf, sndbuf=sndbuf,
+            rcvbuf=rcvbuf, sndbuf=sndbuf, reply_timeout=reply_timeout, choose=choose,
+            report=report,
         )  # fmt: skip
-        if not callable(choose):
-            raise TypeError(f"choose must be callable, got {choose!r:.80}")
         self._backends = options.backends
         self._choose = choose
+        self._report = report
+        self._reply_timeout = options.reply_timeout
         self._table: FlowTable[Address, _Flow] = FlowTable(max_flows, options.idle_timeout)
         self._by_fd: dict[int, _Flow] = {}
         self._n = dict.fromkeys(COUNTERS, 0)
         self._refused = [0] * len(options.backends)
+        self._silent = [0] * len(options.backends)
         self._epoll = select.epoll()
         self._sock = open_front(options)
         self._closed = False
@@ -90,7 +98,10 @@ class PyUdpRelay:
     @property
     def stats(self) -> ForwarderStats:
         return ForwarderStats(
-            **self._n, active_flows=len(self._table), refused_by_backend=tuple(self._refused)
+            **self._n,
+            active_flows=len(self._table),
+            refused_by_backend=tuple(self._refused),
+            silent_by_backend=tuple(self._silent),
         )
 
     def close(self) -> None:
@@ -118,17 +129,29 @@ class PyUdpRelay:
         before = self._n["from_clients"]
         plan: dict[_Flow, list[bytes]] = {}
         for data, client in self._receive_front():
-            flow = self._table.find(client, now) or self._open_flow(client, now)
+            flow = self._flow_for(client, now)
             if self._closed:
-                break  # `choose` closed the relay: its flows are gone
+                break  # `choose` or `report` closed the relay: its flows are gone
             if flow is None:
                 self._n["unrouted"] += 1
             else:
                 plan.setdefault(flow, []).append(data)
-        if not self._closed:
-            for flow, datagrams in plan.items():
-                self._send_upstream(flow, datagrams)
+                flow.watch.sent(now)
+        for flow, datagrams in plan.items():
+            if self._closed:
+                break
+            self._send_upstream(flow, datagrams, now)
         return self._n["from_clients"] - before
+
+    def _flow_for(self, client: Address, now: float) -> _Flow | None:
+        """The client's flow, or a new one; a flow whose backend went silent is replaced."""
+        flow = self._table.find(client, now)
+        if flow is not None and flow.watch.silent(now):
+            self._give_up(flow, now)
+            if self._closed:
+                return None
+            flow = None
+        return flow or self._open_flow(client, now)
 
     def _receive_front(self) -> list[tuple[bytes, Address]]:
         """Up to `batch` datagrams read; truncated ones are counted and left out."""
@@ -140,13 +163,14 @@ class PyUdpRelay:
             except BlockingIOError:
                 break
             self._n["from_clients"] += 1
+            self._n["bytes_from_clients"] += len(data)
             if flags & socket.MSG_TRUNC:
                 self._n["recv_truncated"] += 1
                 continue
             out.append((data, addr))
         return out
 
-    def _send_upstream(self, flow: _Flow, datagrams: list[bytes]) -> None:
+    def _send_upstream(self, flow: _Flow, datagrams: list[bytes], now: float) -> None:
         for i, data in enumerate(datagrams):
             self._n["syscalls_send"] += 1
             try:
@@ -156,12 +180,13 @@ class PyUdpRelay:
                 return
             except ConnectionRefusedError as exc:
                 self._n["send_errors"] += len(datagrams) - i
-                self._fail(flow, exc)
+                self._fail(flow, exc, now)
                 return
             except OSError:
                 self._n["send_errors"] += 1
                 continue
             self._n["to_backends"] += 1
+            self._n["bytes_to_backends"] += len(data)
 
     # -- backends → clients --------------------------------------------------
 
@@ -178,6 +203,8 @@ class PyUdpRelay:
                 self._send_replies(replies)
                 replies, slots = [], 0
             slots += self._receive_replies(flow, self.batch - slots, replies, now)
+            if self._closed:
+                return self._n["from_backends"] - before  # `report` closed the relay
         self._send_replies(replies)
         return self._n["from_backends"] - before
 
@@ -193,16 +220,19 @@ class PyUdpRelay:
             except BlockingIOError:
                 break
             except OSError as exc:
-                self._fail(flow, exc)
+                self._fail(flow, exc, now)
                 break
             read += 1
             self._n["from_backends"] += 1
+            self._n["bytes_from_backends"] += len(data)
             if flags & socket.MSG_TRUNC:
                 self._n["recv_truncated"] += 1
                 continue
             replies.append((data, flow.client))
         if read:
             self._table.find(flow.client, now)
+            if flow.watch.replied():
+                self._tell(flow.backend, FlowOutcome.ANSWERED, now)
         return read
 
     def _send_replies(self, replies: list[tuple[bytes, Address]]) -> None:
@@ -217,6 +247,7 @@ class PyUdpRelay:
                 self._n["send_errors"] += 1
                 continue
             self._n["to_clients"] += 1
+            self._n["bytes_to_clients"] += len(data)
 
     # -- flows -------------------------------------------------------------------
 
@@ -247,7 +278,7 @@ class PyUdpRelay:
             self._n["open_errors"] += 1
             warn_once("open", "UDP forwarder: cannot open a socket to backend %d: %s", choice, exc)
             return None
-        flow = _Flow(client, choice, sock)
+        flow = _Flow(client, choice, sock, ReplyWatch(self._reply_timeout))
         self._table.add(client, flow, now)
         self._by_fd[sock.fileno()] = flow
         self._n["flows_opened"] += 1
@@ -266,13 +297,32 @@ class PyUdpRelay:
             raise
         return sock
 
-    def _fail(self, flow: _Flow, exc: OSError) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            self._n["backend_refused"] += 1
-            self._refused[flow.backend] += 1
+    def _fail(self, flow: _Flow, exc: OSError, now: float) -> None:
         self._n["flows_failed"] += 1
         self._table.remove(flow.client)
         self._close_flow(flow)
+        if isinstance(exc, ConnectionRefusedError):
+            self._n["backend_refused"] += 1
+            self._refused[flow.backend] += 1
+            self._tell(flow.backend, FlowOutcome.REFUSED, now)
+
+    def _give_up(self, flow: _Flow, now: float) -> None:
+        self._n["flows_silent"] += 1
+        self._silent[flow.backend] += 1
+        self._table.remove(flow.client)
+        self._close_flow(flow)
+        self._tell(flow.backend, FlowOutcome.SILENT, now)
+
+    def _tell(self, backend: int, outcome: FlowOutcome, now: float) -> None:
+        if self._report is None:
+            return
+        try:
+            self._report(backend, outcome, now)
+        except Exception as exc:
+            self._n["report_errors"] += 1
+            warn_once(
+                "report", "UDP forwarder: report(%d, %s) failed: %r", backend, outcome.value, exc
+            )
 
     def _close_flow(self, flow: _Flow) -> None:
         del self._by_fd[flow.sock.fileno()]

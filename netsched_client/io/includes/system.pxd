@@ -19,18 +19,18 @@ cdef extern from * nogil:
     #ifdef __linux__
     #include <netinet/udp.h>
     typedef struct mmsghdr ns_mmsghdr;
-    static int ns_sendmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
+    static inline int ns_sendmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
         return sendmmsg(fd, msgs, n, 0);
     }
-    static int ns_recvmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
+    static inline int ns_recvmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
         return recvmmsg(fd, msgs, n, 0, NULL);
     }
     #else
     typedef struct { struct msghdr msg_hdr; unsigned int msg_len; } ns_mmsghdr;
-    static int ns_sendmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
+    static inline int ns_sendmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
         (void)fd; (void)msgs; (void)n; errno = ENOSYS; return -1;
     }
-    static int ns_recvmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
+    static inline int ns_recvmmsg(int fd, ns_mmsghdr *msgs, unsigned int n) {
         (void)fd; (void)msgs; (void)n; errno = ENOSYS; return -1;
     }
     #endif
@@ -123,3 +123,4 @@ cdef extern from * nogil:
         EINTR
         EIO
         EINVAL
+        ECONNREFUSED
