@@ -11,7 +11,7 @@ from mp_harness import C1, C2, C3, SERVER, Link, Net, make_net
 from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.multipath import events as mpe
 from netsched_client.proto.multipath import frames as mpf
-from netsched_client.proto.multipath.connection import MultipathError
+from netsched_client.proto.multipath.connection import MultipathError, PathIdNotReady
 
 
 def _connected(tmp_path: Path, **kwargs) -> Net:
@@ -368,3 +368,27 @@ def test_slow_path_leaves_alone_a_stream_it_would_deliver_late(tmp_path: Path) -
     net.run(0.03)
     assert slow.stats.bytes_sent - before < 2_000  # ACKs and control only
     assert net.server.scheduler.decisions[(0, "data")] > 0
+
+
+def _open_when_ready(net: Net, local: tuple[str, int]) -> int:
+    for _ in range(300):
+        try:
+            return net.client.open_path(local, SERVER, net.now)
+        except PathIdNotReady:
+            net.run(0.01)
+    raise AssertionError("no path ID became ready")
+
+
+def test_retired_path_ids_are_replaced_by_max_path_id(tmp_path: Path) -> None:
+    """Open and abandon more paths than the initial limit allows at once: each retired path
+    ID makes room for one more (MAX_PATH_ID), so the number open at once stays bounded."""
+    net = _connected(tmp_path, client_max_path_id=2, server_max_path_id=2)
+    for n in range(6):
+        local = ("127.0.0.2", 6000 + n)
+        net.links[local] = Link()
+        path_id = _open_when_ready(net, local)
+        assert net.run(2.0, until=lambda p=path_id: bool(net.client.paths[p].usable)), n
+        net.client.abandon_path(path_id, now=net.now)
+        assert net.run(5.0, until=lambda p=path_id: p not in net.client.paths), n
+    assert path_id == 6  # IDs 1..6, never more than 2 of them open at once
+    assert not net.events("client", ConnectionTerminated)

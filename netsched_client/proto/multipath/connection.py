@@ -97,7 +97,7 @@ PATH_ATTRIBUTES: Final = (
 DEFAULT_MAX_PATH_ID: Final = 3
 CIDS_PER_PATH: Final = 2
 MAX_PEER_CIDS_PER_PATH: Final = 8  # our active_connection_id_limit, applied per path
-MAX_PATH_IDS_TRACKED: Final = 16  # path IDs we issue CIDs for, whatever the peer allows
+MAX_PATH_IDS_TRACKED: Final = 16  # unused path IDs we hold CIDs for, whatever the peer allows
 MULTIPATH_FRAME_CAPACITY: Final = 64
 
 
@@ -153,6 +153,7 @@ class MultipathConnection(QuicConnection):
         self._live = self._path0
         self._paths: dict[int, Path] = {0: self._path0}
         self._used_path_ids: set[int] = {0}
+        self._next_issued_path_id = 1  # path IDs below this one got CIDs (or were used)
         # Path IDs not opened yet: our CIDs for them and the peer's.
         self._host_pool: dict[int, list[QuicConnectionId]] = {}
         self._peer_pool: dict[int, list[QuicConnectionId]] = {}
@@ -499,6 +500,15 @@ class MultipathConnection(QuicConnection):
             path.stats.packets_lost += self._attr(path, "_loss").packets_lost
             self.closed_stats[path.path_id] = path.stats
             del self._paths[path.path_id]
+            self._raise_max_path_id()
+
+    def _raise_max_path_id(self) -> None:
+        """A path ID retired: the peer may use one more, so as many paths as at first may
+        be open at once for the whole connection (a client that moves keeps opening)."""
+        assert self._local_max_path_id is not None
+        if self.multipath_enabled and self._local_max_path_id < f.MAX_PATH_ID_VALUE:
+            self._local_max_path_id += 1
+            self._control.append(f.MaxPathId(self._local_max_path_id))
 
     def _largest_pto(self) -> float:
         ptos: list[float] = [
@@ -511,8 +521,10 @@ class MultipathConnection(QuicConnection):
     def _issue_path_cids(self) -> None:
         """Proactively issue CIDs for every unused path ID both sides allow (draft-21 §3.2.1)."""
         assert self._local_max_path_id is not None and self._peer_max_path_id is not None
-        limit = min(self._local_max_path_id, self._peer_max_path_id, MAX_PATH_IDS_TRACKED)
-        for path_id in range(1, limit + 1):
+        limit = min(self._local_max_path_id, self._peer_max_path_id)
+        while self._next_issued_path_id <= limit and len(self._host_pool) < MAX_PATH_IDS_TRACKED:
+            path_id = self._next_issued_path_id
+            self._next_issued_path_id += 1
             if path_id in self._used_path_ids or path_id in self._host_pool:
                 continue
             self._host_pool[path_id] = [
