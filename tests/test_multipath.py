@@ -392,3 +392,24 @@ def test_retired_path_ids_are_replaced_by_max_path_id(tmp_path: Path) -> None:
         assert net.run(5.0, until=lambda p=path_id: p not in net.client.paths), n
     assert path_id == 6  # IDs 1..6, never more than 2 of them open at once
     assert not net.events("client", ConnectionTerminated)
+
+
+def test_idle_backup_path_is_kept_alive_while_the_connection_is_in_use(tmp_path: Path) -> None:
+    net, path_id = _two_paths(tmp_path)
+    net.client.set_path_backup(path_id, True)
+    net.run(0.5)
+    before = net.server.paths[path_id].stats.packets_received
+    for n in range(8):  # the connection is in use (path 0); the backup carries nothing
+        net.client.send_ping(n)
+        net.run(5.0)
+    pings = net.server.paths[path_id].stats.packets_received - before
+    assert 2 <= pings <= 4  # one PING per 15 s interval, no more
+    assert net.client.paths[path_id].state.value == "active"
+
+
+def test_keepalives_do_not_keep_an_idle_connection_alive(tmp_path: Path) -> None:
+    net, path_id = _two_paths(tmp_path)
+    net.client.send_ping(1)
+    net.run(0.5)
+    assert net.run(120.0, until=lambda: bool(net.events("client", ConnectionTerminated)))
+    assert net.server.paths[path_id].stats.packets_received < 6

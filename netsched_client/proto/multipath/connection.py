@@ -165,6 +165,7 @@ class MultipathConnection(QuicConnection):
         self.urgent_copies = UrgentCopies()
         self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
         self._stalls_checked_at = 0.0  # silence deadlines up to here were judged
+        self._active_at = 0.0  # last ack-eliciting send that was not a keep-alive
         self.closed_stats: dict[int, Any] = {}
         if max_path_id is not None:
             # Without multipath these stay unknown frame types, as in aioquic.
@@ -827,7 +828,10 @@ class MultipathConnection(QuicConnection):
             plan = [(next(iter(self._paths.values())), False)]
         for path, data_allowed in plan:
             with self._on_path(path):
+                eliciting = self._spaces[Epoch.ONE_RTT].ack_eliciting_in_flight
                 sent = self._send_on_live_path(path, now, data_allowed)
+                if self._spaces[Epoch.ONE_RTT].ack_eliciting_in_flight > eliciting:
+                    self._note_activity(path, now)
             self._account(path, sent)
             out.extend((data, addr, path.path_id) for data, addr in sent)
             if self._state in END_STATES:
@@ -1032,6 +1036,8 @@ class MultipathConnection(QuicConnection):
             silence = self.scheduler.silence_deadline(self, path)
             if silence is not None and silence > self._stalls_checked_at:
                 timers.append(silence)  # judged once; later evidence comes with an ACK
+            if (keepalive := self._keepalive_at(path)) is not None:
+                timers.append(keepalive)
         return min(timers, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -1060,10 +1066,36 @@ class MultipathConnection(QuicConnection):
                 self._reinject_in_flight()
         for path in self.scheduler.need_evidence(self):
             self._set_attr(path, "_probe_pending", True)  # its ACK will tell whether it works
+        for path in self._paths.values():
+            keepalive = self._keepalive_at(path)
+            if keepalive is not None and keepalive <= now:
+                path.last_sent_at = now  # one PING per interval, even before it leaves
+                path.keepalive_pending = True
+                self._set_attr(path, "_probe_pending", True)
         for path in self.scheduler.dead_paths(self):
             path.abandon_error = f.PATH_UNSTABLE_OR_POOR
             self._start_closing(path, now)
         self._forget_closed_paths(now)
+
+    def _note_activity(self, path: Path, now: float) -> None:
+        """The live path sent something ack-eliciting: a keep-alive, or the connection at work."""
+        path.last_sent_at = now
+        if path.keepalive_pending:
+            path.keepalive_pending = False
+        else:
+            self._active_at = now
+
+    def _keepalive_at(self, path: Path) -> float | None:
+        """When an idle path (a backup, say) sends a PING: it keeps NAT bindings open
+        and the path's RTT fresh, and an unanswered one is how a dead backup shows.
+        Only while the connection is in use (something else was sent since this path's
+        last packet): keep-alives never keep an idle connection from timing out."""
+        if path.state is not PathState.ACTIVE or path.last_sent_at is None:
+            return None
+        if path.last_sent_at >= self._active_at:
+            return None
+        interval = min(self._configuration.idle_timeout / 3, self.scheduler.keepalive_s)
+        return path.last_sent_at + interval
 
     def _idle_timeout(self) -> float:
         idle: float = super()._idle_timeout()

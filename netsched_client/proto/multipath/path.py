@@ -62,6 +62,8 @@ class Path:
     closing_until: float | None = None
     reinjected_pto: int = 0  # the PTO count at the last re-injection (once per stall)
     stalled_since: float | None = None  # send time of the oldest packet overdue when it stalled
+    last_sent_at: float | None = None  # last ack-eliciting send on this path
+    keepalive_pending: bool = False  # its next ack-eliciting send is a keep-alive PING
     # CIDs for this path ID: ours not yet announced, and retirements to send.
     cids_to_announce: list[int] = field(default_factory=list)  # sequence numbers
     retire_pending: list[int] = field(default_factory=list)

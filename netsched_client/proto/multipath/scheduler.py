@@ -47,6 +47,9 @@ class Scheduler:
     # Stream data with less slack than this many RTTs of its path cannot wait for a
     # retransmission (9/8 RTT to detect the loss, half an RTT to resend): it is urgent.
     urgent_rtts: float = 1.75
+    # An idle path PINGs this often (at most a third of the idle timeout): NAT bindings
+    # on UDP commonly last 30 s or more (RFC 4787 asks for >= 2 min).
+    keepalive_s: float = 15.0
     decisions: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     def plan(self, conn: MultipathConnection, now: float) -> list[tuple[Path, bool]]:
