@@ -49,12 +49,16 @@ from aioquic.quic.connection import (
 from aioquic.quic.crypto import CryptoContext, CryptoPair
 from aioquic.quic.logger import QuicLoggerTrace
 from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
+from aioquic.quic.stream import QuicStreamSender
 from aioquic.tls import Epoch
 from aioquic_suite import AIOQUIC_VERSION
 from support import MemoryPair
 
 import netsched_client.proto.connection as netsched_connection
+import netsched_client.proto.fec_builder as netsched_fec_builder
+import netsched_client.proto.fec_link as netsched_fec_link
 import netsched_client.proto.multipath as multipath_package
 from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.multipath import frames
@@ -114,7 +118,13 @@ FOREIGN_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "QuicPacketRecovery._pto_count": int,  # the scheduler's stall/dead signal
     "QuicPacketRecovery._rtt_initialized": bool,
     "QuicPacketRecovery._rtt_smoothed": float,
+    "QuicPacketRecovery._rtt_initial": float,  # the loss estimator's RTT before a sample
+    "QuicPacketRecovery._pacer": object,  # REPAIR packets are paced by the path's pacer
     "QuicPacketRecovery._rtt_latest": float,  # the silence rule's time threshold
+    "QuicStreamSender._buffer_start": int,  # urgent copies never reach below it
+    "QuicStreamSender._pending": RangeSet,  # urgent copies: queued for one flush only
+    "QuicStreamSender._acked": RangeSet,  # a copied range's loss re-queues only the rest
+    "QuicStreamSender._acked_fin": bool,
     "QuicPacketRecovery.spaces": list,  # a new path's recovery gets its one space
     "QuicPacketRecovery.handshake_confirmed": bool,  # or a new path's PTO never arms
     "QuicPacketRecovery.max_ack_delay": float,
@@ -378,6 +388,44 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
         "each path has its own 1-RTT space; we read ack_queue, ack_at, largest_received_*, "
         "sent_packets",
     ),
+    # FEC (netsched_client.proto.fec_builder / fec_link / connection.py).
+    "aioquic.quic.connection:QuicConnection._write_stream_frame": (
+        "9bc0be962394a322",
+        "we wrap it: a frame written to the builder (its buffer moved) marks the packet "
+        "protected when the stream's request wants FEC",
+    ),
+    "aioquic.quic.packet_builder:QuicPacketBuilder._end_packet": (
+        "585948d0382505b3",
+        "FecPacketBuilder inserts SOURCE_SYMBOL_ID before it runs: the payload must still sit "
+        "unencrypted in _buffer from _packet_start + _header_size to tell(), padding and "
+        "encryption must come after, and _datagram_needs_padding must mean 1-RTT padding",
+    ),
+    "aioquic.quic.packet_builder:QuicPacketBuilder.remaining_buffer_space": (
+        "c71888f67588d506",
+        "FecPacketBuilder lowers it to keep protected packets within the symbol size",
+    ),
+    "aioquic.quic.packet_builder:QuicPacketBuilder.remaining_flight_space": (
+        "7a29e65594a53fb7",
+        "as remaining_buffer_space; frame writers size STREAM frames from it",
+    ),
+    "aioquic.quic.packet_builder:QuicPacketBuilder.start_packet": (
+        "63a59deba3617ddc",
+        "ends the previous packet (our _end_packet) first, sets _packet_type, _packet_start, "
+        "_header_size: FecPacketBuilder resets its per-packet marks after it",
+    ),
+    "aioquic.quic.rangeset:RangeSet.__init__": (
+        "442ebd54953d7904",
+        "recovered symbol IDs for SYMBOL_ACK are a RangeSet (add, shift, iteration)",
+    ),
+    "aioquic.quic.recovery:QuicPacketPacer.next_send_time": (
+        "292b9964362e62b5",
+        "REPAIR packets are paced like _write_application paces: next_send_time, then "
+        "update_after_send per packet",
+    ),
+    "aioquic.quic.recovery:QuicPacketPacer.update_after_send": (
+        "45868b0afc098716",
+        "see next_send_time",
+    ),
     "aioquic.quic.packet_builder:QuicPacketBuilder.start_frame": (
         "53af20167bc2f0e0",
         "reads the module globals NON_ACK_ELICITING_FRAME_TYPES / NON_IN_FLIGHT_FRAME_TYPES "
@@ -484,6 +532,7 @@ def test_foreign_attributes_exist_with_their_kind(
         "QuicNetworkPath": client._network_paths[0],
         "CryptoPair": client._cryptos[Epoch.ONE_RTT],
         "CryptoContext": client._cryptos[Epoch.ONE_RTT].recv,
+        "QuicStreamSender": QuicStreamSender(0, writable=True),
     }
     wrong = {}
     for qualified, kind in FOREIGN_ATTRIBUTE_KINDS.items():
@@ -590,7 +639,8 @@ def _our_modules() -> list[ModuleType]:
             multipath_package.__path__, "netsched_client.proto.multipath."
         )
     ]
-    return [netsched_connection, *(importlib.import_module(name) for name in names)]
+    fec_modules = [netsched_fec_builder, netsched_fec_link]
+    return [netsched_connection, *fec_modules, *(importlib.import_module(name) for name in names)]
 
 
 def _aioquic_base(cls: object) -> type | None:

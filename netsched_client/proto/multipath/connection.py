@@ -67,7 +67,7 @@ from . import frames as f
 from .crypto import KeyHistory, PathCrypto
 from .path import Path, PathState
 from .recovery import CountingRecovery
-from .reinjection import UrgentCopies
+from .reinjection import Copy, UrgentCopies, make_safe
 from .scheduler import Scheduler
 
 log = logging.getLogger("netsched.multipath")
@@ -853,12 +853,22 @@ class MultipathConnection(QuicConnection):
         if not priorities:
             return super().datagrams_to_send(now)
         late = self.scheduler.late_streams(self, path, priorities, now)
-        self._send_urgent_copies(path, late)
+        copies = self._send_urgent_copies(path, late)
         first = self._packet_number
         with self._holding_back(late):
             sent: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
+        if copies:
+            self.urgent_copies.withdraw(copies)
+            self._make_copies_safe(first, {id(c.sender) for c in copies})
         self._offer_urgent_copies(path, first, priorities, now)
         return sent
+
+    def _make_copies_safe(self, first: int, senders: set[int]) -> None:
+        """The packets of this flush from `first` on: their copied ranges' loss is safe."""
+        space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
+        for number in range(first, self._packet_number):
+            if (packet := space.sent_packets.get(number)) is not None:
+                make_safe(packet.delivery_handlers, senders)
 
     @contextmanager
     def _holding_back(self, stream_ids: Collection[int] | None) -> Iterator[None]:
@@ -885,13 +895,15 @@ class MultipathConnection(QuicConnection):
             self._streams_queue = held + [s for s in self._streams_queue if s not in kept]
             self._datagrams_pending = datagrams
 
-    def _send_urgent_copies(self, path: Path, late: Collection[int]) -> None:
+    def _send_urgent_copies(self, path: Path, late: Collection[int]) -> list[Copy]:
         """Queue, first on this path, the urgent ranges other paths sent (within its cwnd)."""
         room = self._loss.congestion_window - self._loss.bytes_in_flight
-        if self.urgent_copies.pending and room > 0:
-            count = self.urgent_copies.send_on(path.path_id, room, late)
-            if count:
-                self.scheduler.decisions[(path.path_id, "urgent-copy")] += count
+        if not self.urgent_copies.pending or room <= 0:
+            return []
+        copies = self.urgent_copies.send_on(path.path_id, room, late)
+        if copies:
+            self.scheduler.decisions[(path.path_id, "urgent-copy")] += len(copies)
+        return copies
 
     def _offer_urgent_copies(
         self, path: Path, first: int, priorities: Mapping[int, StreamPriority], now: float
@@ -908,13 +920,18 @@ class MultipathConnection(QuicConnection):
         space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
         for number in range(first, self._packet_number):
             packet = space.sent_packets.get(number)
+            copied = set()
             for handler, args in packet.delivery_handlers if packet else ():
                 sender = getattr(handler, "__self__", None)
                 if not isinstance(sender, QuicStreamSender):
                     continue
                 stream_id = streams.get(id(sender))
-                if stream_id in urgent:
-                    self.urgent_copies.offer(path.path_id, stream_id, handler, args, bytes_sent)
+                if stream_id is None or stream_id not in urgent:
+                    continue
+                if self.urgent_copies.offer(path.path_id, stream_id, sender, args, bytes_sent):
+                    copied.add(id(sender))
+            if packet is not None and copied:
+                make_safe(packet.delivery_handlers, copied)
 
     def _send_path_challenge(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         """Client: probe a new path once; the validation deadline abandons it if unanswered."""

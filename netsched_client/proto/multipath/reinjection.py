@@ -12,17 +12,58 @@ called with LOST, which puts it back at the front of the stream's queue, and
 the next path that flushes sends it. Copies wait only for the next round of
 flushes; one that found no other path by then is dropped (the original is
 still in flight, and its own loss recovery stands behind it).
+
+aioquic assumes one packet in flight per byte range; a copy breaks that,
+and a range re-queued after the other packet's ACK made aioquic drop those
+bytes from its buffer would be sent from the wrong place (the peer closes
+with FINAL_SIZE_ERROR). Three rules keep it safe:
+- both packets that carry a copied range report its loss through
+  `deliver_safely`, which re-queues only what is still unacknowledged;
+- a copy is in the stream's queue only while that one path flushes: what
+  the flush did not send is taken back out at once (`withdraw`);
+- a copy never reaches below what the stream already dropped, and a range
+  aioquic itself re-queued (lost) is left to its retransmission.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aioquic.quic.packet_builder import QuicDeliveryState
+from aioquic.quic.rangeset import RangeSet
+from aioquic.quic.stream import QuicStreamSender
 
 DEFAULT_SHARE = 0.1
+
+
+def deliver_safely(
+    delivery: QuicDeliveryState, sender: QuicStreamSender, start: int, stop: int, fin: bool
+) -> None:
+    """A stream frame's delivery handler for a range that two packets carry."""
+    if delivery == QuicDeliveryState.ACKED:
+        sender.on_data_delivery(delivery, start, stop, fin)
+        return
+    first = max(start, sender._buffer_start)
+    gaps = RangeSet([range(first, stop)] if first < stop else [])
+    for acked in sender._acked:
+        gaps.subtract(acked.start, acked.stop)
+    for gap in gaps:
+        sender.on_data_delivery(delivery, gap.start, gap.stop, fin and gap.stop == stop)
+    if fin and len(gaps) == 0 and not sender._acked_fin:
+        sender.on_data_delivery(delivery, stop, stop, True)
+
+
+Handlers = list[tuple[Callable[..., None], tuple[Any, ...]]]  # a sent packet's
+
+
+def make_safe(handlers: Handlers, senders: set[int]) -> None:
+    """Route the stream frames of `senders` (by id) in one packet through `deliver_safely`."""
+    for index, (handler, args) in enumerate(handlers):
+        sender = getattr(handler, "__self__", None)
+        if isinstance(sender, QuicStreamSender) and id(sender) in senders:
+            handlers[index] = (deliver_safely, (sender, *args))
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +71,8 @@ class Copy:
     origin: int  # path ID the data left on first
     stream_id: int
     round: int
-    handler: Callable[..., None]  # the stream sender's delivery handler
-    args: tuple[Any, ...]  # (start, stop, fin)
+    sender: QuicStreamSender
+    args: tuple[int, int, bool]  # (start, stop, fin), as its delivery handler takes them
     size: int
 
 
@@ -52,8 +93,8 @@ class UrgentCopies:
         self,
         origin: int,
         stream_id: int,
-        handler: Callable[..., None],
-        args: tuple[Any, ...],
+        sender: QuicStreamSender,
+        args: tuple[int, int, bool],
         bytes_sent: int,
     ) -> bool:
         """Queue a copy of a range sent on path `origin`; False when over budget
@@ -66,23 +107,33 @@ class UrgentCopies:
             return False
         self.copied[stream_id] = stop
         self.copy_bytes += size
-        self.pending.append(Copy(origin, stream_id, self.round, handler, args, size))
+        self.pending.append(Copy(origin, stream_id, self.round, sender, args, size))
         return True
 
-    def send_on(self, path_id: int, room: int, late: Collection[int]) -> int:
-        """Hand the copies from other paths that fit in `room` bytes back to their streams,
-        but for the streams this path would deliver `late`; returns how many."""
-        taken, count, keep = 0, 0, []
+    def send_on(self, path_id: int, room: int, late: Collection[int]) -> list[Copy]:
+        """Queue in their streams, for this path's flush, the copies from other paths that
+        fit in `room` bytes, but for the streams it would deliver `late`. Returns them:
+        `withdraw` them right after the flush."""
+        taken, handed, keep = 0, [], []
         for copy in self.pending:
-            fits = taken + copy.size <= room
-            if copy.origin != path_id and copy.stream_id not in late and fits:
-                copy.handler(QuicDeliveryState.LOST, *copy.args)
-                taken += copy.size
-                count += 1
-            else:
+            if copy.origin == path_id or copy.stream_id in late or taken + copy.size > room:
                 keep.append(copy)
+                continue
+            start, stop, fin = copy.args
+            start = max(start, copy.sender._buffer_start)  # else acknowledged meanwhile
+            pending = copy.sender._pending
+            if start < stop and not any(r.start < stop and start < r.stop for r in pending):
+                copy.sender.on_data_delivery(QuicDeliveryState.LOST, start, stop, fin)
+                taken += stop - start
+                handed.append(replace(copy, args=(start, stop, fin)))
         self.pending = keep
-        return count
+        return handed
+
+    @staticmethod
+    def withdraw(handed: list[Copy]) -> None:
+        """Take back out of the streams' queues what the flush did not send."""
+        for copy in handed:
+            copy.sender._pending.subtract(copy.args[0], copy.args[1])
 
     def forget(self, live: Collection[int]) -> None:
         """Drop what is known of streams that no longer exist (bounded memory)."""
