@@ -102,3 +102,14 @@ def test_loss_requeues_only_the_unacknowledged_part() -> None:
         (0, 1000, False),
         (2000, 1000, True),
     ]
+
+
+def test_once_copied_every_later_carrier_of_the_stream_reports_loss_safely() -> None:
+    """A retransmission is a carrier too: aioquic takes the handler from the sender for
+    each frame it writes, and after the first copy that handler is the safe one."""
+    sender, a, _ = _sender_with_two_frames()
+    UrgentCopies(share=1.0).offer(0, 0, sender, a, bytes_sent=10_000)
+    handler = sender.on_data_delivery  # what aioquic stores for the next frame it writes
+    sender.on_data_delivery(QuicDeliveryState.ACKED, *a)  # one carrier arrived
+    handler(QuicDeliveryState.LOST, *a)  # another is lost
+    assert sender.get_frame(1000) is None

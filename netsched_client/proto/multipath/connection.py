@@ -53,7 +53,6 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
-from aioquic.quic.stream import QuicStreamSender
 from aioquic.tls import Epoch
 
 from ..send_order import StreamPriority
@@ -67,7 +66,7 @@ from . import frames as f
 from .crypto import KeyHistory, PathCrypto
 from .path import Path, PathState
 from .recovery import CountingRecovery
-from .reinjection import Copy, UrgentCopies, make_safe
+from .reinjection import Copy, UrgentCopies, make_safe, sender_of
 from .scheduler import Scheduler
 
 log = logging.getLogger("netsched.multipath")
@@ -857,18 +856,9 @@ class MultipathConnection(QuicConnection):
         first = self._packet_number
         with self._holding_back(late):
             sent: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
-        if copies:
-            self.urgent_copies.withdraw(copies)
-            self._make_copies_safe(first, {id(c.sender) for c in copies})
+        self.urgent_copies.withdraw(copies)
         self._offer_urgent_copies(path, first, priorities, now)
         return sent
-
-    def _make_copies_safe(self, first: int, senders: set[int]) -> None:
-        """The packets of this flush from `first` on: their copied ranges' loss is safe."""
-        space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
-        for number in range(first, self._packet_number):
-            if (packet := space.sent_packets.get(number)) is not None:
-                make_safe(packet.delivery_handlers, senders)
 
     @contextmanager
     def _holding_back(self, stream_ids: Collection[int] | None) -> Iterator[None]:
@@ -922,8 +912,8 @@ class MultipathConnection(QuicConnection):
             packet = space.sent_packets.get(number)
             copied = set()
             for handler, args in packet.delivery_handlers if packet else ():
-                sender = getattr(handler, "__self__", None)
-                if not isinstance(sender, QuicStreamSender):
+                sender = sender_of(handler)
+                if sender is None:
                     continue
                 stream_id = streams.get(id(sender))
                 if stream_id is None or stream_id not in urgent:

@@ -17,8 +17,10 @@ aioquic assumes one packet in flight per byte range; a copy breaks that,
 and a range re-queued after the other packet's ACK made aioquic drop those
 bytes from its buffer would be sent from the wrong place (the peer closes
 with FINAL_SIZE_ERROR). Three rules keep it safe:
-- both packets that carry a copied range report its loss through
-  `deliver_safely`, which re-queues only what is still unacknowledged;
+- once a stream has a range copied, every packet carrying its data reports
+  loss through `deliver_safely`, which re-queues only what is still
+  unacknowledged (the original's packet is rewritten, later ones get the
+  stream sender's own handler replaced: retransmissions are carriers too);
 - a copy is in the stream's queue only while that one path flushes: what
   the flush did not send is taken back out at once (`withdraw`);
 - a copy never reaches below what the stream already dropped, and a range
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from aioquic.quic.packet_builder import QuicDeliveryState
@@ -42,26 +45,49 @@ def deliver_safely(
     delivery: QuicDeliveryState, sender: QuicStreamSender, start: int, stop: int, fin: bool
 ) -> None:
     """A stream frame's delivery handler for a range that two packets carry."""
+    deliver = partial(QuicStreamSender.on_data_delivery, sender)  # the class's, unprotected
     if delivery == QuicDeliveryState.ACKED:
-        sender.on_data_delivery(delivery, start, stop, fin)
+        deliver(delivery, start, stop, fin)
         return
     first = max(start, sender._buffer_start)
     gaps = RangeSet([range(first, stop)] if first < stop else [])
     for acked in sender._acked:
         gaps.subtract(acked.start, acked.stop)
     for gap in gaps:
-        sender.on_data_delivery(delivery, gap.start, gap.stop, fin and gap.stop == stop)
+        deliver(delivery, gap.start, gap.stop, fin and gap.stop == stop)
     if fin and len(gaps) == 0 and not sender._acked_fin:
-        sender.on_data_delivery(delivery, stop, stop, True)
+        deliver(delivery, stop, stop, True)
+
+
+def protect(sender: QuicStreamSender) -> None:
+    """From now on, frames aioquic writes for this sender report loss safely."""
+    if not isinstance(vars(sender).get("on_data_delivery"), partial):
+        # aioquic looks the handler up on the sender for every frame it writes.
+        setattr(sender, "on_data_delivery", partial(_safe_handler, sender))  # noqa: B010
+
+
+def _safe_handler(
+    sender: QuicStreamSender, delivery: QuicDeliveryState, start: int, stop: int, fin: bool
+) -> None:
+    deliver_safely(delivery, sender, start, stop, fin)
 
 
 Handlers = list[tuple[Callable[..., None], tuple[Any, ...]]]  # a sent packet's
 
 
+def sender_of(handler: Callable[..., None]) -> QuicStreamSender | None:
+    """The stream sender a sent packet's delivery handler reports to, if any."""
+    if isinstance(handler, partial) and handler.func is _safe_handler:
+        sender = handler.args[0]
+    else:
+        sender = getattr(handler, "__self__", None)
+    return sender if isinstance(sender, QuicStreamSender) else None
+
+
 def make_safe(handlers: Handlers, senders: set[int]) -> None:
     """Route the stream frames of `senders` (by id) in one packet through `deliver_safely`."""
     for index, (handler, args) in enumerate(handlers):
-        sender = getattr(handler, "__self__", None)
+        sender = getattr(handler, "__self__", None)  # an unprotected one
         if isinstance(sender, QuicStreamSender) and id(sender) in senders:
             handlers[index] = (deliver_safely, (sender, *args))
 
@@ -107,6 +133,7 @@ class UrgentCopies:
             return False
         self.copied[stream_id] = stop
         self.copy_bytes += size
+        protect(sender)
         self.pending.append(Copy(origin, stream_id, self.round, sender, args, size))
         return True
 
@@ -123,7 +150,7 @@ class UrgentCopies:
             start = max(start, copy.sender._buffer_start)  # else acknowledged meanwhile
             pending = copy.sender._pending
             if start < stop and not any(r.start < stop and start < r.stop for r in pending):
-                copy.sender.on_data_delivery(QuicDeliveryState.LOST, start, stop, fin)
+                deliver_safely(QuicDeliveryState.LOST, copy.sender, start, stop, fin)
                 taken += stop - start
                 handed.append(replace(copy, args=(start, stop, fin)))
         self.pending = keep
