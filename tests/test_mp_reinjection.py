@@ -113,3 +113,14 @@ def test_once_copied_every_later_carrier_of_the_stream_reports_loss_safely() -> 
     sender.on_data_delivery(QuicDeliveryState.ACKED, *a)  # one carrier arrived
     handler(QuicDeliveryState.LOST, *a)  # another is lost
     assert sender.get_frame(1000) is None
+
+
+def test_an_ack_takes_its_range_out_of_the_queue() -> None:
+    """One carrier lost (range re-queued), then the other's ACK: the range must leave the
+    queue before aioquic drops its bytes (found by the demo: pending below the buffer)."""
+    sender, a, _ = _sender_with_two_frames()
+    deliver_safely(QuicDeliveryState.LOST, sender, *a)
+    deliver_safely(QuicDeliveryState.ACKED, sender, *a)
+    assert sender.get_frame(1000) is None
+    deliver_safely(QuicDeliveryState.ACKED, sender, *a)  # the late duplicate ACK: harmless
+    assert sender.get_frame(1000) is None

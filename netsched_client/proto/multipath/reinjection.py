@@ -14,13 +14,14 @@ flushes; one that found no other path by then is dropped (the original is
 still in flight, and its own loss recovery stands behind it).
 
 aioquic assumes one packet in flight per byte range; a copy breaks that,
-and a range re-queued after the other packet's ACK made aioquic drop those
+and a range still queued when the other packet's ACK made aioquic drop those
 bytes from its buffer would be sent from the wrong place (the peer closes
 with FINAL_SIZE_ERROR). Three rules keep it safe:
 - once a stream has a range copied, every packet carrying its data reports
-  loss through `deliver_safely`, which re-queues only what is still
-  unacknowledged (the original's packet is rewritten, later ones get the
-  stream sender's own handler replaced: retransmissions are carriers too);
+  through `deliver_safely`: a loss re-queues only what is still
+  unacknowledged, an ACK takes its range out of the queue (the original's
+  packet is rewritten, later ones get the stream sender's own handler
+  replaced: retransmissions are carriers too);
 - a copy is in the stream's queue only while that one path flushes: what
   the flush did not send is taken back out at once (`withdraw`);
 - a copy never reaches below what the stream already dropped, and a range
@@ -47,7 +48,11 @@ def deliver_safely(
     """A stream frame's delivery handler for a range that two packets carry."""
     deliver = partial(QuicStreamSender.on_data_delivery, sender)  # the class's, unprotected
     if delivery == QuicDeliveryState.ACKED:
-        deliver(delivery, start, stop, fin)
+        # The other carrier may have been lost and its range re-queued: it arrived now.
+        if start < stop:
+            sender._pending.subtract(start, stop)
+        # aioquic's ACK bookkeeping expects nothing below what it already dropped.
+        deliver(delivery, max(start, sender._buffer_start), max(stop, sender._buffer_start), fin)
         return
     first = max(start, sender._buffer_start)
     gaps = RangeSet([range(first, stop)] if first < stop else [])
