@@ -165,6 +165,7 @@ class MultipathConnection(QuicConnection):
         self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
         self._stalls_checked_at = 0.0  # silence deadlines up to here were judged
         self._active_at = 0.0  # last ack-eliciting send that was not a keep-alive
+        self._multipath_ready = False  # path 0's crypto view installed
         self.closed_stats: dict[int, Any] = {}
         if max_path_id is not None:
             # Without multipath these stay unknown frame types, as in aioquic.
@@ -643,17 +644,18 @@ class MultipathConnection(QuicConnection):
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         crypto = self._attr(self._path0, "_cryptos").get(Epoch.ONE_RTT)
-        if isinstance(crypto, PathCrypto):
+        if isinstance(crypto, PathCrypto) and crypto.history.previous is not None:
             crypto.history.expire(now, 3 * self._largest_pto())
         path = self._route(data, now)
         if path is None:
             return
-        with self._on_path(path):
+        if path is self._live:  # the common case: no swap, no context manager
             super().receive_datagram(data, addr, now)
-            if path.path_id:
+            self._after_receive(path, len(data))
+        else:
+            with self._on_path(path):
+                super().receive_datagram(data, addr, now)
                 self._after_receive(path, len(data))
-        if path is self._path0:
-            path.stats.bytes_received += len(data)
 
     def _route(self, data: bytes, now: float) -> Path | None:
         """The path a datagram belongs to, by the DCID of its (short header) packet."""
@@ -682,6 +684,7 @@ class MultipathConnection(QuicConnection):
         return path
 
     def _after_receive(self, path: Path, size: int) -> None:
+        """Count what the live path received; a validated new path becomes active."""
         path.stats.bytes_received += size
         path.stats.packets_received += 1
         if path.state is PathState.VALIDATING and self._network_paths[0].is_validated:
@@ -974,8 +977,10 @@ class MultipathConnection(QuicConnection):
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         # aioquic calls this once per 1-RTT packet after the handshake: our frames ride along.
         super()._write_connection_limits(builder=builder, space=space)
-        if self.multipath_enabled:
-            self._path_crypto(0)
+        if self._peer_max_path_id is not None and self.multipath_enabled:
+            if not self._multipath_ready:
+                self._path_crypto(0)  # every path shares path 0's key history from now on
+                self._multipath_ready = True
             self._issue_path_cids()
             self._write_multipath_frames(builder)
 
