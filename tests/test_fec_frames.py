@@ -103,6 +103,26 @@ def test_every_fec_vector_is_checked() -> None:
     assert set(fec_vectors()) == set(VECTORS)
 
 
+PROTOCOL_MD = FEC_MD.with_name("PROTOCOL.md")
+# The FEC examples of PROTOCOL.md §9, by their label there.
+PROTOCOL_EXAMPLES: dict[str, Callable[[], bytes]] = {
+    "SOURCE_SYMBOL_ID(1000)": f.SourceSymbolId(1000).encode,
+    "SYMBOL_ACK(0..5, 8, 10..12)": f.SymbolAck((range(0, 6), range(8, 9), range(10, 13))).encode,
+    "FEC_WINDOW(epoch 1, 512)": f.FecWindow(1, 512).encode,
+    "netsched_fec(1, 1120, 256, 256)": lambda: transport_parameter(FecParameters()),
+}
+
+
+def test_protocol_md_fec_examples() -> None:
+    section = PROTOCOL_MD.read_text().split("## 9. Forward erasure correction", 1)[1]
+    block = section.split("```\n", 2)[1]
+    examples = {}
+    for line in block.splitlines():
+        label, _, hex_ = line.partition("  ")
+        examples[label.strip()] = bytes.fromhex(hex_.replace(" ", ""))
+    assert examples == {label: encode() for label, encode in PROTOCOL_EXAMPLES.items()}
+
+
 @pytest.mark.parametrize("name", sorted(VECTORS))
 def test_fec_vector(name: str) -> None:
     value, encode, decode = VECTORS[name]

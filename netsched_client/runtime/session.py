@@ -29,6 +29,7 @@ from ..errors import (
     NetSchedError,
     error_for_status,
 )
+from ..fec.control import FecOverride
 from ..proto import h3 as h3proto
 from ..proto import hq as hqproto
 from ..proto import session as native
@@ -40,6 +41,7 @@ from ..proto.events import (
     ResponseReceived,
     StreamAborted,
 )
+from ..proto.fec_link import FecConfig, FecStats
 from ..proto.framing import RequestHead, ResponseHead
 from ..proto.send_order import ERROR_DEADLINE
 from ..proto.slo import SLO
@@ -211,14 +213,18 @@ class Session:
         *,
         slo: SLO | None = None,
         meta: Mapping[str, str] | None = None,
+        fec: FecOverride | None = None,
     ) -> Response:
         """Send one request and wait for the whole response.
 
-        Raises the `RequestError` subclass matching a non-2xx status, and
-        `DeadlineExceeded` when the request's deadline passes without an answer.
+        `fec` turns FEC on or off or bounds its overhead for this request's
+        upload, over the session's FecConfig (FEC runs only when the edge
+        negotiated it). Raises the `RequestError` subclass matching a non-2xx
+        status, and `DeadlineExceeded` when the request's deadline passes
+        without an answer.
         """
         started = time.monotonic()
-        stream = self._open(service, payload, slo, meta, streaming=False)
+        stream = self._open(service, payload, slo, meta, streaming=False, fec=fec)
         deadline_ms = self._effective(slo).deadline_ms
         try:
             async with asyncio.timeout(
@@ -240,10 +246,15 @@ class Session:
         )
 
     async def open_stream(
-        self, service: str, *, slo: SLO | None = None, meta: Mapping[str, str] | None = None
+        self,
+        service: str,
+        *,
+        slo: SLO | None = None,
+        meta: Mapping[str, str] | None = None,
+        fec: FecOverride | None = None,
     ) -> Stream:
         """Open a streaming request: `write()` / `write_eof()`, then `read()`."""
-        return self._open(service, b"", slo, meta, streaming=True)
+        return self._open(service, b"", slo, meta, streaming=True, fec=fec)
 
     def send_datagram(self, service: str, payload: bytes) -> None:
         self._check_open()
@@ -299,6 +310,18 @@ class Session:
     def closed(self) -> bool:
         return self._lost is not None
 
+    @property
+    def fec_enabled(self) -> bool:
+        """Whether both ends negotiated FEC (the session was opened with `fec=`)."""
+        quic = self._driver.quic
+        return isinstance(quic, NetSchedConnection) and quic.fec_enabled
+
+    @property
+    def fec_stats(self) -> FecStats | None:
+        """FEC counters of this connection, both directions; None without FEC."""
+        quic = self._driver.quic
+        return quic.fec_stats() if isinstance(quic, NetSchedConnection) else None
+
     # -- internals -----------------------------------------------------------
 
     def _effective(self, slo: SLO | None) -> SLO:
@@ -312,6 +335,7 @@ class Session:
         meta: Mapping[str, str] | None,
         *,
         streaming: bool,
+        fec: FecOverride | None = None,
     ) -> Stream:
         self._check_open()
         head = RequestHead(service=service, slo=slo, streaming=streaming, meta=dict(meta or {}))
@@ -324,6 +348,11 @@ class Session:
             if deadline_ms is not None and not streaming:
                 deadline = now + deadline_ms / 1000
             quic.set_stream_priority(stream_id, deadline, self._effective(slo).urgency or 3)
+            if quic.fec_enabled:
+                tolerance = self._effective(slo).loss_tolerance
+                quic.set_stream_fec(
+                    stream_id, deadline_at=deadline, loss_tolerance=tolerance, override=fec
+                )
         stream = self._streams[stream_id] = Stream(self, stream_id)
         self._driver.schedule_transmit()
         return stream
@@ -423,8 +452,12 @@ async def open_session(
     verify: bool = True,
     timeout: float = 10.0,
     paths: Sequence[str] | Literal["auto"] | None = None,
+    fec: FecConfig | None = None,
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
+
+    `fec`: offer FEC (docs/FEC.md) with this configuration: its `session`
+    override applies to every request, each request's `fec=` refines it.
 
     `paths`: local addresses or interface names to use at once, the first one
     for the handshake; "auto" adds every non-loopback local address. When the
@@ -436,7 +469,7 @@ async def open_session(
     family, addr = await resolve(host, port)
     locals_ = _local_addresses(paths, family, addr)
     endpoint = await open_client_endpoint(family, locals_[0] if locals_ else None)
-    quic = NetSchedConnection(configuration=configuration, local_slo=slo)
+    quic = NetSchedConnection(configuration=configuration, local_slo=slo, fec=fec)
     driver = ConnectionDriver(quic, endpoint.send_batch)
     endpoint.driver = driver
     manager = PathManager(driver, endpoint, family, addr)
@@ -537,6 +570,7 @@ async def connect(
     verify: bool = True,
     timeout: float = 10.0,
     paths: Sequence[str] | Literal["auto"] | None = None,
+    fec: FecConfig | None = None,
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
@@ -548,6 +582,7 @@ async def connect(
         verify=verify,
         timeout=timeout,
         paths=paths,
+        fec=fec,
     )
     try:
         yield session

@@ -411,8 +411,12 @@ class MultipathConnection(QuicConnection):
             base = cryptos[Epoch.ONE_RTT] = PathCrypto(base, 0, KeyHistory())
         return base if path_id == 0 else PathCrypto(base.base, path_id, base.history)
 
+    def _recovery_class(self) -> type[CountingRecovery]:
+        """What recovers each path (a subclass may measure more)."""
+        return CountingRecovery
+
     def _new_recovery(self, *, peer_completed_address_validation: bool) -> CountingRecovery:
-        return CountingRecovery(
+        return self._recovery_class()(
             congestion_control_algorithm=self._configuration.congestion_control_algorithm,
             initial_rtt=self._configuration.initial_rtt,
             max_datagram_size=self._max_datagram_size,
