@@ -4,7 +4,7 @@ Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, cipher_suites, www,
                   idle_timeout_s, max_queue, retry, send_order, multipath, max_path_id,
-                  admin
+                  fec, egress_mbps, admin
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
@@ -116,6 +116,11 @@ class EdgeConfig:
     )
     multipath: bool = True  # offer draft-ietf-quic-multipath-21 (initial_max_path_id)
     max_path_id: int = 3  # paths per connection - 1 that a client may open
+    fec: bool = True  # offer FEC (netsched_fec); repairs per request from its SLO (docs/FEC.md)
+    # The edge's own send budget over all connections, planned by deadline (None: the
+    # connections' congestion control alone). Set it below the uplink so that the
+    # backlog forms here, where the send order applies, not in a router's queue.
+    egress_mbps: float | None = None
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<default>"
@@ -628,6 +633,8 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "multipath": _boolean,
     "admin": _address(lowest_port=0),
     "max_path_id": _integer(0, 2**32 - 1),
+    "fec": _boolean,
+    "egress_mbps": _number(0, inclusive=False),
 }
 
 

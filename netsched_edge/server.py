@@ -38,6 +38,7 @@ from netsched_client.proto.events import (
     RequestRejected,
     StreamAborted,
 )
+from netsched_client.proto.fec_link import FecConfig
 from netsched_client.proto.framing import RequestHead, ResponseHead
 from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
 from netsched_client.proto.send_order import DeadlineMissed
@@ -45,16 +46,25 @@ from netsched_client.proto.slo import SLO
 from netsched_client.runtime.debug import enable_debug_logs
 from netsched_client.runtime.driver import ConnectionDriver
 from netsched_client.runtime.endpoint import ServerEndpoint, open_server_endpoint
+from netsched_client.runtime.planner import BurstPlanner
+from netsched_client.runtime.ticker import TickedFlow
 
 from .admin import AdminServer
 from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, IncomingRequest
+from .planner_metrics import PlannerCollector
 from .tls import enable_hello_retry, generate_self_signed
 from .udp_front import UdpFront
 from .workers import ReuseportSteering, WorkerIdentity
 
 log = logging.getLogger("netsched.edge")
+
+
+def _egress_rate(config: EdgeConfig) -> float | None:
+    """The planner's budget in bytes per second, from `[edge] egress_mbps`."""
+    return None if config.egress_mbps is None else config.egress_mbps * 1e6 / 8
+
 
 # Body chunks buffered per request before the backend reads them; QUIC flow
 # control bounds the bytes, this bounds the chunk objects.
@@ -187,6 +197,10 @@ class EdgeConnection:
             if slo.deadline_ms is not None and not head.streaming:
                 deadline = received_at + slo.deadline_ms / 1000
             quic.set_stream_priority(stream_id, deadline, slo.urgency or 0)
+        if isinstance(quic, NetSchedConnection) and quic.fec_enabled and not head.streaming:
+            # Repairs as this request's deadline and loss tolerance need (docs/FEC.md §8).
+            due = None if slo.deadline_ms is None else received_at + slo.deadline_ms / 1000
+            quic.set_stream_fec(stream_id, deadline_at=due, loss_tolerance=slo.loss_tolerance)
         request.task = asyncio.create_task(self._serve(stream_id, incoming))
 
     def _is_fetch(self, head: RequestHead) -> bool:
@@ -313,7 +327,12 @@ async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
 
 
 class EdgeServer:
-    """The edge: a QUIC endpoint in front of a dispatcher."""
+    """The edge: a QUIC endpoint in front of a dispatcher.
+
+    `planner` orders and groups what the connections send (default: in
+    `config.send_order`, no egress budget); give one to cap the edge's egress
+    rate (`BurstPlanner(egress_rate=...)`) or to compare sending modes.
+    """
 
     def __init__(
         self,
@@ -321,16 +340,20 @@ class EdgeServer:
         dispatcher: Dispatcher | None = None,
         *,
         worker: WorkerIdentity | None = None,
+        planner: BurstPlanner[TickedFlow] | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
         self.dispatcher = dispatcher or Dispatcher(config)
+        budget = _egress_rate(config)
+        self._planner = planner or BurstPlanner(order=config.send_order, egress_rate=budget)
         self._endpoint: ServerEndpoint | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._generated_ca: Path | None = None
         self.connections: set[EdgeConnection] = set()
         self.udp_fronts: dict[str, UdpFront] = {}
         self._admin = AdminServer(self.dispatcher.metrics.exposition, self.ready)
+        self.dispatcher.metrics.registry.register(PlannerCollector(lambda: self._endpoint))
         self.admin_port: int | None = None
 
     def stamp(self, head: ResponseHead) -> ResponseHead:
@@ -383,9 +406,11 @@ class EdgeServer:
                 connection_factory=functools.partial(
                     EdgeQuicConnection,
                     max_path_id=self.config.max_path_id if self.config.multipath else None,
+                    fec=FecConfig() if self.config.fec else None,
                     cid_factory=None if self.worker is None else self.worker.quic_lb().generate,
                 ),
                 retry=self.config.retry,
+                planner=self._planner,
             )
 
         steering = None if self.worker is None else ReuseportSteering(self.worker.count)

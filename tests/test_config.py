@@ -257,7 +257,7 @@ ERRORS: list[tuple[str, str, int | None]] = [
         "[edge]\nmax_queue = 1\nzzz = 1\n",
         "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, "
         "cipher_suites, www, idle_timeout_s, max_queue, retry, send_order, multipath, admin, "
-        "max_path_id)",
+        "max_path_id, fec, egress_mbps)",
         3,
     ),
     (
@@ -271,6 +271,8 @@ ERRORS: list[tuple[str, str, int | None]] = [
     ("edge = 5\n", "edge: expected a table, got 5", 1),
     ('services = { name = "x" }\n', "services: expected an array of tables, got a table", 1),
     ('[edge]\nalpn = "h3"\n', "edge.alpn: expected an array of protocol names, got 'h3'", 2),
+    ('[edge]\nfec = "yes"\n', "edge.fec: expected true or false, got 'yes'", 2),
+    ("[edge]\negress_mbps = 0\n", "edge.egress_mbps: must be greater than 0, got 0", 2),
     (
         '[edge]\ncipher_suites = "TLS_AES_128_GCM_SHA256"\n',
         "edge.cipher_suites: expected an array of cipher suite names, got 'TLS_AES_128_GCM_SHA256'",

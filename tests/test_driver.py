@@ -45,6 +45,7 @@ from netsched_client.runtime.endpoint import (
     ServerEndpoint,
     open_client_endpoint,
 )
+from netsched_client.runtime.ticker import Ticker
 from netsched_edge.tls import CertificatePair, generate_self_signed
 from netsched_lab.impairment import LinkSpec, PathProfile
 from netsched_lab.relay import UdpRelay
@@ -221,8 +222,8 @@ def test_an_earlier_deadline_rearms(run: Runner) -> None:
 
 def test_a_due_pacer_gets_rounds_up_to_a_burst_then_yields(run: Runner) -> None:
     """A pacer due again as soon as a round is built (its packet time shorter than
-    building a packet) is served in the same transmit, up to MAX_BURST datagrams;
-    the rest waits one loop iteration, not a timer."""
+    building a packet) is served in the same transmit, up to MAX_BURST datagrams,
+    sent as one batch; the rest waits one loop iteration, not a timer."""
 
     async def main() -> None:
         rounds = MAX_BURST // 16
@@ -230,12 +231,13 @@ def test_a_due_pacer_gets_rounds_up_to_a_burst_then_yields(run: Runner) -> None:
         batches: list[int] = []
         driver = _driver(conn, batches)
         driver.transmit()
-        assert batches == [16] * rounds  # each round leaves as its own batch
+        assert batches == [MAX_BURST]  # every round of the tick in one batch
         assert len(conn.fired) == rounds - 1  # each further round handled the timer first
+        assert driver.stats.flushes == rounds
         conn.deadline = lambda: None
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert batches == [16] * (rounds + 1)  # the scheduled transmit ran, timer-free
+        assert batches == [MAX_BURST, 16]  # the scheduled tick ran, timer-free
         assert driver.stats.timer_wakeups == 0
 
     run(main())
@@ -249,6 +251,54 @@ def test_a_pacer_not_yet_due_waits_for_its_timer(run: Runner) -> None:
         driver.transmit()
         assert batches == [16]
         assert driver.stats.timers_armed == 1
+
+    run(main())
+
+
+def _fires_once(due: float) -> ScriptedConnection:
+    """A connection whose deadline is `due` until its timer has fired."""
+    conn = ScriptedConnection(lambda: None if conn.fired else due)
+    return conn
+
+
+def test_one_timer_serves_every_connection_of_a_ticker_earliest_first(run: Runner) -> None:
+    """Connections sharing a ticker (a server endpoint's) share its one loop timer:
+    armed for the earliest deadline, then the next; each fires once, not early."""
+
+    async def main() -> None:
+        now = time.monotonic()
+        late, soon, idle = (
+            _fires_once(now + 0.2),
+            _fires_once(now + 0.03),
+            ScriptedConnection(lambda: None),
+        )
+        ticker = Ticker(lambda d: None)
+        drivers = [
+            ConnectionDriver(cast(QuicConnection, c), ticker=ticker) for c in (late, soon, idle)
+        ]
+        for driver in drivers:
+            driver.schedule_transmit()
+        async with asyncio.timeout(PATIENCE_S):
+            while not late.fired:
+                await asyncio.sleep(0.01)
+        [(_, _, soon_at)], [(_, _, late_at)] = soon.fired, late.fired
+        assert now + 0.03 - EPSILON_S <= soon_at < late_at
+        assert late_at >= now + 0.2 - EPSILON_S
+        stats = ticker.stats
+        assert stats.timers_armed == 2 and stats.timer_wakeups == 2
+        assert [d.stats.timer_wakeups for d in drivers] == [1, 1, 0]
+
+    run(main())
+
+
+def test_a_driver_takes_send_batch_or_ticker(run: Runner) -> None:
+    async def main() -> None:
+        conn = cast(QuicConnection, ScriptedConnection(lambda: None))
+        ticker = Ticker(lambda d: None)
+        with pytest.raises(ValueError, match="send_batch or ticker, got both"):
+            ConnectionDriver(conn, lambda d: None, ticker=ticker)
+        with pytest.raises(ValueError, match="send_batch or ticker, got neither"):
+            ConnectionDriver(conn)
 
     run(main())
 

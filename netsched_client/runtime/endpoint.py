@@ -1,10 +1,12 @@
 """UDP endpoints that host sans-IO QUIC connections.
 
 `ServerEndpoint` routes datagrams to connections by destination connection ID
-and creates a connection for each new client Initial; `open_client_endpoint`
-binds one socket for one outgoing connection. Both send a connection's flush
-as one batch through `UdpSender.send_batch`, on the batched Cython socket
-of `netsched_client.io` (sendmmsg/GSO out, recvmmsg/GRO in).
+and creates a connection for each new client Initial; its connections share
+one `Ticker`, so each tick's sends, every connection's, leave as one batch
+(the burst planner's order and grouping). `open_client_endpoint` binds one
+socket for one outgoing connection. Batches go out through
+`UdpSender.send_batch`, on the batched Cython socket of `netsched_client.io`
+(sendmmsg/GSO out, recvmmsg/GRO in).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from ..io import BatchedUdpSocket, UdpSocket, attach
+from ..io import BatchedUdpSocket, UdpSocket, UdpStats, attach
 from .driver import ConnectionDriver, Datagram
+from .planner import BurstPlanner
+from .ticker import TickedFlow, Ticker
 
 log = logging.getLogger("netsched.endpoint")
 
@@ -79,13 +83,22 @@ class UdpSender:
         return self._sock.fileno()
 
     @property
+    def udp_stats(self) -> UdpStats | None:
+        """The socket's counters (send syscalls, datagrams, GSO messages); None once closed."""
+        return None if self._sock is None else self._sock.stats
+
+    @property
     def local_address(self) -> NetworkAddress:
         assert self._sock is not None
         return cast(NetworkAddress, self._sock.local_address)
 
 
 class ServerEndpoint(UdpSender):
-    """Accepts QUIC connections on one UDP socket."""
+    """Accepts QUIC connections on one UDP socket.
+
+    `planner` orders and groups the connections' sends (default: EDF, no
+    egress budget); `ticker` runs it and holds the counters.
+    """
 
     def __init__(
         self,
@@ -95,6 +108,7 @@ class ServerEndpoint(UdpSender):
         connection_factory: ConnectionFactory = QuicConnection,
         retry: bool = False,
         max_connections: int = 10_000,
+        planner: BurstPlanner[TickedFlow] | None = None,
     ) -> None:
         self._configuration = configuration
         self._on_connection = on_connection
@@ -104,6 +118,7 @@ class ServerEndpoint(UdpSender):
         self._routes: dict[bytes, ConnectionDriver] = {}
         self._drivers: set[ConnectionDriver] = set()
         self._loop = asyncio.get_running_loop()
+        self.ticker = Ticker(self.send_batch, self._loop, planner=planner)
 
     @property
     def connections(self) -> frozenset[ConnectionDriver]:
@@ -171,7 +186,7 @@ class ServerEndpoint(UdpSender):
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,
         )
-        driver = ConnectionDriver(quic, self.send_batch, self._loop)
+        driver = ConnectionDriver(quic, ticker=self.ticker)
         driver.add_event_handler(lambda event: self._on_event(driver, event))
         self._drivers.add(driver)
         self._routes[dcid] = driver
@@ -218,6 +233,10 @@ class ServerEndpoint(UdpSender):
         for driver in list(self._drivers):
             driver.close(error_code, reason)
 
+    def close(self) -> None:
+        self.ticker.close()
+        super().close()
+
 
 class ClientEndpoint(UdpSender):
     """The sockets of one outgoing connection: the primary one (path 0) and one
@@ -235,12 +254,16 @@ class ClientEndpoint(UdpSender):
         if not self._path_sockets:
             super().send_batch(datagrams)
             return
-        for data, addr, path_id in datagrams:
-            sender = self._path_sockets.get(path_id)
-            if sender is None:
-                super().send_batch([(data, addr, path_id)])
+        # One batch per socket, each path's datagrams in their order.
+        batches: dict[UdpSender, list[Datagram]] = {}
+        for datagram in datagrams:
+            sender: UdpSender = self._path_sockets.get(datagram[2], self)
+            batches.setdefault(sender, []).append(datagram)
+        for sender, batch in batches.items():
+            if sender is self:
+                super().send_batch(batch)
             else:
-                sender.send_batch([(data, addr, path_id)])
+                sender.send_batch(batch)
 
     async def open_path_socket(self, family: socket.AddressFamily, local_host: str) -> PathSocket:
         sock = PathSocket(self)
