@@ -236,7 +236,7 @@ async def test_session_offering_fec_to_an_edge_without_it(
 ) -> None:
     """The SDK's fec= options are harmless when the edge does not negotiate FEC."""
     port = await start_server(DemoHTTPServer("b1", base_ms=1, cold_ms=1))
-    edge = await start_edge(service("api", http_backend("b1", port)))
+    edge = await start_edge(service("api", http_backend("b1", port)), fec=False)
     session = await open_client(edge, fec=fec_config())
     response = await session.request(
         "api", b"ping", slo=SLO(deadline_ms=500), fec=FecOverride(FecMode.ON)
@@ -244,3 +244,16 @@ async def test_session_offering_fec_to_an_edge_without_it(
     assert response.body == b"ping"
     assert not session.fec_enabled
     assert session.fec_stats is not None and session.fec_stats.symbols_sent == 0
+
+
+async def test_the_edge_negotiates_fec_by_default(
+    start_server: Callable[[object], Awaitable[int]],
+    start_edge: Callable[..., Awaitable[EdgeServer]],
+    open_client: Callable[..., Awaitable[Session]],
+) -> None:
+    port = await start_server(DemoHTTPServer("b1", base_ms=1, cold_ms=1))
+    edge = await start_edge(service("api", http_backend("b1", port)))
+    session = await open_client(edge, fec=fec_config())
+    response = await session.request("api", b"ping", slo=SLO(deadline_ms=500, loss_tolerance=0.0))
+    assert response.body == b"ping"
+    assert session.fec_enabled
