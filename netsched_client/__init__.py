@@ -19,9 +19,19 @@ from .errors import (
     SLORefused,
     Status,
 )
+from .fec.control import FecMode, FecOverride
+from .proto.fec_link import FecConfig
 from .proto.slo import SLO
 from .runtime.paths import PathError, PathStats
-from .runtime.session import Response, Session, Stream, connect, open_session
+from .runtime.session import (
+    Response,
+    ResumptionTicket,
+    Session,
+    Stream,
+    TicketStore,
+    connect,
+    open_session,
+)
 
 __all__ = [
     "SLO",
@@ -29,6 +39,9 @@ __all__ = [
     "BadRequest",
     "ConnectionLost",
     "DeadlineExceeded",
+    "FecConfig",
+    "FecMode",
+    "FecOverride",
     "FramingError",
     "NegotiationError",
     "NetSchedError",
@@ -37,12 +50,14 @@ __all__ = [
     "PathStats",
     "RequestError",
     "Response",
+    "ResumptionTicket",
     "SLOError",
     "SLORefused",
     "ServiceNotFound",
     "Session",
     "Status",
     "Stream",
+    "TicketStore",
     "connect",
     "open_session",
 ]

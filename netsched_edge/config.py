@@ -4,7 +4,7 @@ Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, cipher_suites, www,
                   idle_timeout_s, max_queue, retry, send_order, multipath, max_path_id,
-                  fec, egress_mbps, admin
+                  fec, egress_mbps, admin, session_tickets, early_data
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
@@ -13,6 +13,14 @@ Layout (every key optional unless noted):
     [[services.backends]]  kind (required), name, address ("host:port" or
                   "[v6]:port", http/tcp/udp only), root (static only), weight,
                   max_in_flight
+
+`session_tickets` (default true) lets clients resume TLS sessions; the
+tickets live in the edge process that issued them, so with `--workers N` a
+client resumes only when its next connection reaches the same worker (else
+it gets a full handshake). `early_data` ("idempotent", the default, or "off")
+says whether resumed clients may send requests in 0-RTT: the edge serves the
+idempotent ones at once and holds the others until the handshake completes,
+because 0-RTT can be replayed (RFC 8470); "off" rejects 0-RTT.
 
 Every mistake is a `ConfigError` that names the file, the dotted key with
 indices (`services[0].backends[1].address`) and its line. tomllib reports no
@@ -44,6 +52,7 @@ CIPHER_SUITES: Final = (
     "TLS_CHACHA20_POLY1305_SHA256",
 )
 _NETWORK_KINDS: Final = ("http", "tcp", "udp")
+EARLY_DATA_MODES: Final = ("idempotent", "off")
 
 
 class ConfigError(ValueError):
@@ -121,6 +130,8 @@ class EdgeConfig:
     # connections' congestion control alone). Set it below the uplink so that the
     # backlog forms here, where the send order applies, not in a router's queue.
     egress_mbps: float | None = None
+    session_tickets: bool = True  # issue TLS session tickets (resumption); per process
+    early_data: str = "idempotent"  # one of EARLY_DATA_MODES (0-RTT needs session_tickets)
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<default>"
@@ -635,6 +646,8 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "max_path_id": _integer(0, 2**32 - 1),
     "fec": _boolean,
     "egress_mbps": _number(0, inclusive=False),
+    "session_tickets": _boolean,
+    "early_data": _choice(EARLY_DATA_MODES),
 }
 
 
@@ -647,6 +660,10 @@ def _read_edge(table: _Table) -> dict[str, Any]:
     for key, other in (("certificate", "private_key"), ("private_key", "certificate")):
         if key in values and other not in values:
             raise table.error(other, f"missing: {key!r} is set, and the two go together")
+    if values.get("early_data") == "idempotent" and values.get("session_tickets") is False:
+        raise table.error(
+            "early_data", "'idempotent' needs session_tickets = true (0-RTT resumes a session)"
+        )
     return values
 
 

@@ -5,6 +5,13 @@ the negotiated ALPN (`netsched/1`, `h3`, `hq-interop`), turns each request
 into an `IncomingRequest` for the dispatcher, and streams the outcome back.
 All three protocol objects share one interface, so this file has a single
 request path.
+
+Resumption and 0-RTT: the edge keeps the session tickets it issues in a
+single-use, bounded `TicketCache` per process (`[edge] session_tickets`).
+Requests that arrive in 0-RTT can be replayed by an attacker (RFC 9001 §9.2),
+so with `[edge] early_data = "idempotent"` only idempotent ones are served
+before the handshake completes; the others wait for it (RFC 8470 §3), which
+a replayed flight never reaches. "off" rejects 0-RTT in the handshake.
 """
 
 from __future__ import annotations
@@ -18,12 +25,20 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from aioquic import tls
+from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicReceiveContext
-from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    QuicEvent,
+)
 from aioquic.tls import CipherSuite
+from prometheus_client import Counter
 
 from netsched_client.errors import Status
 from netsched_client.proto import h3 as h3proto
@@ -47,6 +62,7 @@ from netsched_client.runtime.debug import enable_debug_logs
 from netsched_client.runtime.driver import ConnectionDriver
 from netsched_client.runtime.endpoint import ServerEndpoint, open_server_endpoint
 from netsched_client.runtime.planner import BurstPlanner
+from netsched_client.runtime.session import TicketCache
 from netsched_client.runtime.ticker import TickedFlow
 
 from .admin import AdminServer
@@ -83,6 +99,16 @@ SEND_BUFFER_LOW = 1 << 19
 SEND_BUFFER_POLL_S = 0.005
 SEND_BUFFER_POLL_MAX_S = 0.2
 
+# Tickets an edge process keeps (about 1.5 kB each in memory); beyond, the oldest go.
+TICKET_CACHE_SIZE = 10_000
+# RFC 9110 §9.2.2: the methods whose requests may be repeated without harm,
+# hence served from 0-RTT (a replay is a repeat).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+# Tickets by (ticket identity, ALPN): a ticket resumes only the protocol it was
+# issued for, as 0-RTT requires (RFC 8446 §4.2.10; aioquic does not check).
+EdgeTickets = TicketCache[tuple[bytes, str]]
+
 # Fetches: an HTTP/3 GET or HEAD is served as a stream (the response flows as
 # the backend produces it, under the send-buffer bound) rather than collected
 # whole up to the service's max_body.
@@ -90,7 +116,8 @@ _FETCH_METHODS = frozenset({"GET", "HEAD"})
 
 
 class EdgeQuicConnection(NetSchedConnection):
-    """NetSchedConnection as the edge accepts it: HelloRetryRequest, lenient first Initial.
+    """NetSchedConnection as the edge accepts it: HelloRetryRequest, lenient first
+    Initial, session tickets from `tickets`, 0-RTT when `early_data`.
 
     TLS: `tls.HelloRetryContext` (clients that lead with a post-quantum share).
     First Initial: RFC 9000 §17.2.2 makes the first Initial a client *sends*
@@ -98,11 +125,71 @@ class EdgeQuicConnection(NetSchedConnection):
     PING+PADDING probe or an ACK, and aioquic would close the connection on it
     ("Packet contains no CRYPTO frame"). Processed instead, it costs an ACK, and
     the client's retransmitted ClientHello goes on with the handshake.
+
+    0-RTT: aioquic accepts early data with any valid ticket; `early_streams`
+    records the streams whose data came in 0-RTT packets.
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        tickets: EdgeTickets | None = None,
+        early_data: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self._tickets = tickets
+        self._early_data = early_data
+        self.early_streams: set[int] = set()  # bounded by the stream limit (aioquic checks it)
+        if tickets is not None:
+            kwargs.update(
+                session_ticket_fetcher=self._fetch_ticket, session_ticket_handler=self._keep_ticket
+            )
+        super().__init__(*args, **kwargs)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         enable_hello_retry(self.tls)
+        if not self._early_data:
+            # Tickets then say no early data (aioquic's server always offers it).
+            self.tls._max_early_data = None
+
+    def in_early_data(self, stream_id: int) -> bool:
+        """The stream's data came in 0-RTT and the handshake is still under way."""
+        return stream_id in self.early_streams and not self._handshake_complete
+
+    def _keep_ticket(self, ticket: tls.SessionTicket) -> None:
+        assert self._tickets is not None
+        self._tickets.put((ticket.ticket, self.tls.alpn_negotiated or ""), ticket)
+
+    def _fetch_ticket(self, identity: bytes) -> tls.SessionTicket | None:
+        # aioquic negotiates the ALPN before it looks the ticket up.
+        assert self._tickets is not None
+        return self._tickets.take((identity, self.tls.alpn_negotiated or ""))
+
+    def _update_traffic_key(
+        self,
+        direction: tls.Direction,
+        epoch: tls.Epoch,
+        cipher_suite: tls.CipherSuite,
+        secret: bytes,
+    ) -> None:
+        if epoch == tls.Epoch.ZERO_RTT and not self._early_data:
+            # Reject 0-RTT: no keys to read it, and EncryptedExtensions (built
+            # after this call) tells the client, which resends it in 1-RTT.
+            self.tls.early_data_accepted = False
+            return
+        super()._update_traffic_key(direction, epoch, cipher_suite, secret)
+
+    def _handle_stream_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        start = buf.tell()
+        super()._handle_stream_frame(context, frame_type, buf)
+        if context.epoch == tls.Epoch.ZERO_RTT:
+            end = buf.tell()
+            buf.seek(start)
+            self.early_streams.add(buf.pull_uint_var())
+            buf.seek(end)
 
     def _payload_received(
         self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
@@ -127,6 +214,7 @@ class _Request:
         default_factory=lambda: asyncio.Queue(MAX_QUEUED_CHUNKS)
     )
     task: asyncio.Task[None] | None = None
+    held: IncomingRequest | None = None  # came in 0-RTT, waits for the handshake
     received: int = 0  # request body bytes so far
     ended: bool = False  # the whole request body has arrived
 
@@ -147,6 +235,8 @@ class EdgeConnection:
             self._edge.dispatcher.metrics.deadline_missed.inc()
         if isinstance(event, ProtocolNegotiated):
             self._proto = self._make_protocol(event.alpn_protocol)
+        elif isinstance(event, HandshakeCompleted):
+            self._release_held()
         elif isinstance(event, ConnectionTerminated):
             self._on_terminated()
             return
@@ -201,7 +291,20 @@ class EdgeConnection:
             # Repairs as this request's deadline and loss tolerance need (docs/FEC.md §8).
             due = None if slo.deadline_ms is None else received_at + slo.deadline_ms / 1000
             quic.set_stream_fec(stream_id, deadline_at=due, loss_tolerance=slo.loss_tolerance)
+        if isinstance(quic, EdgeQuicConnection) and quic.in_early_data(stream_id):
+            if not _idempotent(head, slo):
+                request.held = incoming
+                self._edge.early_requests.labels("held").inc()
+                return
+            self._edge.early_requests.labels("served").inc()
         request.task = asyncio.create_task(self._serve(stream_id, incoming))
+
+    def _release_held(self) -> None:
+        """The handshake completed: the client is live, its 0-RTT requests no replay."""
+        for stream_id, request in self._requests.items():
+            if request.held is not None:
+                request.task = asyncio.create_task(self._serve(stream_id, request.held))
+                request.held = None
 
     def _is_fetch(self, head: RequestHead) -> bool:
         # Only h3: a native request states `streaming` itself, and every hq-interop
@@ -302,6 +405,11 @@ class EdgeConnection:
             self._relay.close()
 
 
+def _idempotent(head: RequestHead, slo: SLO) -> bool:
+    """Safe to serve from 0-RTT: its SLO says so, or its method is idempotent."""
+    return bool(slo.idempotent) or head.meta.get("method", "").upper() in IDEMPOTENT_METHODS
+
+
 def cipher_suites(names: tuple[str, ...] | None) -> list[CipherSuite] | None:
     """aioquic's suites for configured IANA names (config.CIPHER_SUITES); None: its default."""
     if names is None:
@@ -354,6 +462,16 @@ class EdgeServer:
         self.udp_fronts: dict[str, UdpFront] = {}
         self._admin = AdminServer(self.dispatcher.metrics.exposition, self.ready)
         self.dispatcher.metrics.registry.register(PlannerCollector(lambda: self._endpoint))
+        self.early_requests = Counter(
+            "netsched_edge_early_data_requests_total",
+            "Requests that came in 0-RTT: served at once (idempotent) or held until "
+            "the handshake completed.",
+            ["action"],
+            registry=self.dispatcher.metrics.registry,
+        )
+        self.tickets: EdgeTickets | None = (
+            TicketCache(TICKET_CACHE_SIZE) if config.session_tickets else None
+        )
         self.admin_port: int | None = None
 
     def stamp(self, head: ResponseHead) -> ResponseHead:
@@ -408,6 +526,8 @@ class EdgeServer:
                     max_path_id=self.config.max_path_id if self.config.multipath else None,
                     fec=FecConfig() if self.config.fec else None,
                     cid_factory=None if self.worker is None else self.worker.quic_lb().generate,
+                    tickets=self.tickets,
+                    early_data=self.config.early_data == "idempotent",
                 ),
                 retry=self.config.retry,
                 planner=self._planner,

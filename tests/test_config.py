@@ -168,6 +168,16 @@ def test_every_key(tmp_path: Path) -> None:
     assert config.service("files") is config.services[0]
 
 
+def test_session_tickets_and_early_data() -> None:
+    assert (EdgeConfig().session_tickets, EdgeConfig().early_data) == (True, "idempotent")
+    config = _parse('[edge]\nearly_data = "off"\n')
+    assert (config.session_tickets, config.early_data) == (True, "off")
+    config = _parse('[edge]\nsession_tickets = false\nearly_data = "off"\n')
+    assert (config.session_tickets, config.early_data) == (False, "off")
+    # Without tickets the default early_data has nothing to apply to: no error.
+    assert not _parse("[edge]\nsession_tickets = false\n").session_tickets
+
+
 def test_layouts_give_the_same_service() -> None:
     tables = """
         [[services]]
@@ -257,7 +267,7 @@ ERRORS: list[tuple[str, str, int | None]] = [
         "[edge]\nmax_queue = 1\nzzz = 1\n",
         "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, "
         "cipher_suites, www, idle_timeout_s, max_queue, retry, send_order, multipath, admin, "
-        "max_path_id, fec, egress_mbps)",
+        "max_path_id, fec, egress_mbps, session_tickets, early_data)",
         3,
     ),
     (
@@ -272,6 +282,17 @@ ERRORS: list[tuple[str, str, int | None]] = [
     ('services = { name = "x" }\n', "services: expected an array of tables, got a table", 1),
     ('[edge]\nalpn = "h3"\n', "edge.alpn: expected an array of protocol names, got 'h3'", 2),
     ('[edge]\nfec = "yes"\n', "edge.fec: expected true or false, got 'yes'", 2),
+    ("[edge]\nsession_tickets = 1\n", "edge.session_tickets: expected true or false, got 1", 2),
+    (
+        '[edge]\nearly_data = "all"\n',
+        "edge.early_data: expected one of 'idempotent', 'off', got 'all'",
+        2,
+    ),
+    (
+        '[edge]\nsession_tickets = false\nearly_data = "idempotent"\n',
+        "edge.early_data: 'idempotent' needs session_tickets = true (0-RTT resumes a session)",
+        3,
+    ),
     ("[edge]\negress_mbps = 0\n", "edge.egress_mbps: must be greater than 0, got 0", 2),
     (
         '[edge]\ncipher_suites = "TLS_AES_128_GCM_SHA256"\n',

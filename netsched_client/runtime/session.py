@@ -1,23 +1,31 @@
-"""The client SDK: `connect()`, `Session`, `Stream`, `Response`.
+"""The client SDK: `connect()`, `Session`, `Stream`, `Response`, `TicketStore`.
 
 A thin asyncio layer over the sans-IO protocol objects: `NetSchedProtocol`
 when the edge speaks `netsched/1`, `H3Protocol` when it only speaks HTTP/3.
+
+Resumption: every session keeps the latest TLS session ticket the edge sent
+(`Session.session_ticket`); `connect(session_ticket=...)` or
+`connect(ticket_store=...)` resumes with one, and with `early_data=True`
+requests leave in 0-RTT packets before the handshake completes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Coroutine, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
+from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
@@ -180,6 +188,105 @@ def _app_protocol(alpn: str, quic: QuicConnection, authority: str) -> _AppProtoc
     return h3proto.H3Protocol(quic, authority)
 
 
+K = TypeVar("K", bound=Hashable)
+
+# What became of 0-RTT: "off" (not attempted), "pending" (requests went in 0-RTT,
+# the handshake is under way), "accepted", "rejected" (aioquic resent them in 1-RTT).
+EarlyData = Literal["off", "pending", "accepted", "rejected"]
+
+
+class TicketCache(Generic[K]):
+    """At most `capacity` TLS session tickets by key: the oldest go first when full,
+    expired ones when looked up.
+
+    A ticket leaves when taken, so each serves one connection: a client that
+    reuses one makes its connections linkable (RFC 8446 §C.4), and a server
+    that keeps single-use tickets turns a replayed 0-RTT flight into a full
+    handshake (§8.1). The edge keeps its issued tickets in one, too.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"ticket cache capacity must be at least 1, got {capacity}")
+        self._capacity = capacity
+        self._tickets: OrderedDict[K, tls.SessionTicket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def put(self, key: K, ticket: tls.SessionTicket) -> None:
+        self._tickets.pop(key, None)
+        self._tickets[key] = ticket
+        while len(self._tickets) > self._capacity:
+            self._tickets.popitem(last=False)
+
+    def take(self, key: K) -> tls.SessionTicket | None:
+        ticket = self._tickets.pop(key, None)
+        return ticket if ticket is not None and ticket.is_valid else None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumptionTicket:
+    """A TLS session ticket from an edge, with the ALPN of the session that got it.
+
+    0-RTT must speak the protocol of that session (RFC 8446 §4.2.10), which
+    aioquic's ticket does not record. Picklable, to keep across processes.
+    """
+
+    ticket: tls.SessionTicket
+    alpn: str
+
+    @property
+    def server_name(self) -> str:
+        return self.ticket.server_name
+
+    @property
+    def allows_early_data(self) -> bool:
+        """The edge that issued it accepts 0-RTT with it (max_early_data is set)."""
+        return self.ticket.max_early_data_size is not None
+
+
+class TicketStore:
+    """Session tickets by (server name, ALPN), at most `capacity` of them, in memory.
+
+    Pass one to `connect(ticket_store=...)`: each connection takes a ticket to
+    resume with (if it has one for the server) and leaves the one the edge
+    issues it for the next connection.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._cache: TicketCache[tuple[str, str]] = TicketCache(capacity)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def put(self, ticket: ResumptionTicket) -> None:
+        self._cache.put((ticket.server_name, ticket.alpn), ticket.ticket)
+
+    def take(self, server_name: str, alpns: Sequence[str]) -> ResumptionTicket | None:
+        """A valid ticket for `server_name` and the first of `alpns` that has one."""
+        for alpn in alpns:
+            ticket = self._cache.take((server_name, alpn))
+            if ticket is not None:
+                return ResumptionTicket(ticket, alpn)
+        return None
+
+
+class _TicketSink:
+    """Where one connection's NewSessionTickets go: the session's latest, and the store."""
+
+    def __init__(self, store: TicketStore | None) -> None:
+        self._store = store
+        self.latest: ResumptionTicket | None = None
+
+    def receive(self, ticket: tls.SessionTicket, alpn: str | None) -> None:
+        if alpn is None:
+            return  # tickets follow a completed handshake, which has an ALPN
+        self.latest = ResumptionTicket(ticket, alpn)
+        if self._store is not None:
+            self._store.put(self.latest)
+
+
 class Session:
     """A connection to an edge. Use `connect()` to make one."""
 
@@ -191,6 +298,10 @@ class Session:
         default_slo: SLO | None,
         authority: str,
         path_manager: PathManager,
+        *,
+        handshake: asyncio.Future[str | None],
+        tickets: _TicketSink,
+        early_data: bool = False,
     ) -> None:
         self._driver = driver
         self._endpoint = endpoint
@@ -202,6 +313,14 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._datagrams: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1024)
         self._lost: ConnectionLost | None = None
+        self._handshake = handshake
+        # A 0-RTT session may never see its handshake's outcome asked for.
+        handshake.add_done_callback(_retrieve)
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._tickets = tickets
+        self._early_data: EarlyData = "pending" if early_data else "off"
+        self._resumed = False
+        self._background: set[asyncio.Task[None]] = set()
         driver.add_event_handler(self._on_quic_event)
 
     # -- public API ----------------------------------------------------------
@@ -297,7 +416,59 @@ class Session:
         self._check_open()
         self._paths.set_backup(path_id, backup)
 
+    # -- handshake, resumption, keys -------------------------------------------
+
+    @property
+    def handshake_complete(self) -> bool:
+        handshake = self._handshake
+        return handshake.done() and not handshake.cancelled() and handshake.exception() is None
+
+    async def wait_handshake(self) -> None:
+        """Return once the handshake completed; raise `ConnectionLost` if it failed.
+
+        Only a session opened for 0-RTT (`early_data=True` with a ticket that
+        allows it) exists before its handshake completes.
+        """
+        await asyncio.shield(self._handshake)
+
+    @property
+    def early_data(self) -> EarlyData:
+        """What became of 0-RTT: "off" (not attempted), "pending" (requests went in
+        0-RTT, the handshake is under way), "accepted", or "rejected" (the edge
+        dropped the 0-RTT packets; aioquic sent those requests again in 1-RTT,
+        so there is nothing for the application to do)."""
+        return self._early_data
+
+    @property
+    def session_resumed(self) -> bool:
+        """The handshake resumed a TLS session from a ticket (a PSK handshake)."""
+        return self._resumed
+
+    @property
+    def session_ticket(self) -> ResumptionTicket | None:
+        """The latest ticket the edge sent on this connection (for `connect(session_ticket=)`)."""
+        return self._tickets.latest
+
+    def request_key_update(self) -> None:
+        """Move to the next 1-RTT keys (RFC 9001 §6), on every path at once.
+
+        Before the handshake is confirmed the update waits until it is.
+        """
+        self._check_open()
+        self._driver.quic.request_key_update()
+        self._driver.schedule_transmit()
+
+    @property
+    def key_phase(self) -> int:
+        """The 1-RTT key phase bit this end sends (flips with each key update)."""
+        # aioquic (pinned 1.7.2) has no public accessor; all paths share this pair.
+        return int(self._driver.quic._cryptos[tls.Epoch.ONE_RTT].key_phase)
+
     async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
         if self._lost is None:
             self._driver.close(reason="session closed")
         # The close frame is out; waiting for the drain period is a courtesy, bounded.
@@ -383,10 +554,30 @@ class Session:
         if self._lost is not None:
             raise self._lost
 
+    def _expect_handshake(self, timeout: float, name: str) -> None:
+        """Give up on a 0-RTT session whose handshake takes longer than `timeout`."""
+
+        def expired() -> None:
+            if not self._handshake.done():
+                lost = ConnectionLost(f"no handshake with {name} within {timeout} s")
+                self._handshake.set_exception(lost)
+                self._driver.close(reason="handshake timeout")
+                self._fail_all(lost)
+
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(timeout, expired)
+
+    def _run_in_background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _on_quic_event(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
             self._on_terminated(event)
             return
+        if isinstance(event, HandshakeCompleted):
+            self._on_handshake(event)
         for pevent in self._proto.handle_event(event):
             self._dispatch(pevent)
 
@@ -411,12 +602,28 @@ class Session:
             stream._fail(_abort_error(event))
             self._streams.pop(event.stream_id, None)
 
+    def _on_handshake(self, event: HandshakeCompleted) -> None:
+        self._resumed = event.session_resumed
+        if self._early_data == "pending":
+            self._early_data = "accepted" if event.early_data_accepted else "rejected"
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+
     def _on_terminated(self, event: ConnectionTerminated) -> None:
-        reason = event.reason_phrase or f"error code {event.error_code:#x}"
-        self._lost = ConnectionLost(f"connection closed: {reason}")
+        if self._lost is None:
+            reason = event.reason_phrase or f"error code {event.error_code:#x}"
+            self._fail_all(ConnectionLost(f"connection closed: {reason}"))
+
+    def _fail_all(self, lost: ConnectionLost) -> None:
+        self._lost = lost
         for stream in self._streams.values():
-            stream._fail(self._lost)
+            stream._fail(lost)
         self._streams.clear()
+
+
+def _retrieve(future: asyncio.Future[str | None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def client_configuration(
@@ -453,6 +660,9 @@ async def open_session(
     timeout: float = 10.0,
     paths: Sequence[str] | Literal["auto"] | None = None,
     fec: FecConfig | None = None,
+    session_ticket: ResumptionTicket | None = None,
+    ticket_store: TicketStore | None = None,
+    early_data: bool = False,
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
 
@@ -463,28 +673,102 @@ async def open_session(
     for the handshake; "auto" adds every non-loopback local address. When the
     edge does not negotiate multipath, extra paths are skipped silently and
     the session runs on one path.
+
+    Resumption: `session_ticket` (a `Session.session_ticket`), or else a
+    ticket from `ticket_store`, resumes the TLS session it came from; the
+    store also receives this session's ticket. `early_data`: when that ticket
+    allows 0-RTT, return before the handshake completes, so that the first
+    requests leave in 0-RTT packets (replayable by an attacker: the edge serves
+    only idempotent ones before the handshake completes, see `Session.early_data`);
+    extra `paths` then open once it completes. Without such a ticket, or
+    without `early_data`, the handshake completes first as usual.
     """
     if configuration is None:
         configuration = client_configuration(host, ca_file=ca_file, verify=verify)
+    ticket = _resumption_ticket(configuration, session_ticket, ticket_store)
+    early = early_data and ticket is not None and ticket.allows_early_data
+    if ticket is not None:
+        configuration = _resuming(configuration, ticket, early=early)
     family, addr = await resolve(host, port)
     locals_ = _local_addresses(paths, family, addr)
     endpoint = await open_client_endpoint(family, locals_[0] if locals_ else None)
-    quic = NetSchedConnection(configuration=configuration, local_slo=slo, fec=fec)
+    tickets = _TicketSink(ticket_store)
+    quic: NetSchedConnection = NetSchedConnection(
+        configuration=configuration,
+        local_slo=slo,
+        fec=fec,
+        session_ticket_handler=lambda t: tickets.receive(t, quic.tls.alpn_negotiated),
+    )
     driver = ConnectionDriver(quic, endpoint.send_batch)
     endpoint.driver = driver
     manager = PathManager(driver, endpoint, family, addr)
+    name = f"{host}:{port}"
     # Events that arrive between the handshake and the session (the server's
     # HTTP/3 control and QPACK streams often share the handshake's last flight)
     # are kept and replayed: the application protocol must see every stream byte.
-    early: list[QuicEvent] = []
-    driver.add_event_handler(early.append)
-    alpn = await _handshake(driver, endpoint, addr, configuration, f"{host}:{port}", timeout)
-    driver.remove_event_handler(early.append)
-    session = Session(driver, endpoint, alpn, slo, f"{host}:{port}", manager)
-    for event in early:
+    pending: list[QuicEvent] = []
+    driver.add_event_handler(pending.append)
+    handshake = _start_handshake(driver, addr, name)
+    if early:
+        assert ticket is not None
+        alpn = ticket.alpn  # the only one offered (_resuming)
+    else:
+        alpn = await _handshake(handshake, endpoint, driver, configuration, name, timeout)
+    driver.remove_event_handler(pending.append)
+    session = Session(
+        driver,
+        endpoint,
+        alpn,
+        slo,
+        name,
+        manager,
+        handshake=handshake,
+        tickets=tickets,
+        early_data=early,
+    )
+    for event in pending:
         session._on_quic_event(event)
-    await _open_extra_paths(session, locals_[1:])
+    if early:
+        session._expect_handshake(timeout, name)
+        if locals_[1:]:
+            session._run_in_background(_open_paths_after_handshake(session, locals_[1:]))
+    else:
+        await _open_extra_paths(session, locals_[1:])
     return session
+
+
+def _resumption_ticket(
+    configuration: QuicConfiguration,
+    session_ticket: ResumptionTicket | None,
+    store: TicketStore | None,
+) -> ResumptionTicket | None:
+    """The ticket to resume with: the caller's (checked), or one from the store."""
+    server_name = configuration.server_name or ""
+    alpns = configuration.alpn_protocols or []
+    if session_ticket is None:
+        return None if store is None else store.take(server_name, alpns)
+    if session_ticket.server_name != server_name:
+        raise ValueError(
+            f"session_ticket is for server name {session_ticket.server_name!r}, "
+            f"this connection's is {server_name!r}"
+        )
+    if session_ticket.alpn not in alpns:
+        raise ValueError(
+            f"session_ticket is for ALPN {session_ticket.alpn!r}, not among {', '.join(alpns)}"
+        )
+    return session_ticket
+
+
+def _resuming(
+    configuration: QuicConfiguration, ticket: ResumptionTicket, *, early: bool
+) -> QuicConfiguration:
+    """A copy (the caller's configuration may serve other connections) that resumes.
+
+    With 0-RTT it offers the ticket's ALPN alone: the early requests are
+    framed for it, and aioquic resends them as they are if the edge rejects 0-RTT.
+    """
+    alpns = [ticket.alpn] if early else configuration.alpn_protocols
+    return dataclasses.replace(configuration, session_ticket=ticket.ticket, alpn_protocols=alpns)
 
 
 def _local_addresses(
@@ -504,6 +788,12 @@ def _local_addresses(
         raise PathError(str(exc)) from None
 
 
+async def _open_paths_after_handshake(session: Session, locals_: Sequence[str]) -> None:
+    with contextlib.suppress(ConnectionLost):
+        await session.wait_handshake()
+        await _open_extra_paths(session, locals_)
+
+
 async def _open_extra_paths(session: Session, locals_: Sequence[str]) -> None:
     if locals_ and not session.multipath:
         log.info("the edge did not negotiate multipath: using one path")
@@ -516,15 +806,10 @@ async def _open_extra_paths(session: Session, locals_: Sequence[str]) -> None:
             log.warning("path from %s not used: %s", local, exc)
 
 
-async def _handshake(
-    driver: ConnectionDriver,
-    endpoint: ClientEndpoint,
-    addr: NetworkAddress,
-    configuration: QuicConfiguration,
-    name: str,
-    timeout: float,
-) -> str:
-    """Run the handshake; the negotiated ALPN, or a typed error (sockets closed)."""
+def _start_handshake(
+    driver: ConnectionDriver, addr: NetworkAddress, name: str
+) -> asyncio.Future[str | None]:
+    """Send the first flight; the future holds the negotiated ALPN or the failure."""
     handshake: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     def on_handshake(event: QuicEvent) -> None:
@@ -532,13 +817,27 @@ async def _handshake(
             handshake.set_result(event.alpn_protocol)
         elif isinstance(event, ConnectionTerminated) and not handshake.done():
             reason = event.reason_phrase or "no reason given"
-            exc = ConnectionLost(f"handshake failed: {reason} (error code {event.error_code:#x})")
+            exc = ConnectionLost(
+                f"handshake with {name} failed: {reason} (error code {event.error_code:#x})"
+            )
             exc.error_code = event.error_code
             handshake.set_exception(exc)
 
     driver.add_event_handler(on_handshake)
     driver.quic.connect(addr, now=asyncio.get_running_loop().time())
     driver.transmit()
+    return handshake
+
+
+async def _handshake(
+    handshake: asyncio.Future[str | None],
+    endpoint: ClientEndpoint,
+    driver: ConnectionDriver,
+    configuration: QuicConfiguration,
+    name: str,
+    timeout: float,
+) -> str:
+    """Wait for the handshake; the negotiated ALPN, or a typed error (sockets closed)."""
     try:
         async with asyncio.timeout(timeout):
             alpn = await handshake
@@ -571,6 +870,9 @@ async def connect(
     timeout: float = 10.0,
     paths: Sequence[str] | Literal["auto"] | None = None,
     fec: FecConfig | None = None,
+    session_ticket: ResumptionTicket | None = None,
+    ticket_store: TicketStore | None = None,
+    early_data: bool = False,
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
@@ -583,6 +885,9 @@ async def connect(
         timeout=timeout,
         paths=paths,
         fec=fec,
+        session_ticket=session_ticket,
+        ticket_store=ticket_store,
+        early_data=early_data,
     )
     try:
         yield session
