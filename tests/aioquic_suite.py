@@ -237,6 +237,8 @@ def _substitute_class(mode: Mode) -> type[Any]:
     class SuiteConnection(NetSchedConnection):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("max_path_id", max_path_id)
+            if mode == "off":
+                kwargs.setdefault("pmtud", None)  # aioquic's tests count datagrams: no probes
             super().__init__(*args, **kwargs)
             _recorder.substituted += 1
 

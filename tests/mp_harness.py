@@ -11,18 +11,23 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from netsched_client.proto.connection import NetSchedConnection
+from netsched_client.proto.multipath.pmtu import DEFAULT_MAX_SIZE, PmtuConfig
 from netsched_edge.tls import generate_self_signed
 
 SERVER: NetworkAddress = ("127.0.0.3", 4433)
 C1: NetworkAddress = ("127.0.0.1", 5001)
 C2: NetworkAddress = ("127.0.0.2", 5002)
 C3: NetworkAddress = ("127.0.0.4", 5003)
+# The addresses above label network paths, not a real loopback: PMTU discovery
+# caps them as it caps Internet paths (tests may pass their own `pmtud`).
+NETWORK_PMTUD = PmtuConfig(loopback_max_size=DEFAULT_MAX_SIZE)
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Link:
     reorder_every: int = 0  # hold every Nth datagram back by reorder_s, 0: never
     reorder_s: float = 0.015
     max_queue_s: float = 0.1  # tail drop beyond this much queued delay
+    mtu: int | None = None  # largest UDP payload carried (both ways); None: any
     sent: int = 0
     busy_until: dict[bool, float] = field(default_factory=dict)
 
@@ -43,6 +49,8 @@ class Link:
         """When a datagram sent now arrives, or None when the link drops it."""
         self.sent += 1
         if not self.up or (self.drop_every and self.sent % self.drop_every == 0):
+            return None
+        if self.mtu is not None and size > self.mtu:
             return None
         extra = (
             self.reorder_s if self.reorder_every and self.sent % self.reorder_every == 0 else 0.0
@@ -136,7 +144,7 @@ class Net:
                     conn.handle_timer(self.now)
             self._collect()
 
-    def events(self, side: str, kind: type) -> list:
+    def events(self, side: str, kind: type) -> list[Any]:
         source = self.client_events if side == "client" else self.server_events
         return [e for e in source if isinstance(e, kind)]
 
@@ -147,7 +155,11 @@ def make_net(
     client_max_path_id: int | None = 3,
     server_max_path_id: int | None = 3,
     links: dict[NetworkAddress, Link] | None = None,
+    client_class: type[NetSchedConnection] = NetSchedConnection,
+    **options: Any,
 ) -> Net:
+    """A client and a server, connecting; `options` go to both connections."""
+    options.setdefault("pmtud", NETWORK_PMTUD)
     pair = generate_self_signed(tmp)
     client_cfg = QuicConfiguration(
         is_client=True, alpn_protocols=["netsched/1"], server_name="localhost"
@@ -155,11 +167,12 @@ def make_net(
     client_cfg.load_verify_locations(str(pair.ca_certificate))
     server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["netsched/1"])
     server_cfg.load_cert_chain(pair.certificate, pair.private_key)
-    client = NetSchedConnection(configuration=client_cfg, max_path_id=client_max_path_id)
+    client = client_class(configuration=client_cfg, max_path_id=client_max_path_id, **options)
     server = NetSchedConnection(
         configuration=server_cfg,
         original_destination_connection_id=client.original_destination_connection_id,
         max_path_id=server_max_path_id,
+        **options,
     )
     net = Net(client, server, links or {C1: Link(), C2: Link(), C3: Link()})
     client.connect(SERVER, now=net.now)

@@ -32,6 +32,8 @@ from netsched_client.io import (
     UdpSocket,
     attach,
 )
+from netsched_client.io._common import IP_MTU_DISCOVER, IPV6_MTU_DISCOVER, PMTUDISC_PROBE
+from netsched_client.runtime.endpoint import quic_socket_setup
 
 SocketFactory = Callable[..., UdpSocket]
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -569,3 +571,16 @@ def test_detach_stops_callbacks(run: Runner, cls: SocketFactory) -> None:
             assert [data for data, _ in receive(receiver, 1)] == [b"after detach"]
 
     run(main())
+
+
+def test_dont_fragment_is_set_on_quic_sockets() -> None:
+    """The PMTU search needs probes that fail when too big, not fragments."""
+    calls: list[socket.socket] = []
+    setup = quic_socket_setup(calls.append)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            setup(sock)
+            assert sock.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == PMTUDISC_PROBE
+            if family == socket.AF_INET6:
+                assert sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER) == PMTUDISC_PROBE
+    assert len(calls) == 2  # the caller's own setup still runs

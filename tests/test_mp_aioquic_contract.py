@@ -40,6 +40,8 @@ from typing import Any, Final, TypeGuard
 import aioquic
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.congestion.cubic import CubicCongestionControl
+from aioquic.quic.congestion.reno import RenoCongestionControl
 from aioquic.quic.connection import (
     QuicConnection,
     QuicConnectionId,
@@ -89,6 +91,7 @@ PATH_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "_spin_bit": bool,
     "_spin_highest_pn": int,
     "_cryptos": dict,
+    "_max_datagram_size": int,  # every builder's size: the path's PMTU
 }
 
 # Connection-wide aioquic attributes our subclass reads or replaces.
@@ -102,7 +105,7 @@ CONNECTION_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "_local_ack_delay_exponent": int,
     "_local_initial_source_connection_id": bytes,  # follows our CID factory's first CID
     "_logger": logging.LoggerAdapter,
-    "_max_datagram_size": int,
+    "_handshake_confirmed": bool,  # PMTU probes wait for it
     "_quic_logger": (QuicLoggerTrace, NoneType),
     "_remote_ack_delay_exponent": int,
     "_state": QuicConnectionState,
@@ -120,6 +123,11 @@ FOREIGN_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "QuicPacketRecovery._rtt_smoothed": float,
     "QuicPacketRecovery._rtt_initial": float,  # the loss estimator's RTT before a sample
     "QuicPacketRecovery._pacer": object,  # REPAIR packets are paced by the path's pacer
+    "QuicPacketRecovery._cc": object,  # set_max_datagram_size moves it to the path's PMTU
+    "QuicPacketPacer._max_datagram_size": int,  # likewise (its burst and packet time)
+    "RenoCongestionControl._max_datagram_size": int,  # window floor and growth per datagram
+    "CubicCongestionControl._max_datagram_size": int,
+    "CubicCongestionControl.additive_increase_factor": int,
     "QuicPacketRecovery._rtt_latest": float,  # the silence rule's time threshold
     "QuicStreamSender._buffer_start": int,  # urgent copies never reach below it
     "QuicStreamSender._pending": RangeSet,  # urgent copies: queued for one flush only
@@ -220,7 +228,8 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
     ),
     "aioquic.quic.connection:QuicConnection._flush_builder": (
         "ac4bd66d7c3892df",
-        "we call it for a new path's PATH_CHALLENGE (builder, network_path, peer_cid, now)",
+        "we call it for a new path's PATH_CHALLENGE and for PMTU probes (builder, "
+        "network_path, peer_cid, now): it registers the packet with the live path's _loss",
     ),
     "aioquic.quic.connection:QuicConnection._on_ack_delivery": (
         "14648d79ecc50a3d",
@@ -294,7 +303,8 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
     ),
     "aioquic.quic.packet_builder:QuicPacketBuilder.__init__": (
         "b321fb4eb8ac7b33",
-        "_send_path_challenge builds one with the keyword arguments datagrams_to_send uses",
+        "_one_rtt_builder builds one (PATH_CHALLENGE, PMTU probes) with the keyword arguments "
+        "datagrams_to_send uses",
     ),
     "aioquic.quic.crypto:CryptoContext.__init__": (
         "6d8315edce667112",
@@ -369,11 +379,30 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
     ),
     "aioquic.quic.recovery:QuicPacketRecovery._on_packets_lost": (
         "77a0ba7595137455",
-        "CountingRecovery overrides it (keyword-only packets, congestion_event) to count losses",
+        "CountingRecovery overrides it (keyword-only packets, now, space, congestion_event) to "
+        "count losses and to take lost PMTU probes out of flight with congestion_event=False",
     ),
     "aioquic.quic.recovery:QuicPacketRecovery.on_ack_received": (
         "1a7c693479084333",
         "we call it for PATH_ACK on the path's own recovery",
+    ),
+    "aioquic.quic.recovery:QuicPacketRecovery.on_loss_detection_timeout": (
+        "50d7fd652fe671d4",
+        "CountingRecovery overrides it: afterwards _pto_count counts consecutive PTOs, the "
+        "PMTU search's black-hole signal",
+    ),
+    "aioquic.quic.recovery:QuicPacketPacer.__init__": (
+        "82551ac5ee8847dc",
+        "keeps the datagram size in _max_datagram_size, which set_max_datagram_size rewrites",
+    ),
+    "aioquic.quic.congestion.reno:RenoCongestionControl.__init__": (
+        "05a863f85d2bb013",
+        "keeps the datagram size in _max_datagram_size (window floor, congestion-avoidance "
+        "step), which set_max_datagram_size rewrites when the path's PMTU changes",
+    ),
+    "aioquic.quic.congestion.cubic:CubicCongestionControl.__init__": (
+        "5e2437205a0ae340",
+        "as Reno, plus additive_increase_factor (one datagram), both rewritten with the PMTU",
     ),
     "aioquic.quic.recovery:QuicPacketRecovery.discard_space": (
         "764ad1d17869fe8c",
@@ -533,6 +562,9 @@ def test_foreign_attributes_exist_with_their_kind(
         "CryptoPair": client._cryptos[Epoch.ONE_RTT],
         "CryptoContext": client._cryptos[Epoch.ONE_RTT].recv,
         "QuicStreamSender": QuicStreamSender(0, writable=True),
+        "QuicPacketPacer": client._loss._pacer,
+        "RenoCongestionControl": RenoCongestionControl(max_datagram_size=1200),
+        "CubicCongestionControl": CubicCongestionControl(max_datagram_size=1200),
     }
     wrong = {}
     for qualified, kind in FOREIGN_ATTRIBUTE_KINDS.items():

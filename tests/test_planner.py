@@ -354,7 +354,9 @@ async def test_the_edge_exports_the_planner_metrics(tmp_path: Path) -> None:
         for line in text.splitlines()
         if line.startswith("netsched_edge_send_")
     }
-    assert values["netsched_edge_send_datagrams_total"] >= 80  # 100 kB at <= 1200 B each
+    # 100 kB left, in datagrams of at most 16383 B (the loopback PMTU cap)
+    assert values["netsched_edge_send_bytes_total"] >= 100_000
+    assert values["netsched_edge_send_datagrams_total"] >= 100_000 // 16383
     assert (
         values["netsched_edge_send_burst_datagrams_count"]
         == values["netsched_edge_send_bursts_total"]
@@ -369,3 +371,16 @@ async def test_the_edge_exports_the_planner_metrics(tmp_path: Path) -> None:
 async def test_edge_budget_comes_from_config() -> None:
     assert EdgeServer(EdgeConfig(egress_mbps=8.0))._planner.egress_rate == 1e6
     assert EdgeServer(EdgeConfig())._planner.egress_rate is None
+
+
+def test_budget_counts_in_the_largest_datagrams_seen() -> None:
+    """Once a path raised its datagram size (PMTU search), a tick's allowance is counted in
+    those datagrams, not 1200-byte ones: no tick overdraws the bucket 13-fold."""
+    planner: BurstPlanner[ScriptedFlow] = BurstPlanner(egress_rate=1e6, egress_burst=64_000)
+    big = _flow("big", 500, size=16_000)
+    planner.wake(big)
+    planner.tick(0.0)  # the first sight of 16 kB datagrams
+    before = planner.stats.bytes
+    planner.wake(big)
+    planner.tick(10.0)  # the bucket is full again
+    assert planner.stats.bytes - before <= 64_000 + 16_000

@@ -22,6 +22,11 @@ Datagram = tuple[bytes, Address]
 SOL_UDP = 17
 UDP_SEGMENT = 103  # GSO: the segment size, per socket or per sendmsg (cmsg)
 UDP_GRO = 104  # GRO: deliver coalesced datagrams plus their segment size (cmsg)
+# Linux's don't-fragment controls (the socket module does not name them): PROBE sets DF
+# and ignores the kernel's path MTU cache, as a PMTU search (RFC 8899) wants.
+IP_MTU_DISCOVER = 10
+IPV6_MTU_DISCOVER = 23
+PMTUDISC_PROBE = 3  # IP_PMTUDISC_PROBE and IPV6_PMTUDISC_PROBE
 ECN_MASK = 0b11  # the low two bits of the TOS / traffic-class byte
 MAX_BATCH = 1024  # UIO_MAXIOV: the kernel's cap on one sendmmsg/recvmmsg vector
 DEFAULT_MAX_PENDING = 4096  # datagrams held after EAGAIN (~5 MB at 1200 B)
@@ -231,6 +236,16 @@ def enable_offloads(sock: socket.socket, gso: bool, gro: bool) -> tuple[bool, bo
     gso_ok = gso and _try_option(sock, SOL_UDP, UDP_SEGMENT, 0)  # 0: no socket-wide size
     gro_ok = gro and _try_option(sock, SOL_UDP, UDP_GRO, 1)
     return gso_ok, gro_ok
+
+
+def set_dont_fragment(sock: socket.socket) -> bool:
+    """Send with DF and never fragment locally: a datagram too big for the interface fails
+    (EMSGSIZE, counted as a drop) instead of leaving in fragments. QUIC sockets only: the
+    forwarder relays whatever the apps send. False where the platform refuses."""
+    done = _try_option(sock, socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
+    if sock.family == socket.AF_INET6:
+        done = _try_option(sock, socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE) or done
+    return done
 
 
 def _try_option(sock: socket.socket, level: int, optname: int | None, value: int) -> bool:

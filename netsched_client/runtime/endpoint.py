@@ -31,6 +31,7 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from ..io import BatchedUdpSocket, UdpSocket, UdpStats, attach
+from ..io._common import set_dont_fragment
 from .driver import ConnectionDriver, Datagram
 from .planner import BurstPlanner
 from .ticker import TickedFlow, Ticker
@@ -56,7 +57,7 @@ class UdpSender:
         local: tuple[str, int],
         setup: Callable[[socket.socket], None] | None = None,
     ) -> None:
-        self._sock = BatchedUdpSocket(family, local, setup=setup)
+        self._sock = BatchedUdpSocket(family, local, setup=quic_socket_setup(setup))
         self._detach = attach(asyncio.get_running_loop(), self._sock, self._on_batch)
 
     def _on_batch(self, batch: list[tuple[bytes, Any]]) -> None:
@@ -322,3 +323,17 @@ async def open_client_endpoint(
     endpoint = ClientEndpoint()
     endpoint.bind(family, (local_host, local_port))
     return endpoint
+
+
+def quic_socket_setup(
+    setup: Callable[[socket.socket], None] | None,
+) -> Callable[[socket.socket], None]:
+    """DF on every QUIC socket (the path MTU search needs probes that fail, not fragment),
+    then the caller's own setup."""
+
+    def run(sock: socket.socket) -> None:
+        set_dont_fragment(sock)
+        if setup is not None:
+            setup(sock)
+
+    return run

@@ -137,6 +137,8 @@ class BurstPlanner(Generic[F]):
         self._max_per_flow = max_per_flow
         self._coalesce = coalesce
         self._tokens = float(egress_burst)
+        # The largest datagram seen: paths raise their size (PMTU search) from 1200.
+        self._datagram_bytes = BUDGET_DATAGRAM_BYTES
         self._refilled_at: float | None = None
         self._woken: dict[F, int] = {}  # flow -> wake sequence (insertion order: FIFO)
         self._sequence = itertools.count()
@@ -216,11 +218,12 @@ class BurstPlanner(Generic[F]):
     def _limit(self) -> int:
         if self.egress_rate is None:
             return self._max_per_flow
-        allowed = math.ceil(self._tokens / BUDGET_DATAGRAM_BYTES)
+        allowed = math.ceil(self._tokens / self._datagram_bytes)
         return max(1, min(self._max_per_flow, allowed))
 
     def _spend(self, datagrams: list[Datagram]) -> None:
         size = sum(len(data) for data, _, _ in datagrams)
+        self._datagram_bytes = max(self._datagram_bytes, *(len(d) for d, _, _ in datagrams))
         self._datagrams += len(datagrams)
         self._bytes += size
         if self.egress_rate is not None:

@@ -51,6 +51,7 @@ from ..proto.events import (
 )
 from ..proto.fec_link import FecConfig, FecStats
 from ..proto.framing import RequestHead, ResponseHead
+from ..proto.multipath.pmtu import DEFAULT_PMTUD, PmtuConfig
 from ..proto.send_order import ERROR_DEADLINE
 from ..proto.slo import SLO
 from .debug import enable_debug_logs
@@ -663,6 +664,7 @@ async def open_session(
     session_ticket: ResumptionTicket | None = None,
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
+    pmtud: PmtuConfig | None = DEFAULT_PMTUD,
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
 
@@ -682,6 +684,9 @@ async def open_session(
     only idempotent ones before the handshake completes, see `Session.early_data`);
     extra `paths` then open once it completes. Without such a ticket, or
     without `early_data`, the handshake completes first as usual.
+
+    `pmtud`: how each path searches for its largest datagram (RFC 8899); None
+    keeps every path at 1200 bytes.
     """
     if configuration is None:
         configuration = client_configuration(host, ca_file=ca_file, verify=verify)
@@ -697,6 +702,7 @@ async def open_session(
         configuration=configuration,
         local_slo=slo,
         fec=fec,
+        pmtud=pmtud,
         session_ticket_handler=lambda t: tickets.receive(t, quic.tls.alpn_negotiated),
     )
     driver = ConnectionDriver(quic, endpoint.send_batch)
@@ -873,6 +879,7 @@ async def connect(
     session_ticket: ResumptionTicket | None = None,
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
+    pmtud: PmtuConfig | None = DEFAULT_PMTUD,
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
@@ -888,6 +895,7 @@ async def connect(
         session_ticket=session_ticket,
         ticket_store=ticket_store,
         early_data=early_data,
+        pmtud=pmtud,
     )
     try:
         yield session

@@ -9,6 +9,11 @@ aioquic's private attributes: everything goes through this module, and
 `tests/test_mp_aioquic_contract.py` fails loudly when an aioquic upgrade moves
 what it relies on.
 
+Each path also runs its own datagram PMTU search (`pmtu.py`): its datagram
+size (`_max_datagram_size`, swapped with the rest) starts at 1200 and rises as
+PING+PADDING probes are acknowledged, up to the `pmtud` cap (higher on
+loopback) and the peer's max_udp_payload_size; a black hole drops it back.
+
 Where aioquic is path-0 specific, this class overrides it from the draft:
 ACK frames, NEW/RETIRE_CONNECTION_ID are path 0's; PATH_ACK and the PATH_*
 CID frames carry a path ID; a failed validation abandons one path, not the
@@ -19,7 +24,10 @@ Driving contract: as aioquic's `QuicConnection`, plus
   one socket per local address (`datagrams_to_send` drops the path ID);
 - client: `open_path(local_addr, remote_addr, now)`, and for both sides
   `abandon_path`, `set_path_backup`, `path_info()`; path events (`events.py`)
-  come out of `next_event()` with aioquic's.
+  come out of `next_event()` with aioquic's;
+- `pmtud=PmtuConfig(max_size=..., loopback_max_size=...)` sets the PMTU
+  search's caps, `pmtud=None` turns it off (every path then sends the
+  configuration's max_datagram_size).
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ from . import events as mp_events
 from . import frames as f
 from .crypto import KeyHistory, PathCrypto
 from .path import Path, PathState
+from .pmtu import DEFAULT_PMTUD, MAX_UDP_PAYLOAD, PmtuConfig, PmtuSearch
 from .recovery import CountingRecovery
 from .reinjection import Copy, UrgentCopies, make_safe, sender_of
 from .scheduler import Scheduler
@@ -91,6 +100,7 @@ PATH_ATTRIBUTES: Final = (
     "_spin_bit",
     "_spin_highest_pn",
     "_cryptos",
+    "_max_datagram_size",  # the path's PMTU search result
 )
 
 DEFAULT_MAX_PATH_ID: Final = 3
@@ -98,6 +108,7 @@ CIDS_PER_PATH: Final = 2
 MAX_PEER_CIDS_PER_PATH: Final = 8  # our active_connection_id_limit, applied per path
 MAX_PATH_IDS_TRACKED: Final = 16  # unused path IDs we hold CIDs for, whatever the peer allows
 MULTIPATH_FRAME_CAPACITY: Final = 64
+TP_MAX_UDP_PAYLOAD_SIZE: Final = 0x03  # RFC 9000 §18.2
 
 
 def _mark_path_ack_non_eliciting() -> None:
@@ -134,10 +145,16 @@ class MultipathConnection(QuicConnection):
         *args: Any,
         max_path_id: int | None = DEFAULT_MAX_PATH_ID,
         cid_factory: Callable[[], bytes] | None = None,
+        pmtud: PmtuConfig | None = DEFAULT_PMTUD,
         **kwargs: Any,
     ):
         if max_path_id is not None and not 0 <= max_path_id <= f.MAX_PATH_ID_VALUE:
             raise ValueError(f"max_path_id must be in 0..2^32-1, got {max_path_id}")
+        if pmtud is not None and not isinstance(pmtud, PmtuConfig):
+            raise TypeError(f"pmtud must be a PmtuConfig or None, got {pmtud!r:.80}")
+        self._pmtud = pmtud
+        self._peer_max_udp_payload = MAX_UDP_PAYLOAD  # until the peer says otherwise
+        self._now = 0.0  # clock of the datagram or timer being handled (aioquic passes none down)
         self._local_max_path_id = max_path_id
         self._peer_max_path_id: int | None = None
         self._cid_factory = cid_factory
@@ -162,7 +179,6 @@ class MultipathConnection(QuicConnection):
         self._control: deque[f.MultipathFrame] = deque()
         self.scheduler = Scheduler()
         self.urgent_copies = UrgentCopies()
-        self._now = 0.0  # clock of the timer being handled (aioquic passes none down)
         self._stalls_checked_at = 0.0  # silence deadlines up to here were judged
         self._active_at = 0.0  # last ack-eliciting send that was not a keep-alive
         self._multipath_ready = False  # path 0's crypto view installed
@@ -194,7 +210,8 @@ class MultipathConnection(QuicConnection):
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
         super()._parse_transport_parameters(data, from_session_ticket)
         if from_session_ticket:
-            return  # initial_max_path_id must not be remembered (draft-21 §2.1)
+            return  # neither parameter is remembered (RFC 9000 §7.4.1, draft-21 §2.1)
+        self._limit_datagram_size(data)
         raw = find_transport_parameter(data, f.TP_INITIAL_MAX_PATH_ID)
         if raw is None:
             return
@@ -206,6 +223,16 @@ class MultipathConnection(QuicConnection):
                 reason_phrase="initial_max_path_id must be a varint <= 2^32-1",
             )
         self._peer_max_path_id = value
+
+    def _limit_datagram_size(self, data: bytes) -> None:
+        """The peer's max_udp_payload_size (aioquic checked it is >= 1200) caps every search."""
+        raw = find_transport_parameter(data, TP_MAX_UDP_PAYLOAD_SIZE)
+        value = None if raw is None else decode_varint_value(raw)
+        self._peer_max_udp_payload = MAX_UDP_PAYLOAD if value is None else value
+        for path in self._paths.values():
+            search = self._attr(path, "_loss").pmtu
+            if search is not None:
+                search.set_limit(self._peer_max_udp_payload, self._now)
 
     # -- the swap -----------------------------------------------------------------
 
@@ -290,6 +317,7 @@ class MultipathConnection(QuicConnection):
                     "remote": network_paths[0].addr if network_paths else None,
                     "rtt": self.path_rtt(path),
                     "cwnd": loss.congestion_window,
+                    "max_datagram_size": self._attr(path, "_max_datagram_size"),
                     "bytes_in_flight": loss.bytes_in_flight,
                     "bytes_sent": path.stats.bytes_sent,
                     "bytes_received": path.stats.bytes_received,
@@ -396,6 +424,7 @@ class MultipathConnection(QuicConnection):
                 **base_cryptos,
                 Epoch.ONE_RTT: self._path_crypto(path_id),
             },
+            "_max_datagram_size": self._configuration.max_datagram_size,
         }
         self._paths[path_id] = path
         self._used_path_ids.add(path_id)
@@ -416,15 +445,21 @@ class MultipathConnection(QuicConnection):
         return CountingRecovery
 
     def _new_recovery(self, *, peer_completed_address_validation: bool) -> CountingRecovery:
-        return self._recovery_class()(
+        """A path's recovery, at the base datagram size, with the path's PMTU search."""
+        base = self._configuration.max_datagram_size
+        loss = self._recovery_class()(
             congestion_control_algorithm=self._configuration.congestion_control_algorithm,
             initial_rtt=self._configuration.initial_rtt,
-            max_datagram_size=self._max_datagram_size,
+            max_datagram_size=base,
             peer_completed_address_validation=peer_completed_address_validation,
             quic_logger=self._quic_logger,
             send_probe=self._send_probe,
             logger=self._logger,
         )
+        if self._pmtud is not None:
+            loss.pmtu = PmtuSearch(self._pmtud, base)
+            loss.pmtu.set_limit(self._peer_max_udp_payload, self._now)
+        return loss
 
     def _start_closing(self, path: Path, now: float) -> None:
         """Abandon a path: announce it, retire the peer's CIDs, resend its data elsewhere."""
@@ -647,6 +682,7 @@ class MultipathConnection(QuicConnection):
     # -- receiving ---------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        self._now = now
         crypto = self._attr(self._path0, "_cryptos").get(Epoch.ONE_RTT)
         if isinstance(crypto, PathCrypto) and crypto.history.previous is not None:
             crypto.history.expire(now, 3 * self._largest_pto())
@@ -820,7 +856,8 @@ class MultipathConnection(QuicConnection):
 
     def datagrams_with_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
         if len(self._paths) == 1 and self._live is self._path0 and self._path0.usable:
-            sent = super().datagrams_to_send(now)
+            sent = self._send_mtu_probe(now)
+            sent += self._note_full(super().datagrams_to_send(now))
             self._account(self._path0, sent)
             return [(data, addr, 0) for data, addr in sent]
         self._forget_closed_paths(now)
@@ -853,8 +890,12 @@ class MultipathConnection(QuicConnection):
         if path.state is PathState.VALIDATING:
             return self._send_path_challenge(now)
         if not data_allowed:
+            self._sync_datagram_size(now)  # a backup path probes once it carries data
             with self._holding_back(None):
                 return super().datagrams_to_send(now)
+        return self._send_mtu_probe(now) + self._note_full(self._send_data(path, now))
+
+    def _send_data(self, path: Path, now: float) -> list[tuple[bytes, NetworkAddress]]:
         priorities = self.stream_priorities()
         if not priorities:
             return super().datagrams_to_send(now)
@@ -935,16 +976,7 @@ class MultipathConnection(QuicConnection):
         network_path = self._network_paths[0]
         if network_path.local_challenge_sent:
             return []
-        builder = QuicPacketBuilder(
-            host_cid=self.host_cid,
-            is_client=self._is_client,
-            max_datagram_size=self._max_datagram_size,
-            packet_number=self._packet_number,
-            peer_cid=self._peer_cid.cid,
-            quic_logger=self._quic_logger,
-            version=self._version or QuicProtocolVersion.VERSION_1,
-        )
-        builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[Epoch.ONE_RTT])
+        builder = self._one_rtt_builder(self._max_datagram_size)
         self._write_path_challenge_frame(builder=builder, network_path=network_path)
         network_path.validation_deadline = now + 3 * max(
             self._loss.get_probe_timeout(), 2 * self._configuration.initial_rtt
@@ -953,6 +985,98 @@ class MultipathConnection(QuicConnection):
             builder=builder, network_path=network_path, peer_cid=self._peer_cid.cid, now=now
         )
         return sent
+
+    def _one_rtt_builder(self, max_datagram_size: int) -> QuicPacketBuilder:
+        """A builder for the live path with a 1-RTT packet started (aioquic's stays unused)."""
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=max_datagram_size,
+            packet_number=self._packet_number,
+            peer_cid=self._peer_cid.cid,
+            quic_logger=self._quic_logger,
+            version=self._version or QuicProtocolVersion.VERSION_1,
+        )
+        builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[Epoch.ONE_RTT])
+        return builder
+
+    # -- PMTU discovery --------------------------------------------------------------------------
+
+    def _recovery(self) -> CountingRecovery:
+        loss = self._loss
+        assert isinstance(loss, CountingRecovery)  # what _new_recovery builds for every path
+        return loss
+
+    def _sync_datagram_size(self, now: float) -> PmtuSearch | None:
+        """The live path sends at its search's size (BASE again on a new 4-tuple)."""
+        search = self._recovery().pmtu
+        if search is None or not self._network_paths:
+            return None
+        addr = self._network_paths[0].addr
+        if addr != search.addr:
+            search.moved(addr, now)
+        if search.size != self._max_datagram_size:
+            self._max_datagram_size = search.size
+            self._recovery().set_max_datagram_size(search.size)
+        return search
+
+    def _send_mtu_probe(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """A due PMTU probe on the live path: PING+PADDING, ahead of the data.
+
+        Like any packet it needs room in the congestion window, but only some, as
+        quic-go does: a probe larger than the room would otherwise never leave a
+        window kept full."""
+        search = self._sync_datagram_size(now)
+        if search is None or not self._may_probe():
+            return []
+        size = search.probe_due(now)
+        if size is None:
+            return []
+        builder = self._one_rtt_builder(size)
+        builder.start_frame(
+            QuicFrameType.PING, handler=self._on_mtu_probe_delivery, handler_args=(search, size)
+        )
+        padding = builder.remaining_buffer_space
+        builder.start_frame(QuicFrameType.PADDING, capacity=padding).push_bytes(bytes(padding - 1))
+        number = self._packet_number
+        sent: list[tuple[bytes, NetworkAddress]] = self._flush_builder(
+            builder=builder,
+            network_path=self._network_paths[0],
+            peer_cid=self._peer_cid.cid,
+            now=now,
+        )
+        self._recovery().mtu_probes.add(number)
+        search.on_probe_sent(size)
+        return sent
+
+    def _note_full(
+        self, sent: list[tuple[bytes, NetworkAddress]]
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """Count full datagrams for the live path's search until it may probe."""
+        search = self._recovery().pmtu
+        if search is not None and not search.wanted and self._handshake_confirmed:
+            size = self._max_datagram_size
+            search.on_full_datagrams(sum(len(data) >= size for data, _ in sent))
+        return sent
+
+    def _may_probe(self) -> bool:
+        loss = self._loss
+        return (
+            self._handshake_confirmed
+            and self._live.usable
+            and self._network_paths[0].is_validated
+            and not self._close_pending
+            and self._state not in END_STATES
+            and loss.bytes_in_flight < loss.congestion_window
+        )
+
+    def _on_mtu_probe_delivery(
+        self, delivery: QuicDeliveryState, search: PmtuSearch, size: int
+    ) -> None:
+        if delivery == QuicDeliveryState.ACKED:
+            search.on_probe_acked(size, self._now)
+        elif delivery == QuicDeliveryState.LOST:
+            search.on_probe_lost(size, self._now)
 
     def _account(self, path: Path, sent: list[tuple[bytes, NetworkAddress]]) -> None:
         path.stats.packets_sent += len(sent)
@@ -1059,11 +1183,11 @@ class MultipathConnection(QuicConnection):
     def handle_timer(self, now: float) -> None:
         if self._close_at is None and self._state in END_STATES:
             return  # terminated: nothing is due (aioquic would compare against None)
+        self._now = now
         if len(self._paths) == 1:
             super().handle_timer(now)
             self._forget_closed_paths(now)
             return
-        self._now = now
         # Path 0 first: aioquic's idle/close handling must run in its own context.
         with self._on_path(self._path0):
             super().get_timer()  # refreshes this path's loss timer

@@ -4,6 +4,11 @@ It counts what it declares lost (per-path statistics) and remembers, for the
 last ACKs, the send time of the newest packet each covered and when it
 arrived: evidence, across paths, that the network delivers (a path silent
 since t is suspect once another path had packets sent after t acknowledged).
+
+It also serves the path's PMTU search (`pmtu.py`): a lost PMTU probe leaves
+flight without a congestion event, and the sizes of acknowledged and lost
+packets are the search's black-hole evidence. `set_max_datagram_size` moves
+the congestion controller and pacer to the path's new datagram size.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 
+from .pmtu import PmtuSearch
+
 ACK_HISTORY: Final = 128  # more ACKs than arrive in one RTT at the rates we schedule
 
 
@@ -26,6 +33,8 @@ class CountingRecovery(QuicPacketRecovery):
         self.packets_lost = 0
         # (send time of the newest packet acknowledged, arrival of that ACK), both growing.
         self.acks: deque[tuple[float, float]] = deque(maxlen=ACK_HISTORY)
+        self.pmtu: PmtuSearch | None = None  # this path's PMTU search, when discovery is on
+        self.mtu_probes: set[int] = set()  # packet numbers of PMTU probes in flight
 
     @property
     def acked_sent_time(self) -> float | None:
@@ -42,15 +51,47 @@ class CountingRecovery(QuicPacketRecovery):
     ) -> None:
         newest = space.sent_packets.get(ack_rangeset.bounds().stop - 1)
         sent = newest.sent_time if newest is not None else None
-        if sent is not None and (not self.acks or sent > self.acks[-1][0]):
-            self.acks.append((sent, now))
+        if newest is not None and sent is not None:
+            if not self.acks or sent > self.acks[-1][0]:
+                self.acks.append((sent, now))
+            if self.pmtu is not None:
+                self.pmtu.on_acked(newest.packet_number, newest.sent_bytes, sent, now)
         super().on_ack_received(
             ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
         )
+        if self.mtu_probes:  # acknowledged probes are settled
+            self.mtu_probes = {n for n in self.mtu_probes if n in space.sent_packets}
+
+    def on_loss_detection_timeout(self, *, now: float) -> None:
+        super().on_loss_detection_timeout(now=now)
+        if self.pmtu is not None and self._pto_count:
+            self.pmtu.on_pto(self._pto_count, now)
 
     def _on_packets_lost(self, *, packets: Iterable[QuicSentPacket], **kwargs: Any) -> None:
         packets = list(packets)
+        if self.mtu_probes:
+            probes = [p for p in packets if p.packet_number in self.mtu_probes]
+            if probes:
+                # Too big for the path is not congestion (RFC 8899 §4.3): out of flight only.
+                numbers = {p.packet_number for p in probes}
+                self.mtu_probes -= numbers
+                packets = [p for p in packets if p.packet_number not in numbers]
+                super()._on_packets_lost(
+                    packets=probes, now=kwargs["now"], space=kwargs["space"], congestion_event=False
+                )
         if kwargs.get("congestion_event", True):
             # A PTO's non-congestion "loss" may not be a loss: not counted.
             self.packets_lost += len(packets)
+            if self.pmtu is not None:
+                for packet in packets:
+                    self.pmtu.on_lost(packet.packet_number, packet.sent_bytes, kwargs["now"])
         super()._on_packets_lost(packets=packets, **kwargs)
+
+    def set_max_datagram_size(self, size: int) -> None:
+        """The path's datagram size changed: the window stays in bytes (RFC 8899 §3), but
+        its floor, additive increase and the pacer's burst are counted in datagrams."""
+        for owner in (self._cc, self._pacer):
+            if hasattr(owner, "_max_datagram_size"):
+                owner._max_datagram_size = size
+        if hasattr(self._cc, "additive_increase_factor"):  # CUBIC: one datagram per RTT
+            self._cc.additive_increase_factor = size
