@@ -109,6 +109,9 @@ class Scheduler:
         something sent later came long enough ago that this path's ACK would have come
         with it. A peer that paused answers on every path at once after the pause, so the
         other path's ACK is no evidence until the difference in path delays has passed.
+        (A pause that falls between a packet's arrival and its ACK timer on this path,
+        while the other path's ACK already left, looks exactly like an outage of this
+        path: it costs one re-injection, never the path, which needs PTOs to die.)
         """
         if path.state is not PathState.ACTIVE or path.stalled_since is not None:
             return None
