@@ -282,6 +282,11 @@ class MultipathConnection(QuicConnection):
         loss: CountingRecovery = self._attr(path, "_loss")
         return loss.acked_sent_time
 
+    def path_last_ack(self, path: Path) -> float | None:
+        """When an ACK last acknowledged a newer packet of this path."""
+        loss: CountingRecovery = self._attr(path, "_loss")
+        return loss.last_ack_at
+
     def path_first_ack_after(self, path: Path, sent: float) -> float | None:
         """When an ACK first covered a packet of this path sent after `sent` (recent ACKs)."""
         loss: CountingRecovery = self._attr(path, "_loss")

@@ -41,6 +41,11 @@ class CountingRecovery(QuicPacketRecovery):
         """Send time of the newest packet an ACK covered."""
         return self.acks[-1][0] if self.acks else None
 
+    @property
+    def last_ack_at(self) -> float | None:
+        """When the last ACK that covered a newer packet arrived."""
+        return self.acks[-1][1] if self.acks else None
+
     def first_ack_after(self, sent: float) -> float | None:
         """When the first ACK arrived that covered a packet sent after `sent`."""
         index = bisect_right(self.acks, sent, key=lambda entry: entry[0])

@@ -41,6 +41,7 @@ class Scheduler:
     dead_ptos: int = 2
     # RFC 9002 §6.1.2's time threshold: a queue that grows within one RTT stays inside it.
     silence_rtts: float = 9 / 8
+    quiet_rtts: float = 0.5  # ... and no ACK on the path for this long
     # The peer's ACK timer (aioquic's is kGranularity) plus our clock's resolution. Not
     # the advertised max_ack_delay (25 ms, far above what aioquic-based peers delay).
     ack_allowance: float = 0.002
@@ -104,7 +105,8 @@ class Scheduler:
     def silence_deadline(self, conn: MultipathConnection, path: Path) -> float | None:
         """When this path counts as silent, or None (nothing to wait for, or no evidence yet).
 
-        Silent: its oldest unacknowledged packet is overdue, no later packet of its own
+        Silent: its oldest unacknowledged packet is overdue, no ACK came on the path for
+        half an RTT, no later packet of its own
         was acknowledged (that is a loss, for loss detection), and another path's ACK for
         something sent later came long enough ago that this path's ACK would have come
         with it. A peer that paused answers on every path at once after the pause, so the
@@ -126,8 +128,12 @@ class Scheduler:
         evidence = self._evidence(conn, path, oldest, rtt)
         if evidence is None:
             return None
-        overdue = oldest + max(self.silence_rtts * max(rtt, latest), GRANULARITY)
-        return max(overdue + self.ack_allowance, evidence)
+        wait = max(rtt, latest)
+        overdue = oldest + max(self.silence_rtts * wait, GRANULARITY)
+        # And no ACK for a while: a queue that filled faster than the time threshold
+        # allows delays the oldest packet, but its ACKs keep coming.
+        quiet = (conn.path_last_ack(path) or oldest) + self.quiet_rtts * wait
+        return max(overdue + self.ack_allowance, evidence, quiet)
 
     def _evidence(
         self, conn: MultipathConnection, path: Path, sent: float, rtt: float
