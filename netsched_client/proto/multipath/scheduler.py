@@ -150,14 +150,18 @@ class Scheduler:
         return min(times, default=None)
 
     def silent_paths(self, conn: MultipathConnection, now: float) -> list[Path]:
-        """Working paths to stall now (see `silence_deadline`)."""
-        silent = []
-        for path in conn.paths.values():
-            deadline = self.silence_deadline(conn, path)
-            if deadline is not None and now >= deadline:
-                self.decisions[(path.path_id, "silent")] += 1
-                silent.append(path)
+        """Working paths to stall now (see `silence_deadline`); every path's next
+        deadline is kept in `Path.silence_at` for the connection's timer."""
+        self.refresh_silence(conn)
+        paths = conn.paths.values()
+        silent = [p for p in paths if p.silence_at is not None and now >= p.silence_at]
+        for path in silent:
+            self.decisions[(path.path_id, "silent")] += 1
         return silent
+
+    def refresh_silence(self, conn: MultipathConnection) -> None:
+        for path in conn.paths.values():
+            path.silence_at = self.silence_deadline(conn, path)
 
     def suspect_paths(self, conn: MultipathConnection) -> list[Path]:
         """Stalled paths whose unacknowledged data should go out on a working path now."""
