@@ -9,31 +9,47 @@ the results carry that note.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from netsched_lab.impairment import GilbertElliott, LinkSpec, PathProfile
 
 from .keylog import (
+    CERTIFICATE,
+    ENCRYPTED_EXTENSIONS,
     INITIAL_MAX_STREAMS_BIDI,
-    _transport_parameters,
+    Secrets,
+    handshake_crypto_frames,
+    handshake_message_types,
     key_phases,
+    open_short_header,
     parse_keylog,
+    parse_keylog_connections,
     server_cipher_suite,
     server_transport_parameters,
+    transport_parameters,
     varint_value,
 )
 from .programs.multipath import ABANDON_AT
-from .tap import Address, Trace
+from .tap import LOOPBACK, LOOPBACK6, Address, Captured, Rebind, Trace
 from .wire import (
     CHACHA20_POLY1305_SHA256,
+    PATH_CHALLENGE,
+    PATH_RESPONSE,
     QUIC_V1,
     QUIC_V2,
+    Packet,
     PacketType,
+    client_hello_sends,
+    frame_types,
     offered_cipher_suites,
     offered_transport_parameters,
+    path_frames,
+    reassemble,
 )
+from .www import NAME_LENGTH
 
 KB = 1 << 10
 MB = 1 << 20
@@ -62,9 +78,33 @@ class Feature(StrEnum):
     KEY_UPDATE = "keyupdate"  # client: update keys early in the connection
     V2 = "v2"  # client: offer QUIC v2 by compatible version negotiation; server: accept it
     MULTIPATH = "multipath"
+    # client: a second connection resumes the first's session with its ticket;
+    # server: issues session tickets and resumes sessions from them
+    RESUMPTION = "resumption"
+    # client: the second connection sends its requests in 0-RTT; server: accepts 0-RTT
+    ZERO_RTT = "zerortt"
+    IPV6 = "ipv6"  # listens on / connects to HOST ::1
+    # server: follows a client whose address changes (NAT rebinding, migration),
+    # validating the new path
+    MIGRATION = "migration"
+    # client: moves the connection to a new local address mid-transfer, with a new DCID
+    ACTIVE_MIGRATION = "active-migration"
 
 
 Rule = Callable[[Trace], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    value: float
+    unit: str
+
+    def __str__(self) -> str:
+        return f"{self.value:.1f} {self.unit}"
+
+
+# A measurement case's figure from the trace, or why there is none.
+Measure = Callable[[Trace], Measurement | str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +121,38 @@ class PathCut:
 
 
 @dataclass(frozen=True, slots=True)
+class Rebinding:
+    """The tap rebinds the client's NAT mapping at `first_s`, then every `every_s` seconds.
+
+    `new_address`: a new loopback IP each time (rebind-addr), else only a new port.
+    """
+
+    first_s: float
+    every_s: float
+    new_address: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """The runner's ns-3 link for a case, played by the path lab relay (netsched_lab).
 
     `blackout` = (on_s, off_s): the link works for on_s seconds, then drops
     everything for off_s seconds, and again, as the runner's blackhole scenario.
     `cut`: one path (client IP) goes dark mid-transfer and stays dark.
+    `tap_at_server`: the tap records beside the server (client → relay → tap →
+    server), where the runner takes the trace its rule reads: what the server
+    received after the link (corruption) and sent before it (amplification).
+    `rebinding`: the tap, as the client's NAT, changes the client's address.
+    `client_moves`: the client changes its address itself; the tap records each
+    new client address after the first as a move (`Trace.rebinds`).
     """
 
     profile: PathProfile
     blackout: tuple[float, float] | None = None
     cut: PathCut | None = None
+    tap_at_server: bool = False
+    rebinding: Rebinding | None = None
+    client_moves: bool = False
     description: str = ""
 
 
@@ -110,6 +171,10 @@ class Case:
     pending: str = ""  # non-empty: the case cannot run yet, and why
     scenario: Scenario | None = None  # None: client and server meet through the tap only
     client_locals: tuple[str, ...] = ()  # the client's local addresses (LOCALS), one path each
+    host: str = LOOPBACK  # where the server listens and the tap (both sides of it) runs
+    name_length: int = NAME_LENGTH  # of the random file names (zerortt: 250, as the runner)
+    cert_chain: int = 0  # the runner's certificate chain of this many certificates; 0: CA + leaf
+    measure: Measure | None = None  # a measurement (goodput): its figure goes into the result
     # TESTCASE as the runner names it to each endpoint (multiplexing is "transfer" to both).
     endpoint_names: dict[Side, str] = field(default_factory=dict)
 
@@ -264,7 +329,7 @@ def multipath_negotiated(trace: Trace) -> str | None:
     client = offered_transport_parameters(trace.of(PacketType.INITIAL, from_client=True))
     if client is None:
         return "could not read the client's transport parameters from its Initial packets"
-    if INITIAL_MAX_PATH_ID not in (_transport_parameters(client) or {}):
+    if INITIAL_MAX_PATH_ID not in (transport_parameters(client) or {}):
         return "the client did not offer multipath (no initial_max_path_id 0x3e in its ClientHello)"
     server = _server_parameters(trace)
     if isinstance(server, str):
@@ -334,6 +399,259 @@ def abandoned_and_went_on(trace: Trace) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- more of the runner's rules
+
+# amplificationlimit: the server must have sent its long chain (runner: 7500 bytes of
+# Handshake CRYPTO data), and no more than 3x (4x with the runner's tolerance) of what
+# the client sent before the client's first Handshake packet.
+MIN_CHAIN_CRYPTO = 7500
+AMPLIFICATION = 3
+AMPLIFICATION_TOLERATED = 4
+# zerortt: the runner's limit on what the client sends in 1-RTT packets.
+ZERO_RTT_FILES = 40
+ZERO_RTT_NAME_LENGTH = 250
+MAX_ONE_RTT_CLIENT_PAYLOAD = ZERO_RTT_NAME_LENGTH * ZERO_RTT_FILES // 2
+GOODPUT_FILE = 10 * MB
+AEAD_TAG = 16
+
+
+def client_hello_retransmitted(trace: Trace) -> str | None:
+    """The runner's longrtt rule: at least 2 ClientHellos (the client retransmitted it)."""
+    count = client_hello_sends(trace.of(PacketType.INITIAL, from_client=True))
+    return None if count >= 2 else f"expected at least 2 ClientHellos, got {count}"
+
+
+def resumed_without_certificate(trace: Trace) -> str | None:
+    """The runner's resumption rule: the server's first handshake has a Certificate
+    message, its second none (key log: both connections' handshake secrets)."""
+    messages = _server_handshake_messages(trace)
+    if isinstance(messages, str):
+        return f"can't check resumption: {messages}"
+    if len(messages) != 2:
+        return f"expected server Handshake packets of 2 connections, got {len(messages)}"
+    first, second = messages
+    if CERTIFICATE not in first:
+        return "didn't find a Certificate message in the first handshake"
+    if CERTIFICATE in second:
+        return "server sent a Certificate message in the second handshake"
+    return None
+
+
+def _server_handshake_messages(trace: Trace) -> list[list[int]] | str:
+    """The TLS message types of each connection's server Handshake packets (by server SCID)."""
+    connections = [c for c in parse_keylog_connections(trace.keylog) if c.server_handshake]
+    suite = _negotiated_suite(trace)
+    if not connections or suite is None:
+        return "no key log with handshake secrets"
+    groups: dict[bytes, list[Packet]] = {}
+    for packet in trace.of(PacketType.HANDSHAKE, from_client=False):
+        groups.setdefault(packet.scid, []).append(packet)
+    found = []
+    for packets in groups.values():
+        messages = next(
+            (m for c in connections if (m := _messages(packets, c, suite))),
+            None,
+        )
+        if messages is None:
+            return f"no key log secret opens the handshake of server CID {packets[0].scid.hex()}"
+        found.append(messages)
+    return found
+
+
+def _messages(packets: list[Packet], secrets: Secrets, suite: int) -> list[int]:
+    assert secrets.server_handshake is not None
+    chunks = handshake_crypto_frames(packets, secrets.server_handshake, suite)
+    types = handshake_message_types(reassemble(chunks))
+    return types if types[:1] == [ENCRYPTED_EXTENSIONS] else []
+
+
+def sent_zero_rtt(trace: Trace) -> str | None:
+    """The runner's zerortt rule: the client sent 0-RTT data, and little in 1-RTT packets."""
+    zero_rtt = sum(p.size for p in trace.of(PacketType.ZERO_RTT, from_client=True))
+    if zero_rtt == 0:
+        return "client didn't send any 0-RTT data"
+    server_initial = trace.first(PacketType.INITIAL, from_client=False)
+    # First byte, DCID, packet number (at least 1 byte) and the AEAD tag are no payload.
+    overhead = 1 + (len(server_initial.scid) if server_initial else 0) + 1 + AEAD_TAG
+    one_rtt = trace.one_rtt_bytes[True] - overhead * trace.one_rtt[True]
+    if one_rtt > MAX_ONE_RTT_CLIENT_PAYLOAD:
+        return (
+            f"client sent too much data in 1-RTT packets ({one_rtt} bytes of payload, "
+            f"at most {MAX_ONE_RTT_CLIENT_PAYLOAD})"
+        )
+    return None
+
+
+def only_ipv6(trace: Trace) -> str | None:
+    """The runner's ipv6 rule: no IPv4 on the wire (the tap's client addresses)."""
+    ipv4 = sorted(h for h, _ in trace.paths if ":" not in h)
+    return f"the tap saw IPv4 client addresses: {', '.join(ipv4)}" if ipv4 else None
+
+
+def used_certificate_chain(trace: Trace) -> str | None:
+    """The server sent the long chain: >= 7500 bytes of Handshake CRYPTO data (key log)."""
+    secrets = parse_keylog(trace.keylog)
+    suite = _negotiated_suite(trace)
+    if secrets.server_handshake is None or suite is None:
+        return "can't check the certificate chain: no key log with handshake secrets"
+    chunks = handshake_crypto_frames(
+        trace.of(PacketType.HANDSHAKE, from_client=False), secrets.server_handshake, suite
+    )
+    sent = max((at + len(data) for at, data in chunks), default=0)
+    if sent < MIN_CHAIN_CRYPTO:
+        return f"server sent too little Handshake CRYPTO data ({sent} bytes): not the given chain?"
+    return None
+
+
+def within_amplification_limit(trace: Trace) -> str | None:
+    """The runner's rule, datagram by datagram as the server sent and received them, up
+    to the client's first Handshake packet: the server sent < 4x what the client sent."""
+    allowed = tolerated = 0
+    for datagram in trace.datagrams_in_order:
+        if PacketType.VERSION_NEGOTIATION in datagram.kinds:
+            return "didn't expect a Version Negotiation packet"
+        if datagram.from_client:
+            if PacketType.HANDSHAKE in datagram.kinds:
+                return None
+            if PacketType.INITIAL in datagram.kinds:
+                allowed += AMPLIFICATION * datagram.size
+                tolerated += AMPLIFICATION_TOLERATED * datagram.size
+            continue
+        if datagram.size >= tolerated:
+            return (
+                f"server violated the amplification limit: a {datagram.size} byte datagram "
+                f"with {tolerated} bytes left of {AMPLIFICATION_TOLERATED}x what the client sent"
+            )
+        allowed -= datagram.size
+        tolerated -= datagram.size
+    return "the client never sent a Handshake packet (address not validated)"
+
+
+def path_validated(trace: Trace) -> str | None:
+    """The runner's rebinding rule: the server's first packet to each new client address
+    carries a PATH_CHALLENGE, and the client answers each with a PATH_RESPONSE (key log)."""
+    answered = [r for r in trace.rebinds if r.first_server is not None]
+    if not answered:
+        return (
+            f"the server never sent to a rebound client address ({len(trace.rebinds)} "
+            "rebindings): server saw only a single path"
+        )
+    keys = _one_rtt_keys(trace)
+    if isinstance(keys, str):
+        return f"can't check path validation: {keys}"
+    for rebind in answered:
+        problem = _validated(rebind, keys)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _validated(rebind: Rebind, keys: _OneRttKeys) -> str | None:
+    assert rebind.first_server is not None
+    where = f"{rebind.local[0]}:{rebind.local[1]}" if rebind.local else "the new address"
+    payload = keys.open(rebind.first_server, from_client=False)
+    if payload is None:
+        return f"could not decrypt the server's first packet to {where}"
+    challenges = path_frames(payload, PATH_CHALLENGE)
+    if not challenges:
+        return (
+            f"first server packet on new path {where} did not contain a PATH_CHALLENGE frame "
+            f"(frames {_frame_list(frame_types(payload))})"
+        )
+    responses = {
+        data
+        for packet in rebind.client_after
+        if (opened := keys.open(packet, from_client=True)) is not None
+        for data in path_frames(opened, PATH_RESPONSE)
+    }
+    missing = [c.hex() for c in challenges if c not in responses]
+    return f"PATH_CHALLENGE without a PATH_RESPONSE: {missing}" if missing else None
+
+
+def _frame_list(types: list[int]) -> str:
+    """Frame types in order, a run of one type as one entry ("0x2, 0x0 x1150")."""
+    runs = [(kind, len(list(group))) for kind, group in itertools.groupby(types)]
+    return ", ".join(f"{kind:#x}" + (f" x{n}" if n > 1 else "") for kind, n in runs) or "none"
+
+
+@dataclass(frozen=True, slots=True)
+class _OneRttKeys:
+    """What it takes to open either side's 1-RTT packets: secrets, suite, version, CID lengths."""
+
+    client_secret: bytes
+    server_secret: bytes
+    suite: int
+    version: int
+    client_cid_length: int  # of the client's CIDs, which the server's packets carry
+    server_cid_length: int
+
+    def open(self, packet: Captured, *, from_client: bool) -> bytes | None:
+        return open_short_header(
+            packet.data,
+            self.server_cid_length if from_client else self.client_cid_length,
+            self.client_secret if from_client else self.server_secret,
+            self.suite,
+            self.version,
+            packet.seen_before,
+        )
+
+
+def _one_rtt_keys(trace: Trace) -> _OneRttKeys | str:
+    secrets = parse_keylog(trace.keylog)
+    client_initial = trace.first(PacketType.INITIAL, from_client=True)
+    server_initial = trace.first(PacketType.INITIAL, from_client=False)
+    suite = _negotiated_suite(trace)
+    if secrets.client_traffic is None or secrets.server_traffic is None:
+        return "no key log with 1-RTT traffic secrets"
+    if suite is None or client_initial is None or server_initial is None:
+        return "could not read the ServerHello from the server's Initial packets"
+    return _OneRttKeys(
+        secrets.client_traffic,
+        secrets.server_traffic,
+        suite,
+        server_initial.version,
+        len(client_initial.scid),
+        len(server_initial.scid),
+    )
+
+
+def new_connection_id(trace: Trace) -> str | None:
+    """The runner's connectionmigration rule: the client's first packet from each new
+    address carries a DCID it did not use before the move (RFC 9000 §9.5)."""
+    server_initial = trace.first(PacketType.INITIAL, from_client=False)
+    if server_initial is None:
+        return "no server Initial: the server's connection ID length is unknown"
+    length = len(server_initial.scid)
+    moves = [r for r in trace.rebinds if r.client_first is not None]
+    if not moves:
+        return "the client never moved to a new address"
+    for move in moves:
+        assert move.client_first is not None
+        dcid = move.client_first.data[1 : 1 + length]
+        if dcid == move.client_before[1 : 1 + length]:
+            return (
+                f"first client packet during active migration to {move.client[0]}:"
+                f"{move.client[1]} used the previous DCID {dcid.hex()}"
+            )
+    return None
+
+
+def address_changed(trace: Trace) -> str | None:
+    """The runner's rebind-addr rule: the server saw more than one client IP."""
+    first = {h for h, _ in trace.paths}
+    moved = {r.local[0] for r in trace.rebinds if r.local and r.first_server} - first
+    return None if moved else "server saw only a single client IP address in use"
+
+
+def goodput(trace: Trace) -> Measurement | str:
+    """The runner's goodput: the file's bits over the time from the server's first to its
+    last 1-RTT datagram (as the tap passed them)."""
+    span = trace.server_one_rtt_span
+    if span is None or span[1] <= span[0]:
+        return "no server 1-RTT packets to time"
+    return Measurement(8 * GOODPUT_FILE / (span[1] - span[0]) / 1e6, "Mbit/s")
+
+
 def _server_bytes(trace: Trace) -> dict[Address, int]:
     return {a: p.server_bytes for a, p in trace.paths.items()}
 
@@ -389,6 +707,77 @@ _BLACKHOLE = Scenario(
     blackout=(5.0, 2.0),
     description="15 ms, 10 Mbit/s, queue 25 packets; on 5 s / off 2 s",
 )
+
+
+# The runner's 15 ms, 10 Mbit/s, 25-packet-queue link (its default scenario).
+_RUNNER_LINK = LinkSpec(delay_ms=15.0, rate_mbps=10.0, queue_bytes=25 * 1500)
+# zerortt: the runner's default link. On bare loopback the handshake completes before
+# a client has written its requests, which then go in 1-RTT: the 30 ms RTT gives
+# 0-RTT the time it has in the runner.
+_RUNNER_DEFAULT = Scenario(
+    PathProfile(up=_RUNNER_LINK, down=_RUNNER_LINK),
+    description="the runner's default link: 15 ms each way, 10 Mbit/s, queue 25 packets",
+)
+# connectionmigration: the runner's default link; the tap is client-side, so a client
+# that moves shows up there as a new client address.
+_MIGRATION = replace(
+    _RUNNER_DEFAULT,
+    client_moves=True,
+    description="the runner's default link (15 ms, 10 Mbit/s, queue 25); the tap records "
+    "each new client address as a move",
+)
+# longrtt: 750 ms each way, so the client's first PTO fires before the answer comes.
+_LONG_RTT = Scenario(
+    _link(delay_ms=750.0, rate_mbps=10.0, queue_bytes=25 * 1500),
+    description="750 ms each way (1.5 s RTT), 10 Mbit/s, queue 25 packets",
+)
+# amplificationlimit: the ClientHello passes, the client's next packets 2-7 are dropped,
+# so the server must wait for the client before sending the rest of its long chain.
+_AMPLIFICATION = Scenario(
+    PathProfile(up=replace(_RUNNER_LINK, drop_packets=frozenset(range(2, 8))), down=_RUNNER_LINK),
+    tap_at_server=True,
+    description="15 ms, 10 Mbit/s, queue 25; client packets 2-7 dropped (the runner's "
+    "droplist); a 9-certificate chain; the tap records beside the server",
+)
+# The corruption scenarios: the loss ones with bits flipped instead of packets dropped,
+# recorded beside the server as the runner's rules read them.
+_HANDSHAKE_CORRUPTION = Scenario(
+    _link(delay_ms=15.0, bursty_corrupt=GilbertElliott.from_loss_and_burst(0.30, 1.5)),
+    tap_at_server=True,
+    description="15 ms each way, 30 % of packets corrupted (one bit, in bursts) each way; "
+    "50 connections; the tap records beside the server",
+)
+_TRANSFER_CORRUPTION = Scenario(
+    _link(delay_ms=15.0, bursty_corrupt=GilbertElliott.from_loss_and_burst(0.02, 1.5)),
+    tap_at_server=True,
+    description="15 ms each way, 2 % of packets corrupted (one bit, in bursts) each way "
+    "(no 10 Mbit/s bottleneck); the tap records beside the server",
+)
+# rebind-*: the runner's rebind scenario (first after 1 s, then every 5 s) on its
+# 10 Mbit/s link, so the 10 MB transfer lasts long enough to be rebound twice. The
+# runner's NAT translates packets as they leave the link, so the client's packets
+# still on the link when it rebinds arrive from the new address: the tap (the NAT)
+# sits at the server's end of the link for the same effect.
+_REBIND_PORT = Scenario(
+    PathProfile(up=_RUNNER_LINK, down=_RUNNER_LINK),
+    tap_at_server=True,
+    rebinding=Rebinding(first_s=1.0, every_s=5.0),
+    description="15 ms, 10 Mbit/s, queue 25; the tap (beside the server) rebinds the "
+    "client's port at 1 s, then every 5 s",
+)
+_REBIND_ADDR = replace(
+    _REBIND_PORT,
+    rebinding=Rebinding(first_s=1.0, every_s=5.0, new_address=True),
+    description="15 ms, 10 Mbit/s, queue 25; the tap (beside the server) moves the client "
+    "to a new loopback IP and port at 1 s, then every 5 s",
+)
+_REBIND_WEAKER = (
+    "a path is a socket of the tap (the NAT): the server's first packet to each new one is "
+    "checked; server packets already on the link when the NAT rebinds still reach the "
+    "client (the runner's NAT drops them)"
+)
+# TESTCASE "transfer" to both endpoints, as the runner names these cases to them.
+_TRANSFER = {Side.CLIENT: "transfer", Side.SERVER: "transfer"}
 
 
 def _multipath_case(
@@ -482,6 +871,60 @@ CASES: tuple[Case, ...] = (
         endpoint_names={Side.SERVER: "transfer"},
     ),
     Case(
+        "resumption",
+        "R",
+        "Connection is established using TLS Session Resumption: the second of two "
+        "connections resumes the first's session (no Certificate in its handshake).",
+        (5 * KB, 10 * KB),
+        (handshakes(2), version_v1, resumed_without_certificate),
+        client_needs=frozenset({Feature.RESUMPTION}),
+        server_needs=frozenset({Feature.RESUMPTION}),
+    ),
+    Case(
+        "zerortt",
+        "Z",
+        "0-RTT data is being sent and acted on: the second connection's requests go in 0-RTT.",
+        (32,) * ZERO_RTT_FILES,
+        (handshakes(2), version_v1, sent_zero_rtt),
+        client_needs=frozenset({Feature.ZERO_RTT}),
+        server_needs=frozenset({Feature.ZERO_RTT}),
+        name_length=ZERO_RTT_NAME_LENGTH,
+        scenario=_RUNNER_DEFAULT,
+        weaker="client 1-RTT payload is the packets' size less first byte, DCID, a 1-byte "
+        "packet number and the AEAD tag (not decrypted: a longer packet number counts)",
+    ),
+    Case(
+        "ipv6",
+        "6",
+        "A transfer across an IPv6-only network (::1) succeeded.",
+        (5 * KB, 10 * KB),
+        (one_handshake, version_v1, only_ipv6),
+        client_needs=frozenset({Feature.IPV6}),
+        server_needs=frozenset({Feature.IPV6}),
+        endpoint_names=_TRANSFER,
+        host=LOOPBACK6,
+    ),
+    Case(
+        "longrtt",
+        "LR",
+        "Handshake completes when RTT is long (1.5 s): the client retransmits its ClientHello.",
+        (1 * KB,),
+        (one_handshake, version_v1, client_hello_retransmitted),
+        endpoint_names={Side.CLIENT: "handshake", Side.SERVER: "handshake"},
+        scenario=_LONG_RTT,
+    ),
+    Case(
+        "amplificationlimit",
+        "A",
+        "The server obeys the 3x amplification limit (a 9-certificate chain, client "
+        "packets 2-7 dropped).",
+        (5 * KB,),
+        (one_handshake, version_v1, used_certificate_chain, within_amplification_limit),
+        endpoint_names=_TRANSFER,
+        scenario=_AMPLIFICATION,
+        cert_chain=9,
+    ),
+    Case(
         "transferloss",
         "L2",
         "Transfer completes under moderate packet loss.",
@@ -508,6 +951,76 @@ CASES: tuple[Case, ...] = (
         (one_handshake, version_v1),
         endpoint_names={Side.CLIENT: "transfer", Side.SERVER: "transfer"},
         scenario=_BLACKHOLE,
+    ),
+    Case(
+        "handshakecorruption",
+        "C1",
+        "Handshake completes under extreme packet corruption.",
+        (1 * KB,) * 50,
+        (handshakes(50), version_v1),
+        endpoint_names={Side.CLIENT: "multiconnect", Side.SERVER: "multiconnect"},
+        timeout_s=300.0,
+        scenario=_HANDSHAKE_CORRUPTION,
+    ),
+    Case(
+        "transfercorruption",
+        "C2",
+        "Transfer completes under moderate packet corruption.",
+        (2 * MB,),
+        (one_handshake, version_v1),
+        endpoint_names=_TRANSFER,
+        scenario=_TRANSFER_CORRUPTION,
+    ),
+    Case(
+        "rebind-port",
+        "BP",
+        "Transfer completes under frequent port rebindings on the client side; the server "
+        "validates each new path (PATH_CHALLENGE answered by PATH_RESPONSE, key log).",
+        (10 * MB,),
+        (one_handshake, version_v1, path_validated),
+        server_needs=frozenset({Feature.MIGRATION}),
+        endpoint_names=_TRANSFER,
+        scenario=_REBIND_PORT,
+        weaker=_REBIND_WEAKER,
+    ),
+    Case(
+        "rebind-addr",
+        "BA",
+        "Transfer completes under frequent IP address and port rebindings on the client "
+        "side; the server validates each new path.",
+        (10 * MB,),
+        (one_handshake, version_v1, address_changed, path_validated),
+        server_needs=frozenset({Feature.MIGRATION}),
+        endpoint_names=_TRANSFER,
+        scenario=_REBIND_ADDR,
+        weaker=_REBIND_WEAKER,
+    ),
+    Case(
+        "connectionmigration",
+        "CM",
+        "A transfer succeeded during which the client performed an active migration (to a "
+        "new local address, with a new DCID); the server validated the new path.",
+        (2 * MB,),
+        (one_handshake, version_v1, new_connection_id, path_validated),
+        client_needs=frozenset({Feature.ACTIVE_MIGRATION}),
+        server_needs=frozenset({Feature.MIGRATION}),
+        endpoint_names={Side.CLIENT: "connectionmigration", Side.SERVER: "transfer"},
+        scenario=_MIGRATION,
+        weaker="the client migrates on its own (TESTCASE connectionmigration to the client, "
+        "transfer to the server), not to a server's preferred_address: a preferred address "
+        "is a server socket the tap cannot stand in front of",
+    ),
+    Case(
+        "goodput",
+        "G",
+        "Measures the goodput of one 10 MB transfer (Mbit/s, from the server's first to "
+        "its last 1-RTT datagram).",
+        (GOODPUT_FILE,),
+        (one_handshake, version_v1),
+        endpoint_names=_TRANSFER,
+        measure=goodput,
+        weaker="one run (the runner takes 5) over loopback and the tap, not a 10 Mbit/s "
+        "link: it measures the stacks (and the tap), not how they fill a slow link",
     ),
     _multipath_case(
         "mp-handshake",

@@ -3,8 +3,10 @@
 setup   install the peers (idempotent); one line per peer, exit 1 if any failed
 run     run the matrix, print progress, write interop/results/<date>/
         (matrix.json, matrix.md, logs/); exit 1 when a failure is NetSched's
-run --ci  the CI subset: handshake, transfer, retry against aioquic, ngtcp2 and
-        picoquic in both roles; a CI peer that is not installed fails the run
+run --ci  the CI subset: handshake, transfer and retry, and mp-handshake and
+        mp-transfer where both sides do multipath, against aioquic, ngtcp2 and
+        picoquic in roles client and server (cases.CI_CASES, peers.CI_PEERS);
+        a CI peer that is not installed fails the run
 list    peers (and whether they are installed) and cases
 report  rewrite matrix.md of a results folder from its matrix.json (--publish: RESULTS.md too)
 """
@@ -94,7 +96,7 @@ def list_all(registry: dict[str, Peer]) -> int:
     print("cases:")
     for case in case_table.CASES:
         state = f"pending: {case.pending}" if case.pending else case.description
-        print(f"  {case.name:<14} {state}")
+        print(f"  {case.name:<19} {state}")
     return EXIT_OK
 
 
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace, registry: dict[str, Peer]) -> int:
         roles = [Role(r) for r in args.role] if args.role else list(Role)
     peers = peer_table.select(registry, peer_names)
     selected_cases = case_table.select(case_names)
-    out = args.out or _results_dir()
+    # Absolute: endpoints run in their own working directories and get paths under it.
+    out = (args.out or _results_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"interop: {len(peers)} peers x {len(selected_cases)} cases → {out}", flush=True)
     settings = Settings(results_dir=out, seed=args.seed, qlog=args.qlog, log=_print)

@@ -5,7 +5,10 @@ With the traffic secrets an endpoint wrote, the tap's packets open up further:
   short-header packet (the runner's keyupdate rule);
 - Handshake packets decrypt, which shows the server's EncryptedExtensions and
   in it its transport parameters (the runner's multiplexing rule reads
-  initial_max_streams_bidi there).
+  initial_max_streams_bidi there), whether it sent a Certificate (resumption)
+  and how much CRYPTO data it sent (amplificationlimit);
+- whole 1-RTT packets decrypt, which shows PATH_CHALLENGE and PATH_RESPONSE
+  frames (the rebinding rules).
 The negotiated cipher suite comes from the ServerHello, read from the server's
 Initial with the public Initial keys.
 """
@@ -15,7 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from aioquic.quic.crypto import CryptoContext, CryptoError, CryptoPair, derive_key_iv_hp
+from aioquic.quic.crypto import (
+    CryptoContext,
+    CryptoError,
+    CryptoPair,
+    derive_key_iv_hp,
+    next_key_phase,
+)
+from aioquic.quic.packet import decode_packet_number
 from aioquic.tls import CipherSuite
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -26,7 +36,16 @@ KEY_PHASE_BIT = 0x04
 TRANSPORT_PARAMETERS_EXTENSION = 0x39  # RFC 9001 §8.2
 INITIAL_MAX_STREAMS_BIDI = 0x08
 ENCRYPTED_EXTENSIONS = 8
+CERTIFICATE = 11
 SERVER_HELLO = 2
+# Packet numbers tried per 1-RTT packet: the observer knows only a lower bound
+# (the packets it saw before in that direction); gaps (drops before the tap,
+# skipped numbers) move the real one up by whole truncation windows.
+MAX_PACKET_NUMBER_TRIES = 64
+MAX_CONNECTIONS = 64  # key log entries past this many connections are ignored
+# Key updates tried when opening a 1-RTT packet: some stacks update keys on their own
+# every so many packets, several times in a 10 MB transfer.
+MAX_KEY_UPDATES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +68,25 @@ _LABELS = {
 
 def parse_keylog(text: str) -> Secrets:
     """The first connection's secrets in NSS key log text (later connections are ignored)."""
-    found: dict[str, bytes] = {}
-    client_random = None
+    connections = parse_keylog_connections(text)
+    return connections[0] if connections else Secrets()
+
+
+def parse_keylog_connections(text: str) -> list[Secrets]:
+    """Each connection's secrets (one per client random), in the order they first appear."""
+    found: dict[str, dict[str, bytes]] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) != 3 or parts[0] not in _LABELS:
             continue
-        client_random = client_random or parts[1]
-        if parts[1] != client_random:
+        if parts[1] not in found and len(found) >= MAX_CONNECTIONS:
             continue
         try:
-            found.setdefault(_LABELS[parts[0]], bytes.fromhex(parts[2]))
+            secret = bytes.fromhex(parts[2])
         except ValueError:
             continue  # a malformed secret reads as absent
-    return Secrets(**found)
+        found.setdefault(parts[1], {}).setdefault(_LABELS[parts[0]], secret)
+    return [Secrets(**secrets) for secrets in found.values()]
 
 
 def server_cipher_suite(
@@ -136,16 +160,34 @@ def server_transport_parameters(
     server_handshakes: Sequence[Packet], secret: bytes, suite: int
 ) -> dict[int, bytes] | None:
     """The server's transport parameters, from EncryptedExtensions in its Handshake packets."""
+    chunks = handshake_crypto_frames(server_handshakes, secret, suite)
+    return _encrypted_extensions_parameters(reassemble(chunks))
+
+
+def handshake_crypto_frames(
+    handshakes: Sequence[Packet], secret: bytes, suite: int
+) -> list[tuple[int, bytes]]:
+    """The (offset, data) CRYPTO frames of Handshake packets that `secret` decrypts."""
     context = CryptoContext()
     chunks: list[tuple[int, bytes]] = []
-    for number, packet in enumerate(server_handshakes):
+    for number, packet in enumerate(handshakes):
         context.setup(cipher_suite=CipherSuite(suite), secret=secret, version=packet.version)
         try:
             _, payload, _, _ = context.decrypt_packet(packet.data, packet.payload_offset, number)
             chunks.extend(crypto_frames(payload))
         except (CryptoError, ValueError, IndexError, WireError):
             continue
-    return _encrypted_extensions_parameters(reassemble(chunks))
+    return chunks
+
+
+def handshake_message_types(handshake: bytes) -> list[int]:
+    """The TLS handshake message types in a reassembled CRYPTO stream, in order."""
+    types: list[int] = []
+    offset = 0
+    while offset + 4 <= len(handshake):
+        types.append(handshake[offset])
+        offset += 4 + int.from_bytes(handshake[offset + 1 : offset + 4], "big")
+    return types
 
 
 def _encrypted_extensions_parameters(handshake: bytes) -> dict[int, bytes] | None:
@@ -158,12 +200,13 @@ def _encrypted_extensions_parameters(handshake: bytes) -> dict[int, bytes] | Non
         length = int.from_bytes(handshake[offset + 2 : offset + 4], "big")
         offset += 4
         if kind == TRANSPORT_PARAMETERS_EXTENSION:
-            return _transport_parameters(handshake[offset : offset + length])
+            return transport_parameters(handshake[offset : offset + length])
         offset += length
     return None
 
 
-def _transport_parameters(data: bytes) -> dict[int, bytes] | None:
+def transport_parameters(data: bytes) -> dict[int, bytes] | None:
+    """Transport parameters (RFC 9000 §18) by ID, or None when `data` does not parse."""
     parameters: dict[int, bytes] = {}
     offset = 0
     try:
@@ -182,3 +225,46 @@ def varint_value(data: bytes) -> int | None:
         return read_varint(data, 0)[0]
     except WireError:
         return None
+
+
+def open_short_header(
+    packet: bytes, dcid_length: int, secret: bytes, suite: int, version: int, at_least: int
+) -> bytes | None:
+    """The decrypted payload of a whole 1-RTT packet, or None when the keys do not open it.
+
+    `secret` is the first 1-RTT traffic secret; the keys of up to MAX_KEY_UPDATES
+    updates are tried too. `at_least` is a lower bound on the packet number: the
+    number of 1-RTT packets the observer saw before it in the same direction.
+    Candidates go up from there one truncation window at a time, then up from 0
+    (a stack that starts a new number space for a new path, as picoquic does
+    between its own endpoints); the AEAD tag picks the right one.
+    """
+    context = CryptoContext()
+    context.setup(cipher_suite=CipherSuite(suite), secret=secret, version=version)
+    number_offset = 1 + dcid_length
+    if len(packet) < number_offset + 4 + SAMPLE_SIZE or context.hp is None:
+        return None
+    plain_header, truncated = context.hp.remove(packet, number_offset)
+    bits = 8 * ((plain_header[0] & 0x03) + 1)
+    numbers = [n for lower in (at_least, 0) for n in _packet_numbers(truncated, bits, lower)]
+    # A context opens packets of its own key phase and, through the next keys, of the
+    # other one: every second generation covers them all. Header protection keys never
+    # change (RFC 9001 §6), but next_key_phase derives new ones: keep the first.
+    hp = context.hp
+    for _ in range(0, MAX_KEY_UPDATES, 2):
+        for number in numbers:
+            try:
+                return context.decrypt_packet(packet, number_offset, number)[1]
+            except (CryptoError, ValueError, IndexError):
+                continue
+        context = next_key_phase(next_key_phase(context))
+        context.hp = hp
+    return None
+
+
+def _packet_numbers(truncated: int, bits: int, lower: int) -> range:
+    """Full packet numbers >= `lower` that end in `truncated`, nearest first."""
+    first = decode_packet_number(truncated, bits, lower)
+    if first < lower:
+        first += 1 << bits
+    return range(first, first + (MAX_PACKET_NUMBER_TRIES << bits), 1 << bits)

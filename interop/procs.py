@@ -90,7 +90,8 @@ async def start(launch: Launch, log: Path) -> Process:
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port that was free a moment ago (the server binds it next; a race is rare)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -67,6 +67,7 @@ class Result:
     notes: tuple[str, ...] = ()  # weaker checks, protocol substitutions
     logs: Mapping[str, str] = field(default_factory=dict)  # name -> path
     trace: Mapping[str, Any] = field(default_factory=dict)  # the tap's summary
+    measurement: str = ""  # a measurement case's figure (goodput), e.g. "93.4 Mbit/s"
 
     @property
     def blames_netsched(self) -> bool:
@@ -154,6 +155,8 @@ def _table(results: Sequence[Result]) -> list[str]:
 def _cell(result: Result | None) -> str:
     if result is None:
         return " "
+    if result.measurement:
+        return f"{SYMBOLS[result.verdict]} {result.measurement}"
     if result.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.KNOWN_ISSUE):
         return f"{SYMBOLS[result.verdict]} {result.duration_s:.1f}s"
     return SYMBOLS[result.verdict]

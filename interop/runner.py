@@ -1,30 +1,40 @@
 """Run test cases: plan each (peer, case, role), run the two endpoints, judge the result.
 
 One test: generate the case's files into a fresh www folder, start the server
-and wait until its UDP port is bound, start the tap in front of it, start the
-client with URLs pointing at the tap, wait for the client (the case's timeout),
-stop everything, then check the downloads by hash and the trace by the case's
-rules. Every process is stopped in a `finally`, whatever happened.
+and wait until its UDP port is bound, start the tap in front of it (and the
+path lab relay, between the tap and the server or, when the case records
+beside the server, in front of the tap), start the client with URLs pointing
+at the front, wait for the client (the case's timeout), stop everything, then
+check the downloads by hash and the trace by the case's rules. Every process
+is stopped in a `finally`, whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import json
 import random
 import shutil
+import string
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from netsched_edge.tls import generate_self_signed
 from netsched_lab.relay import UdpRelay
 
 from . import known, procs, www
-from .cases import H3, HQ, Case, PathCut, Role, Scenario, Side, check
+from .cases import H3, HQ, Case, Measurement, PathCut, Rebinding, Role, Scenario, Side, check
 from .peers import Job, Peer
 from .programs.contract import EXIT_UNSUPPORTED
 from .programs.multipath import LOCALS, parse_reports
@@ -35,6 +45,12 @@ SERVER_START_TIMEOUT_S = 15.0
 LOG_TAIL_CHARS = 300
 CUT_POLL_S = 0.005  # how often the relay looks at the tap's byte count for a PathCut
 MAX_CLIENT_LOG = 4 << 20  # what of client.log is read for reports
+# rebind-addr: the client's new addresses, one per rebinding (all on the loopback interface).
+REBIND_NETWORK = ipaddress.ip_network("127.0.1.0/24")
+# The runner inflates the leaf of its long chain with 20 random 250-character DNS names.
+FAKE_NAMES = 20
+FAKE_NAME_LENGTH = 250
+CHAIN_VALID = datetime.timedelta(days=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +135,7 @@ class Runner:
         self._rng = random.Random(settings.seed)
         self._scratch = Path(tempfile.mkdtemp(prefix="netsched-interop-"))
         self._certs = make_certificates(self._scratch / "certs")
+        self._chains: dict[int, Path] = {}
 
     def close(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
@@ -171,35 +188,34 @@ class Runner:
         logdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="case-", dir=self._scratch) as tmp:
             root = Path(tmp)
-            files = www.generate(root / "www", case.file_sizes, self._rng)
-            server_job = self._job(Side.SERVER, case, alpn, procs.free_udp_port(), root, logdir)
+            files = www.generate(root / "www", case.file_sizes, self._rng, case.name_length)
+            port = procs.free_udp_port(case.host)
+            server_job = self._job(Side.SERVER, case, alpn, port, root, logdir)
             server = await procs.start(pairing.server.launch(server_job), logdir / "server.log")
             client: procs.Process | None = None
             tap: Tap | None = None
             link: _Link | None = None
+            events: list[asyncio.Task[None]] = []
             try:
                 if not await procs.wait_bound(server_job.port, server, SERVER_START_TIMEOUT_S):
                     outcome.server_exit = server.returncode
                     outcome.problem = f"server did not start (exit status {server.returncode})"
                     return outcome
-                upstream = server_job.port
-                if case.scenario is not None:
-                    link = _Link(case.scenario, server_job.port, self.settings.seed)
-                    upstream = await link.start()
-                tap = Tap((LOOPBACK, upstream))
-                tap_port = await tap.start()
+                tap, link, front = await _network(case, server_job.port, self.settings.seed)
+                host = f"[{case.host}]" if ":" in case.host else case.host
                 urls = tuple(
-                    f"https://{LOOPBACK}:{tap_port}{pairing.server.url_path(f.name, alpn)}"
-                    for f in files
+                    f"https://{host}:{front}{pairing.server.url_path(f.name, alpn)}" for f in files
                 )
                 client_job = replace(
-                    self._job(Side.CLIENT, case, alpn, tap_port, root, logdir), requests=urls
+                    self._job(Side.CLIENT, case, alpn, front, root, logdir), requests=urls
                 )
                 client = await procs.start(
                     client_launch(pairing.client, client_job, case), logdir / "client.log"
                 )
                 if link is not None:
                     link.start_events(tap.trace)
+                if case.scenario is not None and case.scenario.rebinding is not None:
+                    events.append(asyncio.create_task(_rebind(tap, case.scenario.rebinding)))
                 outcome.exit_code = await client.wait(case.timeout_s)
                 outcome.server_exit = server.returncode
                 if outcome.exit_code is None:
@@ -207,6 +223,8 @@ class Runner:
                 else:
                     outcome.files_problem = www.check_downloads(root / "downloads", files)
             finally:
+                for task in events:
+                    task.cancel()
                 for process in (client, server):
                     if process is not None:
                         await process.stop()
@@ -221,6 +239,8 @@ class Runner:
         workdir = root / f"{side}-work"
         workdir.mkdir(exist_ok=True)
         qlog = logdir / f"{side}-qlog" if self.settings.qlog else None
+        if qlog is not None:
+            qlog.mkdir(parents=True, exist_ok=True)  # some stacks write there but never create it
         if side is Side.CLIENT:
             (root / "downloads").mkdir(exist_ok=True)
         return Job(
@@ -229,12 +249,21 @@ class Runner:
             alpn=alpn,
             port=port,
             workdir=workdir,
-            certs=self._certs,
+            certs=self._certificates(case.cert_chain),
             keylog=logdir / f"{side}.keys",
             www=root / "www" if side is Side.SERVER else None,
             downloads=root / "downloads" if side is Side.CLIENT else None,
             qlog_dir=qlog,
+            host=case.host,
         )
+
+    def _certificates(self, chain: int) -> Path:
+        """The suite's CA + leaf, or (made once per run) the runner's chain of `chain` certs."""
+        if not chain:
+            return self._certs
+        if chain not in self._chains:
+            self._chains[chain] = make_certificate_chain(self._scratch / f"chain-{chain}", chain)
+        return self._chains[chain]
 
     def _log_paths(self, logdir: Path) -> dict[str, str]:
         root = self.settings.results_dir
@@ -253,12 +282,41 @@ def client_launch(peer: Peer, job: Job, case: Case) -> procs.Launch:
     return replace(launch, env={**launch.env, LOCALS: " ".join(case.client_locals)})
 
 
-class _Link:
-    """The path lab relay between the tap and the server, playing a case's scenario."""
+async def _network(case: Case, server_port: int, seed: int) -> tuple[Tap, _Link | None, int]:
+    """The tap and the relay (if the case has a scenario) in front of the server, in the
+    case's order; returns them and the port the client connects to."""
+    scenario = case.scenario
+    if scenario is None:
+        tap = Tap((case.host, server_port), host=case.host)
+        return tap, None, await tap.start()
+    if scenario.tap_at_server:
+        tap = Tap((case.host, server_port), host=case.host)
+        link = _Link(scenario, (case.host, await tap.start()), seed)
+        try:
+            return tap, link, await link.start()
+        except OSError:
+            tap.close()
+            raise
+    link = _Link(scenario, (case.host, server_port), seed)
+    tap = Tap((case.host, await link.start()), host=case.host, follow_moves=scenario.client_moves)
+    return tap, link, await tap.start()
 
-    def __init__(self, scenario: Scenario, server_port: int, seed: int) -> None:
+
+async def _rebind(tap: Tap, rebinding: Rebinding) -> None:
+    """The client's NAT rebinding on the scenario's schedule (rebind-addr: a new IP each time)."""
+    hosts = (str(ip) for ip in REBIND_NETWORK.hosts())
+    await asyncio.sleep(rebinding.first_s)
+    while True:
+        tap.rebind(next(hosts) if rebinding.new_address else None)
+        await asyncio.sleep(rebinding.every_s)
+
+
+class _Link:
+    """The path lab relay in front of the server or the tap, playing a case's scenario."""
+
+    def __init__(self, scenario: Scenario, target: tuple[str, int], seed: int) -> None:
         self._scenario = scenario
-        self._relay = UdpRelay((LOOPBACK, server_port), default=scenario.profile, seed=seed)
+        self._relay = UdpRelay(target, listen=(target[0], 0), default=scenario.profile, seed=seed)
         self._events: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
@@ -272,7 +330,7 @@ class _Link:
             self._events = asyncio.create_task(self._cut(self._scenario.cut, trace))
 
     async def _cycle(self, on_s: float, off_s: float) -> None:
-        # The tap's upstream socket is the relay's only client, on LOOPBACK.
+        # The relay's only client is on LOOPBACK: the tap's upstream socket, or the client.
         while True:
             await asyncio.sleep(on_s)
             self._relay.blackhole(LOOPBACK)
@@ -305,7 +363,11 @@ class _Link:
     def _counters(self, client_ip: str) -> dict[str, object]:
         up, down = self._relay.stats(client_ip)
         return {
-            name: {"packets": stats.packets_in, "dropped": stats.dropped}
+            name: {
+                "packets": stats.packets_in,
+                "dropped": stats.dropped,
+                **({"corrupted": stats.corrupted} if stats.corrupted else {}),
+            }
             for name, stats in (("client_to_server", up), ("server_to_client", down))
         }
 
@@ -324,10 +386,14 @@ def judge(
     problems = _run_problems(outcome, logdir)
     if not problems:
         problems = check(case, outcome.trace)
+    measured = case.measure(outcome.trace) if case.measure and not problems else None
+    if isinstance(measured, str):
+        problems = [measured]
     if not problems:
         issue = known.find(result.peer, result.case, result.role, known_issues)
         stale = (f"listed known issue did not reproduce: {issue.summary}",) if issue else ()
-        return replace(result, verdict=Verdict.PASS, notes=result.notes + stale)
+        figure = str(measured) if isinstance(measured, Measurement) else ""
+        return replace(result, verdict=Verdict.PASS, notes=result.notes + stale, measurement=figure)
     reason = "; ".join(problems)
     issue = known.find(result.peer, result.case, result.role, known_issues)
     if issue is not None:
@@ -387,14 +453,109 @@ def _tail(log: Path) -> str:
 def _progress(index: int, total: int, result: Result) -> str:
     width = len(str(total))
     line = (
-        f"[{index:>{width}}/{total}] {result.peer:<9} {result.role:<8} {result.case:<13} "
+        f"[{index:>{width}}/{total}] {result.peer:<9} {result.role:<8} {result.case:<19} "
         f"{result.verdict:<12}"
     )
     if result.duration_s:
         line += f" {result.duration_s:5.1f}s"
+    if result.measurement:
+        line += f"  {result.measurement}"
     if result.verdict is not Verdict.PASS and result.reason:
         line += f"  {result.reason[:160]}"
     return line
+
+
+def make_certificate_chain(directory: Path, length: int) -> Path:
+    """The runner's amplificationlimit certificates (its certs.sh with a chain length).
+
+    A root (ca.pem) signs `length - 1` intermediates, the last of which signs
+    the leaf; cert.pem is the leaf then the intermediates, leaf first. The leaf
+    carries 20 random 250-character DNS names besides localhost and the
+    loopback IPs, as the runner's does, so the chain is some 9 kB: a server
+    cannot send it within 3x of one ClientHello.
+    """
+    if length < 2:
+        raise ValueError(f"a chain needs at least 2 certificates, got {length}")
+    rng = random.Random(length)
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _chain_certificate(root_key, root_key, None, "interop root CA", now)
+    issuer, issuer_key = root, root_key
+    chain: list[x509.Certificate] = []
+    for index in range(1, length):
+        key = ec.generate_private_key(ec.SECP256R1())
+        issuer = _chain_certificate(key, issuer_key, issuer, f"interop intermediate {index}", now)
+        issuer_key = key
+        chain.insert(0, issuer)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    fake = [
+        "".join(rng.choice(string.ascii_lowercase) for _ in range(FAKE_NAME_LENGTH))
+        for _ in range(FAKE_NAMES)
+    ]
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in ("localhost", *fake)]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in (LOOPBACK, "::1")]
+    leaf = _chain_certificate(leaf_key, issuer_key, issuer, "interop leaf", now, names)
+    pem = serialization.Encoding.PEM
+    (directory / "cert.pem").write_bytes(b"".join(c.public_bytes(pem) for c in (leaf, *chain)))
+    (directory / "ca.pem").write_bytes(root.public_bytes(pem))
+    (directory / "priv.key").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return directory
+
+
+def _chain_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    name: str,
+    now: datetime.datetime,
+    leaf_names: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
+    """One certificate of the chain: a CA (no `leaf_names`) or the server's leaf."""
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)])
+    public = key.public_key()
+    issuer_public = issuer_key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + CHAIN_VALID)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public), critical=False
+        )
+    )
+    if leaf_names is None:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        ).add_extension(_key_usage(cert_sign=True), critical=True)
+    else:
+        builder = (
+            builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(leaf_names), critical=False)
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def make_certificates(directory: Path) -> Path:

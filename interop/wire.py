@@ -11,6 +11,7 @@ and 1-RTT packets need the TLS key log: `keylog.py` reads those.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -154,18 +155,22 @@ def _cid(data: bytes, offset: int) -> tuple[bytes, int]:
 # ---------------------------------------------------------------- Initial decryption
 
 
-def initial_crypto_data(packet: Packet, *, from_client: bool) -> list[tuple[int, bytes]]:
+def initial_crypto_data(
+    packet: Packet, *, from_client: bool, cid: bytes | None = None
+) -> list[tuple[int, bytes]]:
     """The (offset, data) CRYPTO frames of one Initial, decrypted with the public keys.
 
-    A client's Initials are protected with keys derived from their own DCID
-    until the client switches to the server's CID, which is after the
-    ClientHello; so this reads every ClientHello. Undecryptable packets give [].
+    Initial keys come from the client's first DCID (`cid`; by default the
+    packet's own DCID, which is that one until the client has heard from the
+    server), so this reads every ClientHello. Undecryptable packets give [].
     """
     if packet.kind is not PacketType.INITIAL or not packet.data:
         return []
     pair = CryptoPair()
     # We decrypt what the client sent, so we take the server's side of the keys.
-    pair.setup_initial(cid=packet.dcid, is_client=not from_client, version=packet.version)
+    pair.setup_initial(
+        cid=packet.dcid if cid is None else cid, is_client=not from_client, version=packet.version
+    )
     try:
         _, payload, _ = pair.decrypt_packet(packet.data, packet.payload_offset, 0)
     except (CryptoError, ValueError, IndexError):
@@ -309,3 +314,124 @@ def client_hello(client_initials: Sequence[Packet]) -> bytes:
         for chunk in initial_crypto_data(packet, from_client=True)
     ]
     return reassemble(chunks)
+
+
+def client_hello_sends(client_initials: Sequence[Packet]) -> int:
+    """How many of the client's Initial packets carry the ClientHello's start (CRYPTO offset 0).
+
+    The first send and every retransmission of it (the runner's longrtt rule
+    counts ClientHellos). Keys come from the first Initial's DCID, which all
+    of them use until the server's first Initial arrives.
+    """
+    if not client_initials:
+        return 0
+    first_dcid = client_initials[0].dcid
+    return sum(
+        any(at == 0 for at, _ in initial_crypto_data(p, from_client=True, cid=first_dcid))
+        for p in client_initials
+    )
+
+
+# ---------------------------------------------------------------- 1-RTT frames
+
+PATH_CHALLENGE = 0x1A
+PATH_RESPONSE = 0x1B
+_STREAM_FRAMES = range(0x08, 0x10)
+# Frame types whose body is N varints (RFC 9000 §19).
+_VARINT_FRAMES = {
+    0x04: 3,  # RESET_STREAM
+    0x05: 2,  # STOP_SENDING
+    0x10: 1,  # MAX_DATA
+    0x11: 2,  # MAX_STREAM_DATA
+    0x12: 1,  # MAX_STREAMS (bidi)
+    0x13: 1,  # MAX_STREAMS (uni)
+    0x14: 1,  # DATA_BLOCKED
+    0x15: 2,  # STREAM_DATA_BLOCKED
+    0x16: 1,  # STREAMS_BLOCKED (bidi)
+    0x17: 1,  # STREAMS_BLOCKED (uni)
+    0x19: 1,  # RETIRE_CONNECTION_ID
+}
+
+
+def frames(payload: bytes) -> Iterable[tuple[int, bytes]]:
+    """(frame type, frame bytes after the type) of a decrypted 1-RTT payload, in order.
+
+    Reads the frame types of RFC 9000 and DATAGRAM (RFC 9221); an unknown type
+    (an extension we do not parse) ends the walk, since its length is unknown.
+    """
+    offset = 0
+    while offset < len(payload):
+        kind, start = read_varint(payload, offset)
+        end = _frame_end(kind, payload, start)
+        if end is None:
+            return
+        if end > len(payload):
+            raise WireError(f"frame {kind:#x} at offset {offset} runs past the payload")
+        yield kind, payload[start:end]
+        offset = end
+
+
+def _frame_end(kind: int, payload: bytes, offset: int) -> int | None:
+    """Where the frame of type `kind` whose body starts at `offset` ends; None: unknown type."""
+    if kind in (0x00, 0x01, 0x1E):  # PADDING, PING, HANDSHAKE_DONE
+        return offset
+    if kind in (0x02, 0x03):
+        return _skip_ack(payload, offset, ecn=kind == 0x03)
+    if kind in _VARINT_FRAMES:
+        for _ in range(_VARINT_FRAMES[kind]):
+            _, offset = read_varint(payload, offset)
+        return offset
+    if kind in (0x06, 0x07):  # CRYPTO (offset, length, data), NEW_TOKEN (length, data)
+        if kind == 0x06:
+            _, offset = read_varint(payload, offset)
+        length, offset = read_varint(payload, offset)
+        return offset + length
+    if kind in _STREAM_FRAMES:
+        return _stream_end(kind, payload, offset)
+    if kind == 0x18:  # NEW_CONNECTION_ID: sequence, retire prior to, CID, reset token
+        _, offset = read_varint(payload, offset)
+        _, offset = read_varint(payload, offset)
+        if offset >= len(payload):
+            raise WireError("NEW_CONNECTION_ID runs past the payload")
+        return offset + 1 + payload[offset] + 16
+    if kind in (PATH_CHALLENGE, PATH_RESPONSE):
+        return offset + 8
+    if kind in (0x1C, 0x1D):  # CONNECTION_CLOSE (transport has a frame type)
+        for _ in range(2 if kind == 0x1C else 1):
+            _, offset = read_varint(payload, offset)
+        length, offset = read_varint(payload, offset)
+        return offset + length
+    if kind == 0x30:  # DATAGRAM without length: to the end
+        return len(payload)
+    if kind == 0x31:
+        length, offset = read_varint(payload, offset)
+        return offset + length
+    return None
+
+
+def _stream_end(kind: int, payload: bytes, offset: int) -> int:
+    _, offset = read_varint(payload, offset)  # stream ID
+    if kind & 0x04:  # OFF
+        _, offset = read_varint(payload, offset)
+    if not kind & 0x02:  # no LEN: the data runs to the end of the packet
+        return len(payload)
+    length, offset = read_varint(payload, offset)
+    return offset + length
+
+
+def path_frames(payload: bytes, kind: int) -> list[bytes]:
+    """The 8-byte data of every PATH_CHALLENGE or PATH_RESPONSE (`kind`) frame in a payload."""
+    found: list[bytes] = []
+    with contextlib.suppress(WireError):  # a malformed tail: keep what came before it
+        for frame_kind, body in frames(payload):
+            if frame_kind == kind:
+                found.append(body)
+    return found
+
+
+def frame_types(payload: bytes) -> list[int]:
+    """The frame types of a decrypted payload, as far as they can be read."""
+    found: list[int] = []
+    with contextlib.suppress(WireError):
+        found += (kind for kind, _ in frames(payload))
+    return found

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NAME_LENGTH = 12
+MAX_NAME_LENGTH = 250  # the runner's zerortt names; a file name may have 255 bytes
 MAX_FILE_SIZE = 64 << 20
 MAX_FILES = 10_000
 _CHUNK = 1 << 20
@@ -27,23 +28,27 @@ class ServedFile:
     sha256: str
 
 
-def random_name(rng: random.Random) -> str:
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(NAME_LENGTH))
+def random_name(rng: random.Random, length: int = NAME_LENGTH) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
 
 
-def generate(www: Path, sizes: Sequence[int], rng: random.Random) -> tuple[ServedFile, ...]:
-    """Write one file of each size with a fresh random name into `www`."""
+def generate(
+    www: Path, sizes: Sequence[int], rng: random.Random, name_length: int = NAME_LENGTH
+) -> tuple[ServedFile, ...]:
+    """Write one file of each size with a fresh random name of `name_length` into `www`."""
     if len(sizes) > MAX_FILES:
         raise ValueError(f"at most {MAX_FILES} files per case, got {len(sizes)}")
+    if not 1 <= name_length <= MAX_NAME_LENGTH:
+        raise ValueError(f"name_length must be 1..{MAX_NAME_LENGTH}, got {name_length}")
     www.mkdir(parents=True, exist_ok=True)
     names: set[str] = set()
     files: list[ServedFile] = []
     for size in sizes:
         if not 0 <= size <= MAX_FILE_SIZE:
             raise ValueError(f"file size must be 0..{MAX_FILE_SIZE} bytes, got {size}")
-        name = random_name(rng)
+        name = random_name(rng, name_length)
         while name in names:
-            name = random_name(rng)
+            name = random_name(rng, name_length)
         names.add(name)
         data = rng.randbytes(size)
         (www / name).write_bytes(data)

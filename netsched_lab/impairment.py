@@ -7,12 +7,13 @@ same seed and the same inputs always give the same outcome.
 A packet passes the stages in this order (each draws from the link's RNG only
 when its feature is on, so turning one feature on does not reshuffle another):
 
-1. blackhole → dropped
+1. blackhole, or the packet's number is in `drop_packets` → dropped
 2. independent random loss (`loss`) → dropped
 3. bursty loss (Gilbert-Elliott chain, stepped once per packet reaching it) → dropped
 4. token-bucket shaper (`rate_mbps`, `burst_bytes`) with a tail-drop queue
    (`queue_bytes`) → departure time, or dropped when the queue is full
-5. corruption: one random bit of the payload flipped
+5. corruption (`corrupt`, or a bursty chain `bursty_corrupt`): one random bit
+   of the payload flipped
 6. delay ± uniform jitter; FIFO (never earlier than the previous delivery) unless
    the packet is picked for reordering, which holds it back `reorder_ms` more
 7. duplication: a second, identical delivery at the same time
@@ -124,18 +125,32 @@ class LinkSpec:
     reorder_ms: float = 10.0
     duplicate: float = 0.0
     corrupt: float = 0.0  # share of packets with one random payload bit flipped
+    # Corruption in bursts: a Gilbert-Elliott chain whose "lost" outcome flips a
+    # bit instead (the interop runner's corrupt-rate scenario, rate and burst).
+    bursty_corrupt: GilbertElliott | None = None
     rate_mbps: float | None = None  # token bucket; None = unlimited
     burst_bytes: int = 15_000
     queue_bytes: int = 64_000  # bytes waiting for tokens; tail drop beyond
     blackhole: bool = False
+    # 1-based numbers of the packets entering this link to drop, counted over
+    # the link's life (the interop runner's droplist scenario: "drop 2..7").
+    drop_packets: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms", "reorder_ms"):
             _check_non_negative(name, getattr(self, name))
         for name in ("loss", "reorder", "duplicate", "corrupt"):
             _check_probability(name, getattr(self, name))
-        if self.bursty is not None and not isinstance(self.bursty, GilbertElliott):
-            raise ValueError(f"bursty must be a GilbertElliott or None, got {self.bursty!r}")
+        for name in ("bursty", "bursty_corrupt"):
+            chain = getattr(self, name)
+            if chain is not None and not isinstance(chain, GilbertElliott):
+                raise ValueError(f"{name} must be a GilbertElliott or None, got {chain!r}")
+        if not isinstance(self.drop_packets, frozenset) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.drop_packets
+        ):
+            raise ValueError(
+                f"drop_packets must be a frozenset of integers >= 1, got {self.drop_packets!r}"
+            )
         rate = self.rate_mbps
         if rate is not None and not (math.isfinite(rate) and rate > 0.0):
             raise ValueError(f"rate_mbps must be a finite number > 0 or None, got {rate!r}")
@@ -166,13 +181,20 @@ class LinkStats:
     dropped_burst: int = 0
     dropped_queue: int = 0
     dropped_blackhole: int = 0
+    dropped_listed: int = 0  # by number (drop_packets)
     duplicated: int = 0
     corrupted: int = 0
     reordered: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.dropped_loss + self.dropped_burst + self.dropped_queue + self.dropped_blackhole
+        return (
+            self.dropped_loss
+            + self.dropped_burst
+            + self.dropped_queue
+            + self.dropped_blackhole
+            + self.dropped_listed
+        )
 
     def copy(self) -> LinkStats:
         return replace(self)
@@ -227,7 +249,8 @@ class Link:
     def __init__(self, spec: LinkSpec, rng: random.Random) -> None:
         self._rng = rng
         self._stats = LinkStats()
-        self._bad = False  # Gilbert-Elliott state
+        self._bad = False  # Gilbert-Elliott state of `bursty`
+        self._corrupt_bad = False  # and of `bursty_corrupt`
         self._shaper = _Shaper()
         self._last_delivery = -math.inf  # FIFO horizon
         self.spec = spec
@@ -243,6 +266,8 @@ class Link:
         self._spec = spec
         if spec.bursty is None:
             self._bad = False
+        if spec.bursty_corrupt is None:
+            self._corrupt_bad = False
 
     @property
     def stats(self) -> LinkStats:
@@ -256,7 +281,7 @@ class Link:
         depart = self._admit(len(packet), now)
         if depart is None:
             return []
-        if spec.corrupt and packet and self._rng.random() < spec.corrupt:
+        if packet and self._corrupts():
             packet = self._flip_one_bit(packet)
             stats.corrupted += 1
         deliveries = [(self._delivery_time(depart), packet)]
@@ -273,6 +298,9 @@ class Link:
         if spec.blackhole:
             stats.dropped_blackhole += 1
             return None
+        if stats.packets_in in spec.drop_packets:
+            stats.dropped_listed += 1
+            return None
         if spec.loss and rng.random() < spec.loss:
             stats.dropped_loss += 1
             return None
@@ -287,6 +315,15 @@ class Link:
         if depart is None:
             stats.dropped_queue += 1
         return depart
+
+    def _corrupts(self) -> bool:
+        """Whether this packet gets a bit flipped (each chain drawn only when on)."""
+        spec = self._spec
+        flip = bool(spec.corrupt) and self._rng.random() < spec.corrupt
+        if spec.bursty_corrupt is not None:
+            self._corrupt_bad, burst = spec.bursty_corrupt.step(self._corrupt_bad, self._rng)
+            flip = flip or burst
+        return flip
 
     def _delivery_time(self, depart: float) -> float:
         spec = self._spec

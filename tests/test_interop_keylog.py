@@ -16,7 +16,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.tls import CipherSuite
 
 from interop.cases import key_updated, stream_limit_at_most_1000
-from interop.keylog import parse_keylog
+from interop.keylog import handshake_message_types, parse_keylog, parse_keylog_connections
 from interop.tap import Trace
 from netsched_edge.tls import generate_self_signed
 
@@ -114,3 +114,28 @@ def test_parse_keylog_takes_the_first_connection() -> None:
     assert secrets.client_traffic == bytes.fromhex("01" * 32)
     assert secrets.server_traffic == bytes.fromhex("03" * 32)
     assert secrets.server_handshake is None
+
+
+def test_parse_keylog_connections_keeps_each_connection_in_order() -> None:
+    first, second = "aa" * 32, "bb" * 32
+    text = "\n".join(
+        [
+            f"SERVER_HANDSHAKE_TRAFFIC_SECRET {second} {'02' * 32}",
+            f"SERVER_HANDSHAKE_TRAFFIC_SECRET {first} {'01' * 32}",
+            f"CLIENT_TRAFFIC_SECRET_0 {second} {'03' * 32}",
+            f"CLIENT_TRAFFIC_SECRET_0 {'cc' * 32} zz",  # malformed: that connection has nothing
+        ]
+    )
+    connections = parse_keylog_connections(text)
+    assert [c.server_handshake for c in connections] == [
+        bytes.fromhex("02" * 32),
+        bytes.fromhex("01" * 32),
+    ]
+    assert connections[0].client_traffic == bytes.fromhex("03" * 32)
+    assert parse_keylog_connections("") == []
+
+
+def test_handshake_message_types_walks_tls_messages() -> None:
+    messages = bytes([8, 0, 0, 2, 0, 0]) + bytes([11, 0, 0, 1, 0]) + bytes([20, 0, 0, 0])
+    assert handshake_message_types(messages) == [8, 11, 20]
+    assert handshake_message_types(messages[:3]) == []

@@ -61,3 +61,12 @@ def test_markdown_matrix() -> None:
     )
     assert lines[lines.index("## Notes") + 2] == "- run over h3 (handshake)"
     assert "- date: today" in lines
+
+
+def test_a_measurement_shows_in_its_cell_and_survives_json() -> None:
+    measured = Result(
+        "quic-go", "goodput", Role.CLIENT, Verdict.PASS, 2.0, measurement="93.4 Mbit/s"
+    )
+    _, (back,) = from_json(to_json([measured], {}))
+    assert back.measurement == "93.4 Mbit/s"
+    assert "| quic-go | ✅ 93.4 Mbit/s |" in markdown([back], title="T", meta={})

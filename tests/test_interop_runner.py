@@ -6,13 +6,26 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.verification import PolicyBuilder, Store
 
+from interop import cli
 from interop.cases import CASES_BY_NAME, Role, Side
 from interop.known import KnownIssue
 from interop.peers import NETSCHED, Job, registry
 from interop.procs import Launch
 from interop.results import Result, Verdict
-from interop.runner import Outcome, Runner, Settings, client_launch, judge, pairings, read_reports
+from interop.runner import (
+    Outcome,
+    Runner,
+    Settings,
+    client_launch,
+    judge,
+    make_certificate_chain,
+    pairings,
+    read_reports,
+)
 from interop.tap import Observed, Trace
 from interop.wire import QUIC_V1, Packet, PacketType
 
@@ -107,3 +120,61 @@ def test_client_gets_the_case_locals_and_its_reports_are_read(tmp_path: Path) ->
     log.write_text('$ cmd\n{"event": "abandon", "local": "127.0.0.1"}\n{"event": 3}\nnot json\n')
     assert read_reports(log) == [{"event": "abandon", "local": "127.0.0.1"}]
     assert read_reports(tmp_path / "missing.log") == []
+
+
+def test_certificate_chain_is_long_and_verifies(tmp_path: Path) -> None:
+    folder = make_certificate_chain(tmp_path, 9)
+    chain = x509.load_pem_x509_certificates((folder / "cert.pem").read_bytes())
+    (root,) = x509.load_pem_x509_certificates((folder / "ca.pem").read_bytes())
+    assert len(chain) == 9  # the leaf and 8 intermediates; the root only in ca.pem
+    # Well over what the amplificationlimit rule wants the server to send.
+    assert sum(len(c.public_bytes(Encoding.DER)) for c in chain) > 7500
+    verifier = (
+        PolicyBuilder()
+        .store(Store([root]))
+        .max_chain_depth(16)
+        .build_server_verifier(x509.DNSName("localhost"))
+    )
+    assert len(verifier.verify(chain[0], chain[1:])) == 10
+    assert (folder / "priv.key").read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    with pytest.raises(ValueError, match="at least 2"):
+        make_certificate_chain(tmp_path, 1)
+
+
+def test_netsched_says_precisely_what_it_lacks(tmp_path: Path) -> None:
+    peers = registry(tmp_path)
+    ours, aioquic = peers[NETSCHED], peers["aioquic"]
+    resumption, zerortt = CASES_BY_NAME["resumption"], CASES_BY_NAME["zerortt"]
+    assert "session_ticket_handler" in str(ours.unsupported(resumption, Side.CLIENT))
+    assert "issues no session tickets" in str(ours.unsupported(zerortt, Side.SERVER))
+    assert aioquic.unsupported(zerortt, Side.CLIENT) is None
+    assert ours.unsupported(CASES_BY_NAME["rebind-port"], Side.SERVER) is None
+
+
+def test_cli_run_resolves_a_relative_out_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Path] = []
+
+    async def run(self: Runner, peers: object, cases: object, roles: object) -> list[Result]:
+        seen.append(self.settings.results_dir)
+        return []
+
+    monkeypatch.setattr(Runner, "run", run)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--cache", str(tmp_path / "cache"), "run", "--out", "rel/out", "--cases", "handshake"]
+    assert cli.main([*argv, "--peers", NETSCHED]) == 0
+    # Endpoints run in their own working directories: the folder they log to is absolute.
+    assert seen == [tmp_path / "rel" / "out"]
+    assert (tmp_path / "rel" / "out" / "matrix.json").is_file()
+
+
+def test_qlog_folders_are_made_for_the_endpoints(tmp_path: Path) -> None:
+    runner = Runner(Settings(results_dir=tmp_path / "out", qlog=True), registry(tmp_path)[NETSCHED])
+    try:
+        case = CASES_BY_NAME["ipv6"]
+        job = runner._job(Side.SERVER, case, "hq-interop", 4433, tmp_path, tmp_path / "logs")
+    finally:
+        runner.close()
+    assert job.qlog_dir is not None and job.qlog_dir.is_dir()
+    assert job.host == "::1"  # the case's address family reaches the endpoint

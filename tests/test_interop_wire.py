@@ -6,6 +6,7 @@ import itertools
 import ssl
 
 import pytest
+from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicProtocolVersion, encode_quic_retry
@@ -14,15 +15,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interop.wire import (
+    PATH_CHALLENGE,
+    PATH_RESPONSE,
     QUIC_V1,
     QUIC_V2,
     Packet,
     PacketType,
     WireError,
     client_hello_cipher_suites,
+    frame_types,
+    frames,
     offered_cipher_suites,
     packet_type,
     parse_datagram,
+    path_frames,
     read_varint,
     reassemble,
 )
@@ -154,3 +160,48 @@ def _long_header(first: int, version: int, payload: bytes) -> bytes:
         + bytes([0x40 | (len(payload) >> 8), len(payload) & 0xFF])
         + payload
     )
+
+
+# ---------------------------------------------------------------- 1-RTT frames
+
+
+def _varint(value: int) -> bytes:
+    buf = Buffer(capacity=8)
+    buf.push_uint_var(value)
+    return buf.data
+
+
+_FRAME = st.one_of(
+    st.just(b"\x01"),  # PING
+    st.binary(min_size=8, max_size=8).map(lambda d: b"\x1a" + d),  # PATH_CHALLENGE
+    st.binary(min_size=8, max_size=8).map(lambda d: b"\x1b" + d),  # PATH_RESPONSE
+    st.integers(0, 2**30).map(lambda n: b"\x10" + _varint(n)),  # MAX_DATA
+    st.tuples(st.integers(0, 2**20), st.integers(0, 2**20), st.integers(0, 100)).map(
+        lambda t: b"\x02" + _varint(t[0]) + _varint(t[1]) + b"\x00" + _varint(t[2])
+    ),  # ACK with no extra ranges
+    st.tuples(st.integers(0, 99), st.binary(max_size=40)).map(
+        lambda t: b"\x0b" + _varint(t[0]) + _varint(len(t[1])) + t[1]
+    ),  # STREAM with LEN and FIN
+    st.tuples(st.integers(0, 99), st.integers(0, 2**40), st.binary(max_size=40)).map(
+        lambda t: b"\x0e" + _varint(t[0]) + _varint(t[1]) + _varint(len(t[2])) + t[2]
+    ),  # STREAM with OFF and LEN
+    st.tuples(st.integers(1, 9), st.binary(min_size=1, max_size=20)).map(
+        lambda t: b"\x18" + _varint(t[0]) + b"\x00" + bytes([len(t[1])]) + t[1] + bytes(16)
+    ),  # NEW_CONNECTION_ID
+)
+
+
+@given(st.lists(_FRAME, max_size=12))
+def test_frames_walk_a_payload_frame_by_frame(encoded: list[bytes]) -> None:
+    payload = b"".join(encoded)
+    assert frame_types(payload) == [frame[0] for frame in encoded]
+    challenges = [f[1:] for f in encoded if f[0] == PATH_CHALLENGE]
+    assert path_frames(payload, PATH_CHALLENGE) == challenges
+
+
+def test_frames_stop_at_an_unknown_type_and_keep_what_came_before() -> None:
+    challenge = b"\x1a" + b"12345678"
+    assert frame_types(challenge + b"\x40\xaf" + b"junk") == [PATH_CHALLENGE]
+    assert path_frames(challenge + b"\x1b\x00", PATH_RESPONSE) == []  # truncated response
+    with pytest.raises(WireError, match="runs past"):
+        list(frames(b"\x1b\x00"))

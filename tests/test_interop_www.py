@@ -100,3 +100,27 @@ def test_each_url_runs_a_client_per_url(
     assert out.split() == ["https://h/a", "https://h/b"]  # stops at the first failure
     assert "https://h/b failed with status 3" in err
     assert each_url.main([]) == 1
+
+
+def test_generate_takes_the_name_length(tmp_path: Path) -> None:
+    files = generate(tmp_path, [32, 32], random.Random(1), name_length=250)
+    assert [len(f.name) for f in files] == [250, 250]
+    assert all((tmp_path / f.name).stat().st_size == 32 for f in files)
+    with pytest.raises(ValueError, match="name_length"):
+        generate(tmp_path, [1], random.Random(1), name_length=256)
+
+
+def test_each_url_split_runs_the_first_url_then_the_rest(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REQUESTS", "https://h/a https://h/b https://h/c")
+    script = "import sys; print(' '.join(sys.argv[1:]))"
+    argv = ["--split", "--second=--zero-rtt", "--", sys.executable, "-c", script]
+    assert each_url.main(argv) == 0
+    out, _ = capfd.readouterr()
+    assert out.splitlines() == ["https://h/a", "--zero-rtt https://h/b https://h/c"]
+    for bad in (["--split", sys.executable], ["--split", "--what", "--", "x"], ["--split", "--"]):
+        assert each_url.main(bad) == 1
+    monkeypatch.setenv("REQUESTS", "https://h/a")
+    assert each_url.main(argv) == 1  # two connections need two URLs
+    assert "at least 2 URLs" in capfd.readouterr().err

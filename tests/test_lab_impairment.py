@@ -292,3 +292,35 @@ def test_spec_change_applies_to_later_packets_only() -> None:
     (late,) = lk.submit(b"b", 0.2)
     assert early[0] == pytest.approx(0.1)
     assert late[0] == pytest.approx(0.21)
+
+
+# -- drop list and bursty corruption (the interop runner's droplist and corrupt-rate) ----
+
+
+def test_drop_packets_drops_exactly_the_listed_numbers() -> None:
+    lk = link(drop_packets=frozenset({2, 3, 7}))
+    delivered = [bool(lk.submit(bytes(100), i * MS)) for i in range(10)]
+    assert delivered == [True, False, False, True, True, True, False, True, True, True]
+    stats = lk.stats
+    assert stats.dropped_listed == 3 and stats.dropped == 3
+    assert stats.packets_in + stats.duplicated == stats.delivered + stats.dropped
+
+
+@pytest.mark.parametrize("value", [frozenset({0}), frozenset({-1}), {2, 3}, frozenset({True})])
+def test_drop_packets_must_be_positive_numbers(value: object) -> None:
+    with pytest.raises(ValueError, match="drop_packets"):
+        LinkSpec(drop_packets=value)  # type: ignore[arg-type]
+
+
+def test_bursty_corruption_rate_and_bursts() -> None:
+    chain = GilbertElliott.from_loss_and_burst(0.30, 1.5)
+    lk = link(seed=3, bursty_corrupt=chain)
+    payload = bytes(64)
+    flipped = [lk.submit(payload, i * MS)[0][1] != payload for i in range(20_000)]
+    rate = sum(flipped) / len(flipped)
+    assert abs(rate - 0.30) < 0.02
+    runs = [len(r) for r in "".join("x" if f else " " for f in flipped).split()]
+    assert abs(sum(runs) / len(runs) - 1.5) < 0.1
+    assert lk.stats.corrupted == sum(flipped) and lk.stats.dropped == 0
+    with pytest.raises(ValueError, match="bursty_corrupt"):
+        LinkSpec(bursty_corrupt=0.3)  # type: ignore[arg-type]

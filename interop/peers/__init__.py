@@ -12,6 +12,9 @@ from .netsched import NetSched
 from .ngtcp2 import Ngtcp2
 from .picoquic import Picoquic
 from .qh3 import Qh3, Qh3Legacy
+from .quicgo import QuicGo
+from .quiche import Quiche
+from .quinn import Quinn
 
 __all__ = [
     "CI_PEERS",
@@ -24,7 +27,17 @@ __all__ = [
     "select",
 ]
 
-PEER_CLASSES: tuple[type[Peer], ...] = (NetSched, Aioquic, Qh3, Qh3Legacy, Ngtcp2, Picoquic)
+PEER_CLASSES: tuple[type[Peer], ...] = (
+    NetSched,
+    Aioquic,
+    Qh3,
+    Qh3Legacy,
+    Ngtcp2,
+    Picoquic,
+    QuicGo,
+    Quinn,
+    Quiche,
+)
 CI_PEERS = ("aioquic", "ngtcp2", "picoquic")
 CACHE_ENV = "INTEROP_CACHE"
 

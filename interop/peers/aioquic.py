@@ -20,13 +20,34 @@ VERSION = "1.7.2"
 EXAMPLES = ("http3_client.py", "http3_server.py")
 SMALL_WINDOW = 256 << 10  # the transfer case's "small initial flow-control windows"
 SMALL_STREAM_WINDOW = 128 << 10
+RESUMING = ("resumption", "zerortt")  # two connections, the second resuming the first
+TICKET_FILE = "session-ticket.pickle"  # http3_client.py --session-ticket, in the workdir
 
 
 class Aioquic(Peer):
     name = "aioquic"
     description = f"aioquic {VERSION} (PyPI), examples/http3_client.py and http3_server.py"
-    client_features = frozenset({Feature.CHACHA20, Feature.KEY_UPDATE, Feature.V2})
-    server_features = frozenset({Feature.RETRY, Feature.V2})
+    client_features = frozenset(
+        {
+            Feature.CHACHA20,
+            Feature.KEY_UPDATE,
+            Feature.V2,
+            Feature.IPV6,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
+    )
+    # http3_server.py keeps the session tickets it issues (its SessionTicketStore).
+    server_features = frozenset(
+        {
+            Feature.RETRY,
+            Feature.V2,
+            Feature.IPV6,
+            Feature.MIGRATION,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
+    )
 
     @property
     def _python(self) -> Path:
@@ -86,15 +107,22 @@ class Aioquic(Peer):
     def _client_argv(self, job: Job) -> list[str]:
         assert job.downloads is not None
         argv = [str(self._python), str(self.home / "examples" / "http3_client.py")]
+        each_url = [str(self._python), "-m", f"{PROGRAMS}.each_url"]
         if job.testcase == "multiconnect":
             # One connection per file: run the client once per URL (programs/each_url.py).
-            argv = [str(self._python), "-m", f"{PROGRAMS}.each_url", *argv]
+            argv = [*each_url, *argv]
+        elif job.testcase in RESUMING:
+            # The first file, then the rest over a connection resuming the first's session.
+            second = ["--second=--zero-rtt"] if job.testcase == "zerortt" else []
+            argv = [*each_url, "--split", *second, "--", *argv]
+            argv += ["--session-ticket", str(job.workdir / TICKET_FILE)]
         argv += ["--ca-certs", str(job.ca_certificate), "--output-dir", str(job.downloads)]
         argv += ["--secrets-log", str(job.keylog)]
         argv += ["--legacy-http"] if job.alpn == HQ else []
         argv += ["--quic-log", str(job.qlog_dir)] if job.qlog_dir else []
         argv += _CASE_OPTIONS.get(job.testcase, [])
-        return argv if job.testcase == "multiconnect" else argv + list(job.requests)
+        appended = job.testcase == "multiconnect" or job.testcase in RESUMING
+        return argv if appended else argv + list(job.requests)
 
 
 _CASE_OPTIONS: dict[str, list[str]] = {

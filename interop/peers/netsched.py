@@ -5,21 +5,44 @@ from __future__ import annotations
 import json
 import sys
 
-from ..cases import H3, HQ, Feature, Side
+from ..cases import H3, HQ, Case, Feature, Side
 from ..procs import Launch
 from ..results import NETSCHED as NAME
 from .base import Job, Log, Peer, python_program
 
 MAX_WWW_BODY = 64 << 20  # above the largest file a case serves (www.MAX_FILE_SIZE)
+# What our client and edge lack for a feature, precisely (checked: with the feature
+# declared, the edge's second handshake carried a Certificate and no client sent 0-RTT).
+LACKING: dict[tuple[Side, Feature], str] = {
+    (Side.CLIENT, Feature.RESUMPTION): "the SDK's open_session() neither takes a session "
+    "ticket nor hands out the ones the server sends (no session_ticket_handler)",
+    (Side.CLIENT, Feature.ZERO_RTT): "the SDK's open_session() returns only after the "
+    "handshake and takes no session ticket, so no request can go in 0-RTT",
+    (Side.CLIENT, Feature.ACTIVE_MIGRATION): "the SDK has no call to move a session to a new "
+    "local address (RFC 9000 migration); Session.add_path / remove_path need multipath",
+    (Side.SERVER, Feature.RESUMPTION): "the edge issues no session tickets: ServerEndpoint "
+    "gives its connections no session_ticket_fetcher / session_ticket_handler",
+    (Side.SERVER, Feature.ZERO_RTT): "the edge issues no session tickets, so no client can "
+    "send it 0-RTT data",
+}
 
 
 class NetSched(Peer):
     name = NAME
     description = "this repository: netsched_client (client) and netsched-edge (server)"
-    client_features = frozenset({Feature.CHACHA20, Feature.V2, Feature.MULTIPATH})
+    client_features = frozenset({Feature.CHACHA20, Feature.V2, Feature.MULTIPATH, Feature.IPV6})
     # The edge cannot restrict its cipher suites, but it accepts a ChaCha20-only
-    # client, which is what the runner's chacha20 rule checks.
-    server_features = frozenset({Feature.RETRY, Feature.V2, Feature.MULTIPATH})
+    # client, which is what the runner's chacha20 rule checks. It follows a
+    # client's new address with path validation (aioquic's connection does).
+    server_features = frozenset(
+        {Feature.RETRY, Feature.V2, Feature.MULTIPATH, Feature.IPV6, Feature.MIGRATION}
+    )
+
+    def unsupported(self, case: Case, side: Side) -> str | None:
+        lacking = [LACKING[side, f] for f in sorted(case.needs(side)) if (side, f) in LACKING]
+        if lacking:
+            return f"netsched {side}: {'; '.join(lacking)}"
+        return super().unsupported(case, side)
 
     def status(self) -> str | None:
         return None  # runs from this checkout with the suite's own interpreter
@@ -58,9 +81,10 @@ def edge_config(job: Job) -> str:
     """
     assert job.www is not None
     # json.dumps writes a valid TOML basic string for any path.
+    host = f"[{job.host}]" if ":" in job.host else job.host
     lines = [
         "[edge]",
-        f"listen = {json.dumps(f'{job.host}:{job.port}')}",
+        f"listen = {json.dumps(f'{host}:{job.port}')}",
         f"certificate = {json.dumps(str(job.certificate))}",
         f"private_key = {json.dumps(str(job.private_key))}",
         f"www = {json.dumps(str(job.www))}",

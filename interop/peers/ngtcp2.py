@@ -17,6 +17,10 @@ CHACHA20_ONLY = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"
 HANDSHAKE_TIMEOUT = "30s"
 SMALL_WINDOW = "256K"
 SMALL_STREAM_WINDOW = "128K"
+MIGRATE_AFTER = "500ms"
+RESUMING = ("resumption", "zerortt")  # two connections, the second resuming the first
+SESSION_FILE = "tls-session.pem"  # gtlsclient --session-file / --tp-file, in the workdir
+TRANSPORT_PARAMETERS_FILE = "transport-parameters.pem"
 
 
 class Ngtcp2(Peer):
@@ -26,8 +30,19 @@ class Ngtcp2(Peer):
     # hq-interop cases over h3 with this peer and says so in the results.
     client_alpns = (H3,)
     server_alpns = (H3,)
-    client_features = frozenset({Feature.CHACHA20, Feature.KEY_UPDATE})
-    server_features = frozenset({Feature.RETRY})
+    client_features = frozenset(
+        {
+            Feature.CHACHA20,
+            Feature.KEY_UPDATE,
+            Feature.IPV6,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+            Feature.ACTIVE_MIGRATION,
+        }
+    )
+    server_features = frozenset(
+        {Feature.RETRY, Feature.IPV6, Feature.MIGRATION, Feature.RESUMPTION, Feature.ZERO_RTT}
+    )
 
     def unsupported(self, case: Case, side: Side) -> str | None:
         if Feature.V2 in case.needs(side):
@@ -76,9 +91,17 @@ class Ngtcp2(Peer):
     def _client_argv(self, job: Job) -> list[str]:
         assert job.downloads is not None
         argv = [which(CLIENT) or CLIENT, job.host, str(job.port)]
+        each_url = [sys.executable, "-m", f"{PROGRAMS}.each_url"]
         if job.testcase == "multiconnect":
             # One connection per file: run the client once per URL (programs/each_url.py).
-            argv = [sys.executable, "-m", f"{PROGRAMS}.each_url", *argv]
+            argv = [*each_url, *argv]
+        elif job.testcase in RESUMING:
+            # The first file, then the rest over a connection resuming the first's
+            # session (gtlsclient sends 0-RTT when its session file allows it).
+            second = [] if job.testcase == "zerortt" else ["--second=--disable-early-data"]
+            argv = [*each_url, "--split", *second, "--", *argv]
+            argv += [f"--session-file={job.workdir / SESSION_FILE}"]
+            argv += [f"--tp-file={job.workdir / TRANSPORT_PARAMETERS_FILE}"]
         else:
             argv += job.requests
         argv += ["--download", str(job.downloads), "--exit-on-all-streams-close"]
@@ -98,4 +121,7 @@ _CLIENT_CASE_OPTIONS: dict[str, list[str]] = {
     ],
     "chacha20": [f"--ciphers={CHACHA20_ONLY}"],
     "keyupdate": ["--key-update=1ms"],
+    # A new local port (and a new DCID, with path validation) mid-transfer: the 2 MB
+    # file takes some 1.7 s over the case's 10 Mbit/s link.
+    "connectionmigration": [f"--change-local-addr={MIGRATE_AFTER}"],
 }

@@ -25,10 +25,28 @@ class Picoquic(Peer):
     client_alpns = (HQ,)
     server_alpns = (HQ,)
     client_features = frozenset(
-        {Feature.CHACHA20, Feature.KEY_UPDATE, Feature.V2, Feature.MULTIPATH}
+        {
+            Feature.CHACHA20,
+            Feature.KEY_UPDATE,
+            Feature.V2,
+            Feature.MULTIPATH,
+            Feature.IPV6,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
     )
     # Multipath through picoquic's C API (programs/picoquic_mp), not aiopquic's.
-    server_features = frozenset({Feature.RETRY, Feature.V2, Feature.MULTIPATH})
+    server_features = frozenset(
+        {
+            Feature.RETRY,
+            Feature.V2,
+            Feature.MULTIPATH,
+            Feature.IPV6,
+            Feature.MIGRATION,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
+    )
 
     def install(self, log: Log) -> None:
         python = make_venv(self.home / "venv", find_python312(), log)

@@ -13,8 +13,26 @@ class Qh3(Peer):
     version = "2.1.0"
     name = "qh3"
     description = f"qh3 {version} (PyPI), interop/programs/qh3_peer.py"
-    client_features = frozenset({Feature.CHACHA20, Feature.KEY_UPDATE, Feature.V2})
-    server_features = frozenset({Feature.RETRY, Feature.V2})
+    client_features = frozenset(
+        {
+            Feature.CHACHA20,
+            Feature.KEY_UPDATE,
+            Feature.V2,
+            Feature.IPV6,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
+    )
+    server_features = frozenset(
+        {
+            Feature.RETRY,
+            Feature.V2,
+            Feature.IPV6,
+            Feature.MIGRATION,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
+    )
 
     def install(self, log: Log) -> None:
         python = make_venv(self.home / "venv", sys.executable, log)

@@ -30,8 +30,8 @@ APT_LOCK_WAIT_S = 600
 class QuicGo(Peer):
     name = "quic-go"
     description = f"quic-go {VERSION} (Debian {LIBRARY}, Go 1.19), interop/programs/quicgo/main.go"
-    client_features = frozenset({Feature.CHACHA20, Feature.KEY_UPDATE})
-    server_features = frozenset({Feature.RETRY})
+    client_features = frozenset({Feature.CHACHA20, Feature.KEY_UPDATE, Feature.IPV6})
+    server_features = frozenset({Feature.RETRY, Feature.IPV6})
 
     @property
     def binary(self) -> Path:
@@ -45,6 +45,10 @@ class QuicGo(Peer):
                 "quic-go 0.29 knows only the QUIC v2 draft (0x709a50c4) and no "
                 "compatible version negotiation"
             )
+        if Feature.MIGRATION in case.needs(side):
+            # Seen here: after a NAT rebinding its server never sent to the client's new
+            # address (rebind-port / rebind-addr, against our client and its own alike).
+            return "quic-go 0.29's server does not follow a client to a new address"
         return super().unsupported(case, side)
 
     def status(self) -> str | None:

@@ -4,8 +4,12 @@ Runs under Python 3.12 in aiopquic's venv. aiopquic's asyncio API drives
 picoquic on its own network thread; test cases map to its configuration:
 retry → serve(retry=True), chacha20 → cipher_suite 0x1303, keyupdate →
 key_update_interval, v2 → supported_versions [v2, v1], transfer → small
-initial flow-control windows on the client. aiopquic's API has no multipath
-call, so the mp-* cases go to `picoquic_mp` (picoquic's C API through ctypes).
+initial flow-control windows on the client; resumption and zerortt → the
+first file over one connection, the rest over a second one that resumes the
+session from picoquic's ticket store (session_ticket_file; zerortt: requests
+written before the handshake completes, which picoquic sends in 0-RTT).
+aiopquic's API has no multipath call, so the mp-* cases go to `picoquic_mp`
+(picoquic's C API through ctypes).
 """
 
 from __future__ import annotations
@@ -55,8 +59,20 @@ KEY_UPDATE_PACKETS = 16
 SMALL_WINDOW = 256 << 10
 SMALL_STREAM_WINDOW = 128 << 10
 MAX_REQUEST_LINE = 2048
-SERVER_CASES = ("handshake", "transfer", "retry", "chacha20", "keyupdate", "v2", "multiconnect")
+SERVER_CASES = (
+    "handshake",
+    "transfer",
+    "retry",
+    "chacha20",
+    "keyupdate",
+    "v2",
+    "multiconnect",
+    "resumption",
+    "zerortt",
+)
 CLIENT_CASES = SERVER_CASES
+RESUMING = ("resumption", "zerortt")
+TICKET_FILE = "session-tickets.bin"  # in the client's working directory
 
 
 def configuration(contract: Contract, *, is_client: bool) -> Any:
@@ -65,13 +81,15 @@ def configuration(contract: Contract, *, is_client: bool) -> Any:
         alpn_protocols=[ALPN],
         secrets_log_file=contract.keylog,
         qlog_dir=contract.qlog_dir,
-        ip_family=socket.AF_INET,
+        ip_family=socket.AF_INET6 if ":" in contract.host else socket.AF_INET,
     )
     if is_client:
         config.load_verify_locations(str(contract.ca_certificate))
         config.server_name = "localhost"
     else:
         config.load_cert_chain(str(contract.certificate), str(contract.private_key))
+    if is_client and contract.testcase in RESUMING:
+        config.session_ticket_file = str(Path.cwd() / TICKET_FILE)
     if contract.testcase == "chacha20":
         config.cipher_suite = CHACHA20
     elif contract.testcase == "keyupdate" and is_client:
@@ -176,6 +194,14 @@ async def run_server(contract: Contract) -> int:
 async def run_client(contract: Contract) -> int:
     if contract.testcase not in CLIENT_CASES:
         return unsupported(contract, "not implemented by the picoquic client endpoint")
+    if contract.testcase in RESUMING:
+        if len(contract.requests) < 2:
+            raise ContractError(f"REQUESTS: {contract.testcase} needs at least 2 URLs")
+        # The store is saved when the first connection's transport stops.
+        await fetch(contract, contract.requests[:1])
+        early = contract.testcase == "zerortt"
+        await fetch(contract, contract.requests[1:], early=early)
+        return EXIT_OK
     # multiconnect (handshakeloss): a connection per URL, in turn.
     batches = (
         [(url,) for url in contract.requests]
@@ -187,11 +213,13 @@ async def run_client(contract: Contract) -> int:
     return EXIT_OK
 
 
-async def fetch(contract: Contract, urls: tuple[str, ...]) -> None:
-    """Download `urls` concurrently over one connection."""
+async def fetch(contract: Contract, urls: tuple[str, ...], *, early: bool = False) -> None:
+    """Download `urls` concurrently over one connection (`early`: before the handshake)."""
     host, port, _ = url_target(urls[0])
     config = configuration(contract, is_client=True)
-    async with connect(host, port, configuration=config, create_protocol=HqClient) as client:
+    async with connect(
+        host, port, configuration=config, create_protocol=HqClient, wait_connected=not early
+    ) as client:
         paths = [url_target(url)[2] for url in urls]
         bodies = await asyncio.gather(*(client.get(path) for path in paths))
     for url, body in zip(urls, bodies, strict=True):

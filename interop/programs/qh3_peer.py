@@ -5,7 +5,10 @@ QuicConnectionProtocol, H3Connection); HTTP/0.9 is written here since qh3 has
 no h0 module. Test cases map to its configuration: retry → serve(retry=True),
 chacha20 → cipher_suites, keyupdate → request_key_update() after the first
 response bytes, v2 → original v1 + supported [v2, v1], transfer → small
-initial flow-control windows on the client.
+initial flow-control windows on the client; resumption and zerortt → the
+first file over one connection, the rest over a second one that resumes the
+first's session with its ticket (zerortt: without waiting for the handshake,
+so the requests go in 0-RTT); the server keeps the tickets it issued.
 """
 
 from __future__ import annotations
@@ -49,7 +52,20 @@ MAX_REQUEST_LINE = 2048
 # max_datagram_frame_size. So every qh3 endpoint sends it.
 MAX_DATAGRAM_FRAME_SIZE = 65536
 STREAM_LIMIT_POLL_S = 0.01
-CASES = ("handshake", "transfer", "retry", "http3", "chacha20", "keyupdate", "v2", "multiconnect")
+CASES = (
+    "handshake",
+    "transfer",
+    "retry",
+    "http3",
+    "chacha20",
+    "keyupdate",
+    "v2",
+    "multiconnect",
+    "resumption",
+    "zerortt",
+)
+RESUMING = ("resumption", "zerortt")
+MAX_TICKETS = 1000  # tickets the server keeps (a test opens a few connections)
 
 
 def configuration(contract: Contract, *, is_client: bool) -> Any:
@@ -211,14 +227,31 @@ class Client(QuicConnectionProtocol):  # type: ignore[misc]
             done.set_exception(ConnectionError(error))
 
 
+class TicketStore:
+    """The server's issued session tickets, by ticket label (each resumes once)."""
+
+    def __init__(self) -> None:
+        self._tickets: dict[bytes, Any] = {}
+
+    def add(self, ticket: Any) -> None:
+        if len(self._tickets) < MAX_TICKETS:
+            self._tickets[ticket.ticket] = ticket
+
+    def pop(self, label: bytes) -> Any:
+        return self._tickets.pop(label, None)
+
+
 async def run_server(contract: Contract) -> int:
     Server.contract = contract
+    tickets = TicketStore()
     server = await serve(
         contract.host,
         contract.port,
         configuration=configuration(contract, is_client=False),
         create_protocol=Server,
         retry=contract.testcase == "retry",
+        session_ticket_fetcher=tickets.pop,
+        session_ticket_handler=tickets.add,
     )
     try:
         await asyncio.Event().wait()  # serve until the runner stops us
@@ -229,6 +262,8 @@ async def run_server(contract: Contract) -> int:
 
 async def run_client(contract: Contract) -> int:
     Client.contract = contract
+    if contract.testcase in RESUMING:
+        return await resume(contract)
     # multiconnect (handshakeloss): a connection per URL, in turn.
     batches = (
         [(url,) for url in contract.requests]
@@ -240,11 +275,44 @@ async def run_client(contract: Contract) -> int:
     return EXIT_OK
 
 
-async def fetch(contract: Contract, urls: tuple[str, ...]) -> None:
-    """Download `urls` concurrently over one connection."""
+async def resume(contract: Contract) -> int:
+    """The first URL over one connection, the rest over a second that resumes its session."""
+    if len(contract.requests) < 2:
+        raise ContractError(f"REQUESTS: {contract.testcase} needs at least 2 URLs")
+    tickets: list[Any] = []
+    await fetch(contract, contract.requests[:1], on_ticket=tickets.append)
+    if not tickets:
+        print("qh3 endpoint: the server sent no session ticket", file=sys.stderr)
+        return EXIT_FAILED
+    early = contract.testcase == "zerortt"
+    await fetch(contract, contract.requests[1:], ticket=tickets[-1], early=early)
+    return EXIT_OK
+
+
+async def fetch(
+    contract: Contract,
+    urls: tuple[str, ...],
+    *,
+    ticket: Any = None,
+    on_ticket: Any = None,
+    early: bool = False,
+) -> None:
+    """Download `urls` concurrently over one connection.
+
+    `ticket` resumes a session; `on_ticket` gets the tickets the server sends;
+    `early`: the requests go out before the handshake completes (0-RTT).
+    """
     host, port, _ = url_target(urls[0])
     config = configuration(contract, is_client=True)
-    async with connect(host, port, configuration=config, create_protocol=Client) as client:
+    config.session_ticket = ticket
+    async with connect(
+        host,
+        port,
+        configuration=config,
+        create_protocol=Client,
+        session_ticket_handler=on_ticket,
+        wait_connected=not early,
+    ) as client:
         authority = f"{host}:{port}"
         paths = [url_target(url)[2] for url in urls]
         bodies = await asyncio.gather(*(client.get(authority, path) for path in paths))
