@@ -14,28 +14,38 @@ MAX_WWW_BODY = 64 << 20  # above the largest file a case serves (www.MAX_FILE_SI
 # What our client and edge lack for a feature, precisely (checked: with the feature
 # declared, the edge's second handshake carried a Certificate and no client sent 0-RTT).
 LACKING: dict[tuple[Side, Feature], str] = {
-    (Side.CLIENT, Feature.RESUMPTION): "the SDK's open_session() neither takes a session "
-    "ticket nor hands out the ones the server sends (no session_ticket_handler)",
-    (Side.CLIENT, Feature.ZERO_RTT): "the SDK's open_session() returns only after the "
-    "handshake and takes no session ticket, so no request can go in 0-RTT",
     (Side.CLIENT, Feature.ACTIVE_MIGRATION): "the SDK has no call to move a session to a new "
     "local address (RFC 9000 migration); Session.add_path / remove_path need multipath",
-    (Side.SERVER, Feature.RESUMPTION): "the edge issues no session tickets: ServerEndpoint "
-    "gives its connections no session_ticket_fetcher / session_ticket_handler",
-    (Side.SERVER, Feature.ZERO_RTT): "the edge issues no session tickets, so no client can "
-    "send it 0-RTT data",
 }
 
 
 class NetSched(Peer):
     name = NAME
     description = "this repository: netsched_client (client) and netsched-edge (server)"
-    client_features = frozenset({Feature.CHACHA20, Feature.V2, Feature.MULTIPATH, Feature.IPV6})
-    # The edge cannot restrict its cipher suites, but it accepts a ChaCha20-only
-    # client, which is what the runner's chacha20 rule checks. It follows a
-    # client's new address with path validation (aioquic's connection does).
+    client_features = frozenset(
+        {
+            Feature.CHACHA20,
+            Feature.V2,
+            Feature.MULTIPATH,
+            Feature.IPV6,
+            Feature.KEY_UPDATE,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
+    )
+    # The edge accepts a ChaCha20-only client, which is what the runner's chacha20
+    # rule checks. It follows a client's new address with path validation (aioquic's
+    # connection does), issues session tickets and serves idempotent 0-RTT requests.
     server_features = frozenset(
-        {Feature.RETRY, Feature.V2, Feature.MULTIPATH, Feature.IPV6, Feature.MIGRATION}
+        {
+            Feature.RETRY,
+            Feature.V2,
+            Feature.MULTIPATH,
+            Feature.IPV6,
+            Feature.MIGRATION,
+            Feature.RESUMPTION,
+            Feature.ZERO_RTT,
+        }
     )
 
     def unsupported(self, case: Case, side: Side) -> str | None:
