@@ -366,6 +366,7 @@ class _Link:
             name: {
                 "packets": stats.packets_in,
                 "dropped": stats.dropped,
+                "dropped_too_big": stats.dropped_too_big,  # above the lab's MTU (PMTU probes)
                 **({"corrupted": stats.corrupted} if stats.corrupted else {}),
             }
             for name, stats in (("client_to_server", up), ("server_to_client", down))

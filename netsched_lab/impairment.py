@@ -7,7 +7,9 @@ same seed and the same inputs always give the same outcome.
 A packet passes the stages in this order (each draws from the link's RNG only
 when its feature is on, so turning one feature on does not reshuffle another):
 
-1. blackhole, or the packet's number is in `drop_packets` → dropped
+1. blackhole, the packet's number is in `drop_packets`, or the packet is larger
+   than the link's MTU allows (`mtu`, IP and UDP headers counted) → dropped,
+   as a real link drops a datagram sent with DF set
 2. independent random loss (`loss`) → dropped
 3. bursty loss (Gilbert-Elliott chain, stepped once per packet reaching it) → dropped
 4. token-bucket shaper (`rate_mbps`, `burst_bytes`) with a tail-drop queue
@@ -27,6 +29,8 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field, replace
+
+IP_UDP_HEADERS = 28  # IPv4 (20) + UDP (8): what the MTU counts beyond the payload
 
 _MS = 1e-3
 _BITS_PER_BYTE = 8
@@ -135,6 +139,10 @@ class LinkSpec:
     # 1-based numbers of the packets entering this link to drop, counted over
     # the link's life (the interop runner's droplist scenario: "drop 2..7").
     drop_packets: frozenset[int] = frozenset()
+    # IP MTU: a UDP payload above mtu - 28 (IPv4 and UDP headers) is dropped. Ethernet's
+    # by default, so a path MTU search through the lab finds what it would on a LAN;
+    # None: no limit (loopback itself carries 65,535 bytes).
+    mtu: int | None = 1500
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms", "reorder_ms"):
@@ -155,6 +163,8 @@ class LinkSpec:
         if rate is not None and not (math.isfinite(rate) and rate > 0.0):
             raise ValueError(f"rate_mbps must be a finite number > 0 or None, got {rate!r}")
         _check_integer("burst_bytes", self.burst_bytes, minimum=1)
+        if self.mtu is not None:
+            _check_integer("mtu", self.mtu, minimum=IP_UDP_HEADERS + 1)
         _check_integer("queue_bytes", self.queue_bytes, minimum=0)
         if not isinstance(self.blackhole, bool):
             raise ValueError(f"blackhole must be a bool, got {self.blackhole!r}")
@@ -182,6 +192,7 @@ class LinkStats:
     dropped_queue: int = 0
     dropped_blackhole: int = 0
     dropped_listed: int = 0  # by number (drop_packets)
+    dropped_too_big: int = 0  # above the MTU
     duplicated: int = 0
     corrupted: int = 0
     reordered: int = 0
@@ -194,6 +205,7 @@ class LinkStats:
             + self.dropped_queue
             + self.dropped_blackhole
             + self.dropped_listed
+            + self.dropped_too_big
         )
 
     def copy(self) -> LinkStats:
@@ -300,6 +312,9 @@ class Link:
             return None
         if stats.packets_in in spec.drop_packets:
             stats.dropped_listed += 1
+            return None
+        if spec.mtu is not None and size + IP_UDP_HEADERS > spec.mtu:
+            stats.dropped_too_big += 1
             return None
         if spec.loss and rng.random() < spec.loss:
             stats.dropped_loss += 1

@@ -73,6 +73,7 @@ LINK_OPTIONS: Mapping[str, Callable[[str], object]] = {
     "burst_bytes": _integer,
     "queue_bytes": _integer,
     "blackhole": _flag,
+    "mtu": _integer,
 }
 
 

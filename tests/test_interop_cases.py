@@ -142,8 +142,8 @@ def test_plan_refuses_what_an_endpoint_cannot_do(peers: dict[str, Peer]) -> None
     assert no_alpn.verdict == "unsupported"
     v2 = plan(CASES_BY_NAME["v2"], peers[NETSCHED], peers["ngtcp2"])
     assert v2.verdict == "unsupported" and "0x709a50c4" in v2.reason
-    key_update = plan(CASES_BY_NAME["keyupdate"], peers[NETSCHED], peers["aioquic"])
-    assert key_update.verdict == "unsupported" and Feature.KEY_UPDATE in key_update.reason
+    moving = plan(CASES_BY_NAME["connectionmigration"], peers["aioquic"], peers["picoquic"])
+    assert moving.verdict == "unsupported" and Feature.ACTIVE_MIGRATION in moving.reason
     waiting = replace(CASES_BY_NAME["handshake"], pending="needs a thing")
     pending = plan(waiting, peers["picoquic"], peers["picoquic"])
     assert (pending.verdict, pending.reason) == ("pending", "needs a thing")

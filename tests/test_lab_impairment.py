@@ -46,6 +46,8 @@ def send_every(lk: Link, count: int, gap_s: float, size: int = 1200) -> list[lis
         ("queue_bytes", True),
         ("blackhole", 1),
         ("bursty", 0.1),
+        ("mtu", 28),
+        ("mtu", 1500.5),
     ],
 )
 def test_link_spec_rejects_out_of_range_values_naming_the_field(field: str, value: object) -> None:
@@ -208,7 +210,7 @@ def test_queue_tail_drops_then_drains() -> None:
 
 
 def test_packet_larger_than_the_bucket_waits_for_missing_tokens() -> None:
-    lk = link(rate_mbps=1.0, burst_bytes=500, queue_bytes=10_000)
+    lk = link(rate_mbps=1.0, burst_bytes=500, queue_bytes=10_000, mtu=None)
     ((at, _),) = lk.submit(bytes(1500), 0.0)
     assert at == pytest.approx(1000 / 125_000)
 
@@ -324,3 +326,13 @@ def test_bursty_corruption_rate_and_bursts() -> None:
     assert lk.stats.corrupted == sum(flipped) and lk.stats.dropped == 0
     with pytest.raises(ValueError, match="bursty_corrupt"):
         LinkSpec(bursty_corrupt=0.3)  # type: ignore[arg-type]
+
+
+def test_datagrams_above_the_mtu_are_dropped_as_with_df() -> None:
+    link = Link(LinkSpec(mtu=1500), random.Random(1))
+    assert link.submit(bytes(1472), 0.0)  # 1472 + 28 = 1500: fits
+    assert not link.submit(bytes(1473), 0.0)
+    assert link.stats.dropped_too_big == 1
+    assert link.stats.packets_in == link.stats.delivered + link.stats.dropped
+    unlimited = Link(LinkSpec(mtu=None), random.Random(1))
+    assert unlimited.submit(bytes(60_000), 0.0)
