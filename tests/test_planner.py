@@ -384,3 +384,18 @@ def test_budget_counts_in_the_largest_datagrams_seen() -> None:
     planner.wake(big)
     planner.tick(10.0)  # the bucket is full again
     assert planner.stats.bytes - before <= 64_000 + 16_000
+
+
+def test_a_flow_that_raises_loses_only_its_own_datagrams(caplog: pytest.LogCaptureFixture) -> None:
+    planner: BurstPlanner[ScriptedFlow] = BurstPlanner()
+    good, bad = _flow("good", 3), _flow("bad", 3)
+
+    def broken(now: float, limit: int) -> list[Datagram]:
+        raise RuntimeError("a connection bug")
+
+    bad.flush = broken  # type: ignore[method-assign]
+    planner.wake(bad)
+    planner.wake(good)
+    plan = planner.tick(0.0)
+    assert sum(len(batch) for batch in plan.batches) == 3  # the good flow's
+    assert "a connection bug" in caplog.text

@@ -25,12 +25,15 @@ egress budget did not reach, stays woken for the next tick.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from aioquic.quic.connection import NetworkAddress
+
+log = logging.getLogger("netsched.planner")
 
 # (payload, destination, path ID): the path picks the local socket on a multipath client.
 Datagram = tuple[bytes, NetworkAddress, int]
@@ -187,7 +190,7 @@ class BurstPlanner(Generic[F]):
             if self._woken.pop(flow, None) is None:
                 continue  # forgotten while an earlier flow was flushed (its connection closed)
             limit = self._limit()
-            datagrams = flow.flush(now, limit)
+            datagrams = self._flush(flow, now, limit)
             served.append(flow)
             self._flushes += 1
             if datagrams:
@@ -201,6 +204,15 @@ class BurstPlanner(Generic[F]):
         bursts = tuple(b for batch in batches for b in bursts_of(batch))
         self._count(batches, bursts)
         return TickPlan(batches, bursts, tuple(served), self._next_tick_at(now))
+
+    @staticmethod
+    def _flush(flow: F, now: float, limit: int) -> list[Datagram]:
+        """One flow's datagrams; a flow that raises loses its own, not the tick's."""
+        try:
+            return flow.flush(now, limit)
+        except Exception:
+            log.exception("flush of %r failed; nothing of it leaves this tick", flow)
+            return []
 
     def _ordered(self, now: float) -> list[F]:
         if self.order == "fifo":
