@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from netsched_edge.tls import generate_self_signed
+from netsched_edge.tls import generate_self_signed, key_usage
 from netsched_lab.relay import UdpRelay
 
 from . import known, procs, www
@@ -534,29 +534,15 @@ def _chain_certificate(
     if leaf_names is None:
         builder = builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=None), critical=True
-        ).add_extension(_key_usage(cert_sign=True), critical=True)
+        ).add_extension(key_usage(cert_sign=True), critical=True)
     else:
         builder = (
             builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(key_usage(cert_sign=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName(leaf_names), critical=False)
         )
     return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def make_certificates(directory: Path) -> Path:

@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = "interop.programs"
 INSTALL_TIMEOUT_S = 900.0
 READY_MARKER = "READY"
+APT_LOCK_WAIT_S = 600  # another install may hold the dpkg lock: wait rather than fail
 
 Log = Callable[[str], None]
 
@@ -151,6 +152,22 @@ def run(argv: Sequence[str], log: Log, *, env: dict[str, str] | None = None) -> 
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
         raise SetupError(f"{' '.join(argv)} failed (exit {done.returncode}):\n{tail}")
+
+
+def apt_install(packages: Sequence[str], log: Log) -> None:
+    """apt-get install `packages` (as root); refreshes the package lists if the first try
+    fails, and waits for the dpkg lock another install may hold."""
+    if os.geteuid() != 0:
+        raise SetupError(f"needs root to run: apt-get install -y {' '.join(packages)}")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    lock = f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"
+    install = ["apt-get", "-o", lock, "install", "-y", "--no-install-recommends", *packages]
+    try:
+        run(install, log, env=env)
+    except SetupError:
+        # A fresh machine may have no package lists yet.
+        run(["apt-get", "-o", lock, "update"], log, env=env)
+        run(install, log, env=env)
 
 
 def make_venv(path: Path, python: str, log: Log) -> Path:

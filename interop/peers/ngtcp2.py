@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from ..cases import H3, Case, Feature, Side
 from ..procs import Launch
-from .base import PROGRAMS, REPO_ROOT, Job, Log, Peer, SetupError, run, which
+from .base import PROGRAMS, REPO_ROOT, Job, Log, Peer, SetupError, apt_install, which
 
 PACKAGES = ("ngtcp2-client", "ngtcp2-server")
 CLIENT = "gtlsclient"
@@ -61,16 +60,7 @@ class Ngtcp2(Peer):
         if self.status() is None:
             log("ngtcp2: gtlsclient and gtlsserver already installed")
             return
-        if os.geteuid() != 0:
-            raise SetupError(f"needs root to run: apt-get install -y {' '.join(PACKAGES)}")
-        env = {"DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-        try:
-            run(install, log, env=env)
-        except SetupError:
-            # A fresh machine may have no package lists yet.
-            run(["apt-get", "update"], log, env=env)
-            run(install, log, env=env)
+        apt_install(PACKAGES, log)
         if (problem := self.status()) is not None:
             raise SetupError(problem)
 

@@ -8,13 +8,12 @@ tree the package installs as GOPATH, into the peer's cache folder.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 
 from ..cases import Case, Feature, Side
 from ..procs import Launch
-from .base import REPO_ROOT, Job, Log, Peer, SetupError, run, which
+from .base import REPO_ROOT, Job, Log, Peer, SetupError, apt_install, run, which
 
 VERSION = "0.29.0"
 LIBRARY = "golang-github-lucas-clemente-quic-go-dev"
@@ -23,8 +22,6 @@ IMPORT_PATH = "src/github.com/lucas-clemente/quic-go"
 SOURCE = REPO_ROOT / "interop" / "programs" / "quicgo"
 BINARY = "quicgo-peer"
 STAMP = "source.sha256"  # which source the binary was built from
-# Other helpers' apt runs may hold the dpkg lock; wait for it rather than fail.
-APT_LOCK_WAIT_S = 600
 
 
 class QuicGo(Peer):
@@ -102,7 +99,7 @@ class QuicGo(Peer):
 def debian_gopath(log: Log) -> Path:
     """The GOPATH that Debian's quic-go source lives in, installing the packages if needed."""
     if _installed_version() is None:
-        _apt_install(log)
+        apt_install(PACKAGES, log)
     version = _installed_version()
     if version is None or not version.startswith(VERSION + "-"):
         raise SetupError(f"{LIBRARY} {version} is installed; this peer is written for {VERSION}")
@@ -129,20 +126,6 @@ def _installed_version() -> str | None:
         return None
     status, _, version = version.rpartition(" ")
     return version if status.endswith("installed") and version else None
-
-
-def _apt_install(log: Log) -> None:
-    if os.geteuid() != 0:
-        raise SetupError(f"needs root to run: apt-get install -y {' '.join(PACKAGES)}")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    lock = f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"
-    install = ["apt-get", "-o", lock, "install", "-y", "--no-install-recommends", *PACKAGES]
-    try:
-        run(install, log, env=env)
-    except SetupError:
-        # A fresh machine may have no package lists yet.
-        run(["apt-get", "-o", lock, "update"], log, env=env)
-        run(install, log, env=env)
 
 
 def _output(argv: list[str]) -> str:

@@ -10,14 +10,13 @@ never land in the checkout. hq-interop only (no HTTP/3 crate in bookworm).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from pathlib import Path
 
 from ..cases import HQ, Case, Feature, Side
 from ..procs import Launch
-from .base import REPO_ROOT, Job, Log, Peer, SetupError, run, which
+from .base import REPO_ROOT, Job, Log, Peer, SetupError, apt_install, run, which
 
 PACKAGES = (
     "librust-quinn-dev",
@@ -118,20 +117,6 @@ class Quinn(Peer):
 
     def launch(self, job: Job) -> Launch:
         return Launch((str(self.binary),), job.contract_env(), job.workdir)
-
-
-def apt_install(packages: tuple[str, ...], log: Log) -> None:
-    """apt-get install `packages` (as root); refreshes the package lists if the first try fails."""
-    if os.geteuid() != 0:
-        raise SetupError(f"needs root to run: apt-get install -y {' '.join(packages)}")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-    try:
-        run(install, log, env=env)
-    except SetupError:
-        # A fresh machine may have no package lists yet.
-        run(["apt-get", "update"], log, env=env)
-        run(install, log, env=env)
 
 
 def source_digest(source: Path) -> str:
