@@ -57,11 +57,13 @@ def test_unsupported_names_what_the_quiche_binding_cannot_do(tmp_path: Path) -> 
     for side in Side:
         assert "0x6b3343cf" in (peer.unsupported(CASES_BY_NAME["v2"], side) or "")
         assert "multipath" in (peer.unsupported(CASES_BY_NAME["mp-transfer"], side) or "")
-        for name in ("handshake", "transfer", "multiplexing", "retry", "handshakeloss", "ipv6"):
+        names = ("handshake", "transfer", "multiplexing", "retry", "ipv6", "resumption", "zerortt")
+        for name in names:
             assert peer.unsupported(CASES_BY_NAME[name], side) is None, (name, side)
     assert peer.unsupported(CASES_BY_NAME["rebind-addr"], Side.SERVER) is None
-    assert peer.server_features == {Feature.RETRY, Feature.IPV6, Feature.MIGRATION}
-    assert peer.client_features == {Feature.IPV6}
+    resumes = {Feature.IPV6, Feature.RESUMPTION, Feature.ZERO_RTT}
+    assert peer.server_features == {Feature.RETRY, Feature.MIGRATION} | resumes
+    assert peer.client_features == resumes
     assert peer.alpns(Side.CLIENT) == peer.alpns(Side.SERVER) == ("hq-interop",)
 
 

@@ -48,8 +48,10 @@ class Quiche(Peer):
     )
     client_alpns = (HQ,)
     server_alpns = (HQ,)
-    client_features = frozenset({Feature.IPV6})
-    server_features = frozenset({Feature.RETRY, Feature.IPV6, Feature.MIGRATION})
+    client_features = frozenset({Feature.IPV6, Feature.RESUMPTION, Feature.ZERO_RTT})
+    server_features = frozenset(
+        {Feature.RETRY, Feature.IPV6, Feature.MIGRATION, Feature.RESUMPTION, Feature.ZERO_RTT}
+    )
 
     @property
     def node_modules(self) -> str:

@@ -13,15 +13,18 @@
 //
 // Test cases: retry → the server sends a Retry (else it never does);
 // transfer → small initial flow-control windows on the client; multiconnect →
-// one connection per URL; HOST (and the URLs) may be ::1 (the ipv6 case). The
-// binding exposes no cipher-suite choice, no key update and only QUIC v1, so
-// chacha20, keyupdate and v2 are 127 for the client (a quiche server still
-// answers a ChaCha20-only client and its key updates); h3 is not in the
-// binding, so only hq-interop.
+// one connection per URL; resumption, zerortt → a second connection resumes
+// the first's session (zerortt: requests in 0-RTT); HOST (and the URLs) may be
+// ::1 (the ipv6 case). The binding exposes no cipher-suite choice, no key
+// update and only QUIC v1, so chacha20, keyupdate and v2 are 127 for the
+// client (a quiche server still answers a ChaCha20-only client and its key
+// updates); h3 is not in the binding, so only hq-interop.
 
 import { createHmac, randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
-import { mkdirSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync, mkdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -29,8 +32,10 @@ const EXIT_OK = 0;
 const EXIT_FAILED = 1;
 const EXIT_UNSUPPORTED = 127;
 const ALPN = 'hq-interop';
-const SERVER_CASES = ['handshake', 'transfer', 'retry', 'chacha20', 'multiconnect'];
-const CLIENT_CASES = ['handshake', 'transfer', 'retry', 'multiconnect'];
+const SERVER_CASES = [
+  'handshake', 'transfer', 'retry', 'chacha20', 'multiconnect', 'resumption', 'zerortt',
+];
+const CLIENT_CASES = ['handshake', 'transfer', 'retry', 'multiconnect', 'resumption', 'zerortt'];
 const CID_LEN = 20; // our connection IDs; short headers are parsed with this length
 const IDLE_TIMEOUT_MS = 30_000; // past the blackhole case's 2 s outages and handshakeloss's PTOs
 const SMALL_WINDOW = 256 << 10; // transfer: the runner wants small client windows
@@ -53,6 +58,34 @@ const socketType = (host) => (host.includes(':') ? 'udp6' : 'udp4');
 const loopback = (host) => (host.includes(':') ? '::1' : '127.0.0.1');
 
 class ContractError extends Error {}
+
+// The binding's setKeylog(path) truncates the file it opens, so each
+// connection logs its keys to a file of its own in the working directory,
+// and they are added to SSLKEYLOGFILE when the connections are done.
+class KeyLog {
+  constructor(target) {
+    this.target = target;
+    this.parts = [];
+  }
+
+  attach(conn) {
+    if (this.target === null) return;
+    const part = path.resolve(`keylog-${process.pid}-${this.parts.length}.txt`);
+    conn.setKeylog(part);
+    this.parts.push(part);
+  }
+
+  collect() {
+    for (const part of this.parts.splice(0)) {
+      try {
+        appendFileSync(this.target, readFileSync(part));
+        rmSync(part);
+      } catch (e) {
+        log(`key log ${part}: ${e.message}`);
+      }
+    }
+  }
+}
 
 function contractFromEnv(env) {
   const required = (name) => {
@@ -109,6 +142,9 @@ function makeConfig(quiche, contract, isClient) {
   config.setInitialMaxStreamsUni(MAX_STREAMS);
   config.setDisableActiveMigration(true);
   config.setActiveConnectionIdLimit(ACTIVE_CID_LIMIT);
+  // resumption needs no more: BoringSSL issues session tickets, valid for the
+  // server's life since every connection shares this Config's SSL_CTX.
+  if (contract.testcase === 'zerortt') config.enableEarlyData();
   if (contract.keylog) config.logKeys();
   return config;
 }
@@ -232,13 +268,17 @@ class Server {
     this.tokenKey = randomBytes(32);
     this.root = realpathSync(contract.www);
     this.connections = new Map(); // connection ID (hex) → Served
+    this.keylog = new KeyLog(contract.keylog);
     this.socket = dgram.createSocket(socketType(contract.host));
   }
 
   start() {
     this.socket.on('message', (msg, rinfo) => this.onDatagram(msg, rinfo));
     this.socket.bind(this.contract.port, this.contract.host);
-    process.on('SIGTERM', () => process.exit(EXIT_OK));
+    process.on('SIGTERM', () => {
+      this.keylog.collect();
+      process.exit(EXIT_OK);
+    });
   }
 
   onDatagram(msg, rinfo) {
@@ -285,7 +325,7 @@ class Server {
       scid = Buffer.from(header.dcid); // the SCID our Retry gave the client
     }
     const conn = quiche.Connection.accept(scid, odcid, to, from, this.config);
-    if (this.contract.keylog) conn.setKeylog(this.contract.keylog);
+    this.keylog.attach(conn);
     // Retransmitted client Initials still carry the client's DCID.
     const endpoint = new Served(conn, this.socket, [hex(scid), hex(header.dcid)]);
     endpoint.onEvent = () => this.serve(endpoint);
@@ -402,7 +442,8 @@ class Server {
 // ------------------------------------------------------------------ client
 
 // Downloads `urls` over one connection; resolves to an error message or null.
-function download(quiche, contract, urls) {
+// `tickets.session`: the TLS session to resume, replaced by this connection's.
+function download(quiche, contract, urls, tickets, keylog) {
   const target = new URL(urls[0]);
   const host = target.hostname.replace(/^\[(.*)\]$/, '$1'); // "[::1]" in a URL
   const remote = { host, port: Number(target.port || 443) };
@@ -414,7 +455,8 @@ function download(quiche, contract, urls) {
       // "localhost" is in the test certificate (runner.make_certificates).
       const scid = randomBytes(CID_LEN);
       const conn = quiche.Connection.connect('localhost', scid, local, remote, config);
-      if (contract.keylog) conn.setKeylog(contract.keylog);
+      keylog.attach(conn);
+      if (tickets.session !== null) conn.setSession(tickets.session);
       const endpoint = new Endpoint(conn, socket, 'client');
       const fetcher = new Fetcher(conn, contract, urls);
       let finished = false;
@@ -422,6 +464,7 @@ function download(quiche, contract, urls) {
       const finish = (error) => {
         if (finished) return;
         finished = true;
+        tickets.session = conn.session() ?? tickets.session;
         log(`connection ${hex(conn.sourceId()).slice(0, 8)}: ${endpoint.describeClose()}`);
         endpoint.stop();
         socket.close();
@@ -444,7 +487,11 @@ function download(quiche, contract, urls) {
       socket.on('message', (msg, rinfo) =>
         endpoint.recv(msg, { host: rinfo.address, port: rinfo.port }, local),
       );
-      endpoint.flush();
+      endpoint.flush(); // the ClientHello: only now is a resumed connection in early data
+      if (conn.isInEarlyData()) {
+        endpoint.onEvent(); // zerortt: the requests go out in 0-RTT
+        endpoint.flush();
+      }
     });
   });
 }
@@ -468,8 +515,9 @@ class Fetcher {
 
   // Opens and reads what it can; returns an error message, or null.
   step() {
-    if (!this.conn.isEstablished() || this.error !== null) return this.error;
-    this.issueConnectionIds();
+    const established = this.conn.isEstablished();
+    if (!(established || this.conn.isInEarlyData()) || this.error !== null) return this.error;
+    if (established) this.issueConnectionIds();
     while (this.waiting.length > 0 && this.conn.peerStreamsLeftBidi() > 0) {
       const url = this.waiting[0];
       const request = Buffer.from(`GET ${new URL(url).pathname}\r\n`);
@@ -517,16 +565,26 @@ class Fetcher {
 async function runClient(quiche, contract) {
   mkdirSync(contract.downloads, { recursive: true });
   const urls = contract.requests;
-  // multiconnect (handshakeloss): one connection per URL, in turn.
-  const batches = contract.testcase === 'multiconnect' ? urls.map((u) => [u]) : [urls];
-  for (const batch of batches) {
-    const error = await download(quiche, contract, batch);
-    if (error !== null) {
-      log(error);
-      return EXIT_FAILED;
+  // multiconnect (handshakeloss): one connection per URL, in turn; resumption
+  // and zerortt: the first URL, then the rest on a resumed connection.
+  const resumes = ['resumption', 'zerortt'].includes(contract.testcase) && urls.length > 1;
+  let batches = [urls];
+  if (contract.testcase === 'multiconnect') batches = urls.map((u) => [u]);
+  else if (resumes) batches = [urls.slice(0, 1), urls.slice(1)];
+  const tickets = { session: null };
+  const keylog = new KeyLog(contract.keylog);
+  try {
+    for (const batch of batches) {
+      const error = await download(quiche, contract, batch, tickets, keylog);
+      if (error !== null) {
+        log(error);
+        return EXIT_FAILED;
+      }
     }
+    return EXIT_OK;
+  } finally {
+    keylog.collect();
   }
-  return EXIT_OK;
 }
 
 // ------------------------------------------------------------------ main
