@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -142,3 +142,19 @@ def url_target(url: str) -> tuple[str, int, str]:
 def unsupported(contract: Contract, why: str) -> int:
     print(f"test case {contract.testcase!r} unsupported: {why}", file=sys.stderr)
     return EXIT_UNSUPPORTED
+
+
+def run_endpoint(name: str, body: Callable[[Contract], int]) -> int:
+    """An endpoint program's main: read the contract, make the downloads folder, run
+    `body`; any failure is a failed test, said on stderr with `name` in front."""
+    try:
+        contract = from_environment()
+        if contract.downloads is not None:
+            Path(contract.downloads).mkdir(parents=True, exist_ok=True)
+        return body(contract)
+    except ContractError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # any failure is a failed test; say what it was
+        print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED

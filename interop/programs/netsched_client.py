@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicProtocolVersion
@@ -40,8 +39,7 @@ from .contract import (
     EXIT_FAILED,
     EXIT_OK,
     Contract,
-    ContractError,
-    from_environment,
+    run_endpoint,
     unsupported,
     url_target,
 )
@@ -239,17 +237,7 @@ def _path_report(path: PathStats) -> dict[str, object]:
 
 
 def main() -> int:
-    try:
-        contract = from_environment()
-        if contract.downloads is not None:
-            Path(contract.downloads).mkdir(parents=True, exist_ok=True)
-        return asyncio.run(run(contract))
-    except ContractError as exc:
-        print(f"netsched client: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # any failure is a failed test; say what it was
-        print(f"netsched client: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_endpoint("netsched client", lambda contract: asyncio.run(run(contract)))
 
 
 if __name__ == "__main__":

@@ -36,11 +36,10 @@ from aiopquic.quic.events import (  # type: ignore[import-not-found, unused-igno
 )
 
 from .contract import (
-    EXIT_FAILED,
     EXIT_OK,
     Contract,
     ContractError,
-    from_environment,
+    run_endpoint,
     unsupported,
     url_target,
 )
@@ -227,23 +226,17 @@ async def fetch(contract: Contract, urls: tuple[str, ...], *, early: bool = Fals
 
 
 def main() -> int:
-    try:
-        contract = from_environment()
-        if contract.alpn != ALPN:
-            return unsupported(contract, f"the picoquic endpoint speaks only {ALPN}")
-        if contract.downloads is not None:
-            Path(contract.downloads).mkdir(parents=True, exist_ok=True)
-        if contract.testcase in MULTIPATH_CASES:
-            return multipath_endpoint.run(contract)
-        if contract.role == "server":
-            return asyncio.run(run_server(contract))
-        return asyncio.run(run_client(contract))
-    except ContractError as exc:
-        print(f"picoquic endpoint: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # any failure is a failed test; say what it was
-        print(f"picoquic endpoint: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_endpoint("picoquic endpoint", _run)
+
+
+def _run(contract: Contract) -> int:
+    if contract.alpn != ALPN:
+        return unsupported(contract, f"the picoquic endpoint speaks only {ALPN}")
+    if contract.testcase in MULTIPATH_CASES:
+        return multipath_endpoint.run(contract)
+    if contract.role == "server":
+        return asyncio.run(run_server(contract))
+    return asyncio.run(run_client(contract))
 
 
 if __name__ == "__main__":

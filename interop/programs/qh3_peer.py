@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 from typing import Any
 
 from qh3.asyncio import QuicConnectionProtocol, connect, serve  # type: ignore[import-not-found, unused-ignore]
@@ -36,7 +35,7 @@ from .contract import (
     EXIT_OK,
     Contract,
     ContractError,
-    from_environment,
+    run_endpoint,
     unsupported,
     url_target,
 )
@@ -323,20 +322,15 @@ async def fetch(
 
 
 def main() -> int:
-    try:
-        contract = from_environment()
-        if contract.testcase not in CASES:
-            return unsupported(contract, "not implemented by the qh3 endpoint")
-        if contract.role == "server":
-            return asyncio.run(run_server(contract))
-        Path(str(contract.downloads)).mkdir(parents=True, exist_ok=True)
-        return asyncio.run(run_client(contract))
-    except ContractError as exc:
-        print(f"qh3 endpoint: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # any failure is a failed test; say what it was
-        print(f"qh3 endpoint: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_endpoint("qh3 endpoint", _run)
+
+
+def _run(contract: Contract) -> int:
+    if contract.testcase not in CASES:
+        return unsupported(contract, "not implemented by the qh3 endpoint")
+    if contract.role == "server":
+        return asyncio.run(run_server(contract))
+    return asyncio.run(run_client(contract))
 
 
 if __name__ == "__main__":
