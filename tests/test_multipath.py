@@ -419,3 +419,21 @@ def test_keepalives_do_not_keep_an_idle_connection_alive(tmp_path: Path) -> None
     net.run(0.5)
     assert net.run(120.0, until=lambda: bool(net.events("client", ConnectionTerminated)))
     assert net.server.paths[path_id].stats.packets_received < 6
+
+
+def test_a_filling_queue_is_no_silence(tmp_path: Path) -> None:
+    """Slow start into a deep queue: every packet waits longer than the one before, yet
+    each is acknowledged within 9/8 of the latest RTT and the ACKs keep their rhythm:
+    no stall, nothing re-injected."""
+    links = {
+        C1: Link(rate_bps=20e6, delay=0.005, max_queue_s=0.4),
+        C2: Link(rate_bps=20e6, delay=0.005, max_queue_s=0.4),
+        C3: Link(),
+    }
+    net, _ = _two_paths(tmp_path, links=links, pmtud=None)
+    size = 3 << 20
+    sid = _download(net, size)
+    assert net.run(30.0, until=lambda: len(net.received.get(sid, b"")) >= size)
+    silent = sum(v for k, v in net.server.scheduler.decisions.items() if k[1] == "silent")
+    reinjected = sum(p.stats.packets_reinjected for p in net.server.paths.values())
+    assert (silent, reinjected) == (0, 0)

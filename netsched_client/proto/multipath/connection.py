@@ -290,6 +290,11 @@ class MultipathConnection(QuicConnection):
         loss: CountingRecovery = self._attr(path, "_loss")
         return loss.last_ack_at
 
+    def path_ack_gap(self, path: Path) -> float | None:
+        """The longest recent gap between this path's ACKs."""
+        loss: CountingRecovery = self._attr(path, "_loss")
+        return loss.ack_gap
+
     def path_first_ack_after(self, path: Path, sent: float) -> float | None:
         """When an ACK first covered a packet of this path sent after `sent` (recent ACKs)."""
         loss: CountingRecovery = self._attr(path, "_loss")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any, Final
 
 from aioquic.quic.packet_builder import QuicSentPacket
@@ -25,6 +26,7 @@ from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 from .pmtu import PmtuSearch
 
 ACK_HISTORY: Final = 128  # more ACKs than arrive in one RTT at the rates we schedule
+ACK_GAPS: Final = 8  # the ACK rhythm: the longest of this many recent gaps between ACKs
 
 
 class CountingRecovery(QuicPacketRecovery):
@@ -45,6 +47,16 @@ class CountingRecovery(QuicPacketRecovery):
     def last_ack_at(self) -> float | None:
         """When the last ACK that covered a newer packet arrived."""
         return self.acks[-1][1] if self.acks else None
+
+    @property
+    def ack_gap(self) -> float | None:
+        """The longest recent gap between ACKs that covered newer packets (the path's ACK
+        rhythm), or None before there were two."""
+        if len(self.acks) < 2:
+            return None
+        start = max(0, len(self.acks) - ACK_GAPS - 1)
+        arrivals = [self.acks[i][1] for i in range(start, len(self.acks))]
+        return max(b - a for a, b in pairwise(arrivals))
 
     def first_ack_after(self, sent: float) -> float | None:
         """When the first ACK arrived that covered a packet sent after `sent`."""

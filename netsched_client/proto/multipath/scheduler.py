@@ -41,7 +41,10 @@ class Scheduler:
     dead_ptos: int = 2
     # RFC 9002 §6.1.2's time threshold: a queue that grows within one RTT stays inside it.
     silence_rtts: float = 9 / 8
-    quiet_rtts: float = 0.5  # ... and no ACK on the path for this long
+    # ... and no ACK on the path for this many of its recent longest ACK gaps (at least an
+    # eighth of an RTT, at most half of one): a busy path's ACKs come every packet or two.
+    quiet_gaps: float = 2.0
+    quiet_rtts: tuple[float, float] = (1 / 8, 1 / 2)
     # The peer's ACK timer (aioquic's is kGranularity) plus our clock's resolution. Not
     # the advertised max_ack_delay (25 ms, far above what aioquic-based peers delay).
     ack_allowance: float = 0.002
@@ -132,8 +135,14 @@ class Scheduler:
         overdue = oldest + max(self.silence_rtts * wait, GRANULARITY)
         # And no ACK for a while: a queue that filled faster than the time threshold
         # allows delays the oldest packet, but its ACKs keep coming.
-        quiet = (conn.path_last_ack(path) or oldest) + self.quiet_rtts * wait
-        return max(overdue + self.ack_allowance, evidence, quiet)
+        return max(overdue + self.ack_allowance, evidence, self._quiet(conn, path, oldest, wait))
+
+    def _quiet(self, conn: MultipathConnection, path: Path, oldest: float, wait: float) -> float:
+        """When the path's ACKs have stopped for longer than its ACK rhythm explains."""
+        shortest, longest = (wait * share for share in self.quiet_rtts)
+        gap = conn.path_ack_gap(path)
+        pause = longest if gap is None else min(longest, max(shortest, self.quiet_gaps * gap))
+        return (conn.path_last_ack(path) or oldest) + pause + self.ack_allowance
 
     def _evidence(
         self, conn: MultipathConnection, path: Path, sent: float, rtt: float
