@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from aioquic import tls
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicReceiveContext
+from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicReceiveContext
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -114,6 +114,9 @@ EdgeTickets = TicketCache[tuple[bytes, str]]
 # whole up to the service's max_body.
 _FETCH_METHODS = frozenset({"GET", "HEAD"})
 
+# aioquic's reason for a first Initial without CRYPTO (pinned by tests/test_edge_handshake_loss.py).
+NO_CRYPTO_FRAME = "Packet contains no CRYPTO frame"
+
 
 class EdgeQuicConnection(NetSchedConnection):
     """NetSchedConnection as the edge accepts it: HelloRetryRequest, lenient first
@@ -123,8 +126,11 @@ class EdgeQuicConnection(NetSchedConnection):
     First Initial: RFC 9000 §17.2.2 makes the first Initial a client *sends*
     carry CRYPTO. When that one is lost, the first to *arrive* may be a
     PING+PADDING probe or an ACK, and aioquic would close the connection on it
-    ("Packet contains no CRYPTO frame"). Processed instead, it costs an ACK, and
-    the client's retransmitted ClientHello goes on with the handshake.
+    ("Packet contains no CRYPTO frame"). Such a packet is ignored instead, without
+    an answer: the client's retransmitted ClientHello starts the handshake, and a
+    straggler of a connection that already ended (or a datagram whose header was
+    corrupted into an unknown connection ID) gets nothing back. Until a ClientHello
+    arrives the connection sends nothing and ends silently at its idle timeout.
 
     0-RTT: aioquic accepts early data with any valid ticket; `early_streams`
     records the streams whose data came in 0-RTT packets.
@@ -194,7 +200,14 @@ class EdgeQuicConnection(NetSchedConnection):
     def _payload_received(
         self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
     ) -> tuple[bool, bool]:
-        return super()._payload_received(context, plain, crypto_frame_required=False)
+        try:
+            return super()._payload_received(
+                context, plain, crypto_frame_required=crypto_frame_required
+            )
+        except QuicConnectionError as exc:
+            if not (crypto_frame_required and exc.reason_phrase == NO_CRYPTO_FRAME):
+                raise
+            return False, False  # not ack-eliciting: no answer before a ClientHello
 
 
 class _AppProtocol(Protocol):

@@ -3,16 +3,20 @@
 RFC 9000 §17.2.2 makes the client's first *sent* Initial carry CRYPTO; when it
 is lost, the first to *arrive* can be a PING+PADDING probe (qh3, picoquic probe
 so) or an ACK. The edge used to close the connection on it (aioquic's
-"Packet contains no CRYPTO frame"); it must process it and let the
-retransmitted ClientHello finish the handshake. Real UDP on loopback, aioquic's
-client, its first datagram dropped and a probe sent in its place.
+"Packet contains no CRYPTO frame"); it must ignore it, answer nothing, and let
+the retransmitted ClientHello finish the handshake. Real UDP on loopback,
+aioquic's client, its first datagram dropped and a probe sent in its place; and
+the same probe alone (a straggler of an ended connection, or a header corrupted
+into an unknown connection ID), which must get no answer at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
+import pytest
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
@@ -20,6 +24,9 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
+
+from netsched_edge.server import NO_CRYPTO_FRAME, EdgeQuicConnection
+from netsched_edge.tls import generate_self_signed
 
 
 def probe_initial(quic: QuicConnection, frame: QuicFrameType) -> bytes:
@@ -93,3 +100,64 @@ async def test_ping_only_initial_first_does_not_close(start_edge, www: Path) -> 
 async def test_ack_only_initial_first_does_not_close(start_edge, www: Path) -> None:
     edge = await start_edge(www=www)
     await _fetch(edge, AckFirst, (www / "hello.txt").read_bytes())
+
+
+def _client() -> QuicConnection:
+    client = QuicConnection(
+        configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=["hq-interop"], server_name="localhost"
+        )
+    )
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    return client
+
+
+def _server(
+    factory: type[QuicConnection], client: QuicConnection, tmp_path: Path
+) -> QuicConnection:
+    pair = generate_self_signed(tmp_path)
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=["hq-interop"])
+    configuration.load_cert_chain(pair.certificate, pair.private_key)
+    return factory(
+        configuration=configuration,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+
+
+def test_aioquic_closes_on_a_crypto_less_first_initial(tmp_path: Path) -> None:
+    """What the edge overrides, with the reason it matches on."""
+    client = _client()
+    server = _server(QuicConnection, client, tmp_path)
+    server.receive_datagram(probe_initial(client, QuicFrameType.PING), ("127.0.0.1", 5000), 0.0)
+    assert server._close_event is not None
+    assert server._close_event.reason_phrase == NO_CRYPTO_FRAME
+
+
+@pytest.mark.parametrize("frame", [QuicFrameType.PING, QuicFrameType.ACK])
+def test_edge_answers_nothing_before_the_client_hello(tmp_path: Path, frame: QuicFrameType) -> None:
+    client = _client()
+    hello = client.datagrams_to_send(now=0.0)
+    server = _server(EdgeQuicConnection, client, tmp_path)
+    server.receive_datagram(probe_initial(client, frame), ("127.0.0.1", 5000), 0.0)
+    assert server.datagrams_to_send(now=0.0) == []
+    assert server._close_event is None
+    for data, _ in hello:  # the ClientHello comes after all: the handshake goes on
+        server.receive_datagram(data, ("127.0.0.1", 5000), 0.01)
+    assert server.datagrams_to_send(now=0.01)
+
+
+async def test_a_lone_crypto_less_initial_gets_no_answer(start_edge, www: Path) -> None:
+    edge = await start_edge(www=www)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendto(
+            sock, probe_initial(_client(), QuicFrameType.PING), ("127.0.0.1", edge.port)
+        )
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await loop.sock_recv(sock, 2048)
+    finally:
+        sock.close()
