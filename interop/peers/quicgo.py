@@ -27,8 +27,10 @@ STAMP = "source.sha256"  # which source the binary was built from
 class QuicGo(Peer):
     name = "quic-go"
     description = f"quic-go {VERSION} (Debian {LIBRARY}, Go 1.19), interop/programs/quicgo/main.go"
-    client_features = frozenset({Feature.CHACHA20, Feature.KEY_UPDATE, Feature.IPV6})
-    server_features = frozenset({Feature.RETRY, Feature.IPV6})
+    client_features = frozenset(
+        {Feature.CHACHA20, Feature.KEY_UPDATE, Feature.IPV6, Feature.RESUMPTION, Feature.ZERO_RTT}
+    )
+    server_features = frozenset({Feature.RETRY, Feature.IPV6, Feature.RESUMPTION, Feature.ZERO_RTT})
 
     @property
     def binary(self) -> Path:

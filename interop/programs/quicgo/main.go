@@ -5,6 +5,10 @@
 // WWW (server) or REQUESTS and DOWNLOADS (client). It exits 0 when done, 1 on
 // failure and 127 for a test case it does not implement. hq-interop (HTTP/0.9)
 // is written here on quic-go streams; h3 is quic-go's own http3 package.
+// Resumption and zerortt: the client fetches the first URL over one connection,
+// waits for the server's session ticket, then fetches the rest over a second
+// connection that resumes the session (zerortt: its requests in 0-RTT). The
+// server always issues tickets and accepts 0-RTT (an early listener).
 //
 // Built by interop/peers/quicgo.py in GOPATH mode (GO111MODULE=off) against the
 // source tree Debian installs under /usr/share/gocode, offline.
@@ -26,6 +30,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 	_ "unsafe" // for go:linkname
 
 	"github.com/lucas-clemente/quic-go"
@@ -56,6 +61,8 @@ const (
 	maxRequestLine = 4096
 	// Application error code for a refused hq-interop request (any value will do).
 	errorRequestRefused = 0x10
+	// How long the resuming client waits for the first connection's session ticket.
+	ticketWait = 10 * time.Second
 )
 
 // quic-go reads its key update interval from an internal package variable, which
@@ -67,11 +74,12 @@ var keyUpdateInterval uint64
 var (
 	serverCases = map[string]bool{
 		"handshake": true, "transfer": true, "retry": true, "http3": true,
-		"chacha20": true, "multiconnect": true,
+		"chacha20": true, "multiconnect": true, "resumption": true, "zerortt": true,
 	}
 	clientCases = map[string]bool{
 		"handshake": true, "transfer": true, "retry": true, "http3": true,
-		"chacha20": true, "keyupdate": true, "multiconnect": true,
+		"chacha20": true, "keyupdate": true, "multiconnect": true, "resumption": true,
+		"zerortt": true,
 	}
 )
 
@@ -172,6 +180,8 @@ func serve(testcase, alpn string, tlsConf *tls.Config, quicConf *quic.Config) er
 	tlsConf.Certificates = []tls.Certificate{cert}
 	retry := testcase == "retry"
 	quicConf.RequireAddressValidation = func(net.Addr) bool { return retry }
+	// Both listeners are early ones, which is what enables 0-RTT in quic-go 0.29
+	// (no Config.Allow0RTT yet); session tickets are always on.
 	if alpn == alpnH3 {
 		server := http3.Server{
 			Addr:       listenAddress(),
@@ -181,7 +191,7 @@ func serve(testcase, alpn string, tlsConf *tls.Config, quicConf *quic.Config) er
 		}
 		return server.ListenAndServe()
 	}
-	listener, err := quic.ListenAddr(listenAddress(), tlsConf, quicConf)
+	listener, err := quic.ListenAddrEarly(listenAddress(), tlsConf, quicConf)
 	if err != nil {
 		return err
 	}
@@ -256,19 +266,90 @@ func download(testcase, alpn string, tlsConf *tls.Config, quicConf *quic.Config)
 	case "keyupdate":
 		keyUpdateInterval = keyUpdatePackets
 	}
-	newFetcher := func() fetcher { return newHQFetcher(tlsConf, quicConf) }
+	newFetcher := func(early bool) fetcher { return newHQFetcher(tlsConf, quicConf, early) }
 	if alpn == alpnH3 {
-		newFetcher = func() fetcher { return newH3Fetcher(tlsConf, quicConf) }
+		newFetcher = func(early bool) fetcher { return newH3Fetcher(tlsConf, quicConf, early) }
 	}
-	if testcase != "multiconnect" {
-		return fetchAll(newFetcher(), urls, downloads)
-	}
-	for _, u := range urls { // a connection of its own for every file
-		if err := fetchAll(newFetcher(), []string{u}, downloads); err != nil {
-			return err
+	switch testcase {
+	case "multiconnect":
+		for _, u := range urls { // a connection of its own for every file
+			if err := fetchOver(newFetcher(false), []string{u}, downloads); err != nil {
+				return err
+			}
 		}
+		return nil
+	case "resumption", "zerortt":
+		return fetchResuming(tlsConf, newFetcher, testcase == "zerortt", urls, downloads)
+	default:
+		return fetchOver(newFetcher(false), urls, downloads)
+	}
+}
+
+// fetchResuming gets the first URL over one connection and the rest over a
+// second that resumes the first's session, sending its requests in 0-RTT if
+// early. It fails when the second connection did not resume (or, if early,
+// the server did not accept its 0-RTT data).
+func fetchResuming(
+	tlsConf *tls.Config, newFetcher func(early bool) fetcher, early bool, urls []string, downloads string,
+) error {
+	if len(urls) < 2 {
+		return errors.New("resumption needs at least 2 URLs")
+	}
+	tickets := newTicketCache()
+	tlsConf.ClientSessionCache = tickets
+	first := newFetcher(false)
+	err := fetchAll(first, urls[:1], downloads)
+	if err == nil {
+		// The ticket may come after the response: keep the connection open for it.
+		err = tickets.wait(ticketWait)
+	}
+	first.close()
+	if err != nil {
+		return err
+	}
+	second := newFetcher(early)
+	defer second.close()
+	if err := fetchAll(second, urls[1:], downloads); err != nil {
+		return err
+	}
+	state := second.connection().ConnectionState().TLS
+	fmt.Fprintf(os.Stderr, "second connection: resumed %t, 0-RTT used %t\n", state.DidResume, state.Used0RTT)
+	switch {
+	case !state.DidResume:
+		return errors.New("the second connection did not resume the first's session")
+	case early && !state.Used0RTT:
+		return errors.New("the server did not accept the second connection's 0-RTT data")
 	}
 	return nil
+}
+
+// ticketCache is an LRU session cache that tells when a session ticket was stored.
+type ticketCache struct {
+	tls.ClientSessionCache
+	stored chan struct{}
+}
+
+func newTicketCache() *ticketCache {
+	return &ticketCache{tls.NewLRUClientSessionCache(1), make(chan struct{}, 1)}
+}
+
+func (c *ticketCache) Put(key string, state *tls.ClientSessionState) {
+	c.ClientSessionCache.Put(key, state)
+	if state != nil { // nil removes the key's ticket
+		select {
+		case c.stored <- struct{}{}:
+		default: // one signal is enough
+		}
+	}
+}
+
+func (c *ticketCache) wait(limit time.Duration) error {
+	select {
+	case <-c.stored:
+		return nil
+	case <-time.After(limit):
+		return fmt.Errorf("no session ticket from the server within %s", limit)
+	}
 }
 
 func caPool(name string) (*x509.CertPool, error) {
@@ -284,16 +365,24 @@ func caPool(name string) (*x509.CertPool, error) {
 }
 
 // A fetcher gets URLs over one connection (made on first use) until closed.
+// An early one sends its requests in 0-RTT when it has a ticket that allows it.
 type fetcher interface {
 	get(ctx context.Context, target *url.URL) (io.ReadCloser, error)
+	// connection is the one made by the first get (nil before it).
+	connection() quic.Connection
 	close()
 }
 
-// fetchAll downloads every URL into DOWNLOADS/<last path segment>, at most
-// maxParallel at once; the first failure stops the rest. It closes the
-// fetcher's connection when done.
-func fetchAll(f fetcher, urls []string, downloads string) error {
+// fetchOver fetches every URL with f, then closes its connection.
+func fetchOver(f fetcher, urls []string, downloads string) error {
 	defer f.close()
+	return fetchAll(f, urls, downloads)
+}
+
+// fetchAll downloads every URL into DOWNLOADS/<last path segment>, at most
+// maxParallel at once; the first failure stops the rest and closes the
+// fetcher's connection.
+func fetchAll(f fetcher, urls []string, downloads string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var first error
@@ -355,17 +444,18 @@ func fetchOne(ctx context.Context, f fetcher, rawURL, downloads string) error {
 type hqFetcher struct {
 	tlsConf  *tls.Config
 	quicConf *quic.Config
+	early    bool
 	once     sync.Once
 	conn     quic.Connection
 	err      error
 }
 
-func newHQFetcher(tlsConf *tls.Config, quicConf *quic.Config) *hqFetcher {
-	return &hqFetcher{tlsConf: tlsConf, quicConf: quicConf}
+func newHQFetcher(tlsConf *tls.Config, quicConf *quic.Config, early bool) *hqFetcher {
+	return &hqFetcher{tlsConf: tlsConf, quicConf: quicConf, early: early}
 }
 
 func (h *hqFetcher) get(ctx context.Context, target *url.URL) (io.ReadCloser, error) {
-	h.once.Do(func() { h.conn, h.err = quic.DialAddrContext(ctx, target.Host, h.tlsConf, h.quicConf) })
+	h.once.Do(func() { h.conn, h.err = dial(ctx, target.Host, h.tlsConf, h.quicConf, h.early) })
 	if h.err != nil {
 		return nil, h.err
 	}
@@ -382,21 +472,43 @@ func (h *hqFetcher) get(ctx context.Context, target *url.URL) (io.ReadCloser, er
 	return io.NopCloser(stream), nil
 }
 
+func (h *hqFetcher) connection() quic.Connection { return h.conn }
+
 func (h *hqFetcher) close() {
 	if h.conn != nil {
 		h.conn.CloseWithError(0, "")
 	}
 }
 
-// h3Fetcher is quic-go's HTTP/3 round tripper, which keeps one connection per host.
-type h3Fetcher struct{ rt *http3.RoundTripper }
+// h3Fetcher is quic-go's HTTP/3 round tripper, which keeps one connection per
+// host; only requests with its GET_0RTT method go out before the handshake
+// completes.
+type h3Fetcher struct {
+	rt     *http3.RoundTripper
+	method string
+	conn   quic.EarlyConnection // the one connection, for its TLS state
+}
 
-func newH3Fetcher(tlsConf *tls.Config, quicConf *quic.Config) *h3Fetcher {
-	return &h3Fetcher{&http3.RoundTripper{TLSClientConfig: tlsConf, QuicConfig: quicConf}}
+func newH3Fetcher(tlsConf *tls.Config, quicConf *quic.Config, early bool) *h3Fetcher {
+	h := &h3Fetcher{method: http.MethodGet}
+	if early {
+		h.method = http3.MethodGet0RTT
+	}
+	// The round tripper calls Dial once, before any request; by default it would
+	// dial early even where no 0-RTT is wanted.
+	dialAndNote := func(
+		ctx context.Context, addr string, tlsConf *tls.Config, quicConf *quic.Config,
+	) (quic.EarlyConnection, error) {
+		conn, err := dial(ctx, addr, tlsConf, quicConf, early)
+		h.conn = conn
+		return conn, err
+	}
+	h.rt = &http3.RoundTripper{TLSClientConfig: tlsConf, QuicConfig: quicConf, Dial: dialAndNote}
+	return h
 }
 
 func (h *h3Fetcher) get(ctx context.Context, target *url.URL) (io.ReadCloser, error) {
-	request, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	request, err := http.NewRequestWithContext(ctx, h.method, target.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -411,4 +523,36 @@ func (h *h3Fetcher) get(ctx context.Context, target *url.URL) (io.ReadCloser, er
 	return response.Body, nil
 }
 
+func (h *h3Fetcher) connection() quic.Connection { return h.conn }
+
 func (h *h3Fetcher) close() { h.rt.Close() }
+
+// dial connects to addr. If early, it returns as soon as there are 0-RTT keys
+// (quic-go waits for the handshake when there are none), so the first requests
+// go in 0-RTT; else once the handshake is complete, with no early data offered.
+func dial(
+	ctx context.Context, addr string, tlsConf *tls.Config, quicConf *quic.Config, early bool,
+) (quic.EarlyConnection, error) {
+	if early {
+		return quic.DialAddrEarlyContext(ctx, addr, tlsConf, quicConf)
+	}
+	conn, err := quic.DialAddrContext(ctx, addr, tlsConf, quicConf)
+	if err != nil {
+		return nil, err
+	}
+	return handshaken{conn}, nil
+}
+
+// handshaken is a connection whose handshake is complete, as the early kind
+// that quic-go's http3 round tripper takes.
+type handshaken struct{ quic.Connection }
+
+var completed = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+func (handshaken) HandshakeComplete() context.Context { return completed }
+
+func (c handshaken) NextConnection() quic.Connection { return c.Connection }
