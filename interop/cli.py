@@ -8,7 +8,9 @@ run --ci  the CI subset: handshake, transfer and retry, and mp-handshake and
         picoquic in roles client and server (cases.CI_CASES, peers.CI_PEERS);
         a CI peer that is not installed fails the run
 list    peers (and whether they are installed) and cases
-report  rewrite matrix.md of a results folder from its matrix.json (--publish: RESULTS.md too)
+report  rewrite matrix.md of a results folder from its matrix.json (--publish: RESULTS.md too);
+        report --publish DIR1 DIR2 ...: one RESULTS.md from several folders' matrix.json,
+        a later folder's result for a peer, case and role replacing an earlier one's
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import datetime
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import cases as case_table
 from . import peers as peer_table
 from .cases import Role
 from .peers import NETSCHED, Peer, SetupError
-from .results import Result, Verdict, from_json, markdown, summary, to_json
+from .results import Result, Verdict, from_json, markdown, merge, summary, to_json
 from .runner import Runner, Settings
 
 INTEROP_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = INTEROP_DIR / "RESULTS.md"
+TITLE = "NetSched interop results"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -48,8 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=1, help="seed of file names and contents")
     run.add_argument("--publish", action="store_true", help="also write interop/RESULTS.md")
     sub.add_parser("list", help="list peers and cases")
-    report = sub.add_parser("report", help="render a results folder's matrix.json again")
-    report.add_argument("folder", type=Path, help="interop/results/<date>")
+    report = sub.add_parser("report", help="render results folders' matrix.json again")
+    report.add_argument(
+        "folders",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="interop/results/<date>; several (oldest first) are merged, with --publish",
+    )
     report.add_argument("--publish", action="store_true", help="also write interop/RESULTS.md")
     return parser
 
@@ -63,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             return list_all(registry)
         if args.command == "report":
-            return report(args.folder, publish=args.publish)
+            return report(args.folders, publish=args.publish)
         return run(args, registry)
     except ValueError as exc:
         print(f"interop: {exc}", file=sys.stderr)
@@ -121,21 +131,34 @@ def run(args: argparse.Namespace, registry: dict[str, Peer]) -> int:
     finally:
         runner.close()
     (out / "matrix.json").write_text(to_json(results, _meta(args, peers)) + "\n")
-    report(out, publish=args.publish)
+    report([out], publish=args.publish)
     return _exit_status(results, ci=args.ci)
 
 
-def report(folder: Path, *, publish: bool) -> int:
-    """Render `folder`/matrix.json as `folder`/matrix.md (and RESULTS.md when publishing)."""
-    try:
-        meta, results = from_json((folder / "matrix.json").read_text())
-    except OSError as exc:
-        raise ValueError(f"{folder}: cannot read matrix.json: {exc.strerror}") from None
-    table = markdown(results, title="NetSched interop results", meta=meta)
-    (folder / "matrix.md").write_text(table)
+def report(folders: Sequence[Path], *, publish: bool) -> int:
+    """Render one folder's matrix.json as its matrix.md (and RESULTS.md when publishing),
+    or several folders' merged (`results.merge`, oldest first) as RESULTS.md."""
+    runs = [(folder.name, *_read_matrix(folder)) for folder in folders]
+    if len(runs) > 1 and not publish:
+        raise ValueError("several results folders are merged only into RESULTS.md: add --publish")
+    meta, results = merge(runs) if len(runs) > 1 else runs[0][1:]
+    table = markdown(results, title=TITLE, meta=meta)
+    if len(runs) == 1:
+        (folders[0] / "matrix.md").write_text(table)
     if publish:
         RESULTS_FILE.write_text(table)
     return EXIT_OK
+
+
+def _read_matrix(folder: Path) -> tuple[dict[str, Any], list[Result]]:
+    try:
+        text = (folder / "matrix.json").read_text()
+    except OSError as exc:
+        raise ValueError(f"{folder}: cannot read matrix.json: {exc.strerror}") from None
+    try:
+        return from_json(text)
+    except ValueError as exc:
+        raise ValueError(f"{folder}/matrix.json: {exc}") from None
 
 
 def _exit_status(results: Sequence[Result], *, ci: bool) -> int:

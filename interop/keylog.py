@@ -8,13 +8,15 @@ With the traffic secrets an endpoint wrote, the tap's packets open up further:
   initial_max_streams_bidi there), whether it sent a Certificate (resumption)
   and how much CRYPTO data it sent (amplificationlimit);
 - whole 1-RTT packets decrypt, which shows PATH_CHALLENGE and PATH_RESPONSE
-  frames (the rebinding rules).
+  frames (the rebinding rules), and 0-RTT and 1-RTT packets the STREAM data
+  the client sent in each (zerortt).
 The negotiated cipher suite comes from the ServerHello, read from the server's
 Initial with the public Initial keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,7 @@ from .wire import Packet, WireError, crypto_frames, read_varint, reassemble
 
 SAMPLE_SIZE = 16
 KEY_PHASE_BIT = 0x04
+RESERVED_BITS = 0x18  # of a short header (RFC 9000 §17.3.1)
 TRANSPORT_PARAMETERS_EXTENSION = 0x39  # RFC 9001 §8.2
 INITIAL_MAX_STREAMS_BIDI = 0x08
 ENCRYPTED_EXTENSIONS = 8
@@ -56,9 +59,11 @@ class Secrets:
     server_handshake: bytes | None = None
     client_traffic: bytes | None = None
     server_traffic: bytes | None = None
+    client_early: bytes | None = None  # 0-RTT: only a connection that resumed with early data
 
 
 _LABELS = {
+    "CLIENT_EARLY_TRAFFIC_SECRET": "client_early",
     "CLIENT_HANDSHAKE_TRAFFIC_SECRET": "client_handshake",
     "SERVER_HANDSHAKE_TRAFFIC_SECRET": "server_handshake",
     "CLIENT_TRAFFIC_SECRET_0": "client_traffic",
@@ -168,16 +173,26 @@ def handshake_crypto_frames(
     handshakes: Sequence[Packet], secret: bytes, suite: int
 ) -> list[tuple[int, bytes]]:
     """The (offset, data) CRYPTO frames of Handshake packets that `secret` decrypts."""
-    context = CryptoContext()
     chunks: list[tuple[int, bytes]] = []
     for number, packet in enumerate(handshakes):
-        context.setup(cipher_suite=CipherSuite(suite), secret=secret, version=packet.version)
-        try:
-            _, payload, _, _ = context.decrypt_packet(packet.data, packet.payload_offset, number)
-            chunks.extend(crypto_frames(payload))
-        except (CryptoError, ValueError, IndexError, WireError):
+        payload = open_long_header(packet, secret, suite, number)
+        if payload is None:
             continue
+        with contextlib.suppress(WireError):
+            chunks.extend(crypto_frames(payload))
     return chunks
+
+
+def open_long_header(packet: Packet, secret: bytes, suite: int, expected: int) -> bytes | None:
+    """The decrypted payload of a Handshake or 0-RTT packet, or None when `secret` does not
+    open it. `expected`: the packet number the observer expects (its count of the
+    connection's packets of that type before it), from which the truncated one is decoded."""
+    context = CryptoContext()
+    context.setup(cipher_suite=CipherSuite(suite), secret=secret, version=packet.version)
+    try:
+        return context.decrypt_packet(packet.data, packet.payload_offset, expected)[1]
+    except (CryptoError, ValueError, IndexError):
+        return None
 
 
 def handshake_message_types(handshake: bytes) -> list[int]:
@@ -247,16 +262,23 @@ def open_short_header(
     plain_header, truncated = context.hp.remove(packet, number_offset)
     bits = 8 * ((plain_header[0] & 0x03) + 1)
     numbers = [n for lower in (at_least, 0) for n in _packet_numbers(truncated, bits, lower)]
+    # The reserved bits are header-protected (RFC 9000 §17.3.1), unless the endpoints
+    # negotiated the loss bits extension (draft-ferrieuxhamchaoui-quic-lossbits), which
+    # carries its Q and L bits there unprotected, as picoquic does with itself. Then the
+    # unmasked first byte is off by the mask's bits there: a second try undoes them.
+    masked = (plain_header[0] ^ packet[0]) & RESERVED_BITS
+    candidates = [packet] + ([bytes([packet[0] ^ masked]) + packet[1:]] if masked else [])
     # A context opens packets of its own key phase and, through the next keys, of the
     # other one: every second generation covers them all. Header protection keys never
     # change (RFC 9001 §6), but next_key_phase derives new ones: keep the first.
     hp = context.hp
     for _ in range(0, MAX_KEY_UPDATES, 2):
         for number in numbers:
-            try:
-                return context.decrypt_packet(packet, number_offset, number)[1]
-            except (CryptoError, ValueError, IndexError):
-                continue
+            for candidate in candidates:
+                try:
+                    return context.decrypt_packet(candidate, number_offset, number)[1]
+                except (CryptoError, ValueError, IndexError):
+                    continue
         context = next_key_phase(next_key_phase(context))
         context.hp = hp
     return None

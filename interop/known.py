@@ -2,15 +2,50 @@
 
 Add an entry only with evidence a reader can check (the peer's source, its
 issue tracker, or our log line that shows the peer at fault), and only for a
-failure reproduced here. A matching failure becomes verdict `known-issue`; a
-pass where an issue is listed is noted, so stale entries get noticed.
+failure reproduced here. An entry names its signs: what the failure must show
+(a pattern in its reason, a log or the trace summary) to be this bug, so that
+another failure of the same peer, case and role stays a failure. A matching
+failure becomes verdict `known-issue`; a pass where an issue is listed is
+noted, so stale entries get noticed.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from .cases import Role
+
+
+class Source(StrEnum):
+    """Where a sign is looked for: the failure's reason, or a file of the test's log folder."""
+
+    REASON = "reason"  # the rules' reasons, or the exit status and last log line
+    CLIENT_LOG = "client.log"
+    SERVER_LOG = "server.log"
+    TRACE = "trace.json"  # the tap's summary (packet counts by type, versions)
+
+
+# The text of a source for the failure at hand ("" when there is none).
+Evidence = Callable[[Source], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Sign:
+    """A regular expression the failure's `source` shows (or, `absent`, does not show)."""
+
+    pattern: str
+    source: Source = Source.REASON
+    absent: bool = False
+
+    def holds(self, evidence: Evidence) -> bool:
+        found = re.search(self.pattern, evidence(self.source)) is not None
+        return found != self.absent
+
+    def __str__(self) -> str:
+        return f"{self.source} {'without' if self.absent else 'with'} /{self.pattern}/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +55,29 @@ class KnownIssue:
     roles: frozenset[Role]
     summary: str
     evidence: str
+    signs: tuple[Sign, ...]  # all hold for a failure that is this issue
+
+    def __post_init__(self) -> None:
+        if not self.signs:
+            raise ValueError(f"{self.peer} {self.case}: a known issue needs a sign to match")
 
     def describe(self) -> str:
         return f"{self.summary} (evidence: {self.evidence})"
 
+    def matches(self, evidence: Evidence) -> bool:
+        return all(sign.holds(evidence) for sign in self.signs)
+
+    def mismatch(self, evidence: Evidence) -> str:
+        """Why a failure is not this issue: what of the signs it lacks."""
+        return ", ".join(str(s) for s in self.signs if not s.holds(evidence))
+
+
+# What qh3 2.1.0's server raises when it must retransmit handshake data.
+_QH3_CAPACITY = Sign("packet builder capacity exhausted", Source.SERVER_LOG)
+# How programs/qh3_peer.py's client reports a connection that ended without its files.
+_QH3_CLIENT_GAVE_UP = Sign("last log line: qh3 endpoint: ConnectionError")
+# The client closed during the handshake: not one 1-RTT packet from it (trace summary).
+_NO_CLIENT_ONE_RTT = Sign(r'"one_rtt_packets": \{\s*"client": 0,', Source.TRACE)
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
@@ -34,6 +88,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "server.log: QuicConnectionError 'packet builder capacity exhausted' from "
         "qh3/quic/connection.py _call_core after the relay dropped packets; qh3 1.9.4 "
         "passes handshakeloss in all three roles with the same program",
+        (_QH3_CAPACITY,),
     ),
     KnownIssue(
         "qh3",
@@ -43,6 +98,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "client.log: 'qh3 endpoint: ConnectionError' before the 50 connections are done, "
         "against the NetSched edge and against a qh3 2.1.0 server alike (baseline); qh3 "
         "1.9.4 passes handshakeloss in all three roles with the same program",
+        (_QH3_CLIENT_GAVE_UP,),
     ),
     KnownIssue(
         "qh3",
@@ -52,6 +108,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "server.log: QuicConnectionError 'packet builder capacity exhausted' from "
         "qh3/quic/connection.py _call_core, and no server Initial on the wire; qh3 1.9.4 "
         "serves the same client with the same program",
+        (_QH3_CAPACITY,),
     ),
     KnownIssue(
         "qh3",
@@ -61,17 +118,12 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "the server answers with v2 Initial and Handshake packets and the client keeps "
         "sending v1 Initials until its idle timeout (trace.json: client Initials only, no "
         "client Handshake); qh3 1.9.4 completes the same exchange with the same servers",
-    ),
-    KnownIssue(
-        "quinn",
-        "chacha20",
-        frozenset({Role.SERVER, Role.BASELINE}),
-        "quinn's client (rustls 0.20.8) offers TLS_EMPTY_RENEGOTIATION_INFO_SCSV (0x00ff) "
-        "beside the one suite it is configured with, so never ChaCha20 alone",
-        "rustls-0.20.8 src/client/hs.rs:338 pushes TLS_EMPTY_RENEGOTIATION_INFO_SCSV onto "
-        "every ClientHello's cipher suites, unconditionally; the rule's reason 'got {0x00ff, "
-        "0x1303}' with programs/quinn configured for TLS13_CHACHA20_POLY1305_SHA256 only, "
-        "and the files transferred intact (the hash check runs before the rules)",
+        (
+            _QH3_CLIENT_GAVE_UP,
+            Sign('"0x6b3343cf"', Source.TRACE),
+            Sign('"server handshake"', Source.TRACE),
+            Sign('"client handshake"', Source.TRACE, absent=True),
+        ),
     ),
     KnownIssue(
         "quinn",
@@ -83,6 +135,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "Error::UnknownIssuer; client.log: 'invalid peer certificate: UnknownIssuer' against "
         "the NetSched edge and the quinn server alike, whose chain NetSched's client accepts "
         "(role client passes)",
+        (Sign("invalid peer certificate: UnknownIssuer", Source.CLIENT_LOG),),
     ),
     KnownIssue(
         "quinn",
@@ -95,24 +148,21 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "packet, type 0b10, is one bit from Retry, 0b11, and a Retry carries no AEAD); "
         "server.log: 'handshake failed: ... client sent Retry', client.log: 'ConnectionLost: "
         "connection closed: client sent Retry'",
+        (Sign("client sent Retry", Source.SERVER_LOG), Sign("closed: client sent Retry")),
     ),
-    KnownIssue(
-        "qh3",
-        "amplificationlimit",
-        frozenset({Role.SERVER, Role.BASELINE}),
-        "qh3 2.1.0's client refuses the runner's 9-certificate chain",
-        "its Handshake packets, decrypted with the key log, carry CONNECTION_CLOSE 0x12a "
-        "(TLS bad_certificate) 'the server certificate is unacceptable', against the edge "
-        "and against a qh3 server alike (baseline); other clients accept the same chain",
-    ),
-    KnownIssue(
-        "qh3-1",
-        "amplificationlimit",
-        frozenset({Role.SERVER, Role.BASELINE}),
-        "qh3 1.9.4's client refuses the runner's 9-certificate chain",
-        "its Handshake packets, decrypted with the key log, carry CONNECTION_CLOSE 0x12a "
-        "(TLS bad_certificate) 'the server certificate is unacceptable', against the edge "
-        "and against a qh3 server alike (baseline); other clients accept the same chain",
+    *(
+        KnownIssue(
+            peer,
+            "amplificationlimit",
+            frozenset({Role.SERVER, Role.BASELINE}),
+            f"qh3 {version}'s client refuses the runner's 9-certificate chain",
+            "its Handshake packets, decrypted with the key log, carry CONNECTION_CLOSE 0x12a "
+            "(TLS bad_certificate) 'the server certificate is unacceptable', against the edge "
+            "and against a qh3 server alike (baseline); other clients accept the same chain; "
+            "client.log: 'qh3 endpoint: ConnectionError' and no client 1-RTT packet",
+            (_QH3_CLIENT_GAVE_UP, _NO_CLIENT_ONE_RTT),
+        )
+        for peer, version in (("qh3", "2.1.0"), ("qh3-1", "1.9.4"))
     ),
     *(
         KnownIssue(
@@ -123,6 +173,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
             "server.log: QuicConnectionError 'packet builder capacity exhausted' from "
             "qh3/quic/connection.py _call_core during the handshake (the case's delayed or "
             "corrupting link makes the server retransmit), and no server packet after it",
+            (_QH3_CAPACITY,),
         )
         for case in ("amplificationlimit", "rebind-port", "rebind-addr", "handshakecorruption")
     ),
@@ -137,16 +188,26 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
             "packet, decrypted with the key log, holds only an ACK; seen against its own "
             "client (rebind-port baseline in each run, connectionmigration baseline) and "
             "against ours (rebind-port, some runs); the runner wants the challenge in it",
+            (Sign(r"did not contain a PATH_CHALLENGE frame \(frames 0x2\)"),),
         )
         for case in ("rebind-port", "connectionmigration")
     ),
 )
 
 
-def find(
+def listed(
     peer: str, case: str, role: Role, issues: tuple[KnownIssue, ...] = KNOWN_ISSUES
+) -> list[KnownIssue]:
+    """The issues listed for a peer, case and role, whatever the failure."""
+    return [i for i in issues if i.peer == peer and i.case == case and role in i.roles]
+
+
+def find(
+    peer: str,
+    case: str,
+    role: Role,
+    evidence: Evidence,
+    issues: tuple[KnownIssue, ...] = KNOWN_ISSUES,
 ) -> KnownIssue | None:
-    return next(
-        (i for i in issues if i.peer == peer and i.case == case and role in i.roles),
-        None,
-    )
+    """The listed issue whose signs the failure shows (`evidence`), if any."""
+    return next((i for i in listed(peer, case, role, issues) if i.matches(evidence)), None)

@@ -15,12 +15,13 @@ Verdicts, and who they count against:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .cases import Role
+from .cases import CASES, Role
 
 NETSCHED = "netsched"  # the peer name of this repository's stack (peers/netsched.py)
 
@@ -96,6 +97,31 @@ def from_json(text: str) -> tuple[dict[str, Any], list[Result]]:
     return dict(data.get("meta", {})), results
 
 
+def merge(
+    runs: Sequence[tuple[str, Mapping[str, Any], Sequence[Result]]],
+) -> tuple[dict[str, Any], list[Result]]:
+    """One matrix from several runs, each (name, meta, results), oldest first.
+
+    A later run's result for a peer, case and role replaces an earlier one's.
+    The meta names every run with its date and command, and how many of its
+    results the matrix kept; the other meta entries (machine, peers) are
+    taken from all runs, a later one's winning.
+    """
+    merged: dict[tuple[str, str, Role], tuple[int, Result]] = {}
+    for index, (_, _, results) in enumerate(runs):
+        merged.update(((r.peer, r.case, r.role), (index, r)) for r in results)
+    kept = Counter(index for index, _ in merged.values())
+    meta: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
+    for index, (name, run_meta, results) in enumerate(runs):
+        meta[f"run {index + 1} ({name})"] = (
+            f"{run_meta.get('date', 'no date')}, {run_meta.get('command', 'no command')}: "
+            f"{kept[index]} of its {len(results)} results shown"
+        )
+        shared.update((k, v) for k, v in run_meta.items() if k not in ("date", "command"))
+    return {**meta, **shared}, [r for _, r in merged.values()]
+
+
 def markdown(results: Sequence[Result], *, title: str, meta: Mapping[str, Any]) -> str:
     """Tables per role (peers x cases); then what did not pass, with reasons; then notes."""
     lines = [f"# {title}", ""]
@@ -142,7 +168,7 @@ def _notes(results: Sequence[Result]) -> list[str]:
 
 
 def _table(results: Sequence[Result]) -> list[str]:
-    cases = _ordered(r.case for r in results)
+    cases = sorted(_ordered(r.case for r in results), key=_case_order)
     peers = _ordered(r.peer for r in results)
     cell = {(r.peer, r.case): r for r in results}
     rows = ["| peer | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
@@ -167,6 +193,14 @@ def _detail(result: Result) -> str:
     if result.alpn:
         text += f" ({result.alpn})"
     return f"{text}: {result.reason}" if result.reason else text
+
+
+_CASE_ORDER = {case.name: index for index, case in enumerate(CASES)}
+
+
+def _case_order(name: str) -> int:
+    """The case table's order; a case no longer in it (an old run's) goes last."""
+    return _CASE_ORDER.get(name, len(_CASE_ORDER))
 
 
 def _ordered(values: Iterable[str]) -> list[str]:

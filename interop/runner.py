@@ -45,6 +45,7 @@ SERVER_START_TIMEOUT_S = 15.0
 LOG_TAIL_CHARS = 300
 CUT_POLL_S = 0.005  # how often the relay looks at the tap's byte count for a PathCut
 MAX_CLIENT_LOG = 4 << 20  # what of client.log is read for reports
+MAX_EVIDENCE_LOG = 4 << 20  # what of a log is searched for a known issue's signs
 # rebind-addr: the client's new addresses, one per rebinding (all on the loopback interface).
 REBIND_NETWORK = ipaddress.ip_network("127.0.1.0/24")
 # The runner inflates the leaf of its long chain with 20 random 250-character DNS names.
@@ -386,24 +387,47 @@ def judge(
         return replace(result, verdict=Verdict.UNSUPPORTED, reason=f"{side} exit status 127")
     problems = _run_problems(outcome, logdir)
     if not problems:
-        problems = check(case, outcome.trace)
+        findings = check(case, outcome.trace)
+        problems = list(findings.problems)
+        result = replace(result, notes=result.notes + findings.notes)
     measured = case.measure(outcome.trace) if case.measure and not problems else None
     if isinstance(measured, str):
         problems = [measured]
+    listed = known.listed(result.peer, result.case, result.role, known_issues)
     if not problems:
-        issue = known.find(result.peer, result.case, result.role, known_issues)
-        stale = (f"listed known issue did not reproduce: {issue.summary}",) if issue else ()
+        stale = tuple(f"listed known issue did not reproduce: {i.summary}" for i in listed)
         figure = str(measured) if isinstance(measured, Measurement) else ""
         return replace(result, verdict=Verdict.PASS, notes=result.notes + stale, measurement=figure)
     reason = "; ".join(problems)
-    issue = known.find(result.peer, result.case, result.role, known_issues)
+    evidence = _evidence(reason, logdir)
+    issue = known.find(result.peer, result.case, result.role, evidence, known_issues)
     if issue is not None:
         return replace(
             result,
             verdict=Verdict.KNOWN_ISSUE,
             reason=f"{issue.describe()}; observed: {reason}",
         )
-    return replace(result, verdict=Verdict.FAIL, reason=reason)
+    # A listed issue whose signs this failure lacks: another failure, said so.
+    unlike = tuple(
+        f"not the known issue '{i.summary}', which wants {i.mismatch(evidence)}" for i in listed
+    )
+    return replace(result, verdict=Verdict.FAIL, reason=reason, notes=result.notes + unlike)
+
+
+def _evidence(reason: str, logdir: Path) -> known.Evidence:
+    """The failure's reason, and its log folder's files as known issues' signs read them."""
+    texts: dict[known.Source, str] = {known.Source.REASON: reason}
+
+    def read(source: known.Source) -> str:
+        if source not in texts:
+            try:
+                with (logdir / source.value).open(errors="replace") as file:
+                    texts[source] = file.read(MAX_EVIDENCE_LOG)
+            except OSError:
+                texts[source] = ""
+        return texts[source]
+
+    return read
 
 
 def read_keylog(logdir: Path) -> str:

@@ -41,6 +41,9 @@ SO_SNDBUFFORCE = 32
 MAX_DATAGRAM_LOG = 4096  # datagrams kept in order (the amplification rule reads the first few)
 MAX_REBINDS = 16
 MAX_CAPTURED_AFTER_REBIND = 1024  # client 1-RTT packets kept whole after each rebinding
+# Client 1-RTT packets kept whole from the start (zerortt decrypts them all): a
+# downloading client sends mostly ACKs, so this is a few hundred kB at most.
+MAX_CAPTURED_CLIENT = 4096
 Address = tuple[str, int]
 
 
@@ -109,7 +112,8 @@ class Trace:
     over. `paths` counts bytes per client address; `marks` are the runner's
     network events (`mark`); `datagrams_in_order` the first datagrams each way
     as they passed; `rebinds` the tap's NAT rebindings and the client's own
-    moves, with the packets kept for the rules; `server_one_rtt_span`
+    moves, with the packets kept for the rules; `client_one_rtt` the client's
+    first MAX_CAPTURED_CLIENT 1-RTT packets whole; `server_one_rtt_span`
     when the first and the last server datagram with 1-RTT packets passed.
     """
 
@@ -128,6 +132,7 @@ class Trace:
         self.client_reports: list[dict[str, Any]] = []
         self.datagrams_in_order: list[Datagram] = []
         self.rebinds: list[Rebind] = []
+        self.client_one_rtt: list[Captured] = []
         self.server_one_rtt_span: tuple[float, float] | None = None
 
     @property
@@ -180,6 +185,8 @@ class Trace:
         self.one_rtt_bytes[from_client] += len(packet)
         if len(self.short_headers[from_client]) < MAX_RECORDED_PACKETS:
             self.short_headers[from_client].append(packet[:SHORT_HEADER_PREFIX])
+        if from_client and len(self.client_one_rtt) < MAX_CAPTURED_CLIENT:
+            self.client_one_rtt.append(Captured(packet, seen))
         if not from_client and at is not None:
             first = self.server_one_rtt_span[0] if self.server_one_rtt_span else at
             self.server_one_rtt_span = (first, at)

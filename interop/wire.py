@@ -43,6 +43,8 @@ class PacketType(StrEnum):
     PADDING = "padding"  # zero bytes after the last packet of a datagram
 
 
+# Long-header packets kept whole, for the key log (or, for Initials, the public keys) to open.
+_DECRYPTABLE = (PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE)
 _V1_TYPES = (PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE, PacketType.RETRY)
 # QUIC v2 renumbered the long packet types (RFC 9369 §3.2), and its drafts did too.
 _V2_TYPES = (PacketType.RETRY, PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE)
@@ -53,7 +55,7 @@ class Packet:
     """One QUIC packet as an observer sees it.
 
     `token` is the Initial's token or the Retry's token. `data` holds the raw
-    bytes of Initial and Handshake packets (to decrypt them) and the first
+    bytes of Initial, 0-RTT and Handshake packets (to decrypt them) and the first
     SHORT_HEADER_PREFIX bytes of a 1-RTT packet (to read its key phase), else
     b"". Of a 1-RTT packet only `kind`, `size` and that prefix are known.
     """
@@ -65,7 +67,7 @@ class Packet:
     scid: bytes = b""
     token: bytes = b""
     data: bytes = b""
-    payload_offset: int = 0  # Initial, Handshake: where the protected packet number starts
+    payload_offset: int = 0  # Initial, 0-RTT, Handshake: where the protected packet number starts
 
 
 class WireError(ValueError):
@@ -139,7 +141,7 @@ def _parse_packet(data: bytes, start: int) -> Packet:
     end = offset + length
     if end > len(data):
         raise WireError(f"{kind} packet length {length} runs past the datagram")
-    raw = data[start:end] if kind in (PacketType.INITIAL, PacketType.HANDSHAKE) else b""
+    raw = data[start:end] if kind in _DECRYPTABLE else b""
     return Packet(kind, end - start, version, dcid, scid, token, raw, offset - start)
 
 
@@ -427,6 +429,26 @@ def path_frames(payload: bytes, kind: int) -> list[bytes]:
             if frame_kind == kind:
                 found.append(body)
     return found
+
+
+def stream_data_bytes(payload: bytes) -> int:
+    """How many bytes of stream data the STREAM frames of a decrypted payload carry."""
+    total = 0
+    with contextlib.suppress(WireError):  # a malformed tail: count what came before it
+        for kind, body in frames(payload):
+            if kind in _STREAM_FRAMES:
+                total += len(body) - _stream_header_length(kind, body)
+    return total
+
+
+def _stream_header_length(kind: int, body: bytes) -> int:
+    """The bytes of a STREAM frame's body before its data: stream ID, offset, length."""
+    _, offset = read_varint(body, 0)
+    if kind & 0x04:  # OFF
+        _, offset = read_varint(body, offset)
+    if kind & 0x02:  # LEN
+        _, offset = read_varint(body, offset)
+    return offset
 
 
 def frame_types(payload: bytes) -> list[int]:

@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.crypto import CryptoContext
 from aioquic.tls import CipherSuite
 
 from interop.cases import key_updated, stream_limit_at_most_1000
-from interop.keylog import handshake_message_types, parse_keylog, parse_keylog_connections
+from interop.keylog import (
+    RESERVED_BITS,
+    handshake_message_types,
+    open_short_header,
+    parse_keylog,
+    parse_keylog_connections,
+)
 from interop.tap import Trace
+from interop.wire import QUIC_V1
 from netsched_edge.tls import generate_self_signed
 
 ADDR = ("127.0.0.1", 4433)
@@ -68,6 +76,47 @@ class Pair:
             self.pump()
             self.server.send_stream_data(stream_id, b"y" * 3000, end_stream=True)
             self.pump()
+
+
+def one_rtt_packet(
+    secret: bytes,
+    dcid: bytes,
+    number: int,
+    payload: bytes,
+    *,
+    suite: CipherSuite = CipherSuite.AES_128_GCM_SHA256,
+    loss_bits: bool = False,
+) -> bytes:
+    """A 1-RTT packet (2-byte packet number) with `secret`'s keys.
+
+    `loss_bits`: the Q and L bits set and left out of header protection, as a
+    sender of draft-ferrieuxhamchaoui-quic-lossbits does.
+    """
+    context = CryptoContext()
+    context.setup(cipher_suite=suite, secret=secret, version=QUIC_V1)
+    first = 0x40 | 0x01 | (RESERVED_BITS if loss_bits else 0)
+    header = bytes([first]) + dcid + number.to_bytes(2, "big")
+    packet = context.encrypt_packet(header, payload, number)
+    if loss_bits:  # undo the mask over the Q and L bits
+        packet = bytes([packet[0] ^ ((packet[0] ^ first) & RESERVED_BITS)]) + packet[1:]
+    return packet
+
+
+def test_short_header_with_unprotected_loss_bits_opens(tmp_path: Path) -> None:
+    pair = Pair(tmp_path, CipherSuite.AES_128_GCM_SHA256)
+    secret = parse_keylog(pair.keylog.getvalue()).client_traffic
+    assert secret is not None
+    dcid = pair.client._peer_cid.cid
+    payload = b"\x01" + bytes(40)  # PING, PADDING
+    opened = masked = 0
+    for number in range(8):
+        packet = one_rtt_packet(secret, dcid, number, payload, loss_bits=True)
+        plain = one_rtt_packet(secret, dcid, number, payload)
+        # Where the mask has bits over Q and L, the two differ on the wire.
+        masked += packet[0] != plain[0]
+        opened += open_short_header(packet, len(dcid), secret, 0x1301, QUIC_V1, 0) == payload
+        assert open_short_header(plain, len(dcid), secret, 0x1301, QUIC_V1, 0) == payload
+    assert opened == 8 and masked > 0
 
 
 @pytest.mark.parametrize(

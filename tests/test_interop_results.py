@@ -7,7 +7,7 @@ import json
 import pytest
 
 from interop.cases import Role
-from interop.results import Result, Verdict, from_json, markdown, to_json
+from interop.results import Result, Verdict, from_json, markdown, merge, to_json
 
 RESULTS = [
     Result("aioquic", "handshake", Role.CLIENT, Verdict.PASS, 1.25, client="netsched"),
@@ -70,3 +70,36 @@ def test_a_measurement_shows_in_its_cell_and_survives_json() -> None:
     _, (back,) = from_json(to_json([measured], {}))
     assert back.measurement == "93.4 Mbit/s"
     assert "| quic-go | ✅ 93.4 Mbit/s |" in markdown([back], title="T", meta={})
+
+
+def test_tables_list_cases_in_the_case_table_order() -> None:
+    results = [
+        Result("aioquic", name, Role.CLIENT, Verdict.PASS, 1.0)
+        for name in ("zerortt", "gone-case", "v2", "handshake", "retry")
+    ]
+    lines = markdown(results, title="T", meta={}).splitlines()
+    # The case table's order; a case it no longer has (an old run's) last.
+    assert "| peer | handshake | retry | v2 | zerortt | gone-case |" in lines
+
+
+def test_merge_keeps_the_latest_result_and_every_run() -> None:
+    first = [
+        Result("aioquic", "handshake", Role.CLIENT, Verdict.FAIL, 1.0, reason="flaky"),
+        Result("aioquic", "retry", Role.CLIENT, Verdict.PASS, 1.0),
+    ]
+    second = [
+        Result("aioquic", "handshake", Role.CLIENT, Verdict.PASS, 2.0),
+        Result("aioquic", "handshake", Role.SERVER, Verdict.PASS, 2.0),
+    ]
+    runs = [
+        ("a", {"date": "d1", "command": "`c1`", "machine": "m", "peer aioquic": "old"}, first),
+        ("b", {"date": "d2", "command": "`c2`", "peer aioquic": "new"}, second),
+    ]
+    meta, merged = merge(runs)
+    assert merged == [second[0], first[1], second[1]]  # a replaced result keeps its place
+    assert meta == {
+        "run 1 (a)": "d1, `c1`: 1 of its 2 results shown",
+        "run 2 (b)": "d2, `c2`: 2 of its 2 results shown",
+        "machine": "m",
+        "peer aioquic": "new",
+    }

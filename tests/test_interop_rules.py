@@ -10,14 +10,18 @@ import io
 import ssl
 from pathlib import Path
 
+from aioquic.buffer import encode_uint_var
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.tls import SessionTicket
+from aioquic.tls import CipherSuite, SessionTicket
+from test_interop_keylog import one_rtt_packet
 
 from interop.cases import (
     CASES_BY_NAME,
     MAX_ONE_RTT_CLIENT_PAYLOAD,
+    Findings,
     Measurement,
+    Weaker,
     check,
     client_hello_retransmitted,
     goodput,
@@ -26,11 +30,13 @@ from interop.cases import (
     sent_zero_rtt,
     within_amplification_limit,
 )
+from interop.keylog import parse_keylog_connections
 from interop.tap import Datagram, Trace
 from interop.wire import PacketType
 from netsched_edge.tls import generate_self_signed
 
 ADDR = ("127.0.0.1", 4433)
+AES_256 = CipherSuite.AES_256_GCM_SHA384  # what aioquic's client offers first
 
 
 class Server:
@@ -66,7 +72,8 @@ def connect(
     return client, peer, received
 
 
-def pump(client: QuicConnection, server: QuicConnection, trace: Trace, now: float = 1.0) -> None:
+def pump(client: QuicConnection, server: QuicConnection, trace: Trace, now: float = 1.0) -> float:
+    """Deliver datagrams both ways until none moves; returns the time it got to."""
     for _ in range(50):
         moved = 0
         for src, dst, from_client in ((client, server, True), (server, client, False)):
@@ -76,15 +83,17 @@ def pump(client: QuicConnection, server: QuicConnection, trace: Trace, now: floa
                 moved += 1
         now += 0.01
         if not moved:
-            return
+            break
+    return now
 
 
 def request(client: QuicConnection, name: str) -> None:
     client.send_stream_data(client.get_next_available_stream_id(), f"GET /{name}\r\n".encode())
 
 
-def two_connections(tmp: Path, *, early: bool) -> Trace:
-    """A first connection that gets a ticket, then a second that resumes with it."""
+def two_connections(tmp: Path, *, early: bool, late: int = 0) -> Trace:
+    """A first connection that gets a ticket, then a second that resumes with it, and
+    sends `late` requests after its handshake (in 1-RTT)."""
     server, trace, keylog = Server(tmp), Trace(), io.StringIO()
     client, peer, tickets = connect(server, trace, keylog)
     pump(client, peer, trace)
@@ -93,7 +102,10 @@ def two_connections(tmp: Path, *, early: bool) -> Trace:
     if early:  # written before any packet went out: 0-RTT
         for index in range(5):
             request(client, "x" * 250 + str(index))
-    pump(client, peer, trace)
+    now = pump(client, peer, trace)
+    for index in range(late):
+        request(client, "y" * 250 + str(index))
+    pump(client, peer, trace, now)
     trace.keylog = keylog.getvalue()
     return trace
 
@@ -102,7 +114,7 @@ def test_resumption_rule_reads_both_handshakes(tmp_path: Path) -> None:
     trace = two_connections(tmp_path, early=False)
     assert trace.handshakes() == 2
     assert resumed_without_certificate(trace) is None
-    assert check(CASES_BY_NAME["resumption"], trace) == []
+    assert check(CASES_BY_NAME["resumption"], trace).problems == ()
     assert sent_zero_rtt(trace) == "client didn't send any 0-RTT data"
 
 
@@ -119,12 +131,63 @@ def test_resumption_rule_sees_a_full_second_handshake(tmp_path: Path) -> None:
     assert "no key log" in str(resumed_without_certificate(trace))
 
 
-def test_zero_rtt_rule(tmp_path: Path) -> None:
+def test_zero_rtt_rule_counts_stream_data_decrypted(tmp_path: Path) -> None:
     trace = two_connections(tmp_path, early=True)
     assert trace.of(PacketType.ZERO_RTT, from_client=True)
+    assert sent_zero_rtt(trace) is None  # decrypted: no weaker note
+    assert check(CASES_BY_NAME["zerortt"], trace) == Findings()
+    # PMTU probes in 1-RTT (qh3, picoquic): padding, which the key log shows is no request.
+    secret = parse_keylog_connections(trace.keylog)[1].client_traffic
+    assert secret is not None
+    dcid = trace.client_one_rtt[-1].data[1:9]  # aioquic's 8-byte CIDs
+    for number in range(1000, 1006):
+        probe = one_rtt_packet(secret, dcid, number, b"\x01" + bytes(1200), suite=AES_256)
+        trace.record(probe, from_client=True, client=ADDR)
+    assert trace.one_rtt_bytes[True] > MAX_ONE_RTT_CLIENT_PAYLOAD
     assert sent_zero_rtt(trace) is None
-    trace.one_rtt_bytes[True] += MAX_ONE_RTT_CLIENT_PAYLOAD  # as if it all went in 1-RTT
-    assert "too much data in 1-RTT packets" in str(sent_zero_rtt(trace))
+    # Without the key log, sizes are all there is: the padding counts, and the note says so.
+    trace.keylog = ""
+    found = sent_zero_rtt(trace)
+    assert isinstance(found, Weaker) and "0-RTT packets were not decrypted" in found.note
+    assert f"of {trace.one_rtt[True]} client 1-RTT packets not decrypted" in found.note
+    assert "too much data in 1-RTT packets" in str(found.problem)
+    assert "estimated from the size of" in str(found.problem)
+    findings = check(CASES_BY_NAME["zerortt"], trace)
+    assert findings.problems == (found.problem,) and findings.notes == (found.note,)
+
+
+def test_zero_rtt_rule_opens_a_new_dcid_whose_first_packet_does_not(tmp_path: Path) -> None:
+    trace = two_connections(tmp_path, early=True)
+    secret = parse_keylog_connections(trace.keylog)[1].client_traffic
+    assert secret is not None
+    moved = b"n" * 8  # another of the server's CIDs
+    # quiche pads a datagram with zeros after a coalesced 1-RTT packet: it opens for nobody.
+    padded = one_rtt_packet(secret, moved, 900, b"\x01" + bytes(60), suite=AES_256) + bytes(24)
+    trace.record(padded, from_client=True, client=ADDR)
+    stream = b"\x0a\x04" + encode_uint_var(1000) + bytes(1000)  # STREAM with LEN, 1000 bytes
+    for number in range(901, 907):
+        trace.record(one_rtt_packet(secret, moved, number, stream, suite=AES_256), from_client=True)
+    found = sent_zero_rtt(trace)
+    assert isinstance(found, Weaker) and found.note.startswith("1 of ")
+    assert "6000 of STREAM data decrypted" in str(found.problem)
+    assert "from the size of 1 packets not decrypted" in str(found.problem)
+
+
+def test_zero_rtt_rule_fails_requests_sent_in_1rtt(tmp_path: Path) -> None:
+    trace = two_connections(tmp_path, early=True, late=25)
+    late = sum(len(f"GET /{'y' * 250}{index}\r\n") for index in range(25))
+    assert sent_zero_rtt(trace) == (
+        f"client sent too much data in 1-RTT packets ({late} bytes of STREAM data, "
+        f"at most {MAX_ONE_RTT_CLIENT_PAYLOAD})"
+    )
+
+
+def test_zero_rtt_rule_without_early_secret(tmp_path: Path) -> None:
+    trace = two_connections(tmp_path, early=True)
+    lines = trace.keylog.splitlines()
+    trace.keylog = "\n".join(line for line in lines if "EARLY" not in line)
+    found = sent_zero_rtt(trace)
+    assert found == Weaker("the client's 0-RTT packets were not decrypted (key log)")
 
 
 def test_longrtt_rule_counts_client_hello_retransmissions() -> None:

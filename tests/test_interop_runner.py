@@ -12,10 +12,10 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from interop import cli
 from interop.cases import CASES_BY_NAME, Role, Side
-from interop.known import KnownIssue
+from interop.known import KnownIssue, Sign, Source
 from interop.peers import NETSCHED, Job, registry
 from interop.procs import Launch
-from interop.results import Result, Verdict
+from interop.results import Result, Verdict, to_json
 from interop.runner import (
     Outcome,
     Runner,
@@ -37,7 +37,14 @@ def clean_trace() -> Trace:
 
 
 BASE = Result("aioquic", "handshake", Role.SERVER, Verdict.UNSUPPORTED)
-ISSUE = KnownIssue("aioquic", "handshake", frozenset({Role.SERVER}), "a bug", "a log line")
+ISSUE = KnownIssue(
+    "aioquic",
+    "handshake",
+    frozenset({Role.SERVER}),
+    "a bug",
+    "a log line",
+    (Sign("Boom: it broke", Source.CLIENT_LOG),),
+)
 
 
 def test_judge(tmp_path: Path) -> None:
@@ -52,6 +59,13 @@ def test_judge(tmp_path: Path) -> None:
     assert crashed.reason == "client exited with status 1 (last log line: Boom: it broke)"
     known = judge(BASE, case, Outcome(exit_code=1), tmp_path, (ISSUE,))
     assert known.verdict is Verdict.KNOWN_ISSUE and known.reason.startswith("a bug (evidence")
+    # The same peer, case and role failing another way is a failure, and says so.
+    (tmp_path / "client.log").write_text("$ cmd\nTimeout\n")
+    other = judge(BASE, case, Outcome(exit_code=1), tmp_path, (ISSUE,))
+    assert other.verdict is Verdict.FAIL
+    assert other.notes == (
+        "not the known issue 'a bug', which wants client.log with /Boom: it broke/",
+    )
     refused = judge(BASE, case, Outcome(exit_code=127), tmp_path)
     assert (refused.verdict, refused.reason) == (Verdict.UNSUPPORTED, "client exit status 127")
     bad_file = judge(BASE, case, Outcome(exit_code=0, files_problem="f: differs"), tmp_path)
@@ -170,6 +184,36 @@ def test_cli_run_resolves_a_relative_out_folder(
     # Endpoints run in their own working directories: the folder they log to is absolute.
     assert seen == [tmp_path / "rel" / "out"]
     assert (tmp_path / "rel" / "out" / "matrix.json").is_file()
+
+
+def test_cli_report_renders_one_folder_or_publishes_several_merged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(cli, "RESULTS_FILE", published)
+    old, new = tmp_path / "2026-11-26", tmp_path / "2026-11-26-2"
+    runs = {
+        old: [Result("aioquic", "zerortt", Role.SERVER, Verdict.FAIL, 1.0, reason="too much")],
+        new: [
+            Result("aioquic", "zerortt", Role.SERVER, Verdict.PASS, 1.0),
+            Result("aioquic", "handshake", Role.SERVER, Verdict.PASS, 1.0),
+        ],
+    }
+    for folder, results in runs.items():
+        folder.mkdir()
+        meta = {"date": folder.name, "command": f"`run {folder.name}`"}
+        (folder / "matrix.json").write_text(to_json(results, meta))
+    # One folder: its matrix.md, as `run` writes it; nothing published.
+    assert cli.main(["report", str(old)]) == 0
+    assert "too much" in (old / "matrix.md").read_text() and not published.exists()
+    # Several need --publish; the later run's zerortt replaces the earlier one's.
+    assert cli.main(["report", str(old), str(new)]) == cli.EXIT_USAGE
+    assert cli.main(["report", "--publish", str(old), str(new)]) == 0
+    table = published.read_text()
+    assert "Summary: 2 pass." in table and "too much" not in table
+    assert "- run 1 (2026-11-26): 2026-11-26, `run 2026-11-26`: 0 of its 1 results shown" in table
+    assert "| aioquic | ✅ 1.0s | ✅ 1.0s |" in table  # handshake before zerortt
+    assert cli.main(["report", str(tmp_path / "missing")]) == cli.EXIT_USAGE
 
 
 def test_qlog_folders_are_made_for_the_endpoints(tmp_path: Path) -> None:

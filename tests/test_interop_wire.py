@@ -31,6 +31,7 @@ from interop.wire import (
     path_frames,
     read_varint,
     reassemble,
+    stream_data_bytes,
 )
 
 SERVER = ("127.0.0.1", 4433)
@@ -205,3 +206,14 @@ def test_frames_stop_at_an_unknown_type_and_keep_what_came_before() -> None:
     assert path_frames(challenge + b"\x1b\x00", PATH_RESPONSE) == []  # truncated response
     with pytest.raises(WireError, match="runs past"):
         list(frames(b"\x1b\x00"))
+
+
+def test_stream_data_bytes_counts_only_stream_data() -> None:
+    with_len = b"\x0a\x04\x05hello"  # STREAM, LEN: stream 4, 5 bytes
+    with_off_len = b"\x0e\x08\x41\x00\x03abc"  # STREAM, OFF, LEN: stream 8 at offset 256
+    to_the_end = b"\x0c\x00\x10" + b"x" * 40  # STREAM, OFF, no LEN: the rest of the packet
+    ack = b"\x02\x05\x00\x00\x00"
+    payload = b"\x01" + ack + with_len + with_off_len + to_the_end
+    assert stream_data_bytes(payload) == 5 + 3 + 40
+    assert stream_data_bytes(ack + bytes(1200)) == 0  # a padded probe carries no request
+    assert stream_data_bytes(with_len + b"\x0a\x04\x09abc") == 5  # a truncated tail: as far as read
