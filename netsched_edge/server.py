@@ -37,6 +37,7 @@ from aioquic.quic.events import (
     ProtocolNegotiated,
     QuicEvent,
 )
+from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import CipherSuite
 from prometheus_client import Counter
 
@@ -134,6 +135,11 @@ class EdgeQuicConnection(NetSchedConnection):
 
     0-RTT: aioquic accepts early data with any valid ticket; `early_streams`
     records the streams whose data came in 0-RTT packets.
+
+    Closing before any ClientHello arrived (the connection was made by a corrupted,
+    stray or CRYPTO-less Initial) is silent: a CONNECTION_CLOSE would go to a
+    connection ID nobody chose, from a connection that never was (and the interop
+    runner counts it as one more handshake).
     """
 
     def __init__(
@@ -158,6 +164,24 @@ class EdgeQuicConnection(NetSchedConnection):
         if not self._early_data:
             # Tickets then say no early data (aioquic's server always offers it).
             self.tls._max_early_data = None
+
+    def close(
+        self,
+        error_code: int = QuicErrorCode.NO_ERROR,
+        frame_type: int | None = None,
+        reason_phrase: str = "",
+    ) -> None:
+        if self._heard_client_hello() or self._close_event is not None:
+            super().close(error_code, frame_type, reason_phrase)
+            return
+        self._close_event = ConnectionTerminated(
+            error_code=error_code, frame_type=frame_type, reason_phrase=reason_phrase
+        )
+        self._close_end()
+
+    def _heard_client_hello(self) -> bool:
+        context: tls.Context | None = getattr(self, "tls", None)  # set by the first Initial
+        return context is not None and context.state is not tls.State.SERVER_EXPECT_CLIENT_HELLO
 
     def in_early_data(self, stream_id: int) -> bool:
         """The stream's data came in 0-RTT and the handshake is still under way."""

@@ -22,6 +22,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
@@ -161,3 +162,27 @@ async def test_a_lone_crypto_less_initial_gets_no_answer(start_edge, www: Path) 
                 await loop.sock_recv(sock, 2048)
     finally:
         sock.close()
+
+
+def test_edge_closes_silently_before_any_client_hello(tmp_path: Path) -> None:
+    """A connection made by an Initial whose header was corrupted (its keys do not open
+    it) ends without a word when the edge closes: no CONNECTION_CLOSE to a made-up CID."""
+    client = _client()
+    (hello, _), *_ = client.datagrams_to_send(now=0.0)
+    corrupted = bytearray(hello)
+    corrupted[6] ^= 0x08  # a bit of the Destination Connection ID
+    server = _server(EdgeQuicConnection, client, tmp_path)
+    server.receive_datagram(bytes(corrupted), ("127.0.0.1", 5000), 0.0)
+    server.close(reason_phrase="edge shutting down")
+    assert server.datagrams_to_send(now=0.01) == []
+    assert any(isinstance(e, ConnectionTerminated) for e in iter(server.next_event, None))
+
+
+def test_edge_still_says_goodbye_after_a_client_hello(tmp_path: Path) -> None:
+    client = _client()
+    server = _server(EdgeQuicConnection, client, tmp_path)
+    for data, _ in client.datagrams_to_send(now=0.0):
+        server.receive_datagram(data, ("127.0.0.1", 5000), 0.0)
+    server.datagrams_to_send(now=0.0)
+    server.close(reason_phrase="edge shutting down")
+    assert server.datagrams_to_send(now=0.01)  # the CONNECTION_CLOSE
