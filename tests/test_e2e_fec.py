@@ -22,6 +22,7 @@ import asyncio
 import functools
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,3 +258,45 @@ async def test_the_edge_negotiates_fec_by_default(
     response = await session.request("api", b"ping", slo=SLO(deadline_ms=500, loss_tolerance=0.0))
     assert response.body == b"ping"
     assert session.fec_enabled
+
+
+async def test_window_zero_stops_the_edges_repairs(
+    start_server: Callable[[object], Awaitable[int]],
+    start_edge: Callable[..., Awaitable[EdgeServer]],
+    open_client: Callable[..., Awaitable[Session]],
+    stack: AsyncExitStack,
+) -> None:
+    """Session FEC off: FEC_WINDOW 0, after which the edge sends no repairs; on: repairs again.
+
+    Through the relay's 100 ms RTT: on bare loopback a retransmission always
+    meets the deadline, so the edge would send no repairs to stop.
+    """
+    port = await start_server(DemoHTTPServer("b1", base_ms=1, cold_ms=1))
+    edge = await start_edge(service("api", http_backend("b1", port)))
+    relay = UdpRelay(("127.0.0.1", edge.port), default=profile())
+    relay_port = (await relay.start())[1]
+    stack.push_async_callback(relay.stop)
+    session = await open_client(edge, port=relay_port, fec=fec_config())
+    # Slack 150 - 50 ms < 1.25 RTT at the edge: its responses are protected, and
+    # with several packets back to back, the window (rate x slack) earns repairs.
+    slo = SLO(deadline_ms=150, loss_tolerance=0.001)
+    body = bytes(range(256)) * 32
+
+    async def stats_after_requests() -> FecStats:
+        for _ in range(3):
+            assert (await session.request("api", body, slo=slo)).body == body
+        await asyncio.sleep(0.15)  # repairs still in flight land
+        assert session.fec_stats is not None
+        return session.fec_stats
+
+    on = await stats_after_requests()
+    assert on.repairs_received > 0, on
+    session.set_fec(FecOverride(FecMode.OFF))
+    off = await stats_after_requests()
+    assert (off.repairs_received, off.symbols_received) == (
+        on.repairs_received,
+        on.symbols_received,
+    )
+    session.set_fec(FecOverride())
+    again = await stats_after_requests()
+    assert again.repairs_received > off.repairs_received, again

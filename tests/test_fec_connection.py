@@ -303,7 +303,7 @@ def test_reordered_repairs_still_recover(tmp_path: Path) -> None:
 
 
 def test_duplicate_repair_is_harmless() -> None:
-    receiver = FecReceiver(NegotiatedFec(symbol_size=64, send_window=8, receive_window=8))
+    receiver = FecReceiver(NegotiatedFec(symbol_size=64, send_window=8, receive_window=8), 8)
     encoder = FecEncoder(64, 8)
     symbols = [bytes([i]) * 20 for i in range(4)]
     for i, s in enumerate(symbols):

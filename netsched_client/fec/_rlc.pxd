@@ -53,3 +53,5 @@ cdef class DecoderCore:
     cdef void _reduce(self, int row, Py_ssize_t start) noexcept nogil
     cdef bint _settle(self, int row) noexcept nogil
     cdef list _harvest(self, bint consistent)
+    cdef Py_ssize_t _used_columns(self) noexcept nogil
+    cdef void _take_buffers(self, DecoderCore other) noexcept

@@ -614,3 +614,61 @@ cdef class DecoderCore:
     def slide(self, first_id: int) -> None:
         _check_range(SymbolIdError, "first_id", first_id, 0, MAX_SYMBOL_ID)
         self._advance(first_id)
+
+    def resize(self, max_window: int) -> None:
+        # A smaller window keeps the newest columns in use; the state moves into a
+        # core of the new size, whose buffers then trade places with ours.
+        _check_range(FecParameterError, "max_window", max_window, 1, WINDOW_LIMIT)
+        cdef Py_ssize_t used = self._used_columns(), col, i
+        cdef int row, new_row
+        if used > max_window:
+            self._advance(self.base + used - max_window)
+            used = max_window
+        cdef DecoderCore other = DecoderCore(self.symbol_size, max_window, self.base)
+        for col in range(used):
+            if self.known[self._slot(col)]:
+                other.known[other._slot(col)] = 1
+                memcpy(other._symbol(col), self._symbol(col), self.symbol_size)
+        for i in range(self.n_active):
+            row = self.active[i]
+            other.n_free -= 1
+            new_row = other.free_rows[other.n_free]
+            memcpy(other._coef(new_row), self._coef(row), used)  # no entry lies beyond `used`
+            memcpy(other._data(new_row), self._data(row), self.symbol_size)
+            other.pivot[new_row] = self.pivot[row]
+            other.row_of[self.pivot[row]] = new_row
+            other.active[other.n_active] = new_row
+            other.n_active += 1
+        self._take_buffers(other)
+
+    cdef Py_ssize_t _used_columns(self) noexcept nogil:
+        """One past the last column that holds a symbol or an equation's entry."""
+        cdef Py_ssize_t used = 0, col, i
+        cdef uint8_t* coef
+        for col in range(self.columns):
+            if self.known[self._slot(col)]:
+                used = col + 1
+        for i in range(self.n_active):
+            coef = self._coef(self.active[i])
+            col = self.columns
+            while col > used and coef[col - 1] == 0:
+                col -= 1
+            used = max(used, col)
+        return used
+
+    cdef void _take_buffers(self, DecoderCore other) noexcept:
+        """Swap every buffer and count with `other` (same base), which frees ours when dropped."""
+        self.columns, other.columns = other.columns, self.columns
+        self.known, other.known = other.known, self.known
+        self.symbols, other.symbols = other.symbols, self.symbols
+        self.coef, other.coef = other.coef, self.coef
+        self.data, other.data = other.data, self.data
+        self.pivot, other.pivot = other.pivot, self.pivot
+        self.row_of, other.row_of = other.row_of, self.row_of
+        self.active, other.active = other.active, self.active
+        self.n_active, other.n_active = other.n_active, self.n_active
+        self.free_rows, other.free_rows = other.free_rows, self.free_rows
+        self.n_free, other.n_free = other.n_free, self.n_free
+        self.touched, other.touched = other.touched, self.touched
+        self.is_touched, other.is_touched = other.is_touched, self.is_touched
+        self.scratch, other.scratch = other.scratch, self.scratch

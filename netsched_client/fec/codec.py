@@ -18,7 +18,8 @@ Driving contract:
   allowed. Each returns the source symbols it made recoverable, oldest first,
   once each. A symbol beyond the window slides it forward; a symbol older than
   the window is ignored. `slide(first_id)` drops what is no longer wanted
-  (delivered, or past its deadline).
+  (delivered, or past its deadline); `resize(max_window)` changes the window
+  (the receiver's FEC_WINDOW).
 
 Memory is bounded by the window: the decoder holds `max_window` source symbols
 and at most `max_window` pending equations (reduced row echelon form has one
@@ -120,3 +121,12 @@ class FecDecoder(_WindowView):
     def slide(self, first_id: int) -> None:
         """Forget every source symbol and equation below `first_id`."""
         self._core.slide(first_id)
+
+    def resize(self, max_window: int) -> None:
+        """Hold `max_window` source symbols from now on, in memory of that size.
+
+        Shrinking keeps the newest ids that hold a symbol or an equation entry
+        and forgets the older ones, with every equation over them; what is kept
+        decodes as before.
+        """
+        self._core.resize(max_window)

@@ -11,27 +11,35 @@ FEC (docs/FEC.md), when configured with `fec=FecConfig(...)`: we offer the
 of the streams `set_stream_fec` names (or every ack-eliciting 1-RTT packet),
 send REPAIR packets at the rate `fec.control.decide` sets per request, recover
 the peer's lost packets and put them through the normal frame dispatch, and
-answer recoveries with SYMBOL_ACK. The state lives in `fec_link`, the packet
-surgery in `fec_builder`.
+answer recoveries with SYMBOL_ACK. `set_fec_decoding_window` resizes our
+decoder and tells the peer with FEC_WINDOW; `set_session_fec` turns FEC off
+(window 0: the peer stops sending repairs) and on for the whole connection.
+The state lives in `fec_link`, the packet surgery in `fec_builder`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from aioquic.buffer import Buffer
 from aioquic.quic.connection import NetworkAddress, QuicConnectionError, QuicReceiveContext
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType
-from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
+from aioquic.quic.packet_builder import (
+    QuicDeliveryState,
+    QuicPacketBuilder,
+    QuicPacketBuilderStop,
+)
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 
 from ..errors import SLOError
-from ..fec.control import FecDecision, FecOverride, decide
+from ..fec.control import FecDecision, FecMode, FecOverride, decide
 from ..fec.errors import CorruptRepairError, FecError
 from ..fec.frames import (
+    FEC_WINDOW,
     FRAME_CLASSES,
     REPAIR,
     SYMBOL_ACK,
@@ -88,6 +96,11 @@ class NetSchedConnection(MultipathConnection):
         self.peer_slo: SLO | None = None
         self.send_order = SendOrder()
         self._fec_config = fec
+        self._fec_offer = None if fec is None else fec.offer  # sent once, negotiated with
+        # Our decoding window follows the session's FEC switch (`_fec_follow_session`):
+        # whether it is off now, and the window to return to once it is on again.
+        self._fec_window_off = fec is not None and fec.session.mode is FecMode.OFF
+        self._fec_window_on = 0
         self.peer_fec: FecParameters | None = None  # the peer's offer, scheme 1
         self._fec_sender: FecSender | None = None
         self._fec_receiver: FecReceiver | None = None
@@ -139,8 +152,8 @@ class NetSchedConnection(MultipathConnection):
         data: bytes = super()._serialize_transport_parameters()
         if self._local_slo is not None:
             data += encode_transport_parameter(SLO_TRANSPORT_PARAMETER, encode_slo(self._local_slo))
-        if self._fec_config is not None:
-            offer = self._fec_config.parameters.encode()
+        if self._fec_offer is not None:
+            offer = self._fec_offer.encode()
             data += encode_transport_parameter(FEC_TRANSPORT_PARAMETER, offer)
         return data
 
@@ -174,15 +187,17 @@ class NetSchedConnection(MultipathConnection):
                 frame_type=QuicFrameType.CRYPTO,
                 reason_phrase=str(exc),
             ) from exc
-        if self._fec_config is None:
+        config, offer, peer = self._fec_config, self._fec_offer, self.peer_fec
+        if config is None or offer is None or peer is None:
             return
-        negotiated = negotiate(self._fec_config.parameters, self.peer_fec)
+        negotiated = negotiate(offer, peer)
         if negotiated is not None:
-            config = self._fec_config
-            self._fec_sender = FecSender(
-                negotiated, config.parameters.max_coding_window, config.protect_all
+            self._fec_sender = FecSender(negotiated, offer.max_coding_window, config.protect_all)
+            self._fec_receiver = FecReceiver(negotiated, window_limit=peer.max_coding_window)
+            self._fec_window_on = min(
+                config.parameters.initial_decoding_window, peer.max_coding_window
             )
-            self._fec_receiver = FecReceiver(negotiated)
+            self._fec_follow_session()  # a 0-RTT session may have switched since the offer
 
     # -- FEC: public API ---------------------------------------------------------------------
 
@@ -214,6 +229,57 @@ class NetSchedConnection(MultipathConnection):
             deadline_at, loss_tolerance, override or FecOverride(), size_hint
         )
         self._fec_decisions.pop(stream_id, None)
+
+    def set_session_fec(self, override: FecOverride) -> None:
+        """Replace the session's FEC override (`FecConfig.session`), which every request's
+        refines, for the data sent from now on.
+
+        Mode off also sets our decoding window to 0, so that the peer stops
+        sending repairs; turning it on again restores the window held before.
+        """
+        config = self._fec_config
+        if config is None:
+            raise ValueError("FEC session override: the connection was made without fec=")
+        if not isinstance(override, FecOverride):
+            raise ValueError(f"FEC session override: must be a FecOverride (got {override!r})")
+        self._fec_config = dataclasses.replace(config, session=override)
+        self._fec_decisions.clear()  # decided under the old override
+        self._fec_follow_session()
+
+    def _fec_follow_session(self) -> None:
+        """Window 0 while the session's FEC is off, the window held before once it is on."""
+        receiver, config = self._fec_receiver, self._fec_config
+        if receiver is None or config is None:
+            return  # not negotiated (yet): negotiation catches up
+        off = config.session.mode is FecMode.OFF
+        if off == self._fec_window_off:
+            return
+        self._fec_window_off = off
+        if off:
+            self._fec_window_on = receiver.window
+            receiver.set_window(0)
+        elif receiver.window == 0:  # unless the app chose a window meanwhile
+            receiver.set_window(self._fec_window_on)
+
+    @property
+    def fec_decoding_window(self) -> int | None:
+        """Source symbols our decoder holds (the peer's repairs span no more); None
+        without negotiated FEC."""
+        receiver = self._fec_receiver
+        return None if receiver is None else receiver.window
+
+    def set_fec_decoding_window(self, size: int) -> None:
+        """Hold `size` source symbols in our decoder from now on and tell the peer (FEC_WINDOW).
+
+        0 asks the peer to send no repairs (and no source symbol IDs) at all.
+        `size` is at most the peer's Max Coding Window, which its repairs never
+        exceed. Shrinking forgets the oldest symbols held. ValueError for a
+        size out of range or when FEC was not negotiated.
+        """
+        receiver = self._fec_receiver
+        if receiver is None:
+            raise ValueError("FEC decoding window: FEC was not negotiated with the peer")
+        receiver.set_window(size)
 
     def fec_decision(self, stream_id: int) -> FecDecision | None:
         """The redundancy last decided for this stream, if it sent protected data."""
@@ -317,9 +383,42 @@ class NetSchedConnection(MultipathConnection):
         sender = self._fec_sender
         if sender is not None:
             sender.path_id = self._live.path_id
+            if isinstance(builder, FecPacketBuilder):
+                self._write_fec_window(builder, now)
         super()._write_application(builder, network_path, now)
         if sender is not None and isinstance(builder, FecPacketBuilder):
             self._write_fec_repairs(builder, now)
+
+    def _write_fec_window(self, builder: FecPacketBuilder, now: float) -> None:
+        """FEC_WINDOW in a packet of its own, ahead of the data (no source symbol may
+        hold it): ack-eliciting, and its latest epoch is sent again when lost."""
+        receiver, crypto = self._fec_receiver, self._cryptos[Epoch.ONE_RTT]
+        if receiver is None or not receiver.window_pending or receiver.window_frame is None:
+            return
+        if not self._handshake_complete or not crypto.send.is_valid():
+            return
+        if self._loss._pacer.next_send_time(now=now) is not None:
+            return  # aioquic's loop waits for the pacer too
+        frame = receiver.window_frame
+        body = frame.encode_body()
+        try:
+            builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+            builder.protectable = False
+            buf = builder.start_frame(
+                FEC_WINDOW,
+                capacity=len(body),
+                handler=self._on_fec_window_delivery,
+                handler_args=(frame.epoch,),
+            )
+        except QuicPacketBuilderStop:
+            return  # no room in the congestion window: a later round sends it
+        buf.push_bytes(body)
+        receiver.window_pending = False
+        self._loss._pacer.update_after_send(now=now)
+
+    def _on_fec_window_delivery(self, delivery: QuicDeliveryState, epoch: int) -> None:
+        if delivery == QuicDeliveryState.LOST and self._fec_receiver is not None:
+            self._fec_receiver.on_window_lost(epoch)
 
     def _fec_other_path(self) -> bool:
         """Another active path could carry repairs (loss on one path spares the other)."""
@@ -456,9 +555,11 @@ class NetSchedConnection(MultipathConnection):
                 f"REPAIR symbol of {len(frame.symbol)} bytes, "
                 f"the negotiated Symbol Size is {receiver.symbol_size}",
             )
-        if frame.count > receiver.window:
+        if frame.count > receiver.widest_window:
             raise _fec_violation(
-                frame, f"REPAIR spans {frame.count} symbols, our decoding window {receiver.window}"
+                frame,
+                f"REPAIR spans {frame.count} symbols, "
+                f"our decoding window is at most {receiver.widest_window}",
             )
         try:
             receiver.on_repair(frame)

@@ -7,8 +7,9 @@
   lost, or acknowledged as recovered by SYMBOL_ACK, accrues repair credit per
   protected packet at its request's ratio, and makes REPAIR frames.
 - `FecReceiver`: the decoder side. It feeds source and repair symbols to the
-  decoder, queues recovered payloads for the normal frame dispatch, and
-  remembers recovered IDs for SYMBOL_ACK.
+  decoder, queues recovered payloads for the normal frame dispatch,
+  remembers recovered IDs for SYMBOL_ACK, and resizes the decoder and numbers
+  the FEC_WINDOW frames that announce it.
 - `MeasuredRecovery`: aioquic's recovery that also feeds a `LossEstimator`
   with each 1-RTT packet's fate (the controller's loss rate and burst length).
 
@@ -17,6 +18,7 @@ Nothing here sees a socket or a clock: times come in as `now`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import statistics
@@ -36,11 +38,12 @@ from ..fec.control import (
     NO_OVERRIDE,
     FecDecision,
     FecInputs,
+    FecMode,
     FecOverride,
     FecPolicy,
     FecReason,
 )
-from ..fec.frames import MAX_REPAIR_KEY, MAX_SYMBOL_ACK_RANGES, Repair, SymbolAck
+from ..fec.frames import MAX_REPAIR_KEY, MAX_SYMBOL_ACK_RANGES, FecWindow, Repair, SymbolAck
 from ..fec.loss import LossEstimator, LossStats
 from ..fec.params import FecParameters, NegotiatedFec
 from .multipath.recovery import CountingRecovery
@@ -73,6 +76,14 @@ class FecConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"FecConfig.{name}: must be a number in 0.0..1.0 (got {value!r})")
+
+    @property
+    def offer(self) -> FecParameters:
+        """Our netsched_fec: with the session's FEC off, a decoding window of 0, so that
+        the peer sends no repairs until FEC is turned on (then FEC_WINDOW says more)."""
+        if self.session.mode is FecMode.OFF:
+            return dataclasses.replace(self.parameters, initial_decoding_window=0)
+        return self.parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +177,8 @@ class FecSender:
 
     @property
     def payload_limit(self) -> int:
+        if self.peer_window == 0:
+            return 0  # the peer holds no symbols: SOURCE_SYMBOL_ID would be wasted bytes
         return self.symbol_size - 2 if self.armed or self._protect_all else 0
 
     @property
@@ -217,7 +230,8 @@ class FecSender:
             handler(delivery, *args)
 
     def _may_be_recovered(self, symbol_id: int) -> bool:
-        covered = symbol_id < self._unrepaired_from or self._flush_at is not None
+        will_be = self._flush_at is not None and self.peer_window > 0
+        covered = symbol_id < self._unrepaired_from or will_be
         return covered and symbol_id in self._held and symbol_id not in self._lost_until
 
     def on_symbol_ack(self, ranges: Iterable[range]) -> int:
@@ -300,12 +314,19 @@ class FecSender:
 
 
 class FecReceiver:
-    """Decoder side: symbols in, recovered payloads out, recovered IDs for SYMBOL_ACK."""
+    """Decoder side: symbols in, recovered payloads out, recovered IDs for SYMBOL_ACK, and
+    the decoding window we announce with FEC_WINDOW."""
 
-    def __init__(self, negotiated: NegotiatedFec):
+    def __init__(self, negotiated: NegotiatedFec, window_limit: int):
         self.symbol_size = negotiated.symbol_size
         self.window = negotiated.receive_window
-        self._decoder = FecDecoder(self.symbol_size, max(1, self.window))
+        self.window_limit = window_limit  # the peer's Max Coding Window: a larger decoder idles
+        # The widest window we ever announced: repairs the peer sent before it saw a
+        # smaller one span up to it, and are ignored rather than a PROTOCOL_VIOLATION.
+        self.widest_window = self.window
+        self._decoder = self._new_decoder(self.window)
+        self.window_frame: FecWindow | None = None  # the latest FEC_WINDOW, sent or not
+        self.window_pending = False  # window_frame is still to be (re)sent
         self._recovered_ids = RangeSet()
         self.backlog: deque[Recovered] = deque()
         self.ack_pending = False
@@ -313,13 +334,49 @@ class FecReceiver:
         self.repairs_received = 0
         self.symbols_recovered = 0
 
+    def _new_decoder(self, window: int) -> FecDecoder | None:
+        return FecDecoder(self.symbol_size, window) if window else None
+
+    def set_window(self, size: int) -> None:
+        """Hold `size` source symbols from now on and announce it with the next epoch.
+
+        Shrinking forgets the oldest symbols held (and the memory they took); a
+        size of 0 drops the decoder: the peer stops sending repairs.
+        """
+        if not (isinstance(size, int) and not isinstance(size, bool)):
+            raise ValueError(f"FEC decoding window: must be an int (got {size!r})")
+        if not 0 <= size <= self.window_limit:
+            raise ValueError(
+                f"FEC decoding window: {size} is out of range 0..{self.window_limit} "
+                "(the peer's Max Coding Window: its repairs never span more)"
+            )
+        if size == self.window:
+            return  # the peer has, or will get with the latest frame, this size already
+        epoch = 0 if self.window_frame is None else self.window_frame.epoch + 1
+        self.window_frame = FecWindow(epoch, size)
+        self.window_pending = True
+        self.window = size
+        self.widest_window = max(self.widest_window, size)
+        if self._decoder is None or size == 0:
+            self._decoder = self._new_decoder(size)
+        else:
+            self._decoder.resize(size)
+
+    def on_window_lost(self, epoch: int) -> None:
+        """A packet with FEC_WINDOW `epoch` was lost: resend it unless a newer one superseded it."""
+        if self.window_frame is not None and self.window_frame.epoch == epoch:
+            self.window_pending = True
+
     def on_source(self, symbol_id: int, payload: bytes) -> None:
         self.symbols_received += 1
-        self._take(self._decoder.receive_source(symbol_id, payload))
+        if self._decoder is not None:
+            self._take(self._decoder.receive_source(symbol_id, payload))
 
     def on_repair(self, frame: Repair) -> None:
         """Raises FecError for a repair the decoder refuses (CorruptRepairError included)."""
         self.repairs_received += 1
+        if self._decoder is None or frame.count > self.window:
+            return  # sent before the peer saw our smaller window
         self._take(
             self._decoder.receive_repair(
                 frame.repair_key, frame.first_id, frame.count, frame.dt, frame.symbol

@@ -494,6 +494,30 @@ class Session:
         quic = self._driver.quic
         return quic.fec_stats() if isinstance(quic, NetSchedConnection) else None
 
+    def set_fec(self, override: FecOverride) -> None:
+        """Replace the session's FEC override (`FecConfig.session`) from now on; each
+        request's `fec=` still refines it.
+
+        Mode off also asks the edge to stop sending repairs (our decoding window
+        becomes 0), and turning FEC on again restores the window held before.
+        ValueError when the session was opened without `fec=`.
+        """
+        self._fec_connection().set_session_fec(override)
+        self._driver.schedule_transmit()
+
+    def set_fec_decoding_window(self, size: int) -> None:
+        """Hold `size` source symbols for recovery (0: the edge sends no repairs), at most
+        the edge's Max Coding Window. ValueError when FEC was not negotiated or for
+        a size out of range."""
+        self._fec_connection().set_fec_decoding_window(size)
+        self._driver.schedule_transmit()
+
+    def _fec_connection(self) -> NetSchedConnection:
+        self._check_open()
+        quic = self._driver.quic
+        assert isinstance(quic, NetSchedConnection)  # what connect() builds
+        return quic
+
     # -- internals -----------------------------------------------------------
 
     def _effective(self, slo: SLO | None) -> SLO:
@@ -669,7 +693,8 @@ async def open_session(
     """Connect and complete the handshake; the caller closes the session.
 
     `fec`: offer FEC (docs/FEC.md) with this configuration: its `session`
-    override applies to every request, each request's `fec=` refines it.
+    override applies to every request, each request's `fec=` refines it; with
+    mode off the edge sends no repairs either. `Session.set_fec` changes it.
 
     `paths`: local addresses or interface names to use at once, the first one
     for the handshake; "auto" adds every non-loopback local address. When the
