@@ -136,8 +136,8 @@ class EdgeQuicConnection(NetSchedConnection):
     0-RTT: aioquic accepts early data with any valid ticket; `early_streams`
     records the streams whose data came in 0-RTT packets.
 
-    Closing before any ClientHello arrived (the connection was made by a corrupted,
-    stray or CRYPTO-less Initial) is silent: a CONNECTION_CLOSE would go to a
+    Closing before any client packet was processed (the connection was made by a
+    corrupted, stray or CRYPTO-less Initial) is silent: a CONNECTION_CLOSE would go to a
     connection ID nobody chose, from a connection that never was (and the interop
     runner counts it as one more handshake).
     """
@@ -152,6 +152,7 @@ class EdgeQuicConnection(NetSchedConnection):
         self._tickets = tickets
         self._early_data = early_data
         self.early_streams: set[int] = set()  # bounded by the stream limit (aioquic checks it)
+        self._heard_peer = False  # a packet of the client's was processed (not just ignored)
         if tickets is not None:
             kwargs.update(
                 session_ticket_fetcher=self._fetch_ticket, session_ticket_handler=self._keep_ticket
@@ -171,17 +172,13 @@ class EdgeQuicConnection(NetSchedConnection):
         frame_type: int | None = None,
         reason_phrase: str = "",
     ) -> None:
-        if self._heard_client_hello() or self._close_event is not None:
+        if self._heard_peer or self._close_event is not None:
             super().close(error_code, frame_type, reason_phrase)
             return
         self._close_event = ConnectionTerminated(
             error_code=error_code, frame_type=frame_type, reason_phrase=reason_phrase
         )
         self._close_end()
-
-    def _heard_client_hello(self) -> bool:
-        context: tls.Context | None = getattr(self, "tls", None)  # set by the first Initial
-        return context is not None and context.state is not tls.State.SERVER_EXPECT_CLIENT_HELLO
 
     def in_early_data(self, stream_id: int) -> bool:
         """The stream's data came in 0-RTT and the handshake is still under way."""
@@ -225,13 +222,16 @@ class EdgeQuicConnection(NetSchedConnection):
         self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
     ) -> tuple[bool, bool]:
         try:
-            return super()._payload_received(
+            received = super()._payload_received(
                 context, plain, crypto_frame_required=crypto_frame_required
             )
         except QuicConnectionError as exc:
             if not (crypto_frame_required and exc.reason_phrase == NO_CRYPTO_FRAME):
+                self._heard_peer = True  # a real peer, owed a CONNECTION_CLOSE
                 raise
             return False, False  # not ack-eliciting: no answer before a ClientHello
+        self._heard_peer = True
+        return received
 
 
 class _AppProtocol(Protocol):
