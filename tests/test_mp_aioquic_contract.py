@@ -144,6 +144,8 @@ FOREIGN_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "QuicNetworkPath.is_validated": bool,
     "QuicNetworkPath.local_challenge_sent": bool,
     "QuicNetworkPath.validation_deadline": (float, NoneType),
+    "QuicNetworkPath.bytes_received": int,  # a server's PATH_CHALLENGE to a moved client
+    "QuicNetworkPath.bytes_sent": int,  # stays within 3x what came (anti-amplification)
     "CryptoPair._update_key_requested": bool,  # PathCrypto performs requested key updates
     "CryptoPair.recv": CryptoContext,
     "CryptoPair.send": CryptoContext,
@@ -201,7 +203,10 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
         "c37bf64378f72b2f",
         "calls _write_ack_frame and, once per 1-RTT packet after the handshake, "
         "_write_connection_limits (our multipath frames ride there); reads _streams_queue "
-        "and _datagrams_pending, which a backup path empties while it sends",
+        "and _datagrams_pending, which a backup path empties while it sends; writes the "
+        "PATH_CHALLENGE of an unvalidated active path (after the ACK, congestion limited) "
+        "unless local_challenge_sent: _challenge_new_address sends it first when the window "
+        "has less than a datagram of room",
     ),
     "aioquic.quic.connection:QuicConnection._write_ack_frame": (
         "dc0bde63adda7ae4",
@@ -224,7 +229,13 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
     ),
     "aioquic.quic.connection:QuicConnection._write_path_challenge_frame": (
         "71e5ebefcc602a53",
-        "we call it to probe a new path (builder, network_path)",
+        "we call it to probe a new path or a moved client (builder, network_path); it sets "
+        "local_challenge_sent and starts a frame that asks for 1200-byte padding",
+    ),
+    "aioquic.quic.connection:QuicConnection._on_path_challenge_delivery": (
+        "c3f244b8037e6b1c",
+        "a lost challenge to the active path clears local_challenge_sent: "
+        "_challenge_new_address then sends a new one",
     ),
     "aioquic.quic.connection:QuicConnection._flush_builder": (
         "ac4bd66d7c3892df",
@@ -440,7 +451,8 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
     "aioquic.quic.packet_builder:QuicPacketBuilder.start_packet": (
         "63a59deba3617ddc",
         "ends the previous packet (our _end_packet) first, sets _packet_type, _packet_start, "
-        "_header_size: FecPacketBuilder resets its per-packet marks after it",
+        "_header_size: FecPacketBuilder resets its per-packet marks after it; a new "
+        "datagram's size is capped by max_total_bytes, which _one_rtt_builder sets before",
     ),
     "aioquic.quic.rangeset:RangeSet.__init__": (
         "442ebd54953d7904",

@@ -60,7 +60,11 @@ from aioquic.quic.packet import (
     QuicProtocolVersion,
     push_ack_frame,
 )
-from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
+from aioquic.quic.packet_builder import (
+    QuicDeliveryState,
+    QuicPacketBuilder,
+    QuicPacketBuilderStop,
+)
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 from aioquic.tls import Epoch
 
@@ -870,7 +874,7 @@ class MultipathConnection(QuicConnection):
 
     def datagrams_with_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
         if len(self._paths) == 1 and self._live is self._path0 and self._path0.usable:
-            sent = self._send_mtu_probe(now)
+            sent = self._challenge_new_address(now) + self._send_mtu_probe(now)
             sent += self._note_full(super().datagrams_to_send(now))
             self._account(self._path0, sent)
             return [(data, addr, 0) for data, addr in sent]
@@ -904,11 +908,12 @@ class MultipathConnection(QuicConnection):
             return []  # server side: no packet decrypted on this path yet
         if path.state is PathState.VALIDATING:
             return self._send_path_challenge(now)
+        sent = self._challenge_new_address(now)
         if not data_allowed:
             self._sync_datagram_size(now)  # a backup path probes once it carries data
             with self._holding_back(None):
-                return super().datagrams_to_send(now)
-        return self._send_mtu_probe(now) + self._note_full(self._send_data(path, now))
+                return sent + super().datagrams_to_send(now)
+        return sent + self._send_mtu_probe(now) + self._note_full(self._send_data(path, now))
 
     def _send_data(self, path: Path, now: float) -> list[tuple[bytes, NetworkAddress]]:
         priorities = self.stream_priorities()
@@ -986,23 +991,58 @@ class MultipathConnection(QuicConnection):
             if packet is not None and copied:
                 make_safe(packet.delivery_handlers, copied)
 
+    def _challenge_new_address(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Server: the live path's client moved (NAT rebinding, migration) to an address
+        not validated yet; the first datagram sent there must carry its PATH_CHALLENGE.
+
+        aioquic writes the challenge after the ACK in its next packet, and, being in
+        flight, only within the congestion window: with the window full of packets sent
+        to the old address, the ACK went alone (issue #4; the interop runner's rebind
+        rule wants the challenge first), and with less than a datagram of room the
+        challenge is not padded to 1200 bytes (RFC 9000 §8.2.1). Then, and only then
+        (aioquic's packet is left alone otherwise), the challenge goes first, in a
+        datagram of its own: a probing frame (§9.1), sent beyond a window filled on
+        the old path (§9.4), within the anti-amplification limit."""
+        network_path = self._network_paths[0]
+        if self._is_client or network_path.is_validated or not self._handshake_complete:
+            return []  # aioquic's own condition for writing the challenge
+        if self._close_pending or self._state in END_STATES:
+            return []  # only CONNECTION_CLOSE leaves now
+        if self._loss.congestion_window - self._loss.bytes_in_flight >= self._max_datagram_size:
+            return []  # aioquic's next packet carries it, padded
+        return self._send_path_challenge(now)
+
     def _send_path_challenge(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """Client: probe a new path once; the validation deadline abandons it if unanswered."""
+        """Probe the live path's peer address once: a client's new path, or the address
+        a server's client moved to. The validation deadline, set by the first challenge
+        as aioquic does (RFC 9000 §8.2.4), abandons the path if it goes unanswered."""
         network_path = self._network_paths[0]
         if network_path.local_challenge_sent:
             return []
-        builder = self._one_rtt_builder(self._max_datagram_size)
-        self._write_path_challenge_frame(builder=builder, network_path=network_path)
-        network_path.validation_deadline = now + 3 * max(
-            self._loss.get_probe_timeout(), 2 * self._configuration.initial_rtt
-        )
+        # A server answers an unvalidated address within 3x what came from it (RFC 9000
+        # §8.1); the padding to 1200 bytes stops there (§8.2.1). A client sends first.
+        allowance = None
+        if not self._is_client:
+            allowance = 3 * network_path.bytes_received - network_path.bytes_sent
+        try:
+            builder = self._one_rtt_builder(self._max_datagram_size, allowance)
+            self._write_path_challenge_frame(builder=builder, network_path=network_path)
+        except QuicPacketBuilderStop:
+            return []  # no allowance left: the client's next datagram brings more
+        if network_path.validation_deadline is None:
+            network_path.validation_deadline = now + 3 * max(
+                self._loss.get_probe_timeout(), 2 * self._configuration.initial_rtt
+            )
         sent: list[tuple[bytes, NetworkAddress]] = self._flush_builder(
             builder=builder, network_path=network_path, peer_cid=self._peer_cid.cid, now=now
         )
         return sent
 
-    def _one_rtt_builder(self, max_datagram_size: int) -> QuicPacketBuilder:
-        """A builder for the live path with a 1-RTT packet started (aioquic's stays unused)."""
+    def _one_rtt_builder(
+        self, max_datagram_size: int, max_total_bytes: int | None = None
+    ) -> QuicPacketBuilder:
+        """A builder for the live path with a 1-RTT packet started (aioquic's stays unused),
+        its datagrams within `max_total_bytes` (the anti-amplification limit) if given."""
         builder = QuicPacketBuilder(
             host_cid=self.host_cid,
             is_client=self._is_client,
@@ -1012,6 +1052,7 @@ class MultipathConnection(QuicConnection):
             quic_logger=self._quic_logger,
             version=self._version or QuicProtocolVersion.VERSION_1,
         )
+        builder.max_total_bytes = max_total_bytes  # read when the packet starts a datagram
         builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[Epoch.ONE_RTT])
         return builder
 
