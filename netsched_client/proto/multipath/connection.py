@@ -307,9 +307,13 @@ class MultipathConnection(QuicConnection):
     def path_oldest_unacked(self, path: Path) -> float | None:
         """Send time of this path's oldest ack-eliciting packet still in flight, if any."""
         space: QuicPacketSpace = self._attr(path, "_spaces")[Epoch.ONE_RTT]
+        if not space.ack_eliciting_in_flight:
+            return None  # a receiver's path holds ACK-only packets: no scan
         # Packets are kept in send order: the first match is the oldest.
         packets = space.sent_packets.values()
-        return next((p.sent_time for p in packets if p.in_flight and p.delivery_handlers), None)
+        return next(
+            (p.sent_time for p in packets if p.is_ack_eliciting and p.delivery_handlers), None
+        )
 
     def path_rtt(self, path: Path) -> float | None:
         loss: QuicPacketRecovery = self._attr(path, "_loss")
