@@ -3,8 +3,9 @@
 setup   install the peers (idempotent); one line per peer, exit 1 if any failed
 run     run the matrix, print progress, write interop/results/<date>/
         (matrix.json, matrix.md, logs/); exit 1 when a failure is NetSched's
-run --ci  the CI subset: handshake, transfer and retry, and mp-handshake and
-        mp-transfer where both sides do multipath, against aioquic, ngtcp2 and
+run --ci  the CI subset: handshake, transfer and retry, and mp-handshake,
+        mp-transfer, mp-failover and mp-abandon where both sides do multipath,
+        against aioquic, ngtcp2 and
         picoquic in roles client and server (cases.CI_CASES, peers.CI_PEERS);
         a CI peer that is not installed fails the run
 list    peers (and whether they are installed) and cases

@@ -147,7 +147,7 @@ def test_case_table() -> None:
     assert all(not c.pending and multipath_negotiated in c.rules for c in multipath)
     assert all(c.client_needs == c.server_needs == {Feature.MULTIPATH} for c in multipath)
     assert CASES_BY_NAME["mp-transfer"].client_locals == MULTIPATH_LOCALS
-    assert {"mp-handshake", "mp-transfer"} <= set(CI_CASES)
+    assert {"mp-handshake", "mp-transfer", "mp-failover", "mp-abandon"} <= set(CI_CASES)
     assert CASES_BY_NAME["http3"].alpn == H3
     assert [c.name for c in select(["retry", "handshake"])] == ["handshake", "retry"]
     with pytest.raises(ValueError, match="unknown case"):
