@@ -281,6 +281,15 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
         "8549f45b09415b1a",
         "we raise it to 3 x the largest PTO over paths",
     ),
+    "aioquic.quic.connection:QuicConnection.change_connection_id": (
+        "60bf2f7b2c8600fe",
+        "Session.migrate (single path): retires the live path's peer CID and takes the next "
+        "unused one (RFC 9000 §9.5)",
+    ),
+    "aioquic.quic.connection:QuicConnection.send_ping": (
+        "db37741af3f6bd5d",
+        "Session.migrate: queues a PING, so a packet leaves from the new address at once",
+    ),
     "aioquic.quic.connection:QuicConnection._close_end": (
         "7e32d95840a68634",
         "discards every epoch of the live path (path 0 when the connection ends)",

@@ -271,8 +271,11 @@ class ClientEndpoint(UdpSender):
         sock.bind(family, (local_host, 0))
         return sock
 
-    def bind_path(self, path_id: int, sock: PathSocket) -> None:
+    def bind_path(self, path_id: int, sock: PathSocket) -> PathSocket | None:
+        """`path_id`'s datagrams leave from `sock` now; the socket it replaces, if any."""
+        previous = self._path_sockets.get(path_id)
         self._path_sockets[path_id] = sock
+        return previous
 
     def release_path(self, path_id: int) -> None:
         sock = self._path_sockets.pop(path_id, None)

@@ -146,6 +146,38 @@ class PathManager:
                 self._driver.schedule_transmit()  # PATH_CIDS_BLOCKED, if one was queued
                 await self._id_ready
 
+    async def migrate(self, local: str | None = None) -> int:
+        """Move the session to a new local address; the path ID in use afterwards.
+
+        Multipath: open a path from `local` and abandon the others once it is
+        validated (make before break). Otherwise path 0 moves (RFC 9000 §9): its
+        datagrams leave from a new socket, under a new connection ID, and the edge
+        validates the new address. `local` defaults to the current address (a new
+        port)."""
+        host = self._endpoint.local_address[0] if local is None else local
+        if self.multipath:
+            before = [s.path_id for s in self.stats() if s.state == "active"]
+            path_id = await self.add(host)
+            for old in before:
+                self.remove(old)
+            return path_id
+        try:
+            sock = await self._endpoint.open_path_socket(
+                self._family, resolve_local(host, self._family)
+            )
+        except (InterfaceError, OSError) as exc:
+            raise PathError(f"cannot migrate to {host}: {exc}") from None
+        try:
+            self._quic.prepare_migration()
+        except MultipathError as exc:
+            sock.close()
+            raise PathError(str(exc)) from None
+        previous = self._endpoint.bind_path(0, sock)
+        if previous is not None:  # late packets to the old address still need reading
+            asyncio.get_running_loop().call_later(3.0, previous.close)
+        self._driver.schedule_transmit()
+        return 0
+
     def remove(self, path_id: int) -> None:
         self._quic.abandon_path(
             path_id, APPLICATION_ABANDON_PATH, now=asyncio.get_running_loop().time()

@@ -412,6 +412,14 @@ class Session:
         self._check_open()
         self._paths.remove(path_id)
 
+    async def migrate(self, local: str | None = None) -> int:
+        """Move the session to a new local address (address or interface name; default:
+        the current one, on a new port), e.g. after a network change; returns the path ID
+        in use. Single path: RFC 9000 active migration with a new connection ID.
+        Multipath: a path from `local` is opened, then the others are abandoned."""
+        self._check_open()
+        return await self._paths.migrate(local)
+
     def set_path_backup(self, path_id: int, backup: bool = True) -> None:
         """Use a path only when no other works (and tell the edge so)."""
         self._check_open()

@@ -362,6 +362,20 @@ class MultipathConnection(QuicConnection):
         path.local_addr = local_addr
         return path.path_id
 
+    def prepare_migration(self) -> None:
+        """Client, single path: the next datagrams leave from a new local address (RFC 9000
+        §9 active migration). Switch to an unused connection ID of the server's, so the two
+        addresses cannot be linked (§9.5), and send a PING there for the server to see the
+        move and validate the new address. MultipathError when there is no spare ID."""
+        if not self._is_client or self.multipath_enabled or self._live is not self._path0:
+            raise MultipathError("migration moves a single-path client's path 0")
+        if not self._handshake_complete:
+            raise MultipathError("migration waits for the handshake to complete (RFC 9000 §9)")
+        if not self._peer_cid_available:
+            raise MultipathError("the server issued no spare connection ID to migrate with")
+        self.change_connection_id()
+        self.send_ping(0)
+
     def abandon_path(
         self, path_id: int, error_code: int = f.APPLICATION_ABANDON_PATH, *, now: float
     ) -> None:
