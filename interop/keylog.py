@@ -48,6 +48,7 @@ MAX_PACKET_NUMBER_TRIES = 64
 MAX_CONNECTIONS = 64  # key log entries past this many connections are ignored
 # Key updates tried when opening a 1-RTT packet: some stacks update keys on their own
 # every so many packets, several times in a 10 MB transfer.
+MULTIPATH_IDS = 4  # path IDs tried: a move or a second path, not a path-rich session
 MAX_KEY_UPDATES = 8
 
 
@@ -252,7 +253,10 @@ def open_short_header(
     number of 1-RTT packets the observer saw before it in the same direction.
     Candidates go up from there one truncation window at a time, then up from 0
     (a stack that starts a new number space for a new path, as picoquic does
-    between its own endpoints); the AEAD tag picks the right one.
+    between its own endpoints), then the same numbers on multipath path IDs 1 to
+    MULTIPATH_IDS - 1 (draft-ietf-quic-multipath-21 §2.4: the path ID sits above the
+    packet number in the nonce; aioquic's AEAD takes it as bits 64 and up of the
+    number); the AEAD tag picks the right one.
     """
     context = CryptoContext()
     context.setup(cipher_suite=CipherSuite(suite), secret=secret, version=version)
@@ -262,6 +266,7 @@ def open_short_header(
     plain_header, truncated = context.hp.remove(packet, number_offset)
     bits = 8 * ((plain_header[0] & 0x03) + 1)
     numbers = [n for lower in (at_least, 0) for n in _packet_numbers(truncated, bits, lower)]
+    numbers += [n | path_id << 64 for path_id in range(1, MULTIPATH_IDS) for n in numbers]
     # The reserved bits are header-protected (RFC 9000 §17.3.1), unless the endpoints
     # negotiated the loss bits extension (draft-ferrieuxhamchaoui-quic-lossbits), which
     # carries its Q and L bits there unprotected, as picoquic does with itself. Then the

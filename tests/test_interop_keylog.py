@@ -102,6 +102,20 @@ def one_rtt_packet(
     return packet
 
 
+def test_short_header_of_a_multipath_path_opens(tmp_path: Path) -> None:
+    """A packet on path 2 (draft-21 nonce: the path ID above the packet number)."""
+    pair = Pair(tmp_path, CipherSuite.AES_128_GCM_SHA256)
+    secret = parse_keylog(pair.keylog.getvalue()).client_traffic
+    assert secret is not None
+    dcid = pair.client._peer_cid.cid
+    payload = b"\x01" + bytes(40)
+    context = CryptoContext()
+    context.setup(cipher_suite=CipherSuite.AES_128_GCM_SHA256, secret=secret, version=QUIC_V1)
+    header = bytes([0x40 | 0x01]) + dcid + (5).to_bytes(2, "big")
+    packet = context.encrypt_packet(header, payload, 5 | 2 << 64)
+    assert open_short_header(packet, len(dcid), secret, 0x1301, QUIC_V1, 0) == payload
+
+
 def test_short_header_with_unprotected_loss_bits_opens(tmp_path: Path) -> None:
     pair = Pair(tmp_path, CipherSuite.AES_128_GCM_SHA256)
     secret = parse_keylog(pair.keylog.getvalue()).client_traffic

@@ -33,6 +33,7 @@ async def test_single_path_session_moves_with_a_new_connection_id(
     assert (await session.request("files", meta={"path": "/small.txt"})).body == b"small"
     quic = session._driver.quic
     before_cid, before_addr = quic._peer_cid.cid, _edge_peer(edge)
+    assert session.can_migrate
     assert await session.migrate() == 0
     response = await session.request("files", meta={"method": "GET", "path": "/big.bin"})
     assert response.body == BIG  # sent to the new address: the edge validated it

@@ -10,8 +10,9 @@ Runs under the project's interpreter. Per test case:
   ticket goes into a `TicketStore`; the rest over a second connection that
   resumes with it (zerortt: `early_data=True`, so the requests leave in 0-RTT);
   it fails unless the second connection resumed;
-- connectionmigration: unsupported (exit 127): the SDK cannot move a session
-  to a new local address outside multipath;
+- connectionmigration: `Session.migrate()` once MIGRATE_AT bytes have arrived:
+  path 0 moves to a new local port under a new connection ID (RFC 9000 §9;
+  with a multipath server: a new path, then the old one abandoned);
 - mp-*: fail unless multipath was negotiated; mp-transfer, mp-failover and
   mp-abandon open a path from each LOCALS address (`open_session(paths=...)`)
   and fail unless two are active before the requests go out; mp-abandon
@@ -59,12 +60,11 @@ KNOWN_CASES = (
     "keyupdate",
     "resumption",
     "zerortt",
+    "connectionmigration",
     *MULTIPATH_CASES,
 )
 # Cases the SDK cannot do, and why (peers/netsched.py says so before running).
-LACKING = {
-    "connectionmigration": "the SDK has no call to move a session to a new local address",
-}
+LACKING: dict[str, str] = {}
 RESUMING_CASES = ("resumption", "zerortt")
 TICKET_WAIT_S = 5.0  # the server sends its ticket after the handshake, maybe after the data
 TICKET_POLL_S = 0.01
@@ -73,11 +73,21 @@ TICKET_POLL_S = 0.01
 # the case's timeout bounds the whole run anyway.
 HANDSHAKE_TIMEOUT_S = 60.0
 PATHS_WANTED = 2  # mp-transfer, mp-failover, mp-abandon
+MIGRATE_AT = 512 * 1024  # connectionmigration moves once this much arrived (of 2 MB)
+MIGRATE_POLL_S = 0.005
 ABANDON_POLL_S = 0.002  # how often mp-abandon looks at the bytes received
 
 
 class MultipathError(Exception):
     """The session cannot do what an mp-* case needs."""
+
+
+class MigrationError(Exception):
+    """The transfer ended before connectionmigration could move the session."""
+
+
+class CaseUnsupported(Exception):
+    """The server does not let this case run (said as the endpoint's exit 127)."""
 
 
 def configuration(contract: Contract, server_name: str) -> QuicConfiguration:
@@ -131,7 +141,10 @@ async def run(contract: Contract) -> int:
     elif contract.testcase in RESUMING_CASES:
         return await resume(contract)
     else:
-        await fetch(contract, contract.requests)
+        try:
+            await fetch(contract, contract.requests)
+        except CaseUnsupported as exc:
+            return unsupported(contract, str(exc))
     return EXIT_OK
 
 
@@ -173,11 +186,13 @@ async def fetch(
         if contract.testcase in MULTIPATH_CASES:
             check_paths(session, contract.testcase)
         downloads = asyncio.gather(*(download(session, contract, url) for url in urls))
-        if contract.testcase == "mp-abandon":
+        during = MIDWAY.get(contract.testcase)
+        if during is not None:
             try:
-                await abandon_first_path(session, downloads)
+                await during(session, downloads)
             except BaseException:
                 downloads.cancel()  # the session closes next; nothing is left unawaited
+                await asyncio.gather(downloads, return_exceptions=True)
                 raise
         await downloads
         if store is not None:
@@ -224,6 +239,22 @@ async def abandon_first_path(session: Session, downloads: asyncio.Future[list[No
     received = sum(p.bytes_received for p in session.paths)
     session.remove_path(0)
     report("abandon", path_id=0, local=first.local[0] if first.local else None, at=received)
+
+
+async def migrate_midway(session: Session, downloads: asyncio.Future[list[None]]) -> None:
+    """Move the session to a new local port once MIGRATE_AT bytes arrived."""
+    while (received := sum(p.bytes_received for p in session.paths)) < MIGRATE_AT:
+        if downloads.done():
+            raise MigrationError(f"the transfer ended before {MIGRATE_AT} bytes arrived")
+        await asyncio.sleep(MIGRATE_POLL_S)
+    if not session.can_migrate:
+        raise CaseUnsupported("the server issued no spare connection ID to migrate with")
+    path_id = await session.migrate()
+    report("migrate", path_id=path_id, at=received)
+
+
+# What a case does while its downloads run.
+MIDWAY = {"mp-abandon": abandon_first_path, "connectionmigration": migrate_midway}
 
 
 def _path_report(path: PathStats) -> dict[str, object]:

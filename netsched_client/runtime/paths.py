@@ -146,6 +146,10 @@ class PathManager:
                 self._driver.schedule_transmit()  # PATH_CIDS_BLOCKED, if one was queued
                 await self._id_ready
 
+    @property
+    def can_migrate(self) -> bool:
+        return self.multipath or self._quic.can_migrate
+
     async def migrate(self, local: str | None = None) -> int:
         """Move the session to a new local address; the path ID in use afterwards.
 

@@ -412,6 +412,12 @@ class Session:
         self._check_open()
         self._paths.remove(path_id)
 
+    @property
+    def can_migrate(self) -> bool:
+        """`migrate` can move the session now: multipath, or the edge gave us a spare
+        connection ID (a move under the old one would link the two addresses)."""
+        return self._paths.can_migrate
+
     async def migrate(self, local: str | None = None) -> int:
         """Move the session to a new local address (address or interface name; default:
         the current one, on a new port), e.g. after a network change; returns the path ID

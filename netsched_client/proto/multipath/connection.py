@@ -367,14 +367,25 @@ class MultipathConnection(QuicConnection):
         §9 active migration). Switch to an unused connection ID of the server's, so the two
         addresses cannot be linked (§9.5), and send a PING there for the server to see the
         move and validate the new address. MultipathError when there is no spare ID."""
-        if not self._is_client or self.multipath_enabled or self._live is not self._path0:
-            raise MultipathError("migration moves a single-path client's path 0")
-        if not self._handshake_complete:
-            raise MultipathError("migration waits for the handshake to complete (RFC 9000 §9)")
-        if not self._peer_cid_available:
-            raise MultipathError("the server issued no spare connection ID to migrate with")
+        problem = self._migration_problem()
+        if problem is not None:
+            raise MultipathError(problem)
         self.change_connection_id()
         self.send_ping(0)
+
+    @property
+    def can_migrate(self) -> bool:
+        """`prepare_migration` would succeed now."""
+        return self._migration_problem() is None
+
+    def _migration_problem(self) -> str | None:
+        if not self._is_client or self.multipath_enabled or self._live is not self._path0:
+            return "migration moves a single-path client's path 0"
+        if not self._handshake_complete:
+            return "migration waits for the handshake to complete (RFC 9000 §9)"
+        if not self._peer_cid_available:
+            return "the server issued no spare connection ID to migrate with (RFC 9000 §9.5)"
+        return None
 
     def abandon_path(
         self, path_id: int, error_code: int = f.APPLICATION_ABANDON_PATH, *, now: float
