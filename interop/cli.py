@@ -29,7 +29,7 @@ from . import peers as peer_table
 from .cases import Role
 from .peers import NETSCHED, Peer, SetupError
 from .results import Result, Verdict, from_json, markdown, merge, summary, to_json
-from .runner import Runner, Settings
+from .runner import Runner, Settings, rejudge_known
 
 INTEROP_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = INTEROP_DIR / "RESULTS.md"
@@ -140,6 +140,12 @@ def report(folders: Sequence[Path], *, publish: bool) -> int:
     """Render one folder's matrix.json as its matrix.md (and RESULTS.md when publishing),
     or several folders' merged (`results.merge`, oldest first) as RESULTS.md."""
     runs = [(folder.name, *_read_matrix(folder)) for folder in folders]
+    # The known-issue list may have grown since a run: its signs are read from the stored
+    # reasons and logs (a failure becomes known-issue only on evidence, never a pass).
+    runs = [
+        (name, meta, [rejudge_known(r, f) for r in rs])
+        for f, (name, meta, rs) in zip(folders, runs, strict=True)
+    ]
     if len(runs) > 1 and not publish:
         raise ValueError("several results folders are merged only into RESULTS.md: add --publish")
     meta, results = merge(runs) if len(runs) > 1 else runs[0][1:]

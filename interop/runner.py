@@ -414,6 +414,23 @@ def judge(
     return replace(result, verdict=Verdict.FAIL, reason=reason, notes=result.notes + unlike)
 
 
+def rejudge_known(
+    result: Result, folder: Path, known_issues: tuple[known.KnownIssue, ...] = known.KNOWN_ISSUES
+) -> Result:
+    """A stored failure, labelled known-issue if a listed issue's signs are in its stored
+    reason and logs (a peer issue documented after the run); anything else as it was."""
+    if result.verdict is not Verdict.FAIL or not result.logs:
+        return result
+    logdir = folder / Path(next(iter(result.logs.values()))).parent
+    issue = known.find(
+        result.peer, result.case, result.role, _evidence(result.reason, logdir), known_issues
+    )
+    if issue is None:
+        return result
+    reason = f"{issue.describe()}; observed: {result.reason}"
+    return replace(result, verdict=Verdict.KNOWN_ISSUE, reason=reason)
+
+
 def _evidence(reason: str, logdir: Path) -> known.Evidence:
     """The failure's reason, and its log folder's files as known issues' signs read them."""
     texts: dict[known.Source, str] = {known.Source.REASON: reason}

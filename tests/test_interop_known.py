@@ -58,3 +58,28 @@ def test_every_issue_names_a_listed_case_and_a_valid_sign() -> None:
     with pytest.raises(ValueError, match="needs a sign"):
         KnownIssue("p", "handshake", frozenset({Role.CLIENT}), "s", "e", ())
     assert str(Sign("x", Source.TRACE, absent=True)) == "trace.json without /x/"
+
+
+def test_a_stored_failure_is_rejudged_on_its_stored_evidence(tmp_path) -> None:
+    """`report` applies a known issue listed after the run, from the run's reason and logs;
+    another failure stays a failure, and a pass is never touched."""
+    from interop.results import Result, Verdict
+    from interop.runner import rejudge_known
+
+    logdir = tmp_path / "logs" / "aioquic" / "client" / "connectionmigration"
+    logdir.mkdir(parents=True)
+    (logdir / "client.log").write_text("moved\n")
+    logs = {"client.log": "logs/aioquic/client/connectionmigration/client.log"}
+    challenge = (
+        "first server packet on new path x did not contain a PATH_CHALLENGE frame (frames 0x2)"
+    )
+    failed = Result(
+        "aioquic", "connectionmigration", Role.CLIENT, Verdict.FAIL, reason=challenge, logs=logs
+    )
+    assert rejudge_known(failed, tmp_path).verdict is Verdict.KNOWN_ISSUE
+    other = Result(
+        "aioquic", "connectionmigration", Role.CLIENT, Verdict.FAIL, reason="timeout", logs=logs
+    )
+    assert rejudge_known(other, tmp_path) == other
+    passed = Result("aioquic", "connectionmigration", Role.CLIENT, Verdict.PASS, logs=logs)
+    assert rejudge_known(passed, tmp_path) == passed
