@@ -1271,6 +1271,7 @@ class MultipathConnection(QuicConnection):
         self._now = now
         if len(self._paths) == 1:
             super().handle_timer(now)
+            self._keep_handshake_alive(now)
             self._forget_closed_paths(now)
             return
         # Path 0 first: aioquic's idle/close handling must run in its own context.
@@ -1326,7 +1327,26 @@ class MultipathConnection(QuicConnection):
         idle: float = super()._idle_timeout()
         if len(self._paths) > 1:
             idle = max(idle, 3 * self._largest_pto())
+        if self._is_client and not self._handshake_complete:
+            # RFC 9000 §10.1: at least three times the *current* PTO. Under heavy loss the
+            # handshake's PTO doubles with each probe; a flat timeout gives it up between
+            # two probes (interop handshakeloss). The caller's handshake timeout bounds it.
+            idle = max(idle, 3 * self._loss.get_probe_timeout() * 2**self._loss._pto_count)
         return idle
+
+    def _keep_handshake_alive(self, now: float) -> None:
+        """Client, handshake under way: the idle deadline set at the last restart used the
+        PTO of then; with the current (backed-off) one, 3x it always reaches past the next
+        probe, so a handshake that still probes is not idle. Only the caller's handshake
+        timeout ends it (the SDK's `open_session(timeout=...)`)."""
+        if (
+            self._is_client
+            and not self._handshake_complete
+            and self._state not in END_STATES
+            and self._close_at is not None
+            and not self._close_pending
+        ):
+            self._close_at = max(self._close_at, now + self._idle_timeout())
 
     def _abandon_path_validation(self) -> None:
         if self._live is self._path0 and len(self._paths) == 1:
