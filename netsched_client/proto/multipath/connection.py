@@ -883,6 +883,13 @@ class MultipathConnection(QuicConnection):
     def _handle_ack_frame(self, context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
         with self._on_path(self._path0):
             super()._handle_ack_frame(context, frame_type, buf)
+            if self._is_client and not self._handshake_complete:
+                # RFC 9002 §6.2.2.1 keeps a client's PTO armed only until its first Handshake
+                # ACK, then waits for the server to resend what it lost. A server that drops
+                # lost CRYPTO from its queue (picoquic 1.1.53, interop handshakeloss: it sent a
+                # PING where the data was) then waits for us, forever: keep probing until the
+                # handshake completes; an ack-eliciting packet makes it look again.
+                self._loss.peer_completed_address_validation = False
 
     def _handle_new_connection_id_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
