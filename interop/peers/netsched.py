@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import sys
 
-from ..cases import H3, HQ, Case, Feature, Side
+from ..cases import H3, HQ, Feature, Side
 from ..procs import Launch
 from ..results import NETSCHED as NAME
 from .base import Job, Log, Peer, python_program
 
 MAX_WWW_BODY = 64 << 20  # above the largest file a case serves (www.MAX_FILE_SIZE)
-# What our client and edge lack for a feature, precisely (checked: with the feature
-# declared, the edge's second handshake carried a Certificate and no client sent 0-RTT).
-LACKING: dict[tuple[Side, Feature], str] = {}
 
 
 class NetSched(Peer):
@@ -45,12 +42,6 @@ class NetSched(Peer):
             Feature.ZERO_RTT,
         }
     )
-
-    def unsupported(self, case: Case, side: Side) -> str | None:
-        lacking = [LACKING[side, f] for f in sorted(case.needs(side)) if (side, f) in LACKING]
-        if lacking:
-            return f"netsched {side}: {'; '.join(lacking)}"
-        return super().unsupported(case, side)
 
     def status(self) -> str | None:
         return None  # runs from this checkout with the suite's own interpreter

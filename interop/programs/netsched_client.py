@@ -63,8 +63,6 @@ KNOWN_CASES = (
     "connectionmigration",
     *MULTIPATH_CASES,
 )
-# Cases the SDK cannot do, and why (peers/netsched.py says so before running).
-LACKING: dict[str, str] = {}
 RESUMING_CASES = ("resumption", "zerortt")
 TICKET_WAIT_S = 5.0  # the server sends its ticket after the handshake, maybe after the data
 TICKET_POLL_S = 0.01
@@ -131,8 +129,6 @@ async def download(session: Session, contract: Contract, url: str) -> None:
 
 
 async def run(contract: Contract) -> int:
-    if contract.testcase in LACKING:
-        return unsupported(contract, LACKING[contract.testcase])
     if contract.testcase not in KNOWN_CASES:
         return unsupported(contract, "not implemented by the NetSched client endpoint")
     if contract.testcase == "multiconnect":
