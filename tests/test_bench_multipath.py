@@ -39,7 +39,9 @@ def test_small_run_reports_every_section() -> None:
     assert failover.resume_ms >= failover.stall_ms >= 0
 
     assert [len(r.paths) for r in results.cpu] == [1, 2]
-    assert all(r.lost == 0 and r.client_s_per_gb > 0 and r.edge_s_per_gb > 0 for r in results.cpu)
+    # The edge's CPU comes from /proc in clock ticks (10 ms): a 1 MiB loopback transfer can
+    # take less than one; the client's process_time is finer.
+    assert all(r.lost == 0 and r.client_s_per_gb > 0 and r.edge_s_per_gb >= 0 for r in results.cpu)
 
     text = bench.report(results)
     for heading in ("1. Aggregation", "2. Failover", "3. CPU per GB"):
