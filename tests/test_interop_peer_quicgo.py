@@ -6,23 +6,16 @@ import hashlib
 import os
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from interop_contract import assert_contract_client, job
 
 from interop.cases import CASES_BY_NAME, Side
-from interop.peers import Job, default_cache
+from interop.peers import default_cache
 from interop.peers.quicgo import STAMP, QuicGo, source_digest
 from interop.procs import free_udp_port, udp_port_bound
 from interop.runner import make_certificates
-
-
-def job(tmp_path: Path, side: Side, testcase: str, alpn: str = "hq-interop") -> Job:
-    common = Job(side, testcase, alpn, 4433, tmp_path, tmp_path / "certs", tmp_path / "k")
-    if side is Side.SERVER:
-        return replace(common, www=tmp_path / "www")
-    return replace(common, downloads=tmp_path / "dl", requests=("https://127.0.0.1:4433/a",))
 
 
 def test_launch_runs_the_built_program_with_the_contract_environment(tmp_path: Path) -> None:
@@ -36,13 +29,8 @@ def test_launch_runs_the_built_program_with_the_contract_environment(tmp_path: P
         "ALPN": "h3",
         "PORT": "4433",
     }
-    assert server.env["WWW"] == str(tmp_path / "www") and "DOWNLOADS" not in server.env
     client = peer.launch(job(tmp_path, Side.CLIENT, "keyupdate"))
-    assert client.argv == server.argv
-    assert client.env["ROLE"] == "client" and client.env["TESTCASE"] == "keyupdate"
-    assert client.env["REQUESTS"] == "https://127.0.0.1:4433/a"
-    assert client.env["DOWNLOADS"] == str(tmp_path / "dl")
-    assert client.env["SSLKEYLOGFILE"] == str(tmp_path / "k") and "WWW" not in client.env
+    assert_contract_client(client, server, tmp_path)
 
 
 def test_unsupported_names_what_quic_go_0_29_cannot_do(tmp_path: Path) -> None:
