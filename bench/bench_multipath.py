@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import itertools
 import math
-import multiprocessing as mp
 import os
 import random
 import statistics
@@ -41,14 +40,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 from netsched_client import PathStats, Session, open_session
 from netsched_edge.config import BackendConfig, EdgeConfig, ServiceConfig
 from netsched_edge.report import table
 from netsched_edge.server import EdgeServer
-from netsched_lab.impairment import LinkSpec, LinkStats, PathProfile
-from netsched_lab.relay import UdpRelay
+from netsched_lab.impairment import LinkSpec, PathProfile
+from netsched_lab.process import (
+    RelayControl,
+    RelayStats,
+    process_cpu,
+    receive,
+    relay_process,
+    spawned,
+)
 
 PATH_A = "127.0.0.1"
 PATH_B = "127.0.0.2"
@@ -56,8 +61,6 @@ SERVICE = "files"
 MIB = 1 << 20
 READ_SIZE = 1 << 20  # more than any chunk: each read returns what one event delivered
 TICK_S = 0.001
-ANSWER_TIMEOUT_S = 30.0  # a child process starting, or answering a command
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 OMIT_S = 1.0  # steady-state goodput leaves out the first second, as iperf3 -O 1
 DEFAULT_QUEUE_BYTES = LinkSpec().queue_bytes
 
@@ -116,74 +119,6 @@ async def _serve_edge(root: Path, max_body: int, conn: Connection) -> None:
     await asyncio.Event().wait()
 
 
-RelayStats = dict[str, tuple[LinkStats, LinkStats]]
-
-
-def _relay_process(conn: Connection) -> None:
-    asyncio.run(_serve_relay(conn))
-
-
-async def _serve_relay(conn: Connection) -> None:
-    """Commands: ("start", target_port, profiles) -> port; ("blackhole", ip) -> the
-    monotonic time it took effect; ("stop",) -> per-IP (up, down) stats; ("exit",)."""
-    loop = asyncio.get_running_loop()
-    relay: UdpRelay | None = None
-    while True:
-        command, *args = await loop.run_in_executor(None, conn.recv)
-        if command == "start" and relay is None:
-            relay = UdpRelay(("127.0.0.1", args[0]), profiles=args[1])
-            conn.send((await relay.start())[1])
-        elif command == "blackhole" and relay is not None:
-            relay.blackhole(args[0])
-            conn.send(time.monotonic())  # CLOCK_MONOTONIC: one clock for all processes
-        elif command == "stop" and relay is not None:
-            await relay.stop()
-            conn.send({ip: relay.stats(ip) for ip in relay.client_ips()})
-            relay = None
-        elif command == "exit":
-            return
-        else:
-            conn.send(RuntimeError(f"relay: unexpected command {command!r} now"))
-
-
-class RelayControl:
-    """The bench's end of the relay process's pipe."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._unread = 0  # replies to `send` not read yet
-        self._answers: list[Any] = []
-
-    def call(self, *command: object) -> Any:
-        self._conn.send(command)
-        self._collect()
-        return self._reply()
-
-    def send(self, *command: object) -> None:
-        """Send without waiting (from inside a measurement); `answers()` has the reply."""
-        self._conn.send(command)
-        self._unread += 1
-
-    def answers(self) -> list[Any]:
-        """Replies to `send`, oldest first, each returned once."""
-        self._collect()
-        answers, self._answers = self._answers, []
-        return answers
-
-    def _collect(self) -> None:
-        while self._unread:
-            self._answers.append(self._reply())
-            self._unread -= 1
-
-    def _reply(self) -> Any:
-        if not self._conn.poll(ANSWER_TIMEOUT_S):
-            raise RuntimeError(f"the relay process did not answer within {ANSWER_TIMEOUT_S} s")
-        reply = self._conn.recv()
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-
 @dataclass(frozen=True, slots=True)
 class Cpu:
     """CPU seconds (user + system) of the three processes."""
@@ -196,13 +131,6 @@ class Cpu:
         return Cpu(self.client - other.client, self.edge - other.edge, self.relay - other.relay)
 
 
-def _process_cpu(pid: int) -> float:
-    """utime + stime of a process, all its threads, in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": fields 3 onwards
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 @dataclass(frozen=True, slots=True)
 class Servers:
     edge_port: int
@@ -211,40 +139,16 @@ class Servers:
     relay: RelayControl
 
     def cpu(self) -> Cpu:
-        return Cpu(time.process_time(), _process_cpu(self.edge_pid), _process_cpu(self.relay_pid))
-
-
-def _spawn(ctx: Any, target: Callable[..., None], *args: object) -> tuple[Any, Connection]:
-    ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=target, args=(*args, theirs), daemon=True)
-    proc.start()
-    return proc, ours
+        return Cpu(time.process_time(), process_cpu(self.edge_pid), process_cpu(self.relay_pid))
 
 
 @contextmanager
 def servers(root: Path, max_body: int) -> Iterator[Servers]:
     """Start the edge and the relay processes; always stop them."""
-    ctx = mp.get_context("spawn")
-    procs: list[Any] = []
-    try:
-        edge, edge_conn = _spawn(ctx, _edge_process, str(root), max_body)
-        procs.append(edge)
-        relay, relay_conn = _spawn(ctx, _relay_process)
-        procs.append(relay)
-        try:
-            if not edge_conn.poll(ANSWER_TIMEOUT_S):
-                raise RuntimeError(f"the edge process did not start within {ANSWER_TIMEOUT_S} s")
-            port = edge_conn.recv()
-        except EOFError:
-            raise RuntimeError("the edge process exited while starting") from None
-        yield Servers(port, edge.pid, relay.pid, RelayControl(relay_conn))
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+    targets = [(_edge_process, (str(root), max_body)), (relay_process, ())]
+    with spawned(targets) as [(edge_pid, edge_conn), (relay_pid, relay_conn)]:
+        port = receive(edge_conn, "the edge process")
+        yield Servers(port, edge_pid, relay_pid, RelayControl(relay_conn))
 
 
 # -- one download ------------------------------------------------------------------------
@@ -767,7 +671,8 @@ def report_failover(results: Results) -> list[str]:
     lines += [table(headers, rows), ""]
     lines.append(
         "normal gap: longest gap between deliveries before the blackhole; abandon seen: "
-        "the client's state of the blackholed path leaves 'active' (PATH_ABANDON from the edge)"
+        "the client's state of the blackholed path leaves 'active' (PATH_ABANDON from the edge, "
+        "after dead_after_s of silence: nan when the download ended first)"
     )
     resumes = [r.resume_ms for r in results.failover]
     ratios = [r.rtts for r in results.failover]

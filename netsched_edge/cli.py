@@ -32,13 +32,22 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def _demo_parser() -> argparse.ArgumentParser:
+    from .demo import SETUP_KEYS
+
     parser = argparse.ArgumentParser(
         prog="netsched-edge demo", description="Run the built-in demo."
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of workload")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of workload per setup")
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--single-path", action="store_true", help="use 127.0.0.1 only")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SETUP_KEYS,
+        help="run only this setup (repeatable; default: all three, compared): "
+        "wifi = Wi-Fi alone, lowest-rtt / deadline = both paths with that scheduler",
+    )
+    parser.add_argument("--single-path", action="store_true", help="same as --only wifi")
     add_loop_option(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
@@ -73,10 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = _demo_parser().parse_args(args[1:])
         _logging(opts.verbose)
+        only = ["wifi"] if opts.single_path else opts.only
         return run_on_loop(
-            run_demo(
-                duration=opts.duration, rate=opts.rate, seed=opts.seed, single_path=opts.single_path
-            ),
+            run_demo(duration=opts.duration, rate=opts.rate, seed=opts.seed, only=only),
             opts.loop,
         )
     if args[:1] == ["check-config"]:

@@ -3,8 +3,8 @@
 Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, cipher_suites, www,
-                  idle_timeout_s, max_queue, retry, send_order, multipath, max_path_id,
-                  fec, egress_mbps, admin, session_tickets, early_data
+                  idle_timeout_s, max_queue, retry, send_order, multipath, scheduler,
+                  max_path_id, fec, egress_mbps, admin, session_tickets, early_data
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
     [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from netsched_client.errors import SLOError
+from netsched_client.proto.multipath.scheduler import SCHEDULER_POLICIES
 from netsched_client.proto.slo import SLO, service_name_problem, show
 
 POLICIES: Final = ("warm-first", "least-in-flight", "round-robin", "consistent-hash")
@@ -124,6 +125,9 @@ class EdgeConfig:
         "edf"  # "edf": responses by deadline then urgency; "fifo": aioquic's round robin
     )
     multipath: bool = True  # offer draft-ietf-quic-multipath-21 (initial_max_path_id)
+    # How a multipath connection spreads data over its paths: "deadline" (by expected
+    # arrival, deadline and loss) or "lowest-rtt" (fill the fastest path's window first).
+    scheduler: str = "deadline"
     max_path_id: int = 3  # paths per connection - 1 that a client may open
     fec: bool = True  # offer FEC (netsched_fec); repairs per request from its SLO (docs/FEC.md)
     # The edge's own send budget over all connections, planned by deadline (None: the
@@ -642,6 +646,7 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "retry": _boolean,
     "send_order": _choice(("edf", "fifo")),
     "multipath": _boolean,
+    "scheduler": _choice(SCHEDULER_POLICIES),
     "admin": _address(lowest_port=0),
     "max_path_id": _integer(0, 2**32 - 1),
     "fec": _boolean,

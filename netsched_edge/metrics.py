@@ -9,6 +9,7 @@ work per datagram); `ForwarderCollector` reads them once per scrape.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -71,6 +72,9 @@ class EdgeMetrics:
         )
         self.forwarders = ForwarderCollector()
         self.registry.register(self.forwarders)
+        # Every multipath connection's scheduler adds its decisions here (by reason).
+        self.scheduler_decisions: collections.Counter[str] = collections.Counter()
+        self.registry.register(_DecisionCollector(self.scheduler_decisions))
 
     def add_forwarder(self, service: str, backends: Sequence[str], source: ForwarderSource) -> None:
         """Export a UDP forwarder's counters (`backends`: names by backend index)."""
@@ -93,6 +97,24 @@ class EdgeMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DecisionCollector(Collector):
+    def __init__(self, decisions: collections.Counter[str]) -> None:
+        self._decisions = decisions
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "netsched_edge_scheduler_decisions",
+            "Multipath scheduler decisions by reason (proto/multipath/scheduler.py): "
+            "per path and flush (data, stalled, backup-standby, validating), per 16 kB "
+            "handed out (fastest, wait-for-fast, spread, deadline-only-path, "
+            "no-path-in-time), per event (silent, back, urgent-copy).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._decisions.items()):
+            family.add_metric([reason], n)
+        yield family
 
 
 class ForwarderSource(Protocol):

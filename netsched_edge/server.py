@@ -523,6 +523,14 @@ class EdgeServer:
             return False
         return all(pool.has_available_backend() for pool in self.dispatcher.pools.values())
 
+    def quic_connections(self) -> list[NetSchedConnection]:
+        """The QUIC connections open now (for statistics)."""
+        if self._endpoint is None:
+            return []
+        return [
+            d.quic for d in self._endpoint.connections if isinstance(d.quic, NetSchedConnection)
+        ]
+
     @property
     def port(self) -> int:
         assert self._endpoint is not None
@@ -561,6 +569,8 @@ class EdgeServer:
                 connection_factory=functools.partial(
                     EdgeQuicConnection,
                     max_path_id=self.config.max_path_id if self.config.multipath else None,
+                    scheduler=self.config.scheduler,
+                    decision_totals=self.dispatcher.metrics.scheduler_decisions,
                     fec=FecConfig() if self.config.fec else None,
                     cid_factory=None if self.worker is None else self.worker.quic_lb().generate,
                     tickets=self.tickets,

@@ -129,6 +129,8 @@ FOREIGN_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "CubicCongestionControl._max_datagram_size": int,
     "CubicCongestionControl.additive_increase_factor": int,
     "QuicPacketRecovery._rtt_latest": float,  # the silence rule's time threshold
+    # probe_cap: the PTO is measured from the last ack-eliciting packet sent
+    "QuicPacketRecovery._time_of_last_sent_ack_eliciting_packet": float,
     "QuicStreamSender._buffer_start": int,  # urgent copies never reach below it
     "QuicStreamSender._pending": RangeSet,  # urgent copies: queued for one flush only
     "QuicStreamSender._acked": RangeSet,  # a copied range's loss re-queues only the rest
@@ -207,6 +209,25 @@ SOURCE_HASHES: Final[dict[str, tuple[str, str]]] = {
         "PATH_CHALLENGE of an unvalidated active path (after the ACK, congestion limited) "
         "unless local_challenge_sent: _challenge_new_address sends it first when the window "
         "has less than a datagram of room",
+    ),
+    "aioquic.quic.recovery:QuicPacketRecovery.get_loss_detection_time": (
+        "de155cb9bef95f8e",
+        "CountingRecovery caps the PTO's backoff of a stalled path (probe_cap): the PTO "
+        "must still be _time_of_last_sent_ack_eliciting_packet + backed-off timeout, and "
+        "_get_loss_space() non-None must still mean the loss timer",
+    ),
+    "aioquic.quic.recovery:QuicPacketRecovery._get_loss_space": (
+        "3b10f42fefbdb4e7",
+        "tells the loss timer from the PTO for probe_cap",
+    ),
+    "aioquic.quic.recovery:QuicPacketRecovery.congestion_window": (
+        "709ab500808b130d",
+        "CountingRecovery's override clamps it for one flush (window_budget): "
+        "datagrams_to_send must read the window through this property",
+    ),
+    "aioquic.quic.recovery:QuicPacketRecovery.bytes_in_flight": (
+        "d32263e3cf4de519",
+        "the scheduler's view of a path (and window_budget's base)",
     ),
     "aioquic.quic.connection:QuicConnection._write_ack_frame": (
         "dc0bde63adda7ae4",

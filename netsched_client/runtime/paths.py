@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.events import QuicEvent
@@ -43,6 +44,12 @@ class PathStats:
     bytes_sent: int
     bytes_received: int
     packets_lost: int
+    packets_reinjected: int = 0  # resent on another path when this one stalled
+    loss_rate: float = 0.0  # recent share of packets lost (the scheduler's standing)
+    stalled: bool = False  # silent: no new data, probed until it answers
+    recovering: bool = False  # back from a stall: no deadline data yet (hysteresis)
+    # The scheduler's decisions for this path, by reason (see proto/multipath/scheduler.py).
+    decisions: Mapping[str, int] = field(default_factory=dict)
 
 
 class PathManager:
@@ -87,6 +94,11 @@ class PathManager:
                 bytes_sent=info["bytes_sent"],
                 bytes_received=info["bytes_received"],
                 packets_lost=info["packets_lost"],
+                packets_reinjected=info["packets_reinjected"],
+                loss_rate=info["loss_rate"],
+                stalled=info["stalled"],
+                recovering=info["recovering"],
+                decisions=info["decisions"],
             )
             for info in self._quic.path_info()
         ]

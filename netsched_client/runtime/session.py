@@ -52,6 +52,7 @@ from ..proto.events import (
 from ..proto.fec_link import FecConfig, FecStats
 from ..proto.framing import RequestHead, ResponseHead
 from ..proto.multipath.pmtu import DEFAULT_PMTUD, PmtuConfig
+from ..proto.multipath.scheduler import SCHEDULER_POLICIES
 from ..proto.send_order import ERROR_DEADLINE
 from ..proto.slo import SLO
 from .debug import enable_debug_logs
@@ -703,6 +704,7 @@ async def open_session(
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
+    scheduler: str = "deadline",
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
 
@@ -726,7 +728,14 @@ async def open_session(
 
     `pmtud`: how each path searches for its largest datagram (RFC 8899); None
     keeps every path at 1200 bytes.
+
+    `scheduler`: how requests and uploads spread over the paths: "deadline" (by
+    expected arrival, each request's deadline and urgency, and each path's loss)
+    or "lowest-rtt" (fill the fastest path's window first; the earlier policy).
     """
+    if scheduler not in SCHEDULER_POLICIES:
+        choices = ", ".join(SCHEDULER_POLICIES)
+        raise ValueError(f"scheduler must be one of {choices}, got {scheduler!r}")
     if configuration is None:
         configuration = client_configuration(host, ca_file=ca_file, verify=verify)
     ticket = _resumption_ticket(configuration, session_ticket, ticket_store)
@@ -742,6 +751,7 @@ async def open_session(
         local_slo=slo,
         fec=fec,
         pmtud=pmtud,
+        scheduler=scheduler,
         session_ticket_handler=lambda t: tickets.receive(t, quic.tls.alpn_negotiated),
     )
     driver = ConnectionDriver(quic, endpoint.send_batch)
@@ -919,6 +929,7 @@ async def connect(
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
+    scheduler: str = "deadline",
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
@@ -935,6 +946,7 @@ async def connect(
         ticket_store=ticket_store,
         early_data=early_data,
         pmtud=pmtud,
+        scheduler=scheduler,
     )
     try:
         yield session

@@ -27,14 +27,16 @@ Driving contract: as aioquic's `QuicConnection`, plus
   come out of `next_event()` with aioquic's;
 - `pmtud=PmtuConfig(max_size=..., loopback_max_size=...)` sets the PMTU
   search's caps, `pmtud=None` turns it off (every path then sends the
-  configuration's max_datagram_size).
+  configuration's max_datagram_size);
+- `scheduler="deadline" | "lowest-rtt"` picks the policy (`scheduler.py`);
+  `decision_totals`, a Counter shared by connections, sums their decisions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from operator import itemgetter
@@ -76,6 +78,7 @@ from ..transport_parameters import (
 )
 from . import events as mp_events
 from . import frames as f
+from .completion import Backlog, PathView
 from .crypto import KeyHistory, PathCrypto
 from .path import Path, PathState
 from .pmtu import DEFAULT_PMTUD, MAX_UDP_PAYLOAD, PmtuConfig, PmtuSearch
@@ -152,6 +155,8 @@ class MultipathConnection(QuicConnection):
         max_path_id: int | None = DEFAULT_MAX_PATH_ID,
         cid_factory: Callable[[], bytes] | None = None,
         pmtud: PmtuConfig | None = DEFAULT_PMTUD,
+        scheduler: str = "deadline",
+        decision_totals: Counter[str] | None = None,
         **kwargs: Any,
     ):
         if max_path_id is not None and not 0 <= max_path_id <= f.MAX_PATH_ID_VALUE:
@@ -183,7 +188,7 @@ class MultipathConnection(QuicConnection):
         self._announce: deque[f.PathNewConnectionId] = deque()
         self._acked_cid_paths: set[int] = set()
         self._control: deque[f.MultipathFrame] = deque()
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(policy=scheduler, totals=decision_totals)
         self.urgent_copies = UrgentCopies()
         self._stalls_checked_at = 0.0  # silence deadlines up to here were judged
         self._active_at = 0.0  # last ack-eliciting send that was not a keep-alive
@@ -323,6 +328,34 @@ class MultipathConnection(QuicConnection):
         loss: QuicPacketRecovery = self._attr(path, "_loss")
         return float(loss._rtt_latest) if loss._rtt_initialized else None
 
+    def path_view(self, path: Path, now: float) -> PathView:
+        """What the scheduler weighs for this path this round (`completion.py`)."""
+        loss: CountingRecovery = self._attr(path, "_loss")
+        recovering = path.recovering_until is not None and now < path.recovering_until
+        return PathView(
+            path_id=path.path_id,
+            rtt=self.path_rtt(path) or self._configuration.initial_rtt,
+            cwnd=loss.congestion_window,
+            in_flight=loss.bytes_in_flight,
+            datagram_size=self._attr(path, "_max_datagram_size"),
+            loss=loss.loss_rate,
+            recovering=recovering,
+        )
+
+    def stream_backlog(self) -> list[Backlog]:
+        """Streams with data to send, in send order, with how much and their priority."""
+        priorities = self.stream_priorities()
+        default = StreamPriority(None)
+        backlog = []
+        for stream in self._streams_queue:
+            sender = stream.sender
+            if sender.buffer_is_empty or stream.is_blocked or stream.stream_id is None:
+                continue
+            size = sum(r.stop - r.start for r in sender._pending)
+            priority = priorities.get(stream.stream_id, default)
+            backlog.append(Backlog(stream.stream_id, size, priority))
+        return backlog
+
     def path_info(self) -> list[dict[str, Any]]:
         """A snapshot per path: state, tuple, RTT, congestion window, bytes, loss."""
         out = []
@@ -343,6 +376,16 @@ class MultipathConnection(QuicConnection):
                     "bytes_sent": path.stats.bytes_sent,
                     "bytes_received": path.stats.bytes_received,
                     "packets_lost": path.stats.packets_lost + getattr(loss, "packets_lost", 0),
+                    "packets_reinjected": path.stats.packets_reinjected,
+                    "loss_rate": getattr(loss, "loss_rate", 0.0),
+                    "recovering": path.recovering_until is not None
+                    and self._now < path.recovering_until,
+                    "stalled": path.stalled_since is not None,
+                    "decisions": {
+                        reason: n
+                        for (path_id, reason), n in self.scheduler.decisions.items()
+                        if path_id == path.path_id
+                    },
                 }
             )
         return out
@@ -547,15 +590,35 @@ class MultipathConnection(QuicConnection):
         for path in self._paths.values():
             acked = self.path_acked_sent_time(path)
             if path.stalled_since is not None and acked is not None and acked >= path.stalled_since:
-                path.stalled_since = None
+                self._end_stall(path, now)
             elif path.stalled_since is None and self.path_pto_count(path) > 0:
-                path.stalled_since = self.path_oldest_unacked(path) or now
+                self._start_stall(path, self.path_oldest_unacked(path) or now)
         for path in self.scheduler.silent_paths(self, now):
-            path.stalled_since = self.path_oldest_unacked(path)
+            self._start_stall(path, self.path_oldest_unacked(path) or now)
             path.silence_at = None
             with self._on_path(path):
                 self._reinject_in_flight()
         self._stalls_checked_at = now
+
+    def _start_stall(self, path: Path, since: float) -> None:
+        """No new data for this path; while others exist, probe it often enough to find
+        it again soon after an outage (failback)."""
+        path.stalled_since = since
+        path.stalls += 1
+        if len(self._paths) > 1:
+            self._recovery_of(path).probe_cap = self.scheduler.probe_cap_s
+
+    def _end_stall(self, path: Path, now: float) -> None:
+        """An ACK for something sent since the stall: the path works again, and carries
+        no deadline data while it recovers (hysteresis against flapping)."""
+        path.stalled_since = None
+        path.recovering_until = now + self.scheduler.recovery_time(path, self.path_rtt(path))
+        self._recovery_of(path).probe_cap = None
+        self.scheduler.count(path.path_id, "back")
+
+    def _recovery_of(self, path: Path) -> CountingRecovery:
+        loss: CountingRecovery = self._attr(path, "_loss")
+        return loss
 
     def _reinject_in_flight(self) -> None:
         """Resend the live path's unacknowledged data on other paths, now (XLINK-style).
@@ -911,7 +974,8 @@ class MultipathConnection(QuicConnection):
     def datagrams_with_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
         if len(self._paths) == 1 and self._live is self._path0 and self._path0.usable:
             sent = self._challenge_new_address(now) + self._send_mtu_probe(now)
-            sent += self._note_full(super().datagrams_to_send(now))
+            with self._holding_back(self._blocked_streams()):
+                sent += self._note_full(super().datagrams_to_send(now))
             self._account(self._path0, sent)
             return [(data, addr, 0) for data, addr in sent]
         self._forget_closed_paths(now)
@@ -923,10 +987,18 @@ class MultipathConnection(QuicConnection):
         if not plan and self._close_pending:
             # Every path is closing: CONNECTION_CLOSE still has to leave on one of them.
             plan = [(next(iter(self._paths.values())), False)]
+        backlog = self.stream_backlog()
+        assignment = self.scheduler.assign(self, plan, backlog, now)
         for path, data_allowed in plan:
+            share = None
+            if assignment is not None and data_allowed:
+                share = (
+                    assignment.held_back(path.path_id, backlog),
+                    assignment.budget(path.path_id, self.path_view(path, now)),
+                )
             with self._on_path(path):
                 eliciting = self._spaces[Epoch.ONE_RTT].ack_eliciting_in_flight
-                sent = self._send_on_live_path(path, now, data_allowed)
+                sent = self._send_on_live_path(path, now, data_allowed, share)
                 if self._spaces[Epoch.ONE_RTT].ack_eliciting_in_flight > eliciting:
                     self._note_activity(path, now)
             self._account(path, sent)
@@ -938,7 +1010,11 @@ class MultipathConnection(QuicConnection):
         return out
 
     def _send_on_live_path(
-        self, path: Path, now: float, data_allowed: bool
+        self,
+        path: Path,
+        now: float,
+        data_allowed: bool,
+        share: tuple[set[int], int | None] | None = None,
     ) -> list[tuple[bytes, NetworkAddress]]:
         if not self._network_paths:
             return []  # server side: no packet decrypted on this path yet
@@ -949,20 +1025,39 @@ class MultipathConnection(QuicConnection):
             self._sync_datagram_size(now)  # a backup path probes once it carries data
             with self._holding_back(None):
                 return sent + super().datagrams_to_send(now)
-        return sent + self._send_mtu_probe(now) + self._note_full(self._send_data(path, now))
+        sent += self._send_mtu_probe(now)
+        return sent + self._note_full(self._send_data(path, now, share))
 
-    def _send_data(self, path: Path, now: float) -> list[tuple[bytes, NetworkAddress]]:
+    def _send_data(
+        self, path: Path, now: float, share: tuple[set[int], int | None] | None
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """Flush the live path: with the "deadline" policy's `share` (streams to leave to
+        other paths, byte budget), or the "lowest-rtt" policy's rule when it has none."""
         priorities = self.stream_priorities()
-        if not priorities:
-            return super().datagrams_to_send(now)
-        late = self.scheduler.late_streams(self, path, priorities, now)
-        copies = self._send_urgent_copies(path, late)
+        if share is not None:
+            held, budget = share
+        elif priorities and self.scheduler.policy == "lowest-rtt":
+            held, budget = self.scheduler.late_streams(self, path, priorities, now), None
+        else:
+            held, budget = set(), None
+        held |= self._blocked_streams()
+        copies = self._send_urgent_copies(path, held)
+        if budget is not None:
+            budget += sum(c.size for c in copies)
         first = self._packet_number
-        with self._holding_back(late):
+        with self._holding_back(held), self._recovery().window_budget(budget):
             sent: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
         self.urgent_copies.withdraw(copies)
-        self._offer_urgent_copies(path, first, priorities, now)
+        if priorities:
+            self._offer_urgent_copies(path, first, priorities, now)
         return sent
+
+    def _blocked_streams(self) -> set[int]:
+        """Streams the peer has not let us open yet (RFC 9000 §4.6): nothing may be sent
+        on them, a RESET_STREAM included (aioquic would send one: STREAM_LIMIT_ERROR)."""
+        return {
+            s.stream_id for s in self._streams_queue if s.is_blocked and s.stream_id is not None
+        }
 
     @contextmanager
     def _holding_back(self, stream_ids: Collection[int] | None) -> Iterator[None]:
@@ -996,7 +1091,7 @@ class MultipathConnection(QuicConnection):
             return []
         copies = self.urgent_copies.send_on(path.path_id, room, late)
         if copies:
-            self.scheduler.decisions[(path.path_id, "urgent-copy")] += len(copies)
+            self.scheduler.count(path.path_id, "urgent-copy", len(copies))
         return copies
 
     def _offer_urgent_copies(
@@ -1305,7 +1400,7 @@ class MultipathConnection(QuicConnection):
                 path.last_sent_at = now  # one PING per interval, even before it leaves
                 path.keepalive_pending = True
                 self._set_attr(path, "_probe_pending", True)
-        for path in self.scheduler.dead_paths(self):
+        for path in self.scheduler.dead_paths(self, now):
             path.abandon_error = f.PATH_UNSTABLE_OR_POOR
             self._start_closing(path, now)
         self._forget_closed_paths(now)

@@ -5,6 +5,10 @@ last ACKs, the send time of the newest packet each covered and when it
 arrived: evidence, across paths, that the network delivers (a path silent
 since t is suspect once another path had packets sent after t acknowledged).
 
+It keeps the path's recent loss rate (its standing with the scheduler) and,
+while the path is stalled and another one works, caps the PTO's backoff so a
+path that comes back after an outage is found again within `probe_cap`.
+
 It also serves the path's PMTU search (`pmtu.py`): a lost PMTU probe leaves
 flight without a congestion event, and the sizes of acknowledged and lost
 packets are the search's black-hole evidence. `set_max_datagram_size` moves
@@ -15,7 +19,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import Any, Final
 
@@ -27,6 +32,7 @@ from .pmtu import PmtuSearch
 
 ACK_HISTORY: Final = 128  # more ACKs than arrive in one RTT at the rates we schedule
 ACK_GAPS: Final = 8  # the ACK rhythm: the longest of this many recent gaps between ACKs
+LOSS_MEMORY: Final = 64  # packets: the loss rate's moving average forgets at this pace
 
 
 class CountingRecovery(QuicPacketRecovery):
@@ -37,6 +43,31 @@ class CountingRecovery(QuicPacketRecovery):
         self.acks: deque[tuple[float, float]] = deque(maxlen=ACK_HISTORY)
         self.pmtu: PmtuSearch | None = None  # this path's PMTU search, when discovery is on
         self.mtu_probes: set[int] = set()  # packet numbers of PMTU probes in flight
+        # Recent share of packets lost (an exponential moving average per packet): the
+        # path's standing for the scheduler; a burst raises it, clean delivery lowers it.
+        self.loss_rate = 0.0
+        # While set (a stalled path, another one working): PTOs back off no further than
+        # this, so that the path is probed and found again soon after an outage ends.
+        self.probe_cap: float | None = None
+        self._window_limit: int | None = None  # see window_budget
+
+    @property
+    def congestion_window(self) -> int:
+        cwnd: int = self._cc.congestion_window
+        return cwnd if self._window_limit is None else min(cwnd, self._window_limit)
+
+    @contextmanager
+    def window_budget(self, budget: int | None) -> Iterator[None]:
+        """For one flush, let at most `budget` more bytes into flight (None: the window
+        decides): the scheduler's share for this path this round."""
+        if budget is None:
+            yield
+            return
+        self._window_limit = self.bytes_in_flight + budget
+        try:
+            yield
+        finally:
+            self._window_limit = None
 
     @property
     def acked_sent_time(self) -> float | None:
@@ -73,11 +104,21 @@ class CountingRecovery(QuicPacketRecovery):
                 self.acks.append((sent, now))
             if self.pmtu is not None:
                 self.pmtu.on_acked(newest.packet_number, newest.sent_bytes, sent, now)
+        count, lost = len(space.sent_packets), self.packets_lost
         super().on_ack_received(
             ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
         )
+        acked = count - len(space.sent_packets) - (self.packets_lost - lost)
+        if acked > 0:
+            self.loss_rate *= (1 - 1 / LOSS_MEMORY) ** acked
         if self.mtu_probes:  # acknowledged probes are settled
             self.mtu_probes = {n for n in self.mtu_probes if n in space.sent_packets}
+
+    def get_loss_detection_time(self, *, amplification_limited: bool) -> float | None:
+        at = super().get_loss_detection_time(amplification_limited=amplification_limited)
+        if at is None or self.probe_cap is None or self._get_loss_space() is not None:
+            return at
+        return min(at, self._time_of_last_sent_ack_eliciting_packet + self.probe_cap)
 
     def on_loss_detection_timeout(self, *, now: float) -> None:
         super().on_loss_detection_timeout(now=now)
@@ -99,6 +140,7 @@ class CountingRecovery(QuicPacketRecovery):
         if kwargs.get("congestion_event", True):
             # A PTO's non-congestion "loss" may not be a loss: not counted.
             self.packets_lost += len(packets)
+            self.loss_rate = 1 - (1 - self.loss_rate) * (1 - 1 / LOSS_MEMORY) ** len(packets)
             if self.pmtu is not None:
                 for packet in packets:
                     self.pmtu.on_lost(packet.packet_number, packet.sent_bytes, kwargs["now"])

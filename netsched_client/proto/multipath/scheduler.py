@@ -1,9 +1,19 @@
-"""Which paths send, in which order, and which may carry application data (sans-IO).
+"""Which paths send, in which order, and which data each may carry (sans-IO).
 
-Default policy (draft-21 leaves scheduling to implementations):
-- paths send in order of smoothed RTT, lowest first; aioquic fills each
-  path's congestion window before the next path gets a turn, so a small burst
-  rides the fastest path alone and a backlog spreads over all of them;
+Two policies (draft-21 leaves scheduling to implementations):
+- "deadline" (the default): once per round of flushes the queued stream data is
+  handed out to the paths by expected arrival time, deadline and loss
+  (`completion.py`): urgent data waits for the fast path on purpose when the
+  slow one would deliver later, only rides a path that meets its deadline, and
+  avoids a path just back from a stall; deadline-free data aggregates over
+  every path with its tail on the fast one. Each path then serves, in the
+  connection's send order (deadline, then urgency), only what it was given,
+  within a byte budget.
+- "lowest-rtt" (the earlier policy, kept as the baseline for benchmarks): paths
+  send in order of smoothed RTT and each fills its congestion window before
+  the next gets a turn; a slower path only leaves alone a stream it would
+  deliver after its deadline.
+In both:
 - a path marked backup (by us, or by the peer's PATH_STATUS_BACKUP) carries
   data only when no available path works; it still sends ACKs and control;
 - a *silent* path stalls: its oldest unacknowledged packet is overdue (RFC
@@ -14,8 +24,14 @@ Default policy (draft-21 leaves scheduling to implementations):
   its unacknowledged data is re-injected on the working paths at once
   (XLINK-style): failover costs about one RTT of the dead path plus one of the
   survivor, not several PTOs. Without that evidence (a paused peer looks the
-  same on every path) the path stalls at its first PTO instead; after
-  `dead_ptos` PTOs, while another path works, it is abandoned.
+  same on every path) the path stalls at its first PTO instead.
+- loss is not death: a stalled path is probed at least every `probe_cap_s`
+  and works again as soon as a probe is acknowledged (failback); it then
+  carries no deadline data while it *recovers* (`recover_s`, doubling with
+  each stall, so a flapping path does not flap the traffic). It is abandoned
+  only after `dead_after_s` of silence with `dead_ptos` PTOs while another
+  path works; the client then opens a new path from that address when it
+  answers again (runtime/paths.py).
 Every decision is counted per path and reason in `decisions`.
 """
 
@@ -27,9 +43,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..send_order import StreamPriority
+from .completion import Assignment, Backlog, assign
 from .path import Path, PathState
 
 GRANULARITY = 0.001  # RFC 9002's kGranularity
+SCHEDULER_POLICIES = ("deadline", "lowest-rtt")
 
 if TYPE_CHECKING:
     from .connection import MultipathConnection
@@ -37,8 +55,17 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Scheduler:
+    policy: str = "deadline"
     stall_ptos: int = 1
     dead_ptos: int = 2
+    # A stalled path is abandoned only after this long without an answer (bursty loss
+    # costs PTOs, not the path); a stalled path is probed at least this often.
+    dead_after_s: float = 5.0
+    probe_cap_s: float = 0.25
+    # Back from a stall: no deadline data for max(recover_rtts RTTs, recover_s), doubled
+    # for each earlier stall (up to 2^4).
+    recover_s: float = 0.5
+    recover_rtts: float = 8.0
     # RFC 9002 §6.1.2's time threshold: a queue that grows within one RTT stays inside it.
     silence_rtts: float = 9 / 8
     # ... and no ACK on the path for this many of its recent longest ACK gaps (at least an
@@ -55,6 +82,40 @@ class Scheduler:
     # on UDP commonly last 30 s or more (RFC 4787 asks for >= 2 min).
     keepalive_s: float = 15.0
     decisions: Counter[tuple[int, str]] = field(default_factory=Counter)
+    # Shared by every connection of an edge: decisions by reason, for its metrics.
+    totals: Counter[str] | None = None
+
+    def count(self, path_id: int, reason: str, n: int = 1) -> None:
+        self.decisions[(path_id, reason)] += n
+        if self.totals is not None:
+            self.totals[reason] += n
+
+    def __post_init__(self) -> None:
+        if self.policy not in SCHEDULER_POLICIES:
+            raise ValueError(f"scheduler policy must be one of {', '.join(SCHEDULER_POLICIES)}")
+
+    def assign(
+        self,
+        conn: MultipathConnection,
+        plan: list[tuple[Path, bool]],
+        backlog: list[Backlog],
+        now: float,
+    ) -> Assignment | None:
+        """The "deadline" policy's hand-out of `backlog` to the paths that may carry data
+        this round (None: one such path, nothing queued, or the "lowest-rtt" policy)."""
+        carriers = [path for path, allowed in plan if allowed]
+        if self.policy != "deadline" or len(carriers) < 2 or not backlog:
+            return None
+        views = [conn.path_view(path, now) for path in carriers]
+        assignment = assign(views, backlog, now, retransmit_rtts=self.urgent_rtts)
+        for (path_id, reason), n in assignment.reasons.items():
+            self.count(path_id, reason, n)
+        return assignment
+
+    def recovery_time(self, path: Path, rtt: float | None) -> float:
+        """How long a path back from its latest stall carries no deadline data."""
+        base = max(self.recover_s, self.recover_rtts * (rtt or 0.0))
+        return float(base * 2 ** min(max(path.stalls - 1, 0), 4))
 
     def plan(self, conn: MultipathConnection, now: float) -> list[tuple[Path, bool]]:
         """The paths to flush this round, in order, each with "may carry data"."""
@@ -65,7 +126,7 @@ class Scheduler:
         plan = []
         for path in order:
             allowed, reason = self._data_allowed(path, path in working, bool(preferred))
-            self.decisions[(path.path_id, reason)] += 1
+            self.count(path.path_id, reason)
             plan.append((path, allowed))
         return plan
 
@@ -165,7 +226,7 @@ class Scheduler:
         paths = conn.paths.values()
         silent = [p for p in paths if p.silence_at is not None and now >= p.silence_at]
         for path in silent:
-            self.decisions[(path.path_id, "silent")] += 1
+            self.count(path.path_id, "silent")
         return silent
 
     def refresh_silence(self, conn: MultipathConnection) -> None:
@@ -185,8 +246,9 @@ class Scheduler:
             and conn.path_pto_count(p) > p.reinjected_pto
         ]
 
-    def dead_paths(self, conn: MultipathConnection) -> list[Path]:
-        """Paths to abandon now: stalled for `dead_ptos` while another path demonstrably works.
+    def dead_paths(self, conn: MultipathConnection, now: float) -> list[Path]:
+        """Paths to abandon now: stalled for `dead_ptos` PTOs and `dead_after_s` while
+        another path demonstrably works.
 
         "Works" needs evidence: an ACK on another path for something sent after this
         path's oldest unacknowledged packet. A paused peer (nothing acknowledged
@@ -197,6 +259,8 @@ class Scheduler:
             p
             for p in active
             if conn.path_pto_count(p) >= self.dead_ptos
+            and p.stalled_since is not None
+            and now - p.stalled_since >= self.dead_after_s
             and self._others_deliver(conn, p, active, p.stalled_since)
         ]
         return dead if len(dead) < len(active) else []

@@ -1,0 +1,165 @@
+"""Which path each piece of queued stream data should ride: earliest expected arrival.
+
+The ECF / BLEST family (Lim et al., CoNEXT 2017; Ferlin et al., IFIP Networking
+2016) sends a packet on a slower path only when it would arrive there before
+the faster path, busy with what it already has, could deliver it. NetSched
+adds what only it knows: each stream's deadline and urgency, and the loss
+each path has shown.
+
+Once per round of flushes, the stream data waiting to be sent (`Backlog`, in
+the connection's send order: earliest deadline, then urgency) is handed out,
+in quanta, to the path with the earliest expected arrival for it:
+
+    arrival(p, x) = now + max(0, in_flight + queued + x - cwnd) / (cwnd / rtt)
+                    + rtt / 2 + loss * retransmit_rtts * rtt
+
+the time the path's window needs to make room for it (ACK clocking: a window
+per RTT), plus one way, plus the expected cost of a retransmission at the
+path's recent loss rate. Data with a deadline rides only paths that reach it
+in time when one does (a path still recovering from a stall does not count:
+hysteresis), and waits for the fast path on purpose when the slow one would
+deliver later; data no path can deliver in time stays with the fastest path
+(the send order resets it at its deadline). Deadline-free data goes wherever
+it arrives first, so a backlog spreads over every path and its tail stays on
+the fast one.
+
+The hand-out stops once every path has been given more than its window has
+room for: later data cannot leave in this round anyway. What each path was
+given is both the streams it may serve and a byte budget for the round, so a
+slow path with room does not take more of a stream than its share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..send_order import StreamPriority
+
+QUANTUM = 16_384  # bytes handed out at a time: a stream of N quanta may spread over N paths
+PACKET_OVERHEAD = 64  # header, AEAD tag and frame headers per datagram, for the byte budget
+
+
+@dataclass(frozen=True, slots=True)
+class PathView:
+    """What the scheduler knows of one path for this round."""
+
+    path_id: int
+    rtt: float  # smoothed, seconds
+    cwnd: int
+    in_flight: int
+    datagram_size: int
+    loss: float = 0.0  # recent share of packets lost
+    recovering: bool = False  # came back from a stall recently: no deadline data yet
+
+    def room(self) -> int:
+        return max(0, self.cwnd - self.in_flight)
+
+    def arrival(self, now: float, queued: int, retransmit_rtts: float) -> float:
+        """When `queued` more bytes sent on this path would have arrived, expected."""
+        rate = max(self.cwnd, self.datagram_size) / self.rtt
+        wait = max(0, self.in_flight + queued - self.cwnd) / rate
+        return now + wait + self.rtt / 2 + self.loss * retransmit_rtts * self.rtt
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """A stream with data to send: how much, and its priority."""
+
+    stream_id: int
+    size: int
+    priority: StreamPriority
+
+
+@dataclass(slots=True)
+class Assignment:
+    """Per path: the streams it may serve this round, and the bytes of stream data."""
+
+    streams: dict[int, set[int]] = field(default_factory=dict)
+    queued: dict[int, int] = field(default_factory=dict)
+    # Streams the hand-out never reached (every path already full): any path may serve
+    # them, after the rest, and no budget applies.
+    unassigned: set[int] = field(default_factory=set)
+    # Quanta handed out per (path ID, reason): "fastest"; "wait-for-fast" (a slower path
+    # had room, but this one delivers sooner even after waiting for its window); "spread"
+    # (the faster path's backlog made a slower one earlier); "deadline-only-path" (only
+    # this one reaches the deadline); "no-path-in-time" (none does: the fastest).
+    reasons: Counter[tuple[int, str]] = field(default_factory=Counter)
+
+    def held_back(self, path_id: int, backlog: Sequence[Backlog]) -> set[int]:
+        """The backlog's streams this path leaves to others this round."""
+        mine = self.streams.get(path_id, set())
+        return {b.stream_id for b in backlog if b.stream_id not in mine | self.unassigned}
+
+    def budget(self, path_id: int, path: PathView) -> int | None:
+        """Bytes in flight this path may add this round (None: its window decides)."""
+        if self.unassigned:
+            return None
+        payload = self.queued.get(path_id, 0)
+        datagrams = math.ceil(payload / max(1, path.datagram_size - PACKET_OVERHEAD))
+        return datagrams * path.datagram_size
+
+
+def assign(
+    paths: Sequence[PathView],
+    backlog: Sequence[Backlog],
+    now: float,
+    *,
+    retransmit_rtts: float,
+) -> Assignment:
+    """Hand the backlog out to the paths (see the module's docstring)."""
+    out = Assignment(
+        streams={p.path_id: set() for p in paths}, queued={p.path_id: 0 for p in paths}
+    )
+    for index, item in enumerate(backlog):
+        if all(out.queued[p.path_id] >= p.room() for p in paths):
+            out.unassigned = {b.stream_id for b in backlog[index:]}
+            break
+        remaining = max(item.size, 1)  # a FIN alone still needs a packet
+        while remaining > 0:
+            chunk = min(remaining, QUANTUM)
+            chooser = _Chooser(paths, out.queued, chunk, now, retransmit_rtts)
+            path, reason = chooser.choose(item.priority.deadline_at)
+            out.queued[path.path_id] += chunk
+            out.streams[path.path_id].add(item.stream_id)
+            out.reasons[(path.path_id, reason)] += 1
+            remaining -= chunk
+    return out
+
+
+@dataclass(slots=True)
+class _Chooser:
+    """The path for one quantum, and why."""
+
+    paths: Sequence[PathView]
+    queued: dict[int, int]
+    chunk: int
+    now: float
+    retransmit_rtts: float
+
+    def arrival(self, path: PathView) -> tuple[float, float]:
+        queued = self.queued[path.path_id] + self.chunk
+        return (path.arrival(self.now, queued, self.retransmit_rtts), path.rtt)
+
+    def choose(self, deadline: float | None) -> tuple[PathView, str]:
+        if deadline is None:
+            return self._earliest(self.paths)
+        steady = [p for p in self.paths if not p.recovering] or list(self.paths)
+        in_time = [p for p in steady if self.arrival(p)[0] <= deadline]
+        if len(in_time) == 1:
+            return in_time[0], "deadline-only-path"
+        if not in_time:
+            # Late anyway (and reset at its deadline if still queued): it waits for the
+            # fastest path rather than take a slower one's room from data it can help.
+            return min(steady, key=lambda p: (p.rtt, p.path_id)), "no-path-in-time"
+        return self._earliest(in_time)
+
+    def _earliest(self, candidates: Sequence[PathView]) -> tuple[PathView, str]:
+        best = min(candidates, key=self.arrival)
+        if best.rtt > min(p.rtt for p in candidates):
+            return best, "spread"  # the faster path's backlog makes this one earlier
+        idle = any(self.queued[p.path_id] < p.room() for p in candidates if p is not best)
+        full = self.queued[best.path_id] + self.chunk > best.room()
+        return best, "wait-for-fast" if idle and full else "fastest"

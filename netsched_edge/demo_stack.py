@@ -1,0 +1,165 @@
+"""The demo's servers, each in a process of its own: the edge with three built-in
+backends, and the path lab relay that shapes the client's two paths.
+
+A client, an edge, a relay and backends sharing one event loop measure that
+loop's queue as much as the network: a second path costs CPU, the loop lags,
+and the relay's delays stretch with it. Here only the client runs in the
+caller's process, as it would on a phone.
+
+The edge process answers ("stats",) with `EdgeStats` and ends on ("exit",) or
+when the pipe closes; the relay is `netsched_lab.process`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from netsched_lab.impairment import PathProfile
+from netsched_lab.process import RelayControl, receive, relay_process, spawned
+
+from .config import BackendConfig, EdgeConfig, ServiceConfig
+from .demo_backends import DemoHTTPServer
+from .server import EdgeServer
+from .tls import CERTIFICATE_FILE, PRIVATE_KEY_FILE, generate_self_signed
+
+# name, base latency ms, extra latency on a cache miss ms, cache entries
+BACKENDS = (("fast", 2.0, 20.0, 256), ("steady", 6.0, 25.0, 128), ("slow", 15.0, 40.0, 32))
+# Besides the demo's "api", for benchmarks that isolate the network: "echo" answers in
+# 1 ms whatever the cache, "files" serves FILES (name -> size) from the state folder.
+FILES = {"bulk.bin": 256 * 1024}
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeStats:
+    """What the edge process saw: its backends' cache, its schedulers' decisions and
+    the redundant bytes they sent (urgent copies; packets re-injected after a stall)."""
+
+    cache: Mapping[str, tuple[int, int]]  # backend -> (hits, misses)
+    decisions: Mapping[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0
+    copy_bytes: int = 0
+    packets_sent: int = 0
+    packets_reinjected: int = 0
+
+
+def demo_config(ports: list[int], state: Path, *, scheduler: str = "deadline") -> EdgeConfig:
+    """`ports`: the BACKENDS' and then the echo backend's; `state`: the certificate
+    (`generate_self_signed`'s) and the files (under www/)."""
+    backends = tuple(
+        BackendConfig(name=name, kind="http", host="127.0.0.1", port=port, max_in_flight=16)
+        for (name, *_), port in zip(BACKENDS, ports, strict=False)
+    )
+    echo = BackendConfig(name="echo", kind="http", host="127.0.0.1", port=ports[-1])
+    files = BackendConfig(name="files", kind="static", root=state / "www")
+    services = (
+        ServiceConfig(name="api", backends=backends, policy="warm-first", load_cap=6),
+        ServiceConfig(name="echo", backends=(echo,)),
+        ServiceConfig(name="files", backends=(files,)),
+    )
+    return EdgeConfig(
+        host="127.0.0.1",
+        port=0,
+        certificate=state / CERTIFICATE_FILE,
+        private_key=state / PRIVATE_KEY_FILE,
+        scheduler=scheduler,
+        services=services,
+        source="<demo>",
+    )
+
+
+def edge_process(scheduler: str, state: str, conn: Connection) -> None:
+    """A child process's main: the demo's backends and edge until ("exit",)."""
+    try:
+        import uvloop
+
+        uvloop.run(_serve_edge(scheduler, Path(state), conn))
+    except ImportError:
+        asyncio.run(_serve_edge(scheduler, Path(state), conn))
+
+
+async def _serve_edge(scheduler: str, state: Path, conn: Connection) -> None:
+    servers = [DemoHTTPServer(n, base_ms=b, cold_ms=c, cache_size=s) for n, b, c, s in BACKENDS]
+    servers.append(DemoHTTPServer("echo", base_ms=1.0, cold_ms=0.0, cache_size=1))
+    ports = [await server.start() for server in servers]
+    edge = EdgeServer(demo_config(ports, state, scheduler=scheduler))
+    await edge.start()
+    conn.send(edge.port)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                (command,) = await loop.run_in_executor(None, conn.recv)
+            except EOFError:
+                return
+            if command == "stats":
+                conn.send(_edge_stats(edge, servers))
+            elif command == "exit":
+                return
+            else:
+                conn.send(RuntimeError(f"edge: unexpected command {command!r}"))
+    finally:
+        await edge.close()
+        for server in servers:
+            await server.stop()
+
+
+def _edge_stats(edge: EdgeServer, servers: list[DemoHTTPServer]) -> EdgeStats:
+    sent = copies = packets = reinjected = 0
+    for quic in edge.quic_connections():
+        paths = [*quic.paths.values()]
+        sent += sum(p.stats.bytes_sent for p in paths)
+        packets += sum(p.stats.packets_sent for p in paths)
+        reinjected += sum(p.stats.packets_reinjected for p in paths)
+        copies += quic.urgent_copies.copy_bytes
+    return EdgeStats(
+        cache={s.name: (s.hits, s.misses) for s in servers},
+        decisions=dict(Counter(edge.dispatcher.metrics.scheduler_decisions)),
+        bytes_sent=sent,
+        copy_bytes=copies,
+        packets_sent=packets,
+        packets_reinjected=reinjected,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DemoStack:
+    edge_port: int
+    relay_port: int
+    ca_file: str
+    relay: RelayControl
+    edge: Connection
+
+    def edge_stats(self) -> EdgeStats:
+        self.edge.send(("stats",))
+        stats: EdgeStats = receive(self.edge, "the edge process")
+        return stats
+
+
+@contextmanager
+def demo_stack(
+    profiles: Mapping[str, PathProfile], *, scheduler: str = "deadline", seed: int = 1
+) -> Iterator[DemoStack]:
+    """Start the edge (with `scheduler`) and the relay (shaping each client IP by
+    `profiles`) in their own processes; always stop both, and remove the certificate."""
+    with tempfile.TemporaryDirectory(prefix="netsched-demo-") as tmp:
+        state = Path(tmp)
+        pair = generate_self_signed(state)
+        (state / "www").mkdir()
+        for name, size in FILES.items():
+            (state / "www" / name).write_bytes(bytes(range(256)) * (size // 256))
+        targets: list[tuple[Callable[..., None], tuple[object, ...]]] = [
+            (edge_process, (scheduler, tmp)),
+            (relay_process, ()),
+        ]
+        with spawned(targets) as [(_, edge_conn), (_, relay_conn)]:
+            edge_port = receive(edge_conn, "the edge process")
+            relay = RelayControl(relay_conn)
+            relay_port = relay.call("start", edge_port, dict(profiles), seed)
+            yield DemoStack(edge_port, relay_port, str(pair.ca_certificate), relay, edge_conn)
