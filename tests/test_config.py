@@ -266,8 +266,8 @@ ERRORS: list[tuple[str, str, int | None]] = [
     (
         "[edge]\nmax_queue = 1\nzzz = 1\n",
         "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, "
-        "cipher_suites, www, idle_timeout_s, max_queue, retry, send_order, multipath, admin, "
-        "max_path_id, fec, egress_mbps, session_tickets, early_data)",
+        "cipher_suites, www, idle_timeout_s, max_queue, retry, send_order, multipath, "
+        "scheduler, admin, max_path_id, fec, egress_mbps, session_tickets, early_data)",
         3,
     ),
     (
