@@ -14,10 +14,11 @@ what `bench/bench_slo.py` runs, with paths that degrade on a schedule.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from netsched_client import SLO, NetSchedError, PathStats, Session, connect
@@ -126,17 +127,20 @@ class Results:
         return redundant / edge.bytes_sent
 
 
+Workload = Callable[[Session, "Results"], Awaitable[None]]
+
+
 async def run_setup(
     setup: Setup,
+    workload: Workload,
     *,
-    duration: float,
-    rate: float,
     seed: int,
     profiles: Mapping[str, PathProfile] = PROFILES,
     events: Sequence[Event] = (),
-    classes: Sequence[SLOClass] = CLASSES,
+    fec: bool = True,
 ) -> Results:
-    """One run of the workload over `setup`'s paths, with fresh servers."""
+    """One run of `workload` over `setup`'s paths, with fresh servers; `events` change
+    the paths on a schedule (seconds from the workload's start)."""
     results = Results(setup)
     with demo_stack(profiles, scheduler=setup.scheduler, seed=seed) as stack:
         async with connect(
@@ -144,13 +148,13 @@ async def run_setup(
             stack.relay_port,
             ca_file=stack.ca_file,
             paths=list(setup.paths),
-            fec=FecConfig(),
+            fec=FecConfig() if fec else None,
             scheduler=setup.scheduler,
         ) as session:
             await _wait_paths(session, len(setup.paths))
             events_task = asyncio.create_task(_play(stack, events))
             try:
-                await _workload(session, results, duration, rate, random.Random(seed), classes)
+                await workload(session, results)
             finally:
                 events_task.cancel()
             results.paths = session.paths
@@ -158,6 +162,13 @@ async def run_setup(
             results.alive = not session.closed
             results.edge = stack.edge_stats()
     return results
+
+
+def demo_workload(duration: float, rate: float, seed: int) -> Workload:
+    """The demo's open loop: `rate` requests per second of the three CLASSES."""
+    return functools.partial(
+        _workload, duration=duration, rate=rate, rng=random.Random(seed), classes=CLASSES
+    )
 
 
 async def _wait_paths(session: Session, count: int, timeout: float = 5.0) -> None:
@@ -180,6 +191,7 @@ async def _play(stack: DemoStack, events: Sequence[Event]) -> None:
 async def _workload(
     session: Session,
     results: Results,
+    *,
     duration: float,
     rate: float,
     rng: random.Random,
@@ -229,7 +241,8 @@ async def run_demo(
             f"{rate:.0f} req/s for {duration:g} s ...",
             flush=True,
         )
-        runs.append(await run_setup(setup, duration=duration, rate=rate, seed=seed))
+        workload = demo_workload(duration, rate, seed)
+        runs.append(await run_setup(setup, workload, seed=seed))
     print("\n" + compare(runs))
     last = runs[-1]
     print(f"\nThe last run ({last.setup.label}) in detail\n")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from netsched_lab.process import RelayControl, receive, relay_process, spawned
 
 from .config import BackendConfig, EdgeConfig, ServiceConfig
 from .demo_backends import DemoHTTPServer
+from .report import percentile
 from .server import EdgeServer
 from .tls import CERTIFICATE_FILE, PRIVATE_KEY_FILE, generate_self_signed
 
@@ -47,6 +49,10 @@ class EdgeStats:
     copy_bytes: int = 0
     packets_sent: int = 0
     packets_reinjected: int = 0
+    cpu_s: float = 0.0  # the edge process's CPU time (user + system) so far
+    # How late a 1 ms timer fired in the edge's event loop (p50, p99 ms): a busy loop
+    # delays every packet, whatever the scheduler decides.
+    loop_lag_ms: tuple[float, float] = (0.0, 0.0)
 
 
 def demo_config(ports: list[int], state: Path, *, scheduler: str = "deadline") -> EdgeConfig:
@@ -92,6 +98,8 @@ async def _serve_edge(scheduler: str, state: Path, conn: Connection) -> None:
     await edge.start()
     conn.send(edge.port)
     loop = asyncio.get_running_loop()
+    lags: deque[float] = deque(maxlen=100_000)
+    watch = asyncio.create_task(_watch_lag(lags))
     try:
         while True:
             try:
@@ -99,18 +107,28 @@ async def _serve_edge(scheduler: str, state: Path, conn: Connection) -> None:
             except EOFError:
                 return
             if command == "stats":
-                conn.send(_edge_stats(edge, servers))
+                conn.send(_edge_stats(edge, servers, lags))
             elif command == "exit":
                 return
             else:
                 conn.send(RuntimeError(f"edge: unexpected command {command!r}"))
     finally:
+        watch.cancel()
         await edge.close()
         for server in servers:
             await server.stop()
 
 
-def _edge_stats(edge: EdgeServer, servers: list[DemoHTTPServer]) -> EdgeStats:
+async def _watch_lag(lags: deque[float]) -> None:
+    while True:
+        start = time.monotonic()
+        await asyncio.sleep(0.001)
+        lags.append((time.monotonic() - start - 0.001) * 1000)
+
+
+def _edge_stats(
+    edge: EdgeServer, servers: list[DemoHTTPServer], lags: deque[float]
+) -> EdgeStats:
     sent = copies = packets = reinjected = 0
     for quic in edge.quic_connections():
         paths = [*quic.paths.values()]
@@ -125,6 +143,8 @@ def _edge_stats(edge: EdgeServer, servers: list[DemoHTTPServer]) -> EdgeStats:
         copy_bytes=copies,
         packets_sent=packets,
         packets_reinjected=reinjected,
+        cpu_s=time.process_time(),
+        loop_lag_ms=(percentile(lags, 50), percentile(lags, 99)),
     )
 
 

@@ -28,6 +28,7 @@ from .impairment import LinkStats
 from .relay import UdpRelay
 
 ANSWER_TIMEOUT_S = 30.0  # a child process starting, or answering a command
+EXIT_GRACE_S = 1.0  # a child told to stop (its pipe closed) ends by itself within this
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 RelayStats = dict[str, tuple[LinkStats, LinkStats]]
@@ -128,23 +129,31 @@ def spawned(
     targets: list[tuple[Callable[..., None], tuple[object, ...]]],
 ) -> Iterator[list[tuple[int, Connection]]]:
     """Start each `target(*args, conn)` in a child process; yield (pid, our end of its
-    pipe) for each; always stop them, however the block ends."""
+    pipe) for each; always stop them, however the block ends: our ends of the pipes
+    close (a child that reads its pipe sees EOF and ends by itself, within `EXIT_GRACE_S`),
+    then what still runs is terminated."""
     ctx = mp.get_context("spawn")
     procs: list[Any] = []
+    ends: list[tuple[int, Connection]] = []
     try:
-        ends = []
         for target, args in targets:
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(target=target, args=(*args, theirs), daemon=True)
             proc.start()
+            theirs.close()
             procs.append(proc)
             assert proc.pid is not None  # started
             ends.append((proc.pid, ours))
         yield ends
     finally:
+        for _, conn in ends:
+            conn.close()
+        deadline = time.monotonic() + EXIT_GRACE_S
         for proc in procs:
-            proc.terminate()
-            proc.join(5)
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
             if proc.is_alive():
                 proc.kill()
                 proc.join()

@@ -71,7 +71,7 @@ from .fec_link import (
     flush_delay,
 )
 from .multipath.connection import MultipathConnection
-from .multipath.path import PathState
+from .multipath.path import Path, PathState
 from .multipath.recovery import CountingRecovery
 from .send_order import ERROR_DEADLINE, DeadlineMissed, SendOrder, StreamPriority
 from .slo import SLO, SLO_TRANSPORT_PARAMETER, decode_slo, encode_slo
@@ -129,7 +129,12 @@ class NetSchedConnection(MultipathConnection):
         sender = self._fec_sender
         with active_sink(sender):
             sent = self._send_in_order(now)
-            if sender is not None and sender.repair_due() and self._fec_other_path():
+            if (
+                sender is not None
+                and sender.repair_due()
+                and self._fec_other_path()
+                and self.window_room_anywhere()
+            ):
                 # Repairs kept for another path that had no room this round go anywhere.
                 sender.any_path = True
                 try:
@@ -419,6 +424,10 @@ class NetSchedConnection(MultipathConnection):
     def _on_fec_window_delivery(self, delivery: QuicDeliveryState, epoch: int) -> None:
         if delivery == QuicDeliveryState.LOST and self._fec_receiver is not None:
             self._fec_receiver.on_window_lost(epoch)
+
+    def _wants_to_send(self, path: Path) -> bool:
+        sender = self._fec_sender
+        return sender is not None and sender.repair_due()
 
     def _fec_other_path(self) -> bool:
         """Another active path could carry repairs (loss on one path spares the other)."""

@@ -342,6 +342,17 @@ class MultipathConnection(QuicConnection):
             recovering=recovering,
         )
 
+    def window_room_anywhere(self) -> bool:
+        """Some active path's congestion window has room for a datagram."""
+        for path in self._paths.values():
+            if path.state is PathState.ACTIVE:
+                loss = self._recovery_of(path)
+                if loss.congestion_window - loss.bytes_in_flight >= self._attr(
+                    path, "_max_datagram_size"
+                ):
+                    return True
+        return False
+
     def stream_backlog(self) -> list[Backlog]:
         """Streams with data to send, in send order, with how much and their priority."""
         priorities = self.stream_priorities()
@@ -603,6 +614,9 @@ class MultipathConnection(QuicConnection):
     def _start_stall(self, path: Path, since: float) -> None:
         """No new data for this path; while others exist, probe it often enough to find
         it again soon after an outage (failback)."""
+        end = path.last_stall_end
+        if end is not None and since - end > self.scheduler.flap_window_s:
+            path.stalls = 0
         path.stalled_since = since
         path.stalls += 1
         if len(self._paths) > 1:
@@ -611,8 +625,11 @@ class MultipathConnection(QuicConnection):
     def _end_stall(self, path: Path, now: float) -> None:
         """An ACK for something sent since the stall: the path works again, and carries
         no deadline data while it recovers (hysteresis against flapping)."""
+        assert path.stalled_since is not None
+        stalled_for = now - path.stalled_since
         path.stalled_since = None
-        path.recovering_until = now + self.scheduler.recovery_time(path, self.path_rtt(path))
+        path.last_stall_end = now
+        path.recovering_until = now + self.scheduler.recovery_time(path, stalled_for)
         self._recovery_of(path).probe_cap = None
         self.scheduler.count(path.path_id, "back")
 
@@ -989,13 +1006,21 @@ class MultipathConnection(QuicConnection):
             plan = [(next(iter(self._paths.values())), False)]
         backlog = self.stream_backlog()
         assignment = self.scheduler.assign(self, plan, backlog, now)
-        for path, data_allowed in plan:
+        for index, (path, data_allowed) in enumerate(plan):
             share = None
-            if assignment is not None and data_allowed:
-                share = (
-                    assignment.held_back(path.path_id, backlog),
-                    assignment.budget(path.path_id, self.path_view(path, now)),
-                )
+            if data_allowed:
+                view = self.path_view(path, now)
+                wants_data = True
+                if assignment is not None:
+                    share = (
+                        assignment.held_back(path.path_id, backlog),
+                        assignment.budget(path.path_id, view),
+                    )
+                    wants_data = assignment.queued[path.path_id] > 0
+                # The first path in the plan also carries connection-level frames.
+                if index > 0 and self._idle(path, now, view, wants_data):
+                    self._set_attr(path, "_pacing_at", None)  # nothing waits for the pacer
+                    continue
             with self._on_path(path):
                 eliciting = self._spaces[Epoch.ONE_RTT].ack_eliciting_in_flight
                 sent = self._send_on_live_path(path, now, data_allowed, share)
@@ -1008,6 +1033,35 @@ class MultipathConnection(QuicConnection):
         self.urgent_copies.next_round()
         self.scheduler.refresh_silence(self)  # what was just sent may be the oldest now
         return out
+
+    def _idle(self, path: Path, now: float, view: PathView, wants_data: bool) -> bool:
+        """This path has provably nothing to send this round (the scheduler gave it no
+        data, or its window has no room, and nothing of its own is due): skipping it
+        spares a whole packet-building pass, the cost of a second path (issue #3)."""
+        if path.state is not PathState.ACTIVE or self._close_pending:
+            return False
+        if wants_data and view.room() >= view.datagram_size:
+            return False
+        if self.urgent_copies.pending or self._wants_to_send(path):
+            return False
+        space: QuicPacketSpace = self._attr(path, "_spaces")[Epoch.ONE_RTT]
+        if space.ack_at is not None and space.ack_at <= now:
+            return False
+        if self._attr(path, "_probe_pending") or self._attr(path, "_retire_connection_ids"):
+            return False
+        if not all(cid.was_sent for cid in self._attr(path, "_host_cids")):
+            return False
+        network_paths: list[QuicNetworkPath] = self._attr(path, "_network_paths")
+        if not network_paths or network_paths[0].remote_challenges:
+            return not network_paths
+        if not network_paths[0].is_validated:
+            return False
+        search = self._recovery_of(path).pmtu
+        return search is None or search.probe_due(now) is None
+
+    def _wants_to_send(self, path: Path) -> bool:
+        """Something of a subclass's (FEC repairs) may leave on this path this round."""
+        return False
 
     def _send_on_live_path(
         self,

@@ -64,7 +64,8 @@ class Path:
     stalled_since: float | None = None  # send time of the oldest packet overdue when it stalled
     silence_at: float | None = None  # when it counts as silent (scheduler, once per flush)
     recovering_until: float | None = None  # back from a stall: no deadline data until then
-    stalls: int = 0  # times it stalled (each one lengthens its next recovery: hysteresis)
+    stalls: int = 0  # recent stalls (each one lengthens the next recovery: hysteresis)
+    last_stall_end: float | None = None
     last_sent_at: float | None = None  # last ack-eliciting send on this path
     keepalive_pending: bool = False  # its next ack-eliciting send is a keep-alive PING
     # CIDs for this path ID: ours not yet announced, and retirements to send.

@@ -27,9 +27,9 @@ In both:
   same on every path) the path stalls at its first PTO instead.
 - loss is not death: a stalled path is probed at least every `probe_cap_s`
   and works again as soon as a probe is acknowledged (failback); it then
-  carries no deadline data while it *recovers* (`recover_s`, doubling with
-  each stall, so a flapping path does not flap the traffic). It is abandoned
-  only after `dead_after_s` of silence with `dead_ptos` PTOs while another
+  carries no deadline data while it *recovers* (as long as it was stalled, up
+  to `recover_s`, doubling with each recent stall: a flapping path does not
+  flap the traffic). It is abandoned only after `dead_after_s` of silence with `dead_ptos` PTOs while another
   path works; the client then opens a new path from that address when it
   answers again (runtime/paths.py).
 Every decision is counted per path and reason in `decisions`.
@@ -62,10 +62,12 @@ class Scheduler:
     # costs PTOs, not the path); a stalled path is probed at least this often.
     dead_after_s: float = 5.0
     probe_cap_s: float = 0.25
-    # Back from a stall: no deadline data for max(recover_rtts RTTs, recover_s), doubled
-    # for each earlier stall (up to 2^4).
-    recover_s: float = 0.5
-    recover_rtts: float = 8.0
+    # Back from a stall: no deadline data for as long as it was stalled, at most
+    # recover_s, doubled for each other stall within flap_window_s (up to 2^4): a
+    # spurious stall costs a few milliseconds, an outage a quarter second, a flapping
+    # path more each time.
+    recover_s: float = 0.25
+    flap_window_s: float = 10.0
     # RFC 9002 §6.1.2's time threshold: a queue that grows within one RTT stays inside it.
     silence_rtts: float = 9 / 8
     # ... and no ACK on the path for this many of its recent longest ACK gaps (at least an
@@ -107,15 +109,22 @@ class Scheduler:
         if self.policy != "deadline" or len(carriers) < 2 or not backlog:
             return None
         views = [conn.path_view(path, now) for path in carriers]
+        open_ = [v for v in views if v.room() >= v.datagram_size]
+        if not open_:
+            return None  # no window has room: only probes leave, with whatever is first
+        if len(open_) == 1 and open_[0] is min(views, key=self._base_arrival):
+            return None  # the one path with room is also the earliest for every byte
         assignment = assign(views, backlog, now, retransmit_rtts=self.urgent_rtts)
         for (path_id, reason), n in assignment.reasons.items():
             self.count(path_id, reason, n)
         return assignment
 
-    def recovery_time(self, path: Path, rtt: float | None) -> float:
-        """How long a path back from its latest stall carries no deadline data."""
-        base = max(self.recover_s, self.recover_rtts * (rtt or 0.0))
-        return float(base * 2 ** min(max(path.stalls - 1, 0), 4))
+    def _base_arrival(self, view: PathView) -> tuple[float, float]:
+        return (view.arrival(0.0, 0, self.urgent_rtts), view.rtt)
+
+    def recovery_time(self, path: Path, stalled_for: float) -> float:
+        """How long a path back from a stall of `stalled_for` carries no deadline data."""
+        return min(stalled_for, self.recover_s) * float(2 ** min(max(path.stalls - 1, 0), 4))
 
     def plan(self, conn: MultipathConnection, now: float) -> list[tuple[Path, bool]]:
         """The paths to flush this round, in order, each with "may carry data"."""
