@@ -126,9 +126,7 @@ async def _watch_lag(lags: deque[float]) -> None:
         lags.append((time.monotonic() - start - 0.001) * 1000)
 
 
-def _edge_stats(
-    edge: EdgeServer, servers: list[DemoHTTPServer], lags: deque[float]
-) -> EdgeStats:
+def _edge_stats(edge: EdgeServer, servers: list[DemoHTTPServer], lags: deque[float]) -> EdgeStats:
     sent = copies = packets = reinjected = 0
     for quic in edge.quic_connections():
         paths = [*quic.paths.values()]

@@ -378,11 +378,14 @@ def test_malformed_repair_closes_with_a_clear_error(
 
 def test_recovery_on_a_multipath_connection(tmp_path: Path) -> None:
     client_cfg, server_cfg = configs(tmp_path)
-    client = NetSchedConnection(configuration=client_cfg, fec=FecConfig())
+    # RTT order keeps the sources on the lossy path (the deadline scheduler would move
+    # them to the clean one, leaving nothing to recover).
+    client = NetSchedConnection(configuration=client_cfg, fec=FecConfig(), scheduler="lowest-rtt")
     server = NetSchedConnection(
         configuration=server_cfg,
         original_destination_connection_id=client.original_destination_connection_id,
         fec=FecConfig(),
+        scheduler="lowest-rtt",
     )
     net = Net(client, server, {C1: Link(delay=DELAY, drop_every=9), C2: Link(delay=DELAY)})
     client.connect(SERVER, now=net.now)

@@ -138,7 +138,7 @@ class NetSchedConnection(MultipathConnection):
                 # Repairs kept for another path that had no room this round go anywhere.
                 sender.any_path = True
                 try:
-                    sent += super().datagrams_with_paths(now)
+                    sent += self.datagrams_on_open_paths(now)
                 finally:
                     sender.any_path = False
         return sent

@@ -8,6 +8,7 @@ awaitables and a bounded history.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections import deque
 from collections.abc import Mapping
@@ -24,7 +25,14 @@ from .driver import ConnectionDriver
 from .endpoint import ClientEndpoint
 from .interfaces import InterfaceError, resolve_local
 
+log = logging.getLogger("netsched.paths")
+
 PATH_VALIDATION_TIMEOUT_S = 5.0
+# A path the network took away (abandoned after a long silence, or by the edge) is
+# opened again from the same local address: first after this long, then twice as
+# long after each failed try, up to REOPEN_MAX_S, while the session lives.
+REOPEN_FIRST_S = 1.0
+REOPEN_MAX_S = 30.0
 
 
 class PathError(NetSchedError):
@@ -67,6 +75,9 @@ class PathManager:
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._id_ready: asyncio.Future[None] | None = None
         self.events: deque[QuicEvent] = deque(maxlen=256)
+        self._removed: set[int] = set()  # abandoned by the application: not reopened
+        self._reopening: dict[str, asyncio.Task[None]] = {}  # local host -> its task
+        self.reopened = 0  # paths opened again after the network took them
         driver.add_event_handler(self._on_event)
 
     @property
@@ -147,6 +158,35 @@ class PathManager:
             self._waiters.pop(path_id, None)
         return path_id
 
+    def _reopen_later(self, path_id: int) -> None:
+        """The network took this path (not the application): open one from its local
+        address again once that works (failback, with a new path ID)."""
+        path = self._quic.paths.get(path_id)
+        local = path.local_addr if path is not None else None
+        if path_id == 0 or local is None:
+            local = self._endpoint.local_address
+        host = str(local[0])
+        if host in self._reopening or self._quic.multipath_enabled is False:
+            return
+        task = asyncio.get_running_loop().create_task(self._reopen(host))
+        self._reopening[host] = task
+        task.add_done_callback(lambda _: self._reopening.pop(host, None))
+
+    async def _reopen(self, host: str) -> None:
+        delay = REOPEN_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            if self._driver.closed.is_set():
+                return
+            try:
+                await self.add(host)
+            except PathError as exc:
+                log.info("path from %s not back yet: %s", host, exc)
+                delay = min(2 * delay, REOPEN_MAX_S)
+                continue
+            self.reopened += 1
+            return
+
     async def _open(self, local: NetworkAddress) -> int:
         """open_path, waiting while path IDs are not ready (just after the handshake)."""
         loop = asyncio.get_running_loop()
@@ -194,7 +234,14 @@ class PathManager:
         self._driver.schedule_transmit()
         return 0
 
+    def close(self) -> None:
+        """Stop reopening paths (the session is closing)."""
+        for task in self._reopening.values():
+            task.cancel()
+        self._reopening.clear()
+
     def remove(self, path_id: int) -> None:
+        self._removed.add(path_id)
         self._quic.abandon_path(
             path_id, APPLICATION_ABANDON_PATH, now=asyncio.get_running_loop().time()
         )
@@ -222,5 +269,7 @@ class PathManager:
                 waiter.set_exception(
                     PathError(f"path {event.path_id} abandoned (code {event.error_code:#x})")
                 )
+            elif event.path_id not in self._removed:
+                self._reopen_later(event.path_id)
             # Keep the socket until the path is forgotten: late packets still need ACKs.
             asyncio.get_running_loop().call_later(3.0, self._endpoint.release_path, event.path_id)

@@ -481,6 +481,7 @@ class Session:
         return int(self._driver.quic._cryptos[tls.Epoch.ONE_RTT].key_phase)
 
     async def close(self) -> None:
+        self._paths.close()
         for task in self._background:
             task.cancel()
         if self._handshake_timer is not None:

@@ -600,24 +600,27 @@ class MultipathConnection(QuicConnection):
         """
         for path in self._paths.values():
             acked = self.path_acked_sent_time(path)
-            if path.stalled_since is not None and acked is not None and acked >= path.stalled_since:
+            if path.stalled_at is not None and acked is not None and acked >= path.stalled_at:
                 self._end_stall(path, now)
             elif path.stalled_since is None and self.path_pto_count(path) > 0:
-                self._start_stall(path, self.path_oldest_unacked(path) or now)
+                self._start_stall(path, self.path_oldest_unacked(path) or now, now)
         for path in self.scheduler.silent_paths(self, now):
-            self._start_stall(path, self.path_oldest_unacked(path) or now)
+            self._start_stall(path, self.path_oldest_unacked(path) or now, now)
             path.silence_at = None
             with self._on_path(path):
                 self._reinject_in_flight()
         self._stalls_checked_at = now
 
-    def _start_stall(self, path: Path, since: float) -> None:
+    def _start_stall(self, path: Path, since: float, now: float) -> None:
         """No new data for this path; while others exist, probe it often enough to find
-        it again soon after an outage (failback)."""
+        it again soon after an outage (failback). Only an ACK for something sent from
+        now on (a probe) ends the stall: packets that were already on their way before
+        an outage can still be acknowledged after it began."""
         end = path.last_stall_end
         if end is not None and since - end > self.scheduler.flap_window_s:
             path.stalls = 0
         path.stalled_since = since
+        path.stalled_at = now
         path.stalls += 1
         if len(self._paths) > 1:
             self._recovery_of(path).probe_cap = self.scheduler.probe_cap_s
@@ -627,7 +630,7 @@ class MultipathConnection(QuicConnection):
         no deadline data while it recovers (hysteresis against flapping)."""
         assert path.stalled_since is not None
         stalled_for = now - path.stalled_since
-        path.stalled_since = None
+        path.stalled_since = path.stalled_at = None
         path.last_stall_end = now
         path.recovering_until = now + self.scheduler.recovery_time(path, stalled_for)
         self._recovery_of(path).probe_cap = None
@@ -1032,6 +1035,25 @@ class MultipathConnection(QuicConnection):
                 break
         self.urgent_copies.next_round()
         self.scheduler.refresh_silence(self)  # what was just sent may be the oldest now
+        return out
+
+    def datagrams_on_open_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
+        """A light second round, right after `datagrams_with_paths`: only the active paths
+        whose window has room, and none of the streams' data (the round served it), for
+        what a subclass kept for another path that had no room (FEC repairs)."""
+        out: list[tuple[bytes, NetworkAddress, int]] = []
+        for path in list(self._paths.values()):
+            if path.state is not PathState.ACTIVE or not self._attr(path, "_network_paths"):
+                continue
+            loss = self._recovery_of(path)
+            if loss.congestion_window - loss.bytes_in_flight < self._attr(
+                path, "_max_datagram_size"
+            ):
+                continue
+            with self._on_path(path), self._holding_back(None):
+                sent: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
+            self._account(path, sent)
+            out.extend((data, addr, path.path_id) for data, addr in sent)
         return out
 
     def _idle(self, path: Path, now: float, view: PathView, wants_data: bool) -> bool:

@@ -62,6 +62,7 @@ class Path:
     closing_until: float | None = None
     reinjected_pto: int = 0  # the PTO count at the last re-injection (once per stall)
     stalled_since: float | None = None  # send time of the oldest packet overdue when it stalled
+    stalled_at: float | None = None  # when it stalled: an ACK for a later packet ends it
     silence_at: float | None = None  # when it counts as silent (scheduler, once per flush)
     recovering_until: float | None = None  # back from a stall: no deadline data until then
     stalls: int = 0  # recent stalls (each one lengthens the next recovery: hysteresis)

@@ -29,9 +29,9 @@ In both:
   and works again as soon as a probe is acknowledged (failback); it then
   carries no deadline data while it *recovers* (as long as it was stalled, up
   to `recover_s`, doubling with each recent stall: a flapping path does not
-  flap the traffic). It is abandoned only after `dead_after_s` of silence with `dead_ptos` PTOs while another
-  path works; the client then opens a new path from that address when it
-  answers again (runtime/paths.py).
+  flap the traffic). It is abandoned only after `dead_after_s` of silence
+  with `dead_ptos` PTOs while another path works; the client then opens a
+  new path from that address when it answers again (runtime/paths.py).
 Every decision is counted per path and reason in `decisions`.
 """
 
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..send_order import StreamPriority
-from .completion import Assignment, Backlog, assign
+from .completion import Assignment, Backlog, PathView, assign
 from .path import Path, PathState
 
 GRANULARITY = 0.001  # RFC 9002's kGranularity
@@ -131,7 +131,13 @@ class Scheduler:
         candidates = [p for p in conn.paths.values() if p.state is not PathState.CLOSING]
         working = [p for p in candidates if self._works(conn, p)]
         preferred = [p for p in working if not self._is_backup(p)]
-        order = sorted(candidates, key=lambda p: (self._is_backup(p), self._rtt(conn, p)))
+        # Working paths first: the first path's packets also carry the connection's own
+        # frames (MAX_DATA, MAX_STREAMS, ...), which a stalled path would lose again and
+        # again; the fastest first among them, backups last.
+        order = sorted(
+            candidates,
+            key=lambda p: (p not in working, self._is_backup(p), self._rtt(conn, p)),
+        )
         plan = []
         for path in order:
             allowed, reason = self._data_allowed(path, path in working, bool(preferred))
