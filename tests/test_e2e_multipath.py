@@ -89,3 +89,44 @@ async def test_bad_local_addresses_are_clear_errors(start_edge, open_client, www
     with pytest.raises(PathError):
         await session.add_path("::1")  # wrong address family for this server
     assert (await session.request("files", meta={"method": "GET", "path": "/big.bin"})).body == BIG
+
+
+async def test_a_path_the_network_took_is_opened_again(
+    start_edge, open_client, www: Path, stack
+) -> None:
+    """Cellular goes dark for longer than a path may stay silent: the path is abandoned
+    (while Wi-Fi carries everything), and once cellular answers again the client opens
+    a new path from its address by itself (failback)."""
+    edge = await start_edge(_files(www))
+    shaped = PathProfile(
+        up=LinkSpec(delay_ms=5, rate_mbps=20), down=LinkSpec(delay_ms=5, rate_mbps=20)
+    )
+    relay = UdpRelay(("127.0.0.1", edge.port), default=shaped)
+    _, relay_port = await relay.start()
+    stack.push_async_callback(relay.stop)
+    session = await open_client(edge, port=relay_port, paths=["127.0.0.1", "127.0.0.2"])
+    assert [p.state for p in session.paths] == ["active", "active"]
+
+    def cellular_back() -> bool:
+        return any(
+            p.state == "active" and p.path_id > 1 and p.local and p.local[0] == "127.0.0.2"
+            for p in session.paths
+        )
+
+    async def downloads() -> int:
+        count = 0
+        while not cellular_back():
+            response = await session.request("files", meta={"method": "GET", "path": "/big.bin"})
+            assert response.body == BIG
+            count += 1
+        return count
+
+    traffic = asyncio.create_task(downloads())
+    await asyncio.sleep(0.3)
+    relay.blackhole("127.0.0.2")
+    await asyncio.sleep(7.0)  # longer than dead_after_s (5 s)
+    abandoned = [e for e in session.path_events if isinstance(e, mpe.PathAbandoned)]
+    assert [e.path_id for e in abandoned] == [1]
+    relay.restore("127.0.0.2")
+    assert await asyncio.wait_for(traffic, 15) > 0
+    assert cellular_back()

@@ -10,11 +10,13 @@ Once per round of flushes, the stream data waiting to be sent (`Backlog`, in
 the connection's send order: earliest deadline, then urgency) is handed out,
 in quanta, to the path with the earliest expected arrival for it:
 
-    arrival(p, x) = now + max(0, in_flight + queued + x - cwnd) / (cwnd / rtt)
+    arrival(p, x) = now + (max(0, in_flight - cwnd) + queued + x) / rate
                     + rtt / 2 + loss * retransmit_rtts * rtt
 
-the time the path's window needs to make room for it (ACK clocking: a window
-per RTT), plus one way, plus the expected cost of a retransmission at the
+the time the path needs to send it behind what it was already given (paced,
+or clocked by ACKs once its window is full, at rate = cwnd / rtt, or what the
+path measurably delivered if that is less: a window that never fills says
+nothing of capacity), plus one way, plus the expected cost of a retransmission at the
 path's recent loss rate. Data with a deadline rides only paths that reach it
 in time when one does (a path still recovering from a stall does not count:
 hysteresis), and waits for the fast path on purpose when the slow one would
@@ -53,14 +55,18 @@ class PathView:
     datagram_size: int
     loss: float = 0.0  # recent share of packets lost
     recovering: bool = False  # came back from a stall recently: no deadline data yet
+    delivery_rate: float | None = None  # bytes/s acknowledged lately, when measured
 
     def room(self) -> int:
         return max(0, self.cwnd - self.in_flight)
 
     def arrival(self, now: float, queued: int, retransmit_rtts: float) -> float:
-        """When `queued` more bytes sent on this path would have arrived, expected."""
-        rate = max(self.cwnd, self.datagram_size) / self.rtt
-        wait = max(0, self.in_flight + queued - self.cwnd) / rate
+        """When `queued` more bytes sent on this path this round would have arrived."""
+        window_rate = max(self.cwnd, self.datagram_size) / self.rtt
+        rate = min(window_rate, self.delivery_rate or window_rate)
+        # They leave at the path's rate (paced, or clocked by ACKs once the window is
+        # full), behind what is over the window already.
+        wait = (max(0, self.in_flight - self.cwnd) + queued) / rate
         return now + wait + self.rtt / 2 + self.loss * retransmit_rtts * self.rtt
 
 

@@ -334,13 +334,20 @@ class MultipathConnection(QuicConnection):
         recovering = path.recovering_until is not None and now < path.recovering_until
         return PathView(
             path_id=path.path_id,
-            rtt=self.path_rtt(path) or self._configuration.initial_rtt,
+            rtt=self.path_rtt(path) or self._optimistic_rtt(),
             cwnd=loss.congestion_window,
             in_flight=loss.bytes_in_flight,
             datagram_size=self._attr(path, "_max_datagram_size"),
             loss=loss.loss_rate,
             recovering=recovering,
+            delivery_rate=loss.delivery_rate(),
         )
+
+    def _optimistic_rtt(self) -> float:
+        """A path without an RTT sample yet is taken to be as fast as the fastest one, so
+        that it gets data and learns its own (the initial RTT, 100 ms, would starve it)."""
+        sampled = [r for p in self._paths.values() if (r := self.path_rtt(p)) is not None]
+        return min(sampled, default=self._configuration.initial_rtt)
 
     def window_room_anywhere(self) -> bool:
         """Some active path's congestion window has room for a datagram."""
@@ -624,6 +631,8 @@ class MultipathConnection(QuicConnection):
         path.stalls += 1
         if len(self._paths) > 1:
             self._recovery_of(path).probe_cap = self.scheduler.probe_cap_s
+            # Probe at once: a stall that was only a queue ends one RTT from now.
+            self._set_attr(path, "_probe_pending", True)
 
     def _end_stall(self, path: Path, now: float) -> None:
         """An ACK for something sent since the stall: the path works again, and carries

@@ -33,6 +33,7 @@ from .pmtu import PmtuSearch
 ACK_HISTORY: Final = 128  # more ACKs than arrive in one RTT at the rates we schedule
 ACK_GAPS: Final = 8  # the ACK rhythm: the longest of this many recent gaps between ACKs
 LOSS_MEMORY: Final = 64  # packets: the loss rate's moving average forgets at this pace
+DELIVERY_SAMPLES: Final = 64  # ACKs the delivery rate is measured over
 
 
 class CountingRecovery(QuicPacketRecovery):
@@ -50,6 +51,22 @@ class CountingRecovery(QuicPacketRecovery):
         # this, so that the path is probed and found again soon after an outage ends.
         self.probe_cap: float | None = None
         self._window_limit: int | None = None  # see window_budget
+        # Bytes acknowledged so far, sampled per ACK: the path's measured delivery rate
+        # (what it carried, not what its window would allow: a window that never
+        # fills, as on an unshaped link, says nothing of the path's capacity).
+        self.delivered = 0
+        self._lost_bytes = 0
+        self._deliveries: deque[tuple[float, int]] = deque(maxlen=DELIVERY_SAMPLES)
+
+    def delivery_rate(self) -> float | None:
+        """Bytes per second acknowledged over the recent ACKs (at least a smoothed RTT of
+        them), or None before there are enough."""
+        if len(self._deliveries) < 2 or not self._rtt_initialized:
+            return None
+        (t0, d0), (t1, d1) = self._deliveries[0], self._deliveries[-1]
+        if t1 - t0 < self._rtt_smoothed or d1 <= d0:
+            return None
+        return (d1 - d0) / (t1 - t0)
 
     @property
     def congestion_window(self) -> int:
@@ -105,12 +122,16 @@ class CountingRecovery(QuicPacketRecovery):
             if self.pmtu is not None:
                 self.pmtu.on_acked(newest.packet_number, newest.sent_bytes, sent, now)
         count, lost = len(space.sent_packets), self.packets_lost
+        in_flight, lost_bytes = self.bytes_in_flight, self._lost_bytes
         super().on_ack_received(
             ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
         )
         acked = count - len(space.sent_packets) - (self.packets_lost - lost)
         if acked > 0:
             self.loss_rate *= (1 - 1 / LOSS_MEMORY) ** acked
+            gone = in_flight - self.bytes_in_flight - (self._lost_bytes - lost_bytes)
+            self.delivered += max(0, gone)
+            self._deliveries.append((now, self.delivered))
         if self.mtu_probes:  # acknowledged probes are settled
             self.mtu_probes = {n for n in self.mtu_probes if n in space.sent_packets}
 
@@ -140,6 +161,7 @@ class CountingRecovery(QuicPacketRecovery):
         if kwargs.get("congestion_event", True):
             # A PTO's non-congestion "loss" may not be a loss: not counted.
             self.packets_lost += len(packets)
+            self._lost_bytes += sum(p.sent_bytes for p in packets if p.in_flight)
             self.loss_rate = 1 - (1 - self.loss_rate) * (1 - 1 / LOSS_MEMORY) ** len(packets)
             if self.pmtu is not None:
                 for packet in packets:
