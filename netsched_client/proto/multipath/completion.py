@@ -56,6 +56,7 @@ class PathView:
     loss: float = 0.0  # recent share of packets lost
     recovering: bool = False  # came back from a stall recently: no deadline data yet
     delivery_rate: float | None = None  # bytes/s acknowledged lately, when measured
+    measured: bool = True  # False: no RTT sample yet (rtt is a guess: no deadline data)
 
     def room(self) -> int:
         return max(0, self.cwnd - self.in_flight)
@@ -152,7 +153,8 @@ class _Chooser:
     def choose(self, deadline: float | None) -> tuple[PathView, str]:
         if deadline is None:
             return self._earliest(self.paths)
-        steady = [p for p in self.paths if not p.recovering] or list(self.paths)
+        # A path just back from a stall, or not measured yet, promises no deadline.
+        steady = [p for p in self.paths if p.measured and not p.recovering] or list(self.paths)
         in_time = [p for p in steady if self.arrival(p)[0] <= deadline]
         if len(in_time) == 1:
             return in_time[0], "deadline-only-path"

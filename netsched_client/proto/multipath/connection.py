@@ -335,6 +335,7 @@ class MultipathConnection(QuicConnection):
         return PathView(
             path_id=path.path_id,
             rtt=self.path_rtt(path) or self._optimistic_rtt(),
+            measured=self.path_rtt(path) is not None,
             cwnd=loss.congestion_window,
             in_flight=loss.bytes_in_flight,
             datagram_size=self._attr(path, "_max_datagram_size"),
