@@ -104,7 +104,7 @@ async def _serve_edge(scheduler: str, state: Path, conn: Connection) -> None:
         while True:
             try:
                 (command,) = await loop.run_in_executor(None, conn.recv)
-            except EOFError:
+            except (EOFError, OSError):  # the parent closed its end
                 return
             if command == "stats":
                 conn.send(_edge_stats(edge, servers, lags))

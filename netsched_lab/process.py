@@ -45,7 +45,7 @@ async def _serve_relay(conn: Connection) -> None:
     while True:
         try:
             command, *args = await loop.run_in_executor(None, conn.recv)
-        except EOFError:
+        except (EOFError, OSError):  # the parent closed its end (replies may be unread)
             command, args = "exit", []
         if command == "start" and relay is None:
             seed: int = args[2] if len(args) > 2 else 0

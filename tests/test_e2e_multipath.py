@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from support import service
 
+from netsched_client import Session
 from netsched_client.proto.multipath import events as mpe
 from netsched_edge.config import BackendConfig
 from netsched_lab.impairment import LinkSpec, PathProfile
@@ -34,17 +35,21 @@ async def test_two_paths_carry_one_download(start_edge, open_client, www: Path) 
     assert locals_ == {"127.0.0.1", "127.0.0.2"}
 
 
+async def _two_shaped_paths(edge, open_client, stack) -> tuple[UdpRelay, Session]:
+    """A session on 127.0.0.1 and 127.0.0.2 through a relay: 20 Mbit/s, 5 ms each way."""
+    link = LinkSpec(delay_ms=5, rate_mbps=20)
+    relay = UdpRelay(("127.0.0.1", edge.port), default=PathProfile(up=link, down=link))
+    _, relay_port = await relay.start()
+    stack.push_async_callback(relay.stop)
+    session = await open_client(edge, port=relay_port, paths=["127.0.0.1", "127.0.0.2"])
+    return relay, session
+
+
 async def test_failover_when_a_path_is_blackholed(
     start_edge, open_client, www: Path, stack
 ) -> None:
     edge = await start_edge(_files(www))
-    shaped = PathProfile(
-        up=LinkSpec(delay_ms=5, rate_mbps=20), down=LinkSpec(delay_ms=5, rate_mbps=20)
-    )
-    relay = UdpRelay(("127.0.0.1", edge.port), default=shaped)
-    _, relay_port = await relay.start()
-    stack.push_async_callback(relay.stop)
-    session = await open_client(edge, port=relay_port, paths=["127.0.0.1", "127.0.0.2"])
+    relay, session = await _two_shaped_paths(edge, open_client, stack)
     download = asyncio.create_task(
         session.request("files", meta={"method": "GET", "path": "/big.bin"})
     )
@@ -98,13 +103,7 @@ async def test_a_path_the_network_took_is_opened_again(
     (while Wi-Fi carries everything), and once cellular answers again the client opens
     a new path from its address by itself (failback)."""
     edge = await start_edge(_files(www))
-    shaped = PathProfile(
-        up=LinkSpec(delay_ms=5, rate_mbps=20), down=LinkSpec(delay_ms=5, rate_mbps=20)
-    )
-    relay = UdpRelay(("127.0.0.1", edge.port), default=shaped)
-    _, relay_port = await relay.start()
-    stack.push_async_callback(relay.stop)
-    session = await open_client(edge, port=relay_port, paths=["127.0.0.1", "127.0.0.2"])
+    relay, session = await _two_shaped_paths(edge, open_client, stack)
     assert [p.state for p in session.paths] == ["active", "active"]
 
     def cellular_back() -> bool:
