@@ -74,6 +74,7 @@ class Net:
     client_events: list[QuicEvent] = field(default_factory=list)
     server_events: list[QuicEvent] = field(default_factory=list)
     received: dict[int, bytearray] = field(default_factory=dict)  # client-side stream data
+    stream_ends: dict[int, float] = field(default_factory=dict)  # when a client stream's FIN came
     server_started: bool = False
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -103,6 +104,8 @@ class Net:
             self.client_events.append(event)
             if isinstance(event, StreamDataReceived):
                 self.received.setdefault(event.stream_id, bytearray()).extend(event.data)
+                if event.end_stream:
+                    self.stream_ends[event.stream_id] = self.now
         while (event := self.server.next_event()) is not None:
             self.server_events.append(event)
 
