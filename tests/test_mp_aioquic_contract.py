@@ -129,6 +129,7 @@ FOREIGN_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "CubicCongestionControl._max_datagram_size": int,
     "CubicCongestionControl.additive_increase_factor": int,
     "QuicPacketRecovery._rtt_latest": float,  # the silence rule's time threshold
+    "QuicPacketRecovery._rtt_min": float,  # the scheduler's RTT of an idle path
     # probe_cap: the PTO is measured from the last ack-eliciting packet sent
     "QuicPacketRecovery._time_of_last_sent_ack_eliciting_packet": float,
     "QuicStreamSender._buffer_start": int,  # urgent copies never reach below it

@@ -705,7 +705,7 @@ async def open_session(
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
-    scheduler: str = "deadline",
+    scheduler: str = "lowest-rtt",
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
 
@@ -732,7 +732,7 @@ async def open_session(
 
     `scheduler`: how requests and uploads spread over the paths: "deadline" (by
     expected arrival, each request's deadline and urgency, and each path's loss)
-    or "lowest-rtt" (fill the fastest path's window first; the earlier policy).
+    or "lowest-rtt" (the default: fill the fastest path's window first).
     """
     if scheduler not in SCHEDULER_POLICIES:
         choices = ", ".join(SCHEDULER_POLICIES)
@@ -930,7 +930,7 @@ async def connect(
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
-    scheduler: str = "deadline",
+    scheduler: str = "lowest-rtt",
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(

@@ -155,7 +155,7 @@ class MultipathConnection(QuicConnection):
         max_path_id: int | None = DEFAULT_MAX_PATH_ID,
         cid_factory: Callable[[], bytes] | None = None,
         pmtud: PmtuConfig | None = DEFAULT_PMTUD,
-        scheduler: str = "deadline",
+        scheduler: str = "lowest-rtt",
         decision_totals: Counter[str] | None = None,
         **kwargs: Any,
     ):
@@ -334,7 +334,7 @@ class MultipathConnection(QuicConnection):
         recovering = path.recovering_until is not None and now < path.recovering_until
         return PathView(
             path_id=path.path_id,
-            rtt=self.path_rtt(path) or self._optimistic_rtt(),
+            rtt=self._model_rtt(path, loss),
             measured=self.path_rtt(path) is not None,
             cwnd=loss.congestion_window,
             in_flight=loss.bytes_in_flight,
@@ -343,6 +343,17 @@ class MultipathConnection(QuicConnection):
             recovering=recovering,
             delivery_rate=loss.delivery_rate(),
         )
+
+    def _model_rtt(self, path: Path, loss: CountingRecovery) -> float:
+        """The RTT new data would see: the smoothed one while the path is busy; its
+        minimum when nothing is in flight (no queue then: a path left idle keeps a
+        stale smoothed RTT, e.g. the handshake's, and would never be chosen again)."""
+        rtt = self.path_rtt(path)
+        if rtt is None:
+            return self._optimistic_rtt()
+        if loss.bytes_in_flight == 0 and loss._rtt_min < rtt:
+            return float(loss._rtt_min)
+        return rtt
 
     def _optimistic_rtt(self) -> float:
         """A path without an RTT sample yet is taken to be as fast as the fastest one, so

@@ -1,7 +1,8 @@
 """Which paths send, in which order, and which data each may carry (sans-IO).
 
 Two policies (draft-21 leaves scheduling to implementations):
-- "deadline" (the default): once per round of flushes the queued stream data is
+- "deadline" (opt-in until an idle path's stale RTT no longer starves it on
+  unshaped links, see issue #11): once per round of flushes the queued stream data is
   handed out to the paths by expected arrival time, deadline and loss
   (`completion.py`): urgent data waits for the fast path on purpose when the
   slow one would deliver later, only rides a path that meets its deadline, and
@@ -9,7 +10,7 @@ Two policies (draft-21 leaves scheduling to implementations):
   every path with its tail on the fast one. Each path then serves, in the
   connection's send order (deadline, then urgency), only what it was given,
   within a byte budget.
-- "lowest-rtt" (the earlier policy, kept as the baseline for benchmarks): paths
+- "lowest-rtt" (the default; the earlier policy and the benchmarks' baseline): paths
   send in order of smoothed RTT and each fills its congestion window before
   the next gets a turn; a slower path only leaves alone a stream it would
   deliver after its deadline.
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Scheduler:
-    policy: str = "deadline"
+    policy: str = "lowest-rtt"
     stall_ptos: int = 1
     dead_ptos: int = 2
     # A stalled path is abandoned only after this long without an answer (bursty loss
