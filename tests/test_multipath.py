@@ -11,7 +11,11 @@ from mp_harness import C1, C2, C3, SERVER, Link, Net, make_net
 from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.multipath import events as mpe
 from netsched_client.proto.multipath import frames as mpf
-from netsched_client.proto.multipath.connection import MultipathError, PathIdNotReady
+from netsched_client.proto.multipath.connection import (
+    MAX_CLOSED_STATS,
+    MultipathError,
+    PathIdNotReady,
+)
 
 
 def _connected(tmp_path: Path, **kwargs) -> Net:
@@ -417,6 +421,24 @@ def test_retired_path_ids_are_replaced_by_max_path_id(tmp_path: Path) -> None:
         assert net.run(5.0, until=lambda p=path_id: p not in net.client.paths), n
     assert path_id == 6  # IDs 1..6, never more than 2 of them open at once
     assert not net.events("client", ConnectionTerminated)
+
+
+def test_a_peer_that_keeps_opening_paths_leaves_bounded_state(tmp_path: Path) -> None:
+    """Per-path decisions and closed-path totals do not grow with every path ID a client
+    ever used: the server keeps those of live paths and of the latest closed ones."""
+    net = _connected(tmp_path, client_max_path_id=2, server_max_path_id=2)
+    closed = []
+    for n in range(MAX_CLOSED_STATS + 2):
+        local = ("127.0.0.2", 7000 + n)
+        net.links[local] = Link()
+        path_id = _open_when_ready(net, local)
+        assert net.run(2.0, until=lambda p=path_id: bool(net.client.paths[p].usable)), n
+        net.client.abandon_path(path_id, now=net.now)
+        assert net.run(5.0, until=lambda p=path_id: p not in net.server.paths), n
+        closed.append(path_id)
+    server = net.server
+    assert {path_id for path_id, _ in server.scheduler.decisions} <= set(server.paths)
+    assert list(server.closed_stats) == closed[-MAX_CLOSED_STATS:]
 
 
 def test_idle_backup_path_is_kept_alive_while_the_connection_is_in_use(tmp_path: Path) -> None:

@@ -116,6 +116,7 @@ CIDS_PER_PATH: Final = 2
 MAX_PEER_CIDS_PER_PATH: Final = 8  # our active_connection_id_limit, applied per path
 MAX_PATH_IDS_TRACKED: Final = 16  # unused path IDs we hold CIDs for, whatever the peer allows
 MULTIPATH_FRAME_CAPACITY: Final = 64
+MAX_CLOSED_STATS: Final = 16  # closed paths whose totals path_info/closed_stats keep
 _PATH_STATE: Final = itemgetter(*PATH_ATTRIBUTES)
 TP_MAX_UDP_PAYLOAD_SIZE: Final = 0x03  # RFC 9000 §18.2
 
@@ -690,6 +691,11 @@ class MultipathConnection(QuicConnection):
                 self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
             path.stats.packets_lost += self._attr(path, "_loss").packets_lost
             self.closed_stats[path.path_id] = path.stats
+            # A peer may open and close paths for as long as the connection lives: keep
+            # the latest closed paths' totals and no decisions of forgotten ones.
+            while len(self.closed_stats) > MAX_CLOSED_STATS:
+                del self.closed_stats[next(iter(self.closed_stats))]
+            self.scheduler.forget(path.path_id)
             del self._paths[path.path_id]
             self._raise_max_path_id()
 

@@ -93,6 +93,11 @@ class Scheduler:
         if self.totals is not None:
             self.totals[reason] += n
 
+    def forget(self, path_id: int) -> None:
+        """The path is gone: its decisions go too (the shared totals keep them)."""
+        for key in [k for k in self.decisions if k[0] == path_id]:
+            del self.decisions[key]
+
     def __post_init__(self) -> None:
         if self.policy not in SCHEDULER_POLICIES:
             raise ValueError(f"scheduler policy must be one of {', '.join(SCHEDULER_POLICIES)}")
