@@ -44,6 +44,7 @@ from netsched_edge.demo import (
     Sample,
     Setup,
     Workload,
+    record,
     run_setup,
 )
 from netsched_edge.demo_stack import FILES
@@ -106,14 +107,8 @@ async def _interactive(session: Session, results: Results, duration: float, seed
 
 
 async def _ask(session: Session, results: Results, sent_at: float) -> None:
-    try:
-        response = await session.request("echo", bytes(1024), slo=INTERACTIVE)
-    except NetSchedError as exc:
-        results.errors[type(exc).__name__] += 1
-        results.samples.append(Sample(sent_at, "interactive", False, None))
-        return
-    met = response.latency_ms <= (INTERACTIVE.deadline_ms or 0)
-    results.samples.append(Sample(sent_at, "interactive", met, response.latency_ms))
+    request = session.request("echo", bytes(1024), slo=INTERACTIVE)
+    await record(results, "interactive", sent_at, INTERACTIVE.deadline_ms, request)
 
 
 async def _bulk(session: Session, results: Results, duration: float) -> None:

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from netsched_client import SLO, NetSchedError, PathStats, Session, connect
+from netsched_client import SLO, NetSchedError, PathStats, Response, Session, connect
 from netsched_client.proto.fec_link import FecConfig
 from netsched_lab.impairment import LinkSpec, PathProfile
 
@@ -218,16 +218,29 @@ async def _one(
     session: Session, results: Results, cls: SLOClass, user: str, sent_at: float
 ) -> None:
     slo = SLO(affinity=user).merged(cls.slo)
+    request = session.request("api", b"x" * cls.payload, slo=slo)
+    response = await record(results, cls.name, sent_at, cls.slo.deadline_ms, request)
+    if response is not None:
+        results.by_backend[response.backend or "?"].append(response.latency_ms)
+
+
+async def record(
+    results: Results,
+    cls: str,
+    sent_at: float,
+    deadline_ms: int | None,
+    request: Awaitable[Response],
+) -> Response | None:
+    """Await one request and note how it went (a failure is a missed deadline)."""
     try:
-        response = await session.request("api", b"x" * cls.payload, slo=slo)
+        response = await request
     except NetSchedError as exc:
         results.errors[type(exc).__name__] += 1
-        results.samples.append(Sample(sent_at, cls.name, False, None))
-        return
-    deadline = cls.slo.deadline_ms
-    met = deadline is None or response.latency_ms <= deadline
-    results.samples.append(Sample(sent_at, cls.name, met, response.latency_ms))
-    results.by_backend[response.backend or "?"].append(response.latency_ms)
+        results.samples.append(Sample(sent_at, cls, False, None))
+        return None
+    met = deadline_ms is None or response.latency_ms <= deadline_ms
+    results.samples.append(Sample(sent_at, cls, met, response.latency_ms))
+    return response
 
 
 async def run_demo(

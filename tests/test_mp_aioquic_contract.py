@@ -110,6 +110,8 @@ CONNECTION_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "_remote_ack_delay_exponent": int,
     "_state": QuicConnectionState,
     "_streams_queue": list,  # emptied while a backup path sends
+    "_streams_blocked_bidi": list,  # streams past the peer's MAX_STREAMS: nothing leaves
+    "_streams_blocked_uni": list,
     "_close_pending": bool,  # CONNECTION_CLOSE must leave even when every path is closing
     "_streams": dict,  # live stream IDs: bounds the send-order priorities
     "_close_at": (float, type(None)),  # None once terminated: no timer may fire then

@@ -97,8 +97,8 @@ class Assignment:
 
     def held_back(self, path_id: int, backlog: Sequence[Backlog]) -> set[int]:
         """The backlog's streams this path leaves to others this round."""
-        mine = self.streams.get(path_id, set())
-        return {b.stream_id for b in backlog if b.stream_id not in mine | self.unassigned}
+        served = self.streams.get(path_id, set()) | self.unassigned
+        return {b.stream_id for b in backlog if b.stream_id not in served}
 
     def budget(self, path_id: int, path: PathView) -> int | None:
         """Bytes in flight this path may add this round (None: its window decides)."""

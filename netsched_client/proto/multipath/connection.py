@@ -331,8 +331,7 @@ class MultipathConnection(QuicConnection):
 
     def path_view(self, path: Path, now: float) -> PathView:
         """What the scheduler weighs for this path this round (`completion.py`)."""
-        loss: CountingRecovery = self._attr(path, "_loss")
-        recovering = path.recovering_until is not None and now < path.recovering_until
+        loss = self._recovery_of(path)
         return PathView(
             path_id=path.path_id,
             rtt=self._model_rtt(path, loss),
@@ -341,7 +340,7 @@ class MultipathConnection(QuicConnection):
             in_flight=loss.bytes_in_flight,
             datagram_size=self._attr(path, "_max_datagram_size"),
             loss=loss.loss_rate,
-            recovering=recovering,
+            recovering=path.recovering(now),
             delivery_rate=loss.delivery_rate(),
         )
 
@@ -364,14 +363,15 @@ class MultipathConnection(QuicConnection):
 
     def window_room_anywhere(self) -> bool:
         """Some active path's congestion window has room for a datagram."""
-        for path in self._paths.values():
-            if path.state is PathState.ACTIVE:
-                loss = self._recovery_of(path)
-                if loss.congestion_window - loss.bytes_in_flight >= self._attr(
-                    path, "_max_datagram_size"
-                ):
-                    return True
-        return False
+        return any(self._has_room(path) for path in self._paths.values())
+
+    def _has_room(self, path: Path) -> bool:
+        """An active path whose congestion window has room for a datagram."""
+        if path.state is not PathState.ACTIVE:
+            return False
+        loss = self._recovery_of(path)
+        room = loss.congestion_window - loss.bytes_in_flight
+        return room >= int(self._attr(path, "_max_datagram_size"))
 
     def stream_backlog(self) -> list[Backlog]:
         """Streams with data to send, in send order, with how much and their priority."""
@@ -409,8 +409,7 @@ class MultipathConnection(QuicConnection):
                     "packets_lost": path.stats.packets_lost + getattr(loss, "packets_lost", 0),
                     "packets_reinjected": path.stats.packets_reinjected,
                     "loss_rate": getattr(loss, "loss_rate", 0.0),
-                    "recovering": path.recovering_until is not None
-                    and self._now < path.recovering_until,
+                    "recovering": path.recovering(self._now),
                     "stalled": path.stalled_since is not None,
                     "decisions": {
                         reason: n
@@ -1035,11 +1034,12 @@ class MultipathConnection(QuicConnection):
             # Every path is closing: CONNECTION_CLOSE still has to leave on one of them.
             plan = [(next(iter(self._paths.values())), False)]
         backlog = self.stream_backlog()
-        assignment = self.scheduler.assign(self, plan, backlog, now)
+        views = {path.path_id: self.path_view(path, now) for path, allowed in plan if allowed}
+        assignment = self.scheduler.assign(list(views.values()), backlog, now)
         for index, (path, data_allowed) in enumerate(plan):
             share = None
             if data_allowed:
-                view = self.path_view(path, now)
+                view = views[path.path_id]
                 wants_data = True
                 if assignment is not None:
                     share = (
@@ -1070,12 +1070,7 @@ class MultipathConnection(QuicConnection):
         what a subclass kept for another path that had no room (FEC repairs)."""
         out: list[tuple[bytes, NetworkAddress, int]] = []
         for path in list(self._paths.values()):
-            if path.state is not PathState.ACTIVE or not self._attr(path, "_network_paths"):
-                continue
-            loss = self._recovery_of(path)
-            if loss.congestion_window - loss.bytes_in_flight < self._attr(
-                path, "_max_datagram_size"
-            ):
+            if not self._has_room(path) or not self._attr(path, "_network_paths"):
                 continue
             with self._on_path(path), self._holding_back(None):
                 sent: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
@@ -1157,10 +1152,10 @@ class MultipathConnection(QuicConnection):
 
     def _blocked_streams(self) -> set[int]:
         """Streams the peer has not let us open yet (RFC 9000 §4.6): nothing may be sent
-        on them, a RESET_STREAM included (aioquic would send one: STREAM_LIMIT_ERROR)."""
-        return {
-            s.stream_id for s in self._streams_queue if s.is_blocked and s.stream_id is not None
-        }
+        on them, a RESET_STREAM included (aioquic would send one: STREAM_LIMIT_ERROR).
+        aioquic lists them until MAX_STREAMS lets them open."""
+        blocked = (*self._streams_blocked_bidi, *self._streams_blocked_uni)
+        return {s.stream_id for s in blocked if s.stream_id is not None}
 
     @contextmanager
     def _holding_back(self, stream_ids: Collection[int] | None) -> Iterator[None]:
@@ -1170,6 +1165,9 @@ class MultipathConnection(QuicConnection):
         path leaves a stream alone when it would deliver after the stream's deadline
         and a faster path would not.
         """
+        if stream_ids is not None and not stream_ids:
+            yield  # nothing to hold back: no pass over the queue
+            return
         streams, datagrams = self._streams_queue, self._datagrams_pending
         if stream_ids is None:
             held, self._datagrams_pending = streams, deque()

@@ -75,6 +75,10 @@ class Path:
     next_peer_cid_seq: int = 0  # highest PATH_NEW_CONNECTION_ID sequence seen + 1
     stats: PathStats = field(default_factory=PathStats)
 
+    def recovering(self, now: float) -> bool:
+        """Back from a stall, and not yet trusted with deadline data."""
+        return self.recovering_until is not None and now < self.recovering_until
+
     @property
     def usable(self) -> bool:
         """May carry application data."""

@@ -103,18 +103,13 @@ class Scheduler:
             raise ValueError(f"scheduler policy must be one of {', '.join(SCHEDULER_POLICIES)}")
 
     def assign(
-        self,
-        conn: MultipathConnection,
-        plan: list[tuple[Path, bool]],
-        backlog: list[Backlog],
-        now: float,
+        self, views: list[PathView], backlog: list[Backlog], now: float
     ) -> Assignment | None:
         """The "deadline" policy's hand-out of `backlog` to the paths that may carry data
-        this round (None: one such path, nothing queued, or the "lowest-rtt" policy)."""
-        carriers = [path for path, allowed in plan if allowed]
-        if self.policy != "deadline" or len(carriers) < 2 or not backlog:
+        this round, seen as `views` (None: one such path, nothing queued, or the
+        "lowest-rtt" policy)."""
+        if self.policy != "deadline" or len(views) < 2 or not backlog:
             return None
-        views = [conn.path_view(path, now) for path in carriers]
         open_ = [v for v in views if v.room() >= v.datagram_size]
         if not open_:
             return None  # no window has room: only probes leave, with whatever is first
