@@ -408,17 +408,26 @@ def _open_when_ready(net: Net, local: tuple[str, int]) -> int:
     raise AssertionError("no path ID became ready")
 
 
-def test_retired_path_ids_are_replaced_by_max_path_id(tmp_path: Path) -> None:
-    """Open and abandon more paths than the initial limit allows at once: each retired path
-    ID makes room for one more (MAX_PATH_ID), so the number open at once stays bounded."""
-    net = _connected(tmp_path, client_max_path_id=2, server_max_path_id=2)
-    for n in range(6):
+def _open_and_abandon(net: Net, count: int, forgotten_by: NetSchedConnection) -> list[int]:
+    """Open `count` paths one after the other, each abandoned (by the client) and
+    forgotten by `forgotten_by` before the next; their path IDs."""
+    ids = []
+    for n in range(count):
         local = ("127.0.0.2", 6000 + n)
         net.links[local] = Link()
         path_id = _open_when_ready(net, local)
         assert net.run(2.0, until=lambda p=path_id: bool(net.client.paths[p].usable)), n
         net.client.abandon_path(path_id, now=net.now)
-        assert net.run(5.0, until=lambda p=path_id: p not in net.client.paths), n
+        assert net.run(5.0, until=lambda p=path_id: p not in forgotten_by.paths), n
+        ids.append(path_id)
+    return ids
+
+
+def test_retired_path_ids_are_replaced_by_max_path_id(tmp_path: Path) -> None:
+    """Open and abandon more paths than the initial limit allows at once: each retired path
+    ID makes room for one more (MAX_PATH_ID), so the number open at once stays bounded."""
+    net = _connected(tmp_path, client_max_path_id=2, server_max_path_id=2)
+    *_, path_id = _open_and_abandon(net, 6, forgotten_by=net.client)
     assert path_id == 6  # IDs 1..6, never more than 2 of them open at once
     assert not net.events("client", ConnectionTerminated)
 
@@ -427,15 +436,7 @@ def test_a_peer_that_keeps_opening_paths_leaves_bounded_state(tmp_path: Path) ->
     """Per-path decisions and closed-path totals do not grow with every path ID a client
     ever used: the server keeps those of live paths and of the latest closed ones."""
     net = _connected(tmp_path, client_max_path_id=2, server_max_path_id=2)
-    closed = []
-    for n in range(MAX_CLOSED_STATS + 2):
-        local = ("127.0.0.2", 7000 + n)
-        net.links[local] = Link()
-        path_id = _open_when_ready(net, local)
-        assert net.run(2.0, until=lambda p=path_id: bool(net.client.paths[p].usable)), n
-        net.client.abandon_path(path_id, now=net.now)
-        assert net.run(5.0, until=lambda p=path_id: p not in net.server.paths), n
-        closed.append(path_id)
+    closed = _open_and_abandon(net, MAX_CLOSED_STATS + 2, forgotten_by=net.server)
     server = net.server
     assert {path_id for path_id, _ in server.scheduler.decisions} <= set(server.paths)
     assert list(server.closed_stats) == closed[-MAX_CLOSED_STATS:]
