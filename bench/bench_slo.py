@@ -232,7 +232,7 @@ async def run(scenarios: Sequence[str], reps: int, duration: float, seed: int) -
                 print(
                     f"rep {rep + 1} {name:14} {setup.label:38} met {100 * row.met:5.1f}% "
                     f"p99 {row.p99_ms:5.0f} ms bulk {row.bulk_mbps:5.1f} Mbit/s "
-                    f"alive {row.alive}",
+                    f"alive {row.alive}" + ("" if row.alive else f" errors {dict(results.errors)}"),
                     flush=True,
                 )
     return rows
