@@ -4,10 +4,14 @@ Layout (every key optional unless noted):
 
     [edge]        listen = "host:port", certificate, private_key, alpn, cipher_suites, www,
                   idle_timeout_s, max_queue, retry, send_order, multipath, scheduler,
-                  max_path_id, fec, egress_mbps, admin, session_tickets, early_data
+                  max_path_id, fec, egress_mbps, admin, session_tickets, early_data,
+                  drain_timeout_s, keys_file
+    [limits]      what one peer or the whole process may hold, and for how long
+                  (LimitsConfig below; docs/OPERATIONS.md lists them with defaults)
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
                   min_rate, idempotent
-    [[services]]  name (required), policy, load_cap, retries, timeout_s, max_body,
+    [[services]]  name (required), policy, load_cap, retries, timeout_s, read_timeout_s,
+                  max_body, max_queue,
                   udp_listen ("host:port", udp backends only),
                   health = {...} or [services.health]
     [[services.backends]]  kind (required), name, address ("host:port" or
@@ -17,10 +21,11 @@ Layout (every key optional unless noted):
 `session_tickets` (default true) lets clients resume TLS sessions; the
 tickets live in the edge process that issued them, so with `--workers N` a
 client resumes only when its next connection reaches the same worker (else
-it gets a full handshake). `early_data` ("idempotent", the default, or "off")
-says whether resumed clients may send requests in 0-RTT: the edge serves the
-idempotent ones at once and holds the others until the handshake completes,
-because 0-RTT can be replayed (RFC 8470); "off" rejects 0-RTT.
+it gets a full handshake) unless `keys_file` names a file of shared keys.
+`early_data` says what resumed clients may send in 0-RTT, which can be
+replayed (RFC 8470): "safe" (the default) serves only safe methods (GET, HEAD,
+OPTIONS) at once, "idempotent" also those the client marks idempotent, and
+holds the rest until the handshake completes; "off" rejects 0-RTT.
 
 Every mistake is a `ConfigError` that names the file, the dotted key with
 indices (`services[0].backends[1].address`) and its line. tomllib reports no
@@ -53,7 +58,10 @@ CIPHER_SUITES: Final = (
     "TLS_CHACHA20_POLY1305_SHA256",
 )
 _NETWORK_KINDS: Final = ("http", "tcp", "udp")
-EARLY_DATA_MODES: Final = ("idempotent", "off")
+EARLY_DATA_MODES: Final = ("safe", "idempotent", "off")
+_DEFAULT_EARLY_DATA: Final = "safe"
+_DEFAULT_MAX_QUEUE: Final = 1024
+MAX_PATH_ID: Final = 15
 
 
 class ConfigError(ValueError):
@@ -78,6 +86,9 @@ class HealthConfig:
     healthy_after: int = 2
     ejection_s: float = 5.0
     path: str = "/health"  # request target of HTTP health checks
+    # Never eject more than this share of a service's backends (Envoy's max_ejection_percent):
+    # failures that hit every backend at once are more likely ours or the client's.
+    max_ejection_percent: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +110,34 @@ class ServiceConfig:
     load_cap: int = 8  # warm-first: prefer a warm backend while its in-flight < load_cap
     retries: int = 1  # retries of idempotent requests on another backend
     timeout_s: float = 10.0  # response-head timeout when the request has no deadline
+    read_timeout_s: float = 30.0  # longest silence between two reads of a backend's body
     max_body: int = 1 << 20  # bytes, unary request/response bodies
+    max_queue: int = 1024  # requests of this service waiting for a backend slot
     health: HealthConfig = HealthConfig()
     # UDP services: a plain UDP front ("host:port") relayed to the udp backends by
     # the Cython forwarder, one backend per client flow.
     udp_listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one peer, one request or the whole process may hold, and for how long."""
+
+    max_connections: int = 10_000  # counted once a ClientHello decrypted
+    max_connections_per_source: int = 1_024  # per client IP address
+    # Above this share of max_connections every new client must answer a Retry (as HAProxy's
+    # quic-force-retry-threshold); 1.0 never forces it, [edge] retry = true always does.
+    retry_above: float = 0.5
+    max_header_bytes: int = 64 * 1024  # one request or response head, any protocol
+    max_stream_buffer: int = 1 << 20  # bytes buffered for one streaming request or response
+    memory_budget_mb: int = 256  # all request/response buffering of the process; beyond: 503
+    max_datagram_queue: int = 64  # DATAGRAM replies waiting to be sent, per connection
+    max_flows: int | None = None  # UDP backend flows; None: from RLIMIT_NOFILE
+    max_flows_per_source: int = 64  # UDP backend flows per client IP address
+    header_timeout_s: float = 10.0  # a new stream must deliver its request head within this
+    body_timeout_s: float = 30.0  # longest silence between two pieces of a request body
+    send_timeout_s: float = 30.0  # longest a client may leave response data unacknowledged
+    queue_timeout_s: float = 10.0  # longest wait for a backend slot without a deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +151,7 @@ class EdgeConfig:
     # order; None: aioquic's default (all three)
     www: Path | None = None  # hq-interop / HTTP/0.9 static root
     idle_timeout_s: float = 30.0
-    max_queue: int = 1024  # requests waiting for a backend, over all services
+    max_queue: int = _DEFAULT_MAX_QUEUE  # per service, unless the service sets its own
     retry: bool = False  # validate client addresses with a Retry before any state is kept
     admin_host: str | None = None  # [edge] admin = "host:port": /metrics, /livez, /readyz
     admin_port: int | None = None
@@ -135,7 +169,12 @@ class EdgeConfig:
     # backlog forms here, where the send order applies, not in a router's queue.
     egress_mbps: float | None = None
     session_tickets: bool = True  # issue TLS session tickets (resumption); per process
-    early_data: str = "idempotent"  # one of EARLY_DATA_MODES (0-RTT needs session_tickets)
+    early_data: str = _DEFAULT_EARLY_DATA  # one of EARLY_DATA_MODES (0-RTT needs session_tickets)
+    drain_timeout_s: float = 10.0  # SIGTERM/SIGINT: in-flight requests get this long to finish
+    # Retry, stateless-reset and session-ticket keys shared by workers and hosts; None: a
+    # fresh set per start, shared by the workers of one process tree.
+    keys_file: Path | None = None
+    limits: LimitsConfig = LimitsConfig()
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<default>"
@@ -176,12 +215,15 @@ def parse_config(text: str, *, file: str = "<string>", base_dir: Path | None = N
         raise _syntax_error(exc, text, file) from None
     context = _Context(file, text, base_dir or Path.cwd())
     root = _Table(data, (), context)
-    root.check_keys(("edge", "defaults", "services"))
+    root.check_keys(("edge", "limits", "defaults", "services"))
     edge = _read_edge(root.table("edge"))
     return EdgeConfig(
         **edge,
+        limits=_read_limits(root.table("limits")),
         default_slo=_read_slo(root.table("defaults")),
-        services=_read_services(root.item("services")),
+        services=_read_services(
+            root.item("services"), max_queue=edge.get("max_queue", _DEFAULT_MAX_QUEUE)
+        ),
         source=file,
     )
 
@@ -642,17 +684,20 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "cipher_suites": _choices(CIPHER_SUITES, "cipher suite"),
     "www": _directory,
     "idle_timeout_s": _number(0, inclusive=False),
-    "max_queue": _integer(0),
+    "max_queue": _integer(1),
     "retry": _boolean,
     "send_order": _choice(("edf", "fifo")),
     "multipath": _boolean,
     "scheduler": _choice(SCHEDULER_POLICIES),
     "admin": _address(lowest_port=0),
-    "max_path_id": _integer(0, 2**32 - 1),
+    # Each path holds CIDs, keys and recovery state; a phone has a handful of interfaces.
+    "max_path_id": _integer(0, MAX_PATH_ID),
     "fec": _boolean,
     "egress_mbps": _number(0, inclusive=False),
     "session_tickets": _boolean,
     "early_data": _choice(EARLY_DATA_MODES),
+    "drain_timeout_s": _number(0, inclusive=True),
+    "keys_file": _file,
 }
 
 
@@ -665,11 +710,39 @@ def _read_edge(table: _Table) -> dict[str, Any]:
     for key, other in (("certificate", "private_key"), ("private_key", "certificate")):
         if key in values and other not in values:
             raise table.error(other, f"missing: {key!r} is set, and the two go together")
-    if values.get("early_data") == "idempotent" and values.get("session_tickets") is False:
-        raise table.error(
-            "early_data", "'idempotent' needs session_tickets = true (0-RTT resumes a session)"
-        )
+    early = values.get("early_data", _DEFAULT_EARLY_DATA)
+    if early != "off" and values.get("session_tickets") is False:
+        if "early_data" not in values:
+            values["early_data"] = "off"  # the default follows the tickets it needs
+        else:
+            raise table.error(
+                "early_data", f"{early!r} needs session_tickets = true (0-RTT resumes a session)"
+            )
     return values
+
+
+_LIMITS_KEYS: Final[Mapping[str, _Spec]] = {
+    "max_connections": _integer(1),
+    "max_connections_per_source": _integer(1),
+    "retry_above": _number(0, inclusive=False),
+    "max_header_bytes": _integer(1024, 16 << 20),
+    "max_stream_buffer": _integer(16 * 1024),
+    "memory_budget_mb": _integer(1),
+    "max_datagram_queue": _integer(1),
+    "max_flows": _integer(1),
+    "max_flows_per_source": _integer(1),
+    "header_timeout_s": _number(0, inclusive=False),
+    "body_timeout_s": _number(0, inclusive=False),
+    "send_timeout_s": _number(0, inclusive=False),
+    "queue_timeout_s": _number(0, inclusive=False),
+}
+
+
+def _read_limits(table: _Table) -> LimitsConfig:
+    values = table.read(_LIMITS_KEYS)
+    if values.get("retry_above", 0.0) > 1.0:
+        raise table.error("retry_above", f"must be at most 1.0, got {values['retry_above']:g}")
+    return LimitsConfig(**values)
 
 
 # The SLO dataclass checks types and ranges; here we only say which key was wrong.
@@ -701,13 +774,13 @@ def _slo_error(table: _Table, values: dict[str, Any], exc: SLOError) -> ConfigEr
     return table.context.error(table.path, str(exc))
 
 
-def _read_services(item: _Item | None) -> tuple[ServiceConfig, ...]:
+def _read_services(item: _Item | None, *, max_queue: int) -> tuple[ServiceConfig, ...]:
     if item is None:
         return ()
     services: list[ServiceConfig] = []
     first: dict[str, int] = {}
     for index, table in enumerate(_tables(item)):
-        service = _read_service(table)
+        service = _read_service(table, max_queue=max_queue)
         if service.name in first:
             where = _render_key((*item.path, first[service.name]))
             raise table.error("name", f"duplicate service name {service.name!r} (also {where})")
@@ -723,14 +796,17 @@ _SERVICE_KEYS: Final[Mapping[str, _Spec]] = {
     "load_cap": _integer(1),
     "retries": _integer(0, 3),
     "timeout_s": _number(0, inclusive=False),
+    "read_timeout_s": _number(0, inclusive=False),
     "max_body": _integer(0),
+    "max_queue": _integer(1),
     "health": lambda item: _read_health(_table(item)),
     "udp_listen": _address(lowest_port=0),
 }
 
 
-def _read_service(table: _Table) -> ServiceConfig:
+def _read_service(table: _Table, *, max_queue: int) -> ServiceConfig:
     values = table.read(_SERVICE_KEYS)
+    values.setdefault("max_queue", max_queue)
     if "name" not in values:
         raise table.error("name", "missing required key 'name'")
     if not values.get("backends"):
@@ -787,6 +863,7 @@ _HEALTH_KEYS: Final[Mapping[str, _Spec]] = {
     "healthy_after": _integer(1),
     "ejection_s": _number(0, inclusive=True),
     "path": _http_path,
+    "max_ejection_percent": _integer(0, 100),
 }
 
 

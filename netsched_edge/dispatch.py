@@ -70,7 +70,7 @@ class Dispatcher:
                 svc,
                 {b.name: make_backend(b, svc.health) for b in svc.backends},
                 rng=rng,
-                queue_limit=config.max_queue,
+                queue_limit=svc.max_queue,
                 clock=self._clock,
             )
             for svc in _services(config)

@@ -574,7 +574,7 @@ class EdgeServer:
                     fec=FecConfig() if self.config.fec else None,
                     cid_factory=None if self.worker is None else self.worker.quic_lb().generate,
                     tickets=self.tickets,
-                    early_data=self.config.early_data == "idempotent",
+                    early_data=self.config.early_data != "off",
                 ),
                 retry=self.config.retry,
                 planner=self._planner,

@@ -15,6 +15,7 @@ from netsched_edge.config import (
     ConfigError,
     EdgeConfig,
     HealthConfig,
+    LimitsConfig,
     ServiceConfig,
     load_config,
     parse_config,
@@ -85,7 +86,25 @@ def test_every_key(tmp_path: Path) -> None:
         cipher_suites = ["TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"]
         www = "www"
         idle_timeout_s = 5
-        max_queue = 0
+        max_queue = 7
+        drain_timeout_s = 0
+        early_data = "idempotent"
+        keys_file = "tls/key.pem"
+
+        [limits]
+        max_connections = 100
+        max_connections_per_source = 10
+        retry_above = 1.0
+        max_header_bytes = 2048
+        max_stream_buffer = 65536
+        memory_budget_mb = 64
+        max_datagram_queue = 8
+        max_flows = 50
+        max_flows_per_source = 5
+        header_timeout_s = 1
+        body_timeout_s = 2
+        send_timeout_s = 3
+        queue_timeout_s = 4
 
         [defaults]
         deadline_ms = 250
@@ -101,7 +120,9 @@ def test_every_key(tmp_path: Path) -> None:
         load_cap = 2
         retries = 0
         timeout_s = 1.5
+        read_timeout_s = 2.5
         max_body = 0
+        max_queue = 3
         [services.health]
         interval_s = 3
         timeout_s = 3
@@ -109,6 +130,7 @@ def test_every_key(tmp_path: Path) -> None:
         healthy_after = 5
         ejection_s = 0
         path = "/ready?full=1"
+        max_ejection_percent = 100
         [[services.backends]]
         name = "disk"
         kind = "static"
@@ -126,7 +148,25 @@ def test_every_key(tmp_path: Path) -> None:
         cipher_suites=("TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"),
         www=tmp_path / "www",
         idle_timeout_s=5.0,
-        max_queue=0,
+        max_queue=7,
+        drain_timeout_s=0.0,
+        early_data="idempotent",
+        keys_file=tmp_path / "tls" / "key.pem",
+        limits=LimitsConfig(
+            max_connections=100,
+            max_connections_per_source=10,
+            retry_above=1.0,
+            max_header_bytes=2048,
+            max_stream_buffer=65536,
+            memory_budget_mb=64,
+            max_datagram_queue=8,
+            max_flows=50,
+            max_flows_per_source=5,
+            header_timeout_s=1.0,
+            body_timeout_s=2.0,
+            send_timeout_s=3.0,
+            queue_timeout_s=4.0,
+        ),
         default_slo=SLO(
             deadline_ms=250,
             urgency=1,
@@ -151,7 +191,9 @@ def test_every_key(tmp_path: Path) -> None:
                 load_cap=2,
                 retries=0,
                 timeout_s=1.5,
+                read_timeout_s=2.5,
                 max_body=0,
+                max_queue=3,
                 health=HealthConfig(
                     interval_s=3.0,
                     timeout_s=3.0,
@@ -159,6 +201,7 @@ def test_every_key(tmp_path: Path) -> None:
                     healthy_after=5,
                     ejection_s=0.0,
                     path="/ready?full=1",
+                    max_ejection_percent=100,
                 ),
             ),
         ),
@@ -169,13 +212,48 @@ def test_every_key(tmp_path: Path) -> None:
 
 
 def test_session_tickets_and_early_data() -> None:
-    assert (EdgeConfig().session_tickets, EdgeConfig().early_data) == (True, "idempotent")
+    assert (EdgeConfig().session_tickets, EdgeConfig().early_data) == (True, "safe")
     config = _parse('[edge]\nearly_data = "off"\n')
     assert (config.session_tickets, config.early_data) == (True, "off")
     config = _parse('[edge]\nsession_tickets = false\nearly_data = "off"\n')
     assert (config.session_tickets, config.early_data) == (False, "off")
-    # Without tickets the default early_data has nothing to apply to: no error.
-    assert not _parse("[edge]\nsession_tickets = false\n").session_tickets
+    # Without tickets the default early_data has nothing to apply to: no error, and off.
+    config = _parse("[edge]\nsession_tickets = false\n")
+    assert (config.session_tickets, config.early_data) == (False, "off")
+
+
+def test_service_queue_defaults_to_the_edge_value() -> None:
+    text = """
+        [edge]
+        max_queue = 5
+        [[services]]
+        name = "a"
+        backends = [{ kind = "tcp", address = "127.0.0.1:9" }]
+        [[services]]
+        name = "b"
+        max_queue = 2
+        backends = [{ kind = "tcp", address = "127.0.0.1:9" }]
+    """
+    config = _parse(text)
+    assert [s.max_queue for s in config.services] == [5, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[edge]\nmax_queue = 0\n", "edge.max_queue: must be at least 1, got 0"),
+        ("[edge]\nmax_path_id = 16\n", "edge.max_path_id: must be between 0 and 15, got 16"),
+        ("[limits]\nretry_above = 1.5\n", "limits.retry_above: must be at most 1.0, got 1.5"),
+        ("[limits]\nmax_header_bytes = 10\n", "limits.max_header_bytes: must be between"),
+        ("[limits]\nsend_timeout_s = 0\n", "limits.send_timeout_s:"),
+        ("[limits]\nmax_conections = 1\n", "max_conections"),
+    ],
+)
+def test_limits_are_checked(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _parse(text)
+    assert message in str(info.value)
+    assert ":2:" in str(info.value) or "edge.toml:" in str(info.value)
 
 
 def test_layouts_give_the_same_service() -> None:
@@ -267,7 +345,8 @@ ERRORS: list[tuple[str, str, int | None]] = [
         "[edge]\nmax_queue = 1\nzzz = 1\n",
         "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, "
         "cipher_suites, www, idle_timeout_s, max_queue, retry, send_order, multipath, "
-        "scheduler, admin, max_path_id, fec, egress_mbps, session_tickets, early_data)",
+        "scheduler, admin, max_path_id, fec, egress_mbps, session_tickets, early_data, "
+        "drain_timeout_s, keys_file)",
         3,
     ),
     (
@@ -276,7 +355,11 @@ ERRORS: list[tuple[str, str, int | None]] = [
         "deadline_ms, urgency, incremental, loss_tolerance, min_rate, idempotent)",
         2,
     ),
-    ('"odd key" = 1\n', "odd key: unknown key 'odd key' (known keys: edge, defaults, services)", 1),
+    (
+        '"odd key" = 1\n',
+        "odd key: unknown key 'odd key' (known keys: edge, limits, defaults, services)",
+        1,
+    ),
     # wrong types
     ("edge = 5\n", "edge: expected a table, got 5", 1),
     ('services = { name = "x" }\n', "services: expected an array of tables, got a table", 1),
@@ -285,7 +368,7 @@ ERRORS: list[tuple[str, str, int | None]] = [
     ("[edge]\nsession_tickets = 1\n", "edge.session_tickets: expected true or false, got 1", 2),
     (
         '[edge]\nearly_data = "all"\n',
-        "edge.early_data: expected one of 'idempotent', 'off', got 'all'",
+        "edge.early_data: expected one of 'safe', 'idempotent', 'off', got 'all'",
         2,
     ),
     (
@@ -636,7 +719,7 @@ def _fragments(prefix: str, written: str, values: dict[str, Any]) -> dict[str, s
     return {f"{prefix}.{k}": f"{written}{k} = {v!r}" for k, v in values.items()}
 
 
-def _write_service(doc: _Doc, draw: Any, index: int) -> ServiceConfig:
+def _write_service(doc: _Doc, draw: Any, index: int, max_queue: int) -> ServiceConfig:
     name = f"svc{index}"
     prefix = f"services[{index}]"
     options = _options(draw, _SERVICE_OPTIONS)
@@ -696,14 +779,14 @@ def _write_service(doc: _Doc, draw: Any, index: int) -> ServiceConfig:
             for number, (kind, port, named, extra) in enumerate(backends)
         ),
         health=HealthConfig(**health),
-        **options,
+        **{"max_queue": max_queue, **options},
     )
 
 
 @st.composite
 def _documents(draw: Any) -> tuple[_Doc, EdgeConfig]:
     doc = _Doc(draw)
-    edge = {"max_queue": draw(st.integers(0, 10_000)), "idle_timeout_s": 4.5}
+    edge = {"max_queue": draw(st.integers(1, 10_000)), "idle_timeout_s": 4.5}
     edge_first = draw(st.booleans())
 
     def write_edge() -> None:
@@ -713,7 +796,9 @@ def _documents(draw: Any) -> tuple[_Doc, EdgeConfig]:
 
     if edge_first:
         write_edge()
-    services = tuple(_write_service(doc, draw, i) for i in range(draw(st.integers(1, 3))))
+    services = tuple(
+        _write_service(doc, draw, i, edge["max_queue"]) for i in range(draw(st.integers(1, 3)))
+    )
     if not edge_first:
         write_edge()
     return doc, EdgeConfig(**edge, services=services, source="edge.toml")
