@@ -22,7 +22,13 @@ from netsched_client.proto.hq import SERVICE as WWW_SERVICE
 from netsched_client.proto.slo import SLO
 
 from .backends import make_backend
-from .backends.base import BackendRequest, BackendResponse, BackendUnavailable, collect, iter_chunks
+from .backends.base import (
+    BackendRequest,
+    BackendUnavailable,
+    aclose_body,
+    collect,
+    iter_chunks,
+)
 from .balancing.policy import BackendSlot
 from .config import BackendConfig, EdgeConfig, ServiceConfig
 from .metrics import EdgeMetrics
@@ -44,8 +50,17 @@ class IncomingRequest:
 
 @dataclass(slots=True)
 class Outcome:
+    """A response head and its body; whoever takes it calls `aclose()` when done.
+
+    A streamed body holds a backend slot and connection until it is read to its
+    end or closed, so the front closes it in a `finally` on every path.
+    """
+
     head: ResponseHead
     body: AsyncIterator[bytes]
+
+    async def aclose(self) -> None:
+        await aclose_body(self.body)
 
 
 def error_outcome(status: Status, message: str) -> Outcome:
@@ -198,6 +213,7 @@ class Dispatcher:
         key = request.slo.affinity or request.service
         queued_at = self._clock()
         slot = await pool.acquire(key, request.slo.urgency or 0, deadline_at, set())
+        release = SlotRelease(pool, slot)
         queue_ms = (self._clock() - queued_at) * 1000
         backend = pool.backends[slot.name]
         try:
@@ -207,10 +223,73 @@ class Dispatcher:
                 self._timeout(pool, deadline_at),
             )
         except (BackendUnavailable, TimeoutError) as exc:
-            pool.release(slot, ok=False)
+            release(ok=False)
             return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name} failed: {exc!r}")
+        except ValueError as exc:  # the request cannot be framed for this backend
+            release(ok=None)
+            return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name}: {exc}")
+        except Exception as exc:
+            log.warning("backend %s raised %r", slot.name, exc)
+            release(ok=False)
+            return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name} failed: {exc!r}")
+        except BaseException:  # cancelled: the client left while the backend was asked
+            release(ok=None)
+            raise
         head = ResponseHead(status=response.status, backend=slot.name, queue_ms=round(queue_ms, 3))
-        return Outcome(head, _released(response, pool, slot))
+        return Outcome(head, SlotBody(response.body, release))
+
+
+class SlotRelease:
+    """Gives one backend slot back to its pool, exactly once, whoever calls first."""
+
+    __slots__ = ("_pool", "_slot", "released")
+
+    def __init__(self, pool: ServicePool, slot: BackendSlot) -> None:
+        self._pool = pool
+        self._slot = slot
+        self.released = False
+
+    def __call__(self, *, ok: bool | None) -> None:
+        if not self.released:
+            self.released = True
+            self._pool.release(self._slot, ok=ok)
+
+
+class SlotBody(AsyncIterator[bytes]):
+    """A streamed backend response body that holds its backend slot until it ends.
+
+    The slot goes back at the body's end (a success for the backend), when a
+    read fails (the backend's fault), or in `aclose()` (the client left or the
+    edge gave up: no verdict on the backend). The front calls `aclose()` in a
+    `finally`, so no path waits for a generator to be finalised.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], release: SlotRelease) -> None:
+        self._body = body
+        self._release = release
+
+    def __aiter__(self) -> SlotBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._release.released:
+            raise StopAsyncIteration
+        try:
+            return await anext(self._body)
+        except StopAsyncIteration:
+            self._release(ok=True)
+            raise
+        except Exception:
+            self._release(ok=False)
+            raise
+        except BaseException:
+            self._release(ok=None)
+            raise
+
+    async def aclose(self) -> None:
+        # The slot first, synchronously: the close below may be interrupted.
+        self._release(ok=None)
+        await aclose_body(self._body)
 
 
 def _services(config: EdgeConfig) -> tuple[ServiceConfig, ...]:
@@ -223,16 +302,3 @@ def _services(config: EdgeConfig) -> tuple[ServiceConfig, ...]:
         policy="round-robin",
     )
     return (*config.services, www)
-
-
-async def _released(
-    response: BackendResponse, pool: ServicePool, slot: BackendSlot
-) -> AsyncIterator[bytes]:
-    """The response body; the slot goes back to the pool when the stream ends."""
-    ok = False
-    try:
-        async for chunk in response.body:
-            yield chunk
-        ok = True
-    finally:
-        pool.release(slot, ok=ok or None)

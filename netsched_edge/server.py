@@ -69,7 +69,7 @@ from netsched_client.runtime.ticker import TickedFlow
 from .admin import AdminServer
 from .config import EdgeConfig
 from .datagrams import DatagramRelay
-from .dispatch import Dispatcher, IncomingRequest
+from .dispatch import Dispatcher, IncomingRequest, Outcome
 from .planner_metrics import PlannerCollector
 from .tls import enable_hello_retry, generate_self_signed
 from .udp_front import UdpFront
@@ -99,6 +99,9 @@ SEND_BUFFER_LOW = 1 << 19
 # the poll backs off, so stalled streams cost few wake-ups.
 SEND_BUFFER_POLL_S = 0.005
 SEND_BUFFER_POLL_MAX_S = 0.2
+
+# RFC 9114 §8.1: the stream could not be completed (a backend broke mid-response).
+H3_INTERNAL_ERROR = 0x102
 
 # Tickets an edge process keeps (about 1.5 kB each in memory); beyond, the oldest go.
 TICKET_CACHE_SIZE = 10_000
@@ -375,30 +378,52 @@ class EdgeConnection:
             # The body came with the head (the events of one packet are handled before
             # this task runs): a streamed request can announce its size to the backend.
             request.length = state.received
+        outcome: Outcome | None = None
+        head_sent = False
         try:
             outcome = await self._edge.dispatcher.handle(request)
             if not 200 <= outcome.head.status < 300:
                 self._untime(stream_id, request)  # an error status must arrive, late or not
+            head_sent = True
             self._proto.send_response(stream_id, self._edge.stamp(outcome.head))
             self._driver.schedule_transmit()
-            async for chunk in outcome.body:
-                if not self._proto.send_body(stream_id, chunk):
-                    return  # the client went away; closing the iterator frees the backend
-                self._driver.schedule_transmit()
-                await self._acknowledged(stream_id)
-            self._proto.send_body(stream_id, b"", end_stream=True)
+            await self._send_body(stream_id, outcome.body)
+        except Exception as exc:
+            self._fail(stream_id, exc, head_sent=head_sent)
+        finally:
+            if outcome is not None:
+                await outcome.aclose()  # frees the backend slot whatever happened above
+            self._requests.pop(stream_id, None)
+            self._proto.forget(stream_id)
+
+    async def _send_body(self, stream_id: int, body: AsyncIterator[bytes]) -> None:
+        assert self._proto is not None
+        async for chunk in body:
+            if not self._proto.send_body(stream_id, chunk):
+                return  # the client went away; the caller closes the body
             self._driver.schedule_transmit()
-        except Exception:
-            log.exception("request on stream %d failed", stream_id)
+            await self._acknowledged(stream_id)
+        self._proto.send_body(stream_id, b"", end_stream=True)
+        self._driver.schedule_transmit()
+
+    def _fail(self, stream_id: int, exc: Exception, *, head_sent: bool) -> None:
+        """Answer a failed request: a 502 head, or, once a head is out, a stream reset.
+
+        After the head, a status can no longer be told: anything written now would
+        read as body bytes, so the client must see the stream end abnormally.
+        """
+        assert self._proto is not None
+        if head_sent:
+            log.info("response on stream %d broke after its head: %r", stream_id, exc)
+            self._proto.abort(stream_id, _internal_error_code(self._proto))
+        else:
+            log.error("request on stream %d failed", stream_id, exc_info=exc)
             self._proto.send_response(
                 stream_id,
                 ResponseHead(status=Status.BACKEND_ERROR, message="internal error at the edge"),
                 end_stream=True,
             )
-            self._driver.schedule_transmit()
-        finally:
-            self._requests.pop(stream_id, None)
-            self._proto.forget(stream_id)
+        self._driver.schedule_transmit()
 
     async def _acknowledged(self, stream_id: int) -> None:
         """Wait, when over the high mark, until the client acknowledged down to the low one."""
@@ -440,6 +465,13 @@ class EdgeConnection:
             self._cancel(stream_id)
         if self._relay is not None:
             self._relay.close()
+
+
+def _internal_error_code(proto: _AppProtocol) -> int:
+    """The application error code that resets a stream the edge could not complete."""
+    if isinstance(proto, h3proto.H3Protocol):
+        return H3_INTERNAL_ERROR
+    return native.ERROR_INTERNAL  # hq-interop defines no codes; the reset itself says it
 
 
 def _idempotent(head: RequestHead, slo: SLO) -> bool:
@@ -563,6 +595,9 @@ class EdgeServer:
         self.dispatcher.start()
 
         def endpoint_factory() -> ServerEndpoint:
+            from netsched_client.runtime.endpoint import EndpointLimits
+
+            limits = self.config.limits
             return ServerEndpoint(
                 configuration,
                 self._on_connection,
@@ -577,6 +612,11 @@ class EdgeServer:
                     early_data=self.config.early_data != "off",
                 ),
                 retry=self.config.retry,
+                limits=EndpointLimits(
+                    max_connections=limits.max_connections,
+                    max_connections_per_source=limits.max_connections_per_source,
+                    retry_above=limits.retry_above,
+                ),
                 planner=self._planner,
             )
 

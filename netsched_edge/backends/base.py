@@ -45,6 +45,17 @@ async def iter_chunks(*chunks: bytes) -> AsyncIterator[bytes]:
             yield chunk
 
 
+async def aclose_body(body: AsyncIterator[bytes]) -> None:
+    """Stop reading `body` early, releasing what it holds (a connection, a file).
+
+    Every body the backends return has `aclose` (async generators, ReleasingBody);
+    a plain iterator without one holds nothing to release.
+    """
+    close = getattr(body, "aclose", None)
+    if close is not None:
+        await close()
+
+
 async def collect(body: AsyncIterator[bytes], limit: int) -> bytes:
     """Read a whole body, refusing one longer than `limit` bytes."""
     parts: list[bytes] = []

@@ -72,10 +72,11 @@ class StaticBackend(Backend):
             return 400, None
         if not candidate.is_relative_to(self.root):
             return 403, None
-        # is_file() first: opening a FIFO or device would block the worker thread.
-        if not candidate.is_file():
-            return 404, None
         try:
+            # is_file() first: opening a FIFO or device would block the worker thread.
+            # It raises for names the filesystem cannot hold (a component over 255 bytes).
+            if not candidate.is_file():
+                return 404, None
             return 200, candidate.open("rb")
         except PermissionError:
             return 403, None
