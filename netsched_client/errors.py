@@ -69,6 +69,18 @@ class BackendFailed(RequestError):
     status = Status.BACKEND_ERROR
 
 
+class ResponseTruncated(BackendFailed):
+    """The response broke after its head: the edge reset the stream mid-body.
+
+    The status already received (usually 200) does not hold: the body is
+    incomplete. `error_code` is the stream's reset code (docs/PROTOCOL.md).
+    """
+
+    def __init__(self, message: str, *, error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
 class NoBackend(RequestError):
     status = Status.NO_BACKEND
 

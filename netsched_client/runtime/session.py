@@ -35,6 +35,7 @@ from ..errors import (
     DeadlineExceeded,
     NegotiationError,
     NetSchedError,
+    ResponseTruncated,
     error_for_status,
 )
 from ..fec.control import FecOverride
@@ -142,6 +143,10 @@ class Stream:
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out
 
+    @property
+    def head_received(self) -> bool:
+        return self._head.done() and not self._head.cancelled() and self._head.exception() is None
+
     def abort(self) -> None:
         self._session._abort(self.stream_id)
         self._fail(ConnectionLost("stream aborted by the application"))
@@ -176,9 +181,16 @@ class Stream:
         self._chunks.put_nowait(exc)
 
 
-def _abort_error(event: StreamAborted) -> NetSchedError:
+def _abort_error(event: StreamAborted, *, after_head: bool) -> NetSchedError:
     if event.error_code == ERROR_DEADLINE:
         return DeadlineExceeded("the edge dropped the response: its deadline passed in transit")
+    if after_head:
+        # The head said success, but the body stopped short: never a short "success".
+        return ResponseTruncated(
+            f"stream {event.stream_id}: the response broke after its head "
+            f"(reset, error code {event.error_code:#x})",
+            error_code=event.error_code,
+        )
     return ConnectionLost(f"stream {event.stream_id} aborted: {event.reason}")
 
 
@@ -640,7 +652,7 @@ class Session:
                 self._streams.pop(event.stream_id, None)
                 self._proto.forget(event.stream_id)
         else:
-            stream._fail(_abort_error(event))
+            stream._fail(_abort_error(event, after_head=stream.head_received))
             self._streams.pop(event.stream_id, None)
 
     def _on_handshake(self, event: HandshakeCompleted) -> None:
