@@ -130,6 +130,16 @@ class ConnectionDriver:
         self.quic.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
 
+    def abandon(self, error_code: int, reason: str) -> None:
+        """End the connection at once, sending nothing: for one that was never owed a
+        CONNECTION_CLOSE (no ClientHello taken). Handlers see ConnectionTerminated."""
+        if self.closed.is_set():
+            return
+        event = ConnectionTerminated(error_code=error_code, frame_type=None, reason_phrase=reason)
+        for handler in self._handlers:
+            handler(event)
+        self._terminate()
+
     # -- the planner's and the ticker's side (planner.Flow, ticker.TickedFlow) ------------
 
     def priority(self, now: float) -> tuple[float, int]:

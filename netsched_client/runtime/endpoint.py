@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
+from aioquic import tls
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.crypto import CryptoError, CryptoPair
 from aioquic.quic.events import ConnectionIdIssued, ConnectionIdRetired, ConnectionTerminated
 from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicHeader,
     QuicPacketType,
     encode_quic_retry,
     encode_quic_version_negotiation,
@@ -94,11 +100,105 @@ class UdpSender:
         return cast(NetworkAddress, self._sock.local_address)
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointLimits:
+    """What a server endpoint holds for its clients (the edge fills it from `[limits]`).
+
+    A connection is *embryonic* from its first Initial that decrypts until a whole
+    ClientHello was processed: such connections live in a table of their own,
+    `max_embryonic` of them (the oldest goes first), each for `embryonic_timeout_s`
+    at most, and count against neither cap. An Initial that does not decrypt takes
+    no state at all. Caps count per client IP address (`max_connections_per_source`
+    counts embryonic connections too). Once the connections held (embryonic or
+    not) reach `retry_above` of `max_connections`, every new client must answer a
+    Retry first (HAProxy's quic-force-retry-threshold); 1.0 never forces it.
+    """
+
+    max_connections: int = 10_000
+    max_connections_per_source: int = 1_024
+    retry_above: float = 0.5
+    max_embryonic: int = 1_024
+    embryonic_timeout_s: float = 10.0
+    log_interval_s: float = 10.0  # at most one line per reason this often
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_connections_per_source", "max_embryonic"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.retry_above <= 1:
+            raise ValueError(f"retry_above must be in (0, 1], got {self.retry_above!r}")
+        if self.embryonic_timeout_s <= 0 or self.log_interval_s < 0:
+            raise ValueError("embryonic_timeout_s must be > 0 and log_interval_s >= 0")
+
+    @property
+    def retry_threshold(self) -> int | None:
+        """Connections held from which Retry is required; None: never."""
+        if self.retry_above >= 1:
+            return None
+        return max(0, math.ceil(self.retry_above * self.max_connections))
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeStats:
+    """What became of new clients' datagrams, since the endpoint was made (a snapshot)."""
+
+    connections: int  # now: a ClientHello processed
+    embryonic: int  # now: an Initial decrypted, no whole ClientHello yet
+    undecryptable: int  # Initials that did not decrypt: dropped, no state kept
+    over_limit: int  # Initials dropped for a cap (total or per source)
+    refused: int  # connections closed with CONNECTION_REFUSED when their ClientHello came
+    evicted: int  # embryonic connections dropped (table full or timed out)
+    retries: int  # Retry packets sent
+
+
+class RateLimitedLog:
+    """One line per `interval` seconds for a kind of event, with the count of those not logged."""
+
+    def __init__(self, logger: logging.Logger, interval: float) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, now: float, message: str, *args: object) -> bool:
+        """Log `message` unless a line of this `kind` went out less than `interval` ago."""
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += " (%d more since the last such line)"
+            args = (*args, suppressed)
+        self._logger.log(level, message, *args)
+        return True
+
+
+def initial_decrypts(data: bytes, header: QuicHeader, header_end: int) -> bool:
+    """Whether a client's first Initial opens with the Initial keys of its DCID.
+
+    The keys are public (derived from the DCID), so this proves nothing about the
+    sender; it only tells a QUIC client's packet from garbage shaped like one.
+    """
+    if header.version is None:
+        return False
+    crypto = CryptoPair()
+    try:
+        crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+        crypto.decrypt_packet(data[: header.packet_length], header_end, 0)
+    except (CryptoError, ValueError):  # ValueError: an unknown version, a short packet
+        return False
+    return True
+
+
 class ServerEndpoint(UdpSender):
     """Accepts QUIC connections on one UDP socket.
 
     `planner` orders and groups the connections' sends (default: EDF, no
-    egress budget); `ticker` runs it and holds the counters.
+    egress budget); `ticker` runs it and holds the counters. `limits` bounds
+    the connection table (EndpointLimits); `retry` = True asks every new
+    client for a Retry, whatever the load.
     """
 
     def __init__(
@@ -108,33 +208,55 @@ class ServerEndpoint(UdpSender):
         *,
         connection_factory: ConnectionFactory = QuicConnection,
         retry: bool = False,
-        max_connections: int = 10_000,
+        limits: EndpointLimits | None = None,
         planner: BurstPlanner[TickedFlow] | None = None,
     ) -> None:
         self._configuration = configuration
         self._on_connection = on_connection
         self._factory = connection_factory
-        self._retry = QuicRetryTokenHandler() if retry else None
-        self._max_connections = max_connections
+        self._retry_always = retry
+        self._retry = QuicRetryTokenHandler()
+        self.limits = limits or EndpointLimits()
         self._routes: dict[bytes, ConnectionDriver] = {}
         self._drivers: set[ConnectionDriver] = set()
+        self._established: set[ConnectionDriver] = set()
+        self._embryonic: dict[ConnectionDriver, float] = {}  # -> when it expires (in order)
+        self._source: dict[ConnectionDriver, str] = {}
+        self._per_source: dict[str, int] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+        self._undecryptable = self._over_limit = self._refused = 0
+        self._evicted = self._retries = 0
         self._loop = asyncio.get_running_loop()
+        self._log = RateLimitedLog(log, self.limits.log_interval_s)
         self.ticker = Ticker(self.send_batch, self._loop, planner=planner)
 
     @property
     def connections(self) -> frozenset[ConnectionDriver]:
         return frozenset(self._drivers)
 
+    @property
+    def intake(self) -> IntakeStats:
+        return IntakeStats(
+            connections=len(self._established),
+            embryonic=len(self._embryonic),
+            undecryptable=self._undecryptable,
+            over_limit=self._over_limit,
+            refused=self._refused,
+            evicted=self._evicted,
+            retries=self._retries,
+        )
+
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        buf = Buffer(data=data)
         try:
-            header = pull_quic_header(
-                Buffer(data=data), host_cid_length=self._configuration.connection_id_length
-            )
+            header = pull_quic_header(buf, host_cid_length=self._configuration.connection_id_length)
         except ValueError:
             return  # not QUIC, or mangled beyond parsing: drop
         driver = self._routes.get(header.destination_cid)
         if driver is not None:
             driver.datagram_received(data, addr)
+            if driver in self._embryonic:
+                self._check_client_hello(driver)
             return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             return  # never answer a VN with a VN (reflection loops)
@@ -153,35 +275,85 @@ class ServerEndpoint(UdpSender):
             return
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return
-        if len(self._drivers) >= self._max_connections:
-            log.warning("connection limit %d reached: dropping Initial", self._max_connections)
+        self._on_new_initial(data, addr, header, buf.tell())
+
+    # -- intake: a client's first Initial -----------------------------------------------------
+
+    def _on_new_initial(
+        self, data: bytes, addr: NetworkAddress, header: QuicHeader, header_end: int
+    ) -> None:
+        now = self._loop.time()
+        self._expire_embryonic(now)
+        if not initial_decrypts(data, header, header_end):
+            self._undecryptable += 1
+            self._log.log(
+                logging.INFO,
+                "undecryptable",
+                now,
+                "dropping Initials that do not decrypt (%s)",
+                addr[0],
+            )
             return
-        self._accept(
-            data, addr, header.destination_cid, header.source_cid, header.token, header.version
+        source = str(addr[0])
+        limits = self.limits
+        if self._per_source.get(source, 0) >= limits.max_connections_per_source:
+            self._drop_over_limit(now, "per-source", source, limits.max_connections_per_source)
+            return
+        if len(self._established) >= limits.max_connections:
+            self._drop_over_limit(now, "total", source, limits.max_connections)
+            return
+        original_dcid: bytes | None = header.destination_cid
+        retry_scid: bytes | None = None
+        if header.token:
+            try:
+                original_dcid = self._retry.validate_token(
+                    address=addr,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=now,
+                )
+                retry_scid = header.destination_cid
+            except ValueError:
+                if self._retry_required():
+                    return  # forged or stale token: drop (RFC 9000 §8.1.3 allows it)
+        if retry_scid is None and self._retry_required():
+            self._send_retry(addr, header.destination_cid, header.source_cid, header.version, now)
+            return
+        self._accept(data, addr, source, header.destination_cid, original_dcid, retry_scid, now)
+
+    def _retry_required(self) -> bool:
+        if self._retry_always:
+            return True
+        threshold = self.limits.retry_threshold
+        return threshold is not None and len(self._established) + len(self._embryonic) >= threshold
+
+    def _drop_over_limit(self, now: float, kind: str, source: str, cap: int) -> None:
+        self._over_limit += 1
+        what = "per-source connection limit" if kind == "per-source" else "connection limit"
+        self._log.log(
+            logging.WARNING, kind, now, "%s %d reached: dropping Initials (%s)", what, cap, source
         )
 
     def _accept(
         self,
         data: bytes,
         addr: NetworkAddress,
+        source: str,
         dcid: bytes,
-        scid: bytes,
-        token: bytes,
-        version: int | None,
+        original_dcid: bytes | None,
+        retry_scid: bytes | None,
+        now: float,
     ) -> None:
-        original_dcid: bytes | None = dcid
-        retry_scid: bytes | None = None
-        if self._retry is not None:
-            if not token:
-                self._send_retry(addr, dcid, scid, version)
-                return
-            try:
-                original_dcid = self._retry.validate_token(
-                    address=addr, destination_cid=dcid, token=token, now=self._loop.time()
-                )
-            except ValueError:
-                return  # forged or stale token: drop (RFC 9000 §8.1.3 allows it)
-            retry_scid = dcid
+        if len(self._embryonic) >= self.limits.max_embryonic:
+            oldest = next(iter(self._embryonic))
+            self._log.log(
+                logging.WARNING,
+                "embryonic",
+                now,
+                "%d connections wait for a ClientHello: dropping the oldest",
+                self.limits.max_embryonic,
+            )
+            self._evict(oldest, "too many handshakes under way")
         quic = self._factory(
             configuration=self._configuration,
             original_destination_connection_id=original_dcid,
@@ -190,21 +362,82 @@ class ServerEndpoint(UdpSender):
         driver = ConnectionDriver(quic, ticker=self.ticker)
         driver.add_event_handler(lambda event: self._on_event(driver, event))
         self._drivers.add(driver)
+        self._source[driver] = source
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        self._embryonic[driver] = now + self.limits.embryonic_timeout_s
+        self._arm_expiry()
         self._routes[dcid] = driver
         self._routes[quic.host_cid] = driver
         self._on_connection(driver)
         driver.datagram_received(data, addr)
+        if driver in self._embryonic:
+            self._check_client_hello(driver)
+
+    def _check_client_hello(self, driver: ConnectionDriver) -> None:
+        """Count an embryonic connection once its ClientHello was processed."""
+        if not client_hello_processed(driver.quic):
+            return
+        del self._embryonic[driver]
+        source = self._source[driver]
+        # Sources were counted when their Initials came; the total may have filled since.
+        if len(self._established) >= self.limits.max_connections:
+            self._refused += 1
+            self._log.log(
+                logging.WARNING,
+                "refused",
+                self._loop.time(),
+                "connection limit reached: refusing a connection from %s",
+                source,
+            )
+            self._release(driver)
+            driver.close(QuicErrorCode.CONNECTION_REFUSED, "server busy")
+            return
+        self._established.add(driver)
+
+    def _evict(self, driver: ConnectionDriver, reason: str) -> None:
+        self._evicted += 1
+        self._release(driver)
+        driver.abandon(QuicErrorCode.CONNECTION_REFUSED, reason)
+
+    def _expire_embryonic(self, now: float) -> None:
+        expired = [d for d, at in self._embryonic.items() if at <= now]  # oldest first
+        for driver in expired:
+            self._evict(driver, "no ClientHello in time")
+
+    def _arm_expiry(self) -> None:
+        if self._expiry is not None or not self._embryonic:
+            return
+        first = next(iter(self._embryonic.values()))
+        self._expiry = self._loop.call_at(first, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        self._expire_embryonic(self._loop.time())
+        self._arm_expiry()
+
+    def _release(self, driver: ConnectionDriver) -> None:
+        """Stop counting `driver` against any cap (it is closing or gone)."""
+        self._embryonic.pop(driver, None)
+        self._established.discard(driver)
+        source = self._source.pop(driver, None)
+        if source is not None:
+            left = self._per_source[source] - 1
+            if left:
+                self._per_source[source] = left
+            else:
+                del self._per_source[source]
 
     def _send_retry(
-        self, addr: NetworkAddress, dcid: bytes, scid: bytes, version: int | None
+        self, addr: NetworkAddress, dcid: bytes, scid: bytes, version: int | None, now: float
     ) -> None:
-        assert self._retry is not None and version is not None
+        assert version is not None
+        self._retries += 1
         source_cid = os.urandom(8)
         token = self._retry.create_token(
             address=addr,
             original_destination_connection_id=dcid,
             retry_source_connection_id=source_cid,
-            now=self._loop.time(),
+            now=now,
         )
         self._send(
             encode_quic_retry(
@@ -223,6 +456,7 @@ class ServerEndpoint(UdpSender):
         elif isinstance(event, ConnectionIdRetired):
             self._routes.pop(event.connection_id, None)
         elif isinstance(event, ConnectionTerminated):
+            self._release(driver)
             self._drivers.discard(driver)
             for cid in [cid for cid, d in self._routes.items() if d is driver]:
                 del self._routes[cid]
@@ -235,8 +469,17 @@ class ServerEndpoint(UdpSender):
             driver.close(error_code, reason)
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self.ticker.close()
         super().close()
+
+
+def client_hello_processed(quic: QuicConnection) -> bool:
+    """Whether a server connection's TLS has taken a whole ClientHello (not just an Initial)."""
+    context = getattr(quic, "tls", None)  # made with the first Initial that arrived
+    return context is not None and context.state is not tls.State.SERVER_EXPECT_CLIENT_HELLO
 
 
 class ClientEndpoint(UdpSender):
