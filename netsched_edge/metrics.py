@@ -136,9 +136,15 @@ _FAMILIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
     ),
     (
         "flows_closed",
-        "Flows closed: idle (expired or evicted for room), socket error, silent backend.",
+        "Flows closed: idle (expired or evicted for room), socket error, silent backend, "
+        "client unanswered by a backend that answered others (ignored: not a failure).",
         "reason",
-        {"idle": "flows_expired", "error": "flows_failed", "silent": "flows_silent"},
+        {
+            "idle": "flows_expired",
+            "error": "flows_failed",
+            "silent": "flows_silent",
+            "ignored": "flows_ignored",
+        },
     ),
     (
         "dropped_datagrams",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from netsched_client.errors import DeadlineExceeded, NoBackend
 
 from .backends.base import Backend
-from .balancing.health import HealthTracker
+from .balancing.health import HealthTracker, ejection_allowed
 from .balancing.policy import BackendSlot, make_policy
 from .balancing.queue import DeadlineQueue, QueueFull
 from .config import ServiceConfig
@@ -79,13 +79,26 @@ class ServicePool:
     def release(self, slot: BackendSlot, *, ok: bool | None) -> None:
         """Return a slot; `ok` feeds passive health (None: the outcome says nothing)."""
         slot.in_flight -= 1
-        tracker = self.health[slot.name]
-        if ok is True:
-            tracker.on_success(self._clock())
-        elif ok is False:
-            tracker.on_failure(self._clock())
-            log.info("backend %s failed (%s)", slot.name, tracker.state.value)
+        if ok is not None:
+            self.observe(slot.name, ok=ok)
         self._wake_one()
+
+    def observe(self, name: str, *, ok: bool, now: float | None = None) -> None:
+        """A passive outcome for backend `name`: a failure ejects only under the service's
+        ejection ceiling (health.py)."""
+        now = self._clock() if now is None else now
+        tracker = self.health[name]
+        if ok:
+            tracker.on_success(now)
+            return
+        was = tracker.state
+        tracker.on_failure(now, may_eject=self._may_eject(name, now))
+        if tracker.state is not was:  # once per transition, not once per failure
+            log.info("backend %s failed: %s", name, tracker.state.value)
+
+    def _may_eject(self, name: str, now: float) -> bool:
+        out = sum(1 for n, t in self.health.items() if n != name and not t.available(now))
+        return ejection_allowed(out, len(self.health), self.config.health.max_ejection_percent)
 
     def start_health_checks(self) -> None:
         for name, backend in self.backends.items():

@@ -6,10 +6,21 @@ every later datagram of the flow is relayed in C without Python.
 
 Health feedback: the relay reports each flow's first reply as a success and a
 backend that refuses (ICMP port unreachable) or leaves a sending client
-unanswered for `reply_timeout` as a failure, to the pool's `HealthTracker` of
-that backend; the flow is closed and the client's next datagram chooses again
-(the rules: netsched_edge/forwarder/flows.py). The relay's `now` is the event
-loop's clock, which is the pool's too (the dispatcher's default clock).
+unanswered for `reply_timeout` as a failure, to the pool's health tracking of
+that backend (`ServicePool.observe`, under the service's ejection ceiling);
+the flow is closed and the client's next datagram chooses again (the rules:
+netsched_edge/forwarder/flows.py). The relay's `now` is the event loop's
+clock, which is the pool's too (the dispatcher's default clock).
+
+Silence is weak evidence: anyone can send a backend garbage it rightly
+ignores, from any (spoofed) source address. So an unanswered flow counts
+against its backend only when the backend answered nothing else in that time:
+the relay reports IGNORED instead of SILENT when another of its flows got a
+reply, and a SILENT report is discounted here when the backend succeeded
+otherwise (an active health check) within the last `reply_timeout`. An
+attacker can make flows go unanswered; it cannot make a serving backend stop
+answering others. When every backend is truly silent to everyone, the
+ejection ceiling still keeps `max_ejection_percent` of them in rotation.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ class UdpFront:
         self._index = {name: i for i, name in enumerate(self._names)}
         self._pool = pool
         self._metrics = metrics
+        self._reply_timeout = reply_timeout
         addresses = [(backend.host, backend.port) for backend in backends]
         relay = UdpRelay(
             listen, addresses, self._choose, reply_timeout=reply_timeout, report=self._report
@@ -60,13 +72,14 @@ class UdpFront:
         """A flow's word on its backend: a passive outcome for the pool's health tracking."""
         name = self._names[backend]
         tracker = self._pool.health[name]
-        was = tracker.state
-        if outcome is FlowOutcome.ANSWERED:
-            tracker.on_success(now)
-        else:
-            tracker.on_failure(now)
-        if tracker.state is not was:  # once per transition, not once per flow
-            log.info("UDP backend %s is %s (a flow: %s)", name, tracker.state.value, outcome.value)
+        if outcome is FlowOutcome.IGNORED or (
+            outcome is FlowOutcome.SILENT and self._answered_lately(tracker.succeeded_at, now)
+        ):
+            return  # the client went unanswered, not the backend silent (module doc)
+        self._pool.observe(name, ok=outcome is FlowOutcome.ANSWERED, now=now)
+
+    def _answered_lately(self, succeeded_at: float, now: float) -> bool:
+        return self._reply_timeout is not None and now - succeeded_at <= self._reply_timeout
 
     def close(self) -> None:
         if self._metrics is not None:

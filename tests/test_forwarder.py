@@ -542,6 +542,35 @@ def test_a_reply_or_a_long_pause_starts_the_silence_count_again(
 
 
 @pytest.mark.parametrize("cls", IMPLS)
+def test_a_client_left_unanswered_by_a_backend_answering_others_is_ignored(
+    net: Net, cls: RelayFactory
+) -> None:
+    backend = net.udp()
+    reports = Reports()
+    relay = net.relay(cls, [backend.getsockname()], Recorder(), report=reports, reply_timeout=5.0)
+    junk, good = net.udp(), net.udp()
+
+    def send(client: socket.socket, data: bytes, now: float) -> Address:
+        client.sendto(data, relay.local_address)
+        pump(relay, now, relayed(relay, relay.stats.to_backends + 1))
+        got, source = backend.recvfrom(100)
+        assert got == data
+        return source
+
+    send(junk, b"junk", 0.0)  # a backend ignores junk: never answered
+    backend.sendto(b"re", send(good, b"good", 1.0))
+    pump(relay, 2.0, lambda: relay.stats.to_clients == 1)  # the backend is alive at 2
+    send(junk, b"junk", 3.0)
+    assert reports.calls == [(0, FlowOutcome.ANSWERED, 2.0)]
+    send(junk, b"junk", 5.5)  # unanswered for 5.5 s, sending all along
+
+    assert reports.calls[1:] == [(0, FlowOutcome.IGNORED, 5.5)]
+    stats = relay.stats
+    assert (stats.flows_ignored, stats.flows_silent, stats.silent_by_backend) == (1, 0, (0,))
+    assert (stats.flows_opened, stats.active_flows) == (3, 2)
+
+
+@pytest.mark.parametrize("cls", IMPLS)
 def test_without_reply_timeout_an_unanswered_flow_stays(net: Net, cls: RelayFactory) -> None:
     backend = net.udp()
     reports = Reports()
@@ -654,8 +683,8 @@ def test_native_and_reference_agree(net: Net) -> None:
         "bytes_from_clients": 10 * 40 + 48, "bytes_to_backends": 10 * 40 + 15 + 4,
         "bytes_from_backends": 10 * 43, "bytes_to_clients": 10 * 43,
         "active_flows": 0, "flows_opened": 4, "flows_expired": 3, "flows_failed": 1,
-        "flows_silent": 0, "flows_refused": 1, "backend_refused": 1, "no_backend": 1,
-        "choose_errors": 1, "open_errors": 0, "report_errors": 0, "unrouted": 3,
+        "flows_silent": 0, "flows_ignored": 0, "flows_refused": 1, "backend_refused": 1,
+        "no_backend": 1, "choose_errors": 1, "open_errors": 0, "report_errors": 0, "unrouted": 3,
         "send_errors": 0, "recv_truncated": 0, "refused_by_backend": (0, 1),
         "silent_by_backend": (0, 0),
     }  # fmt: skip

@@ -17,6 +17,18 @@ Rules (the table below is the whole state machine):
 - Entering HEALTHY is a full recovery: the next ejection lasts ``ejection_s``.
 - Time is applied before each input, so an input that arrives after the
   ejection expired is handled in PROBING.
+- A passive failure may eject only when the service allows one more ejection
+  (``on_failure(now, may_eject=...)``, the ceiling below); a held-back backend
+  keeps its failure count, so its next failure asks again. Failed active checks
+  always eject: the edge saw the backend fail itself, not a client's request.
+
+The ceiling (Envoy's ``max_ejection_percent``, ``ejection_allowed``): passive
+outcomes never take more than that share of a service's backends out of
+rotation, counting every backend already out (by checks or outcomes). Failures
+that hit every backend at once are more likely the clients' or the edge's than
+the backends'; at the default 50 % a one-backend service is never ejected by
+outcomes alone, and at least one backend stays in rotation unless active
+checks fail it.
 """
 
 from __future__ import annotations
@@ -65,6 +77,10 @@ class HealthTracker:
     _successes: int = field(default=0, init=False, repr=False)
     _backoff_level: int = field(default=0, init=False, repr=False)
     _ejected_until: float = field(default=-math.inf, init=False, repr=False)
+    # When the backend last succeeded, passively or in a check (-inf: never): evidence that
+    # it is alive, which a client's unanswered datagrams cannot outweigh (udp_front.py).
+    succeeded_at: float = field(default=-math.inf, init=False)
+    held: int = field(default=0, init=False)  # passive ejections the ceiling held back
 
     def __post_init__(self) -> None:
         if self.unhealthy_after < 1:
@@ -87,20 +103,24 @@ class HealthTracker:
         """A real request succeeded (passive)."""
         self._observe(ok=True, passive=True, now=now)
 
-    def on_failure(self, now: float) -> None:
-        """A real request failed to reach the backend (passive)."""
-        self._observe(ok=False, passive=True, now=now)
+    def on_failure(self, now: float, *, may_eject: bool = True) -> None:
+        """A real request failed to reach the backend (passive).
+
+        `may_eject`: whether the service's ejection ceiling leaves room for one more.
+        """
+        self._observe(ok=False, passive=True, now=now, may_eject=may_eject)
 
     def on_check(self, ok: bool, now: float) -> None:
         """An active health check's result."""
         self._observe(ok=ok, passive=False, now=now)
 
-    def _observe(self, *, ok: bool, passive: bool, now: float) -> None:
+    def _observe(self, *, ok: bool, passive: bool, now: float, may_eject: bool = True) -> None:
         if self._state is Health.EJECTED and now >= self._ejected_until:
             self._fire(_Trigger.EXPIRED, now)
         if passive and self._state is Health.EJECTED:
             return
         if ok:
+            self.succeeded_at = now
             self._successes += 1
             self._failures = 0
             if self._successes >= self.healthy_after:
@@ -109,7 +129,10 @@ class HealthTracker:
             self._failures += 1
             self._successes = 0
             if self._failures >= self._failure_budget():
-                self._fire(_Trigger.FAILED, now)
+                if may_eject:
+                    self._fire(_Trigger.FAILED, now)
+                else:
+                    self.held += 1
 
     def _failure_budget(self) -> float:
         if self._state is Health.HEALTHY:
@@ -136,3 +159,11 @@ class HealthTracker:
             self._backoff_level = min(self._backoff_level + 1, _MAX_BACKOFF_LEVEL)
         self._ejected_until = now + self.ejection_s * 2**self._backoff_level
         self._successes = 0
+
+
+def ejection_allowed(unavailable: int, total: int, max_percent: int) -> bool:
+    """Whether a passive failure may take one more of `total` backends out of rotation
+    while `unavailable` already are: Envoy's rule, (ejected + 1) / total <= max_percent."""
+    if not 0 <= max_percent <= 100:
+        raise ValueError(f"max_percent must be 0..100, got {max_percent!r}")
+    return (unavailable + 1) * 100 <= max_percent * total

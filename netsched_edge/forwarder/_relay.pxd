@@ -57,6 +57,7 @@ cdef class UdpRelay:
     cdef socklen_t *_backend_len
     cdef uint64_t *_refused  # per backend
     cdef uint64_t *_silent  # per backend
+    cdef double *_answered_at  # per backend: the last reply on any of its flows
 
     # from clients: one slot per datagram, then one sendmmsg per flow
     cdef ns_mmsghdr *_rmsgs
@@ -88,6 +89,7 @@ cdef class UdpRelay:
     cdef uint64_t _flows_expired
     cdef uint64_t _flows_failed
     cdef uint64_t _flows_silent
+    cdef uint64_t _flows_ignored
     cdef uint64_t _flows_refused
     cdef uint64_t _backend_refused
     cdef uint64_t _no_backend

@@ -97,6 +97,7 @@ cdef enum:
 cdef object ANSWERED = FlowOutcome.ANSWERED
 cdef object REFUSED = FlowOutcome.REFUSED
 cdef object SILENT = FlowOutcome.SILENT
+cdef object IGNORED = FlowOutcome.IGNORED
 
 
 cdef inline uint32_t _hash(const sockaddr_in6 *name, socklen_t length, uint64_t seed) noexcept:
@@ -167,6 +168,7 @@ cdef class UdpRelay:
         PyMem_RawFree(self._backend_len)
         PyMem_RawFree(self._refused)
         PyMem_RawFree(self._silent)
+        PyMem_RawFree(self._answered_at)
         PyMem_RawFree(self._rmsgs)
         PyMem_RawFree(self._riov)
         PyMem_RawFree(self._rnames)
@@ -182,6 +184,7 @@ cdef class UdpRelay:
     cdef int _allocate(self, int batch, int max_flows, int nbackends) except -1:
         cdef size_t b = batch
         cdef uint32_t buckets = 1
+        cdef int i
         while buckets < <uint32_t>max_flows:  # a load factor of at most 1
             buckets <<= 1
         self._mask = buckets - 1
@@ -193,6 +196,7 @@ cdef class UdpRelay:
         self._backend_len = <socklen_t *>PyMem_RawCalloc(nbackends, sizeof(socklen_t))
         self._refused = <uint64_t *>PyMem_RawCalloc(nbackends, sizeof(uint64_t))
         self._silent = <uint64_t *>PyMem_RawCalloc(nbackends, sizeof(uint64_t))
+        self._answered_at = <double *>PyMem_RawCalloc(nbackends, sizeof(double))
         self._rmsgs = <ns_mmsghdr *>PyMem_RawCalloc(b, sizeof(ns_mmsghdr))
         self._riov = <iovec *>PyMem_RawCalloc(b, sizeof(iovec))
         self._rnames = <sockaddr_in6 *>PyMem_RawCalloc(b, sizeof(sockaddr_in6))
@@ -205,12 +209,15 @@ cdef class UdpRelay:
         self._pbuf = <char *>PyMem_RawMalloc(b * SLOT)
         if (self._flows == NULL or self._buckets == NULL or self._backends == NULL
                 or self._backend_len == NULL or self._refused == NULL or self._silent == NULL
+                or self._answered_at == NULL
                 or self._rmsgs == NULL or self._riov == NULL or self._rnames == NULL
                 or self._rbuf == NULL or self._rnext == NULL or self._active == NULL
                 or self._events == NULL or self._pmsgs == NULL or self._piov == NULL
                 or self._pbuf == NULL):
             raise MemoryError("UdpRelay: cannot allocate the flow table and batch buffers")
         outbox_open(&self._out, batch, batch)  # a batch is at most `batch` datagrams either way
+        for i in range(nbackends):
+            self._answered_at[i] = -INFINITY
         return 0
 
     cdef void _prepare(self) noexcept:
@@ -268,6 +275,7 @@ cdef class UdpRelay:
             flows_expired=self._flows_expired,
             flows_failed=self._flows_failed,
             flows_silent=self._flows_silent,
+            flows_ignored=self._flows_ignored,
             flows_refused=self._flows_refused,
             backend_refused=self._backend_refused,
             no_backend=self._no_backend,
@@ -452,6 +460,7 @@ cdef class UdpRelay:
         self._nqueued = q
         self._touch(f, now)
         flow.asked = INFINITY
+        self._answered_at[flow.backend] = now
         if not flow.answered:
             flow.answered = True
             self._tell(flow.backend, ANSWERED, now)
@@ -632,11 +641,19 @@ cdef class UdpRelay:
         return 0
 
     cdef int _give_up(self, int f, double now) except -1:
-        """Close flow f: its backend left the client unanswered for reply_timeout."""
+        """Close flow f: its backend left the client unanswered for reply_timeout.
+
+        IGNORED, not SILENT, when the backend answered another flow meanwhile (flows.py).
+        """
         cdef int b = self._flows[f].backend
+        cdef bint alive = self._answered_at[b] >= self._flows[f].asked
+        self._close_flow(f)
+        if alive:
+            self._flows_ignored += 1
+            self._tell(b, IGNORED, now)
+            return 0
         self._flows_silent += 1
         self._silent[b] += 1
-        self._close_flow(f)
         self._tell(b, SILENT, now)
         return 0
 

@@ -27,9 +27,17 @@ layer, so that `choose` can steer new flows away from a failing backend):
   seconds: from the first one after the last reply (or since the flow
   opened) to the current one, while the client kept sending (a pause longer
   than `reply_timeout` starts the count again, so a client that sends one
-  datagram now and then is not taken for a dead backend). The current
-  datagram closes the flow and opens a new one: `choose` runs again, after
-  the report.
+  datagram now and then is not taken for a dead backend), and the backend
+  answered no flow at all in that time. The current datagram closes the flow
+  and opens a new one: `choose` runs again, after the report.
+- IGNORED: the same silence on this flow, but the backend answered another
+  flow since the flow's first unanswered datagram. Closed and re-pinned as
+  SILENT, but it says nothing against the backend: anyone can send a
+  backend datagrams it rightly ignores (garbage, from spoofed addresses),
+  while only a backend that is alive answers other clients. So an attacker
+  can make flows go unanswered, never make a serving backend look dead
+  (`report` gets IGNORED, which the health layer does not count; the edge's
+  UDP front also discounts SILENT when a health check succeeded meanwhile).
 
 So a client is re-pinned at its first datagram after its backend refused,
 or at the first one `reply_timeout` after its backend went silent; each
@@ -80,6 +88,7 @@ class FlowOutcome(Enum):
     ANSWERED = "answered"
     REFUSED = "refused"
     SILENT = "silent"
+    IGNORED = "ignored"
 
 
 Report = Callable[[int, FlowOutcome, float], None]  # (backend index, outcome, now)
@@ -116,6 +125,7 @@ class ForwarderStats:
     flows_expired: int  # idle: by the timer or evicted to make room
     flows_failed: int  # closed on a socket error (backend_refused included)
     flows_silent: int  # closed because the backend left the client unanswered (reply_timeout)
+    flows_ignored: int  # closed as silent while the backend answered other flows (not failures)
     flows_refused: int  # new clients turned away: the table was full of active flows
     backend_refused: int  # ICMP port unreachable from a backend (ECONNREFUSED)
     no_backend: int  # new clients for which `choose` returned None
@@ -325,6 +335,11 @@ class ReplyWatch:
             and now - self._last_sent <= timeout
             and now - self._asked >= timeout
         )
+
+    @property
+    def asked(self) -> float:
+        """When the current unanswered run of client datagrams began (inf: none)."""
+        return math.inf if self._asked is None else self._asked
 
     def sent(self, now: float) -> None:
         """The client sent a datagram at `now`."""

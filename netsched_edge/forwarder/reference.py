@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import select
 import socket
 from collections.abc import Sequence
@@ -82,6 +83,7 @@ class PyUdpRelay:
         self._n = dict.fromkeys(COUNTERS, 0)
         self._refused = [0] * len(options.backends)
         self._silent = [0] * len(options.backends)
+        self._answered_at = [-math.inf] * len(options.backends)  # any flow's last reply
         self._epoll = select.epoll()
         self._sock = open_front(options)
         self._closed = False
@@ -231,6 +233,7 @@ class PyUdpRelay:
             replies.append((data, flow.client))
         if read:
             self._table.find(flow.client, now)
+            self._answered_at[flow.backend] = now
             if flow.watch.replied():
                 self._tell(flow.backend, FlowOutcome.ANSWERED, now)
         return read
@@ -307,10 +310,14 @@ class PyUdpRelay:
             self._tell(flow.backend, FlowOutcome.REFUSED, now)
 
     def _give_up(self, flow: _Flow, now: float) -> None:
-        self._n["flows_silent"] += 1
-        self._silent[flow.backend] += 1
         self._table.remove(flow.client)
         self._close_flow(flow)
+        if self._answered_at[flow.backend] >= flow.watch.asked:
+            self._n["flows_ignored"] += 1
+            self._tell(flow.backend, FlowOutcome.IGNORED, now)
+            return
+        self._n["flows_silent"] += 1
+        self._silent[flow.backend] += 1
         self._tell(flow.backend, FlowOutcome.SILENT, now)
 
     def _tell(self, backend: int, outcome: FlowOutcome, now: float) -> None:
