@@ -14,12 +14,14 @@ client's single connection).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.packet import QuicErrorCode
 
 from ..proto.multipath.connection import MultipathConnection
 from ..proto.send_order import DeadlineMissed
@@ -37,6 +39,8 @@ __all__ = [
     "SendBatch",
     "loop_clock",
 ]
+
+log = logging.getLogger("netsched.driver")
 
 EventHandler = Callable[[QuicEvent], None]
 
@@ -131,8 +135,9 @@ class ConnectionDriver:
         self.transmit()
 
     def abandon(self, error_code: int, reason: str) -> None:
-        """End the connection at once, sending nothing: for one that was never owed a
-        CONNECTION_CLOSE (no ClientHello taken). Handlers see ConnectionTerminated."""
+        """End the connection at once, sending nothing more: for one never owed a
+        CONNECTION_CLOSE (no ClientHello taken) or one whose core failed. Handlers
+        see ConnectionTerminated; the ticker forgets the connection."""
         if self.closed.is_set():
             return
         event = ConnectionTerminated(error_code=error_code, frame_type=None, reason_phrase=reason)
@@ -167,7 +172,19 @@ class ConnectionDriver:
         timer would be: aioquic's pacer lets out at most 16 datagrams per
         round, and a wake-up per round would cap the rate at 16 datagrams per
         loop iteration (or per millisecond).
+
+        A connection whose packets cannot be built (the core raised) is closed
+        with INTERNAL_ERROR and ended: one log line with the traceback, not one
+        per tick for as long as the peer keeps it alive.
         """
+        if self.closed.is_set():
+            return []
+        try:
+            return self._flush(now, limit)
+        except Exception:
+            return self._fail("building packets", now)
+
+    def _flush(self, now: float, limit: int) -> list[Datagram]:
         self._serve_due_deadline(now)
         out = self._round(now)
         while 0 < len(out) < limit:
@@ -194,8 +211,13 @@ class ConnectionDriver:
     def on_timer(self, now: float) -> None:
         self._deadline = None  # the ticker dropped it: whatever comes next is new
         self._timer_wakeups += 1
-        self.quic.handle_timer(now=now)
-        self._drain_events()
+        if self.closed.is_set():
+            return
+        try:
+            self.quic.handle_timer(now=now)
+            self._drain_events()
+        except Exception:
+            self._ticker.send_now(self._fail("handling a timer", now))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -231,6 +253,18 @@ class ConnectionDriver:
             if isinstance(event, ConnectionTerminated):
                 self._terminate()
             event = self.quic.next_event()
+
+    def _fail(self, what: str, now: float) -> list[Datagram]:
+        """The core raised: log it once, close with INTERNAL_ERROR (best effort), end."""
+        log.exception("connection failed while %s: closing it (INTERNAL_ERROR)", what)
+        out: list[Datagram] = []
+        try:
+            self.quic.close(error_code=QuicErrorCode.INTERNAL_ERROR, reason_phrase="internal error")
+            out = self._round(now)  # the CONNECTION_CLOSE, if the core can still build it
+        except Exception:
+            log.debug("no CONNECTION_CLOSE could be built either", exc_info=True)
+        self.abandon(QuicErrorCode.INTERNAL_ERROR, f"internal error while {what}")
+        return out
 
     def _terminate(self) -> None:
         self._ticker.forget(self)

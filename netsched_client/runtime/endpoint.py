@@ -260,6 +260,8 @@ class ServerEndpoint(UdpSender):
             return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             return  # never answer a VN with a VN (reflection loops)
+        if header.version is not None and len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return  # RFC 9000 §5.2.2: no client's first datagram is that small, and no VN
         if (
             header.version is not None
             and header.version not in self._configuration.supported_versions
@@ -273,7 +275,7 @@ class ServerEndpoint(UdpSender):
                 addr,
             )
             return
-        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+        if header.packet_type != QuicPacketType.INITIAL:
             return
         self._on_new_initial(data, addr, header, buf.tell())
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .planner import BurstPlanner, Datagram, Flow
+
+log = logging.getLogger("netsched.ticker")
 
 SendBatch = Callable[[list[Datagram]], None]
 Clock = Callable[[], float]
@@ -178,6 +181,11 @@ class Ticker:
         self._entries.pop(flow, None)
         self._touched.discard(flow)
 
+    def send_now(self, datagrams: list[Datagram]) -> None:
+        """Send datagrams built outside a tick (a failed connection's CONNECTION_CLOSE)."""
+        if datagrams:
+            self._send_batch(datagrams)
+
     def record_deadline_miss(self) -> None:
         self._deadline_misses += 1
 
@@ -244,7 +252,11 @@ class Ticker:
         # for as reached (as aioquic's own adapter does) rather than re-arm for µs.
         for flow, deadline in self._due(max(now, self._armed_at)):
             self._mark(flow)  # first: a connection the timer ends forgets itself
-            flow.on_timer(max(deadline, now))
+            try:
+                flow.on_timer(max(deadline, now))
+            except Exception:  # one flow's failure must not cost the others their timers
+                log.exception("timer of %r failed", flow)
+                self.forget(flow)
         self.tick()
 
     def _due(self, horizon: float) -> Iterator[tuple[TickedFlow, float]]:
