@@ -16,6 +16,7 @@ from netsched_client.proto.multipath.connection import (
     MultipathError,
     PathIdNotReady,
 )
+from netsched_client.proto.multipath.path import UsedPathIds
 
 
 def _connected(tmp_path: Path, **kwargs) -> Net:
@@ -408,11 +409,13 @@ def _open_when_ready(net: Net, local: tuple[str, int]) -> int:
     raise AssertionError("no path ID became ready")
 
 
-def _open_and_abandon(net: Net, count: int, forgotten_by: NetSchedConnection) -> list[int]:
-    """Open `count` paths one after the other, each abandoned (by the client) and
-    forgotten by `forgotten_by` before the next; their path IDs."""
+def _open_and_abandon(
+    net: Net, count: int, forgotten_by: NetSchedConnection, first: int = 0
+) -> list[int]:
+    """Open `count` paths one after the other (from ports 6000 + first, ...), each abandoned
+    (by the client) and forgotten by `forgotten_by` before the next; their path IDs."""
     ids = []
-    for n in range(count):
+    for n in range(first, first + count):
         local = ("127.0.0.2", 6000 + n)
         net.links[local] = Link()
         path_id = _open_when_ready(net, local)
@@ -440,6 +443,38 @@ def test_a_peer_that_keeps_opening_paths_leaves_bounded_state(tmp_path: Path) ->
     server = net.server
     assert {path_id for path_id, _ in server.scheduler.decisions} <= set(server.paths)
     assert list(server.closed_stats) == closed[-MAX_CLOSED_STATS:]
+
+
+def _footprint(conn: NetSchedConnection) -> dict[str, int]:
+    """The length of every container the connection and its scheduler hold."""
+    scheduler = conn.scheduler
+    held = {name: getattr(scheduler, name) for name in scheduler.__slots__}
+    sizes = {}
+    for owner, attrs in (("", vars(conn)), ("scheduler.", held)):
+        for name, value in attrs.items():
+            if isinstance(value, UsedPathIds):
+                value = value._above  # a count and a floor besides: what it holds
+            if hasattr(value, "__len__") and not isinstance(value, str | bytes):
+                sizes[owner + name] = len(value)
+    return sizes
+
+
+def test_ten_thousand_paths_on_one_connection_leave_bounded_state(tmp_path: Path) -> None:
+    """Over a long connection that opens and closes 10,000 paths, nothing either side keeps
+    grows with the number of paths: what they hold after 10,000 is what they held after
+    1,000 (issue #13)."""
+    net = _connected(tmp_path, client_max_path_id=2, server_max_path_id=2)
+    _open_and_abandon(net, 1_000, forgotten_by=net.server)
+    net.run(1.0)
+    before = {side: _footprint(getattr(net, side)) for side in ("client", "server")}
+    *_, last = _open_and_abandon(net, 9_000, forgotten_by=net.server, first=1_000)
+    net.run(1.0)
+    assert last == 10_000
+    for side, sizes in before.items():
+        after = _footprint(getattr(net, side))
+        grown = {k: (v, after[k]) for k, v in sizes.items() if after.get(k, 0) > max(v, 4)}
+        assert not grown, (side, grown)
+    assert not net.events("client", ConnectionTerminated)
 
 
 def test_idle_backup_path_is_kept_alive_while_the_connection_is_in_use(tmp_path: Path) -> None:

@@ -307,11 +307,24 @@ async def test_transfer_on_two_paths_our_client_from_picoquic_server(
     assert all(theirs[i]["bytes_sent"] >= ON_EACH_PATH for i in ("0", "1")), theirs
 
 
+# How the client opens its second path: before asking (our test program's way), or
+# mid-transfer with picoquic_probe_new_path (how picoquic's own applications add one).
+PROBE_WAYS = {"before-transfer": (), "mid-transfer": ("--probe-at", "1")}
+
+
+@pytest.mark.parametrize("probe", sorted(PROBE_WAYS))
 async def test_transfer_on_two_paths_picoquic_client_from_our_edge(
-    start_peer: StartPeer, edge: EdgeServer
+    start_peer: StartPeer, edge: EdgeServer, probe: str
 ) -> None:
     client = await start_peer(
-        "client", "--port", str(edge.port), "--second-local", "127.0.0.2", "--get", "/big.bin"
+        "client",
+        "--port",
+        str(edge.port),
+        "--second-local",
+        "127.0.0.2",
+        *PROBE_WAYS[probe],
+        "--get",
+        "/big.bin",
     )
     assert await client.finished() == 0, client.diagnostics()
     assert client.of("probe")[0]["ret"] == 0

@@ -1,8 +1,13 @@
 """A picoquic multipath client: handshake, optionally a second path, hq-interop GETs.
 
 Run: `python -m interop.programs.picoquic_mp.client --port P [--second-local 127.0.0.2]
-[--get /path ...] [--downloads DIR] [--abandon-at BYTES --abandon-path ID] [--qlog DIR]`
-(the tests), or through `Client` (the interop endpoint, `endpoint.py`).
+[--probe-at BYTES] [--get /path ...] [--downloads DIR] [--abandon-at BYTES --abandon-path ID]
+[--qlog DIR]` (the tests), or through `Client` (the interop endpoint, `endpoint.py`).
+
+Two ways to open the second path: by default the client probes it as soon as
+the server allows it and asks for the files once it is up; with `--probe-at`
+it asks at once and probes once that many bytes arrived, mid-transfer, the
+way picoquic's own applications add a path to a running connection.
 
 Steps, each reported on stdout: `ready` (transport parameters both ways),
 `path_allowed` (the server sent CIDs for path ID 1, which it only does once
@@ -45,6 +50,7 @@ class Options:
     downloads: Path | None = None  # bodies go to DOWNLOADS/<last path segment>; None: hash only
     abandon_at: int | None = None  # bytes received (all responses) when abandon_path goes
     abandon_path: int = 0  # unique path ID: 0 the handshake's path, 1 the second
+    probe_at: int | None = None  # bytes received when the second path is probed; None: first
     timeout_s: float = DEFAULT_TIMEOUT_S
     qlog: str | None = None
     keylog: str | None = None
@@ -137,7 +143,7 @@ class Client:
             self._fail(f"timeout after {self.options.timeout_s} s ({self._where()})")
         elif p.ready and not p.path_allowed:
             self._check_path_allowed()
-        elif p.path_allowed and self.options.second_local and not p.probed:
+        elif self._may_probe():
             self._probe(now)
         elif self._may_request():
             self._request()
@@ -172,10 +178,17 @@ class Client:
         if ret != 0:
             self._fail(f"picoquic_probe_new_path returned {ret:#x}")
 
+    def _may_probe(self) -> bool:
+        p = self.progress
+        if not (p.path_allowed and self.options.second_local) or p.probed:
+            return False
+        return self.options.probe_at is None or p.received >= self.options.probe_at
+
     def _may_request(self) -> bool:
         p = self.progress
         wanted = bool(self.options.gets) and not p.requested and p.path_allowed
-        return wanted and (p.second_path_up or not self.options.second_local)
+        first_path_only = not self.options.second_local or self.options.probe_at is not None
+        return wanted and (p.second_path_up or first_path_only)
 
     def _request(self) -> None:
         self.progress.requested = True
@@ -258,6 +271,7 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument("--second-local")
     parser.add_argument("--get", action="append", default=[], help="a path to GET (repeatable)")
     parser.add_argument("--downloads", type=Path, help="folder for the responses")
+    parser.add_argument("--probe-at", type=int, help="probe the second path mid-transfer")
     parser.add_argument("--abandon-at", type=int)
     parser.add_argument("--abandon-path", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
@@ -271,6 +285,7 @@ def parse(argv: list[str]) -> Options:
         downloads=args.downloads,
         abandon_at=args.abandon_at,
         abandon_path=args.abandon_path,
+        probe_at=args.probe_at,
         timeout_s=args.timeout,
         qlog=args.qlog,
     )

@@ -78,9 +78,10 @@ from ..transport_parameters import (
 )
 from . import events as mp_events
 from . import frames as f
+from .cids import CidConflictError, CidLimitError, CidUpdate, PeerCids, receive_cid
 from .completion import Backlog, PathView
 from .crypto import KeyHistory, PathCrypto
-from .path import Path, PathState
+from .path import Path, PathState, UsedPathIds
 from .pmtu import DEFAULT_PMTUD, MAX_UDP_PAYLOAD, PmtuConfig, PmtuSearch
 from .recovery import CountingRecovery
 from .reinjection import Copy, UrgentCopies, make_safe, sender_of
@@ -180,11 +181,13 @@ class MultipathConnection(QuicConnection):
         self._path0 = Path(0, PathState.ACTIVE)
         self._live = self._path0
         self._paths: dict[int, Path] = {0: self._path0}
-        self._used_path_ids: set[int] = {0}
+        self._used_path_ids = UsedPathIds()
+        self._used_path_ids.add(0)
         self._next_issued_path_id = 1  # path IDs below this one got CIDs (or were used)
         # Path IDs not opened yet: our CIDs for them and the peer's.
         self._host_pool: dict[int, list[QuicConnectionId]] = {}
         self._peer_pool: dict[int, list[QuicConnectionId]] = {}
+        self._peer_pool_rpt: dict[int, int] = {}  # Retire Prior To per pooled path ID
         self._cid_path: dict[bytes, int] = {}
         self._announce: deque[f.PathNewConnectionId] = deque()
         self._acked_cid_paths: set[int] = set()
@@ -491,6 +494,10 @@ class MultipathConnection(QuicConnection):
             self._control.append(f.PathCidsBlocked(blocked, 0))
         raise PathIdNotReady("no path ID has connection IDs on both sides yet")
 
+    def _use_path_id(self, path_id: int) -> None:
+        self._used_path_ids.add(path_id)
+        self._acked_cid_paths.discard(path_id)
+
     def _check_path_id_ready(self, path_id: int) -> None:
         if (
             self._is_client
@@ -533,7 +540,7 @@ class MultipathConnection(QuicConnection):
             "_peer_cid": peer[0],
             "_peer_cid_available": peer[1:],
             "_peer_cid_sequence_numbers": {c.sequence_number for c in peer},
-            "_peer_retire_prior_to": 0,
+            "_peer_retire_prior_to": self._peer_pool_rpt.pop(path_id, 0),
             "_retire_connection_ids": [],
             "_network_paths": network_paths,
             "_spin_bit": False,
@@ -546,7 +553,7 @@ class MultipathConnection(QuicConnection):
             "_max_datagram_size": self._configuration.max_datagram_size,
         }
         self._paths[path_id] = path
-        self._used_path_ids.add(path_id)
+        self._use_path_id(path_id)
         return path
 
     def _path_crypto(self, path_id: int) -> PathCrypto:
@@ -764,45 +771,40 @@ class MultipathConnection(QuicConnection):
         if path is None:
             if frame.path_id in self._used_path_ids:
                 return  # abandoned path: ignore silently (draft-21 §4)
-            pool = self._peer_pool.setdefault(frame.path_id, [])
-            if all(c.sequence_number != frame.sequence for c in pool):
-                pool.append(cid)
-                if len(pool) == 1:
-                    self._check_path_id_ready(frame.path_id)
-            if len(pool) > MAX_PEER_CIDS_PER_PATH:
-                raise QuicConnectionError(
-                    QuicErrorCode.CONNECTION_ID_LIMIT_ERROR,
-                    f.PATH_NEW_CONNECTION_ID,
-                    f"more than {MAX_PEER_CIDS_PER_PATH} CIDs for path {frame.path_id}",
-                )
+            pool = self._peer_pool.get(frame.path_id, [])
+            known = PeerCids(None, tuple(pool), self._peer_pool_rpt.get(frame.path_id, 0))
+            update = self._receive_cid(frame, known, cid)
+            if update.cids.available:  # a pooled path ID always has a CID to open with
+                self._peer_pool[frame.path_id] = list(update.cids.available)
+            self._peer_pool_rpt[frame.path_id] = update.cids.retire_prior_to
+            self._control.extend(f.PathRetireConnectionId(frame.path_id, s) for s in update.retire)
+            if update.cids.available and not pool:
+                self._check_path_id_ready(frame.path_id)
             return
         if path.state is PathState.CLOSING:
             return
         with self._on_path(path):
-            if frame.sequence in self._peer_cid_sequence_numbers:
-                return
-            self._peer_cid_sequence_numbers.add(frame.sequence)
-            self._peer_cid_available.append(cid)
-            if len(self._peer_cid_available) + 1 > MAX_PEER_CIDS_PER_PATH:
-                raise QuicConnectionError(
-                    QuicErrorCode.CONNECTION_ID_LIMIT_ERROR,
-                    f.PATH_NEW_CONNECTION_ID,
-                    f"more than {MAX_PEER_CIDS_PER_PATH} CIDs for path {frame.path_id}",
-                )
-            self._retire_prior_to(path, frame.retire_prior_to)
+            known = PeerCids(
+                self._peer_cid, tuple(self._peer_cid_available), self._peer_retire_prior_to
+            )
+            update = self._receive_cid(frame, known, cid)
+            assert update.cids.current is not None
+            self._peer_cid = update.cids.current
+            self._peer_cid_available = list(update.cids.available)
+            self._peer_cid_sequence_numbers = {c.sequence_number for c in update.cids.held()}
+            self._peer_retire_prior_to = update.cids.retire_prior_to
+            path.retire_pending.extend(update.retire)
 
-    def _retire_prior_to(self, path: Path, retire_prior_to: int) -> None:
-        """Live path: drop the peer's CIDs below `retire_prior_to`, switching if needed."""
-        if retire_prior_to <= self._peer_retire_prior_to:
-            return
-        self._peer_retire_prior_to = retire_prior_to
-        for cid in list(self._peer_cid_available):
-            if (cid.sequence_number or 0) < retire_prior_to:
-                self._peer_cid_available.remove(cid)
-                path.retire_pending.append(cid.sequence_number or 0)
-        if (self._peer_cid.sequence_number or 0) < retire_prior_to and self._peer_cid_available:
-            path.retire_pending.append(self._peer_cid.sequence_number or 0)
-            self._peer_cid = self._peer_cid_available.pop(0)
+    def _receive_cid(
+        self, frame: f.PathNewConnectionId, known: PeerCids, cid: QuicConnectionId
+    ) -> CidUpdate:
+        try:
+            return receive_cid(known, cid, frame.retire_prior_to, MAX_PEER_CIDS_PER_PATH)
+        except CidLimitError as exc:
+            code, reason = QuicErrorCode.CONNECTION_ID_LIMIT_ERROR, str(exc)
+        except CidConflictError as exc:
+            code, reason = QuicErrorCode.PROTOCOL_VIOLATION, str(exc)
+        raise QuicConnectionError(code, f.PATH_NEW_CONNECTION_ID, f"path {frame.path_id}: {reason}")
 
     def _on_retire_host_cid(self, frame: f.PathRetireConnectionId) -> None:
         path = self._paths.get(frame.path_id)
@@ -871,8 +873,9 @@ class MultipathConnection(QuicConnection):
         peer = self._peer_pool.pop(path_id, [])
         host = self._host_pool.pop(path_id)
         if not peer:
+            self._peer_pool_rpt.pop(path_id, None)
             # We cannot answer on a path we hold no client CID for (draft-21 §3.1).
-            self._used_path_ids.add(path_id)
+            self._use_path_id(path_id)
             self._control.append(f.PathAbandon(path_id, f.NO_CID_AVAILABLE_FOR_PATH))
             return None
         path = self._new_path(path_id, PathState.ACTIVE, host, peer, None)
@@ -958,7 +961,8 @@ class MultipathConnection(QuicConnection):
             # An unused path ID: nobody will use it.
             self._host_pool.pop(frame.path_id, None)
             self._peer_pool.pop(frame.path_id, None)
-            self._used_path_ids.add(frame.path_id)
+            self._peer_pool_rpt.pop(frame.path_id, None)
+            self._use_path_id(frame.path_id)
             return
         path.abandon_received = True
         path.abandon_error = frame.error_code
@@ -1003,8 +1007,19 @@ class MultipathConnection(QuicConnection):
     def _handle_new_connection_id_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
     ) -> None:
+        start = buf.tell()
+        sequence = buf.pull_uint_var()
+        buf.seek(start)
         with self._on_path(self._path0):
             super()._handle_new_connection_id_frame(context, frame_type, buf)
+            # aioquic drops a late CID below Retire Prior To without retiring it; RFC 9000
+            # §19.15 wants it retired, or the peer waits for it forever.
+            if (
+                sequence < self._peer_retire_prior_to
+                and sequence not in self._peer_cid_sequence_numbers
+                and sequence not in self._retire_connection_ids
+            ):
+                self._retire_connection_ids.append(sequence)
 
     def _handle_retire_connection_id_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
@@ -1429,6 +1444,7 @@ class MultipathConnection(QuicConnection):
             delivery == QuicDeliveryState.ACKED
             and isinstance(frame, f.PathNewConnectionId)
             and frame.path_id not in self._acked_cid_paths
+            and frame.path_id not in self._used_path_ids
         ):
             self._acked_cid_paths.add(frame.path_id)
             self._check_path_id_ready(frame.path_id)
@@ -1445,6 +1461,8 @@ class MultipathConnection(QuicConnection):
             path = self._paths.get(frame.path_id)
             if path is not None:
                 path.retire_pending.append(frame.sequence)
+            elif frame.path_id in self._peer_pool:
+                self._control.append(frame)  # a path ID not in use yet
         else:
             self._control.append(frame)
 

@@ -83,3 +83,35 @@ class Path:
     def usable(self) -> bool:
         """May carry application data."""
         return self.state is PathState.ACTIVE and not self.abandon_pending
+
+
+class UsedPathIds:
+    """The path IDs a connection has used, which it must never use again (draft-21 §2).
+
+    Kept as "every ID below `floor`" plus the used IDs above it, so a long
+    connection that opens and closes many paths holds a few integers, not one
+    per path it ever used. IDs are taken in order; one the peer leaves unused
+    while `MAX_ABOVE` later ones get used counts as used from then on.
+    """
+
+    MAX_ABOVE = 64
+
+    def __init__(self) -> None:
+        self._floor = 0
+        self._above: set[int] = set()
+
+    def add(self, path_id: int) -> None:
+        if path_id in self:
+            return
+        self._above.add(path_id)
+        if len(self._above) > self.MAX_ABOVE:
+            self._floor = min(self._above)
+        while self._floor in self._above:
+            self._above.remove(self._floor)
+            self._floor += 1
+
+    def __contains__(self, path_id: object) -> bool:
+        return isinstance(path_id, int) and (path_id < self._floor or path_id in self._above)
+
+    def __len__(self) -> int:
+        return self._floor + len(self._above)
