@@ -2,9 +2,12 @@
 
 Per test case, as the client: mp-handshake fetches over one path (multipath
 negotiated, shown by the `path_allowed` report); mp-transfer and mp-failover
-open a second path from LOCALS[1] before requesting; mp-abandon also abandons
-path 0 (LOCALS[0]) once ABANDON_AT bytes have arrived. As the server, every
-mp-* case is the same multipath file server.
+request at once and open a second path from LOCALS[1] once PROBE_AT bytes have
+arrived, mid-transfer, the way picoquic's applications add a path
+(picoquic_probe_new_path on a running connection); mp-abandon opens it before
+requesting (our first way, kept) and abandons path 0 (LOCALS[0]) once
+ABANDON_AT bytes have arrived. As the server, every mp-* case is the same
+multipath file server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from ..multipath import ABANDON_AT, local_addresses
 from . import client
 from .server import serve
 
+# Well before the cut of mp-failover (a fifth of the file): the second path is up by then.
+PROBE_AT = 256 << 10
+PROBE_MID_TRANSFER = frozenset({"mp-transfer", "mp-failover"})
 # Under the cases' 60 s: a stuck client then says itself where it got stuck.
 CLIENT_TIMEOUT_S = 50.0
 DEFAULT_LOCAL = "127.0.0.1"
@@ -51,6 +57,7 @@ def client_options(contract: Contract, locals_: tuple[str, ...]) -> client.Optio
         downloads=contract.downloads,
         abandon_at=ABANDON_AT if contract.testcase == "mp-abandon" else None,
         abandon_path=0,
+        probe_at=PROBE_AT if contract.testcase in PROBE_MID_TRANSFER else None,
         timeout_s=CLIENT_TIMEOUT_S,
         qlog=contract.qlog_dir,
         keylog=contract.keylog,
