@@ -14,6 +14,7 @@ class Status(IntEnum):
     OK = 200
     BAD_REQUEST = 400
     NOT_FOUND = 404
+    REQUEST_TIMEOUT = 408
     SLO_REFUSED = 422
     BACKEND_ERROR = 502
     NO_BACKEND = 503
@@ -61,6 +62,12 @@ class ServiceNotFound(RequestError):
     status = Status.NOT_FOUND
 
 
+class RequestTimeout(RequestError):
+    """The edge stopped waiting for the request's body (it went silent too long)."""
+
+    status = Status.REQUEST_TIMEOUT
+
+
 class SLORefused(RequestError):
     status = Status.SLO_REFUSED
 
@@ -91,7 +98,15 @@ class DeadlineExceeded(RequestError):
 
 _BY_STATUS: dict[int, type[RequestError]] = {
     cls.status: cls
-    for cls in (BadRequest, ServiceNotFound, SLORefused, BackendFailed, NoBackend, DeadlineExceeded)
+    for cls in (
+        BadRequest,
+        ServiceNotFound,
+        RequestTimeout,
+        SLORefused,
+        BackendFailed,
+        NoBackend,
+        DeadlineExceeded,
+    )
 }
 
 

@@ -25,6 +25,7 @@ from .backends import make_backend
 from .backends.base import (
     BackendRequest,
     BackendUnavailable,
+    IdleTimeoutBody,
     aclose_body,
     collect,
     iter_chunks,
@@ -127,6 +128,20 @@ class Dispatcher:
             return None
         return request.received_at + request.slo.deadline_ms / 1000
 
+    def _remaining(self, deadline_at: float | None) -> float | None:
+        """Seconds left until the deadline (0 once past), None without one."""
+        if deadline_at is None:
+            return None
+        return max(0.0, deadline_at - self._clock())
+
+    async def _collect_request(
+        self, pool: ServicePool, request: IncomingRequest, deadline_at: float | None
+    ) -> bytes:
+        """The whole request body: each piece within body_timeout_s, all by the deadline."""
+        paced = IdleTimeoutBody(request.body, self.config.limits.body_timeout_s)
+        async with asyncio.timeout(self._remaining(deadline_at)):
+            return await collect(paced, pool.config.max_body)
+
     def _timeout(self, pool: ServicePool, deadline_at: float | None) -> float:
         if deadline_at is None:
             return pool.config.timeout_s
@@ -144,9 +159,18 @@ class Dispatcher:
         self, pool: ServicePool, request: IncomingRequest, deadline_at: float | None
     ) -> Outcome:
         try:
-            body = await collect(request.body, pool.config.max_body)
+            body = await self._collect_request(pool, request, deadline_at)
         except ValueError as exc:
             return error_outcome(Status.BAD_REQUEST, f"request {exc}")
+        except TimeoutError:
+            if self._remaining(deadline_at) == 0:
+                return error_outcome(
+                    Status.DEADLINE_EXCEEDED, "deadline passed waiting for the request body"
+                )
+            return error_outcome(
+                Status.REQUEST_TIMEOUT,
+                f"request body silent for {self.config.limits.body_timeout_s:g} s",
+            )
         breq = self._backend_request(request, len(body))
         key = request.slo.affinity or request.service
         attempts = 1 + (pool.config.retries if request.slo.idempotent else 0)
@@ -180,7 +204,11 @@ class Dispatcher:
             response = await backend.exchange(
                 breq, iter_chunks(body), self._timeout(pool, deadline_at)
             )
-            data = await collect(response.body, pool.config.max_body)
+            # The head came within the timeout; the body must keep coming (read_timeout_s
+            # between reads) and be whole by the deadline.
+            paced = IdleTimeoutBody(response.body, pool.config.read_timeout_s)
+            async with asyncio.timeout(self._remaining(deadline_at)):
+                data = await collect(paced, pool.config.max_body)
             ok = True
         except BackendUnavailable as exc:
             log.info("backend %s unavailable: %s", slot.name, exc)
@@ -236,7 +264,8 @@ class Dispatcher:
             release(ok=None)
             raise
         head = ResponseHead(status=response.status, backend=slot.name, queue_ms=round(queue_ms, 3))
-        return Outcome(head, SlotBody(response.body, release))
+        paced = IdleTimeoutBody(response.body, pool.config.read_timeout_s)
+        return Outcome(head, SlotBody(paced, release))
 
 
 class SlotRelease:

@@ -36,6 +36,7 @@ from aioquic.quic.events import (
     HandshakeCompleted,
     ProtocolNegotiated,
     QuicEvent,
+    StreamDataReceived,
 )
 from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import CipherSuite
@@ -88,15 +89,16 @@ def _egress_rate(config: EdgeConfig) -> float | None:
 MAX_QUEUED_CHUNKS = 1024
 
 # Response bytes a stream may hold unacknowledged (aioquic's send buffer is
-# unbounded): above the high mark the writer waits until the client has
-# acknowledged down to the low mark, so a slow or stalled client costs the edge
-# at most about HIGH + one chunk per stream, not the whole response.
-SEND_BUFFER_HIGH = 1 << 20
-SEND_BUFFER_LOW = 1 << 19
+# unbounded): above `[limits] max_stream_buffer` the writer stops reading the
+# backend and waits until the client has acknowledged down to half of it, so a
+# slow or stalled client costs the edge at most about the limit + one chunk per
+# stream, not the whole response. A response that fits is read whole at once,
+# so its backend slot goes back whatever the client's pace.
 # aioquic raises no event when an ACK frees send buffer, so a writer over the
-# high mark polls; the low mark leaves tens of ms of data queued at loopback
+# limit polls; half the limit leaves tens of ms of data queued at loopback
 # rates, so the poll never starves the stream. While nothing is acknowledged
-# the poll backs off, so stalled streams cost few wake-ups.
+# the poll backs off, so stalled streams cost few wake-ups; after
+# `[limits] send_timeout_s` without progress the stream is reset.
 SEND_BUFFER_POLL_S = 0.005
 SEND_BUFFER_POLL_MAX_S = 0.2
 
@@ -120,6 +122,10 @@ _FETCH_METHODS = frozenset({"GET", "HEAD"})
 
 # aioquic's reason for a first Initial without CRYPTO (pinned by tests/test_edge_handshake_loss.py).
 NO_CRYPTO_FRAME = "Packet contains no CRYPTO frame"
+
+
+class SendTimeout(Exception):
+    """The client left response data unacknowledged for `[limits] send_timeout_s`."""
 
 
 class EdgeQuicConnection(NetSchedConnection):
@@ -266,6 +272,11 @@ class EdgeConnection:
         self._proto: _AppProtocol | None = None
         self._requests: dict[int, _Request] = {}
         self._relay: DatagramRelay | None = None
+        # Client streams whose request head has not come yet: each must complete it
+        # within header_timeout_s (nginx client_header_timeout) or is reset. Bounded by
+        # the number of streams the client may open (QUIC stream limits).
+        self._heads_due: dict[int, asyncio.TimerHandle] = {}
+        self._last_stream_seen = -1
         driver.add_event_handler(self._on_quic_event)
 
     def _on_quic_event(self, event: QuicEvent) -> None:
@@ -282,8 +293,35 @@ class EdgeConnection:
             return
         if self._proto is None:
             return
+        if isinstance(event, StreamDataReceived):
+            self._watch_head(event.stream_id)
         for pevent in self._proto.handle_event(event):
             self._dispatch(pevent)
+
+    def _watch_head(self, stream_id: int) -> None:
+        """A client request stream's first bytes: start its head timer."""
+        # Client-initiated bidirectional streams open in order, so each is new only once.
+        if stream_id % 4 != 0 or stream_id <= self._last_stream_seen:
+            return
+        self._last_stream_seen = stream_id
+        timeout = self._edge.config.limits.header_timeout_s
+        loop = asyncio.get_running_loop()
+        self._heads_due[stream_id] = loop.call_later(timeout, self._head_overdue, stream_id)
+
+    def _head_done(self, stream_id: int) -> None:
+        timer = self._heads_due.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _head_overdue(self, stream_id: int) -> None:
+        self._heads_due.pop(stream_id, None)
+        if self._proto is None or stream_id in self._requests:
+            return
+        log.info("resetting stream %d: no complete request head in time", stream_id)
+        self._edge.dispatcher.metrics.rejected.labels(str(Status.REQUEST_TIMEOUT)).inc()
+        self._proto.abort(stream_id)
+        self._proto.forget(stream_id)
+        self._driver.schedule_transmit()
 
     def _make_protocol(self, alpn: str | None) -> _AppProtocol:
         quic = self._driver.quic
@@ -295,6 +333,8 @@ class EdgeConnection:
         return native.NetSchedProtocol(quic)
 
     def _dispatch(self, event: ProtocolEvent) -> None:
+        if isinstance(event, RequestReceived | RequestRejected | StreamAborted):
+            self._head_done(event.stream_id)
         if isinstance(event, RequestReceived):
             self._start_request(event.stream_id, event.head)
         elif isinstance(event, BodyReceived):
@@ -388,6 +428,10 @@ class EdgeConnection:
             self._proto.send_response(stream_id, self._edge.stamp(outcome.head))
             self._driver.schedule_transmit()
             await self._send_body(stream_id, outcome.body)
+        except SendTimeout as exc:
+            log.info("resetting stream %d: %s", stream_id, exc)
+            self._proto.abort(stream_id)
+            self._driver.schedule_transmit()
         except Exception as exc:
             self._fail(stream_id, exc, head_sent=head_sent)
         finally:
@@ -426,17 +470,25 @@ class EdgeConnection:
         self._driver.schedule_transmit()
 
     async def _acknowledged(self, stream_id: int) -> None:
-        """Wait, when over the high mark, until the client acknowledged down to the low one."""
+        """Wait, when over the stream buffer limit, until the client acknowledged down to
+        half of it; SendTimeout when it acknowledges nothing for send_timeout_s."""
         quic = self._driver.quic
+        limits = self._edge.config.limits
         unacked = unacked_bytes(quic, stream_id)
-        if unacked <= SEND_BUFFER_HIGH:
+        if unacked <= limits.max_stream_buffer:
             return
+        loop = asyncio.get_running_loop()
         delay = SEND_BUFFER_POLL_S
-        while unacked > SEND_BUFFER_LOW:
+        last_progress = loop.time()
+        while unacked > limits.max_stream_buffer // 2:
             await asyncio.sleep(delay)
             before, unacked = unacked, unacked_bytes(quic, stream_id)
-            progress = unacked < before
-            delay = SEND_BUFFER_POLL_S if progress else min(2 * delay, SEND_BUFFER_POLL_MAX_S)
+            if unacked < before:
+                last_progress, delay = loop.time(), SEND_BUFFER_POLL_S
+                continue
+            if loop.time() - last_progress >= limits.send_timeout_s:
+                raise SendTimeout(f"client acknowledged nothing for {limits.send_timeout_s:g} s")
+            delay = min(2 * delay, SEND_BUFFER_POLL_MAX_S, limits.send_timeout_s / 4)
 
     def _untime(self, stream_id: int, request: IncomingRequest) -> None:
         quic = self._driver.quic
@@ -461,6 +513,9 @@ class EdgeConnection:
             self._driver.schedule_transmit()
 
     def _on_terminated(self) -> None:
+        for timer in self._heads_due.values():
+            timer.cancel()
+        self._heads_due.clear()
         for stream_id in list(self._requests):
             self._cancel(stream_id)
         if self._relay is not None:
@@ -597,7 +652,10 @@ class EdgeServer:
         def endpoint_factory() -> ServerEndpoint:
             from netsched_client.runtime.endpoint import EndpointLimits
 
+            from .keys import edge_keys
+
             limits = self.config.limits
+            cids = None if self.worker is None else self.worker.quic_lb().generate
             return ServerEndpoint(
                 configuration,
                 self._on_connection,
@@ -607,7 +665,7 @@ class EdgeServer:
                     scheduler=self.config.scheduler,
                     decision_totals=self.dispatcher.metrics.scheduler_decisions,
                     fec=FecConfig() if self.config.fec else None,
-                    cid_factory=None if self.worker is None else self.worker.quic_lb().generate,
+                    cid_factory=cids,
                     tickets=self.tickets,
                     early_data=self.config.early_data != "off",
                 ),
@@ -617,6 +675,8 @@ class EdgeServer:
                     max_connections_per_source=limits.max_connections_per_source,
                     retry_above=limits.retry_above,
                 ),
+                keys=edge_keys(self.config.keys_file).endpoint_keys(),
+                cid_factory=cids,
                 planner=self._planner,
             )
 

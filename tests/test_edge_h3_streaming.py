@@ -24,7 +24,7 @@ from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.events import QuicEvent
 from support import http_backend, service
 
-from netsched_edge.server import SEND_BUFFER_HIGH, EdgeServer, unacked_bytes
+from netsched_edge.server import EdgeServer, unacked_bytes
 
 FILE_SIZE = 5_000_000  # well above the 1 MiB default max_body
 Response = tuple[dict[bytes, bytes], bytes]
@@ -137,14 +137,15 @@ async def test_send_buffer_stays_bounded_for_a_silent_client(start_edge, www: Pa
         sid, response = client.request("GET", "/www/large.bin")
         (connection,) = edge.connections
         quic = connection._driver.quic
+        limit = edge.config.limits.max_stream_buffer
 
         async def filled() -> None:
-            while unacked_bytes(quic, sid) < SEND_BUFFER_HIGH:
+            while unacked_bytes(quic, sid) < limit:
                 await asyncio.sleep(0.01)
 
         await asyncio.wait_for(filled(), 20)
         await asyncio.sleep(0.5)  # time enough to read the whole file, were it unbounded
-        assert unacked_bytes(quic, sid) <= SEND_BUFFER_HIGH + 65536  # + one static chunk
+        assert unacked_bytes(quic, sid) <= limit + 65536  # + one static chunk
         client.stalled = False  # the client's retransmission timer resumes the exchange
         headers, body = await asyncio.wait_for(response, 60)
     assert headers[b":status"] == b"200"

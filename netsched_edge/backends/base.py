@@ -8,6 +8,7 @@ has a single code path for requests and streams.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,28 @@ async def aclose_body(body: AsyncIterator[bytes]) -> None:
     close = getattr(body, "aclose", None)
     if close is not None:
         await close()
+
+
+class IdleTimeoutBody(AsyncIterator[bytes]):
+    """`body`, each chunk of which must come within `idle_s` seconds (else TimeoutError).
+
+    The anchors' read timeouts (nginx `client_body_timeout`, `proxy_read_timeout`):
+    a peer that sends slowly is fine, one that goes silent is not.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], idle_s: float) -> None:
+        self._body = body
+        self._idle_s = idle_s
+
+    def __aiter__(self) -> IdleTimeoutBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        async with asyncio.timeout(self._idle_s):
+            return await anext(self._body)
+
+    async def aclose(self) -> None:
+        await aclose_body(self._body)
 
 
 async def collect(body: AsyncIterator[bytes], limit: int) -> bytes:

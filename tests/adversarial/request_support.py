@@ -23,6 +23,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.events import QuicEvent, StreamDataReceived, StreamReset
 
+from netsched_client.proto.framing import HeadReader, ResponseHead
 from netsched_edge.server import EdgeServer
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -250,3 +251,70 @@ async def h3_client(edge: EdgeServer) -> AsyncIterator[H3Client]:
         yield client  # type: ignore[misc]
         with contextlib.suppress(Exception):
             client.stalled = False
+
+
+@dataclass
+class RawExchange:
+    """Raw bytes one stream received, and how it ended."""
+
+    data: bytearray = field(default_factory=bytearray)
+    reset: int | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # FIN or reset
+
+    def head(self) -> ResponseHead | None:
+        reader = HeadReader("response")
+        head, _ = reader.feed(bytes(self.data))
+        return head
+
+
+class RawClient(QuicConnectionProtocol):
+    """A bare QUIC client speaking netsched/1 by hand: it writes whatever bytes a test
+    wants (half a head, a body without FIN) and records what each stream got back."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.exchanges: dict[int, RawExchange] = {}
+
+    def open(self, data: bytes, *, end_stream: bool = False) -> int:
+        sid = self._quic.get_next_available_stream_id()
+        self.exchanges[sid] = RawExchange()
+        self.send(sid, data, end_stream=end_stream)
+        return sid
+
+    def send(self, sid: int, data: bytes, *, end_stream: bool = False) -> None:
+        self._quic.send_stream_data(sid, data, end_stream)
+        self.transmit()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamReset | StreamDataReceived):
+            exchange = self.exchanges.get(event.stream_id)
+            if exchange is None:
+                return
+            if isinstance(event, StreamReset):
+                exchange.reset = event.error_code
+                exchange.done.set()
+                return
+            exchange.data += event.data
+            if event.end_stream:
+                exchange.done.set()
+
+
+@asynccontextmanager
+async def raw_client(edge: EdgeServer, alpn: str = "netsched/1") -> AsyncIterator[RawClient]:
+    configuration = QuicConfiguration(
+        is_client=True, alpn_protocols=[alpn], server_name="localhost"
+    )
+    configuration.load_verify_locations(str(edge.ca_certificate))
+    async with connect(
+        "127.0.0.1", edge.port, configuration=configuration, create_protocol=RawClient
+    ) as client:
+        yield client  # type: ignore[misc]
+
+
+async def finished(exchange: RawExchange | H3Exchange, timeout: float) -> float:
+    """Wait for the stream to end; the seconds it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(timeout):
+        await exchange.done.wait()
+    return loop.time() - started
