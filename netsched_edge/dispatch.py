@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from netsched_client.errors import DeadlineExceeded, NoBackend, Status
@@ -37,6 +37,8 @@ from .pool import ServicePool
 
 log = logging.getLogger("netsched.edge.dispatch")
 
+TOO_EARLY = 425  # RFC 8470 §5.2: the backend refuses a request sent in early data
+
 
 @dataclass(slots=True)
 class IncomingRequest:
@@ -47,6 +49,10 @@ class IncomingRequest:
     meta: Mapping[str, str] = field(default_factory=dict)
     streaming: bool = False
     length: int | None = None  # the body's size, when it is complete before dispatch
+    # Served from 0-RTT before the handshake completed (RFC 8470): HTTP backends are
+    # told, and `confirmed()` returns once the handshake is done (what a 425 waits for).
+    early: bool = False
+    confirmed: Callable[[], Awaitable[object]] | None = None
 
 
 @dataclass(slots=True)
@@ -153,6 +159,7 @@ class Dispatcher:
             meta=dict(request.meta),
             affinity=request.slo.affinity,
             length=length,
+            early_data=request.early,
         )
 
     async def _unary(
@@ -171,6 +178,23 @@ class Dispatcher:
                 Status.REQUEST_TIMEOUT,
                 f"request body silent for {self.config.limits.body_timeout_s:g} s",
             )
+        outcome = await self._attempts(pool, request, body, deadline_at)
+        if outcome.head.status != TOO_EARLY or not request.early or request.confirmed is None:
+            return outcome
+        # RFC 8470 §5.2: the backend will not act on early data. The body is in hand,
+        # so wait for the handshake (a replay never completes one) and ask once more.
+        try:
+            async with asyncio.timeout(self._remaining(deadline_at)):
+                await request.confirmed()
+        except TimeoutError:
+            return error_outcome(Status.DEADLINE_EXCEEDED, "deadline passed awaiting the handshake")
+        request.early = False
+        return await self._attempts(pool, request, body, deadline_at)
+
+    async def _attempts(
+        self, pool: ServicePool, request: IncomingRequest, body: bytes, deadline_at: float | None
+    ) -> Outcome:
+        """Backends in turn until one answers (more than one only for idempotent requests)."""
         breq = self._backend_request(request, len(body))
         key = request.slo.affinity or request.service
         attempts = 1 + (pool.config.retries if request.slo.idempotent else 0)

@@ -9,9 +9,14 @@ request path.
 Resumption and 0-RTT: the edge keeps the session tickets it issues in a
 single-use, bounded `TicketCache` per process (`[edge] session_tickets`).
 Requests that arrive in 0-RTT can be replayed by an attacker (RFC 9001 §9.2),
-so with `[edge] early_data = "idempotent"` only idempotent ones are served
-before the handshake completes; the others wait for it (RFC 8470 §3), which
-a replayed flight never reaches. "off" rejects 0-RTT in the handshake.
+so only some are served before the handshake completes (RFC 8470 §3):
+`[edge] early_data = "safe"` (the default) serves the safe methods (GET, HEAD,
+OPTIONS), "idempotent" also requests whose SLO says idempotent; the others
+wait for the handshake, which a replayed flight never reaches. A request
+served early reaches HTTP backends with `Early-Data: 1`; a backend's 425 Too
+Early makes the edge wait for the handshake and ask once more (a unary request),
+or reaches the client (a stream, whose body is gone). "off" rejects 0-RTT in
+the handshake.
 """
 
 from __future__ import annotations
@@ -107,9 +112,10 @@ H3_INTERNAL_ERROR = 0x102
 
 # Tickets an edge process keeps (about 1.5 kB each in memory); beyond, the oldest go.
 TICKET_CACHE_SIZE = 10_000
-# RFC 9110 §9.2.2: the methods whose requests may be repeated without harm,
-# hence served from 0-RTT (a replay is a repeat).
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# RFC 9110 §9.2.1: the safe methods, served from 0-RTT by default (a replay is a
+# repeat, and repeating these changes nothing). PUT and DELETE are idempotent but
+# not safe: a replay could undo a later change, so they wait for the handshake.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Tickets by (ticket identity, ALPN): a ticket resumes only the protocol it was
 # issued for, as 0-RTT requires (RFC 8446 §4.2.10; aioquic does not check).
@@ -276,6 +282,7 @@ class EdgeConnection:
         # within header_timeout_s (nginx client_header_timeout) or is reset. Bounded by
         # the number of streams the client may open (QUIC stream limits).
         self._heads_due: dict[int, asyncio.TimerHandle] = {}
+        self._handshake_done = asyncio.Event()  # what a 425 Too Early waits for
         self._last_stream_seen = -1
         driver.add_event_handler(self._on_quic_event)
 
@@ -287,6 +294,7 @@ class EdgeConnection:
         if isinstance(event, ProtocolNegotiated):
             self._proto = self._make_protocol(event.alpn_protocol)
         elif isinstance(event, HandshakeCompleted):
+            self._handshake_done.set()
             self._release_held()
         elif isinstance(event, ConnectionTerminated):
             self._on_terminated()
@@ -372,11 +380,13 @@ class EdgeConnection:
             due = None if slo.deadline_ms is None else received_at + slo.deadline_ms / 1000
             quic.set_stream_fec(stream_id, deadline_at=due, loss_tolerance=slo.loss_tolerance)
         if isinstance(quic, EdgeQuicConnection) and quic.in_early_data(stream_id):
-            if not _idempotent(head, slo):
+            if not _served_early(self._edge.config.early_data, head, slo):
                 request.held = incoming
                 self._edge.early_requests.labels("held").inc()
                 return
             self._edge.early_requests.labels("served").inc()
+            incoming.early = True
+            incoming.confirmed = self._handshake_done.wait
         request.task = asyncio.create_task(self._serve(stream_id, incoming))
 
     def _release_held(self) -> None:
@@ -529,9 +539,11 @@ def _internal_error_code(proto: _AppProtocol) -> int:
     return native.ERROR_INTERNAL  # hq-interop defines no codes; the reset itself says it
 
 
-def _idempotent(head: RequestHead, slo: SLO) -> bool:
-    """Safe to serve from 0-RTT: its SLO says so, or its method is idempotent."""
-    return bool(slo.idempotent) or head.meta.get("method", "").upper() in IDEMPOTENT_METHODS
+def _served_early(mode: str, head: RequestHead, slo: SLO) -> bool:
+    """May this 0-RTT request be served before the handshake completes (`[edge] early_data`)?"""
+    if head.meta.get("method", "").upper() in SAFE_METHODS:
+        return True
+    return mode == "idempotent" and bool(slo.idempotent)
 
 
 def cipher_suites(names: tuple[str, ...] | None) -> list[CipherSuite] | None:

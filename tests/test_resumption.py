@@ -82,7 +82,8 @@ async def test_store_resumes_each_connection(start_edge, start_server, open_clie
 async def test_idempotent_zero_rtt_is_served_before_the_handshake(
     start_edge, start_server, open_client, www
 ) -> None:
-    edge = await _edge(start_edge, start_server, www)
+    # "idempotent": the safe GET and the request whose SLO says idempotent.
+    edge = await _edge(start_edge, start_server, www, early_data="idempotent")
     store = TicketStore()
     await _ticket(await open_client(edge, ticket_store=store))
     session = await open_client(edge, ticket_store=store, early_data=True)

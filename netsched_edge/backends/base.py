@@ -30,6 +30,9 @@ class BackendRequest:
     affinity: str | None = None
     # Body length when known up front (unary requests); None for streams.
     length: int | None = None
+    # The client sent it in 0-RTT and the edge served it before the handshake
+    # completed: HTTP backends get `Early-Data: 1` (RFC 8470 §5.1) and may answer 425.
+    early_data: bool = False
 
 
 @dataclass(slots=True)

@@ -34,6 +34,7 @@ _RESERVED_HEADERS = frozenset(
     {
         "connection",
         "content-length",
+        "early-data",
         "host",
         "keep-alive",
         "proxy-connection",
@@ -142,6 +143,8 @@ class HTTPBackend(Backend):
         headers = [("host", self._authority), ("x-netsched-service", request.service)]
         if request.affinity is not None:
             headers.append(("x-netsched-affinity", request.affinity))
+        if request.early_data:
+            headers.append(("early-data", "1"))
         for key, value in request.meta.items():
             if key.startswith(_HEADER_PREFIX):
                 name = key[len(_HEADER_PREFIX) :]
