@@ -136,11 +136,13 @@ _FAMILIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
     ),
     (
         "flows_closed",
-        "Flows closed: idle (expired or evicted for room), socket error, silent backend, "
-        "client unanswered by a backend that answered others (ignored: not a failure).",
+        "Flows closed: idle (expired or evicted for room), never answered and evicted for "
+        "room, socket error, silent backend, client unanswered by a backend that answered "
+        "others (ignored: not a failure).",
         "reason",
         {
             "idle": "flows_expired",
+            "evicted": "flows_evicted",
             "error": "flows_failed",
             "silent": "flows_silent",
             "ignored": "flows_ignored",
@@ -152,6 +154,8 @@ _FAMILIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
         "reason",
         {
             "table_full": "flows_refused",
+            "source_limit": "source_refused",
+            "fd_reserve": "fd_refused",
             "no_backend": "no_backend",
             "choose_error": "choose_errors",
             "open_error": "open_errors",

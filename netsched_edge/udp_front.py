@@ -4,6 +4,13 @@ One forwarder per service with `udp_listen`. The backend of a client flow is
 chosen once, by the service's policy and health (the same pool requests use);
 every later datagram of the flow is relayed in C without Python.
 
+Bounds ([limits]): `max_flows` flows (default: half of what is left of the
+soft RLIMIT_NOFILE after a quarter is reserved for the rest of the edge),
+`max_flows_per_source` per client address, and no flow socket ever takes one
+of the reserved descriptors: a client that would need one is dropped and
+counted, and static files, backend connections and QUIC keep working (the
+rules: netsched_edge/forwarder/flows.py).
+
 Health feedback: the relay reports each flow's first reply as a success and a
 backend that refuses (ICMP port unreachable) or leaves a sending client
 unanswered for `reply_timeout` as a failure, to the pool's health tracking of
@@ -28,6 +35,7 @@ from __future__ import annotations
 import logging
 
 from .backends.udp import UDPBackend
+from .config import LimitsConfig
 from .forwarder import UdpForwarder, UdpRelay
 from .forwarder.flows import DEFAULT_REPLY_TIMEOUT, FlowOutcome
 from .metrics import EdgeMetrics
@@ -44,6 +52,7 @@ class UdpFront:
         *,
         metrics: EdgeMetrics | None = None,
         reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+        limits: LimitsConfig | None = None,
     ) -> None:
         backends = [b for b in pool.backends.values() if isinstance(b, UDPBackend)]
         self._names = tuple(backend.name for backend in backends)
@@ -52,8 +61,15 @@ class UdpFront:
         self._metrics = metrics
         self._reply_timeout = reply_timeout
         addresses = [(backend.host, backend.port) for backend in backends]
+        limits = LimitsConfig() if limits is None else limits
         relay = UdpRelay(
-            listen, addresses, self._choose, reply_timeout=reply_timeout, report=self._report
+            listen,
+            addresses,
+            self._choose,
+            reply_timeout=reply_timeout,
+            report=self._report,
+            max_flows=limits.max_flows,  # None: from RLIMIT_NOFILE (forwarder/flows.py)
+            max_flows_per_source=limits.max_flows_per_source,
         )
         self.forwarder = UdpForwarder(relay)
         if metrics is not None:

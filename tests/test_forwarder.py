@@ -8,7 +8,9 @@ involved; tests/test_forwarder_loop.py drives them from asyncio and uvloop.
 from __future__ import annotations
 
 import math
+import os
 import re
+import resource
 import select
 import socket
 import time
@@ -356,6 +358,8 @@ def test_full_table_refuses_new_clients_while_flows_are_active(net: Net, cls: Re
     a.sendto(b"a0", relay.local_address)
     b.sendto(b"b0", relay.local_address)
     pump(relay, 0.0, lambda: relay.stats.to_backends == 2)
+    echo(backend, 2)  # answered flows: never evicted while active
+    pump(relay, 0.0, lambda: relay.stats.to_clients == 2)
 
     c.sendto(b"c0", relay.local_address)
     pump(relay, 5.0, lambda: relay.stats.unrouted == 1)
@@ -367,19 +371,94 @@ def test_full_table_refuses_new_clients_while_flows_are_active(net: Net, cls: Re
 
     c.sendto(b"c1", relay.local_address)  # at 10, b is idle: it makes room
     pump(relay, 10.0, lambda: relay.stats.to_backends == 4)
-    d.sendto(b"d0", relay.local_address)  # a (5) and c (10) are active: refused
+    assert sorted(data for data, _ in echo(backend, 2)) == [b"a1", b"c1"]
+    pump(relay, 10.0, lambda: relay.stats.to_clients == 4)
+    d.sendto(b"d0", relay.local_address)  # a (5) and c (10) are active and answered: refused
     pump(relay, 10.0, lambda: relay.stats.unrouted == 2)
     a.sendto(b"a2", relay.local_address)
     c.sendto(b"c2", relay.local_address)
     pump(relay, 10.0, lambda: relay.stats.to_backends == 6)
 
-    assert sorted(data for data, _ in receive(backend, 6)) == [
-        b"a0", b"a1", b"a2", b"b0", b"c1", b"c2",
-    ]  # fmt: skip
+    assert sorted(data for data, _ in receive(backend, 2)) == [b"a2", b"c2"]
     assert nothing_waiting(backend)
     stats = relay.stats
     assert (stats.flows_refused, stats.flows_expired, stats.active_flows) == (2, 1, 2)
+    assert stats.flows_evicted == 0
     assert [call[1] for call in choose.calls] == [s.getsockname()[1] for s in (a, b, c)]
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_full_table_evicts_the_oldest_never_answered_flow(net: Net, cls: RelayFactory) -> None:
+    backend = net.udp()
+    relay = net.relay(cls, [backend.getsockname()], Recorder(), max_flows=2, idle_timeout=10.0)
+    a, b, c, d, e, f = (net.udp() for _ in range(6))
+    a.sendto(b"a0", relay.local_address)
+    b.sendto(b"b0", relay.local_address)
+    pump(relay, 0.0, lambda: relay.stats.to_backends == 2)
+    backend.sendto(b"re", next(src for data, src in receive(backend, 2) if data == b"b0"))
+    pump(relay, 0.0, lambda: relay.stats.to_clients == 1)  # b answered, a never
+
+    c.sendto(b"c0", relay.local_address)  # full, nothing idle: a goes (early drop)
+    pump(relay, 1.0, lambda: relay.stats.to_backends == 3)
+    d.sendto(b"d0", relay.local_address)  # c goes; b, answered, stays
+    pump(relay, 2.0, lambda: relay.stats.to_backends == 4)
+    assert (relay.stats.flows_evicted, relay.stats.active_flows) == (2, 2)
+    e.sendto(b"e0", relay.local_address)  # one batch: e evicts d; f would evict e, which
+    f.sendto(b"f0", relay.local_address)  # has a datagram in this batch: f is refused
+    pump(relay, 3.0, lambda: relay.stats.from_clients == 6)
+
+    assert [data for data, _ in receive(backend, 3)] == [b"c0", b"d0", b"e0"]
+    assert nothing_waiting(backend)
+    stats = relay.stats
+    assert (stats.flows_evicted, stats.flows_refused, stats.flows_expired) == (3, 1, 0)
+    b.sendto(b"b1", relay.local_address)
+    pump(relay, 3.0, lambda: relay.stats.to_backends == 6)
+    assert backend.recvfrom(100)[0] == b"b1"
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_one_source_address_holds_at_most_its_share(net: Net, cls: RelayFactory) -> None:
+    backend = net.udp()
+    relay = net.relay(
+        cls, [backend.getsockname()], Recorder(), max_flows=8, max_flows_per_source=2,
+        idle_timeout=10.0,
+    )  # fmt: skip
+    here = [net.udp() for _ in range(3)]
+    there = net.udp((socket.AF_INET, "127.0.0.2"))
+    for i, client in enumerate([*here, there]):
+        client.sendto(b"%d" % i, relay.local_address)
+        pump(relay, 0.0, lambda i=i: relay.stats.from_clients == i + 1)
+
+    assert sorted(data for data, _ in receive(backend, 3)) == [b"0", b"1", b"3"]
+    stats = relay.stats
+    assert (stats.source_refused, stats.flows_refused, stats.active_flows) == (1, 0, 3)
+    relay.expire(20.0)  # the address's flows close: its count goes back to zero
+    for i, client in enumerate(here):
+        client.sendto(b"again", relay.local_address)
+        pump(relay, 20.0, lambda i=i: relay.stats.from_clients == 5 + i)
+    assert [data for data, _ in receive(backend, 2)] == [b"again"] * 2
+    assert relay.stats.source_refused == 2
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("cls", IMPLS)
+def test_no_flow_socket_eats_into_the_descriptor_reserve(net: Net, cls: RelayFactory) -> None:
+    backend = net.udp()
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    relay = net.relay(cls, [backend.getsockname()], Recorder(), fd_reserve=limit)
+    client = net.udp()
+    before = _open_fds()
+    for i in range(3):
+        client.sendto(b"x", relay.local_address)
+        pump(relay, float(i), lambda i=i: relay.stats.unrouted == i + 1)
+
+    assert _open_fds() == before  # each socket was closed again at once
+    stats = relay.stats
+    assert (stats.fd_refused, stats.active_flows, stats.to_backends) == (3, 0, 0)
+    assert nothing_waiting(backend)
 
 
 @pytest.mark.parametrize("cls", IMPLS)
@@ -683,8 +762,9 @@ def test_native_and_reference_agree(net: Net) -> None:
         "bytes_from_clients": 10 * 40 + 48, "bytes_to_backends": 10 * 40 + 15 + 4,
         "bytes_from_backends": 10 * 43, "bytes_to_clients": 10 * 43,
         "active_flows": 0, "flows_opened": 4, "flows_expired": 3, "flows_failed": 1,
-        "flows_silent": 0, "flows_ignored": 0, "flows_refused": 1, "backend_refused": 1,
-        "no_backend": 1, "choose_errors": 1, "open_errors": 0, "report_errors": 0, "unrouted": 3,
+        "flows_silent": 0, "flows_ignored": 0, "flows_evicted": 0, "flows_refused": 1,
+        "source_refused": 0, "fd_refused": 0, "backend_refused": 1, "no_backend": 1,
+        "choose_errors": 1, "open_errors": 0, "report_errors": 0, "unrouted": 3,
         "send_errors": 0, "recv_truncated": 0, "refused_by_backend": (0, 1),
         "silent_by_backend": (0, 0),
     }  # fmt: skip

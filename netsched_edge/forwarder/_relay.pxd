@@ -26,6 +26,17 @@ cdef struct Flow:
     uint64_t seq  # the front batch that last queued datagrams for this flow
     int first  # that batch's datagrams for this flow, chained through UdpRelay._rnext
     int tail
+    int source  # its slot in UdpRelay._sources
+    int u_older  # never-answered flows, oldest first (the early-drop list)
+    int u_newer
+
+
+cdef struct Source:
+    unsigned char addr[16]  # the client's address: 4 bytes (IPv4) or 16 (IPv6)
+    int len
+    uint32_t hash
+    int count  # flows from this address
+    int next  # the next source in this hash bucket, or in the free list
 
 
 cdef class UdpRelay:
@@ -51,6 +62,14 @@ cdef class UdpRelay:
     cdef int _oldest
     cdef int _newest
     cdef int _last  # the flow the previous lookup found: clients send in runs
+    cdef int _u_oldest  # the never-answered list
+    cdef int _u_newest
+    # flows per source address: slots (one per flow at most), hash buckets, free list
+    cdef Source *_sources
+    cdef int *_sbuckets
+    cdef int _sfree
+    cdef int _per_source  # 0: no cap
+    cdef int _fd_limit  # flow sockets must get descriptor numbers below this
 
     cdef int _nbackends
     cdef sockaddr_in6 *_backends
@@ -91,6 +110,9 @@ cdef class UdpRelay:
     cdef uint64_t _flows_silent
     cdef uint64_t _flows_ignored
     cdef uint64_t _flows_refused
+    cdef uint64_t _flows_evicted
+    cdef uint64_t _source_refused
+    cdef uint64_t _fd_refused
     cdef uint64_t _backend_refused
     cdef uint64_t _no_backend
     cdef uint64_t _choose_errors
@@ -122,6 +144,11 @@ cdef class UdpRelay:
     cdef void _insert(self, int f, int fd, int b, sockaddr_in6 *name, socklen_t length,
                       double now) noexcept
     cdef bint _evict_idle(self, double now) noexcept
+    cdef bint _evict_unanswered(self) noexcept
+    cdef void _u_unlink(self, int f) noexcept
+    cdef int _find_source(self, const unsigned char *addr, int length, uint32_t h) noexcept
+    cdef void _add_source(self, int f, sockaddr_in6 *name) noexcept
+    cdef void _drop_source(self, int f) noexcept
     cdef int _fail(self, int f, int err, double now) except -1
     cdef int _give_up(self, int f, double now) except -1
     cdef int _tell(self, int b, object outcome, double now) except -1

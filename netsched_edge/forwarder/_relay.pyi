@@ -11,7 +11,7 @@ class UdpRelay:
         backends: Sequence[Address],
         choose: Choose,
         *,
-        max_flows: int = ...,
+        max_flows: int | None = ...,
         idle_timeout: float = ...,
         batch: int = ...,
         rcvbuf: int = ...,
@@ -19,6 +19,8 @@ class UdpRelay:
         gso: bool = ...,
         reply_timeout: float | None = ...,
         report: Report | None = ...,
+        max_flows_per_source: int | None = ...,
+        fd_reserve: int | None = ...,
     ) -> None: ...
     @property
     def local_address(self) -> Address: ...

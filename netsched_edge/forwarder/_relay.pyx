@@ -70,7 +70,6 @@ from .flows import (
     DEFAULT_BATCH,
     DEFAULT_BUFFER,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_FLOWS,
     FLOW_RCVBUF,
     FlowOutcome,
     ForwarderStats,
@@ -93,6 +92,7 @@ cdef extern from *:
 cdef enum:
     SLOT = 65536  # the largest UDP payload fits
     NO_FLOW = -1
+    FD_RESERVED = -(1 << 20)  # _connect: the socket's descriptor fell in the reserve
 
 cdef object ANSWERED = FlowOutcome.ANSWERED
 cdef object REFUSED = FlowOutcome.REFUSED
@@ -114,6 +114,17 @@ cdef inline uint32_t _hash(const sockaddr_in6 *name, socklen_t length, uint64_t 
     return <uint32_t>(h ^ (h >> 32))
 
 
+cdef inline int _source_addr(const sockaddr_in6 *name, socklen_t length,
+                             unsigned char *out) noexcept:
+    """Copy the client's IP address (no port) to out; return its length, 4 or 16."""
+    cdef const unsigned char *p = <const unsigned char *>name
+    if length >= sizeof(sockaddr_in6):
+        memcpy(out, p + 8, 16)  # sin6_addr
+        return 16
+    memcpy(out, p + 4, 4)  # sin_addr
+    return 4
+
+
 @cython.final
 cdef class UdpRelay:
     """A UDP load balancer's data path (see the module doc and flows.py)."""
@@ -122,14 +133,15 @@ cdef class UdpRelay:
         self._front_fd = -1  # closed until __init__ has opened everything
         self._epfd = -1
 
-    def __init__(self, listen, backends, choose, *, max_flows=DEFAULT_MAX_FLOWS,
+    def __init__(self, listen, backends, choose, *, max_flows=None,
                  idle_timeout=DEFAULT_IDLE_TIMEOUT, batch=DEFAULT_BATCH, rcvbuf=DEFAULT_BUFFER,
                  sndbuf=DEFAULT_BUFFER, gso=True, reply_timeout=None,
-                 report=None):
+                 report=None, max_flows_per_source=None, fd_reserve=None):
         options = check_options(listen, backends, max_flows=max_flows,
                                 idle_timeout=idle_timeout, batch=batch, rcvbuf=rcvbuf,
                                 sndbuf=sndbuf, reply_timeout=reply_timeout, choose=choose,
-                                report=report)
+                                report=report, max_flows_per_source=max_flows_per_source,
+                                fd_reserve=fd_reserve)
         if self._flows != NULL:
             raise RuntimeError("UdpRelay is already initialised")
         self._allocate(options.batch, options.max_flows, len(options.backends))
@@ -142,6 +154,8 @@ cdef class UdpRelay:
         self._choose = choose
         self._report = report
         self._reply_timeout = options.reply_timeout or 0.0
+        self._per_source = options.max_flows_per_source or 0
+        self._fd_limit = options.fd_limit
         self._flow_rcvbuf = FLOW_RCVBUF
         self._seed = int.from_bytes(os.urandom(8), "little")
         self._prepare()
@@ -164,6 +178,8 @@ cdef class UdpRelay:
             close(self._epfd)
         PyMem_RawFree(self._flows)
         PyMem_RawFree(self._buckets)
+        PyMem_RawFree(self._sources)
+        PyMem_RawFree(self._sbuckets)
         PyMem_RawFree(self._backends)
         PyMem_RawFree(self._backend_len)
         PyMem_RawFree(self._refused)
@@ -192,6 +208,8 @@ cdef class UdpRelay:
         self._nbackends = nbackends
         self._flows = <Flow *>PyMem_RawCalloc(max_flows, sizeof(Flow))
         self._buckets = <int *>PyMem_RawMalloc(buckets * sizeof(int))
+        self._sources = <Source *>PyMem_RawCalloc(max_flows, sizeof(Source))
+        self._sbuckets = <int *>PyMem_RawMalloc(buckets * sizeof(int))
         self._backends = <sockaddr_in6 *>PyMem_RawCalloc(nbackends, sizeof(sockaddr_in6))
         self._backend_len = <socklen_t *>PyMem_RawCalloc(nbackends, sizeof(socklen_t))
         self._refused = <uint64_t *>PyMem_RawCalloc(nbackends, sizeof(uint64_t))
@@ -209,7 +227,7 @@ cdef class UdpRelay:
         self._pbuf = <char *>PyMem_RawMalloc(b * SLOT)
         if (self._flows == NULL or self._buckets == NULL or self._backends == NULL
                 or self._backend_len == NULL or self._refused == NULL or self._silent == NULL
-                or self._answered_at == NULL
+                or self._answered_at == NULL or self._sources == NULL or self._sbuckets == NULL
                 or self._rmsgs == NULL or self._riov == NULL or self._rnames == NULL
                 or self._rbuf == NULL or self._rnext == NULL or self._active == NULL
                 or self._events == NULL or self._pmsgs == NULL or self._piov == NULL
@@ -226,11 +244,14 @@ cdef class UdpRelay:
         cdef msghdr *hdr
         for i in range(self._mask + 1):
             self._buckets[i] = NO_FLOW
+            self._sbuckets[i] = NO_FLOW
         for i in range(self._max_flows):
             self._flows[i].fd = -1
             self._flows[i].next = i + 1 if i + 1 < self._max_flows else NO_FLOW
-        self._free = 0
+            self._sources[i].next = i + 1 if i + 1 < self._max_flows else NO_FLOW
+        self._free = self._sfree = 0
         self._oldest = self._newest = self._last = NO_FLOW
+        self._u_oldest = self._u_newest = NO_FLOW
         for i in range(self.batch):
             self._riov[i].iov_base = self._rbuf + <size_t>i * SLOT
             self._riov[i].iov_len = SLOT
@@ -276,7 +297,10 @@ cdef class UdpRelay:
             flows_failed=self._flows_failed,
             flows_silent=self._flows_silent,
             flows_ignored=self._flows_ignored,
+            flows_evicted=self._flows_evicted,
             flows_refused=self._flows_refused,
+            source_refused=self._source_refused,
+            fd_refused=self._fd_refused,
             backend_refused=self._backend_refused,
             no_backend=self._no_backend,
             choose_errors=self._choose_errors,
@@ -463,6 +487,7 @@ cdef class UdpRelay:
         self._answered_at[flow.backend] = now
         if not flow.answered:
             flow.answered = True
+            self._u_unlink(f)
             self._tell(flow.backend, ANSWERED, now)
         return got
 
@@ -554,8 +579,17 @@ cdef class UdpRelay:
 
     cdef int _open_flow(self, sockaddr_in6 *name, socklen_t length, double now) except -2:
         """A new flow for this client, or NO_FLOW (counted); the only Python per flow."""
-        cdef int f, fd
-        if self._count >= self._max_flows and not self._evict_idle(now):
+        cdef int f, fd, s
+        cdef unsigned char addr[16]
+        cdef int alen
+        if self._per_source > 0:
+            alen = _source_addr(name, length, addr)
+            s = self._find_source(addr, alen, _hash(<const sockaddr_in6 *>addr, alen, self._seed))
+            if s != NO_FLOW and self._sources[s].count >= self._per_source:
+                self._source_refused += 1
+                return NO_FLOW
+        if (self._count >= self._max_flows and not self._evict_idle(now)
+                and not self._evict_unanswered()):
             self._flows_refused += 1
             return NO_FLOW
         client = address_of(PyBytes_FromStringAndSize(<char *>name, length))
@@ -573,6 +607,11 @@ cdef class UdpRelay:
             return NO_FLOW  # `choose` closed the relay
         f = self._free
         fd = self._connect(choice, f)
+        if fd == FD_RESERVED:
+            self._fd_refused += 1
+            warn_once("fds", "UDP forwarder: descriptors are short, new flows are refused (%s)",
+                      client)
+            return NO_FLOW
         if fd < 0:
             self._open_errors += 1
             warn_once("open", "UDP forwarder: cannot open a socket to backend %d: %s",
@@ -589,6 +628,9 @@ cdef class UdpRelay:
         cdef int fd = ns_flow_socket((<sockaddr *>&self._backends[b]).sa_family)
         if fd < 0:
             return -errno
+        if fd >= self._fd_limit:  # the lowest free number: the reserve is being eaten into
+            close(fd)
+            return FD_RESERVED
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size))  # best effort
         event.events = EPOLLIN
         event.data.u64 = (<uint64_t>self._flows[f].gen << 32) | <uint32_t>f
@@ -616,6 +658,14 @@ cdef class UdpRelay:
         flow.next = self._buckets[flow.hash & self._mask]
         self._buckets[flow.hash & self._mask] = f
         self._touch(f, now)
+        flow.u_older = self._u_newest  # the newest never-answered flow
+        flow.u_newer = NO_FLOW
+        if self._u_newest != NO_FLOW:
+            self._flows[self._u_newest].u_newer = f
+        self._u_newest = f
+        if self._u_oldest == NO_FLOW:
+            self._u_oldest = f
+        self._add_source(f, name)
         self._count += 1
         self._flows_opened += 1
         self._last = f
@@ -628,6 +678,72 @@ cdef class UdpRelay:
         self._close_flow(f)
         self._flows_expired += 1
         return True
+
+    cdef bint _evict_unanswered(self) noexcept:
+        """Close the oldest never-answered flow without datagrams in this front batch."""
+        cdef int f = self._u_oldest
+        while f != NO_FLOW and self._flows[f].seq == self._seq:
+            f = self._flows[f].u_newer
+        if f == NO_FLOW:
+            return False
+        self._close_flow(f)
+        self._flows_evicted += 1
+        return True
+
+    cdef void _u_unlink(self, int f) noexcept:
+        """Take flow f out of the never-answered list (a no-op if it is not in it)."""
+        cdef Flow *flow = &self._flows[f]
+        if flow.u_older != NO_FLOW:
+            self._flows[flow.u_older].u_newer = flow.u_newer
+        elif self._u_oldest == f:
+            self._u_oldest = flow.u_newer
+        if flow.u_newer != NO_FLOW:
+            self._flows[flow.u_newer].u_older = flow.u_older
+        elif self._u_newest == f:
+            self._u_newest = flow.u_older
+        flow.u_older = flow.u_newer = NO_FLOW
+
+    cdef int _find_source(self, const unsigned char *addr, int length, uint32_t h) noexcept:
+        """The slot counting flows from this address; NO_FLOW if it has none."""
+        cdef int s = self._sbuckets[h & self._mask]
+        while s != NO_FLOW:
+            if self._sources[s].len == length and memcmp(self._sources[s].addr, addr, length) == 0:
+                return s
+            s = self._sources[s].next
+        return NO_FLOW
+
+    cdef void _add_source(self, int f, sockaddr_in6 *name) noexcept:
+        """Count new flow f for its client's address (a free slot exists: sources <= flows)."""
+        cdef unsigned char addr[16]
+        cdef int length = _source_addr(name, self._flows[f].client_len, addr)
+        cdef uint32_t h = _hash(<const sockaddr_in6 *>addr, length, self._seed)
+        cdef int s = self._find_source(addr, length, h)
+        if s == NO_FLOW:
+            s = self._sfree
+            self._sfree = self._sources[s].next
+            memcpy(self._sources[s].addr, addr, length)
+            self._sources[s].len = length
+            self._sources[s].hash = h
+            self._sources[s].count = 0
+            self._sources[s].next = self._sbuckets[h & self._mask]
+            self._sbuckets[h & self._mask] = s
+        self._sources[s].count += 1
+        self._flows[f].source = s
+
+    cdef void _drop_source(self, int f) noexcept:
+        """Flow f is closing: uncount it, freeing its address's slot at zero."""
+        cdef int s = self._flows[f].source
+        cdef Source *src = &self._sources[s]
+        cdef int *link
+        src.count -= 1
+        if src.count > 0:
+            return
+        link = &self._sbuckets[src.hash & self._mask]
+        while link[0] != s and link[0] != NO_FLOW:
+            link = &self._sources[link[0]].next
+        link[0] = src.next
+        src.next = self._sfree
+        self._sfree = s
 
     cdef int _fail(self, int f, int err, double now) except -1:
         """Close flow f after a socket error; ECONNREFUSED means its backend is down."""
@@ -676,6 +792,8 @@ cdef class UdpRelay:
             link = &self._flows[link[0]].next
         link[0] = flow.next
         self._unlink(f)
+        self._u_unlink(f)
+        self._drop_source(f)
         close(flow.fd)  # which also takes it out of the epoll set
         flow.fd = -1
         flow.gen += 1

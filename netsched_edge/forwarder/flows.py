@@ -12,9 +12,24 @@ their Python statement, used by the reference relay):
 - Any datagram, either way, refreshes a flow. A flow idle for
   `idle_timeout` seconds expires (`expire(now)`, run by the driver's timer).
 - The table holds at most `max_flows`. A new client when it is full evicts
-  the least recently active flow only if that flow is idle; otherwise the
-  client is refused and counted (`flows_refused`), so no active flow is ever
-  dropped to make room.
+  the least recently active flow if that flow is idle; else the oldest flow
+  whose backend never answered (`flows_evicted`: Linux conntrack's early drop
+  of unassured entries), skipping flows with datagrams in the batch being
+  relayed; else the client is refused and counted (`flows_refused`), so no
+  answered, active flow is ever dropped to make room. One-datagram clients
+  from spoofed addresses therefore cannot lock answered clients out, nor
+  keep new clients out for longer than it takes to cycle the table.
+- One source address holds at most `max_flows_per_source` flows (None: no
+  cap); a new client beyond it is refused and counted (`source_refused`)
+  without evicting anyone.
+- The descriptors are shared with the rest of the process (QUIC socket,
+  backend connections, static files): a flow socket whose descriptor number
+  is at or above `fd_limit` is closed again and the client refused
+  (`fd_refused`). Linux hands out the lowest free number, so such a number
+  means fewer than RLIMIT_NOFILE - `fd_limit` descriptors are left; the
+  default keeps `default_fd_reserve` of them for everything else. A socket
+  that cannot be opened at all (EMFILE) is counted too (`open_errors`).
+  Either way only this client's datagram is dropped.
 - A flow whose socket fails (ECONNREFUSED: backend down) is closed and
   counted; the client's next datagram opens a new flow and chooses again.
 
@@ -66,9 +81,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import resource
 import socket
 import struct
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -94,7 +110,9 @@ class FlowOutcome(Enum):
 Report = Callable[[int, FlowOutcome, float], None]  # (backend index, outcome, now)
 
 MAX_FLOWS = 1 << 20
-DEFAULT_MAX_FLOWS = 4096
+DEFAULT_MAX_FLOWS = 4096  # when RLIMIT_NOFILE is unlimited
+MIN_FD_RESERVE = 64  # descriptors the flows never take, at least
+_UNLIMITED = (1 << 31) - 1  # descriptor numbers are C ints
 DEFAULT_IDLE_TIMEOUT = 30.0  # seconds without a datagram either way (nginx proxy_timeout: 600)
 # Seconds of client datagrams without a reply after which a backend is silent
 # (the edge's UDP front; the relays' own default is None, the rule off).
@@ -126,7 +144,10 @@ class ForwarderStats:
     flows_failed: int  # closed on a socket error (backend_refused included)
     flows_silent: int  # closed because the backend left the client unanswered (reply_timeout)
     flows_ignored: int  # closed as silent while the backend answered other flows (not failures)
+    flows_evicted: int  # never-answered flows closed to make room for a new client
     flows_refused: int  # new clients turned away: the table was full of active flows
+    source_refused: int  # new clients turned away: their address had max_flows_per_source
+    fd_refused: int  # new clients turned away: their socket would eat into the fd reserve
     backend_refused: int  # ICMP port unreachable from a backend (ECONNREFUSED)
     no_backend: int  # new clients for which `choose` returned None
     choose_errors: int  # `choose` raised or returned something other than a backend index
@@ -189,13 +210,34 @@ class RelayOptions:
     rcvbuf: int
     sndbuf: int
     reply_timeout: float | None
+    max_flows_per_source: int | None
+    fd_limit: int  # flow sockets get descriptor numbers below this, or are refused
+
+
+def nofile_limit() -> int:
+    """The soft RLIMIT_NOFILE (2**31 - 1 when unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return _UNLIMITED if soft == resource.RLIM_INFINITY or soft < 0 else min(soft, _UNLIMITED)
+
+
+def default_fd_reserve(nofile: int) -> int:
+    """Descriptors the relays leave to the rest of the process: a quarter of the limit."""
+    return max(MIN_FD_RESERVE, nofile // 4)
+
+
+def default_max_flows(nofile: int | None = None) -> int:
+    """One relay's flows when not configured: half of what the reserve leaves."""
+    nofile = nofile_limit() if nofile is None else nofile
+    if nofile >= _UNLIMITED:
+        return DEFAULT_MAX_FLOWS
+    return max(1, min(MAX_FLOWS, (nofile - default_fd_reserve(nofile)) // 2))
 
 
 def check_options(
     listen: Address,
     backends: Sequence[Address],
     *,
-    max_flows: int,
+    max_flows: int | None,
     idle_timeout: float,
     batch: int,
     rcvbuf: int,
@@ -203,15 +245,35 @@ def check_options(
     reply_timeout: float | None,
     choose: object,
     report: object,
+    max_flows_per_source: int | None = None,
+    fd_reserve: int | None = None,
 ) -> RelayOptions:
-    """Validate the relay's settings; raise ValueError/TypeError naming the bad one."""
+    """Validate the relay's settings; raise ValueError/TypeError naming the bad one.
+
+    `max_flows` None: `default_max_flows()`; `fd_reserve` None: `default_fd_reserve`
+    of the soft RLIMIT_NOFILE, both read now.
+    """
     if not backends:
         raise ValueError("backends must name at least one (host, port) address")
     family = address_family(listen, "listen", allow_port_zero=True)
     for i, backend in enumerate(backends):
         address_family(backend, f"backends[{i}]")
+    if max_flows is None:
+        max_flows = default_max_flows()
     if type(max_flows) is not int or not 1 <= max_flows <= MAX_FLOWS:
         raise ValueError(f"max_flows must be an int 1..{MAX_FLOWS}, got {max_flows!r}")
+    if max_flows_per_source is not None and (
+        type(max_flows_per_source) is not int or not 1 <= max_flows_per_source <= MAX_FLOWS
+    ):
+        raise ValueError(
+            f"max_flows_per_source must be None or an int 1..{MAX_FLOWS}, "
+            f"got {max_flows_per_source!r}"
+        )
+    nofile = nofile_limit()
+    if fd_reserve is None:
+        fd_reserve = default_fd_reserve(nofile)
+    if type(fd_reserve) is not int or fd_reserve < 0:
+        raise ValueError(f"fd_reserve must be None or an int >= 0, got {fd_reserve!r}")
     if not _positive_seconds(idle_timeout):
         raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}")
     if type(batch) is not int or not 1 <= batch <= MAX_BATCH:
@@ -231,6 +293,7 @@ def check_options(
         family, tuple(listen), tuple(tuple(b) for b in backends), max_flows,
         float(idle_timeout), batch, rcvbuf, sndbuf,
         None if reply_timeout is None else float(reply_timeout),
+        max_flows_per_source, max(0, nofile - fd_reserve),
     )  # fmt: skip
 
 
@@ -363,13 +426,26 @@ V = TypeVar("V")
 class FlowTable(Generic[K, V]):
     """Flows by client, least recently active first (the rules in the module doc).
 
-    `find` refreshes a flow; `add` needs room (check `full`, then `pop_idle`).
+    `find` refreshes a flow; `add` needs room (check `full`, then `pop_idle`, then
+    `pop_unanswered`) and a source under its cap (`source_full`); `answered` marks a
+    flow's first reply. `source(key)` names a client's source (its address).
     """
 
-    def __init__(self, max_flows: int, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        max_flows: int,
+        idle_timeout: float,
+        *,
+        max_per_source: int | None = None,
+        source: Callable[[K], object] = lambda key: key,
+    ) -> None:
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
+        self.max_per_source = max_per_source
+        self._source = source
         self._flows: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        self._unanswered: OrderedDict[K, V] = OrderedDict()  # by age: the early-drop order
+        self._per_source: Counter[object] = Counter()
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -377,6 +453,11 @@ class FlowTable(Generic[K, V]):
     @property
     def full(self) -> bool:
         return len(self._flows) >= self.max_flows
+
+    def source_full(self, key: K) -> bool:
+        """Whether `key`'s source already holds `max_per_source` flows."""
+        cap = self.max_per_source
+        return cap is not None and self._per_source[self._source(key)] >= cap
 
     def find(self, key: K, now: float) -> V | None:
         """The flow of `key`, marked active at `now`; None if there is none."""
@@ -392,11 +473,22 @@ class FlowTable(Generic[K, V]):
             raise KeyError(f"flow {key!r} already exists")
         if self.full:
             raise OverflowError(f"flow table is full ({self.max_flows} flows)")
+        if self.source_full(key):
+            raise OverflowError(f"source of {key!r} has {self.max_per_source} flows")
         self._flows[key] = (flow, now)
+        self._unanswered[key] = flow
+        self._per_source[self._source(key)] += 1
+
+    def answered(self, key: K) -> None:
+        """The flow of `key` got its first reply: it is no longer early-drop prey."""
+        self._unanswered.pop(key, None)
 
     def remove(self, key: K) -> V | None:
         entry = self._flows.pop(key, None)
-        return None if entry is None else entry[0]
+        if entry is None:
+            return None
+        self._forget(key)
+        return entry[0]
 
     def pop_idle(self, now: float) -> V | None:
         """Remove and return the least recently active flow if it is idle, else None."""
@@ -406,7 +498,24 @@ class FlowTable(Generic[K, V]):
         if now - last < self.idle_timeout:
             return None
         del self._flows[key]
+        self._forget(key)
         return flow
+
+    def pop_unanswered(self, busy: Callable[[V], bool] = lambda flow: False) -> V | None:
+        """Remove and return the oldest never-answered flow that is not `busy`, else None."""
+        for key, flow in self._unanswered.items():
+            if not busy(flow):
+                del self._flows[key]
+                self._forget(key)
+                return flow
+        return None
 
     def values(self) -> list[V]:
         return [flow for flow, _ in self._flows.values()]
+
+    def _forget(self, key: K) -> None:
+        self._unanswered.pop(key, None)
+        source = self._source(key)
+        self._per_source[source] -= 1
+        if not self._per_source[source]:
+            del self._per_source[source]

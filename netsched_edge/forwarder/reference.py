@@ -24,7 +24,6 @@ from .flows import (
     DEFAULT_BATCH,
     DEFAULT_BUFFER,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_FLOWS,
     FLOW_RCVBUF,
     Choose,
     FlowOutcome,
@@ -59,7 +58,7 @@ class PyUdpRelay:
         backends: Sequence[Address],
         choose: Choose,
         *,
-        max_flows: int = DEFAULT_MAX_FLOWS,
+        max_flows: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         batch: int = DEFAULT_BATCH,
         rcvbuf: int = DEFAULT_BUFFER,
@@ -67,18 +66,27 @@ class PyUdpRelay:
         gso: bool = True,
         reply_timeout: float | None = None,
         report: Report | None = None,
+        max_flows_per_source: int | None = None,
+        fd_reserve: int | None = None,
     ) -> None:
         # gso is accepted for a common signature: this relay sends datagram by datagram.
         options = check_options(
             listen, backends, max_flows=max_flows, idle_timeout=idle_timeout, batch=batch,
             rcvbuf=rcvbuf, sndbuf=sndbuf, reply_timeout=reply_timeout, choose=choose,
-            report=report,
+            report=report, max_flows_per_source=max_flows_per_source, fd_reserve=fd_reserve,
         )  # fmt: skip
         self._backends = options.backends
         self._choose = choose
         self._report = report
         self._reply_timeout = options.reply_timeout
-        self._table: FlowTable[Address, _Flow] = FlowTable(max_flows, options.idle_timeout)
+        self._table: FlowTable[Address, _Flow] = FlowTable(
+            options.max_flows,
+            options.idle_timeout,
+            max_per_source=options.max_flows_per_source,
+            source=lambda client: client[0],  # the address, without the port
+        )
+        self._fd_limit = options.fd_limit
+        self._plan: dict[_Flow, list[bytes]] = {}  # the front batch being relayed
         self._by_fd: dict[int, _Flow] = {}
         self._n = dict.fromkeys(COUNTERS, 0)
         self._refused = [0] * len(options.backends)
@@ -129,7 +137,7 @@ class PyUdpRelay:
     def relay_front(self, now: float) -> int:
         self._check_open()
         before = self._n["from_clients"]
-        plan: dict[_Flow, list[bytes]] = {}
+        plan = self._plan = {}
         for data, client in self._receive_front():
             flow = self._flow_for(client, now)
             if self._closed:
@@ -143,6 +151,7 @@ class PyUdpRelay:
             if self._closed:
                 break
             self._send_upstream(flow, datagrams, now)
+        self._plan = {}
         return self._n["from_clients"] - before
 
     def _flow_for(self, client: Address, now: float) -> _Flow | None:
@@ -235,6 +244,7 @@ class PyUdpRelay:
             self._table.find(flow.client, now)
             self._answered_at[flow.backend] = now
             if flow.watch.replied():
+                self._table.answered(flow.client)
                 self._tell(flow.backend, FlowOutcome.ANSWERED, now)
         return read
 
@@ -255,13 +265,12 @@ class PyUdpRelay:
     # -- flows -------------------------------------------------------------------
 
     def _open_flow(self, client: Address, now: float) -> _Flow | None:
-        if self._table.full:
-            victim = self._table.pop_idle(now)
-            if victim is None:
-                self._n["flows_refused"] += 1
-                return None
-            self._close_flow(victim)
-            self._n["flows_expired"] += 1
+        if self._table.source_full(client):
+            self._n["source_refused"] += 1
+            return None
+        if self._table.full and not self._make_room(now):
+            self._n["flows_refused"] += 1
+            return None
         try:
             choice = backend_index(self._choose(client), len(self._backends))
         except Exception as exc:
@@ -281,14 +290,38 @@ class PyUdpRelay:
             self._n["open_errors"] += 1
             warn_once("open", "UDP forwarder: cannot open a socket to backend %d: %s", choice, exc)
             return None
+        if sock is None:
+            self._n["fd_refused"] += 1
+            warn_once(
+                "fds", "UDP forwarder: descriptors are short, new flows are refused (%s)", client
+            )
+            return None
         flow = _Flow(client, choice, sock, ReplyWatch(self._reply_timeout))
         self._table.add(client, flow, now)
         self._by_fd[sock.fileno()] = flow
         self._n["flows_opened"] += 1
         return flow
 
-    def _connect(self, backend: Address) -> socket.socket:
+    def _make_room(self, now: float) -> bool:
+        """Close an idle flow, else the oldest never-answered one not in this batch."""
+        victim = self._table.pop_idle(now)
+        if victim is not None:
+            self._close_flow(victim)
+            self._n["flows_expired"] += 1
+            return True
+        victim = self._table.pop_unanswered(busy=lambda flow: flow in self._plan)
+        if victim is None:
+            return False
+        self._close_flow(victim)
+        self._n["flows_evicted"] += 1
+        return True
+
+    def _connect(self, backend: Address) -> socket.socket | None:
+        """A socket connected to `backend`; None if its descriptor is in the reserve."""
         sock = socket.socket(address_family(backend, "backend"), socket.SOCK_DGRAM)
+        if sock.fileno() >= self._fd_limit:
+            sock.close()
+            return None
         try:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
