@@ -2,6 +2,7 @@
 
 netsched-edge --config edge.toml      serve until SIGINT/SIGTERM
 netsched-edge check-config edge.toml  validate and exit (0 ok, 2 error)
+netsched-edge generate-keys FILE      write a keys file to share among hosts (`keys_file`)
 netsched-edge demo [--duration 10]    self-contained demo with built-in backends
 """
 
@@ -17,6 +18,7 @@ import threading
 from netsched_client.cli import add_loop_option, run_on_loop
 
 from .config import ConfigError, EdgeConfig, load_config
+from .keys import EdgeKeys, KeysError, load_keys
 from .server import EdgeServer
 
 
@@ -68,9 +70,13 @@ async def _serve(config: EdgeConfig) -> None:
 
 
 def _load(path: str) -> EdgeConfig | None:
+    """The config at `path` with its keys file checked; None (the error printed) if bad."""
     try:
-        return load_config(path)
-    except ConfigError as exc:
+        config = load_config(path)
+        if config.keys_file is not None:
+            load_keys(config.keys_file)
+        return config
+    except (ConfigError, KeysError) as exc:
         print(f"netsched-edge: config error: {exc}", file=sys.stderr)
         return None
 
@@ -87,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(duration=opts.duration, rate=opts.rate, seed=opts.seed, only=only),
             opts.loop,
         )
+    if args[:1] == ["generate-keys"]:
+        if len(args) != 2:
+            print("usage: netsched-edge generate-keys FILE", file=sys.stderr)
+            return 2
+        try:
+            EdgeKeys.generate().write(args[1])
+        except OSError as exc:
+            print(f"netsched-edge: {args[1]}: {exc.strerror}", file=sys.stderr)
+            return 2
+        return 0
     if args[:1] == ["check-config"]:
         if len(args) != 2:
             print("usage: netsched-edge check-config FILE", file=sys.stderr)

@@ -28,6 +28,7 @@ from typing import Any
 from netsched_client.proto.quic_lb import QuicLbConfig
 
 from .config import EdgeConfig
+from .keys import EdgeKeys
 from .tls import generate_self_signed
 
 log = logging.getLogger("netsched.edge.workers")
@@ -113,20 +114,29 @@ class WorkerPool:
             raise ValueError(f"workers must be 1..255, got {count}")
         self.count = count
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self.config = self._with_shared_certificate(config)
+        self.ca_certificate: Path | None = None
+        self.config = self._with_shared_secrets(config)
         self._procs: list[Any] = []
         self.port = config.port
 
-    def _with_shared_certificate(self, config: EdgeConfig) -> EdgeConfig:
-        if config.certificate is not None:
+    def _with_shared_secrets(self, config: EdgeConfig) -> EdgeConfig:
+        """All workers present one certificate and share one set of keys (Retry,
+        stateless reset, tickets): those the config names, or made once here."""
+        if config.certificate is not None and config.keys_file is not None:
             return config
-        # All workers must present the same certificate: generate it once here.
         self._tmp = tempfile.TemporaryDirectory(prefix="netsched-workers-")
-        pair = generate_self_signed(Path(self._tmp.name))
-        self.ca_certificate = pair.ca_certificate
-        return dataclasses.replace(
-            config, certificate=pair.certificate, private_key=pair.private_key
-        )
+        tmp = Path(self._tmp.name)
+        if config.certificate is None:
+            pair = generate_self_signed(tmp)
+            self.ca_certificate = pair.ca_certificate
+            config = dataclasses.replace(
+                config, certificate=pair.certificate, private_key=pair.private_key
+            )
+        if config.keys_file is None:
+            keys_file = tmp / "keys.toml"
+            EdgeKeys.generate().write(keys_file)
+            config = dataclasses.replace(config, keys_file=keys_file)
+        return config
 
     def start(self, timeout: float = 30.0) -> int:
         ctx = mp.get_context("spawn")

@@ -7,12 +7,16 @@ import os
 from collections import Counter
 
 import pytest
+from adversarial.intake_support import client_hello_initial, header_of, raw_peer, short_header
+from aioquic.quic.packet import QuicPacketType
 from support import http_backend, service
 
 from netsched_client import open_session
+from netsched_client.errors import ConnectionLost
 from netsched_client.proto.quic_lb import QuicLbConfig, server_id_of
 from netsched_edge.config import EdgeConfig
 from netsched_edge.demo_backends import DemoHTTPServer
+from netsched_edge.keys import EdgeKeys
 from netsched_edge.workers import WorkerPool, steering_program
 
 
@@ -63,4 +67,52 @@ async def test_connections_and_their_paths_stay_on_one_worker(start_server) -> N
                 await session.close()
         assert len(seen) >= 2, seen  # connections spread over the workers
     finally:
+        await loop.run_in_executor(None, pool.stop)
+
+
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="SO_REUSEPORT steering is Linux-only")
+async def test_retry_and_stateless_resets_work_on_every_worker(start_server, tmp_path) -> None:
+    """Retry SCIDs are the worker's routable CIDs and the keys are shared: every
+    handshake through a Retry completes, whichever worker the client lands on."""
+    backend = await start_server(DemoHTTPServer("b", base_ms=1, cold_ms=0))
+    keys = EdgeKeys.generate()
+    keys.write(tmp_path / "keys.toml")
+    config = EdgeConfig(
+        host="127.0.0.1",
+        port=0,
+        retry=True,
+        keys_file=tmp_path / "keys.toml",
+        services=(service("api", http_backend("b", backend)),),
+    )
+    pool = WorkerPool(config, 2)
+    loop = asyncio.get_running_loop()
+    port = await loop.run_in_executor(None, pool.start)
+    peer = await raw_peer(port)
+    try:
+        peer.send(client_hello_initial())
+        answer = await peer.recv(5.0)
+        assert answer is not None and header_of(answer).packet_type == QuicPacketType.RETRY
+        seen: Counter[str] = Counter()
+        failures = 0
+        for _ in range(18):
+            try:
+                session = await open_session(
+                    "127.0.0.1", port, ca_file=str(pool.ca_certificate), timeout=5
+                )
+            except ConnectionLost:
+                failures += 1
+                continue
+            try:
+                seen[(await session.request("api", b"a")).meta["edge-worker"]] += 1
+            finally:
+                await session.close()
+        assert failures == 0 and sum(seen.values()) == 18
+        assert set(seen) == {"0", "1"}, seen
+        for index in (0, 1):  # a CID of each worker's (QUIC-LB server ID = the index)
+            cid = bytes([0x07, index]) + os.urandom(6)
+            peer.send(short_header(cid, 100))
+            reset = await peer.recv(5.0)
+            assert reset is not None and reset.endswith(keys.endpoint_keys().reset_token(cid))
+    finally:
+        peer.close()
         await loop.run_in_executor(None, pool.stop)

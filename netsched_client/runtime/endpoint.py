@@ -12,10 +12,14 @@ socket for one outgoing connection. Batches go out through
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
 import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,7 +38,8 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
-from aioquic.quic.retry import QuicRetryTokenHandler
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..io import BatchedUdpSocket, UdpSocket, UdpStats, attach
 from ..io._common import set_dont_fragment
@@ -120,6 +125,7 @@ class EndpointLimits:
     max_embryonic: int = 1_024
     embryonic_timeout_s: float = 10.0
     log_interval_s: float = 10.0  # at most one line per reason this often
+    resets_per_second: float = 100.0  # stateless resets sent, at most
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_source", "max_embryonic"):
@@ -127,8 +133,10 @@ class EndpointLimits:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 < self.retry_above <= 1:
             raise ValueError(f"retry_above must be in (0, 1], got {self.retry_above!r}")
-        if self.embryonic_timeout_s <= 0 or self.log_interval_s < 0:
-            raise ValueError("embryonic_timeout_s must be > 0 and log_interval_s >= 0")
+        if self.embryonic_timeout_s <= 0 or self.log_interval_s < 0 or self.resets_per_second < 0:
+            raise ValueError(
+                "embryonic_timeout_s must be > 0, log_interval_s and resets_per_second >= 0"
+            )
 
     @property
     def retry_threshold(self) -> int | None:
@@ -149,6 +157,7 @@ class IntakeStats:
     refused: int  # connections closed with CONNECTION_REFUSED when their ClientHello came
     evicted: int  # embryonic connections dropped (table full or timed out)
     retries: int  # Retry packets sent
+    resets: int  # stateless resets sent
 
 
 class RateLimitedLog:
@@ -192,13 +201,150 @@ def initial_decrypts(data: bytes, header: QuicHeader, header_end: int) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointKeys:
+    """Secrets that endpoints share (the workers of an edge, the hosts of a site).
+
+    `retry` seals Retry tokens (AES-GCM): a token is good on any endpoint with
+    the same key. `stateless_reset` derives each connection ID's stateless
+    reset token (HMAC-SHA256, RFC 9000 §10.3): any endpoint with the same key
+    can end a connection it does not know.
+    """
+
+    retry: bytes
+    stateless_reset: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.retry) not in (16, 32) or len(self.stateless_reset) < 16:
+            raise ValueError("retry must be a 16- or 32-byte key, stateless_reset 16 bytes or more")
+
+    @classmethod
+    def generate(cls) -> EndpointKeys:
+        return cls(retry=os.urandom(32), stateless_reset=os.urandom(32))
+
+    def reset_token(self, cid: bytes) -> bytes:
+        """The stateless reset token of connection ID `cid`."""
+        return hmac.new(self.stateless_reset, cid, hashlib.sha256).digest()[:RESET_TOKEN_BYTES]
+
+
+RESET_TOKEN_BYTES = 16
+# RFC 9000 §10.3: 5 bytes that look like a short header's, then the token.
+MIN_RESET_BYTES = 5 + RESET_TOKEN_BYTES
+# Resets are one byte shorter than what triggered them up to this size (§10.3), then this size.
+MAX_RESET_BYTES = 43
+# Clients send their Initial again at once after a Retry (RFC 9000 §8.1.4).
+RETRY_TOKEN_LIFETIME_S = 30.0
+_RETRY_TOKEN_FORMAT = 1
+_NONCE_BYTES = 12
+
+
+class RetryTokens:
+    """Retry tokens sealed with a shared key: the client's address (authenticated,
+    not stored), the original and Retry connection IDs, and when it was issued.
+
+    `now` is wall-clock seconds, so that endpoints on other hosts (other
+    monotonic clocks) agree on a token's age.
+    """
+
+    def __init__(self, key: bytes, lifetime_s: float = RETRY_TOKEN_LIFETIME_S) -> None:
+        self._aead = AESGCM(key)
+        self._lifetime = lifetime_s
+
+    def create_token(
+        self,
+        address: NetworkAddress,
+        original_destination_cid: bytes,
+        retry_source_cid: bytes,
+        now: float,
+    ) -> bytes:
+        plain = (
+            int(now * 1000).to_bytes(8, "big")
+            + bytes([len(original_destination_cid)])
+            + original_destination_cid
+            + retry_source_cid
+        )
+        nonce = os.urandom(_NONCE_BYTES)
+        header = bytes([_RETRY_TOKEN_FORMAT])
+        sealed = self._aead.encrypt(nonce, plain, header + _address_bytes(address))
+        return header + nonce + sealed
+
+    def validate_token(
+        self, address: NetworkAddress, destination_cid: bytes, token: bytes, now: float
+    ) -> bytes:
+        """The original destination CID the token carries; ValueError if it is not good here."""
+        if len(token) < 1 + _NONCE_BYTES + 16 or token[0] != _RETRY_TOKEN_FORMAT:
+            raise ValueError("not one of our Retry tokens")
+        try:
+            plain = self._aead.decrypt(
+                token[1 : 1 + _NONCE_BYTES],
+                token[1 + _NONCE_BYTES :],
+                token[:1] + _address_bytes(address),
+            )
+        except InvalidTag:
+            raise ValueError(
+                "Retry token sealed with another key, or for another address"
+            ) from None
+        issued = int.from_bytes(plain[:8], "big") / 1000
+        odcid_length = plain[8]
+        original_destination_cid = plain[9 : 9 + odcid_length]
+        # Clients send to the Retry's source CID: the token is good for that one only (§17.2.5.2).
+        if plain[9 + odcid_length :] != destination_cid:
+            raise ValueError("Retry token for another connection ID")
+        if not -1 <= now - issued <= self._lifetime:
+            raise ValueError("Retry token expired")
+        return original_destination_cid
+
+
+def _address_bytes(address: NetworkAddress) -> bytes:
+    return ipaddress.ip_address(address[0]).packed + int(address[1]).to_bytes(2, "big")
+
+
+class TokenBucket:
+    """At most `rate` events a second, in bursts of up to `rate` (sans-IO: `now` given)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._at: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self._at is not None and now > self._at:
+            self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now if self._at is None else max(self._at, now)
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def stateless_reset(received: bytes, token: bytes) -> bytes | None:
+    """The stateless reset (RFC 9000 §10.3) answering `received`, or None when none may go.
+
+    Always shorter than what triggered it (two endpoints that both lost state
+    cannot ping-pong resets forever), never below the smallest valid size, and
+    never an answer to our own reset reflected back.
+    """
+    size = min(len(received) - 1, MAX_RESET_BYTES)
+    if size < MIN_RESET_BYTES or received[-RESET_TOKEN_BYTES:] == token:
+        return None
+    unpredictable = bytearray(os.urandom(size - RESET_TOKEN_BYTES))
+    unpredictable[0] = 0x40 | (unpredictable[0] & 0x3F)  # short header form, fixed bit set
+    return bytes(unpredictable) + token
+
+
 class ServerEndpoint(UdpSender):
     """Accepts QUIC connections on one UDP socket.
 
     `planner` orders and groups the connections' sends (default: EDF, no
     egress budget); `ticker` runs it and holds the counters. `limits` bounds
     the connection table (EndpointLimits); `retry` = True asks every new
-    client for a Retry, whatever the load.
+    client for a Retry, whatever the load. `keys` (shared with the other
+    endpoints of the edge; default: a fresh set) seal Retry tokens and derive
+    stateless reset tokens; `cid_factory` makes the Retry's source CID (the
+    worker's routable CIDs, so that the client's next Initial comes back here).
+
+    A short-header packet to a connection ID nobody here knows is answered
+    with a stateless reset (rate-limited, `limits.resets_per_second`).
     """
 
     def __init__(
@@ -209,14 +355,19 @@ class ServerEndpoint(UdpSender):
         connection_factory: ConnectionFactory = QuicConnection,
         retry: bool = False,
         limits: EndpointLimits | None = None,
+        keys: EndpointKeys | None = None,
+        cid_factory: Callable[[], bytes] | None = None,
         planner: BurstPlanner[TickedFlow] | None = None,
     ) -> None:
         self._configuration = configuration
         self._on_connection = on_connection
         self._factory = connection_factory
         self._retry_always = retry
-        self._retry = QuicRetryTokenHandler()
+        self.keys = keys or EndpointKeys.generate()
+        self._retry = RetryTokens(self.keys.retry)
+        self._new_cid = cid_factory or (lambda: os.urandom(configuration.connection_id_length))
         self.limits = limits or EndpointLimits()
+        self._resets = TokenBucket(self.limits.resets_per_second)
         self._routes: dict[bytes, ConnectionDriver] = {}
         self._drivers: set[ConnectionDriver] = set()
         self._established: set[ConnectionDriver] = set()
@@ -225,7 +376,7 @@ class ServerEndpoint(UdpSender):
         self._per_source: dict[str, int] = {}
         self._expiry: asyncio.TimerHandle | None = None
         self._undecryptable = self._over_limit = self._refused = 0
-        self._evicted = self._retries = 0
+        self._evicted = self._retries = self._resets_sent = 0
         self._loop = asyncio.get_running_loop()
         self._log = RateLimitedLog(log, self.limits.log_interval_s)
         self.ticker = Ticker(self.send_batch, self._loop, planner=planner)
@@ -244,6 +395,7 @@ class ServerEndpoint(UdpSender):
             refused=self._refused,
             evicted=self._evicted,
             retries=self._retries,
+            resets=self._resets_sent,
         )
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
@@ -258,14 +410,14 @@ class ServerEndpoint(UdpSender):
             if driver in self._embryonic:
                 self._check_client_hello(driver)
             return
+        if header.version is None:
+            self._reset(data, header.destination_cid, addr)
+            return
         if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             return  # never answer a VN with a VN (reflection loops)
-        if header.version is not None and len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+        if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return  # RFC 9000 §5.2.2: no client's first datagram is that small, and no VN
-        if (
-            header.version is not None
-            and header.version not in self._configuration.supported_versions
-        ):
+        if header.version not in self._configuration.supported_versions:
             self._send(
                 encode_quic_version_negotiation(
                     source_cid=header.destination_cid,
@@ -309,10 +461,7 @@ class ServerEndpoint(UdpSender):
         if header.token:
             try:
                 original_dcid = self._retry.validate_token(
-                    address=addr,
-                    destination_cid=header.destination_cid,
-                    token=header.token,
-                    now=now,
+                    addr, header.destination_cid, header.token, time.time()
                 )
                 retry_scid = header.destination_cid
             except ValueError:
@@ -434,13 +583,8 @@ class ServerEndpoint(UdpSender):
     ) -> None:
         assert version is not None
         self._retries += 1
-        source_cid = os.urandom(8)
-        token = self._retry.create_token(
-            address=addr,
-            original_destination_connection_id=dcid,
-            retry_source_connection_id=source_cid,
-            now=now,
-        )
+        source_cid = self._new_cid()
+        token = self._retry.create_token(addr, dcid, source_cid, time.time())
         self._send(
             encode_quic_retry(
                 version=version,
@@ -451,6 +595,12 @@ class ServerEndpoint(UdpSender):
             ),
             addr,
         )
+
+    def _reset(self, data: bytes, cid: bytes, addr: NetworkAddress) -> None:
+        reset = stateless_reset(data, self.keys.reset_token(cid))
+        if reset is not None and self._resets.take(self._loop.time()):
+            self._resets_sent += 1
+            self._send(reset, addr)
 
     def _on_event(self, driver: ConnectionDriver, event: object) -> None:
         if isinstance(event, ConnectionIdIssued):
