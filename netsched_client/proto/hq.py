@@ -13,6 +13,8 @@ reset is the only way to fail) followed by `BodyReceived` until FIN.
 
 from __future__ import annotations
 
+import contextlib
+
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
 
@@ -32,34 +34,55 @@ MAX_REQUEST_LINE = 2048
 ERROR_NOT_FOUND = 0x1  # HTTP/0.9 has no status: a failed request is a reset stream
 
 
+def _is_path(path: str) -> bool:
+    """'/' then printable ASCII without blanks, short enough for a request line."""
+    return (
+        path.startswith("/")
+        and path.isascii()
+        and path.isprintable()
+        and not any(c.isspace() for c in path)
+        and len(path) + 6 <= MAX_REQUEST_LINE
+    )
+
+
 def request_line(path: str) -> bytes:
     """`GET <path>\\r\\n`; ValueError for a path that cannot stand in a request line."""
-    if (
-        not path.startswith("/")
-        or not path.isascii()
-        or any(c.isspace() or not c.isprintable() for c in path)
-        or len(path) + 6 > MAX_REQUEST_LINE
-    ):
+    if not _is_path(path):
         raise ValueError(f"meta['path'] must be '/' + printable ASCII without spaces, got {path!r}")
     return f"GET {path}\r\n".encode("ascii")
 
 
 def parse_request_line(line: bytes) -> str | None:
-    """The path of `GET /path`, or None when the line is not a valid request."""
+    """The path of `GET /path`, or None when the line is not a valid request.
+
+    A valid path is one `request_line` accepts: control characters (a NUL
+    would reach the file system) and over-long lines are refused.
+    """
+    if len(line) > MAX_REQUEST_LINE:
+        return None
     parts = line.strip().split(b" ")
-    if len(parts) != 2 or parts[0] != b"GET" or not parts[1].startswith(b"/"):
+    if len(parts) != 2 or parts[0] != b"GET":
         return None
-    try:
-        return parts[1].decode("ascii")
-    except UnicodeDecodeError:
-        return None
+    path = parts[1].decode("latin-1")
+    return path if _is_path(path) else None
 
 
 class HQProtocol:
-    def __init__(self, quic: QuicConnection) -> None:
+    """HTTP/0.9 on QUIC streams; a request line longer than `max_header_bytes` is refused.
+
+    The bound is also never above `MAX_REQUEST_LINE`, what the interop runner needs.
+    """
+
+    def __init__(self, quic: QuicConnection, *, max_header_bytes: int = MAX_REQUEST_LINE) -> None:
+        if max_header_bytes < 1:
+            raise ValueError(f"max_header_bytes must be positive (got {max_header_bytes})")
         self._quic = quic
+        self._max_line = min(max_header_bytes, MAX_REQUEST_LINE)
         self._pending: dict[int, bytes] = {}
         self._aborted: set[int] = set()
+        # Server: streams refused before the runtime saw a request, forgotten once the
+        # peer has finished sending on them.
+        self._answered: set[int] = set()
         self._served: set[int] = set()
         self._requested: set[int] = set()  # client: streams awaiting the first response byte
         self._receiving: set[int] = set()  # client: streams whose response body is arriving
@@ -116,6 +139,7 @@ class HQProtocol:
         self._requested.discard(stream_id)
         self._receiving.discard(stream_id)
         self._pending.pop(stream_id, None)
+        self._answered.discard(stream_id)
 
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]:
         if isinstance(event, StopSendingReceived) and self._quic.configuration.is_client:
@@ -123,15 +147,25 @@ class HQProtocol:
             # client must not discard it (RFC 9114 §4.1). aioquic reset our sending side.
             return []
         if isinstance(event, StreamReset | StopSendingReceived):
+            if isinstance(event, StreamReset) and event.stream_id in self._answered:
+                self.forget(event.stream_id)
+                return []
             if event.stream_id in self._aborted:
                 return []
             self._aborted.add(event.stream_id)
             return [StreamAborted(event.stream_id, event.error_code, "reset by peer")]
-        if not isinstance(event, StreamDataReceived) or event.stream_id in self._aborted:
+        if not isinstance(event, StreamDataReceived):
+            return []
+        if event.stream_id in self._aborted:
+            if event.end_stream and event.stream_id in self._answered:
+                self.forget(event.stream_id)
             return []
         if self._quic.configuration.is_client:
             return self._on_response_data(event.stream_id, event.data, event.end_stream)
-        return self._on_data(event.stream_id, event.data, event.end_stream)
+        events = self._on_data(event.stream_id, event.data, event.end_stream)
+        if event.end_stream and event.stream_id in self._answered:
+            self.forget(event.stream_id)
+        return events
 
     def _on_response_data(self, stream_id: int, data: bytes, end: bool) -> list[ProtocolEvent]:
         """Client: the first bytes (or a bare FIN) on a requested stream are a 200 response."""
@@ -151,19 +185,32 @@ class HQProtocol:
     def _on_data(self, stream_id: int, data: bytes, end: bool) -> list[ProtocolEvent]:
         if stream_id in self._served:
             return []
-        buffered = self._pending.get(stream_id, b"") + data
-        if b"\n" not in buffered and not end:
-            if len(buffered) > MAX_REQUEST_LINE:
-                self.abort(stream_id)
-                return [StreamAborted(stream_id, ERROR_NOT_FOUND, "request line too long")]
-            self._pending[stream_id] = buffered
-            return []
+        pending = self._pending.get(stream_id, b"")
+        # Look for the end of the line only as far as the bound, so nothing longer is kept.
+        newline = data.find(b"\n", 0, self._max_line + 1 - len(pending))
+        if newline < 0:
+            if len(pending) + len(data) > self._max_line:
+                return self._refuse(stream_id, "request line too long")
+            line = pending + data
+            if not end:
+                self._pending[stream_id] = line
+                return []
+        else:
+            line = pending + data[:newline]
         self._pending.pop(stream_id, None)
-        path = parse_request_line(buffered.split(b"\n", 1)[0])
+        path = parse_request_line(line)
         if path is None:
-            self.abort(stream_id)
-            return [StreamAborted(stream_id, ERROR_NOT_FOUND, "malformed HTTP/0.9 request")]
+            return self._refuse(stream_id, "malformed HTTP/0.9 request")
         self._served.add(stream_id)  # later bytes on this stream are not requests
         # Streaming: files go out as they are read, never whole in memory.
         head = RequestHead(service=SERVICE, streaming=True, meta={"method": "GET", "path": path})
         return [RequestReceived(stream_id, head), BodyReceived(stream_id, b"", True)]
+
+    def _refuse(self, stream_id: int, reason: str) -> list[ProtocolEvent]:
+        """Reset the stream and stop reading it; the runtime hears of no request on it."""
+        self._pending.pop(stream_id, None)
+        self.abort(stream_id)
+        with contextlib.suppress(ValueError):  # its receiving side is already done
+            self._quic.stop_stream(stream_id, ERROR_NOT_FOUND)
+        self._answered.add(stream_id)
+        return [StreamAborted(stream_id, ERROR_NOT_FOUND, reason)]
