@@ -70,6 +70,15 @@ class EdgeMetrics:
             ["by"],
             registry=self.registry,
         )
+        self.datagrams_dropped = Counter(
+            "netsched_edge_datagrams_dropped_total",
+            "QUIC DATAGRAMs not relayed (datagrams.py), by reason: to backends (no_backend, "
+            "too_many_flows, opening, open_error, bad_request), replies to clients (oversized: "
+            "larger than the connection can send; stale: queued over 1 s; queue_full: "
+            "limits.max_datagram_queue replies already waiting).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.forwarders = ForwarderCollector()
         self.registry.register(self.forwarders)
         # Every multipath connection's scheduler adds its decisions here (by reason).

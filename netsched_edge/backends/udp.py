@@ -18,6 +18,7 @@ from netsched_edge.backends.base import (
     collect,
     iter_chunks,
 )
+from netsched_edge.forwarder.flows import default_fd_reserve, nofile_limit
 
 MAX_UDP_PAYLOAD = 65507
 HEALTH_PROBE = b"\x00netsched-health"
@@ -113,8 +114,20 @@ class UDPBackend(Backend):
         return True
 
     async def open_flow(self, on_reply: Callable[[bytes], None]) -> UDPFlow:
-        """A new flow whose reply datagrams are passed to `on_reply`."""
-        _, flow = await self._open(lambda: UDPFlow(on_reply, self.max_datagram))
+        """A new flow whose reply datagrams are passed to `on_reply`.
+
+        A flow lives long, so it may not take one of the descriptors the edge keeps
+        for everything else (the UDP forwarder's reserve, forwarder/flows.py).
+        """
+        transport, flow = await self._open(lambda: UDPFlow(on_reply, self.max_datagram))
+        sock = transport.get_extra_info("socket")
+        nofile = nofile_limit()
+        if sock is not None and sock.fileno() >= nofile - default_fd_reserve(nofile):
+            transport.close()
+            raise BackendUnavailable(
+                f"udp backend {self.name!r}: no flow, file descriptors are short "
+                f"(RLIMIT_NOFILE {nofile})"
+            )
         return flow
 
     async def _round_trip(self, payload: bytes, timeout: float) -> bytes:
