@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
-from aioquic.buffer import Buffer
-from aioquic.h3.connection import ErrorCode, H3Connection, Setting
+from aioquic.buffer import Buffer, encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, Setting, encode_frame
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.h3.exceptions import H3Error
 from aioquic.quic.connection import QuicConnection
@@ -287,6 +287,14 @@ class _BoundedH3Connection(H3Connection):
         settings[Setting.MAX_FIELD_SECTION_SIZE] = self._max_field_section_size
         return settings
 
+    def send_goaway(self, stream_id: int) -> bool:
+        """Write GOAWAY (RFC 9114 §5.2) on our control stream; False before it exists."""
+        if self._local_control_stream_id is None:
+            return False
+        frame = encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id))
+        self._quic.send_stream_data(self._local_control_stream_id, frame)
+        return True
+
     def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> Headers:
         if frame_data is not None:
             lines = count_field_lines(frame_data, MAX_FIELD_LINES)
@@ -351,6 +359,13 @@ class H3Protocol:
 
     def send_datagram(self, service: str, payload: bytes) -> None:
         raise NegotiationError("datagrams need ALPN netsched/1; this connection uses h3")
+
+    def send_goaway(self, stream_id: int) -> bool:
+        """HTTP/3 GOAWAY (RFC 9114 §5.2): requests on `stream_id` and above will not be served.
+
+        False when the HTTP/3 control stream is not open yet (nothing was sent).
+        """
+        return self._h3.send_goaway(stream_id)
 
     def abort(self, stream_id: int, error_code: int = 0x10C) -> None:  # H3_REQUEST_CANCELLED
         if stream_id in self._aborted:

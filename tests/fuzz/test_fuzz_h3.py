@@ -23,7 +23,7 @@ import pytest
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from aioquic.h3.connection import ErrorCode, H3Connection, Setting
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import StopSendingReceived, StreamReset
+from aioquic.quic.events import StopSendingReceived, StreamDataReceived, StreamReset
 from fuzz_support import SLOS, TARGETS, fuzz_settings, holds_contract, mutate
 from hypothesis import given
 from hypothesis import strategies as st
@@ -366,3 +366,16 @@ def test_a_qpack_bomb_is_refused_before_it_is_decoded(certificate: CertificatePa
     _, fine = pylsqpack.Encoder().encode(4, h3.request_headers(RequestHead("api"), "x"))
     exchange.send(4, [_frame(0x1, len(fine), fine)], end=True)
     assert isinstance(exchange.events[-2], RequestReceived)
+
+
+def test_goaway_goes_on_the_control_stream(certificate: CertificatePair) -> None:
+    exchange = Exchange(certificate, client_h3=False)
+    assert exchange.server.send_goaway(8)
+    exchange.pair.flush()
+    control = b"".join(
+        e.data
+        for e in events_of(exchange.pair.client)
+        if isinstance(e, StreamDataReceived) and e.stream_id == 3  # the server's first uni stream
+    )
+    assert control.startswith(b"\x00")  # stream type: control
+    assert control.endswith(_frame(0x7, 1, b"\x08"))  # GOAWAY(8) after SETTINGS
