@@ -43,6 +43,13 @@ class ConnectionLost(NetSchedError):
     error_code: int | None = None  # QUIC close code, when the peer or stack gave one
 
 
+class EdgeGoingAway(ConnectionLost):
+    """The edge is draining this connection (GOAWAY): the request was not processed.
+
+    Send it again on a new connection; requests already under way finish.
+    """
+
+
 class RequestError(NetSchedError):
     """The edge answered a request with a non-success status."""
 

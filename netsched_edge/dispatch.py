@@ -37,6 +37,8 @@ from .pool import ServicePool
 
 log = logging.getLogger("netsched.edge.dispatch")
 
+# How often a pool replaced by a reload looks whether its requests have finished.
+RETIRE_POLL_S = 0.1
 TOO_EARLY = 425  # RFC 8470 §5.2: the backend refuses a request sent in early data
 
 
@@ -86,23 +88,49 @@ class Dispatcher:
         self.config = config
         self.metrics = metrics or EdgeMetrics()
         self._clock = clock or asyncio.get_running_loop().time
-        rng = rng or random.Random()
-        self.pools = {
-            svc.name: ServicePool(
-                svc,
-                {b.name: make_backend(b, svc.health) for b in svc.backends},
-                rng=rng,
-                queue_limit=svc.max_queue,
-                clock=self._clock,
-            )
-            for svc in _services(config)
-        }
+        self._rng = rng or random.Random()
+        self.pools = {svc.name: self._pool(svc) for svc in _services(config)}
+        self._started = False
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _pool(self, svc: ServiceConfig) -> ServicePool:
+        return ServicePool(
+            svc,
+            {b.name: make_backend(b, svc.health) for b in svc.backends},
+            rng=self._rng,
+            queue_limit=svc.max_queue,
+            clock=self._clock,
+        )
 
     def start(self) -> None:
+        self._started = True
         for pool in self.pools.values():
             pool.start_health_checks()
 
+    def reload(self, config: EdgeConfig, *, keep: frozenset[str] = frozenset()) -> None:
+        """Serve by `config` from now on. A service whose configuration is unchanged (or
+        named in `keep`) keeps its pool, slots and health; a changed one gets a new pool,
+        and the old pool closes once its requests under way have finished."""
+        pools: dict[str, ServicePool] = {}
+        for svc in _services(config):
+            current = self.pools.get(svc.name)
+            if current is not None and (current.config == svc or svc.name in keep):
+                pools[svc.name] = current
+                continue
+            pools[svc.name] = self._pool(svc)
+            if self._started:
+                pools[svc.name].start_health_checks()
+        retired = [pool for name, pool in self.pools.items() if pools.get(name) is not pool]
+        self.config, self.pools = config, pools
+        for pool in retired:
+            task = asyncio.create_task(_retire(pool))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for pool in self.pools.values():
             await pool.close()
 
@@ -343,6 +371,15 @@ class SlotBody(AsyncIterator[bytes]):
         # The slot first, synchronously: the close below may be interrupted.
         self._release(ok=None)
         await aclose_body(self._body)
+
+
+async def _retire(pool: ServicePool) -> None:
+    """Close a pool replaced by a reload once its last request gave its slot back."""
+    try:
+        while any(slot.in_flight for slot in pool.slots):
+            await asyncio.sleep(RETIRE_POLL_S)
+    finally:
+        await pool.close()
 
 
 def _services(config: EdgeConfig) -> tuple[ServiceConfig, ...]:

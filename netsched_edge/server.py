@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aioquic import tls
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer, encode_uint_var
+from aioquic.h3.connection import FrameType, encode_frame
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicReceiveContext
 from aioquic.quic.events import (
@@ -77,7 +78,7 @@ from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, IncomingRequest, Outcome
 from .planner_metrics import PlannerCollector
-from .tls import enable_hello_retry, generate_self_signed
+from .tls import CertificatePair, enable_hello_retry, generate_self_signed
 from .udp_front import UdpFront
 from .workers import ReuseportSteering, WorkerIdentity
 
@@ -107,8 +108,12 @@ MAX_QUEUED_CHUNKS = 1024
 SEND_BUFFER_POLL_S = 0.005
 SEND_BUFFER_POLL_MAX_S = 0.2
 
-# RFC 9114 §8.1: the stream could not be completed (a backend broke mid-response).
+# RFC 9114 §8.1: the stream could not be completed (a backend broke mid-response);
+# the request was not processed (refused after GOAWAY, safe to retry elsewhere).
 H3_INTERNAL_ERROR = 0x102
+H3_REQUEST_REJECTED = 0x10B
+# How often a drain looks whether the requests under way have finished.
+DRAIN_POLL_S = 0.02
 
 # Tickets an edge process keeps (about 1.5 kB each in memory); beyond, the oldest go.
 TICKET_CACHE_SIZE = 10_000
@@ -283,6 +288,7 @@ class EdgeConnection:
         # the number of streams the client may open (QUIC stream limits).
         self._heads_due: dict[int, asyncio.TimerHandle] = {}
         self._handshake_done = asyncio.Event()  # what a 425 Too Early waits for
+        self._goaway: int | None = None  # draining: the first stream ID refused
         self._last_stream_seen = -1
         driver.add_event_handler(self._on_quic_event)
 
@@ -355,7 +361,40 @@ class EdgeConnection:
         elif isinstance(event, DatagramReceived) and self._relay is not None:
             self._relay.on_datagram(event.service, event.payload)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests begun and not yet finished (held 0-RTT ones included)."""
+        return len(self._requests)
+
+    def go_away(self) -> None:
+        """Drain: finish the requests begun, refuse later ones, and tell the client.
+
+        h3: a GOAWAY frame; netsched/1: our GOAWAY control message (the SDK stops
+        opening requests here); hq-interop has neither, its requests just finish.
+        """
+        if self._goaway is not None:
+            return
+        # Streams open in order: everything past the last one seen is new.
+        self._goaway = self._last_stream_seen + 4
+        if isinstance(self._proto, native.NetSchedProtocol):
+            self._proto.send_goaway(self._goaway)
+        elif isinstance(self._proto, h3proto.H3Protocol):
+            send_h3_goaway(self._driver.quic, self._proto, self._goaway)
+        self._driver.schedule_transmit()
+
+    def _refused(self, stream_id: int) -> bool:
+        """A request past the GOAWAY: reset unprocessed, the client may send it elsewhere."""
+        if self._goaway is None or stream_id < self._goaway or self._proto is None:
+            return False
+        self._edge.dispatcher.metrics.rejected.labels("refused").inc()
+        self._proto.abort(stream_id, _refused_code(self._proto))
+        self._proto.forget(stream_id)
+        self._driver.schedule_transmit()
+        return True
+
     def _start_request(self, stream_id: int, head: RequestHead) -> None:
+        if self._refused(stream_id):
+            return
         request = self._requests[stream_id] = _Request()
         slo = self._effective_slo(head.slo)
         received_at = asyncio.get_running_loop().time()
@@ -532,6 +571,28 @@ class EdgeConnection:
             self._relay.close()
 
 
+def _refused_code(proto: _AppProtocol) -> int:
+    """The reset code of a request refused unprocessed during a drain."""
+    if isinstance(proto, h3proto.H3Protocol):
+        return H3_REQUEST_REJECTED
+    return native.ERROR_REFUSED  # hq-interop defines no codes; the reset itself says it
+
+
+def send_h3_goaway(quic: QuicConnection, proto: h3proto.H3Protocol, stream_id: int) -> None:
+    """Write an HTTP/3 GOAWAY frame (RFC 9114 §5.2) on our control stream.
+
+    aioquic (pinned 1.7.2) has no GOAWAY API: the frame goes on the control stream
+    aioquic's H3Connection opened, whose ID only its private attribute knows.
+    These two private reads belong in H3Protocol (proto/h3.py) as `send_goaway`.
+    """
+    h3 = proto._h3
+    control = h3._local_control_stream_id
+    if control is None:
+        return  # no control stream yet: the connection has not started HTTP/3
+    frame = encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id))
+    quic.send_stream_data(control, frame)
+
+
 def _internal_error_code(proto: _AppProtocol) -> int:
     """The application error code that resets a stream the edge could not complete."""
     if isinstance(proto, h3proto.H3Protocol):
@@ -594,6 +655,9 @@ class EdgeServer:
         self._endpoint: ServerEndpoint | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._generated_ca: Path | None = None
+        self._generated: CertificatePair | None = None  # when no certificate is configured
+        self._configuration: QuicConfiguration | None = None  # shared by new connections
+        self.draining = False
         self.connections: set[EdgeConnection] = set()
         self.udp_fronts: dict[str, UdpFront] = {}
         self._admin = AdminServer(self.dispatcher.metrics.exposition, self.ready)
@@ -641,24 +705,28 @@ class EdgeServer:
         return self._generated_ca
 
     def _quic_configuration(self) -> QuicConfiguration:
-        configuration = QuicConfiguration(
-            is_client=False,
-            alpn_protocols=list(self.config.alpn),
-            idle_timeout=self.config.idle_timeout_s,
-            max_datagram_frame_size=65536,
-            cipher_suites=cipher_suites(self.config.cipher_suites),
-        )
-        cert, key = self.config.certificate, self.config.private_key
-        if cert is None or key is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="netsched-edge-")
-            pair = generate_self_signed(Path(self._tmp.name))
-            cert, key, self._generated_ca = pair.certificate, pair.private_key, pair.ca_certificate
-        configuration.load_cert_chain(cert, key)
+        configuration = QuicConfiguration(is_client=False, max_datagram_frame_size=65536)
+        self._configure_tls(configuration, self.config)
         enable_debug_logs(configuration)
         return configuration
 
+    def _configure_tls(self, configuration: QuicConfiguration, config: EdgeConfig) -> None:
+        """What new connections take from the configuration (in place: the endpoint's
+        connection factory holds this object)."""
+        configuration.alpn_protocols = list(config.alpn)
+        configuration.idle_timeout = config.idle_timeout_s
+        configuration.cipher_suites = cipher_suites(config.cipher_suites)
+        cert, key = config.certificate, config.private_key
+        if cert is None or key is None:
+            if self._generated is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="netsched-edge-")
+                self._generated = generate_self_signed(Path(self._tmp.name))
+                self._generated_ca = self._generated.ca_certificate
+            cert, key = self._generated.certificate, self._generated.private_key
+        configuration.load_cert_chain(cert, key)
+
     async def start(self) -> None:
-        configuration = self._quic_configuration()
+        configuration = self._configuration = self._quic_configuration()
         self.dispatcher.start()
 
         def endpoint_factory() -> ServerEndpoint:
@@ -716,7 +784,54 @@ class EdgeServer:
             ", ".join(self.config.alpn),
         )
 
+    async def drain(self, timeout_s: float) -> None:
+        """Graceful shutdown: refuse new connections and requests, let the requests under
+        way finish for up to `timeout_s`, then close every connection (NO_ERROR).
+
+        Each connection is told: GOAWAY on h3, our GOAWAY on netsched/1 (the SDK then
+        opens no request on it), nothing on hq-interop. Requests still running at the
+        timeout end with their connection (their backend slots go back).
+        """
+        self.draining = True
+        for connection in list(self.connections):
+            connection.go_away()
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + timeout_s
+        while self.in_flight() and loop.time() < give_up_at:
+            await asyncio.sleep(min(DRAIN_POLL_S, max(0.0, give_up_at - loop.time())))
+        if self._endpoint is not None:
+            self._endpoint.close_all(error_code=QuicErrorCode.NO_ERROR, reason="edge drained")
+        await asyncio.sleep(0)  # the tasks of cancelled requests release their slots
+
+    def in_flight(self) -> int:
+        """Requests under way over all connections."""
+        return sum(connection.in_flight for connection in self.connections)
+
+    def reload(self, config: EdgeConfig) -> None:
+        """Apply a new (validated) configuration without dropping a connection.
+
+        Services, backends and limits apply to requests from now on (a service whose
+        configuration changed gets a new pool; the old one finishes its requests,
+        then closes); the certificate, ALPN list, idle timeout and cipher suites
+        apply to new connections. Read once at start, and kept: the listening
+        address, retry, multipath, FEC, session tickets and whether 0-RTT is accepted
+        at all (early_data "off" versus not), and UDP fronts (udp_listen).
+        """
+        self.config = config
+        # A UDP front holds its pool and socket: those services keep theirs.
+        self.dispatcher.reload(config, keep=frozenset(self.udp_fronts))
+        if self._configuration is not None:
+            self._configure_tls(self._configuration, config)
+        log.info("configuration reloaded from %s", config.source)
+
     def _on_connection(self, driver: ConnectionDriver) -> None:
+        if self.draining:
+            # Let the first flight be read, so that the refusal reaches the client
+            # (a connection that heard nothing closes silently).
+            asyncio.get_running_loop().call_soon(
+                driver.close, QuicErrorCode.CONNECTION_REFUSED, "edge draining"
+            )
+            return
         connection = EdgeConnection(driver, self)
         self.connections.add(connection)
         driver.add_event_handler(

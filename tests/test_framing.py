@@ -17,11 +17,14 @@ from hypothesis import strategies as st
 from netsched_client.errors import FramingError, SLOError
 from netsched_client.proto.framing import (
     MAX_HEAD_BYTES,
+    ControlReader,
+    Goaway,
     HeadReader,
     RequestHead,
     ResponseHead,
     decode_datagram,
     encode_datagram,
+    encode_goaway,
     encode_request_head,
     encode_response_head,
 )
@@ -131,6 +134,11 @@ VECTORS: dict[str, tuple[object, Callable[[], bytes], Callable[[bytes], object]]
         ("voice", b"\xde\xad\xbe\xef"),
         lambda: encode_datagram("voice", b"\xde\xad\xbe\xef"),
         decode_datagram,
+    ),
+    "goaway": (
+        [Goaway(8)],
+        lambda: encode_goaway(Goaway(8)),
+        lambda data: ControlReader().feed(data),
     ),
 }
 

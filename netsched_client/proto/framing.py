@@ -3,7 +3,9 @@
 A request is one client-initiated bidirectional QUIC stream: a HEAD, then raw
 body bytes until FIN. The response on the same stream is a HEAD, then body bytes
 until FIN. A HEAD is a QUIC variable-length integer (RFC 9000 §16) giving the
-size of the msgpack map that follows; docs/PROTOCOL.md lists the keys.
+size of the msgpack map that follows; docs/PROTOCOL.md lists the keys. The
+edge's control messages (GOAWAY) travel on a server-initiated unidirectional
+stream, each framed like a HEAD.
 
 Decoding is strict about the keys it knows, ignores the keys it does not (so a
 later version can add some), and never allocates more than the head limit. A
@@ -318,6 +320,86 @@ class HeadReader(Generic[HeadT]):
                 f"{self._kind} head: length {size} exceeds the limit of {self._limit} bytes"
             )
         return size
+
+
+# -- control stream (docs/PROTOCOL.md §4.5) --------------------------------------
+
+# A client request stream ID: bidirectional and client-initiated (RFC 9000 §2.1).
+_MAX_STREAM_ID: Final = (1 << 62) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Goaway:
+    """The edge drains the connection: requests on streams below `stream_id` are served,
+    the others are refused (reset with ERROR_REFUSED) and may be sent on a new connection."""
+
+    stream_id: int
+
+    def __post_init__(self) -> None:
+        if not (is_int(self.stream_id) and 0 <= self.stream_id <= _MAX_STREAM_ID):
+            raise _fail(
+                "goaway.stream_id", f"must be an int in 0..{_MAX_STREAM_ID}", self.stream_id
+            )
+        if self.stream_id % 4 != 0:
+            raise _fail(
+                "goaway.stream_id", "must be a client bidirectional stream ID", self.stream_id
+            )
+
+
+def encode_goaway(goaway: Goaway) -> bytes:
+    payload = bytes(msgpack.packb({"v": HEAD_VERSION, "ga": goaway.stream_id}))
+    return encode_uint_var(len(payload)) + payload
+
+
+def _decode_control(payload: bytes) -> Goaway | None:
+    """One control message: a Goaway, or None for a kind this peer does not know."""
+    wire = unpack_bounded(payload, len(payload), FramingError, "control message")
+    if not isinstance(wire, dict):
+        raise _fail("control message", "must be a msgpack map", wire)
+    if wire.get("v") != HEAD_VERSION or not is_int(wire.get("v")):
+        raise _fail("control message", f"version must be {HEAD_VERSION}", wire.get("v"))
+    if "ga" not in wire:
+        return None  # a later kind of message: ignored, as unknown head keys are
+    return Goaway(wire["ga"])
+
+
+class ControlReader:
+    """The messages of the edge's control stream, fed in chunks of any size.
+
+    Each message is framed as a HEAD (varint length, then a msgpack map of at most
+    MAX_HEAD_BYTES). `feed()` returns the messages completed by `data`; a
+    malformed one raises FramingError and the reader is spent.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Goaway]:
+        self._buffer += data
+        messages: list[Goaway] = []
+        while (message := self._next()) is not None:
+            if isinstance(message, Goaway):
+                messages.append(message)
+        return messages
+
+    def _next(self) -> Goaway | bool | None:
+        """The next whole message (False: of an unknown kind), None when incomplete."""
+        if not self._buffer:
+            return None
+        prefix = _varint_size(self._buffer[0])
+        if len(self._buffer) < prefix:
+            return None
+        size = int.from_bytes(self._buffer[:prefix], "big") & ((1 << (8 * prefix - 2)) - 1)
+        if not 0 < size <= MAX_HEAD_BYTES:
+            raise _fail("control message", f"length must be 1..{MAX_HEAD_BYTES}", size)
+        if len(self._buffer) < prefix + size:
+            return None
+        payload = bytes(self._buffer[prefix : prefix + size])
+        del self._buffer[: prefix + size]
+        message = _decode_control(payload)
+        return False if message is None else message
 
 
 def encode_datagram(service: str, payload: bytes) -> bytes:

@@ -9,7 +9,7 @@ Driving contract:
    on the returned protocol events in order.
 2. Client: `send_request()` then `send_body()` (any number, last one with
    `end_stream=True`). Server: `send_response()` then `send_body()`.
-3. `send_datagram()` and `abort()` at any time.
+3. `send_datagram()` and `abort()` at any time; server: `send_goaway()` to drain.
 After any call, the runtime transmits the QUIC connection's datagrams.
 
 Per stream: the first bytes are a HEAD, everything after it up to FIN is body.
@@ -43,11 +43,14 @@ from .events import (
     StreamAborted,
 )
 from .framing import (
+    ControlReader,
+    Goaway,
     HeadReader,
     RequestHead,
     ResponseHead,
     decode_datagram,
     encode_datagram,
+    encode_goaway,
     encode_request_head,
     encode_response_head,
 )
@@ -58,6 +61,20 @@ ALPN = "netsched/1"
 ERROR_CANCELLED = 0x0
 ERROR_MALFORMED = 0x1
 ERROR_INTERNAL = 0x2
+# 0x3: a missed deadline (send_order.ERROR_DEADLINE)
+ERROR_REFUSED = 0x4  # after GOAWAY: not processed, safe to send again elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class GoawayReceived(ProtocolEvent):
+    """Client side: the edge drains this connection (docs/PROTOCOL.md §4.5). Requests
+    on streams below `stream_id` are served; later ones are refused (ERROR_REFUSED)."""
+
+    stream_id: int
+
+
+def _is_server_uni(stream_id: int) -> bool:
+    return stream_id & 0x3 == 0x3
 
 
 @dataclass(slots=True)
@@ -76,6 +93,7 @@ class NetSchedProtocol:
         self._quic = quic
         self._is_client = quic.configuration.is_client
         self._streams: dict[int, _StreamState] = {}
+        self._control: ControlReader | None = ControlReader()  # None: malformed, ignored
         self.datagrams_dropped = 0
 
     # -- sending ---------------------------------------------------------
@@ -107,6 +125,15 @@ class NetSchedProtocol:
     def send_datagram(self, service: str, payload: bytes) -> None:
         self._quic.send_datagram_frame(encode_datagram(service, payload))
 
+    def send_goaway(self, stream_id: int) -> None:
+        """Server: announce a drain; requests on streams from `stream_id` on will be refused.
+
+        Sent on a unidirectional stream of its own (clients that predate it ignore
+        such streams), then FIN: a drain is announced once.
+        """
+        control = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        self._quic.send_stream_data(control, encode_goaway(Goaway(stream_id)), end_stream=True)
+
     def abort(self, stream_id: int, error_code: int = ERROR_CANCELLED) -> None:
         """Reset our side of the stream and ask the peer to stop sending."""
         state = self._streams.get(stream_id)
@@ -134,6 +161,8 @@ class NetSchedProtocol:
         return []
 
     def _on_stream_data(self, event: StreamDataReceived) -> list[ProtocolEvent]:
+        if self._is_client and _is_server_uni(event.stream_id):
+            return self._on_control(event.data)
         state = self._streams.get(event.stream_id)
         if state is None:
             if self._is_client:
@@ -188,6 +217,18 @@ class NetSchedProtocol:
             return []
         state.aborted = True
         return [StreamAborted(stream_id, error_code, "reset by peer")]
+
+    def _on_control(self, data: bytes) -> list[ProtocolEvent]:
+        if self._control is None:
+            return []
+        try:
+            messages = self._control.feed(data)
+        except FramingError:
+            # A broken control stream costs the drain notice, not the connection:
+            # refused requests still come back reset with ERROR_REFUSED.
+            self._control = None
+            return []
+        return [GoawayReceived(message.stream_id) for message in messages]
 
     def _on_datagram(self, data: bytes) -> list[ProtocolEvent]:
         try:

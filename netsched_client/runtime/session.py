@@ -33,6 +33,7 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEv
 from ..errors import (
     ConnectionLost,
     DeadlineExceeded,
+    EdgeGoingAway,
     NegotiationError,
     NetSchedError,
     ResponseTruncated,
@@ -181,9 +182,16 @@ class Stream:
         self._chunks.put_nowait(exc)
 
 
+# Reset codes that mean "not processed, the edge is going away": netsched/1's
+# ERROR_REFUSED and HTTP/3's H3_REQUEST_REJECTED (RFC 9114 §8.1).
+_REFUSED_CODES = frozenset({native.ERROR_REFUSED, 0x10B})
+
+
 def _abort_error(event: StreamAborted, *, after_head: bool) -> NetSchedError:
     if event.error_code == ERROR_DEADLINE:
         return DeadlineExceeded("the edge dropped the response: its deadline passed in transit")
+    if event.error_code in _REFUSED_CODES and not after_head:
+        return EdgeGoingAway(f"stream {event.stream_id}: refused, the edge is draining")
     if after_head:
         # The head said success, but the body stopped short: never a short "success".
         return ResponseTruncated(
@@ -327,6 +335,7 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._datagrams: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1024)
         self._lost: ConnectionLost | None = None
+        self._goaway: EdgeGoingAway | None = None  # the edge drains: no new requests here
         self._handshake = handshake
         # A 0-RTT session may never see its handshake's outcome asked for.
         handshake.add_done_callback(_retrieve)
@@ -511,6 +520,12 @@ class Session:
         return self._lost is not None
 
     @property
+    def going_away(self) -> bool:
+        """The edge sent GOAWAY: requests under way finish, new ones raise `EdgeGoingAway`
+        (open a new session for them)."""
+        return self._goaway is not None
+
+    @property
     def fec_enabled(self) -> bool:
         """Whether both ends negotiated FEC (the session was opened with `fec=`)."""
         quic = self._driver.quic
@@ -562,6 +577,8 @@ class Session:
         fec: FecOverride | None = None,
     ) -> Stream:
         self._check_open()
+        if self._goaway is not None:
+            raise self._goaway
         head = RequestHead(service=service, slo=slo, streaming=streaming, meta=dict(meta or {}))
         stream_id = self._proto.send_request(head, payload, end_stream=not streaming)
         deadline_ms = self._effective(slo).deadline_ms
@@ -635,6 +652,9 @@ class Session:
             self._dispatch(pevent)
 
     def _dispatch(self, event: ProtocolEvent) -> None:
+        if isinstance(event, native.GoawayReceived):
+            self._on_goaway(event.stream_id)
+            return
         if isinstance(event, DatagramReceived):
             if not self._datagrams.full():
                 self._datagrams.put_nowait((event.service, event.payload))
@@ -654,6 +674,15 @@ class Session:
         else:
             stream._fail(_abort_error(event, after_head=stream.head_received))
             self._streams.pop(event.stream_id, None)
+
+    def _on_goaway(self, first_refused: int) -> None:
+        """Finish the requests below `first_refused`; fail the others now (the edge resets
+        them unprocessed) and every later one, so the caller opens a new connection."""
+        self._goaway = EdgeGoingAway("the edge is draining this connection; open a new one")
+        for stream_id in [sid for sid in self._streams if sid >= first_refused]:
+            self._streams.pop(stream_id)._fail(
+                EdgeGoingAway(f"stream {stream_id}: refused, the edge is draining")
+            )
 
     def _on_handshake(self, event: HandshakeCompleted) -> None:
         self._resumed = event.session_resumed
