@@ -161,7 +161,7 @@ class EdgeConfig:
     multipath: bool = True  # offer draft-ietf-quic-multipath-21 (initial_max_path_id)
     # How a multipath connection spreads data over its paths: "lowest-rtt" (fill the
     # fastest path's window first) or "deadline" (by expected arrival, deadline and loss).
-    scheduler: str = "lowest-rtt"
+    scheduler: str = "deadline"
     max_path_id: int = 3  # paths per connection - 1 that a client may open
     fec: bool = True  # offer FEC (netsched_fec); repairs per request from its SLO (docs/FEC.md)
     # The edge's own send budget over all connections, planned by deadline (None: the

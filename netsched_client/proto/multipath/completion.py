@@ -10,20 +10,20 @@ Once per round of flushes, the stream data waiting to be sent (`Backlog`, in
 the connection's send order: earliest deadline, then urgency) is handed out,
 in quanta, to the path with the earliest expected arrival for it:
 
-    arrival(p, x) = now + (max(0, in_flight - cwnd) + queued + x) / rate
+    arrival(p, x) = now + max(0, in_flight + queued + x - rate * rtt) / rate
                     + rtt / 2 + loss * retransmit_rtts * rtt
 
-the time the path needs to send it behind what it was already given (paced,
-or clocked by ACKs once its window is full, at rate = cwnd / rtt, or what the
-path measurably delivered if that is less: a window that never fills says
-nothing of capacity), plus one way, plus the expected cost of a retransmission at the
-path's recent loss rate. Data with a deadline rides only paths that reach it
-in time when one does (a path still recovering from a stall does not count:
-hysteresis), and waits for the fast path on purpose when the slow one would
-deliver later; data no path can deliver in time stays with the fastest path
-(the send order resets it at its deadline). Deadline-free data goes wherever
-it arrives first, so a backlog spreads over every path and its tail stays on
-the fast one.
+the time the path needs to send it behind what it was already given: nothing
+while it fits in what the path carries per RTT; beyond that, clocked out by
+ACKs at rate = cwnd / rtt, or what the path measurably delivered while busy if
+that is less (a window that never fills says nothing of capacity); plus one
+way, plus the expected cost of a retransmission at the path's recent loss rate.
+Data with a deadline rides only paths that reach it in time when one does (a
+path still recovering from a stall does not count: hysteresis), and waits for
+the fast path on purpose when the slow one would deliver later; data no path
+can deliver in time stays with the fastest path (the send order resets it at
+its deadline). Deadline-free data goes wherever it arrives first, so a backlog
+spreads over every path and its tail stays on the fast one.
 
 The hand-out stops once every path has been given more than its window has
 room for: later data cannot leave in this round anyway. What each path was
@@ -65,9 +65,11 @@ class PathView:
         """When `queued` more bytes sent on this path this round would have arrived."""
         window_rate = max(self.cwnd, self.datagram_size) / self.rtt
         rate = min(window_rate, self.delivery_rate or window_rate)
-        # They leave at the path's rate (paced, or clocked by ACKs once the window is
-        # full), behind what is over the window already.
-        wait = (max(0, self.in_flight - self.cwnd) + queued) / rate
+        # What fits in the window (as much as the path delivers in an RTT) leaves now;
+        # the rest waits for ACKs to clock it out at the path's rate. Charging window
+        # bytes the rate as well would starve a path whose window is small only because
+        # it was not used: its window would never grow.
+        wait = max(0, self.in_flight + queued - rate * self.rtt) / rate
         return now + wait + self.rtt / 2 + self.loss * retransmit_rtts * self.rtt
 
 

@@ -157,7 +157,7 @@ class MultipathConnection(QuicConnection):
         max_path_id: int | None = DEFAULT_MAX_PATH_ID,
         cid_factory: Callable[[], bytes] | None = None,
         pmtud: PmtuConfig | None = DEFAULT_PMTUD,
-        scheduler: str = "lowest-rtt",
+        scheduler: str = "deadline",
         decision_totals: Counter[str] | None = None,
         **kwargs: Any,
     ):
@@ -1145,11 +1145,12 @@ class MultipathConnection(QuicConnection):
         self, path: Path, now: float, share: tuple[set[int], int | None] | None
     ) -> list[tuple[bytes, NetworkAddress]]:
         """Flush the live path: with the "deadline" policy's `share` (streams to leave to
-        other paths, byte budget), or the "lowest-rtt" policy's rule when it has none."""
+        other paths, byte budget), or, in a round it has none, the "lowest-rtt" policy's
+        rule (a path leaves alone what it would deliver late and another would not)."""
         priorities = self.stream_priorities()
         if share is not None:
             held, budget = share
-        elif priorities and self.scheduler.policy == "lowest-rtt":
+        elif priorities:
             held, budget = self.scheduler.late_streams(self, path, priorities, now), None
         else:
             held, budget = set(), None
@@ -1534,14 +1535,17 @@ class MultipathConnection(QuicConnection):
 
     def _keepalive_at(self, path: Path) -> float | None:
         """When an idle path (a backup, say) sends a PING: it keeps NAT bindings open
-        and the path's RTT fresh, and an unanswered one is how a dead backup shows.
+        and the path's RTT fresh (often, for the "deadline" policy, which chooses by
+        it), and an unanswered one is how a dead backup shows.
         Only while the connection is in use (something else was sent since this path's
         last packet): keep-alives never keep an idle connection from timing out."""
         if path.state is not PathState.ACTIVE or path.last_sent_at is None:
             return None
         if path.last_sent_at >= self._active_at:
             return None
-        interval = min(self._configuration.idle_timeout / 3, self.scheduler.keepalive_s)
+        interval = min(
+            self._configuration.idle_timeout / 3, self.scheduler.idle_ping_interval(path.backup)
+        )
         return path.last_sent_at + interval
 
     def _idle_timeout(self) -> float:

@@ -34,6 +34,7 @@ ACK_HISTORY: Final = 128  # more ACKs than arrive in one RTT at the rates we sch
 ACK_GAPS: Final = 8  # the ACK rhythm: the longest of this many recent gaps between ACKs
 LOSS_MEMORY: Final = 64  # packets: the loss rate's moving average forgets at this pace
 DELIVERY_SAMPLES: Final = 64  # ACKs the delivery rate is measured over
+APP_LIMITED_BYTES: Final = 4 * 1200  # less in flight than this: the sender was idle
 
 
 class CountingRecovery(QuicPacketRecovery):
@@ -131,6 +132,10 @@ class CountingRecovery(QuicPacketRecovery):
             self.loss_rate *= (1 - 1 / LOSS_MEMORY) ** acked
             gone = in_flight - self.bytes_in_flight - (self._lost_bytes - lost_bytes)
             self.delivered += max(0, gone)
+            if in_flight < APP_LIMITED_BYTES:
+                # Little was in flight: the sender, not the path, set the pace. A rate
+                # over such a stretch (keep-alive PINGs, say) would say the path is slow.
+                self._deliveries.clear()
             self._deliveries.append((now, self.delivered))
         if self.mtu_probes:  # acknowledged probes are settled
             self.mtu_probes = {n for n in self.mtu_probes if n in space.sent_packets}

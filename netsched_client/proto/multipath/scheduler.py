@@ -1,16 +1,16 @@
 """Which paths send, in which order, and which data each may carry (sans-IO).
 
 Two policies (draft-21 leaves scheduling to implementations):
-- "deadline" (opt-in until an idle path's stale RTT no longer starves it on
-  unshaped links, see issue #11): once per round of flushes the queued stream data is
+- "deadline" (the default): once per round of flushes the queued stream data is
   handed out to the paths by expected arrival time, deadline and loss
   (`completion.py`): urgent data waits for the fast path on purpose when the
   slow one would deliver later, only rides a path that meets its deadline, and
   avoids a path just back from a stall; deadline-free data aggregates over
   every path with its tail on the fast one. Each path then serves, in the
   connection's send order (deadline, then urgency), only what it was given,
-  within a byte budget.
-- "lowest-rtt" (the default; the earlier policy and the benchmarks' baseline): paths
+  within a byte budget. A path left unused PINGs every `explore_s` while the
+  connection sends, so the RTT it is chosen by stays measured.
+- "lowest-rtt" (the earlier policy, the benchmarks' baseline): paths
   send in order of smoothed RTT and each fills its congestion window before
   the next gets a turn; a slower path only leaves alone a stream it would
   deliver after its deadline.
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Scheduler:
-    policy: str = "lowest-rtt"
+    policy: str = "deadline"
     stall_ptos: int = 1
     dead_ptos: int = 2
     # A stalled path is abandoned only after this long without an answer (bursty loss
@@ -84,9 +84,20 @@ class Scheduler:
     # An idle path PINGs this often (at most a third of the idle timeout): NAT bindings
     # on UDP commonly last 30 s or more (RFC 4787 asks for >= 2 min).
     keepalive_s: float = 15.0
+    # "deadline": a path left unused while the connection sends PINGs this often, so its
+    # RTT stays measured. The choice rests on each path's RTT; an estimate that only
+    # data could refresh (the handshake's, crypto-inflated, say) would starve the path
+    # for good (ECF's "rich get richer").
+    explore_s: float = 0.1
     decisions: Counter[tuple[int, str]] = field(default_factory=Counter)
     # Shared by every connection of an edge: decisions by reason, for its metrics.
     totals: Counter[str] | None = None
+
+    def idle_ping_interval(self, backup: bool) -> float:
+        """How often a path that carries nothing PINGs while the connection is in use."""
+        if self.policy == "deadline" and not backup:
+            return min(self.explore_s, self.keepalive_s)
+        return self.keepalive_s
 
     def count(self, path_id: int, reason: str, n: int = 1) -> None:
         self.decisions[(path_id, reason)] += n
