@@ -10,7 +10,7 @@ work per datagram); `ForwarderCollector` reads them once per scrape.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -92,6 +92,10 @@ class EdgeMetrics:
     def remove_forwarder(self, service: str) -> None:
         self.forwarders.remove(service)
 
+    def watch_pools(self, pools: Callable[[], Mapping[str, PoolSource]]) -> None:
+        """Export the service queues of `pools()` (read at scrape time: reloads are seen)."""
+        self.registry.register(_QueueCollector(pools))
+
     def observe_path(self, event: PathAvailable | PathAbandoned) -> None:
         if isinstance(event, PathAvailable):
             self.paths_opened.inc()
@@ -124,6 +128,40 @@ class _DecisionCollector(Collector):
         for reason, n in sorted(self._decisions.items()):
             family.add_metric([reason], n)
         yield family
+
+
+class PoolSource(Protocol):
+    """A service pool's queue, as pool.py keeps it."""
+
+    @property
+    def queued(self) -> int: ...
+    @property
+    def queue_rejections(self) -> dict[str, int]: ...
+
+
+class _QueueCollector(Collector):
+    def __init__(self, pools: Callable[[], Mapping[str, PoolSource]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        pools = sorted(self._pools().items())
+        queued = GaugeMetricFamily(
+            "netsched_edge_queued_requests",
+            "Requests waiting for a backend slot, per service (at most its max_queue).",
+            labels=["service"],
+        )
+        rejected = CounterMetricFamily(
+            "netsched_edge_queue_rejections",
+            "Requests turned away by a service's queue: full (max_queue, per service) or "
+            "timeout (limits.queue_timeout_s without a deadline); both answered 503.",
+            labels=["service", "reason"],
+        )
+        for name, pool in pools:
+            queued.add_metric([name], pool.queued)
+            for reason, count in sorted(pool.queue_rejections.items()):
+                rejected.add_metric([name, reason], count)
+        yield queued
+        yield rejected
 
 
 class ForwarderSource(Protocol):

@@ -1,9 +1,16 @@
 """The backends of one service: their live slots, health, policy and wait queue.
 
 `acquire()` hands out a backend slot for one request: immediately when a
-healthy backend has room, otherwise after waiting in the service's deadline
-queue (earliest deadline, then RFC 9218 urgency). A request still queued at
-its deadline fails with `DeadlineExceeded`; nothing waits silently.
+healthy backend has room and nobody is waiting, otherwise after waiting in
+the service's queue (balancing/queue.py: fair between tenants, i.e. client
+connections, and within a tenant earliest deadline, then RFC 9218 urgency).
+The queue holds at most the service's `max_queue` requests (beyond: 503). A
+request still queued at its deadline fails with `DeadlineExceeded` (504); one
+without a deadline, or with a later one, waits at most `queue_timeout_s`
+([limits]) and then fails with `NoBackend` (503, as HAProxy's `timeout
+queue`); nothing waits silently. A freed slot is handed to the waiter it
+wakes: a request that arrives meanwhile queues behind it instead of taking
+the slot, so the queue's order is the order slots are given in.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from netsched_client.errors import DeadlineExceeded, NoBackend
 
@@ -20,9 +27,11 @@ from .backends.base import Backend
 from .balancing.health import HealthTracker, ejection_allowed
 from .balancing.policy import BackendSlot, make_policy
 from .balancing.queue import DeadlineQueue, QueueFull
-from .config import ServiceConfig
+from .config import LimitsConfig, ServiceConfig
 
 log = logging.getLogger("netsched.edge.pool")
+
+DEFAULT_QUEUE_TIMEOUT_S = LimitsConfig().queue_timeout_s
 
 
 class ServicePool:
@@ -32,9 +41,11 @@ class ServicePool:
         backends: dict[str, Backend],
         *,
         rng: random.Random,
-        queue_limit: int,
+        queue_limit: int | None = None,
         clock: Callable[[], float],
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
     ) -> None:
+        """`queue_limit` None: the service's `max_queue`."""
         self.config = config
         self.backends = backends
         self._clock = clock
@@ -50,21 +61,41 @@ class ServicePool:
             )
             for b in config.backends
         }
-        self._queue: DeadlineQueue[asyncio.Future[None]] = DeadlineQueue(queue_limit)
+        limit = config.max_queue if queue_limit is None else queue_limit
+        self._queue: DeadlineQueue[asyncio.Future[None]] = DeadlineQueue(limit)
+        self.queue_timeout_s = queue_timeout_s
+        self._woken: set[asyncio.Future[None]] = set()  # handed a freed slot, not yet resumed
         self._checks: list[asyncio.Task[None]] = []
+        # Requests turned away by the queue, by reason ("full", "timeout"; metrics).
+        self.queue_rejections: dict[str, int] = {"full": 0, "timeout": 0}
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
     async def acquire(
-        self, key: str | None, urgency: int, deadline_at: float | None, exclude: set[str]
+        self,
+        key: str | None,
+        urgency: int,
+        deadline_at: float | None,
+        exclude: set[str],
+        tenant: Hashable = None,
     ) -> BackendSlot:
+        """A slot for one request; `tenant` (its connection; None: shared) is its share of
+        the queue. Raises NoBackend (503) or DeadlineExceeded (504)."""
+        give_up_at = self._clock() + self.queue_timeout_s
+        woken = False
         while True:
-            slot = self._try_choose(key, exclude)
-            if slot is not None:
-                return slot
-            await self._wait_turn(urgency, deadline_at)
+            self._check_available(exclude)
+            if woken or not self._queue:
+                slot = self._try_choose(key, exclude) if woken or self._spare() > 0 else None
+                if slot is not None:
+                    if self._queue and self._spare() > 0:
+                        self._wake_one()  # several slots came free at once
+                    return slot
+            elif self._spare() > 0:
+                self._wake_one()  # room that nobody was handed: the queue's turn first
+            woken = await self._wait_turn(urgency, deadline_at, tenant, give_up_at)
 
     def has_available_backend(self) -> bool:
         now = self._clock()
@@ -113,10 +144,17 @@ class ServicePool:
         for backend in self.backends.values():
             await backend.close()
 
-    def _try_choose(self, key: str | None, exclude: set[str]) -> BackendSlot | None:
+    def _check_available(self, exclude: set[str]) -> None:
         self._refresh_health()
         if not any(s.available and s.name not in exclude for s in self.slots):
             raise NoBackend(f"no healthy backend for service {self.config.name!r}")
+
+    def _spare(self) -> int:
+        """Free slots on available backends not yet handed to a woken waiter."""
+        free = sum(max(0, self._caps[s.name] - s.in_flight) for s in self.slots if s.available)
+        return free - len(self._woken)
+
+    def _try_choose(self, key: str | None, exclude: set[str]) -> BackendSlot | None:
         full = {s.name for s in self.slots if s.in_flight >= self._caps[s.name]}
         chosen = self._policy.choose(self.slots, key, exclude | full)
         if chosen is not None:
@@ -129,27 +167,48 @@ class ServicePool:
         for slot in self.slots:
             slot.available = self.health[slot.name].available(now)
 
-    async def _wait_turn(self, urgency: int, deadline_at: float | None) -> None:
+    async def _wait_turn(
+        self, urgency: int, deadline_at: float | None, tenant: Hashable, give_up_at: float
+    ) -> bool:
+        """Wait to be woken (True); raise at the deadline or `give_up_at`."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.push(waiter, deadline=deadline_at, urgency=urgency)
+            self._queue.push(waiter, deadline=deadline_at, urgency=urgency, tenant=tenant)
         except QueueFull:
+            self.queue_rejections["full"] += 1
             raise NoBackend(
-                f"service {self.config.name!r} is saturated ({len(self._queue)} requests queued)"
+                f"service {self.config.name!r} is saturated ({len(self._queue)} requests "
+                f"queued, max_queue {self.config.max_queue})"
             ) from None
-        timeout = None if deadline_at is None else max(0.0, deadline_at - self._clock())
+        by_deadline = deadline_at is not None and deadline_at <= give_up_at
+        until = deadline_at if by_deadline and deadline_at is not None else give_up_at
+        resumed = False
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(0.0, until - self._clock())):
                 await waiter
+            resumed = True
         except TimeoutError:
-            raise DeadlineExceeded("deadline passed while queued for a backend") from None
+            if by_deadline:
+                raise DeadlineExceeded("deadline passed while queued for a backend") from None
+            self.queue_rejections["timeout"] += 1
+            raise NoBackend(
+                f"service {self.config.name!r}: no backend slot within queue_timeout_s="
+                f"{self.queue_timeout_s:g} ({len(self._queue)} requests queued)"
+            ) from None
         finally:
             self._queue.remove(waiter)
+            if waiter in self._woken:
+                self._woken.discard(waiter)
+                if not resumed:
+                    self._wake_one()  # woken, then cancelled or timed out: pass the slot on
+        return True
 
     def _wake_one(self) -> None:
+        """Hand a freed slot to the queue's next request."""
         while (waiter := self._queue.pop()) is not None:
             if not waiter.done():
                 waiter.set_result(None)
+                self._woken.add(waiter)
                 return
 
     async def _check_loop(self, name: str, backend: Backend) -> None:
@@ -172,3 +231,4 @@ class ServicePool:
         while (waiter := self._queue.pop()) is not None:
             if not waiter.done():
                 waiter.set_result(None)
+                self._woken.add(waiter)
