@@ -76,6 +76,44 @@ def error_outcome(status: Status, message: str) -> Outcome:
     return Outcome(ResponseHead(status=status, message=message), iter_chunks())
 
 
+class MemoryBudget:
+    """Request and response bytes the edge holds in its own buffers, over all connections.
+
+    Against `[limits] memory_budget_mb`: once `used` reaches `limit`, new requests are
+    shed with 503 (the edge sheds load before it swaps), while those under way go on.
+    Callers charge what they hold and charge it back negative when they let go.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def over(self) -> bool:
+        return self.used >= self.limit
+
+    def charge(self, n: int) -> None:
+        self.used += n
+
+
+class Held:
+    """The bytes one request holds right now, kept charged to a MemoryBudget."""
+
+    __slots__ = ("_budget", "bytes")
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+        self.bytes = 0
+
+    def update(self, held: int) -> None:
+        self._budget.charge(held - self.bytes)
+        self.bytes = held
+
+    def clear(self) -> None:
+        self.update(0)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -92,6 +130,7 @@ class Dispatcher:
         self.pools = {svc.name: self._pool(svc) for svc in _services(config)}
         self._started = False
         self._retiring: set[asyncio.Task[None]] = set()
+        self.budget = MemoryBudget(config.limits.memory_budget_mb << 20)
 
     def _pool(self, svc: ServiceConfig) -> ServicePool:
         return ServicePool(
@@ -122,6 +161,7 @@ class Dispatcher:
                 pools[svc.name].start_health_checks()
         retired = [pool for name, pool in self.pools.items() if pools.get(name) is not pool]
         self.config, self.pools = config, pools
+        self.budget.limit = config.limits.memory_budget_mb << 20
         for pool in retired:
             task = asyncio.create_task(_retire(pool))
             self._retiring.add(task)
@@ -206,6 +246,16 @@ class Dispatcher:
                 Status.REQUEST_TIMEOUT,
                 f"request body silent for {self.config.limits.body_timeout_s:g} s",
             )
+        held = Held(self.budget)
+        held.update(len(body))  # the body waits in memory for (each) backend
+        try:
+            return await self._answer_unary(pool, request, body, deadline_at)
+        finally:
+            held.clear()
+
+    async def _answer_unary(
+        self, pool: ServicePool, request: IncomingRequest, body: bytes, deadline_at: float | None
+    ) -> Outcome:
         outcome = await self._attempts(pool, request, body, deadline_at)
         if outcome.head.status != TOO_EARLY or not request.early or request.confirmed is None:
             return outcome

@@ -28,7 +28,7 @@ import functools
 import logging
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,7 +76,7 @@ from netsched_client.runtime.ticker import TickedFlow
 from .admin import AdminServer
 from .config import EdgeConfig
 from .datagrams import DatagramRelay
-from .dispatch import Dispatcher, IncomingRequest, Outcome
+from .dispatch import Dispatcher, Held, IncomingRequest, Outcome
 from .planner_metrics import PlannerCollector
 from .tls import CertificatePair, enable_hello_retry, generate_self_signed
 from .udp_front import UdpFront
@@ -265,11 +265,59 @@ class _AppProtocol(Protocol):
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]: ...
 
 
+class _RequestBody(AsyncIterator[bytes]):
+    """A request body on its way from QUIC to the backend, bounded in chunks and bytes.
+
+    Bytes queued count against the stream's `[limits] max_stream_buffer` (`put` says
+    False beyond it) and the process budget, until the backend reads them or the
+    request ends (`discard`).
+    """
+
+    def __init__(self, held: Held, limit: int) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_QUEUED_CHUNKS)
+        self._held = held
+        self._limit = limit
+        self._discarded = False
+
+    def put(self, data: bytes, *, end: bool) -> bool:
+        """Queue a piece (and the end); False when the stream is over its bound."""
+        if self._discarded:
+            return True  # the request is over: late pieces go nowhere
+        if self._held.bytes + len(data) > self._limit or self._queue.full():
+            return False
+        if data:
+            self._queue.put_nowait(data)
+            self._held.update(self._held.bytes + len(data))
+        if end:
+            try:
+                self._queue.put_nowait(None)
+            except asyncio.QueueFull:
+                return False
+        return True
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._queue.get()
+        if chunk is None:
+            self._queue.put_nowait(None)  # the end stays the end for a second reader
+            raise StopAsyncIteration
+        if not self._discarded:
+            self._held.update(self._held.bytes - len(chunk))
+        return chunk
+
+    def discard(self) -> None:
+        """The request is over: what is still queued no longer counts (nor is read)."""
+        self._discarded = True
+        self._held.clear()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
 @dataclass(slots=True)
 class _Request:
-    body: asyncio.Queue[bytes | None] = field(
-        default_factory=lambda: asyncio.Queue(MAX_QUEUED_CHUNKS)
-    )
+    body: _RequestBody
     task: asyncio.Task[None] | None = None
     held: IncomingRequest | None = None  # came in 0-RTT, waits for the handshake
     received: int = 0  # request body bytes so far
@@ -392,16 +440,40 @@ class EdgeConnection:
         self._driver.schedule_transmit()
         return True
 
+    def _shed(self, stream_id: int) -> bool:
+        """Over the process's memory budget: answer 503 at once, read nothing more."""
+        if not self._edge.dispatcher.budget.over() or self._proto is None:
+            return False
+        self._edge.dispatcher.metrics.rejected.labels(str(Status.NO_BACKEND)).inc()
+        head = ResponseHead(status=Status.NO_BACKEND, message="the edge is over its memory budget")
+        if isinstance(self._proto, native.NetSchedProtocol):
+            self._proto.refuse(stream_id, head)
+        else:
+            self._proto.send_response(stream_id, head, end_stream=True)
+            self._proto.forget(stream_id)
+        self._driver.schedule_transmit()
+        return True
+
+    @property
+    def tracked_streams(self) -> int:
+        """Streams this connection keeps any state for (requests, head timers, framing)."""
+        framing = (
+            self._proto.open_streams if isinstance(self._proto, native.NetSchedProtocol) else 0
+        )
+        return len(self._requests) + len(self._heads_due) + framing
+
     def _start_request(self, stream_id: int, head: RequestHead) -> None:
-        if self._refused(stream_id):
+        if self._refused(stream_id) or self._shed(stream_id):
             return
-        request = self._requests[stream_id] = _Request()
+        limits = self._edge.config.limits
+        body = _RequestBody(Held(self._edge.dispatcher.budget), limits.max_stream_buffer)
+        request = self._requests[stream_id] = _Request(body)
         slo = self._effective_slo(head.slo)
         received_at = asyncio.get_running_loop().time()
         incoming = IncomingRequest(
             service=head.service,
             slo=slo,
-            body=_drain(request.body),
+            body=request.body,
             received_at=received_at,
             meta=head.meta,
             streaming=head.streaming or self._is_fetch(head),
@@ -452,12 +524,7 @@ class EdgeConnection:
             return
         request.received += len(event.data)
         request.ended = event.end_stream
-        try:
-            if event.data:
-                request.body.put_nowait(event.data)
-            if event.end_stream:
-                request.body.put_nowait(None)
-        except asyncio.QueueFull:
+        if not request.body.put(event.data, end=event.end_stream):
             self._abort(event.stream_id, "request body arrived faster than the backend reads it")
 
     async def _serve(self, stream_id: int, request: IncomingRequest) -> None:
@@ -469,6 +536,7 @@ class EdgeConnection:
             request.length = state.received
         outcome: Outcome | None = None
         head_sent = False
+        sending = Held(self._edge.dispatcher.budget)  # response bytes not yet acknowledged
         try:
             outcome = await self._edge.dispatcher.handle(request)
             if not 200 <= outcome.head.status < 300:
@@ -476,7 +544,7 @@ class EdgeConnection:
             head_sent = True
             self._proto.send_response(stream_id, self._edge.stamp(outcome.head))
             self._driver.schedule_transmit()
-            await self._send_body(stream_id, outcome.body)
+            await self._send_body(stream_id, outcome.body, sending)
         except SendTimeout as exc:
             log.info("resetting stream %d: %s", stream_id, exc)
             self._proto.abort(stream_id)
@@ -484,18 +552,22 @@ class EdgeConnection:
         except Exception as exc:
             self._fail(stream_id, exc, head_sent=head_sent)
         finally:
+            sending.clear()
             if outcome is not None:
                 await outcome.aclose()  # frees the backend slot whatever happened above
-            self._requests.pop(stream_id, None)
+            if (done := self._requests.pop(stream_id, None)) is not None:
+                done.body.discard()
             self._proto.forget(stream_id)
 
-    async def _send_body(self, stream_id: int, body: AsyncIterator[bytes]) -> None:
+    async def _send_body(self, stream_id: int, body: AsyncIterator[bytes], sending: Held) -> None:
         assert self._proto is not None
+        quic = self._driver.quic
         async for chunk in body:
             if not self._proto.send_body(stream_id, chunk):
                 return  # the client went away; the caller closes the body
             self._driver.schedule_transmit()
-            await self._acknowledged(stream_id)
+            sending.update(unacked_bytes(quic, stream_id))
+            await self._acknowledged(stream_id, sending)
         self._proto.send_body(stream_id, b"", end_stream=True)
         self._driver.schedule_transmit()
 
@@ -518,7 +590,7 @@ class EdgeConnection:
             )
         self._driver.schedule_transmit()
 
-    async def _acknowledged(self, stream_id: int) -> None:
+    async def _acknowledged(self, stream_id: int, sending: Held) -> None:
         """Wait, when over the stream buffer limit, until the client acknowledged down to
         half of it; SendTimeout when it acknowledges nothing for send_timeout_s."""
         quic = self._driver.quic
@@ -532,6 +604,7 @@ class EdgeConnection:
         while unacked > limits.max_stream_buffer // 2:
             await asyncio.sleep(delay)
             before, unacked = unacked, unacked_bytes(quic, stream_id)
+            sending.update(unacked)
             if unacked < before:
                 last_progress, delay = loop.time(), SEND_BUFFER_POLL_S
                 continue
@@ -553,8 +626,13 @@ class EdgeConnection:
 
     def _cancel(self, stream_id: int) -> None:
         request = self._requests.pop(stream_id, None)
-        if request is not None and request.task is not None:
-            request.task.cancel()
+        if request is None:
+            return
+        request.body.discard()
+        if request.task is not None:
+            request.task.cancel()  # its finally forgets the stream
+        elif self._proto is not None:
+            self._proto.forget(stream_id)  # held for the handshake: nothing else will
 
     def _send_datagram(self, service: str, payload: bytes) -> None:
         if self._proto is not None:
@@ -624,11 +702,6 @@ def unacked_bytes(quic: QuicConnection, stream_id: int) -> int:
     if stream is None:
         return 0
     return stream.sender._buffer_stop - stream.sender._buffer_start
-
-
-async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
-    while (chunk := await queue.get()) is not None:
-        yield chunk
 
 
 class EdgeServer:

@@ -122,6 +122,17 @@ class NetSchedProtocol:
             return False
         return True
 
+    def refuse(self, stream_id: int, head: ResponseHead) -> None:
+        """Server: answer a request at once with `head` and read none of its body
+        (STOP_SENDING); the stream's state goes when the client's side ends."""
+        self.send_response(stream_id, head, end_stream=True)
+        state = self._streams.get(stream_id)
+        if state is None:
+            return
+        state.ignored = True
+        self._stop(stream_id, state, ERROR_CANCELLED)
+        self._drop_if_rejected(stream_id, state)
+
     def send_datagram(self, service: str, payload: bytes) -> None:
         self._quic.send_datagram_frame(encode_datagram(service, payload))
 
@@ -171,10 +182,24 @@ class NetSchedProtocol:
         if event.end_stream:
             state.recv_done = True
         if state.ignored or state.aborted:
+            self._drop_if_rejected(event.stream_id, state)
             return []
         if state.head_done:
             return [BodyReceived(event.stream_id, event.data, event.end_stream)]
-        return self._read_head(event.stream_id, state, event.data, event.end_stream)
+        events = self._read_head(event.stream_id, state, event.data, event.end_stream)
+        self._drop_if_rejected(event.stream_id, state)
+        return events
+
+    def _drop_if_rejected(self, stream_id: int, state: _StreamState) -> None:
+        """A rejected request's state lives only until its sender is done (FIN): a peer
+        sending bad requests must not grow it (the runtime never saw those streams)."""
+        if state.ignored and state.recv_done:
+            self._forget(stream_id)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams this object keeps state for (to check that finished ones are freed)."""
+        return len(self._streams)
 
     def _read_head(
         self, stream_id: int, state: _StreamState, data: bytes, end_stream: bool
@@ -213,6 +238,9 @@ class NetSchedProtocol:
 
     def _on_reset(self, stream_id: int, error_code: int) -> list[ProtocolEvent]:
         state = self._streams.get(stream_id)
+        if state is not None and state.ignored:
+            self._forget(stream_id)  # rejected: the runtime has nothing to cancel
+            return []
         if state is None or state.aborted:
             return []
         state.aborted = True
