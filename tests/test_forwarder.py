@@ -770,6 +770,51 @@ def test_native_and_reference_agree(net: Net) -> None:
     }  # fmt: skip
 
 
+def _flood_scenario(net: Net, cls: RelayFactory) -> dict[str, Any]:
+    """Clients from three addresses against a small table with a per-source cap; the
+    backend answers only the first client of each address; time moves on."""
+    backend = net.udp()
+    relay = net.relay(
+        cls, [backend.getsockname()], Recorder(), max_flows=4, max_flows_per_source=2,
+        idle_timeout=10.0, batch=8,
+    )  # fmt: skip
+    hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    clients = [net.udp((socket.AF_INET, host)) for host in hosts for _ in range(3)]
+    answered: set[Address] = set()
+    sent = 0
+    for step in range(6):
+        now = 3.0 * step
+        for i, client in enumerate(clients):
+            if (i + step) % 2 == 0:
+                client.sendto(b"s%d-c%d" % (step, i), relay.local_address)
+                sent += 1
+        pump(relay, now, lambda sent=sent: relay.stats.from_clients == sent)
+        while not nothing_waiting(backend):
+            data, source = backend.recvfrom(100)
+            client = int(data.split(b"-c")[1])
+            if client % 3 == 0:  # the first client of each address
+                backend.sendto(b"re:" + data, source)
+                answered.add(source)
+        pump(relay, now, lambda: nothing_waiting(backend))
+        relay.relay_upstream(now)
+    stats = asdict(relay.stats)
+    for batching in ("syscalls_recv", "syscalls_send", "gso_sends", "gso_fallbacks"):
+        del stats[batching]
+    return stats
+
+
+def test_native_and_reference_agree_under_a_flood(net: Net) -> None:
+    if not HAVE_NATIVE:
+        pytest.skip("Cython extension not built")
+    native = _flood_scenario(net, UdpRelay)
+    reference = _flood_scenario(net, PyUdpRelay)
+
+    assert native == reference
+    assert native["flows_evicted"] > 0
+    assert native["source_refused"] > 0
+    assert native["to_clients"] > 0
+
+
 # -- options, addresses, lifecycle ---------------------------------------------------------
 
 
