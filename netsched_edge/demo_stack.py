@@ -13,6 +13,8 @@ when the pipe closes; the relay is `netsched_lab.process`'s.
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import os
 import tempfile
 import time
 from collections import Counter, deque
@@ -81,13 +83,25 @@ def demo_config(ports: list[int], state: Path, *, scheduler: str = "deadline") -
 
 
 def edge_process(scheduler: str, state: str, conn: Connection) -> None:
-    """A child process's main: the demo's backends and edge until ("exit",)."""
+    """A child process's main: the demo's backends and edge until ("exit",).
+
+    With NETSCHED_PROFILE=FILE in the environment the process runs under
+    cProfile and writes its statistics to FILE (pstats format) at the end.
+    """
+    profile_to = os.environ.get("NETSCHED_PROFILE")
+    profiler = cProfile.Profile() if profile_to else None
+    if profiler is not None:
+        profiler.enable()
     try:
         import uvloop
 
         uvloop.run(_serve_edge(scheduler, Path(state), conn))
     except ImportError:
         asyncio.run(_serve_edge(scheduler, Path(state), conn))
+    finally:
+        if profiler is not None and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
 
 
 async def _serve_edge(scheduler: str, state: Path, conn: Connection) -> None:

@@ -1214,26 +1214,37 @@ class MultipathConnection(QuicConnection):
     def _offer_urgent_copies(
         self, path: Path, first: int, priorities: Mapping[int, StreamPriority], now: float
     ) -> None:
-        """Offer copies of what just left on this path for streams too urgent to retransmit."""
-        rtt = self.path_rtt(path) or self._configuration.initial_rtt
-        urgent = {sid for sid, p in priorities.items() if self.scheduler.is_urgent(p, now, rtt)}
-        if not urgent or len(self.scheduler.working_paths(self)) < 2:
+        """Offer copies of what just left on this path for streams too urgent to retransmit.
+
+        Only the streams whose data just left are weighed (a flush carries a few of the
+        hundreds a busy connection may have queued)."""
+        if first == self._packet_number or len(self.scheduler.working_paths(self)) < 2:
             return
-        streams = {id(s.sender): sid for sid, s in self._streams.items()}
-        if len(self.urgent_copies.copied) > 2 * len(streams) + 16:
-            self.urgent_copies.forget(streams.values())
-        bytes_sent = sum(p.stats.bytes_sent for p in self._paths.values())
+        rtt = self.path_rtt(path) or self._configuration.initial_rtt
+        urgent: dict[int, bool] = {}
+
+        def is_urgent(stream_id: int) -> bool:
+            if stream_id not in urgent:
+                priority = priorities.get(stream_id)
+                urgent[stream_id] = priority is not None and self.scheduler.is_urgent(
+                    priority, now, rtt
+                )
+            return urgent[stream_id]
+
+        if len(self.urgent_copies.copied) > 2 * len(self._streams) + 16:
+            self.urgent_copies.forget(self._streams)
+        bytes_sent: int | None = None
         space: QuicPacketSpace = self._spaces[Epoch.ONE_RTT]
         for number in range(first, self._packet_number):
             packet = space.sent_packets.get(number)
             copied = set()
             for handler, args in packet.delivery_handlers if packet else ():
                 sender = sender_of(handler)
-                if sender is None:
+                stream_id = None if sender is None else sender._stream_id
+                if stream_id is None or not is_urgent(stream_id):
                     continue
-                stream_id = streams.get(id(sender))
-                if stream_id is None or stream_id not in urgent:
-                    continue
+                if bytes_sent is None:
+                    bytes_sent = sum(p.stats.bytes_sent for p in self._paths.values())
                 if self.urgent_copies.offer(path.path_id, stream_id, sender, args, bytes_sent):
                     copied.add(id(sender))
             if packet is not None and copied:
