@@ -1240,8 +1240,10 @@ class MultipathConnection(QuicConnection):
             copied = set()
             for handler, args in packet.delivery_handlers if packet else ():
                 sender = sender_of(handler)
-                stream_id = None if sender is None else sender._stream_id
-                if stream_id is None or not is_urgent(stream_id):
+                if sender is None or sender._stream_id is None:
+                    continue
+                stream_id = sender._stream_id
+                if not is_urgent(stream_id):
                     continue
                 if bytes_sent is None:
                     bytes_sent = sum(p.stats.bytes_sent for p in self._paths.values())
