@@ -337,7 +337,7 @@ class EdgeConnection:
         self._heads_due: dict[int, asyncio.TimerHandle] = {}
         self._handshake_done = asyncio.Event()  # what a 425 Too Early waits for
         self._goaway: int | None = None  # draining: the first stream ID refused
-        self._last_stream_seen = -1
+        self._last_stream_seen = -4  # the highest client request stream seen (none: -4)
         driver.add_event_handler(self._on_quic_event)
 
     def _on_quic_event(self, event: QuicEvent) -> None:
@@ -361,14 +361,17 @@ class EdgeConnection:
             self._dispatch(pevent)
 
     def _watch_head(self, stream_id: int) -> None:
-        """A client request stream's first bytes: start its head timer."""
-        # Client-initiated bidirectional streams open in order, so each is new only once.
+        """Bytes on a client request stream: start the head timer of each stream it opened."""
         if stream_id % 4 != 0 or stream_id <= self._last_stream_seen:
             return
-        self._last_stream_seen = stream_id
+        # A stream opens every lower one of its kind (RFC 9000 §3.2), even when their
+        # first bytes come later or never: each gets its timer now. QUIC's stream limit
+        # bounds how many that can be.
         timeout = self._edge.config.limits.header_timeout_s
         loop = asyncio.get_running_loop()
-        self._heads_due[stream_id] = loop.call_later(timeout, self._head_overdue, stream_id)
+        for opened in range(self._last_stream_seen + 4, stream_id + 1, 4):
+            self._heads_due[opened] = loop.call_later(timeout, self._head_overdue, opened)
+        self._last_stream_seen = stream_id
 
     def _head_done(self, stream_id: int) -> None:
         timer = self._heads_due.pop(stream_id, None)
@@ -754,8 +757,8 @@ class EdgeServer:
         return dataclasses.replace(head, meta={**head.meta, "edge-worker": str(self.worker.index)})
 
     def ready(self) -> bool:
-        """Serving, and every service has at least one backend taking traffic."""
-        if self._endpoint is None:
+        """Serving (not draining), and every service has a backend taking traffic."""
+        if self._endpoint is None or self.draining:
             return False
         return all(pool.has_available_backend() for pool in self.dispatcher.pools.values())
 

@@ -281,6 +281,12 @@ class RawClient(QuicConnectionProtocol):
         self.send(sid, data, end_stream=end_stream)
         return sid
 
+    def open_at(self, sid: int, data: bytes, *, end_stream: bool = False) -> int:
+        """Write on stream `sid` whatever lower streams are still unused (out of order)."""
+        self.exchanges[sid] = RawExchange()
+        self.send(sid, data, end_stream=end_stream)
+        return sid
+
     def send(self, sid: int, data: bytes, *, end_stream: bool = False) -> None:
         self._quic.send_stream_data(sid, data, end_stream)
         self.transmit()

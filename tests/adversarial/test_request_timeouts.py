@@ -190,3 +190,20 @@ async def test_a_response_that_fits_the_buffer_frees_the_slot_at_once(
         client.stalled = False
         await finished(client.exchanges[sid], timeout=5)
     assert len(client.exchanges[sid].body) == 200 << 10
+
+
+async def test_half_a_head_on_a_stream_opened_out_of_order_is_reset(
+    start_server, start_edge
+) -> None:
+    edge = await _edge(start_server, start_edge, limits=limits(header_timeout_s=0.3))
+    async with raw_client(edge) as client:
+        earlier = client.open_at(0, b"")  # opened here, nothing on the wire yet
+        later = client.open_at(4, _head(method="GET", path="/ok"))
+        await asyncio.sleep(0.05)  # stream 4's head is in
+        client.send(earlier, _head()[:3])  # stream 0's first bytes come after stream 4's
+        client.send(later, b"", end_stream=True)
+        took = await finished(client.exchanges[earlier], timeout=3)
+        assert client.exchanges[earlier].reset is not None
+        await finished(client.exchanges[later], timeout=3)
+        assert (head := client.exchanges[later].head()) is not None and head.status == 200
+    assert took < 1.5
