@@ -137,6 +137,7 @@ class PoolSource(Protocol):
     def queued(self) -> int: ...
     @property
     def queue_rejections(self) -> dict[str, int]: ...
+    def held_ejections(self) -> dict[str, int]: ...
 
 
 class _QueueCollector(Collector):
@@ -156,12 +157,20 @@ class _QueueCollector(Collector):
             "timeout (limits.queue_timeout_s without a deadline); both answered 503.",
             labels=["service", "reason"],
         )
+        held = CounterMetricFamily(
+            "netsched_edge_ejections_held",
+            "Passive ejections the ceiling (health.max_ejection_percent) held back, per backend.",
+            labels=["service", "backend"],
+        )
         for name, pool in pools:
             queued.add_metric([name], pool.queued)
             for reason, count in sorted(pool.queue_rejections.items()):
                 rejected.add_metric([name, reason], count)
+            for backend, count in sorted(pool.held_ejections().items()):
+                held.add_metric([name, backend], count)
         yield queued
         yield rejected
+        yield held
 
 
 class ForwarderSource(Protocol):

@@ -97,6 +97,10 @@ class ServicePool:
                 self._wake_one()  # room that nobody was handed: the queue's turn first
             woken = await self._wait_turn(urgency, deadline_at, tenant, give_up_at)
 
+    def held_ejections(self) -> dict[str, int]:
+        """Per backend: passive ejections the ejection ceiling held back (metrics)."""
+        return {name: tracker.held for name, tracker in self.health.items()}
+
     def has_available_backend(self) -> bool:
         now = self._clock()
         return any(tracker.available(now) for tracker in self.health.values())

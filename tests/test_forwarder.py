@@ -937,6 +937,72 @@ def test_flow_table_evicts_only_idle_flows_oldest_first(
         assert sorted(table.values()) == sorted(model)
 
 
+_OPS_WITH_REPLIES = st.lists(
+    st.tuples(st.sampled_from(["open", "find", "answer", "remove", "expire"]),
+              st.integers(0, 7), st.floats(0, 5)),
+    max_size=60,
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(_OPS_WITH_REPLIES, st.integers(1, 5), st.integers(1, 3))
+def test_flow_table_drops_never_answered_flows_early_and_caps_sources(
+    ops: list[tuple[str, int, float]], max_flows: int, per_source: int
+) -> None:
+    """Keys 0..7 come from sources key % 2; making room takes an idle flow, else the
+    oldest never-answered one (by opening), else fails."""
+    table: FlowTable[int, int] = FlowTable(
+        max_flows, idle_timeout=IDLE, max_per_source=per_source, source=lambda key: key % 2
+    )
+    model: dict[int, tuple[float, int]] = {}  # key → (last active, touch number)
+    opened: list[int] = []  # never-answered keys, oldest opening first
+    now = 0.0
+    for touch, (op, key, step) in enumerate(ops):
+        now += step
+        if op == "find":
+            assert table.find(key, now) == (key if key in model else None)
+            if key in model:
+                model[key] = (now, touch)
+        elif op == "answer":
+            table.answered(key)
+            if key in opened:
+                opened.remove(key)
+        elif op == "remove":
+            assert table.remove(key) == (key if key in model else None)
+            model.pop(key, None)
+            if key in opened:
+                opened.remove(key)
+        elif op == "expire":
+            while (flow := table.pop_idle(now)) is not None:
+                assert now - model.pop(flow)[0] >= IDLE
+                if flow in opened:
+                    opened.remove(flow)
+        elif key not in model:
+            same_source = sum(1 for k in model if k % 2 == key % 2)
+            assert table.source_full(key) == (same_source >= per_source)
+            if same_source >= per_source:
+                continue
+            if table.full:
+                oldest = min(model, key=model.__getitem__)
+                victim = table.pop_idle(now)
+                if now - model[oldest][0] >= IDLE:
+                    assert victim == oldest
+                else:
+                    assert victim is None
+                    victim = table.pop_unanswered()
+                    assert victim == (opened[0] if opened else None)
+                    if victim is None:
+                        continue
+                del model[victim]
+                if victim in opened:
+                    opened.remove(victim)
+            table.add(key, key, now)
+            model[key] = (now, touch)
+            opened.append(key)
+        assert len(table) == len(model) <= max_flows
+        assert sorted(table.values()) == sorted(model)
+
+
 # -- the silence rule, against a model -----------------------------------------------------------
 
 REPLY_TIMEOUT = 2.0

@@ -62,6 +62,7 @@ async def test_a_held_backend_is_ejected_once_another_comes_back() -> None:
         pool.observe(name, ok=False)
     assert (pool.health["b0"].state, pool.health["b1"].state) == (Health.EJECTED, Health.HEALTHY)
     assert pool.health["b1"].held == 3
+    assert pool.held_ejections() == {"b0": 0, "b1": 3}
     clock[0] = 31.0  # b0's ejection expires: it is available again (probing)
     pool.observe("b1", ok=False)
     assert pool.health["b1"].state is Health.EJECTED
