@@ -67,8 +67,11 @@ class Outcome:
 
     head: ResponseHead
     body: AsyncIterator[bytes]
+    held: Held | None = None  # a collected body's bytes, charged to the memory budget
 
     async def aclose(self) -> None:
+        if self.held is not None:
+            self.held.clear()
         await aclose_body(self.body)
 
 
@@ -335,7 +338,9 @@ class Dispatcher:
             queue_ms=round(queue_ms, 3),
             backend_ms=round(backend_ms, 3),
         )
-        return Outcome(head, iter_chunks(data)), ""
+        held = Held(self.budget)
+        held.update(len(data))  # until the front has sent it and closes the outcome
+        return Outcome(head, iter_chunks(data), held), ""
 
     async def _stream(
         self, pool: ServicePool, request: IncomingRequest, deadline_at: float | None
