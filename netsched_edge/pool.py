@@ -86,7 +86,12 @@ class ServicePool:
         give_up_at = self._clock() + self.queue_timeout_s
         woken = False
         while True:
-            self._check_available(exclude)
+            try:
+                self._check_available(exclude)
+            except NoBackend:
+                if woken and self._spare() > 0:
+                    self._wake_one()  # the slot handed to us may suit another request
+                raise
             if woken or not self._queue:
                 slot = self._try_choose(key, exclude) if woken or self._spare() > 0 else None
                 if slot is not None:

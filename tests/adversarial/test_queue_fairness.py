@@ -178,3 +178,38 @@ async def serve(pool: ServicePool, slot: BackendSlot) -> None:
         await collect(response.body, 1 << 16)
     finally:
         pool.release(slot, ok=True)
+
+
+async def test_a_freed_slot_goes_to_the_waiter_it_wakes(start_server) -> None:
+    port = await start_server(DemoHTTPServer("h", base_ms=1, cold_ms=0))
+    pool = slow_pool(port)
+    first = await pool.acquire("api", 3, None, set(), tenant="a")
+    waiter = asyncio.create_task(pool.acquire("api", 7, None, set(), tenant="b"))
+    await asyncio.sleep(0)
+    assert pool.queued == 1
+
+    async def release_then_ask() -> BackendSlot:
+        pool.release(first, ok=True)  # wakes b: the slot is b's now
+        return await pool.acquire("api", 0, None, set(), tenant="c")
+
+    newcomer = asyncio.create_task(release_then_ask())
+    slot = await asyncio.wait_for(waiter, 2.0)
+    await asyncio.sleep(0)
+    assert not newcomer.done() and pool.queued == 1  # c queued behind instead of barging
+    pool.release(slot, ok=True)
+    pool.release(await asyncio.wait_for(newcomer, 2.0), ok=True)
+
+
+async def test_a_woken_waiter_that_is_cancelled_passes_its_slot_on(start_server) -> None:
+    port = await start_server(DemoHTTPServer("h", base_ms=1, cold_ms=0))
+    pool = slow_pool(port)
+    first = await pool.acquire("api", 3, None, set(), tenant="a")
+    gone = asyncio.create_task(pool.acquire("api", 3, None, set(), tenant="b"))
+    await asyncio.sleep(0)
+    stays = asyncio.create_task(pool.acquire("api", 3, None, set(), tenant="c"))
+    await asyncio.sleep(0)
+    pool.release(first, ok=True)  # wakes b ...
+    gone.cancel()  # ... which leaves before it runs
+    slot = await asyncio.wait_for(stays, 2.0)
+    pool.release(slot, ok=True)
+    assert pool.queued == 0
