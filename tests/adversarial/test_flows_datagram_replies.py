@@ -52,6 +52,7 @@ async def test_an_oversized_reply_does_not_block_later_ones(
             session.send_datagram("dg", b"hello")
             with suppress(TimeoutError):
                 got.add((await asyncio.wait_for(session.receive_datagram(), 0.2))[1])
+    session.send_datagram("dg", b"")  # a backend cannot take an empty datagram: dropped
     session.send_datagram("dg", b"big")
     await asyncio.sleep(0.1)  # the big reply is back at the edge: dropped, or stuck at the head
     for i in range(LATER):
@@ -70,6 +71,10 @@ async def test_an_oversized_reply_does_not_block_later_ones(
         "netsched_edge_datagrams_dropped_total", {"reason": "oversized"}
     )
     assert dropped == 1
+    empty = registry.get_sample_value(
+        "netsched_edge_datagrams_dropped_total", {"reason": "bad_request"}
+    )
+    assert empty == 1
 
 
 def test_the_largest_reply_fits_the_mtu_and_the_peers_limit() -> None:
