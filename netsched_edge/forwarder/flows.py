@@ -111,6 +111,9 @@ Report = Callable[[int, FlowOutcome, float], None]  # (backend index, outcome, n
 
 MAX_FLOWS = 1 << 20
 DEFAULT_MAX_FLOWS = 4096  # when RLIMIT_NOFILE is unlimited
+# The derived default stops here: the C table is allocated (and touched) whole up front,
+# ~170 bytes a flow; set max_flows to go higher.
+DERIVED_MAX_FLOWS = 1 << 16
 MIN_FD_RESERVE = 64  # descriptors the flows never take, at least
 _UNLIMITED = (1 << 31) - 1  # descriptor numbers are C ints
 DEFAULT_IDLE_TIMEOUT = 30.0  # seconds without a datagram either way (nginx proxy_timeout: 600)
@@ -226,11 +229,12 @@ def default_fd_reserve(nofile: int) -> int:
 
 
 def default_max_flows(nofile: int | None = None) -> int:
-    """One relay's flows when not configured: half of what the reserve leaves."""
+    """One relay's flows when not configured: half of what the reserve leaves (at most
+    DERIVED_MAX_FLOWS)."""
     nofile = nofile_limit() if nofile is None else nofile
     if nofile >= _UNLIMITED:
         return DEFAULT_MAX_FLOWS
-    return max(1, min(MAX_FLOWS, (nofile - default_fd_reserve(nofile)) // 2))
+    return max(1, min(DERIVED_MAX_FLOWS, (nofile - default_fd_reserve(nofile)) // 2))
 
 
 def check_options(

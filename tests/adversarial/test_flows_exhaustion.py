@@ -160,4 +160,5 @@ def test_the_flow_budget_follows_the_descriptor_limit() -> None:
     assert (default_fd_reserve(256), default_max_flows(256)) == (64, 96)
     assert (default_fd_reserve(1024), default_max_flows(1024)) == (256, 384)
     assert default_max_flows(65536) == 24576
+    assert default_max_flows(1 << 20) == 1 << 16  # the table is allocated whole: capped
     assert default_max_flows(16) == 1  # a tiny limit still allows a flow; the reserve guards
