@@ -5,7 +5,8 @@ chosen once, by the service's policy and health (the same pool requests use);
 every later datagram of the flow is relayed in C without Python.
 
 Bounds ([limits]): `max_flows` flows (default: half of what is left of the
-soft RLIMIT_NOFILE after a quarter is reserved for the rest of the edge),
+soft RLIMIT_NOFILE after a quarter is reserved for the rest of the edge, at
+most 65536),
 `max_flows_per_source` per client address, and no flow socket ever takes one
 of the reserved descriptors: a client that would need one is dropped and
 counted, and static files, backend connections and QUIC keep working (the
