@@ -4,6 +4,14 @@ async with netsched_client.connect("127.0.0.1", 4433, slo=SLO(deadline_ms=100)) 
     response = await s.request("api", b"payload")
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+try:
+    __version__ = _distribution_version("netsched")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
 from .errors import (
     BackendFailed,
     BadRequest,
@@ -58,6 +66,7 @@ __all__ = [
     "Status",
     "Stream",
     "TicketStore",
+    "__version__",
     "connect",
     "open_session",
 ]

@@ -2,17 +2,10 @@
 
 `codec` is the API; `_rlc` (Cython) holds the GF(2^8) region kernels and the
 encoder/decoder cores, `tinymt32` (Cython) the RFC 8682 PRNG behind the coding
-coefficients, `gf256` the field tables.
+coefficients, `gf256` the field tables. Without the extensions (no C
+compiler) `rlc` picks their pure-Python ports, `_rlc_py` and `_tinymt32_py`.
 """
 
-from netsched_client.fec._rlc import (
-    LENGTH_PREFIX,
-    MAX_SYMBOL_ID,
-    MAX_SYMBOL_SIZE,
-    MAX_WINDOW,
-    MIN_SYMBOL_SIZE,
-    generate_coding_coefs,
-)
 from netsched_client.fec.codec import BytesLike, FecDecoder, FecEncoder, Recovered
 from netsched_client.fec.errors import (
     CorruptRepairError,
@@ -21,7 +14,15 @@ from netsched_client.fec.errors import (
     SymbolIdError,
     SymbolSizeError,
 )
-from netsched_client.fec.tinymt32 import TinyMT32
+from netsched_client.fec.rlc import (
+    LENGTH_PREFIX,
+    MAX_SYMBOL_ID,
+    MAX_SYMBOL_SIZE,
+    MAX_WINDOW,
+    MIN_SYMBOL_SIZE,
+    TinyMT32,
+    generate_coding_coefs,
+)
 
 __all__ = [
     "LENGTH_PREFIX",

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netsched_client.fec._rlc import DecoderCore, EncoderCore
+from netsched_client.fec.rlc import DecoderCore, EncoderCore
 
 BytesLike = bytes | bytearray | memoryview
 

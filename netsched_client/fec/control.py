@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, TypeGuard
 
-from netsched_client.fec._rlc import MAX_SYMBOL_SIZE, MAX_WINDOW, MIN_SYMBOL_SIZE
 from netsched_client.fec.params import DEFAULT_SYMBOL_SIZE
+from netsched_client.fec.rlc import MAX_SYMBOL_SIZE, MAX_WINDOW, MIN_SYMBOL_SIZE
 
 _FIRST_REPAIR_LIMIT: Final = 8  # DP size tried first; doubled until the answer is in range
 

@@ -24,8 +24,8 @@ from typing import ClassVar, Final, Self
 
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 
-from netsched_client.fec._rlc import MAX_SYMBOL_ID, MAX_SYMBOL_SIZE, MAX_WINDOW, MIN_SYMBOL_SIZE
 from netsched_client.fec.errors import FecError
+from netsched_client.fec.rlc import MAX_SYMBOL_ID, MAX_SYMBOL_SIZE, MAX_WINDOW, MIN_SYMBOL_SIZE
 
 # Private codepoints, one contiguous block (docs/FEC.md §7 says why these).
 SOURCE_SYMBOL_ID: Final = 0x0FEC0000

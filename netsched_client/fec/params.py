@@ -22,8 +22,8 @@ from typing import Final
 
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 
-from netsched_client.fec._rlc import MAX_SYMBOL_SIZE, MAX_WINDOW, MIN_SYMBOL_SIZE
 from netsched_client.fec.errors import FecError
+from netsched_client.fec.rlc import MAX_SYMBOL_SIZE, MAX_WINDOW, MIN_SYMBOL_SIZE
 
 # "NFEC"; a 4-byte value, so the 8-byte varint form on the wire. Not of the
 # reserved greasing form 31 * N + 27 (it is 31 * N + 23).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from .. import _native
 from ._common import Address, Datagram, UdpSocket, UdpStats
 from .fallback import PyUdpSocket
 from .loop import MAX_BATCHES_PER_WAKEUP, attach
@@ -19,10 +20,9 @@ if TYPE_CHECKING:
 
     HAVE_NATIVE: bool
 else:
-    try:
-        from ._udp import BatchedUdpSocket as NativeUdpSocket
-    except ImportError:  # not built (no compiler): stay usable, just slower
-        NativeUdpSocket = None
+    # Not built (no compiler): stay usable, just slower; `_native` warns once.
+    _compiled = _native.load("netsched_client.io._udp")
+    NativeUdpSocket = None if _compiled is None else _compiled.BatchedUdpSocket
     HAVE_NATIVE = NativeUdpSocket is not None and sys.platform == "linux"
     BatchedUdpSocket = NativeUdpSocket if HAVE_NATIVE else PyUdpSocket
 

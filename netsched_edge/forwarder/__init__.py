@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from netsched_client import _native
+
 from .driver import UdpForwarder
 from .flows import Choose, FlowTable, ForwarderStats, Relay
 from .reference import PyUdpRelay
@@ -24,10 +26,9 @@ if TYPE_CHECKING:
 
     HAVE_NATIVE: bool
 else:
-    try:
-        from ._relay import UdpRelay as NativeUdpRelay
-    except ImportError:  # not built (no compiler): stay usable, just slower
-        NativeUdpRelay = None
+    # Not built (no compiler): stay usable, just slower; `_native` warns once.
+    _compiled = _native.load("netsched_edge.forwarder._relay")
+    NativeUdpRelay = None if _compiled is None else _compiled.UdpRelay
     HAVE_NATIVE = NativeUdpRelay is not None and sys.platform == "linux"
     UdpRelay = NativeUdpRelay if HAVE_NATIVE else PyUdpRelay
 
