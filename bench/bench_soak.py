@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -56,7 +57,7 @@ from aioquic.quic.connection import NetworkAddress  # noqa: E402
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset  # noqa: E402
 
 from netsched_client import SLO, DeadlineExceeded, NetSchedError, Session, open_session  # noqa: E402
-from netsched_lab.process import spawned  # noqa: E402
+from netsched_lab.process import process_cpu, spawned  # noqa: E402
 
 SMALL = 16 * 1024
 BIG = 256 * 1024
@@ -64,6 +65,7 @@ FILES = {"small.bin": SMALL, "big.bin": BIG}
 SLOW_BACKEND_MS = 400.0
 MISSED_DEADLINE_MS = 150
 START_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 60.0  # a client process closing all its connections
 BACKEND_NAMES = ("echo", "slow", "pipe")  # in the order of the backends process's ports
 
 
@@ -131,6 +133,9 @@ class Results:
     fds_peak: int = 0
     fds_end: int = 0
     backend_sockets_end: dict[str, int] = field(default_factory=dict)
+    edge_cpu_share: float = 0.0  # the edge's CPU time / wall time while the clients ran
+    unreported_clients: int = 0  # client processes whose counts did not come in time
+    clients_closed_cleanly: int = 0  # client processes that closed all their connections
     edge_end: dict[str, Any] = field(default_factory=dict)  # slots, requests, connections
     metrics_responses: int | None = None  # netsched_edge_responses_total, summed
     samples: list[Sample] = field(default_factory=list)
@@ -244,7 +249,18 @@ def _edge_state(edge: Any) -> dict[str, Any]:
         for slot in pool.slots
     }
     queued = {name: pool.queued for name, pool in edge.dispatcher.pools.items()}
+    rejections = {
+        name: dict(getattr(pool, "queue_rejections", {}))
+        for name, pool in edge.dispatcher.pools.items()
+    }
+    health = {
+        f"{name}/{backend}": getattr(getattr(tracker, "state", None), "name", "?")
+        for name, pool in edge.dispatcher.pools.items()
+        for backend, tracker in getattr(pool, "health", {}).items()
+    }
     return {
+        "queue_rejections": rejections,
+        "health": health,
         "slots": slots,
         "queued": queued,
         "requests": edge.in_flight() if callable(edge.in_flight) else edge.in_flight,
@@ -456,7 +472,8 @@ async def _client_main(
     rng = random.Random(f"{options.seed}:{index}")
     stats = ClientStats()
     loop = asyncio.get_running_loop()
-    async with contextlib.AsyncExitStack() as stack:
+    stack = contextlib.AsyncExitStack()
+    try:
         workers = await _open_all(stack, count, port, ca, options, rng, stats)
         conn.send(("ready", stats.connections, stats.connect_failed))
         await loop.run_in_executor(None, conn.recv)  # "go"
@@ -466,8 +483,16 @@ async def _client_main(
             for worker in workers
         ]
         await asyncio.gather(*tasks)
-    # Plain data: this module is __mp_main__ here, a name the parent cannot unpickle.
-    conn.send({f.name: getattr(stats, f.name) for f in fields(stats)})
+        # Plain data: this module is __mp_main__ here, a name the parent cannot unpickle.
+        conn.send({f.name: getattr(stats, f.name) for f in fields(stats)})
+    finally:
+        closed = True
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await stack.aclose()
+        except TimeoutError:
+            closed = False
+        conn.send(("closed", closed))
 
 
 async def _open_all(
@@ -546,7 +571,8 @@ async def _work(
         except Outcome as exc:
             stats.failed[f"{kind}: {exc}"] += 1
         except (NetSchedError, ConnectionError, OSError) as exc:
-            stats.failed[f"{kind}: {type(exc).__name__}"] += 1
+            reason = re.sub(r"\d+(\.\d+)?", "N", str(exc))[:90]  # one key per kind of failure
+            stats.failed[f"{kind}: {type(exc).__name__}: {reason}"] += 1
         else:
             stats.succeeded += 1
             stats.latency_ms.append((loop.time() - started) * 1000)
@@ -669,7 +695,9 @@ def _load(
         for _, conn in clients:
             conn.send("go")
         go = time.monotonic()
+        cpu_at_go = process_cpu(edge_pid)
         pending = {conn for _, conn in clients}
+        reported: set[Connection] = set()
         end_by = go + options.duration_s + options.request_timeout_s + 60
         next_log = 0.0
         while pending and time.monotonic() < end_by:
@@ -684,10 +712,16 @@ def _load(
                 next_log += 5.0
                 log(f"  t={now:5.1f} s  edge RSS {sample.rss_mb:7.1f} MB  fds {sample.fds}")
             for conn in [c for c in pending if c.poll(1.0 / max(len(pending), 1))]:
-                results.stats.add(ClientStats(**_recv(conn, 1, "a client process")))
-                pending.discard(conn)
-        if pending:
-            raise RuntimeError(f"{len(pending)} client processes did not finish")
+                message = _recv(conn, 1, "a client process")
+                if isinstance(message, dict):
+                    results.stats.add(ClientStats(**message))
+                    reported.add(conn)
+                pending.discard(conn)  # else it failed and sent ("closed", ...) already
+        results.edge_cpu_share = (process_cpu(edge_pid) - cpu_at_go) / (time.monotonic() - go)
+        results.unreported_clients = len(clients) - len(reported)  # not in the totals
+        for conn in reported:  # each closes its connections, so that the edge sees them go
+            _, closed = _recv(conn, CLOSE_TIMEOUT_S + 30, "a client process closing")
+            results.clients_closed_cleanly += bool(closed)
     results.rss_peak_mb = max(s.rss_mb for s in results.samples)
     results.fds_peak = max(s.fds for s in results.samples)
 
@@ -717,19 +751,31 @@ def report(results: Results) -> str:
     if s.lost:
         lost = ", ".join(f"{k} {n}" for k, n in s.lost_by_kind.most_common())
         lines.append(f"  lost (no outcome in {o.request_timeout_s:g} s): {lost}")
+    if results.unreported_clients:
+        lines.append(
+            f"  MISSING: {results.unreported_clients} client processes did not report "
+            f"within {o.duration_s + o.request_timeout_s + 60:g} s (their requests are not counted)"
+        )
+    lines.append(
+        f"  client processes that closed every connection within {CLOSE_TIMEOUT_S:g} s: "
+        f"{results.clients_closed_cleanly} of {o.clients}"
+    )
     growth = results.rss_load_end_mb - results.rss_warm_mb
     lines += [
         f"edge RSS MB: start {results.rss_start_mb:.1f}, connected {results.rss_connected_mb:.1f}, "
         f"after warm-up {results.rss_warm_mb:.1f}, peak {results.rss_peak_mb:.1f}, "
         f"end of load {results.rss_load_end_mb:.1f} ({growth:+.1f} since warm-up), "
         f"clients gone {results.rss_end_mb:.1f}",
+        f"edge CPU while the clients ran: {results.edge_cpu_share:.0%} of one core",
         f"edge fds: start {results.fds_start}, peak {results.fds_peak}, end {results.fds_end} "
         f"(TCP to backends at the end: {results.backend_sockets_end})",
         f"edge at the end: backend slots taken {results.leaked_slots} "
         f"{results.edge_end.get('slots')}, queued {results.edge_end.get('queued')}, "
         f"requests under way {results.edge_end.get('requests')}, "
         f"connections {results.edge_end.get('connections')} "
-        f"(QUIC {results.edge_end.get('quic_connections')})",
+        f"(QUIC {results.edge_end.get('quic_connections')}); health "
+        f"{results.edge_end.get('health')}; queue rejections "
+        f"{results.edge_end.get('queue_rejections')}",
         f"/metrics responses_total {results.metrics_responses} "
         f"(client requests {s.sent}; native aborts and h3 cancels may end without a response)",
     ]

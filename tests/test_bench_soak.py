@@ -30,6 +30,7 @@ def test_a_short_soak_loses_nothing_and_leaks_no_slot() -> None:
     assert not stats.failed, report
     assert stats.succeeded == stats.sent, report
     assert {kind.split(".")[0] for kind in stats.by_kind} == {"native", "h3"}, report
+    assert results.unreported_clients == 0 and results.clients_closed_cleanly == 2, report
     assert results.leaked_slots == 0, report
     assert results.edge_end["requests"] == 0, report
     assert results.edge_end["connections"] == 0, report
