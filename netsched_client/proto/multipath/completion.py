@@ -10,20 +10,24 @@ Once per round of flushes, the stream data waiting to be sent (`Backlog`, in
 the connection's send order: earliest deadline, then urgency) is handed out,
 in quanta, to the path with the earliest expected arrival for it:
 
-    arrival(p, x) = now + max(0, in_flight + queued + x - rate * rtt) / rate
+    arrival(p, x) = now + (max(0, in_flight - cwnd) + queued + x) / rate
                     + rtt / 2 + loss * retransmit_rtts * rtt
 
-the time the path needs to send it behind what it was already given: nothing
-while it fits in what the path carries per RTT; beyond that, clocked out by
-ACKs at rate = cwnd / rtt, or what the path measurably delivered while busy if
-that is less (a window that never fills says nothing of capacity); plus one
-way, plus the expected cost of a retransmission at the path's recent loss rate.
-Data with a deadline rides only paths that reach it in time when one does (a
-path still recovering from a stall does not count: hysteresis), and waits for
-the fast path on purpose when the slow one would deliver later; data no path
-can deliver in time stays with the fastest path (the send order resets it at
-its deadline). Deadline-free data goes wherever it arrives first, so a backlog
-spreads over every path and its tail stays on the fast one.
+the time the path needs to send it behind what it was already given (paced,
+or clocked by ACKs once its window is full, at rate = cwnd / rtt, or what the
+path measurably delivered if that is less: a window that never fills says
+nothing of capacity), plus one way, plus the expected cost of a retransmission at the
+path's recent loss rate. Data with a deadline rides only paths that reach it
+in time when one does (a path still recovering from a stall does not count:
+hysteresis), and waits for the fast path on purpose when the slow one would
+deliver later; data no path can deliver in time stays with the fastest path
+(the send order resets it at its deadline). Deadline-free data goes wherever
+it arrives first, so a backlog spreads over every path and its tail stays on
+the fast one; except that each round, a path with room that was given nothing
+and is not much further away than the nearest (EXPLORE_RTT_RATIO) gets one
+quantum of it first: a window is only as large as the data it carried, so by
+this model alone a path left unused while another grew its window would stay
+unused (the rich-get-richer of ECF on equal paths).
 
 The hand-out stops once every path has been given more than its window has
 room for: later data cannot leave in this round anyway. What each path was
@@ -42,6 +46,7 @@ from ..send_order import StreamPriority
 
 QUANTUM = 16_384  # bytes handed out at a time: a stream of N quanta may spread over N paths
 PACKET_OVERHEAD = 64  # header, AEAD tag and frame headers per datagram, for the byte budget
+EXPLORE_RTT_RATIO = 2.0  # paths within this factor of the nearest one's RTT get bulk each round
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +70,9 @@ class PathView:
         """When `queued` more bytes sent on this path this round would have arrived."""
         window_rate = max(self.cwnd, self.datagram_size) / self.rtt
         rate = min(window_rate, self.delivery_rate or window_rate)
-        # What fits in the window (as much as the path delivers in an RTT) leaves now;
-        # the rest waits for ACKs to clock it out at the path's rate. Charging window
-        # bytes the rate as well would starve a path whose window is small only because
-        # it was not used: its window would never grow.
-        wait = max(0, self.in_flight + queued - rate * self.rtt) / rate
+        # They leave at the path's rate (paced, or clocked by ACKs once the window is
+        # full), behind what is over the window already.
+        wait = (max(0, self.in_flight - self.cwnd) + queued) / rate
         return now + wait + self.rtt / 2 + self.loss * retransmit_rtts * self.rtt
 
 
@@ -94,7 +97,8 @@ class Assignment:
     # Quanta handed out per (path ID, reason): "fastest"; "wait-for-fast" (a slower path
     # had room, but this one delivers sooner even after waiting for its window); "spread"
     # (the faster path's backlog made a slower one earlier); "deadline-only-path" (only
-    # this one reaches the deadline); "no-path-in-time" (none does: the fastest).
+    # this one reaches the deadline); "no-path-in-time" (none does: the fastest);
+    # "explore" (deadline-free data for a near path left unused this round).
     reasons: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     def held_back(self, path_id: int, backlog: Sequence[Backlog]) -> set[int]:
@@ -154,6 +158,9 @@ class _Chooser:
 
     def choose(self, deadline: float | None) -> tuple[PathView, str]:
         if deadline is None:
+            unused = self._unused()
+            if unused is not None:
+                return unused, "explore"
             return self._earliest(self.paths)
         # A path just back from a stall, or not measured yet, promises no deadline.
         steady = [p for p in self.paths if p.measured and not p.recovering] or list(self.paths)
@@ -165,6 +172,18 @@ class _Chooser:
             # fastest path rather than take a slower one's room from data it can help.
             return min(steady, key=lambda p: (p.rtt, p.path_id)), "no-path-in-time"
         return self._earliest(in_time)
+
+    def _unused(self) -> PathView | None:
+        """A near path with room that this round gave nothing yet (see the module doc)."""
+        nearest = min(p.rtt for p in self.paths)
+        for path in self.paths:
+            if (
+                self.queued[path.path_id] == 0
+                and path.room() >= path.datagram_size
+                and path.rtt <= EXPLORE_RTT_RATIO * nearest
+            ):
+                return path
+        return None
 
     def _earliest(self, candidates: Sequence[PathView]) -> tuple[PathView, str]:
         best = min(candidates, key=self.arrival)
