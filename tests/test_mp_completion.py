@@ -143,3 +143,17 @@ def test_every_stream_is_handed_out_or_left_to_any_path(
     for path in paths:
         budget = out.budget(path.path_id, path)
         assert budget is None or budget >= out.queued[path.path_id]
+
+
+def test_a_near_path_left_unused_gets_bulk_to_grow_its_window() -> None:
+    # Equal RTTs; path 1's window grew while path 0 carried nothing (its window is the
+    # initial one). By arrival alone path 1 takes it all, round after round; the near
+    # unused path gets a quantum first, so its window grows too (picoquic mp-transfer).
+    grown = wifi(path_id=1, cwnd=3_000_000)
+    small = wifi(cwnd=13_600)
+    out = hand_out([small, grown], [bulk(8, 1_000_000)])
+    assert out.queued[0] > 0 and out.reasons[(0, "explore")] == 1
+    # A path four times further away is not explored: a small transfer stays near.
+    far = cellular(rtt=0.032)
+    out = hand_out([wifi(), far], [bulk(8, 30_000)])
+    assert out.queued[1] == 0
