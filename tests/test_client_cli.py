@@ -1,0 +1,248 @@
+"""`netsched`, the installed binary, against a real edge on loopback: outputs, exit codes, messages.
+
+The edge runs in the test's process (conftest's `start_edge`) and the CLI in
+its own, so every byte crosses real UDP sockets. Backends: the static file
+service `www`, an HTTP backend that trickles its body (`slow`, for progress
+lines, deadlines and Ctrl-C) and the demo echo server (`api`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from netsched_edge.config import BackendConfig, HealthConfig, ServiceConfig
+from netsched_edge.demo_backends import DemoHTTPServer
+from netsched_edge.server import EdgeServer
+
+EdgeFactory = Callable[..., Awaitable[EdgeServer]]  # conftest's start_edge
+
+NETSCHED = str(Path(sys.executable).parent / "netsched")
+CHUNK = 50_000
+
+
+async def _run(*args: str, timeout: float = 30) -> tuple[int, bytes, str]:
+    proc = await asyncio.create_subprocess_exec(
+        NETSCHED, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out, err.decode()
+
+
+def _one_line_failure(code: int, err: str) -> str:
+    """The single `netsched: ...` line of an expected failure (no traceback)."""
+    assert code != 0
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("netsched: "), err
+    return lines[0]
+
+
+async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """HTTP/1.1: GET /health answers at once; any other path sends `chunks` pieces, 0.1 s apart."""
+    try:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        target = head.split()[1]
+        chunks = 1 if target == "/health" else int(target.rpartition("=")[2] or 20)
+        body_size = 2 if target == "/health" else chunks * CHUNK
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Length: {body_size}\r\nConnection: close\r\n\r\n".encode()
+        )
+        if target == "/health":
+            writer.write(b"ok")
+        else:
+            for _ in range(chunks):
+                writer.write(b"x" * CHUNK)
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+@dataclass
+class Edge:
+    port: int
+    ca: str
+    www: Path
+
+    def url(self, rest: str) -> str:
+        return f"netsched://127.0.0.1:{self.port}/{rest}"
+
+
+@pytest.fixture
+async def edge(start_edge: EdgeFactory, www: Path) -> AsyncIterator[Edge]:
+    slow = await asyncio.start_server(_trickle, "127.0.0.1", 0)
+    slow_port = slow.sockets[0].getsockname()[1]
+    api = DemoHTTPServer("api-backend", base_ms=1, cold_ms=0)
+    api_port = await api.start()
+    health = HealthConfig(interval_s=0.2)
+    server = await start_edge(
+        ServiceConfig("www", (BackendConfig("files", "static", root=www),)),
+        ServiceConfig(
+            "slow", (BackendConfig("trickle", "http", "127.0.0.1", slow_port),), health=health
+        ),
+        ServiceConfig("api", (BackendConfig("b", "http", "127.0.0.1", api_port),), health=health),
+    )
+    assert server.ca_certificate is not None
+    try:
+        yield Edge(server.port, str(server.ca_certificate), www)
+    finally:
+        slow.close()
+        await api.stop()
+
+
+async def test_version_and_help_list_the_commands() -> None:
+    code, out, _ = await _run("--version")
+    assert code == 0 and out.decode().strip() == f"netsched {version('netsched')}"
+    code, out, _ = await _run("--help")
+    assert code == 0
+    assert "get" in out.decode() and "request" in out.decode()
+    code, out, _ = await _run("get", "--help")
+    for option in ("-o FILE", "--paths", "--deadline-ms", "--insecure", "--ca", "--progress"):
+        assert option in out.decode()
+
+
+async def test_get_writes_the_file_and_verifies_with_the_ca(edge: Edge, tmp_path: Path) -> None:
+    target = tmp_path / "big.bin"
+    code, out, err = await _run("get", edge.url("www/big.bin"), "-o", str(target), "--ca", edge.ca)
+    assert code == 0, err
+    assert out == b"" and err == ""  # no progress line: stderr is not a terminal
+    assert target.read_bytes() == (edge.www / "big.bin").read_bytes()
+
+
+async def test_get_to_stdout_and_verbose_shows_the_negotiated_features(edge: Edge) -> None:
+    code, out, err = await _run("get", edge.url("www/hello.txt"), "--insecure", "-v", "--fec")
+    assert code == 0, err
+    assert out == b"hello from the edge\n"
+    assert f"* connected to 127.0.0.1:{edge.port}, ALPN netsched/1" in err
+    assert "* multipath: yes, 1 path(s)" in err
+    assert "* FEC: on" in err
+    assert "* resumed: no, 0-RTT: off" in err
+    assert "* status 200 from files, 20 bytes" in err
+    code, _, err = await _run("get", edge.url("www/hello.txt"), "-k", "-v")
+    assert code == 0 and "* FEC: off" in err
+
+
+async def test_get_progress_line_on_a_long_transfer(edge: Edge) -> None:
+    code, out, err = await _run("get", edge.url("slow/t?n=20"), "-k", "--progress")
+    assert code == 0, err
+    assert len(out) == 20 * CHUNK
+    lines = err.strip().splitlines()
+    assert len(lines) >= 2, err  # about 2 s: a line every 0.5 s after the first second
+    assert all(line.startswith("received ") and "/s | path 0: " in line for line in lines), err
+    assert lines[-1].startswith("received 1.0 MB in ")
+    code, _, err = await _run("get", edge.url("slow/t?n=15"), "-k")  # not a terminal: silent
+    assert code == 0 and err == ""
+
+
+async def test_get_opens_extra_paths_and_counts_bytes_per_path(edge: Edge) -> None:
+    code, out, err = await _run(
+        "get", edge.url("slow/t?n=15"), "-k", "-v", "--progress", "--paths", "127.0.0.1,127.0.0.2"
+    )
+    assert code == 0, err
+    assert len(out) == 15 * CHUNK
+    assert "* multipath: yes" in err
+    assert "*   path 0: " in err and "*   path 1: " in err, err
+    assert "| path 1: " in err  # the progress line splits the bytes by path
+
+
+async def test_request_still_sends_a_body(edge: Edge) -> None:
+    code, out, err = await _run(
+        "request", f"127.0.0.1:{edge.port}", "api", "--data", "echo me", "--ca", edge.ca
+    )
+    assert code == 0, err
+    assert out == b"echo me" and "from b" in err
+
+
+async def test_expected_failures_print_one_line(edge: Edge, tmp_path: Path) -> None:
+    cases: list[tuple[list[str], int, str]] = [
+        (["get", "http://127.0.0.1/www/x"], 2, "URL must start with netsched:// or https://"),
+        (["get", f"netsched://127.0.0.1:{edge.port}/"], 2, "names no service"),
+        (["get", edge.url("www/hello.txt"), "--ca", str(tmp_path / "none.pem")], 2, "CA file"),
+        (["get", edge.url("www/x"), "-o", str(tmp_path / "no" / "f")], 2, "does not exist"),
+        (["request", "nohostport", "api", "-k"], 2, "edge must be HOST:PORT"),
+        (["get", "netsched://no-such-host.invalid:4433/www/x", "-k"], 1, "cannot resolve"),
+        (["get", edge.url("nosuch/x"), "-k"], 1, "ServiceNotFound"),
+        (["get", edge.url("www/missing.txt"), "-k"], 1, "404"),
+        (["request", f"127.0.0.1:{edge.port}", "nosuch", "-k"], 1, "ServiceNotFound"),
+    ]
+    for args, expected_code, words in cases:
+        code, _, err = await _run(*args)
+        line = _one_line_failure(code, err)
+        assert code == expected_code and words in line, (args, code, line)
+
+
+async def test_no_edge_and_wrong_ca_fail_in_one_line(edge: Edge, tmp_path: Path) -> None:
+    # Nothing listens on this UDP port: no handshake within the connect timeout.
+    code, _, err = await _run("get", "netsched://127.0.0.1:9/www/x", "-k", "--connect-timeout", "1")
+    line = _one_line_failure(code, err)
+    assert code == 1 and "ConnectionLost" in line, line
+    # A CA that did not sign the edge's certificate: refused at the handshake.
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(_self_signed_ca())
+    code, _, err = await _run("get", edge.url("www/hello.txt"), "--ca", str(other))
+    line = _one_line_failure(code, err)
+    assert code == 1 and "certificate" in line, line
+
+
+async def test_deadline_and_ctrl_c_leave_no_partial_file(edge: Edge, tmp_path: Path) -> None:
+    target = tmp_path / "slow.bin"
+    code, _, err = await _run(
+        "get", edge.url("slow/t?n=20"), "-k", "--deadline-ms", "400", "-o", str(target)
+    )
+    line = _one_line_failure(code, err)
+    assert code == 1 and "DeadlineExceeded" in line, line
+    assert not target.exists()
+
+    proc = await asyncio.create_subprocess_exec(
+        NETSCHED,
+        "get",
+        edge.url("slow/t?n=40"),
+        "-k",
+        "-o",
+        str(target),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await asyncio.sleep(1.5)  # connected and receiving
+    proc.send_signal(signal.SIGINT)
+    _, err_bytes = await asyncio.wait_for(proc.communicate(), 15)
+    line = _one_line_failure(proc.returncode or 0, err_bytes.decode())
+    assert proc.returncode == 130 and line == "netsched: interrupted"
+    assert not target.exists()
+
+
+def _self_signed_ca() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the edge's CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
