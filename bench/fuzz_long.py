@@ -45,11 +45,14 @@ from netsched_client.fec.params import (
 from netsched_client.proto import h3, hq
 from netsched_client.proto import slo as slo_mod
 from netsched_client.proto.framing import (
+    ControlReader,
+    Goaway,
     HeadReader,
     RequestHead,
     ResponseHead,
     decode_datagram,
     encode_datagram,
+    encode_goaway,
     encode_request_head,
     encode_response_head,
 )
@@ -137,6 +140,13 @@ def _head(kind: str, data: bytes) -> object:
     if results[0] != results[1]:
         raise AssertionError(f"head differs when split at {split}: {results}")
     return results[0]
+
+
+def _control(data: bytes) -> object:
+    """The native client's control stream, fed in two pieces."""
+    split = data[-1] % (len(data) + 1) if data else 0
+    reader = ControlReader()
+    return reader.feed(data[:split]) + reader.feed(data[split:])
 
 
 def _headers_of(data: bytes) -> h3.Headers:
@@ -338,6 +348,12 @@ TARGETS: dict[str, Target] = {
             lambda data: _head("response", data),
             (FramingError,),
             [encode_response_head(head) for head in _response_heads()],
+        ),
+        Target(
+            "control",
+            _control,
+            (FramingError,),
+            [encode_goaway(Goaway(8)), encode_goaway(Goaway(0)) + encode_goaway(Goaway(2**20))],
         ),
         Target(
             "datagram",

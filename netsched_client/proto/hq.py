@@ -156,6 +156,8 @@ class HQProtocol:
             return [StreamAborted(event.stream_id, event.error_code, "reset by peer")]
         if not isinstance(event, StreamDataReceived):
             return []
+        if event.stream_id & 0x2:
+            return []  # a unidirectional stream: HTTP/0.9 has no use for one, nothing is read
         if event.stream_id in self._aborted:
             if event.end_stream and event.stream_id in self._answered:
                 self.forget(event.stream_id)

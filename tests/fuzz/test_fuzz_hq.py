@@ -137,3 +137,25 @@ def test_a_line_within_the_bound_is_served(certificate: CertificatePair) -> None
     line = b"GET /" + b"a" * 1000 + b"\r\n"
     events, _ = _serve(certificate, [line[:3], line[3:]], end=True, limit=1024)
     assert [type(e) for e in events] == [RequestReceived, BodyReceived]
+
+
+def test_no_request_is_read_from_a_unidirectional_stream(certificate: CertificatePair) -> None:
+    """The request would run, and its answer could not be sent back on that stream."""
+    client_cfg = QuicConfiguration(
+        is_client=True, alpn_protocols=[hq.ALPN], server_name="localhost"
+    )
+    client_cfg.load_verify_locations(str(certificate.ca_certificate))
+    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=[hq.ALPN])
+    server_cfg.load_cert_chain(certificate.certificate, certificate.private_key)
+    client = NetSchedConnection(configuration=client_cfg)
+    server = NetSchedConnection(
+        configuration=server_cfg,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    pair = MemoryPair(client, server)
+    pair.flush()
+    protocol = hq.HQProtocol(pair.server)
+    uni = pair.client.get_next_available_stream_id(is_unidirectional=True)
+    pair.client.send_stream_data(uni, b"GET /index.html\r\n", end_stream=True)
+    pair.flush()
+    assert [e for q in events_of(pair.server) for e in protocol.handle_event(q)] == []
