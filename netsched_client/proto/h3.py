@@ -9,8 +9,10 @@ incremental when the SLO leaves them unset.
 Header sections are bounded by `max_header_bytes` (RFC 9114 §4.2.2): the
 bound is advertised as SETTINGS_MAX_FIELD_SECTION_SIZE, a HEADERS or
 PUSH_PROMISE frame that declares a longer block is refused from its frame
-head, before any of it is buffered, and a decoded section larger than the
-bound (as RFC 9114 §4.2.2 counts it) is refused too. Refusal is a stream error
+head, before any of it is buffered; a block of more than `MAX_FIELD_LINES`
+field lines is refused before QPACK decodes it (references to the dynamic
+table expand it), and a decoded section larger than the bound (as RFC 9114
+§4.2.2 counts it) is refused too. Refusal is a stream error
 H3_EXCESSIVE_LOAD (RFC 9114 §10.5): the stream is reset and its reading
 stopped; the server reports it as a `RequestRejected` with status 431.
 """
@@ -448,11 +450,8 @@ class H3Protocol:
             return []
         return self._refuse(sid, f"a header block of {declared} bytes {self._over_limit}")
 
-    def _refuse(self, stream_id: int, what: str) -> list[ProtocolEvent]:
+    def _refuse(self, stream_id: int, message: str) -> list[ProtocolEvent]:
         """Stream error H3_EXCESSIVE_LOAD: reset the stream and stop reading it."""
-        message = (
-            f"{what}: over the limit of {self._max_header_bytes} bytes, {MAX_FIELD_LINES} lines"
-        )
         self._bounds.pop(stream_id, None)
         self._refused.add(stream_id)
         self._quic.reset_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
