@@ -382,6 +382,13 @@ class H3Protocol:
         self._refused.discard(stream_id)
         self._answered.discard(stream_id)
 
+    @property
+    def open_streams(self) -> int:
+        """Streams this object keeps state for (to check that finished ones are freed)."""
+        return len(
+            self._started | self._aborted | self._bounds.keys() | self._refused | self._answered
+        )
+
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]:
         if isinstance(event, StopSendingReceived) and self._quic.configuration.is_client:
             # The server stopped reading the request; its response may still come, and a

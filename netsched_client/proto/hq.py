@@ -141,6 +141,12 @@ class HQProtocol:
         self._pending.pop(stream_id, None)
         self._answered.discard(stream_id)
 
+    @property
+    def open_streams(self) -> int:
+        """Streams this object keeps state for (to check that finished ones are freed)."""
+        held = self._aborted | self._served | self._requested | self._receiving | self._answered
+        return len(held | self._pending.keys())
+
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]:
         if isinstance(event, StopSendingReceived) and self._quic.configuration.is_client:
             # The server stopped reading the request; its response may still come, and a

@@ -379,3 +379,37 @@ def test_goaway_goes_on_the_control_stream(certificate: CertificatePair) -> None
     )
     assert control.startswith(b"\x00")  # stream type: control
     assert control.endswith(_frame(0x7, 1, b"\x08"))  # GOAWAY(8) after SETTINGS
+
+
+@pytest.mark.parametrize("kind", ["bad path", "bad slo", "oversized block", "peer reset"])
+def test_rejected_requests_leave_no_state(certificate: CertificatePair, kind: str) -> None:
+    """Requests the core answers itself never reach the runtime, which never forgets them."""
+    exchange = Exchange(certificate, max_header_bytes=1024)
+    base = h3.request_headers(RequestHead("api"), "x")
+    for i in range(60):
+        sid = 4 * i
+        if kind == "oversized block":
+            exchange.send(sid, [_frame(0x1, 5000, bytes(100))], end=False)
+            continue
+        headers = base
+        if kind == "bad path":
+            headers = [(n, b"/" if n == b":path" else v) for n, v in base]
+        elif kind == "bad slo":
+            headers = [*base, (b"netsched-slo", b"!!")]
+        exchange.client_h3.send_headers(sid, headers, end_stream=kind != "peer reset")
+        exchange.pair.flush()
+        if kind == "peer reset":
+            exchange.drain()
+            exchange.pair.client.reset_stream(sid, ErrorCode.H3_REQUEST_CANCELLED)
+        exchange.drain()
+    exchange.client_events()  # the client answers STOP_SENDING with RESET_STREAM
+    exchange.drain()
+    received = [e for e in exchange.events if isinstance(e, RequestReceived)]
+    if kind == "peer reset":
+        assert len(received) == 60  # the runtime has them: its forget() frees them
+        for event in received:
+            exchange.server.forget(event.stream_id)
+    else:
+        assert not received
+        assert len([e for e in exchange.events if isinstance(e, RequestRejected)]) == 60
+    assert exchange.server.open_streams == 0

@@ -159,3 +159,33 @@ def test_no_request_is_read_from_a_unidirectional_stream(certificate: Certificat
     pair.client.send_stream_data(uni, b"GET /index.html\r\n", end_stream=True)
     pair.flush()
     assert [e for q in events_of(pair.server) for e in protocol.handle_event(q)] == []
+
+
+@pytest.mark.parametrize("ending", ["fin", "stopped"])
+def test_refused_requests_leave_no_state(certificate: CertificatePair, ending: str) -> None:
+    client_cfg = QuicConfiguration(
+        is_client=True, alpn_protocols=[hq.ALPN], server_name="localhost"
+    )
+    client_cfg.load_verify_locations(str(certificate.ca_certificate))
+    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=[hq.ALPN])
+    server_cfg.load_cert_chain(certificate.certificate, certificate.private_key)
+    client = NetSchedConnection(configuration=client_cfg)
+    server = NetSchedConnection(
+        configuration=server_cfg,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    pair = MemoryPair(client, server)
+    pair.flush()
+    protocol = hq.HQProtocol(pair.server)
+    events: list[ProtocolEvent] = []
+    for i in range(60):
+        if ending == "fin":  # a malformed request, whole
+            pair.client.send_stream_data(4 * i, b"POST /x\r\n", end_stream=True)
+        else:  # a line too long; the client's side ends when STOP_SENDING resets it
+            pair.client.send_stream_data(4 * i, b"GET /" + b"a" * 3000, end_stream=False)
+        pair.flush()
+        events += [e for q in events_of(pair.server) for e in protocol.handle_event(q)]
+        pair.flush()
+        events += [e for q in events_of(pair.server) for e in protocol.handle_event(q)]
+    assert [type(e) for e in events] == [StreamAborted] * 60
+    assert protocol.open_streams == 0
