@@ -1,6 +1,6 @@
 """`netsched-edge`: run the edge from a config file, check a config, or run the demo.
 
-netsched-edge --config edge.toml      serve until SIGINT/SIGTERM
+netsched-edge --config edge.toml      serve; SIGTERM/SIGINT drain and exit, SIGHUP reloads
 netsched-edge check-config edge.toml  validate and exit (0 ok, 2 error)
 netsched-edge generate-keys FILE      write a keys file to share among hosts (`keys_file`)
 netsched-edge demo [--duration 10]    self-contained demo with built-in backends
@@ -9,16 +9,14 @@ netsched-edge demo [--duration 10]    self-contained demo with built-in backends
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
-import threading
 
 from netsched_client.cli import add_loop_option, run_on_loop
 
-from .config import ConfigError, EdgeConfig, load_config
-from .keys import EdgeKeys, KeysError, load_keys
+from .config import ConfigError, EdgeConfig
+from .keys import EdgeKeys, KeysError
+from .lifecycle import Lifecycle, read_config
 from .server import EdgeServer
 
 
@@ -55,27 +53,32 @@ def _demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config: EdgeConfig) -> None:
+async def _serve(config: EdgeConfig, config_path: str) -> int:
+    """Serve until SIGTERM/SIGINT (then drain); SIGHUP reloads `config_path`."""
+    lifecycle = Lifecycle(config_path)
+    lifecycle.install()  # before anything else: no signal may find the default action
     server = EdgeServer(config)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(
-        f"netsched-edge listening on {config.host}:{server.port} (from {config.source})", flush=True
-    )
-    await stop.wait()
-    await server.close()
+    try:
+        try:
+            await server.start()
+        except (OSError, KeysError) as exc:
+            print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"netsched-edge listening on {config.host}:{server.port} (from {config.source})",
+            flush=True,
+        )
+        await lifecycle.serve(server)
+    finally:
+        await server.close()  # also removes a generated key and CA
+        lifecycle.uninstall()
+    return 0
 
 
 def _load(path: str) -> EdgeConfig | None:
     """The config at `path` with its keys file checked; None (the error printed) if bad."""
     try:
-        config = load_config(path)
-        if config.keys_file is not None:
-            load_keys(config.keys_file)
-        return config
+        return read_config(path)
     except (ConfigError, KeysError) as exc:
         print(f"netsched-edge: config error: {exc}", file=sys.stderr)
         return None
@@ -118,25 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     if opts.workers > 1:
-        return _serve_workers(config, opts.workers)
-    run_on_loop(_serve(config), opts.loop)
-    return 0
+        return _serve_workers(config, opts.config, opts.workers)
+    return run_on_loop(_serve(config, opts.config), opts.loop)
 
 
-def _serve_workers(config: EdgeConfig, count: int) -> int:
-    from .workers import WorkerPool
+def _serve_workers(config: EdgeConfig, config_path: str, count: int) -> int:
+    from .workers import WorkerError, WorkerPool, supervise
 
-    pool = WorkerPool(config, count)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        port = pool.start()
+    pool = WorkerPool(config, count, config_path)
+
+    def announce(port: int) -> None:
         print(f"netsched-edge listening on {config.host}:{port} ({count} workers)", flush=True)
-        stop.wait()
-    finally:
-        pool.stop()
-    return 0
+
+    try:
+        return supervise(pool, announce)
+    except WorkerError as exc:
+        print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _logging(verbose: bool) -> None:

@@ -13,22 +13,27 @@ byte of it picks a worker deterministically, so its retransmissions and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import socket
 import struct
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from netsched_client.proto.quic_lb import QuicLbConfig
 
-from .config import EdgeConfig
-from .keys import EdgeKeys
+from .config import ConfigError, EdgeConfig
+from .keys import EdgeKeys, KeysError
+from .lifecycle import Lifecycle, die_with_parent, read_config
 from .tls import generate_self_signed
 
 log = logging.getLogger("netsched.edge.workers")
@@ -63,6 +68,8 @@ class ReuseportSteering:
 
     The kernel keeps one program per reuseport group; a program attached to a
     socket before it joined the group would make it a group of its own.
+    `attach` also keeps a duplicate of the socket (`take_attached_socket`): a
+    worker hands it to its parent, which holds the worker's place in the group.
     """
 
     def __init__(self, workers: int) -> None:
@@ -76,8 +83,22 @@ class ReuseportSteering:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 
     def attach(self, fd: int) -> None:
-        with socket.socket(fileno=os.dup(fd)) as sock:
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
             sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, self._fprog)
+        except BaseException:
+            sock.close()
+            raise
+        _attached.append(sock)
+
+
+# Duplicates of the sockets steering was attached to in this process (one per start).
+_attached: list[socket.socket] = []
+
+
+def take_attached_socket() -> socket.socket | None:
+    """The socket the last `ReuseportSteering.attach` steered (the caller closes it)."""
+    return _attached.pop() if _attached else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,80 +110,292 @@ class WorkerIdentity:
         return QuicLbConfig(server_id=bytes([self.index]))
 
 
-def _worker_main(config: EdgeConfig, identity: WorkerIdentity, ready: Any) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class SharedSettings:
+    """What the parent decides for every worker's config, at start and on every reload:
+    the port worker 0 bound, and the certificate and keys it made when the file names none."""
+
+    port: int
+    certificate: Path | None = None
+    private_key: Path | None = None
+    keys_file: Path | None = None
+
+    def apply(self, config: EdgeConfig, index: int) -> EdgeConfig:
+        changes: dict[str, Any] = {"port": self.port}
+        if config.certificate is None and self.certificate is not None:
+            changes.update(certificate=self.certificate, private_key=self.private_key)
+        if config.keys_file is None and self.keys_file is not None:
+            changes.update(keys_file=self.keys_file)
+        if index != 0:  # the admin endpoint is worker 0's alone
+            changes.update(admin_host=None, admin_port=None)
+        return dataclasses.replace(config, **changes)
+
+
+def _worker_main(
+    config: EdgeConfig,
+    identity: WorkerIdentity,
+    config_path: str | None,
+    shared: SharedSettings,
+    parent_pid: int,
+    ready: Any,
+) -> None:
     from .server import EdgeServer  # in the child: nothing of the parent's loop is shared
 
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        return  # the parent died before the line above: nobody would supervise us
+    # A terminal's ^C reaches the whole process group; the parent turns it into
+    # SIGTERM for us, so a second signal does not cut the drain short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     async def run() -> None:
+        lifecycle = Lifecycle(
+            config_path,
+            adapt=lambda new: shared.apply(new, identity.index),
+            stop_signals=(signal.SIGTERM,),
+        )
+        lifecycle.install()
         server = EdgeServer(config, worker=identity)
-        await server.start()
-        ready.put(server.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.close()
+        sock = None
+        try:
+            await server.start()
+            sock = take_attached_socket()
+            ready.put((identity.index, server.port, sock))
+            await lifecycle.serve(server)
+        finally:
+            await server.close()
+            if sock is not None:
+                sock.close()
 
     asyncio.run(run())
 
 
-class WorkerPool:
-    """Starts the workers in index order (the kernel numbers reuseport sockets by bind order)."""
+class WorkerError(RuntimeError):
+    """A worker did not start."""
 
-    def __init__(self, config: EdgeConfig, count: int) -> None:
+
+class WorkerPool:
+    """N supervised workers on one port, started in index order (the kernel numbers
+    reuseport sockets by the order they join the group, and steering returns the
+    worker's index).
+
+    The pool keeps a duplicate of every worker's socket. A worker that dies thus
+    leaves its socket in the group, in its place; its replacement (same index)
+    binds a new socket, which joins at the end, and the pool then closes the old
+    one: the kernel moves the last socket of a group into the place of one that
+    leaves, so the new worker gets its predecessor's index and every other
+    worker keeps its own. Datagrams that reach the old socket meanwhile are lost.
+
+    Workers get SIGTERM when the pool's process dies (PR_SET_PDEATHSIG: start
+    the pool, and respawn workers, from a thread that lives as long as it).
+    """
+
+    def __init__(self, config: EdgeConfig, count: int, config_path: str | None = None) -> None:
         if not 1 <= count <= 255:
             raise ValueError(f"workers must be 1..255, got {count}")
         self.count = count
+        self.config = config
+        self.config_path = config_path
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.ca_certificate: Path | None = None
-        self.config = self._with_shared_secrets(config)
-        self._procs: list[Any] = []
+        self.shared = self._shared_secrets(config)
+        self._procs: list[Any] = [None] * count
+        self._sockets: dict[int, socket.socket] = {}
+        self._started_at = [0.0] * count
+        self._retry_at = [0.0] * count
+        self._stopping = False
+        self.restarts = 0
         self.port = config.port
 
-    def _with_shared_secrets(self, config: EdgeConfig) -> EdgeConfig:
+    def _shared_secrets(self, config: EdgeConfig) -> SharedSettings:
         """All workers present one certificate and share one set of keys (Retry,
         stateless reset, tickets): those the config names, or made once here."""
+        shared = SharedSettings(port=config.port)
         if config.certificate is not None and config.keys_file is not None:
-            return config
+            return shared
         self._tmp = tempfile.TemporaryDirectory(prefix="netsched-workers-")
         tmp = Path(self._tmp.name)
         if config.certificate is None:
             pair = generate_self_signed(tmp)
             self.ca_certificate = pair.ca_certificate
-            config = dataclasses.replace(
-                config, certificate=pair.certificate, private_key=pair.private_key
+            shared = dataclasses.replace(
+                shared, certificate=pair.certificate, private_key=pair.private_key
             )
         if config.keys_file is None:
             keys_file = tmp / "keys.toml"
             EdgeKeys.generate().write(keys_file)
-            config = dataclasses.replace(config, keys_file=keys_file)
-        return config
+            shared = dataclasses.replace(shared, keys_file=keys_file)
+        return shared
 
     def start(self, timeout: float = 30.0) -> int:
-        ctx = mp.get_context("spawn")
-        for index in range(self.count):
-            config = self.config if index == 0 else self._follower_config()
-            ready = ctx.Queue()
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(config, WorkerIdentity(index, self.count), ready),
-                daemon=True,
-            )
-            proc.start()
-            self._procs.append(proc)
-            self.port = ready.get(timeout=timeout)
+        try:
+            for index in range(self.count):
+                self._spawn(index, timeout)
+        except BaseException:
+            self.stop(timeout=2.0)
+            raise
         return self.port
 
-    def _follower_config(self) -> EdgeConfig:
-        # Same port as worker 0 (which may have picked it); admin endpoint on worker 0 only.
-        return dataclasses.replace(self.config, port=self.port, admin_host=None, admin_port=None)
+    def _spawn(self, index: int, timeout: float) -> None:
+        ctx = mp.get_context("spawn")
+        ready = ctx.Queue()
+        proc = ctx.Process(
+            target=_worker_main,
+            args=(
+                self.shared.apply(self.config, index),
+                WorkerIdentity(index, self.count),
+                self.config_path,
+                self.shared,
+                os.getpid(),
+                ready,
+            ),
+            daemon=True,
+        )
+        proc.start()
+        self._procs[index] = proc
+        self._started_at[index] = time.monotonic()
+        try:
+            _, port, sock = ready.get(timeout=timeout)
+        except queue.Empty:
+            proc.kill()
+            raise WorkerError(f"worker {index} did not start within {timeout:g} s") from None
+        finally:
+            ready.close()
+        old = self._sockets.pop(index, None)
+        if sock is not None:
+            self._sockets[index] = sock
+        if old is not None:
+            old.close()  # the new socket (the group's last) moves into the old one's place
+        if index == 0 and self.shared.port == 0:
+            self.port = port
+            self.shared = dataclasses.replace(self.shared, port=port)
+
+    def respawn_dead(self, timeout: float = 30.0) -> list[int]:
+        """Start again, by index, the workers that exited; the indices restarted."""
+        restarted = []
+        for index, proc in enumerate(self._procs):
+            if self._stopping or proc is None or proc.is_alive():
+                continue
+            now = time.monotonic()
+            if now < self._retry_at[index]:
+                continue
+            lived = now - self._started_at[index]
+            log.warning(
+                "worker %d (pid %s) exited with %s after %.1f s: starting it again",
+                index,
+                proc.pid,
+                _exit_status(proc.exitcode),
+                lived,
+            )
+            try:
+                self._spawn(index, timeout)
+            except WorkerError as exc:
+                log.error("%s", exc)
+            # One that dies young waits before its next start (a crash loop costs little).
+            self._retry_at[index] = time.monotonic() + (0.0 if lived > 10 else min(10.0, 1 + lived))
+            self.restarts += 1
+            restarted.append(index)
+        return restarted
+
+    def pids(self) -> list[int | None]:
+        return [None if proc is None else proc.pid for proc in self._procs]
+
+    def signal_all(self, sig: int) -> None:
+        for proc in self._procs:
+            if proc is not None and proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
+    def reload(self) -> bool:
+        """Check the config file again; if good, every worker applies it (SIGHUP)."""
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to read again")
+            return False
+        try:
+            config = read_config(self.config_path)
+        except (ConfigError, KeysError) as exc:
+            log.error("reload rejected, the running configuration stays: %s", exc)
+            return False
+        if (config.host, config.port) != (self.config.host, self.config.port):
+            log.warning("reload: the listening address stays %s:%d", self.config.host, self.port)
+        self.config = config  # for workers started from now on
+        self.signal_all(signal.SIGHUP)
+        return True
+
+    def alive(self) -> bool:
+        return any(proc is not None and proc.is_alive() for proc in self._procs)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to every worker (each drains), SIGKILL to those still there after `timeout`."""
+        self._stopping = True
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
         for proc in self._procs:
-            proc.terminate()
-        for proc in self._procs:
-            proc.join(timeout)
-            if proc.is_alive():
-                proc.kill()
+            if proc is not None:
+                proc.join(max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(2.0)
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
         if self._tmp is not None:
-            self._tmp.cleanup()
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+            self._tmp = None
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "no status"
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+def supervise(pool: WorkerPool, announce: Callable[[int], None]) -> int:
+    """Run `pool` until SIGTERM/SIGINT: restart workers that die, turn SIGHUP into a
+    checked reload, then let the workers drain. Call from the main thread."""
+    requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def on_signal(signum: int, frame: object) -> None:
+        requests.put("reload" if signum == signal.SIGHUP else "stop")  # reentrant
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    try:
+        announce(pool.start())
+        while True:
+            try:
+                request = requests.get(timeout=SUPERVISE_POLL_S)
+            except queue.Empty:
+                pool.respawn_dead()
+                continue
+            if request == "stop":
+                break
+            pool.reload()
+        _drain(pool, requests)
+    finally:
+        pool.stop(timeout=2.0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+# How often the parent looks for workers that exited.
+SUPERVISE_POLL_S = 0.2
+
+
+def _drain(pool: WorkerPool, requests: queue.SimpleQueue[str]) -> None:
+    """SIGTERM to the workers (each drains for drain_timeout_s); a second stop signal
+    is passed on too (they close at once)."""
+    pool.signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + pool.config.drain_timeout_s + DRAIN_MARGIN_S
+    while pool.alive() and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            if requests.get(timeout=SUPERVISE_POLL_S) == "stop":
+                pool.signal_all(signal.SIGTERM)
+
+
+# Beyond drain_timeout_s, what a worker gets to close its connections and exit.
+DRAIN_MARGIN_S = 5.0

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 from aioquic.buffer import Buffer
@@ -124,3 +126,108 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.02)
+
+
+# -- edge processes ---------------------------------------------------------------------------
+
+
+def write_config(path: Path, services: dict[str, int], **edge: object) -> None:
+    """An edge config: one HTTP backend per service (name -> port), `[edge]` extras."""
+    lines = ["[edge]", 'listen = "127.0.0.1:0"']
+    lines += [f"{key} = {value!r}".replace("'", '"') for key, value in edge.items()]
+    for name, port in services.items():
+        lines += ["", "[[services]]", f'name = "{name}"', ""]
+        lines += ["[[services.backends]]", f'name = "{name}-b"', 'kind = "http"']
+        lines += [f'address = "127.0.0.1:{port}"']
+    path.write_text("\n".join(lines) + "\n")
+
+
+class EdgeProcess:
+    """`python -m netsched_edge.cli --config FILE [--workers N]` as a child process,
+    with a TMPDIR of its own (to see what it leaves behind) and its stderr kept."""
+
+    def __init__(self, config: Path, tmpdir: Path, workers: int = 1) -> None:
+        self.config = config
+        self.tmpdir = tmpdir
+        self.workers = workers
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 60.0) -> int:
+        args = [sys.executable, "-m", "netsched_edge.cli", "--config", str(self.config)]
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
+        self.tmpdir.mkdir(exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "TMPDIR": str(self.tmpdir)},
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._reader = asyncio.create_task(self._read(self.proc.stderr))
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), timeout)).decode()
+        assert "listening on" in line, (line, self.stderr)
+        return int(line.split("listening on 127.0.0.1:")[1].split()[0])
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.stderr.append(line.decode())
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def send(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, 5)
+        return code
+
+    def workers_pids(self) -> list[int]:
+        """The live worker processes, oldest first (workers start in index order)."""
+        return sorted(
+            pid for pid in children_of(self.pid) if b"spawn_main" in _cmdline(pid) and alive(pid)
+        )
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

@@ -1,0 +1,150 @@
+"""Signals of a running edge process, as operators of nginx/Envoy/HAProxy expect them.
+
+- SIGTERM, SIGINT: graceful drain (`EdgeServer.drain`: no new connections or
+  requests, those under way get `drain_timeout_s`, then CONNECTION_CLOSE), then
+  exit 0. A second one cuts the drain short.
+- SIGHUP: read the config file again. A config that does not load is rejected
+  with its `file:line` error as one log line, and the running one keeps
+  serving; a good one is applied with `EdgeServer.reload` (established
+  connections stay).
+
+`Lifecycle` does this for one event loop (the single process, or one worker of
+`--workers N`); `install` it before the server starts, so that no signal finds
+the default action (SIGHUP's is to die with status 129). The parent of the
+workers has its own loop (`workers.supervise`): it checks a new config before
+it forwards SIGHUP, and turns SIGTERM/SIGINT into SIGTERM for every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from .config import ConfigError, EdgeConfig, load_config
+from .keys import KeysError, load_keys
+
+log = logging.getLogger("netsched.edge.lifecycle")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Drainable(Protocol):
+    config: EdgeConfig
+
+    async def close(self) -> None: ...
+
+
+def read_config(path: str | Path) -> EdgeConfig:
+    """The config at `path`, its keys file checked too; ConfigError or KeysError if bad."""
+    config = load_config(path)
+    if config.keys_file is not None:
+        load_keys(config.keys_file)
+    return config
+
+
+class Lifecycle:
+    """Turns signals into drain and reload for `server`, on the running loop.
+
+    `adapt` rewrites a freshly read config before it is applied (a worker keeps
+    its port, and the certificate and keys its parent made).
+    """
+
+    def __init__(
+        self,
+        config_path: str | Path | None,
+        *,
+        adapt: Callable[[EdgeConfig], EdgeConfig] | None = None,
+        stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    ) -> None:
+        self._path = config_path
+        self._adapt = adapt or (lambda config: config)
+        self._stop_signals = stop_signals
+        self._requests: asyncio.Queue[str] = asyncio.Queue()
+        self._installed: list[signal.Signals] = []
+        self.reloads = self.rejected_reloads = 0
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._stop_signals:
+            loop.add_signal_handler(sig, self._requests.put_nowait, "stop")
+            self._installed.append(sig)
+        loop.add_signal_handler(signal.SIGHUP, self._requests.put_nowait, "reload")
+        self._installed.append(signal.SIGHUP)
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._installed:
+            loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    async def serve(self, server: Drainable) -> None:
+        """Until a stop signal: reload on SIGHUP. Then drain (a second stop signal ends it)."""
+        while await self._requests.get() != "stop":
+            self.reload(server)
+        timeout = server.config.drain_timeout_s
+        log.info("draining: in-flight requests get %.1f s", timeout)
+        drain = getattr(server, "drain", None)
+        if drain is None:
+            log.warning("this edge cannot drain: closing at once")
+            return
+        drained = asyncio.ensure_future(drain(timeout))
+        again = asyncio.ensure_future(self._next_stop())
+        try:
+            done, _ = await asyncio.wait({drained, again}, return_when=asyncio.FIRST_COMPLETED)
+            if again in done:
+                log.warning("second stop signal: closing without waiting for the drain")
+        finally:
+            for task in (drained, again):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _next_stop(self) -> None:
+        while await self._requests.get() != "stop":
+            pass  # a reload while draining: nothing to reload into
+
+    def reload(self, server: Drainable) -> bool:
+        """Read the config again and apply it; False (logged, one line) when rejected."""
+        if self._path is None:
+            log.warning("SIGHUP: no config file to read again")
+            return False
+        try:
+            config = self._adapt(read_config(self._path))
+        except (ConfigError, KeysError) as exc:
+            self.rejected_reloads += 1
+            log.error("reload rejected, the running configuration stays: %s", exc)
+            return False
+        apply = getattr(server, "reload", None)
+        if apply is None:
+            log.warning("this edge cannot reload: the running configuration stays")
+            return False
+        try:
+            apply(config)
+        except Exception as exc:  # e.g. a certificate that does not load
+            self.rejected_reloads += 1
+            log.error("reload failed, the running configuration stays: %s", exc)
+            return False
+        self.reloads += 1
+        log.info("configuration reloaded from %s", config.source)
+        return True
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux
+    PR_SET_PDEATHSIG); False where there is no prctl."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        return bool(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
