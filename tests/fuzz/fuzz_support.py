@@ -23,7 +23,7 @@ TARGETS = fuzz_long.TARGETS
 mutate = fuzz_long.mutate
 
 
-def fuzz_settings(examples: int = 300) -> settings:
+def fuzz_settings(examples: int = 200) -> settings:
     return settings(
         max_examples=int(os.environ.get("NETSCHED_FUZZ_EXAMPLES", examples)),
         deadline=None,

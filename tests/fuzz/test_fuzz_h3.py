@@ -135,7 +135,7 @@ def _reference(data: bytes, limit: int) -> int | None:
     return None
 
 
-@fuzz_settings(500)
+@fuzz_settings(300)
 @given(request_streams(), st.integers(1, 4096), st.lists(st.integers(0, 10**6), max_size=8))
 def test_header_bound_finds_the_first_oversized_block_in_any_chunking(
     data: bytes, limit: int, cuts: list[int]
@@ -219,7 +219,7 @@ class Exchange:
         ]
 
 
-@fuzz_settings(80)
+@fuzz_settings(50)
 @given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=5), st.booleans())
 def test_arbitrary_request_stream_bytes(
     certificate: CertificatePair, data: bytes, cuts: list[int], end: bool
@@ -233,7 +233,7 @@ def test_arbitrary_request_stream_bytes(
         ), event
 
 
-@fuzz_settings(40)
+@fuzz_settings(30)
 @given(st.integers(1025, 2**62 - 1), st.integers(0, 1500), st.integers(1, 5))
 def test_an_oversized_header_block_is_refused_before_it_is_buffered(
     certificate: CertificatePair, declared: int, sent: int, pieces: int
@@ -325,7 +325,7 @@ def test_field_lines_are_counted_as_the_decoder_decodes_them(
         assert h3.count_field_lines(block, 3) == min(len(headers), 4)
 
 
-@fuzz_settings(500)
+@fuzz_settings(300)
 @given(st.binary(max_size=300))
 def test_counting_field_lines_of_arbitrary_bytes_never_raises(block: bytes) -> None:
     lines = h3.count_field_lines(block, 64)

@@ -41,7 +41,7 @@ def test_request_line_round_trip(path: str) -> None:
     assert hq.parse_request_line(line.rstrip(b"\r\n") + b"\n") == path
 
 
-@fuzz_settings(500)
+@fuzz_settings(300)
 @given(st.binary(max_size=200) | st.builds(lambda p: b"GET " + p, st.binary(max_size=60)))
 def test_any_line_gives_a_path_request_line_accepts_or_none(line: bytes) -> None:
     path = hq.parse_request_line(line)
@@ -103,7 +103,7 @@ def _serve(
     return out, events_of(pair.client)
 
 
-@fuzz_settings(80)
+@fuzz_settings(50)
 @given(
     st.binary(max_size=300) | st.builds(lambda p: b"GET /" + p, st.binary(max_size=300)),
     st.lists(st.integers(0, 400), max_size=5),

@@ -108,7 +108,7 @@ def test_priority_round_trip(urgency: int, incremental: bool | None, other: str)
     assert slo_mod.parse_priority_header(value.encode()) == (urgency, incremental)
 
 
-@fuzz_settings(500)
+@fuzz_settings(300)
 @given(st.text(max_size=1100) | st.binary(max_size=1100))
 def test_priority_never_raises(value: str | bytes) -> None:
     urgency, incremental = slo_mod.parse_priority_header(value)

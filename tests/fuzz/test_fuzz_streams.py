@@ -98,7 +98,7 @@ def _deliver(pair: MemoryPair, receiver: object, side: str) -> list[ProtocolEven
     return out
 
 
-@fuzz_settings(80)
+@fuzz_settings(50)
 @given(PEER_BYTES, CHUNKS, st.sampled_from([0, 4, 2]), st.booleans(), st.binary(max_size=80))
 def test_native_server_on_arbitrary_streams_and_datagrams(
     certificate: CertificatePair,
@@ -127,7 +127,7 @@ def test_native_server_on_arbitrary_streams_and_datagrams(
         assert server.open_streams == 0  # a rejected request's state goes with its FIN
 
 
-@fuzz_settings(60)
+@fuzz_settings(30)
 @given(PEER_BYTES, CHUNKS, st.booleans(), st.sampled_from([native.ALPN, h3.ALPN, hq.ALPN]))
 def test_clients_on_arbitrary_response_bytes(
     certificate: CertificatePair, data: bytes, cuts: list[int], end: bool, alpn: str
@@ -158,7 +158,7 @@ def test_clients_on_arbitrary_response_bytes(
         assert isinstance(event, CLIENT_EVENTS), event
 
 
-@fuzz_settings(60)
+@fuzz_settings(30)
 @given(st.binary(max_size=300) | st.just(encode_goaway(Goaway(8))), CHUNKS)
 def test_native_client_on_arbitrary_control_stream_bytes(
     certificate: CertificatePair, data: bytes, cuts: list[int]
@@ -183,7 +183,7 @@ def test_goaway_round_trip_in_any_chunking(stream_ids: list[int], cuts: list[int
     assert received == [Goaway(sid) for sid in stream_ids]
 
 
-@fuzz_settings(500)
+@fuzz_settings(300)
 @given(st.binary(max_size=300), CHUNKS)
 def test_control_reader_on_arbitrary_bytes(data: bytes, cuts: list[int]) -> None:
     reader = ControlReader()
