@@ -138,6 +138,7 @@ FOREIGN_ATTRIBUTE_KINDS: Final[dict[str, type | tuple[type, ...]]] = {
     "QuicStreamSender._pending": RangeSet,  # urgent copies: queued for one flush only
     "QuicStreamSender._acked": RangeSet,  # a copied range's loss re-queues only the rest
     "QuicStreamSender._acked_fin": bool,
+    "QuicStreamSender._stream_id": int,  # urgent copies: the stream a sent packet carried
     "QuicPacketRecovery.spaces": list,  # a new path's recovery gets its one space
     "QuicPacketRecovery.handshake_confirmed": bool,  # or a new path's PTO never arms
     "QuicPacketRecovery.max_ack_delay": float,
