@@ -2,7 +2,7 @@
 
 - SIGTERM, SIGINT: graceful drain (`EdgeServer.drain`: no new connections or
   requests, those under way get `drain_timeout_s`, then CONNECTION_CLOSE), then
-  exit 0. A second one cuts the drain short.
+  exit 0. Another one, a second or more later, cuts the drain short.
 - SIGHUP: read the config file again. A config that does not load is rejected
   with its `file:line` error as one log line, and the running one keeps
   serving; a good one is applied with `EdgeServer.reload` (established
@@ -34,6 +34,8 @@ log = logging.getLogger("netsched.edge.lifecycle")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# A stop signal this soon after the first does not cut the drain short.
+REPEAT_GRACE_S = 1.0
 
 
 class Drainable(Protocol):
@@ -96,7 +98,7 @@ class Lifecycle:
             log.warning("this edge cannot drain: closing at once")
             return
         drained = asyncio.ensure_future(drain(timeout))
-        again = asyncio.ensure_future(self._next_stop())
+        again = asyncio.ensure_future(self._next_stop(asyncio.get_running_loop().time()))
         try:
             done, _ = await asyncio.wait({drained, again}, return_when=asyncio.FIRST_COMPLETED)
             if again in done:
@@ -107,9 +109,14 @@ class Lifecycle:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _next_stop(self) -> None:
-        while await self._requests.get() != "stop":
-            pass  # a reload while draining: nothing to reload into
+    async def _next_stop(self, first: float) -> None:
+        """A later stop signal; one within REPEAT_GRACE_S of the first is the same stop
+        sent twice (systemd signals every process of the unit, the parent passes it on)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            request = await self._requests.get()  # a reload while draining: nothing to do
+            if request == "stop" and loop.time() - first >= REPEAT_GRACE_S:
+                return
 
     def reload(self, server: Drainable) -> bool:
         """Read the config again and apply it; False (logged, one line) when rejected."""

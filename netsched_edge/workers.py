@@ -23,11 +23,12 @@ import queue
 import signal
 import socket
 import struct
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from netsched_client.proto.quic_lb import QuicLbConfig
 
@@ -158,7 +159,11 @@ def _worker_main(
         server = EdgeServer(config, worker=identity)
         sock = None
         try:
-            await server.start()
+            try:
+                await server.start()
+            except (OSError, KeysError) as exc:
+                print(f"netsched-edge: worker {identity.index}: {exc}", file=sys.stderr)
+                return
             sock = take_attached_socket()
             ready.put((identity.index, server.port, sock))
             await lifecycle.serve(server)
@@ -255,10 +260,7 @@ class WorkerPool:
         self._procs[index] = proc
         self._started_at[index] = time.monotonic()
         try:
-            _, port, sock = ready.get(timeout=timeout)
-        except queue.Empty:
-            proc.kill()
-            raise WorkerError(f"worker {index} did not start within {timeout:g} s") from None
+            _, port, sock = self._ready(proc, ready, index, timeout)
         finally:
             ready.close()
         old = self._sockets.pop(index, None)
@@ -269,6 +271,23 @@ class WorkerPool:
         if index == 0 and self.shared.port == 0:
             self.port = port
             self.shared = dataclasses.replace(self.shared, port=port)
+
+    @staticmethod
+    def _ready(proc: Any, ready: Any, index: int, timeout: float) -> tuple[int, int, Any]:
+        """What a starting worker reports (index, port, its socket); WorkerError if it
+        exits first or takes longer than `timeout`."""
+        give_up_at = time.monotonic() + timeout
+        while True:
+            try:
+                return cast(tuple[int, int, Any], ready.get(timeout=SUPERVISE_POLL_S))
+            except queue.Empty:
+                pass
+            if not proc.is_alive():
+                status = _exit_status(proc.exitcode)
+                raise WorkerError(f"worker {index} exited while starting ({status})")
+            if time.monotonic() > give_up_at:
+                proc.kill()
+                raise WorkerError(f"worker {index} did not start within {timeout:g} s")
 
     def respawn_dead(self, timeout: float = 30.0) -> list[int]:
         """Start again, by index, the workers that exited; the indices restarted."""

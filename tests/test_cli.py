@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from pathlib import Path
 
@@ -87,3 +88,19 @@ async def test_serve_and_request_through_the_clis(tmp_path: Path) -> None:
         edge.terminate()
         assert await asyncio.wait_for(edge.wait(), 10) == 0
         await backend.stop()
+
+
+async def test_a_port_in_use_is_one_line_and_status_1(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = tmp_path / "edge.toml"
+        config.write_text(
+            f'[edge]\nlisten = "127.0.0.1:{port}"\n\n[[services]]\nname = "api"\n\n'
+            '[[services.backends]]\nname = "b"\nkind = "http"\naddress = "127.0.0.1:9"\n'
+        )
+        for workers in ("1", "2"):
+            code, out, err = await _run(*_edge("--config", str(config), "--workers", workers))
+            assert code == 1 and "listening" not in out, err
+            assert "cannot start" in err and "Address already in use" in err, err
+            assert "Traceback" not in err

@@ -551,8 +551,11 @@ class ServerEndpoint(UdpSender):
         driver.abandon(QuicErrorCode.CONNECTION_REFUSED, reason)
 
     def _expire_embryonic(self, now: float) -> None:
-        expired = [d for d, at in self._embryonic.items() if at <= now]  # oldest first
-        for driver in expired:
+        # Oldest first, and they expire in that order (one timeout for all).
+        while self._embryonic:
+            driver, at = next(iter(self._embryonic.items()))
+            if at > now:
+                return
             self._evict(driver, "no ClientHello in time")
 
     def _arm_expiry(self) -> None:
