@@ -158,7 +158,9 @@ class TicketSealer:
 
     `seal` turns an aioquic `SessionTicket` into the identity to send in
     NewSessionTicket; `unseal` gives the ticket back (its `ticket` field set to
-    the identity), or None for one sealed with another key, altered, or expired.
+    the identity), or None for one sealed with another key, altered, expired,
+    or sealed with another `context` (bind the ALPN there: a ticket resumes
+    only the protocol it was issued for, as 0-RTT requires, RFC 8446 §4.2.10).
     A sealed ticket is not single-use: a replayed 0-RTT flight can be accepted
     once per worker, which is why the edge serves only safe methods from 0-RTT.
     """
@@ -166,7 +168,7 @@ class TicketSealer:
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
 
-    def seal(self, ticket: tls.SessionTicket) -> bytes:
+    def seal(self, ticket: tls.SessionTicket, context: bytes = b"") -> bytes:
         server_name = ticket.server_name.encode()
         extensions = b"".join(
             struct.pack("!HH", kind, len(value)) + value for kind, value in ticket.other_extensions
@@ -186,16 +188,16 @@ class TicketSealer:
         )
         nonce = os.urandom(_NONCE)
         header = bytes([_TICKET_VERSION])
-        return header + nonce + self._aead.encrypt(nonce, plain, header)
+        return header + nonce + self._aead.encrypt(nonce, plain, header + context)
 
     def unseal(
-        self, identity: bytes, now: datetime.datetime | None = None
+        self, identity: bytes, context: bytes = b"", now: datetime.datetime | None = None
     ) -> tls.SessionTicket | None:
         if len(identity) < 1 + _NONCE + 16 or identity[0] != _TICKET_VERSION:
             return None
         try:
             plain = self._aead.decrypt(
-                identity[1 : 1 + _NONCE], identity[1 + _NONCE :], identity[:1]
+                identity[1 : 1 + _NONCE], identity[1 + _NONCE :], identity[:1] + context
             )
         except InvalidTag:
             return None

@@ -104,3 +104,17 @@ async def test_a_port_in_use_is_one_line_and_status_1(tmp_path: Path) -> None:
             assert code == 1 and "listening" not in out, err
             assert "cannot start" in err and "Address already in use" in err, err
             assert "Traceback" not in err
+
+
+async def test_check_config_reads_the_keys_file(tmp_path: Path) -> None:
+    keys = tmp_path / "edge.keys"
+    keys.write_text("version = 1\nretry = 'not hex'\n")
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[edge]\nkeys_file = "{keys}"\n')
+    code, _, err = await _run(*_edge("check-config", str(config)))
+    assert code == 2 and f"{keys}:2: retry must be 32 bytes" in err, err
+    code, _, err = await _run(*_edge("generate-keys", str(tmp_path / "good.keys")))
+    assert code == 0, err
+    config.write_text(f'[edge]\nkeys_file = "{tmp_path / "good.keys"}"\n')
+    code, out, err = await _run(*_edge("check-config", str(config)))
+    assert code == 0 and "ok" in out, err

@@ -148,6 +148,9 @@ def test_sealed_tickets_open_with_the_key_only() -> None:
     later = ticket.not_valid_after + datetime.timedelta(seconds=1)
     assert TicketSealer(key).unseal(identity, now=later) is None
     assert TicketSealer(key).unseal(os.urandom(64)) is None
+    for_h3 = TicketSealer(key).seal(ticket, context=b"h3")
+    assert TicketSealer(key).unseal(for_h3, context=b"h3") is not None
+    assert TicketSealer(key).unseal(for_h3, context=b"netsched/1") is None  # another ALPN
 
 
 # -- stateless resets -------------------------------------------------------------------------
