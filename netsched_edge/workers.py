@@ -20,6 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
 import socket
 import struct
@@ -120,6 +121,7 @@ class SharedSettings:
     certificate: Path | None = None
     private_key: Path | None = None
     keys_file: Path | None = None
+    generated_in: Path | None = None  # the parent's directory of what it made
 
     def apply(self, config: EdgeConfig, index: int) -> EdgeConfig:
         changes: dict[str, Any] = {"port": self.port}
@@ -171,6 +173,9 @@ def _worker_main(
             await server.close()
             if sock is not None:
                 sock.close()
+            if os.getppid() != parent_pid and identity.index == 0 and shared.generated_in:
+                # The parent died without cleaning up (SIGKILL): its key and CA go with us.
+                shutil.rmtree(shared.generated_in, ignore_errors=True)
 
     asyncio.run(run())
 
@@ -220,6 +225,7 @@ class WorkerPool:
             return shared
         self._tmp = tempfile.TemporaryDirectory(prefix="netsched-workers-")
         tmp = Path(self._tmp.name)
+        shared = dataclasses.replace(shared, generated_in=tmp)
         if config.certificate is None:
             pair = generate_self_signed(tmp)
             self.ca_certificate = pair.ca_certificate

@@ -104,6 +104,8 @@ async def test_workers_exit_with_their_parent(tmp_path: Path, api: int) -> None:
         edge.send(signal.SIGKILL)
         await edge.wait(10)
         await _until(lambda: not any(alive(pid) for pid in workers), timeout=15)
+        # The parent's generated key and CA went with its workers.
+        assert not [p for p in edge.tmpdir.iterdir() if p.name.startswith("netsched-")]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", port))  # nobody holds the port any more
     finally:
