@@ -1,7 +1,10 @@
 """UDP endpoints that host sans-IO QUIC connections.
 
 `ServerEndpoint` routes datagrams to connections by destination connection ID
-and creates a connection for each new client Initial; its connections share
+and creates a connection for each new client Initial that decrypts, within
+the caps of `EndpointLimits` (Retry above a load threshold, a small timed table
+for connections still waiting for their ClientHello), and answers short-header
+packets to unknown connection IDs with stateless resets; its connections share
 one `Ticker`, so each tick's sends, every connection's, leave as one batch
 (the burst planner's order and grouping). `open_client_endpoint` binds one
 socket for one outgoing connection. Batches go out through
@@ -384,6 +387,12 @@ class ServerEndpoint(UdpSender):
     @property
     def connections(self) -> frozenset[ConnectionDriver]:
         return frozenset(self._drivers)
+
+    def set_limits(self, limits: EndpointLimits) -> None:
+        """New caps for new clients (a reload); connections already counted stay."""
+        self.limits = limits
+        self._resets = TokenBucket(limits.resets_per_second)
+        self._log = RateLimitedLog(log, limits.log_interval_s)
 
     @property
     def intake(self) -> IntakeStats:

@@ -180,3 +180,31 @@ async def test_embryonic_connections_are_bounded_and_time_out(tmp_path: Path) ->
     finally:
         peer.close()
         endpoint.close()
+
+
+async def test_new_limits_apply_to_new_clients(tmp_path: Path) -> None:
+    pair = generate_self_signed(tmp_path)
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=["hq-interop"])
+    configuration.load_cert_chain(pair.certificate, pair.private_key)
+    endpoint = await open_server_endpoint(
+        "127.0.0.1",
+        0,
+        lambda: ServerEndpoint(
+            configuration,
+            lambda driver: None,
+            limits=EndpointLimits(max_connections_per_source=1, retry_above=1.0),
+        ),
+    )
+    peer = await raw_peer(int(endpoint.local_address[1]))
+    try:
+        for _ in range(2):
+            peer.send(client_hello_initial())
+        await eventually(lambda: endpoint.intake.over_limit == 1)
+        assert endpoint.intake.connections == 1
+        endpoint.set_limits(EndpointLimits(max_connections_per_source=2, retry_above=1.0))
+        peer.send(client_hello_initial())
+        await eventually(lambda: endpoint.intake.connections == 2)
+        assert endpoint.intake.over_limit == 1
+    finally:
+        peer.close()
+        endpoint.close()
