@@ -12,34 +12,98 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-from .errors import (
-    BackendFailed,
-    BadRequest,
-    ConnectionLost,
-    DeadlineExceeded,
-    FramingError,
-    NegotiationError,
-    NetSchedError,
-    NoBackend,
-    RequestError,
-    ServiceNotFound,
-    SLOError,
-    SLORefused,
-    Status,
-)
-from .fec.control import FecMode, FecOverride
-from .proto.fec_link import FecConfig
-from .proto.slo import SLO
-from .runtime.paths import PathError, PathStats
-from .runtime.session import (
-    Response,
-    ResumptionTicket,
-    Session,
-    Stream,
-    TicketStore,
-    connect,
-    open_session,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .errors import (
+        BackendFailed,
+        BadRequest,
+        ConnectionLost,
+        DeadlineExceeded,
+        FramingError,
+        NegotiationError,
+        NetSchedError,
+        NoBackend,
+        RequestError,
+        ServiceNotFound,
+        SLOError,
+        SLORefused,
+        Status,
+    )
+    from .fec.control import FecMode, FecOverride
+    from .proto.fec_link import FecConfig
+    from .proto.slo import SLO
+    from .runtime.paths import PathError, PathStats
+    from .runtime.session import (
+        Response,
+        ResumptionTicket,
+        Session,
+        Stream,
+        TicketStore,
+        connect,
+        open_session,
+    )
+else:
+    # Imported on first use: `import netsched_client.cli` (the `netsched` command)
+    # starts in milliseconds and a Ctrl-C during the imports below is the CLI's
+    # to report. Each name is imported from its module once, then cached here.
+    import importlib
+
+    _EXPORTS = {
+        **dict.fromkeys(
+            (
+                "BackendFailed",
+                "BadRequest",
+                "ConnectionLost",
+                "DeadlineExceeded",
+                "FramingError",
+                "NegotiationError",
+                "NetSchedError",
+                "NoBackend",
+                "RequestError",
+                "ServiceNotFound",
+                "SLOError",
+                "SLORefused",
+                "Status",
+            ),
+            ".errors",
+        ),
+        "FecMode": ".fec.control",
+        "FecOverride": ".fec.control",
+        "FecConfig": ".proto.fec_link",
+        "SLO": ".proto.slo",
+        "PathError": ".runtime.paths",
+        "PathStats": ".runtime.paths",
+        **dict.fromkeys(
+            (
+                "Response",
+                "ResumptionTicket",
+                "Session",
+                "Stream",
+                "TicketStore",
+                "connect",
+                "open_session",
+            ),
+            ".runtime.session",
+        ),
+    }
+
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:  # a subpackage, as `netsched_client.fec` after `import netsched_client`
+            try:
+                return importlib.import_module(f".{name}", __name__)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":
+                    raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "SLO",

@@ -34,11 +34,16 @@ from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from . import SLO, FecConfig, NetSchedError, Session, __version__, open_session
-from .runtime.paths import PathStats
+from . import __version__
+
+if TYPE_CHECKING:
+    # The SDK is imported when a command runs (see `_run`), so that --help and
+    # --version are quick and a Ctrl-C during the imports is reported like any other.
+    from . import SLO, Session
+    from .runtime.paths import PathStats
 
 log = logging.getLogger("netsched.cli")
 
@@ -227,6 +232,8 @@ def _headers(values: list[str]) -> dict[str, str]:
 
 
 def _slo(opts: argparse.Namespace) -> SLO:
+    from . import SLO
+
     return SLO(
         deadline_ms=opts.deadline_ms,
         urgency=opts.urgency,
@@ -258,6 +265,8 @@ def _check_files(opts: argparse.Namespace) -> None:
 
 
 async def _open(opts: argparse.Namespace, host: str, port: int) -> Session:
+    from . import FecConfig, open_session
+
     paths = _paths(opts.paths)
     try:
         return await open_session(
@@ -451,17 +460,20 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr(opts.verbose)
     try:
         _check_files(opts)
-        return run_on_loop(COMMANDS[opts.command](opts), opts.loop)
+        from .errors import NetSchedError
+
+        try:
+            return run_on_loop(COMMANDS[opts.command](opts), opts.loop)
+        except NetSchedError as exc:
+            return _fail(f"{type(exc).__name__}: {exc}", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
     except UsageError as exc:
         return _fail(str(exc), 2)
-    except NetSchedError as exc:
-        return _fail(f"{type(exc).__name__}: {exc}", 1)
     except NetSchedTimeout as exc:
         return _fail(f"DeadlineExceeded: {exc}", 1)
     except ConnectFailed as exc:
         return _fail(str(exc), 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
     except BrokenPipeError:
         # The reader went away (`netsched get ... | head`): nothing left to say.
         with suppress(OSError):

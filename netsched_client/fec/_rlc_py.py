@@ -6,8 +6,9 @@ ids in the same order and the same errors; tests/test_packaging.py compares
 them on random inputs. Buffers are bytearrays instead of C arrays; a region
 product is `bytes.translate` through a row of the product table, and the XOR
 of two regions goes through Python ints. Used when the extension is not
-built (no C compiler): correct everywhere, about two orders of magnitude
-slower per symbol.
+built (no C compiler): correct everywhere, slower (a repair over 16
+symbols of 1120 bytes: about 300 µs against 4 µs; a whole 16-symbol block
+with 4 losses recovered: 10 times the compiled time).
 """
 
 from __future__ import annotations
