@@ -6,7 +6,9 @@
 The edge runs in a process of its own (its RSS and descriptors are its own),
 the backends in another (HTTP echo, a slow HTTP backend, a TCP echo; static
 files are served by the edge), the clients in `--clients` processes. Each
-connection repeats one request at a time with a pause between them:
+connection repeats one request at a time with a pause between them, from the
+moment it is open (so that none sits idle into the edge's idle timeout); the
+measured `--duration` starts once every connection is open:
 
 - netsched/1 (SDK sessions): unary echo, full-duplex stream to the TCP echo,
   a stream aborted mid-way, a request whose 150 ms deadline a 400 ms backend
@@ -332,12 +334,13 @@ class H3Client(QuicConnectionProtocol):
                 continue
             if isinstance(h3_event, HeadersReceived):
                 status = int(dict(h3_event.headers).get(b":status", b"0"))
-                if not self._heads[sid].done():
+                if not self._heads[sid].done():  # trailers, or a reader that gave up
                     self._heads[sid].set_result(status)
             elif isinstance(h3_event, DataReceived):
                 self._received[sid] += len(h3_event.data)
             if getattr(h3_event, "stream_ended", False):
-                self._done[sid].set_result(self._received[sid])
+                if not self._done[sid].done():  # else its reader gave up (cancelled it)
+                    self._done[sid].set_result(self._received[sid])
                 self._forget(sid)
 
     def _fail(self, sid: int, exc: Exception) -> None:
@@ -374,7 +377,7 @@ class NativeWorker:
         self.session = session
 
     def alive(self) -> bool:
-        return True
+        return not self.session.closed
 
     async def unary(self, rng: random.Random) -> None:
         payload = rng.randbytes(rng.randrange(100, 2000))
@@ -473,15 +476,20 @@ async def _client_main(
     stats = ClientStats()
     loop = asyncio.get_running_loop()
     stack = contextlib.AsyncExitStack()
+    window = Window()
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(worker: NativeWorker | H3Worker) -> None:
+        # A connection works from the moment it is open: one left idle while the others
+        # open would meet the edge's idle timeout before the measured window.
+        work = _work(worker, random.Random(rng.random()), window, options, stats)
+        tasks.append(asyncio.create_task(work))
+
     try:
-        workers = await _open_all(stack, count, port, ca, options, rng, stats)
+        await _open_all(stack, count, port, ca, options, rng, stats, start)
         conn.send(("ready", stats.connections, stats.connect_failed))
         await loop.run_in_executor(None, conn.recv)  # "go"
-        stop_at = loop.time() + options.duration_s
-        tasks = [
-            asyncio.create_task(_work(worker, random.Random(rng.random()), stop_at, options, stats))
-            for worker in workers
-        ]
+        window.stop_at = loop.time() + options.duration_s
         await asyncio.gather(*tasks)
         # Plain data: this module is __mp_main__ here, a name the parent cannot unpickle.
         conn.send({f.name: getattr(stats, f.name) for f in fields(stats)})
@@ -495,6 +503,13 @@ async def _client_main(
         conn.send(("closed", closed))
 
 
+@dataclass
+class Window:
+    """When the connections stop sending requests (None: not known yet, they go on)."""
+
+    stop_at: float | None = None
+
+
 async def _open_all(
     stack: contextlib.AsyncExitStack,
     count: int,
@@ -503,9 +518,9 @@ async def _open_all(
     options: Options,
     rng: random.Random,
     stats: ClientStats,
-) -> list[NativeWorker | H3Worker]:
+    start: Callable[[NativeWorker | H3Worker], None],
+) -> None:
     gate = asyncio.Semaphore(options.open_concurrency)
-    workers: list[NativeWorker | H3Worker] = []
 
     async def open_one(h3: bool) -> None:
         async with gate:
@@ -526,25 +541,24 @@ async def _open_all(
                         ),
                         START_TIMEOUT_S,
                     )
-                    workers.append(H3Worker(client))  # type: ignore[arg-type]
+                    start(H3Worker(client))  # type: ignore[arg-type]
                 else:
                     session = await open_session(
                         "127.0.0.1", port, ca_file=ca, timeout=START_TIMEOUT_S
                     )
                     stack.push_async_callback(session.close)
-                    workers.append(NativeWorker(session))
+                    start(NativeWorker(session))
                 stats.connections += 1
             except (OSError, TimeoutError, ConnectionError, NetSchedError):
                 stats.connect_failed += 1
 
     await asyncio.gather(*(open_one(rng.random() < options.h3_share) for _ in range(count)))
-    return workers
 
 
 async def _work(
     worker: NativeWorker | H3Worker,
     rng: random.Random,
-    stop_at: float,
+    window: Window,
     options: Options,
     stats: ClientStats,
 ) -> None:
@@ -552,7 +566,7 @@ async def _work(
     names = list(worker.WEIGHTS)
     weights = list(worker.WEIGHTS.values())
     await asyncio.sleep(rng.uniform(0, options.think_ms / 1000))  # spread the first requests
-    while loop.time() < stop_at:
+    while window.stop_at is None or loop.time() < window.stop_at:
         if not worker.alive():
             stats.connections_died += 1
             return
@@ -567,7 +581,7 @@ async def _work(
                 await op(rng)
         except TimeoutError:
             stats.lost += 1
-            stats.lost_by_kind[kind] += 1
+            stats.lost_by_kind[kind if worker.alive() else f"{kind} (connection gone)"] += 1
         except Outcome as exc:
             stats.failed[f"{kind}: {exc}"] += 1
         except (NetSchedError, ConnectionError, OSError) as exc:
@@ -743,7 +757,8 @@ def report(results: Results) -> str:
         f"requests: {s.sent} sent, {s.succeeded} succeeded, "
         f"{sum(s.failed.values())} failed, {s.lost} lost "
         f"(latency p50 {_percentile(s.latency_ms, 50):.0f} ms, "
-        f"p99 {_percentile(s.latency_ms, 99):.0f} ms; {s.sent / o.duration_s:.0f} req/s)",
+        f"p99 {_percentile(s.latency_ms, 99):.0f} ms; "
+        f"{s.sent / (results.ramp_s + o.duration_s):.0f} req/s over the opening and the window)",
         "  by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(s.by_kind.items())),
     ]
     for reason, count in s.failed.most_common(12):
