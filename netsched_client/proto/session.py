@@ -77,6 +77,10 @@ def _is_server_uni(stream_id: int) -> bool:
     return stream_id & 0x3 == 0x3
 
 
+def _is_uni(stream_id: int) -> bool:
+    return bool(stream_id & 0x2)
+
+
 @dataclass(slots=True)
 class _StreamState:
     reader: HeadReader[RequestHead] | HeadReader[ResponseHead]
@@ -174,6 +178,11 @@ class NetSchedProtocol:
     def _on_stream_data(self, event: StreamDataReceived) -> list[ProtocolEvent]:
         if self._is_client and _is_server_uni(event.stream_id):
             return self._on_control(event.data)
+        if _is_uni(event.stream_id):
+            # Requests are bidirectional: a request on a client's unidirectional stream
+            # could never be answered. Ignored, keeping no state (as HTTP/3 ignores
+            # unknown unidirectional streams).
+            return []
         state = self._streams.get(event.stream_id)
         if state is None:
             if self._is_client:

@@ -206,13 +206,6 @@ def test_control_reader_on_mutated_messages(rng: random.Random) -> None:
         ControlReader().feed(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.py (not owned here) reads a request head on a client-initiated "
-    "unidirectional stream too: the edge runs the request on a backend and cannot answer it "
-    "(send_response returns False). Fix: in NetSchedProtocol._on_stream_data, on the server, "
-    "return [] for stream_id & 0x2 (no state kept), as HTTP/3 ignores unknown uni streams.",
-)
 def test_no_request_is_read_from_a_client_unidirectional_stream(
     certificate: CertificatePair,
 ) -> None:
