@@ -68,7 +68,11 @@ from netsched_client.proto.send_order import DeadlineMissed
 from netsched_client.proto.slo import SLO
 from netsched_client.runtime.debug import enable_debug_logs
 from netsched_client.runtime.driver import ConnectionDriver
-from netsched_client.runtime.endpoint import ServerEndpoint, open_server_endpoint
+from netsched_client.runtime.endpoint import (
+    EndpointLimits,
+    ServerEndpoint,
+    open_server_endpoint,
+)
 from netsched_client.runtime.planner import BurstPlanner
 from netsched_client.runtime.session import TicketCache
 from netsched_client.runtime.ticker import TickedFlow
@@ -688,6 +692,16 @@ def _served_early(mode: str, head: RequestHead, slo: SLO) -> bool:
     return mode == "idempotent" and bool(slo.idempotent)
 
 
+def endpoint_limits(config: EdgeConfig) -> EndpointLimits:
+    """The endpoint's caps from `[limits]` (the same at start and at a reload)."""
+    limits = config.limits
+    return EndpointLimits(
+        max_connections=limits.max_connections,
+        max_connections_per_source=limits.max_connections_per_source,
+        retry_above=limits.retry_above,
+    )
+
+
 def cipher_suites(names: tuple[str, ...] | None) -> list[CipherSuite] | None:
     """aioquic's suites for configured IANA names (config.CIPHER_SUITES); None: its default."""
     if names is None:
@@ -898,6 +912,8 @@ class EdgeServer:
         self.dispatcher.reload(config, keep=frozenset(self.udp_fronts))
         if self._configuration is not None:
             self._configure_tls(self._configuration, config)
+        if self._endpoint is not None:
+            self._endpoint.set_limits(endpoint_limits(config))  # caps for new clients
         log.info("configuration reloaded from %s", config.source)
 
     def _on_connection(self, driver: ConnectionDriver) -> None:

@@ -301,3 +301,17 @@ def _message(wire: dict[str, int]) -> bytes:
 def test_control_reader_raises_only_framing_errors(data: bytes) -> None:
     with contextlib.suppress(FramingError):
         ControlReader().feed(data)
+
+
+async def test_reload_applies_connection_caps_to_new_clients(
+    start_server, start_edge, open_client
+) -> None:
+    edge = await _edge(start_server, start_edge, answer_after(0))
+    first = await open_client(edge)
+    second = await open_client(edge)
+    capped = replace(edge.config.limits, max_connections_per_source=2)
+    edge.reload(replace(edge.config, limits=capped))
+    with pytest.raises(ConnectionLost):
+        await open_client(edge, timeout=1.0)
+    for session in (first, second):  # established: untouched
+        assert (await session.request("api")).body == b"ok"
