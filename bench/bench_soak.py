@@ -136,6 +136,7 @@ class Results:
     fds_end: int = 0
     backend_sockets_end: dict[str, int] = field(default_factory=dict)
     edge_cpu_share: float = 0.0  # the edge's CPU time / wall time while the clients ran
+    clients_cpu_share: float = 0.0  # the same, per client process on average
     unreported_clients: int = 0  # client processes whose counts did not come in time
     clients_closed_cleanly: int = 0  # client processes that closed all their connections
     edge_end: dict[str, Any] = field(default_factory=dict)  # slots, requests, connections
@@ -710,6 +711,7 @@ def _load(
             conn.send("go")
         go = time.monotonic()
         cpu_at_go = process_cpu(edge_pid)
+        clients_cpu_at_go = sum(process_cpu(pid) for pid, _ in clients)
         pending = {conn for _, conn in clients}
         reported: set[Connection] = set()
         end_by = go + options.duration_s + options.request_timeout_s + 60
@@ -731,7 +733,11 @@ def _load(
                     results.stats.add(ClientStats(**message))
                     reported.add(conn)
                 pending.discard(conn)  # else it failed and sent ("closed", ...) already
-        results.edge_cpu_share = (process_cpu(edge_pid) - cpu_at_go) / (time.monotonic() - go)
+        elapsed = time.monotonic() - go
+        results.edge_cpu_share = (process_cpu(edge_pid) - cpu_at_go) / elapsed
+        with contextlib.suppress(OSError):  # a client process that exited already
+            clients_cpu = sum(process_cpu(pid) for pid, _ in clients) - clients_cpu_at_go
+            results.clients_cpu_share = clients_cpu / elapsed / len(clients)
         results.unreported_clients = len(clients) - len(reported)  # not in the totals
         for conn in reported:  # each closes its connections, so that the edge sees them go
             _, closed = _recv(conn, CLOSE_TIMEOUT_S + 30, "a client process closing")
@@ -781,7 +787,9 @@ def report(results: Results) -> str:
         f"after warm-up {results.rss_warm_mb:.1f}, peak {results.rss_peak_mb:.1f}, "
         f"end of load {results.rss_load_end_mb:.1f} ({growth:+.1f} since warm-up), "
         f"clients gone {results.rss_end_mb:.1f}",
-        f"edge CPU while the clients ran: {results.edge_cpu_share:.0%} of one core",
+        f"CPU while the clients ran: edge {results.edge_cpu_share:.0%} of one core, "
+        f"each client process {results.clients_cpu_share:.0%} on average (load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end)",
         f"edge fds: start {results.fds_start}, peak {results.fds_peak}, end {results.fds_end} "
         f"(TCP to backends at the end: {results.backend_sockets_end})",
         f"edge at the end: backend slots taken {results.leaked_slots} "
