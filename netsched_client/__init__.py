@@ -4,17 +4,10 @@ async with netsched_client.connect("127.0.0.1", 4433, slo=SLO(deadline_ms=100)) 
     response = await s.request("api", b"payload")
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _distribution_version
-
-try:
-    __version__ = _distribution_version("netsched")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    __version__: str
     from .errors import (
         BackendFailed,
         BadRequest,
@@ -89,6 +82,9 @@ else:
     }
 
     def __getattr__(name: str) -> object:
+        if name == "__version__":
+            value = globals()[name] = _distribution_version()
+            return value
         module = _EXPORTS.get(name)
         if module is None:  # a subpackage, as `netsched_client.fec` after `import netsched_client`
             try:
@@ -101,8 +97,16 @@ else:
         globals()[name] = value
         return value
 
+    def _distribution_version() -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("netsched")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
+
     def __dir__() -> list[str]:
-        return sorted({*globals(), *_EXPORTS})
+        return sorted({*globals(), *_EXPORTS, "__version__"})
 
 
 __all__ = [

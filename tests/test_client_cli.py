@@ -188,6 +188,15 @@ async def test_no_edge_and_wrong_ca_fail_in_one_line(edge: Edge, tmp_path: Path)
     code, _, err = await _run("get", "netsched://127.0.0.1:9/www/x", "-k", "--connect-timeout", "1")
     line = _one_line_failure(code, err)
     assert code == 1 and "ConnectionLost" in line, line
+    # Ctrl-C while starting up and waiting for that handshake: one line too.
+    proc = await asyncio.create_subprocess_exec(
+        NETSCHED, "get", "netsched://127.0.0.1:9/www/x", "-k", stderr=asyncio.subprocess.PIPE
+    )
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err_bytes = await asyncio.wait_for(proc.communicate(), 15)
+    line = _one_line_failure(proc.returncode or 0, err_bytes.decode())
+    assert proc.returncode == 130 and line == "netsched: interrupted"
     # A CA that did not sign the edge's certificate: refused at the handshake.
     other = tmp_path / "other-ca.pem"
     other.write_bytes(_self_signed_ca())
