@@ -633,13 +633,14 @@ class EdgeConnection:
 
     def _cancel(self, stream_id: int) -> None:
         request = self._requests.pop(stream_id, None)
-        if request is None:
-            return
-        request.body.discard()
-        if request.task is not None:
-            request.task.cancel()  # its finally forgets the stream
-        elif self._proto is not None:
-            self._proto.forget(stream_id)  # held for the handshake: nothing else will
+        if request is not None:
+            request.body.discard()
+            if request.task is not None:
+                request.task.cancel()  # its finally forgets the stream
+                return
+        # No task will (a request held for the handshake, or a head never completed).
+        if self._proto is not None:
+            self._proto.forget(stream_id)
 
     def _send_datagram(self, service: str, payload: bytes) -> None:
         if self._proto is not None:

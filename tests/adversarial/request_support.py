@@ -287,6 +287,10 @@ class RawClient(QuicConnectionProtocol):
         self.send(sid, data, end_stream=end_stream)
         return sid
 
+    def reset(self, sid: int, error_code: int = 0x0) -> None:
+        self._quic.reset_stream(sid, error_code)
+        self.transmit()
+
     def send(self, sid: int, data: bytes, *, end_stream: bool = False) -> None:
         self._quic.send_stream_data(sid, data, end_stream)
         self.transmit()

@@ -98,3 +98,15 @@ async def test_over_the_memory_budget_new_requests_are_shed_with_503(
     response = await session.request("api", meta={"method": "GET", "path": "/ok"})
     assert response.body == b"ok"
     assert edge.dispatcher.budget.used == 0
+
+
+async def test_streams_reset_before_their_head_leave_no_state(start_server, start_edge) -> None:
+    edge = await _edge(start_server, start_edge)
+    async with raw_client(edge) as client:
+        sids = [client.open(b"\x40") for _ in range(20)]  # the first byte of a 2-byte varint
+        await asyncio.sleep(0.1)
+        (connection,) = edge.connections
+        assert connection.tracked_streams >= 20
+        for sid in sids:
+            client.reset(sid)
+        await eventually(lambda: connection.tracked_streams == 0, what="per-stream state freed")
