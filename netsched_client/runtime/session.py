@@ -335,7 +335,8 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._datagrams: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1024)
         self._lost: ConnectionLost | None = None
-        self._goaway: EdgeGoingAway | None = None  # the edge drains: no new requests here
+        # The edge drains (GOAWAY): its first refused stream; no new requests here.
+        self._goaway: int | None = None
         self._handshake = handshake
         # A 0-RTT session may never see its handshake's outcome asked for.
         handshake.add_done_callback(_retrieve)
@@ -578,7 +579,7 @@ class Session:
     ) -> Stream:
         self._check_open()
         if self._goaway is not None:
-            raise self._goaway
+            raise EdgeGoingAway("the edge is draining this connection; open a new one")
         head = RequestHead(service=service, slo=slo, streaming=streaming, meta=dict(meta or {}))
         stream_id = self._proto.send_request(head, payload, end_stream=not streaming)
         deadline_ms = self._effective(slo).deadline_ms
@@ -678,11 +679,12 @@ class Session:
     def _on_goaway(self, first_refused: int) -> None:
         """Finish the requests below `first_refused`; fail the others now (the edge resets
         them unprocessed) and every later one, so the caller opens a new connection."""
-        self._goaway = EdgeGoingAway("the edge is draining this connection; open a new one")
+        self._goaway = first_refused
         for stream_id in [sid for sid in self._streams if sid >= first_refused]:
             self._streams.pop(stream_id)._fail(
                 EdgeGoingAway(f"stream {stream_id}: refused, the edge is draining")
             )
+            self._proto.forget(stream_id)
 
     def _on_handshake(self, event: HandshakeCompleted) -> None:
         self._resumed = event.session_resumed
