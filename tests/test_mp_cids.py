@@ -10,6 +10,7 @@ when it opened its second path, issue #13), and path IDs not in use yet.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -159,8 +160,8 @@ def test_used_path_ids_stay_small_and_never_forget(ids: list[int]) -> None:
 # -- the connection ----------------------------------------------------------------------------
 
 
-def _connected(tmp_path: Path) -> Net:
-    net = make_net(tmp_path)
+def _connected(tmp_path: Path, **options: object) -> Net:
+    net = make_net(tmp_path, **options)
     assert net.run(2.0, until=lambda: bool(net.events("client", HandshakeCompleted)))
     net.run(0.2)
     return net
@@ -278,3 +279,22 @@ def test_a_peer_over_the_limit_on_a_path_id_not_in_use_is_refused(tmp_path: Path
         f for f in list(client._control)[before:] if isinstance(f, mpf.PathRetireConnectionId)
     ]
     assert sorted(f.sequence for f in retired) == list(range(first + LIMIT - 2))
+
+
+def test_every_cid_the_server_issues_carries_the_reset_token_of_its_key(tmp_path: Path) -> None:
+    """With `reset_token` (the edge's shared key), every CID's stateless reset token is
+    derived from the CID (RFC 9000 §10.3): the handshake's, NEW_CONNECTION_ID's and
+    PATH_NEW_CONNECTION_ID's alike, so any worker of the edge can reset the connection."""
+
+    def token(raw: bytes) -> bytes:
+        return hashlib.sha256(b"shared key" + raw).digest()[:16]
+
+    net = _connected(tmp_path, reset_token=token)
+    client = net.client
+    seen = []
+    with client._on_path(client.paths[0]):
+        seen += [client._peer_cid, *client._peer_cid_available]  # the first: by parameter
+    for pool in client._peer_pool.values():
+        seen += pool
+    assert len(seen) > LIMIT  # path 0's and the pooled path IDs'
+    assert all(c.stateless_reset_token == token(c.cid) for c in seen)

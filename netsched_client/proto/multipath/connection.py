@@ -156,6 +156,7 @@ class MultipathConnection(QuicConnection):
         *args: Any,
         max_path_id: int | None = DEFAULT_MAX_PATH_ID,
         cid_factory: Callable[[], bytes] | None = None,
+        reset_token: Callable[[bytes], bytes] | None = None,
         pmtud: PmtuConfig | None = DEFAULT_PMTUD,
         scheduler: str = "deadline",
         decision_totals: Counter[str] | None = None,
@@ -171,11 +172,17 @@ class MultipathConnection(QuicConnection):
         self._local_max_path_id = max_path_id
         self._peer_max_path_id: int | None = None
         self._cid_factory = cid_factory
+        self._reset_token = reset_token
         super().__init__(*args, **kwargs)
         if cid_factory is not None and not self._is_client:
             # Our first CID is the one clients route on from the first Handshake packet.
             cid = self._host_cids[0].cid = cid_factory()
             self.host_cid = self._local_initial_source_connection_id = cid
+        if reset_token is not None and not self._is_client:
+            # Derived from the CID with a key the edge's workers share: any of them can
+            # reset a connection another one lost (RFC 9000 §10.3).
+            first = self._host_cids[0]
+            first.stateless_reset_token = reset_token(first.cid)
         # The same recovery aioquic builds, plus a loss counter (nothing was sent yet).
         self._loss = self._new_recovery(peer_completed_address_validation=not self._is_client)
         self._path0 = Path(0, PathState.ACTIVE)
@@ -741,16 +748,21 @@ class MultipathConnection(QuicConnection):
 
     def _replenish_connection_ids(self) -> None:
         super()._replenish_connection_ids()
-        if self._cid_factory is not None:
-            for cid in self._host_cids:
-                if not cid.was_sent:  # not announced yet: still ours to choose
+        for cid in self._host_cids:
+            if not cid.was_sent:  # not announced yet: still ours to choose
+                if self._cid_factory is not None:
                     cid.cid = self._new_cid()
+                cid.stateless_reset_token = self._new_reset_token(cid.cid)
+
+    def _new_reset_token(self, cid: bytes) -> bytes:
+        return os.urandom(16) if self._reset_token is None else self._reset_token(cid)
 
     def _make_host_cid(self, path_id: int, sequence: int) -> QuicConnectionId:
+        raw = self._new_cid()
         cid = QuicConnectionId(
-            cid=self._new_cid(),
+            cid=raw,
             sequence_number=sequence,
-            stateless_reset_token=os.urandom(16),
+            stateless_reset_token=self._new_reset_token(raw),
             was_sent=True,  # announced by PATH_NEW_CONNECTION_ID, never by aioquic
         )
         self._cid_path[cid.cid] = path_id
