@@ -24,9 +24,10 @@ from . import __version__
 from .cli import add_loop_option, run_on_loop
 
 if TYPE_CHECKING:
-    # The SDK is imported when a command runs (see `_run`), so that --help and
-    # --version are quick and a Ctrl-C during the imports is reported like any other.
-    from . import SLO, Session
+    # The SDK is imported when a command runs (in `_open` and `_slo`), so that
+    # --help and --version are quick and a Ctrl-C during the imports is one line.
+    from . import SLO, Session, Stream
+    from .proto.framing import ResponseHead
     from .runtime.paths import PathStats
 
 
@@ -35,6 +36,7 @@ DEFAULT_PORTS: Final = {"netsched": 4433, "https": 443}
 PROGRESS_AFTER_S: Final = 1.0  # a transfer shorter than this shows no progress line
 PROGRESS_EVERY_S: Final = 0.5
 CHUNK: Final = 64 * 1024
+DEADLINE_GRACE_S: Final = 0.25  # past --deadline-ms, the edge's own DeadlineExceeded may arrive
 
 
 class UsageError(Exception):
@@ -323,55 +325,64 @@ async def _get(opts: argparse.Namespace) -> int:
     method = opts.method if opts.method != "GET" or opts.data is None else "POST"
     meta.update({"method": method.upper(), "path": target.path})
     session = await _open(opts, target.host, target.port)
-    progress = Progress(
-        session, sys.stderr, sys.stderr.isatty() if opts.progress is None else opts.progress
-    )
-    sink: IO[bytes] | None = None
-    ok = False
+    show = sys.stderr.isatty() if opts.progress is None else opts.progress
+    progress = Progress(session, sys.stderr, show)
     try:
         if opts.verbose:
             for line in describe(session, target.host, target.port):
                 print(line, file=sys.stderr)
         started = time.monotonic()
         deadline_ms = opts.deadline_ms
-        async with asyncio.timeout(None if deadline_ms is None else deadline_ms / 1000 + 0.25):
-            ticker = asyncio.create_task(progress.run())
-            try:
+        try:
+            async with asyncio.timeout(
+                None if deadline_ms is None else deadline_ms / 1000 + DEADLINE_GRACE_S
+            ):
                 stream = await session.open_stream(target.service, slo=_slo(opts), meta=meta)
                 if opts.data:
                     await stream.write(opts.data.encode())
                 stream.write_eof()
                 head = await stream.response()
-                sink = sys.stdout.buffer if opts.output in (None, "-") else open(opts.output, "wb")  # noqa: SIM115
-                while chunk := await stream.read(CHUNK):
-                    progress.received += len(chunk)
-                    sink.write(chunk)
-            finally:
-                ticker.cancel()
-                with suppress(asyncio.CancelledError):
-                    await ticker
-        sink.flush()
-        ok = True
+                await _receive(stream, opts.output, progress)
+        except TimeoutError:
+            raise NetSchedTimeout(f"no complete response within {deadline_ms} ms") from None
         progress.finish()
         if opts.verbose:
-            elapsed = (time.monotonic() - started) * 1000
-            print(
-                f"* status {head.status} from {head.backend}, {progress.received} bytes "
-                f"in {elapsed:.1f} ms",
-                file=sys.stderr,
-            )
-            for p in session.paths:
-                print(f"*   path {p.path_id}: {_size(p.bytes_received)} received", file=sys.stderr)
+            _report(session, head, progress.received, time.monotonic() - started)
         return 0
-    except TimeoutError:
-        raise NetSchedTimeout(f"no complete response within {opts.deadline_ms} ms") from None
     finally:
-        if sink is not None and sink is not sys.stdout.buffer:
-            sink.close()
-            if not ok:
-                with suppress(OSError):
-                    os.unlink(opts.output)  # never leave a partial file that looks whole
         await session.close()
+
+
+async def _receive(stream: Stream, output: str | None, progress: Progress) -> None:
+    """The body into stdout or `output`; a file is removed again unless the body is whole."""
+    path = None if output in (None, "-") else output
+    sink = sys.stdout.buffer if path is None else open(path, "wb")  # noqa: SIM115
+    ticker = asyncio.create_task(progress.run())
+    whole = False
+    try:
+        while chunk := await stream.read(CHUNK):
+            progress.received += len(chunk)
+            sink.write(chunk)
+        sink.flush()
+        whole = True
+    finally:
+        ticker.cancel()
+        with suppress(asyncio.CancelledError):
+            await ticker
+        if path is not None:
+            sink.close()
+            if not whole:
+                with suppress(OSError):
+                    os.unlink(path)
+
+
+def _report(session: Session, head: ResponseHead, received: int, elapsed: float) -> None:
+    print(
+        f"* status {head.status} from {head.backend}, {received} bytes in {elapsed * 1000:.1f} ms",
+        file=sys.stderr,
+    )
+    for p in session.paths:
+        print(f"*   path {p.path_id}: {_size(p.bytes_received)} received", file=sys.stderr)
 
 
 async def _request(opts: argparse.Namespace) -> int:
