@@ -9,6 +9,7 @@ lines, deadlines and Ctrl-C) and the demo echo server (`api`).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,9 +29,11 @@ NETSCHED = str(Path(sys.executable).parent / "netsched")
 CHUNK = 50_000
 
 
-async def _run(*args: str, timeout: float = 30) -> tuple[int, bytes, str]:
+async def _run(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> tuple[int, bytes, str]:
     proc = await asyncio.create_subprocess_exec(
-        NETSCHED, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        NETSCHED, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -155,6 +158,18 @@ async def test_get_opens_extra_paths_and_counts_bytes_per_path(edge: Edge) -> No
     assert "* multipath: yes" in err
     assert "*   path 0: " in err and "*   path 1: " in err, err
     assert "| path 1: " in err  # the progress line splits the bytes by path
+
+
+async def test_get_works_on_the_pure_python_fallbacks(edge: Edge, tmp_path: Path) -> None:
+    """No compiled module (as installed without a C compiler): the same bytes, one warning."""
+    target = tmp_path / "big.bin"
+    env = {**os.environ, "NETSCHED_NO_EXTENSIONS": "1"}
+    code, _, err = await _run(
+        "get", edge.url("www/big.bin"), "-o", str(target), "-k", "--fec", "-v", env=env
+    )
+    assert code == 0, err
+    assert target.read_bytes() == (edge.www / "big.bin").read_bytes()
+    assert err.count("NativeFallbackWarning") == 1 and "* FEC: on" in err, err
 
 
 async def test_request_still_sends_a_body(edge: Edge) -> None:
