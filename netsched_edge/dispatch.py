@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
 from netsched_client.errors import DeadlineExceeded, NoBackend, Status
@@ -55,6 +55,9 @@ class IncomingRequest:
     # told, and `confirmed()` returns once the handshake is done (what a 425 waits for).
     early: bool = False
     confirmed: Callable[[], Awaitable[object]] | None = None
+    # Whose share of a service's queue this request waits in (its connection): one
+    # connection flooding a service queues behind its own requests, not others'.
+    tenant: Hashable = None
 
 
 @dataclass(slots=True)
@@ -283,7 +286,9 @@ class Dispatcher:
         failure = "no attempt made"
         for _ in range(attempts):
             queued_at = self._clock()
-            slot = await pool.acquire(key, request.slo.urgency or 0, deadline_at, tried)
+            slot = await pool.acquire(
+                key, request.slo.urgency or 0, deadline_at, tried, tenant=request.tenant
+            )
             queue_ms = (self._clock() - queued_at) * 1000
             outcome, failure = await self._attempt(pool, slot, breq, body, deadline_at, queue_ms)
             if outcome is not None:
@@ -347,7 +352,9 @@ class Dispatcher:
     ) -> Outcome:
         key = request.slo.affinity or request.service
         queued_at = self._clock()
-        slot = await pool.acquire(key, request.slo.urgency or 0, deadline_at, set())
+        slot = await pool.acquire(
+            key, request.slo.urgency or 0, deadline_at, set(), tenant=request.tenant
+        )
         release = SlotRelease(pool, slot)
         queue_ms = (self._clock() - queued_at) * 1000
         backend = pool.backends[slot.name]

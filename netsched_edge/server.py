@@ -484,6 +484,7 @@ class EdgeConnection:
             received_at=received_at,
             meta=head.meta,
             streaming=head.streaming or self._is_fetch(head),
+            tenant=self,  # fair queuing between connections
         )
         quic = self._driver.quic
         if isinstance(quic, NetSchedConnection) and self._edge.config.send_order == "edf":
@@ -827,6 +828,7 @@ class EdgeServer:
 
             limits = self.config.limits
             cids = None if self.worker is None else self.worker.quic_lb().generate
+            keys = edge_keys(self.config.keys_file).endpoint_keys()
             return ServerEndpoint(
                 configuration,
                 self._on_connection,
@@ -837,6 +839,7 @@ class EdgeServer:
                     decision_totals=self.dispatcher.metrics.scheduler_decisions,
                     fec=FecConfig() if self.config.fec else None,
                     cid_factory=cids,
+                    reset_token=keys.reset_token,
                     tickets=self.tickets,
                     early_data=self.config.early_data != "off",
                 ),
@@ -846,7 +849,7 @@ class EdgeServer:
                     max_connections_per_source=limits.max_connections_per_source,
                     retry_above=limits.retry_above,
                 ),
-                keys=edge_keys(self.config.keys_file).endpoint_keys(),
+                keys=keys,
                 cid_factory=cids,
                 planner=self._planner,
             )
