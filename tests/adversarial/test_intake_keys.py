@@ -198,3 +198,29 @@ async def test_edge_resets_unknown_connection_ids_with_the_shared_key(
     finally:
         peer.close()
         await session.close()
+
+
+async def test_the_tokens_the_edge_announces_are_those_of_the_shared_key(
+    start_edge, start_server, tmp_path: Path
+) -> None:
+    """Every CID the edge gives a client (handshake, NEW_CONNECTION_ID and the multipath
+    PATH_NEW_CONNECTION_IDs) carries the token the shared key derives from it, so the
+    reset another worker or host sends for it is one the client recognises."""
+    keys = EdgeKeys.generate()
+    keys.write(tmp_path / "keys.toml")
+    port = await start_server(DemoHTTPServer("b", base_ms=0, cold_ms=0))
+    edge = await start_edge(
+        service("api", http_backend("b", port)), keys_file=tmp_path / "keys.toml"
+    )
+    session = await open_session("127.0.0.1", edge.port, ca_file=str(edge.ca_certificate))
+    try:
+        assert (await session.request("api", b"x")).body == b"x"
+        quic = session._driver.quic
+        with quic._on_path(quic.paths[0]):
+            held = [quic._peer_cid, *quic._peer_cid_available]
+        held += [c for pool in quic._peer_pool.values() for c in pool]
+        assert len(held) > 8
+        derive = keys.endpoint_keys().reset_token
+        assert all(c.stateless_reset_token == derive(c.cid) for c in held)
+    finally:
+        await session.close()
