@@ -102,7 +102,7 @@ async def test_drain_finishes_requests_under_way_and_refuses_new_ones(
     await asyncio.wait_for(drain, 3)
     assert loop.time() - started < SLOW_S + 1.0  # done when the request was, not at 5 s
     await eventually(lambda: session.closed, what="the connection closed")
-    assert not edge.connections
+    await eventually(lambda: not edge.connections, what="the edge's side ended")
 
 
 async def test_requests_sent_before_the_goaway_arrived_are_refused_unprocessed(
