@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -26,7 +28,7 @@ from .cli import add_loop_option, run_on_loop
 if TYPE_CHECKING:
     # The SDK is imported when a command runs (in `_open` and `_slo`), so that
     # --help and --version are quick and a Ctrl-C during the imports is one line.
-    from . import SLO, Session, Stream
+    from . import SLO, ResumptionTicket, Session, Stream
     from .proto.framing import ResponseHead
     from .runtime.paths import PathStats
 
@@ -70,6 +72,16 @@ def _connection_options() -> argparse.ArgumentParser:
         "'auto': every non-loopback address); repeatable",
     )
     group.add_argument("--fec", action="store_true", help="offer forward error correction")
+    group.add_argument(
+        "--session",
+        metavar="FILE",
+        help="resume the TLS session kept in FILE, and keep the edge's newest ticket there",
+    )
+    group.add_argument(
+        "--early-data",
+        action="store_true",
+        help="with --session: send the request in 0-RTT when the ticket allows it",
+    )
     group.add_argument(
         "--connect-timeout",
         type=float,
@@ -206,11 +218,70 @@ def _paths(values: list[str] | None) -> list[str] | None:
 def _check_files(opts: argparse.Namespace) -> None:
     if opts.ca is not None and not Path(opts.ca).is_file():
         raise UsageError(f"CA file {opts.ca!r} does not exist or is not a file")
-    output = getattr(opts, "output", None)
-    if output not in (None, "-"):
-        folder = Path(output).parent
-        if not folder.is_dir():
-            raise UsageError(f"cannot write {output!r}: folder {str(folder)!r} does not exist")
+    if opts.early_data and opts.session is None:
+        raise UsageError("--early-data needs --session FILE (a ticket from an earlier session)")
+    for written in (getattr(opts, "output", None), opts.session):
+        if written not in (None, "-"):
+            folder = Path(written).parent
+            if not folder.is_dir():
+                raise UsageError(f"cannot write {written!r}: folder {str(folder)!r} does not exist")
+
+
+# -- session tickets ---------------------------------------------------------------
+
+TICKET_FORMAT: Final = "netsched-session/1"
+
+
+def save_ticket(path: Path, ticket: ResumptionTicket) -> None:
+    """The ticket as JSON, readable by its owner only: it holds the resumption secret."""
+    t = ticket.ticket
+    record = {
+        "format": TICKET_FORMAT,
+        "alpn": ticket.alpn,
+        "server_name": t.server_name,
+        "age_add": t.age_add,
+        "cipher_suite": int(t.cipher_suite),
+        "not_valid_before": t.not_valid_before.isoformat(),
+        "not_valid_after": t.not_valid_after.isoformat(),
+        "resumption_secret": t.resumption_secret.hex(),
+        "ticket": t.ticket.hex(),
+        "max_early_data_size": t.max_early_data_size,
+        "other_extensions": [[kind, value.hex()] for kind, value in t.other_extensions],
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(record, out)
+
+
+def load_ticket(path: Path) -> ResumptionTicket | None:
+    """The ticket `save_ticket` wrote; None if there is no file yet; UsageError if not one."""
+    from aioquic import tls
+
+    from . import ResumptionTicket
+
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read session file {str(path)!r}: {exc}") from None
+    try:
+        if record["format"] != TICKET_FORMAT:
+            raise ValueError(f"format {record['format']!r}")
+        ticket = tls.SessionTicket(
+            age_add=int(record["age_add"]),
+            cipher_suite=tls.CipherSuite(record["cipher_suite"]),
+            not_valid_before=datetime.fromisoformat(record["not_valid_before"]),
+            not_valid_after=datetime.fromisoformat(record["not_valid_after"]),
+            resumption_secret=bytes.fromhex(record["resumption_secret"]),
+            server_name=str(record["server_name"]),
+            ticket=bytes.fromhex(record["ticket"]),
+            max_early_data_size=record["max_early_data_size"],
+            other_extensions=[(int(k), bytes.fromhex(v)) for k, v in record["other_extensions"]],
+        )
+        return ResumptionTicket(ticket, str(record["alpn"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{str(path)!r} is not a netsched session file: {exc}") from None
 
 
 # -- connecting and reporting ------------------------------------------------------
@@ -220,6 +291,7 @@ async def _open(opts: argparse.Namespace, host: str, port: int) -> Session:
     from . import FecConfig, open_session
 
     paths = _paths(opts.paths)
+    ticket = None if opts.session is None else load_ticket(Path(opts.session))
     try:
         return await open_session(
             host,
@@ -229,6 +301,8 @@ async def _open(opts: argparse.Namespace, host: str, port: int) -> Session:
             timeout=opts.connect_timeout,
             paths=paths if paths != ["auto"] else "auto",
             fec=FecConfig() if opts.fec else None,
+            session_ticket=ticket,
+            early_data=opts.early_data and ticket is not None and ticket.allows_early_data,
         )
     except socket.gaierror as exc:
         raise ConnectFailed(f"cannot resolve {host!r}: {exc.strerror}") from None
@@ -263,6 +337,11 @@ def describe(session: Session, host: str, port: int) -> list[str]:
         f"* resumed: {'yes' if session.session_resumed else 'no'}, 0-RTT: {early}",
     ]
     return lines
+
+
+def _describe(session: Session, host: str, port: int) -> None:
+    for line in describe(session, host, port):
+        print(line, file=sys.stderr)
 
 
 def _size(n: float) -> str:
@@ -328,9 +407,10 @@ async def _get(opts: argparse.Namespace) -> int:
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
     progress = Progress(session, sys.stderr, show)
     try:
-        if opts.verbose:
-            for line in describe(session, target.host, target.port):
-                print(line, file=sys.stderr)
+        # In 0-RTT the request leaves before the handshake has settled what to show.
+        early = session.early_data == "pending"
+        if opts.verbose and not early:
+            _describe(session, target.host, target.port)
         started = time.monotonic()
         deadline_ms = opts.deadline_ms
         try:
@@ -347,10 +427,12 @@ async def _get(opts: argparse.Namespace) -> int:
             raise NetSchedTimeout(f"no complete response within {deadline_ms} ms") from None
         progress.finish()
         if opts.verbose:
+            if early:
+                _describe(session, target.host, target.port)
             _report(session, head, progress.received, time.monotonic() - started)
         return 0
     finally:
-        await session.close()
+        await _close(session, opts)
 
 
 async def _receive(stream: Stream, output: str | None, progress: Progress) -> None:
@@ -389,12 +471,14 @@ async def _request(opts: argparse.Namespace) -> int:
     host, port = split_edge(opts.edge)
     session = await _open(opts, host, port)
     try:
-        if opts.verbose:
-            for line in describe(session, host, port):
-                print(line, file=sys.stderr)
+        early = session.early_data == "pending"
+        if opts.verbose and not early:
+            _describe(session, host, port)
         response = await session.request(opts.service, opts.data.encode(), slo=_slo(opts))
+        if opts.verbose and early:
+            _describe(session, host, port)
     finally:
-        await session.close()
+        await _close(session, opts)
     print(
         f"status {response.status} from {response.backend} in {response.latency_ms:.1f} ms",
         file=sys.stderr,
@@ -402,6 +486,15 @@ async def _request(opts: argparse.Namespace) -> int:
     sys.stdout.buffer.write(response.body)
     sys.stdout.buffer.flush()
     return 0
+
+
+async def _close(session: Session, opts: argparse.Namespace) -> None:
+    """Close the session; with --session, keep the newest ticket the edge gave."""
+    try:
+        if opts.session is not None and session.session_ticket is not None:
+            save_ticket(Path(opts.session), session.session_ticket)
+    finally:
+        await session.close()
 
 
 COMMANDS: Final = {"get": _get, "request": _request}

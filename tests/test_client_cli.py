@@ -137,6 +137,20 @@ async def test_get_to_stdout_and_verbose_shows_the_negotiated_features(edge: Edg
     assert code == 0 and "* FEC: off" in err
 
 
+async def test_session_file_resumes_and_carries_0rtt(edge: Edge, tmp_path: Path) -> None:
+    session = tmp_path / "edge.session"
+    url = edge.url("www/hello.txt")
+    code, out, err = await _run("get", url, "-k", "-v", "--session", str(session))
+    assert code == 0 and out == b"hello from the edge\n", err
+    assert "* resumed: no, 0-RTT: off" in err
+    assert session.stat().st_mode & 0o777 == 0o600  # it holds the resumption secret
+    code, out, err = await _run("get", url, "-k", "-v", "--session", str(session), "--early-data")
+    assert code == 0 and out == b"hello from the edge\n", err
+    assert "* resumed: yes, 0-RTT: accepted" in err
+    code, _, err = await _run("get", url, "-k", "-v", "--session", str(session))
+    assert code == 0 and "* resumed: yes, 0-RTT: off" in err
+
+
 async def test_get_progress_line_on_a_long_transfer(edge: Edge) -> None:
     code, out, err = await _run("get", edge.url("slow/t?n=20"), "-k", "--progress")
     assert code == 0, err
@@ -187,6 +201,8 @@ async def test_expected_failures_print_one_line(edge: Edge, tmp_path: Path) -> N
         (["get", edge.url("www/hello.txt"), "--ca", str(tmp_path / "none.pem")], 2, "CA file"),
         (["get", edge.url("www/x"), "-o", str(tmp_path / "no" / "f")], 2, "does not exist"),
         (["request", "nohostport", "api", "-k"], 2, "edge must be HOST:PORT"),
+        (["get", edge.url("www/hello.txt"), "-k", "--early-data"], 2, "needs --session"),
+        (["get", edge.url("www/x"), "-k", "--session", str(edge.www / "hello.txt")], 2, "session"),
         (["get", "netsched://no-such-host.invalid:4433/www/x", "-k"], 1, "cannot resolve"),
         (["get", edge.url("nosuch/x"), "-k"], 1, "ServiceNotFound"),
         (["get", edge.url("www/missing.txt"), "-k"], 1, "404"),
