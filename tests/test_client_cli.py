@@ -186,6 +186,24 @@ async def test_get_works_on_the_pure_python_fallbacks(edge: Edge, tmp_path: Path
     assert err.count("NativeFallbackWarning") == 1 and "* FEC: on" in err, err
 
 
+async def test_get_runs_on_asyncio_where_uvloop_is_not_installed(edge: Edge) -> None:
+    """uvloop is a dependency only on CPython outside Windows; without it: a warning, asyncio."""
+    code = (
+        "import sys; sys.modules['uvloop'] = None  # as if not installed\n"
+        "from netsched_client.cli import main\n"
+        f"sys.exit(main(['get', {edge.url('www/hello.txt')!r}, '-k']))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert out == b"hello from the edge\n"
+    assert err.decode().strip() == (
+        "netsched: netsched.cli: uvloop is not installed: running on the asyncio event loop"
+    )
+
+
 async def test_request_still_sends_a_body(edge: Edge) -> None:
     code, out, err = await _run(
         "request", f"127.0.0.1:{edge.port}", "api", "--data", "echo me", "--ca", edge.ca
