@@ -270,6 +270,7 @@ def test_sdist_ships_cython_sources_not_generated_c(sdist: Path) -> None:
     assert pyx == {"_rlc.pyx", "tinymt32.pyx", "_udp.pyx", "_mmsg.pyx", "_relay.pyx"}
     assert any(n.endswith("fec/_rlc.pxd") for n in names)
     assert not [n for n in names if n.endswith((".c", ".so"))]
+    assert not [n for n in names if "/tests/" in n]  # they need the repository around them
 
 
 @pytest.mark.timeout(180)
