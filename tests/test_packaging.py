@@ -56,6 +56,23 @@ def test_version_comes_from_the_distribution() -> None:
     assert netsched_edge.__version__ == version("netsched")
 
 
+def test_exports_load_on_first_use_and_the_cli_starts_without_the_sdk() -> None:
+    code = (
+        "import sys, netsched_client.cli\n"
+        "assert 'netsched_client.runtime.session' not in sys.modules\n"
+        "assert 'aioquic' not in sys.modules and 'asyncio' not in sys.modules\n"
+        "import netsched_client as n\n"
+        "missing = [name for name in n.__all__ if getattr(n, name, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert set(n.__all__) <= set(dir(n)) and n.fec.FecEncoder and n.errors.Status\n"
+        "assert not hasattr(n, 'no_such_name')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+
+
 # -- pure-Python fallbacks equal the compiled modules ----------------------------
 
 compiled = pytest.mark.skipif(not rlc.COMPILED, reason="the Cython modules are not built")
