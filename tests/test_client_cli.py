@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -161,6 +163,27 @@ async def test_get_progress_line_on_a_long_transfer(edge: Edge) -> None:
     assert lines[-1].startswith("received 1.0 MB in ")
     code, _, err = await _run("get", edge.url("slow/t?n=15"), "-k")  # not a terminal: silent
     assert code == 0 and err == ""
+
+
+async def test_progress_line_redraws_in_place_on_a_terminal(edge: Edge, tmp_path: Path) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            NETSCHED, "get", edge.url("slow/t?n=20"), "-k", "-o", str(tmp_path / "t"),
+            stderr=terminal,
+        )  # fmt: skip
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        os.close(terminal)
+    shown = b""
+    with suppress(OSError):  # EIO once the terminal side is closed and drained
+        while chunk := os.read(controller, 4096):
+            shown += chunk
+    os.close(controller)
+    redraws = shown.split(b"\r")
+    assert len(redraws) >= 3, shown  # one line, redrawn, then the final newline
+    assert all(r.startswith(b"received ") and r.endswith(b"\x1b[K") for r in redraws[1:-1])
+    assert b"\n" not in shown.rstrip(b"\r\n")
 
 
 async def test_get_opens_extra_paths_and_counts_bytes_per_path(edge: Edge) -> None:
