@@ -337,7 +337,9 @@ def test_sdist_installs_and_works_without_a_c_compiler(sdist: Path, tmp_path: Pa
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[b'p1']"
-    assert run.stderr.count("NativeFallbackWarning") == 1
+    assert run.stderr.count("NativeFallbackWarning") == 1  # found missing, not told so
+    for name in _native.COMPILED_MODULES:
+        assert name in run.stderr
     run = subprocess.run(
         [
             python,
