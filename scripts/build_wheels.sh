@@ -36,6 +36,7 @@ export SOURCE_DATE_EPOCH
 export PYTHONHASHSEED=0
 export CFLAGS="${CFLAGS:-} -g0"
 export LDSHARED="${CC:-gcc} -shared"
+export NETSCHED_REQUIRE_EXTENSIONS=1  # a wheel without its compiled modules is no wheel to ship
 
 pyver="$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')"
 tools="${NETSCHED_BUILD_TOOLS:-${TMPDIR:-/tmp}/netsched-build-tools-py$pyver}"
