@@ -93,11 +93,12 @@ def edge_process(scheduler: str, state: str, conn: Connection) -> None:
     if profiler is not None:
         profiler.enable()
     try:
-        import uvloop
-
-        uvloop.run(_serve_edge(scheduler, Path(state), conn))
-    except ImportError:
-        asyncio.run(_serve_edge(scheduler, Path(state), conn))
+        try:
+            import uvloop
+        except ImportError:  # only the loop's own import: the edge's errors stay errors
+            asyncio.run(_serve_edge(scheduler, Path(state), conn))
+        else:
+            uvloop.run(_serve_edge(scheduler, Path(state), conn))
     finally:
         if profiler is not None and profile_to:
             profiler.disable()
