@@ -1,15 +1,18 @@
 """`netsched-edge`: run the edge from a config file, check a config, or run the demo.
 
-netsched-edge --config edge.toml      serve; SIGTERM/SIGINT drain and exit, SIGHUP reloads
-netsched-edge check-config edge.toml  validate and exit (0 ok, 2 error)
-netsched-edge generate-keys FILE      write a keys file to share among hosts (`keys_file`)
-netsched-edge demo [--duration 10]    self-contained demo with built-in backends
+netsched-edge [serve] --config edge.toml  serve; SIGTERM/SIGINT drain, SIGHUP reloads
+netsched-edge check-config edge.toml      validate and exit (0 ok, 2 error)
+netsched-edge generate-keys FILE          write a keys file to share among hosts (`keys_file`)
+netsched-edge demo [--duration 10]        self-contained demo with built-in backends
+netsched-edge --version
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import resource
 import sys
 
 from netsched_client.cli import add_loop_option, run_on_loop
@@ -20,23 +23,33 @@ from .lifecycle import Lifecycle, read_config
 from .server import EdgeServer
 
 
-def _serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="netsched-edge", description="Run the NetSched edge.")
-    parser.add_argument("--config", "-c", required=True, help="edge TOML config file")
-    parser.add_argument(
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="netsched-edge",
+        description="Run the NetSched edge (serve is the default command).",
+    )
+    parser.add_argument("--version", action="version", version=f"netsched-edge {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve from a config file (the default)")
+    serve.add_argument("--config", "-c", required=True, help="edge TOML config file")
+    serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT + QUIC-LB)"
     )
-    add_loop_option(parser)
-    parser.add_argument("--verbose", "-v", action="store_true")
+    add_loop_option(serve)
+    serve.add_argument("--verbose", "-v", action="store_true")
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+    keys = commands.add_parser("generate-keys", help="write a keys file (`keys_file`)")
+    keys.add_argument("file")
+    _add_demo(commands.add_parser("demo", help="self-contained demo with built-in backends"))
     return parser
 
 
-def _demo_parser() -> argparse.ArgumentParser:
+def _add_demo(parser: argparse.ArgumentParser) -> None:
     from .demo import SETUP_KEYS
 
-    parser = argparse.ArgumentParser(
-        prog="netsched-edge demo", description="Run the built-in demo."
-    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of workload per setup")
     parser.add_argument("--rate", type=float, default=150.0, help="requests per second")
     parser.add_argument("--seed", type=int, default=1)
@@ -50,7 +63,6 @@ def _demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--single-path", action="store_true", help="same as --only wifi")
     add_loop_option(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
 
 
 async def _serve(config: EdgeConfig, config_path: str) -> int:
@@ -84,45 +96,62 @@ def _load(path: str) -> EdgeConfig | None:
         return None
 
 
+COMMANDS = ("serve", "check-config", "generate-keys", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["demo"]:
-        from .demo import run_demo
-
-        opts = _demo_parser().parse_args(args[1:])
-        _logging(opts.verbose)
-        only = ["wifi"] if opts.single_path else opts.only
-        return run_on_loop(
-            run_demo(duration=opts.duration, rate=opts.rate, seed=opts.seed, only=only),
-            opts.loop,
-        )
-    if args[:1] == ["generate-keys"]:
-        if len(args) != 2:
-            print("usage: netsched-edge generate-keys FILE", file=sys.stderr)
-            return 2
+    if args and args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
+        args.insert(0, "serve")  # `netsched-edge --config FILE`: serve, as always
+    opts = _parser().parse_args(args)
+    if opts.command is None:
+        _parser().print_usage(sys.stderr)
+        return 2
+    if opts.command == "demo":
+        return _demo(opts)
+    if opts.command == "generate-keys":
         try:
-            EdgeKeys.generate().write(args[1])
+            EdgeKeys.generate().write(opts.file)
         except OSError as exc:
-            print(f"netsched-edge: {args[1]}: {exc.strerror}", file=sys.stderr)
+            print(f"netsched-edge: {opts.file}: {exc.strerror}", file=sys.stderr)
             return 2
         return 0
-    if args[:1] == ["check-config"]:
-        if len(args) != 2:
-            print("usage: netsched-edge check-config FILE", file=sys.stderr)
-            return 2
-        config = _load(args[1])
+    if opts.command == "check-config":
+        config = _load(opts.file)
         if config is None:
             return 2
-        print(f"{args[1]}: ok ({len(config.services)} services)")
+        print(f"{opts.file}: ok ({len(config.services)} services)")
         return 0
-    opts = _serve_parser().parse_args(args)
     _logging(opts.verbose)
     config = _load(opts.config)
     if config is None:
         return 2
+    _raise_file_limit()
     if opts.workers > 1:
         return _serve_workers(config, opts.config, opts.workers)
     return run_on_loop(_serve(config, opts.config), opts.loop)
+
+
+def _demo(opts: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _logging(opts.verbose)
+    only = ["wifi"] if opts.single_path else opts.only
+    return run_on_loop(
+        run_demo(duration=opts.duration, rate=opts.rate, seed=opts.seed, only=only), opts.loop
+    )
+
+
+def _raise_file_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one (nginx's worker_rlimit_nofile, Go's default):
+    connections, backend sockets and UDP flows each take a descriptor, and the flow cap
+    derives from this limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _serve_workers(config: EdgeConfig, config_path: str, count: int) -> int:

@@ -118,3 +118,34 @@ async def test_check_config_reads_the_keys_file(tmp_path: Path) -> None:
     config.write_text(f'[edge]\nkeys_file = "{tmp_path / "good.keys"}"\n')
     code, out, err = await _run(*_edge("check-config", str(config)))
     assert code == 0 and "ok" in out, err
+
+
+async def test_edge_help_lists_every_command_and_version_is_the_package_s() -> None:
+    from netsched_edge import __version__
+
+    code, out, _ = await _run(*_edge("--help"))
+    assert code == 0
+    for command in ("serve", "check-config", "generate-keys", "demo"):
+        assert command in out
+    code, out, _ = await _run(*_edge("--version"))
+    assert (code, out.strip()) == (0, f"netsched-edge {__version__}")
+    code, _, err = await _run(*_edge())  # no command: usage, status 2
+    assert code == 2 and "usage: netsched-edge" in err
+    code, _, err = await _run(*_edge("check-config"))  # its FILE is missing
+    assert code == 2 and "the following arguments are required: file" in err
+
+
+async def test_serve_raises_the_soft_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Connections, backend sockets and UDP flows each hold a descriptor: the edge runs
+    with the hard limit (flows derive their cap from it), as nginx and Go processes do."""
+    script = (
+        "import resource, sys\n"
+        "from netsched_edge.cli import _raise_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "_raise_file_limit()\n"
+        "want = hard if hard != resource.RLIM_INFINITY else 1 << 20\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == want)\n"
+    )
+    code, out, err = await _run(sys.executable, "-c", script)
+    assert (code, out.strip()) == (0, "True"), err
