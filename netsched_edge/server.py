@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aioquic import tls
-from aioquic.buffer import Buffer, encode_uint_var
-from aioquic.h3.connection import FrameType, encode_frame
+from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicReceiveContext
 from aioquic.quic.events import (
@@ -267,6 +266,8 @@ class _AppProtocol(Protocol):
     def abort(self, stream_id: int, error_code: int = ...) -> None: ...
     def forget(self, stream_id: int) -> None: ...
     def handle_event(self, event: QuicEvent) -> list[ProtocolEvent]: ...
+    @property
+    def open_streams(self) -> int: ...
 
 
 class _RequestBody(AsyncIterator[bytes]):
@@ -431,10 +432,8 @@ class EdgeConnection:
             return
         # Streams open in order: everything past the last one seen is new.
         self._goaway = self._last_stream_seen + 4
-        if isinstance(self._proto, native.NetSchedProtocol):
+        if isinstance(self._proto, native.NetSchedProtocol | h3proto.H3Protocol):
             self._proto.send_goaway(self._goaway)
-        elif isinstance(self._proto, h3proto.H3Protocol):
-            send_h3_goaway(self._driver.quic, self._proto, self._goaway)
         self._driver.schedule_transmit()
 
     def _refused(self, stream_id: int) -> bool:
@@ -464,9 +463,7 @@ class EdgeConnection:
     @property
     def tracked_streams(self) -> int:
         """Streams this connection keeps any state for (requests, head timers, framing)."""
-        framing = (
-            self._proto.open_streams if isinstance(self._proto, native.NetSchedProtocol) else 0
-        )
+        framing = 0 if self._proto is None else self._proto.open_streams
         return len(self._requests) + len(self._heads_due) + framing
 
     def _start_request(self, stream_id: int, head: RequestHead) -> None:
@@ -663,21 +660,6 @@ def _refused_code(proto: _AppProtocol) -> int:
     if isinstance(proto, h3proto.H3Protocol):
         return H3_REQUEST_REJECTED
     return native.ERROR_REFUSED  # hq-interop defines no codes; the reset itself says it
-
-
-def send_h3_goaway(quic: QuicConnection, proto: h3proto.H3Protocol, stream_id: int) -> None:
-    """Write an HTTP/3 GOAWAY frame (RFC 9114 §5.2) on our control stream.
-
-    aioquic (pinned 1.7.2) has no GOAWAY API: the frame goes on the control stream
-    aioquic's H3Connection opened, whose ID only its private attribute knows.
-    These two private reads belong in H3Protocol (proto/h3.py) as `send_goaway`.
-    """
-    h3 = proto._h3
-    control = h3._local_control_stream_id
-    if control is None:
-        return  # no control stream yet: the connection has not started HTTP/3
-    frame = encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id))
-    quic.send_stream_data(control, frame)
 
 
 def _internal_error_code(proto: _AppProtocol) -> int:
