@@ -765,8 +765,10 @@ async def open_session(
     ticket from `ticket_store`, resumes the TLS session it came from; the
     store also receives this session's ticket. `early_data`: when that ticket
     allows 0-RTT, return before the handshake completes, so that the first
-    requests leave in 0-RTT packets (replayable by an attacker: the edge serves
-    only idempotent ones before the handshake completes, see `Session.early_data`);
+    requests leave in 0-RTT packets (replayable by an attacker: before the
+    handshake completes the edge serves only safe methods, GET, HEAD and OPTIONS,
+    and with its `early_data = "idempotent"` also requests whose SLO says
+    idempotent; the others wait for the handshake, see `Session.early_data`);
     extra `paths` then open once it completes. Without such a ticket, or
     without `early_data`, the handshake completes first as usual.
 
