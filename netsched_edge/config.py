@@ -213,6 +213,8 @@ def parse_config(text: str, *, file: str = "<string>", base_dir: Path | None = N
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(exc, text, file) from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise ConfigError(f"cannot read the file: {exc}", file=file) from None
     context = _Context(file, text, base_dir or Path.cwd())
     root = _Table(data, (), context)
     root.check_keys(("edge", "limits", "defaults", "services"))
@@ -549,11 +551,7 @@ def _integer(minimum: int, maximum: int | None = None) -> _Spec:
 def _number(minimum: float, *, inclusive: bool) -> _Spec:
     def convert(item: _Item) -> float:
         value = item.value
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             raise item.fail("a finite number")
         if value < minimum or (value == minimum and not inclusive):
             bound = "at least" if inclusive else "greater than"
@@ -561,6 +559,13 @@ def _number(minimum: float, *, inclusive: bool) -> _Spec:
         return float(value)
 
     return convert
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[_Item], str]:
