@@ -1500,6 +1500,11 @@ class MultipathConnection(QuicConnection):
         timers: list[float] = []
         for path in self._paths.values():
             with self._on_path(path):
+                if path.state is PathState.CLOSING:
+                    # It sends nothing more: an ACK or pacing deadline of its own would
+                    # stay due forever (the peer abandoned it; its packets were lost).
+                    self._spaces[Epoch.ONE_RTT].ack_at = None
+                    self._pacing_at = None
                 timer = super().get_timer()
             if timer is not None:
                 timers.append(timer)
