@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -329,6 +330,9 @@ class _Request:
     ended: bool = False  # the whole request body has arrived
 
 
+_TENANTS = itertools.count()
+
+
 class EdgeConnection:
     def __init__(self, driver: ConnectionDriver, edge: EdgeServer) -> None:
         self._driver = driver
@@ -336,6 +340,9 @@ class EdgeConnection:
         self._proto: _AppProtocol | None = None
         self._requests: dict[int, _Request] = {}
         self._relay: DatagramRelay | None = None
+        # Its share of the service queues: a number, not the connection (the queue must
+        # not keep a closed connection alive).
+        self._tenant = next(_TENANTS)
         # Client streams whose request head has not come yet: each must complete it
         # within header_timeout_s (nginx client_header_timeout) or is reset. Bounded by
         # the number of streams the client may open (QUIC stream limits).
@@ -395,11 +402,14 @@ class EdgeConnection:
 
     def _make_protocol(self, alpn: str | None) -> _AppProtocol:
         quic = self._driver.quic
+        limits = self._edge.config.limits
         if alpn == h3proto.ALPN:
-            return h3proto.H3Protocol(quic)
+            return h3proto.H3Protocol(quic, max_header_bytes=limits.max_header_bytes)
         if alpn == hqproto.ALPN:
-            return hqproto.HQProtocol(quic)
-        self._relay = DatagramRelay(self._edge.dispatcher, self._send_datagram)
+            return hqproto.HQProtocol(quic, max_header_bytes=limits.max_header_bytes)
+        self._relay = DatagramRelay(
+            self._edge.dispatcher, self._send_datagram, connection=quic, limits=limits
+        )
         return native.NetSchedProtocol(quic)
 
     def _dispatch(self, event: ProtocolEvent) -> None:
@@ -481,7 +491,7 @@ class EdgeConnection:
             received_at=received_at,
             meta=head.meta,
             streaming=head.streaming or self._is_fetch(head),
-            tenant=self,  # fair queuing between connections
+            tenant=self._tenant,  # fair queuing between connections
         )
         quic = self._driver.quic
         if isinstance(quic, NetSchedConnection) and self._edge.config.send_order == "edf":
@@ -846,7 +856,9 @@ class EdgeServer:
             if service.udp_listen is not None:
                 pool = self.dispatcher.pools[service.name]
                 metrics = self.dispatcher.metrics
-                front = UdpFront(pool, service.udp_listen, metrics=metrics)
+                front = UdpFront(
+                    pool, service.udp_listen, metrics=metrics, limits=self.config.limits
+                )
                 self.udp_fronts[service.name] = front
         if self.config.admin_port is not None:
             assert self.config.admin_host is not None
