@@ -748,7 +748,7 @@ async def open_session(
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
-    scheduler: str = "lowest-rtt",
+    scheduler: str = "deadline",
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
 
@@ -775,9 +775,10 @@ async def open_session(
     `pmtud`: how each path searches for its largest datagram (RFC 8899); None
     keeps every path at 1200 bytes.
 
-    `scheduler`: how requests and uploads spread over the paths: "deadline" (by
-    expected arrival, each request's deadline and urgency, and each path's loss)
-    or "lowest-rtt" (the default: fill the fastest path's window first).
+    `scheduler`: how requests and uploads spread over the paths: "deadline" (the
+    default: by expected arrival, each request's deadline and urgency, and each
+    path's loss) or "lowest-rtt" (the earlier policy: fill the fastest path's window
+    first).
     """
     if scheduler not in SCHEDULER_POLICIES:
         choices = ", ".join(SCHEDULER_POLICIES)
@@ -975,7 +976,7 @@ async def connect(
     ticket_store: TicketStore | None = None,
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
-    scheduler: str = "lowest-rtt",
+    scheduler: str = "deadline",
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
