@@ -120,6 +120,10 @@ class Held:
         self.update(0)
 
 
+class _DeadlinePassed(TimeoutError):
+    """The request's deadline, not a body timeout, ended the wait."""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -219,8 +223,15 @@ class Dispatcher:
     ) -> bytes:
         """The whole request body: each piece within body_timeout_s, all by the deadline."""
         paced = IdleTimeoutBody(request.body, self.config.limits.body_timeout_s)
-        async with asyncio.timeout(self._remaining(deadline_at)):
-            return await collect(paced, pool.config.max_body)
+        try:
+            async with asyncio.timeout(self._remaining(deadline_at)) as deadline:
+                return await collect(paced, pool.config.max_body)
+        except TimeoutError:
+            # Which timer fired, not the clock read after it: uvloop's timers keep
+            # milliseconds and may fire a fraction of one before the deadline.
+            if deadline.expired():
+                raise _DeadlinePassed from None
+            raise
 
     def _timeout(self, pool: ServicePool, deadline_at: float | None) -> float:
         if deadline_at is None:
@@ -243,11 +254,11 @@ class Dispatcher:
             body = await self._collect_request(pool, request, deadline_at)
         except ValueError as exc:
             return error_outcome(Status.BAD_REQUEST, f"request {exc}")
+        except _DeadlinePassed:
+            return error_outcome(
+                Status.DEADLINE_EXCEEDED, "deadline passed waiting for the request body"
+            )
         except TimeoutError:
-            if self._remaining(deadline_at) == 0:
-                return error_outcome(
-                    Status.DEADLINE_EXCEEDED, "deadline passed waiting for the request body"
-                )
             return error_outcome(
                 Status.REQUEST_TIMEOUT,
                 f"request body silent for {self.config.limits.body_timeout_s:g} s",
