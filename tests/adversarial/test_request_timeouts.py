@@ -26,7 +26,8 @@ from support import http_backend, service
 from netsched_client.errors import Status
 from netsched_client.proto.framing import RequestHead, encode_request_head
 from netsched_client.proto.slo import SLO
-from netsched_edge.config import LimitsConfig
+from netsched_edge.config import BackendConfig, EdgeConfig, LimitsConfig, ServiceConfig
+from netsched_edge.dispatch import Dispatcher, IncomingRequest
 
 H3_REQUEST_CANCELLED = 0x10C
 
@@ -207,3 +208,31 @@ async def test_half_a_head_on_a_stream_opened_out_of_order_is_reset(
         await finished(client.exchanges[later], timeout=3)
         assert (head := client.exchanges[later].head()) is not None and head.status == 200
     assert took < 1.5
+
+
+async def test_the_deadline_not_the_clock_read_after_it_makes_a_504() -> None:
+    """The deadline's timer fired while the body was still arriving: 504, even when the
+    clock read just after it says a fraction of a millisecond is left (uvloop's timers
+    keep milliseconds and may fire early; bench_slo saw 408 for 40 ms deadlines)."""
+    loop = asyncio.get_running_loop()
+    backend = BackendConfig(name="b", kind="tcp", host="127.0.0.1", port=9)
+    config = EdgeConfig(services=(ServiceConfig(name="api", backends=(backend,)),))
+    start = loop.time()
+    # A clock a little slower than the loop's timers: when the deadline's timer fires,
+    # it still reads a moment before the deadline (as uvloop's early timers do).
+    lagging = Dispatcher(config, clock=lambda: start + (loop.time() - start) * 0.95)
+
+    async def body_that_never_ends():
+        yield b"part"
+        await asyncio.Event().wait()
+
+    request = IncomingRequest(
+        service="api",
+        slo=SLO(deadline_ms=30),
+        body=body_that_never_ends(),
+        received_at=lagging._clock(),
+    )
+    outcome = await lagging.handle(request)
+    await outcome.aclose()
+    assert outcome.head.status == Status.DEADLINE_EXCEEDED, outcome.head
+    await lagging.close()
