@@ -230,6 +230,7 @@ def _check_files(opts: argparse.Namespace) -> None:
 # -- session tickets ---------------------------------------------------------------
 
 TICKET_FORMAT: Final = "netsched-session/1"
+TICKET_WAIT_S: Final = 1.0  # longest wait at the end for the edge's new session ticket
 
 
 def save_ticket(path: Path, ticket: ResumptionTicket) -> None:
@@ -491,10 +492,22 @@ async def _request(opts: argparse.Namespace) -> int:
 async def _close(session: Session, opts: argparse.Namespace) -> None:
     """Close the session; with --session, keep the newest ticket the edge gave."""
     try:
-        if opts.session is not None and session.session_ticket is not None:
-            save_ticket(Path(opts.session), session.session_ticket)
+        if opts.session is not None:
+            await _await_ticket(session)
+            if session.session_ticket is not None:
+                save_ticket(Path(opts.session), session.session_ticket)
     finally:
         await session.close()
+
+
+async def _await_ticket(session: Session) -> None:
+    """The edge sends its ticket once the handshake is done: a request answered from
+    0-RTT can end before it arrives, and the file's ticket was used (tickets are
+    single use), so wait for it a little, not forever."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + TICKET_WAIT_S
+    while session.session_ticket is None and not session.closed and loop.time() < give_up:
+        await asyncio.sleep(0.01)
 
 
 COMMANDS: Final = {"get": _get, "request": _request}
