@@ -6,7 +6,7 @@ import asyncio
 from contextlib import AsyncExitStack
 
 from support import http_backend, service
-from test_forwarder_health import udp_pool
+from udp_support import udp_pool
 
 from netsched_edge.admin import AdminServer
 from netsched_edge.config import HealthConfig
