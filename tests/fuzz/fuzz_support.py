@@ -10,14 +10,18 @@ import os
 import sys
 from pathlib import Path
 
+from aioquic.quic.configuration import QuicConfiguration
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from support import MemoryPair, events_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import fuzz_long
 
 from netsched_client.proto import slo as slo_mod
+from netsched_client.proto.connection import NetSchedConnection
+from netsched_edge.tls import CertificatePair
 
 TARGETS = fuzz_long.TARGETS
 mutate = fuzz_long.mutate
@@ -53,3 +57,24 @@ SLOS = st.builds(
     | st.text(min_size=1, max_size=32).filter(lambda s: len(s.encode("utf-8", "replace")) <= 128),
     idempotent=st.none() | st.booleans(),
 )
+
+
+def connected_pair(cert: CertificatePair, alpn: str, *, datagrams: bool = False) -> MemoryPair:
+    """A client and a server connection over memory, handshake done, the client's
+    events drained (`datagrams`: both offer QUIC DATAGRAM frames)."""
+    extra = {"max_datagram_frame_size": 65536} if datagrams else {}
+    client_cfg = QuicConfiguration(
+        is_client=True, alpn_protocols=[alpn], server_name="localhost", **extra
+    )
+    client_cfg.load_verify_locations(str(cert.ca_certificate))
+    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=[alpn], **extra)
+    server_cfg.load_cert_chain(cert.certificate, cert.private_key)
+    client = NetSchedConnection(configuration=client_cfg)
+    server = NetSchedConnection(
+        configuration=server_cfg,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    pair = MemoryPair(client, server)
+    pair.flush()
+    events_of(pair.client)
+    return pair

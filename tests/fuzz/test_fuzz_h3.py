@@ -22,15 +22,13 @@ import pylsqpack
 import pytest
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from aioquic.h3.connection import ErrorCode, H3Connection, Setting
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import StopSendingReceived, StreamDataReceived, StreamReset
-from fuzz_support import SLOS, TARGETS, fuzz_settings, holds_contract, mutate
+from fuzz_support import SLOS, TARGETS, connected_pair, fuzz_settings, holds_contract, mutate
 from hypothesis import given
 from hypothesis import strategies as st
 from support import MemoryPair, events_of
 
 from netsched_client.proto import h3
-from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.events import (
     BodyReceived,
     ProtocolEvent,
@@ -167,19 +165,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> CertificatePair:
 
 
 def _pair(cert: CertificatePair) -> MemoryPair:
-    client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name="localhost")
-    client_cfg.load_verify_locations(str(cert.ca_certificate))
-    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
-    server_cfg.load_cert_chain(cert.certificate, cert.private_key)
-    client = NetSchedConnection(configuration=client_cfg)
-    server = NetSchedConnection(
-        configuration=server_cfg,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    pair = MemoryPair(client, server)
-    pair.flush()
-    events_of(pair.client)
-    return pair
+    return connected_pair(cert, "h3")
 
 
 class Exchange:

@@ -13,15 +13,13 @@ import itertools
 import random
 
 import pytest
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import StopSendingReceived, StreamReset
-from fuzz_support import TARGETS, fuzz_settings, holds_contract, mutate
+from fuzz_support import TARGETS, connected_pair, fuzz_settings, holds_contract, mutate
 from hypothesis import given
 from hypothesis import strategies as st
-from support import MemoryPair, events_of
+from support import events_of
 
 from netsched_client.proto import hq
-from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.events import (
     BodyReceived,
     ProtocolEvent,
@@ -75,20 +73,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> CertificatePair:
 def _serve(
     cert: CertificatePair, chunks: list[bytes], end: bool, limit: int = hq.MAX_REQUEST_LINE
 ) -> tuple[list[ProtocolEvent], list[object]]:
-    client_cfg = QuicConfiguration(
-        is_client=True, alpn_protocols=[hq.ALPN], server_name="localhost"
-    )
-    client_cfg.load_verify_locations(str(cert.ca_certificate))
-    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=[hq.ALPN])
-    server_cfg.load_cert_chain(cert.certificate, cert.private_key)
-    client = NetSchedConnection(configuration=client_cfg)
-    server = NetSchedConnection(
-        configuration=server_cfg,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    pair = MemoryPair(client, server)
-    pair.flush()
-    events_of(pair.client)
+    pair = connected_pair(cert, hq.ALPN)
     protocol = hq.HQProtocol(pair.server, max_header_bytes=limit)
     out: list[ProtocolEvent] = []
     for i, chunk in enumerate(chunks or [b""]):
@@ -141,19 +126,7 @@ def test_a_line_within_the_bound_is_served(certificate: CertificatePair) -> None
 
 def test_no_request_is_read_from_a_unidirectional_stream(certificate: CertificatePair) -> None:
     """The request would run, and its answer could not be sent back on that stream."""
-    client_cfg = QuicConfiguration(
-        is_client=True, alpn_protocols=[hq.ALPN], server_name="localhost"
-    )
-    client_cfg.load_verify_locations(str(certificate.ca_certificate))
-    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=[hq.ALPN])
-    server_cfg.load_cert_chain(certificate.certificate, certificate.private_key)
-    client = NetSchedConnection(configuration=client_cfg)
-    server = NetSchedConnection(
-        configuration=server_cfg,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    pair = MemoryPair(client, server)
-    pair.flush()
+    pair = connected_pair(certificate, hq.ALPN)
     protocol = hq.HQProtocol(pair.server)
     uni = pair.client.get_next_available_stream_id(is_unidirectional=True)
     pair.client.send_stream_data(uni, b"GET /index.html\r\n", end_stream=True)
@@ -163,19 +136,7 @@ def test_no_request_is_read_from_a_unidirectional_stream(certificate: Certificat
 
 @pytest.mark.parametrize("ending", ["fin", "stopped"])
 def test_refused_requests_leave_no_state(certificate: CertificatePair, ending: str) -> None:
-    client_cfg = QuicConfiguration(
-        is_client=True, alpn_protocols=[hq.ALPN], server_name="localhost"
-    )
-    client_cfg.load_verify_locations(str(certificate.ca_certificate))
-    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=[hq.ALPN])
-    server_cfg.load_cert_chain(certificate.certificate, certificate.private_key)
-    client = NetSchedConnection(configuration=client_cfg)
-    server = NetSchedConnection(
-        configuration=server_cfg,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    pair = MemoryPair(client, server)
-    pair.flush()
+    pair = connected_pair(certificate, hq.ALPN)
     protocol = hq.HQProtocol(pair.server)
     events: list[ProtocolEvent] = []
     for i in range(60):

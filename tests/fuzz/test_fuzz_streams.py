@@ -16,8 +16,7 @@ import itertools
 import random
 
 import pytest
-from aioquic.quic.configuration import QuicConfiguration
-from fuzz_support import fuzz_settings
+from fuzz_support import connected_pair, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 from support import MemoryPair, events_of
@@ -25,7 +24,6 @@ from support import MemoryPair, events_of
 from netsched_client.errors import FramingError
 from netsched_client.proto import h3, hq
 from netsched_client.proto import session as native
-from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.events import (
     BodyReceived,
     DatagramReceived,
@@ -60,25 +58,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> CertificatePair:
 
 
 def _pair(cert: CertificatePair, alpn: str) -> MemoryPair:
-    client_cfg = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=[alpn],
-        server_name="localhost",
-        max_datagram_frame_size=65536,
-    )
-    client_cfg.load_verify_locations(str(cert.ca_certificate))
-    server_cfg = QuicConfiguration(
-        is_client=False, alpn_protocols=[alpn], max_datagram_frame_size=65536
-    )
-    server_cfg.load_cert_chain(cert.certificate, cert.private_key)
-    client = NetSchedConnection(configuration=client_cfg)
-    server = NetSchedConnection(
-        configuration=server_cfg,
-        original_destination_connection_id=client.original_destination_connection_id,
-    )
-    pair = MemoryPair(client, server)
-    pair.flush()
-    events_of(pair.client)
+    pair = connected_pair(cert, alpn, datagrams=True)
     events_of(pair.server)
     return pair
 
