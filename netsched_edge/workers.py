@@ -8,6 +8,13 @@ every path, after any migration — reaches the worker that owns it, with no
 shared state. A client's first Initial carries a CID it chose; the same
 byte of it picks a worker deterministically, so its retransmissions and
 0-RTT packets follow it.
+
+In a fleet (docs/FLEET.md) the CIDs are encrypted instead: the server ID is the
+host's (from etcd) followed by the worker index, and the fleet's front
+forwarder, which holds the key, sends each packet to its worker's own port. A
+program without the key cannot read an encrypted CID, and any that could pick a
+worker from it could be run by an observer too, so fleet workers do not share a
+port.
 """
 
 from __future__ import annotations
@@ -104,12 +111,41 @@ def take_attached_socket() -> socket.socket | None:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FleetCids:
+    """A fleet host's encrypted QUIC-LB CIDs: server ID = the host's ID ‖ the worker index.
+
+    The front forwarder decrypts the whole server ID: the host's part picks the
+    host, the worker's part the port there (`WorkerPool.ports`). CIDs are 8
+    bytes, the length the edge's QUIC configuration parses (a 1-byte host ID
+    leaves a 5-byte nonce; four-pass encryption).
+    """
+
+    host_server_id: bytes
+    key: bytes
+    config_rotation: int = 0
+    cid_length: int = 8
+
+    def for_worker(self, index: int) -> QuicLbConfig:
+        return QuicLbConfig(
+            server_id=self.host_server_id + bytes([index]),
+            config_rotation=self.config_rotation,
+            cid_length=self.cid_length,
+            key=self.key,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkerIdentity:
     index: int
     count: int
+    fleet: FleetCids | None = None
 
     def quic_lb(self) -> QuicLbConfig:
-        return QuicLbConfig(server_id=bytes([self.index]))
+        """Plaintext CIDs with the index as server ID (what the kernel's steering
+        program reads), or the fleet's encrypted ones."""
+        if self.fleet is None:
+            return QuicLbConfig(server_id=bytes([self.index]))
+        return self.fleet.for_worker(self.index)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,9 +158,15 @@ class SharedSettings:
     private_key: Path | None = None
     keys_file: Path | None = None
     generated_in: Path | None = None  # the parent's directory of what it made
+    port_per_worker: bool = False  # fleet workers: port + index, or each an ephemeral one
+
+    def worker_port(self, index: int) -> int:
+        if self.port_per_worker and self.port != 0:
+            return self.port + index
+        return self.port
 
     def apply(self, config: EdgeConfig, index: int) -> EdgeConfig:
-        changes: dict[str, Any] = {"port": self.port}
+        changes: dict[str, Any] = {"port": self.worker_port(index)}
         if config.certificate is None and self.certificate is not None:
             changes.update(certificate=self.certificate, private_key=self.private_key)
         if config.keys_file is None and self.keys_file is not None:
@@ -200,15 +242,25 @@ class WorkerPool:
     the pool, and respawn workers, from a thread that lives as long as it).
     """
 
-    def __init__(self, config: EdgeConfig, count: int, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        count: int,
+        config_path: str | None = None,
+        fleet: FleetCids | None = None,
+    ) -> None:
         if not 1 <= count <= 255:
             raise ValueError(f"workers must be 1..255, got {count}")
         self.count = count
         self.config = config
         self.config_path = config_path
+        self.fleet = fleet
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.ca_certificate: Path | None = None
-        self.shared = self._shared_secrets(config)
+        self.shared = dataclasses.replace(
+            self._shared_secrets(config), port_per_worker=fleet is not None
+        )
+        self.ports = [0] * count  # each worker's bound port (all equal unless in a fleet)
         self._procs: list[Any] = [None] * count
         self._sockets: dict[int, socket.socket] = {}
         self._started_at = [0.0] * count
@@ -254,7 +306,7 @@ class WorkerPool:
             target=_worker_main,
             args=(
                 self.shared.apply(self.config, index),
-                WorkerIdentity(index, self.count),
+                WorkerIdentity(index, self.count, self.fleet),
                 self.config_path,
                 self.shared,
                 os.getpid(),
@@ -274,9 +326,11 @@ class WorkerPool:
             self._sockets[index] = sock
         if old is not None:
             old.close()  # the new socket (the group's last) moves into the old one's place
+        self.ports[index] = port
         if index == 0 and self.shared.port == 0:
             self.port = port
-            self.shared = dataclasses.replace(self.shared, port=port)
+            if not self.shared.port_per_worker:  # the others join worker 0's port
+                self.shared = dataclasses.replace(self.shared, port=port)
 
     @staticmethod
     def _ready(proc: Any, ready: Any, index: int, timeout: float) -> tuple[int, int, Any]:

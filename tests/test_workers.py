@@ -17,7 +17,7 @@ from netsched_client.proto.quic_lb import QuicLbConfig, server_id_of
 from netsched_edge.config import EdgeConfig
 from netsched_edge.demo_backends import DemoHTTPServer
 from netsched_edge.keys import EdgeKeys
-from netsched_edge.workers import WorkerPool, steering_program
+from netsched_edge.workers import FleetCids, WorkerPool, steering_program
 
 
 def test_quic_lb_plaintext_cids() -> None:
@@ -115,4 +115,38 @@ async def test_retry_and_stateless_resets_work_on_every_worker(start_server, tmp
             assert reset is not None and reset.endswith(keys.endpoint_keys().reset_token(cid))
     finally:
         peer.close()
+        await loop.run_in_executor(None, pool.stop)
+
+
+async def test_fleet_workers_issue_encrypted_cids_on_ports_of_their_own(start_server) -> None:
+    """In a fleet each worker has its own port and its CIDs hide the server ID
+    (host ID ‖ worker index) from everyone but holders of the fleet's key."""
+    backend = await start_server(DemoHTTPServer("b", base_ms=1, cold_ms=0))
+    config = EdgeConfig(
+        host="127.0.0.1", port=0, services=(service("api", http_backend("b", backend)),)
+    )
+    fleet = FleetCids(host_server_id=b"\x2a", key=os.urandom(16), config_rotation=2)
+    pool = WorkerPool(config, 2, fleet=fleet)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, pool.start)
+    try:
+        assert len(set(pool.ports)) == 2 and 0 not in pool.ports
+        for index, port in enumerate(pool.ports):
+            peer = await raw_peer(port)
+            try:
+                peer.send(client_hello_initial())
+                answer = await peer.recv(5.0)
+            finally:
+                peer.close()
+            assert answer is not None
+            server_cid = header_of(answer).source_cid
+            assert server_cid[0] == 0b010_00111  # rotation 2, length 8 - 1
+            assert server_cid[1:3] != bytes([0x2A, index])  # not in the clear
+            assert fleet.for_worker(index).scheme.server_id(server_cid) == bytes([0x2A, index])
+            session = await open_session("127.0.0.1", port, ca_file=str(pool.ca_certificate))
+            try:
+                assert (await session.request("api", b"a")).meta["edge-worker"] == str(index)
+            finally:
+                await session.close()
+    finally:
         await loop.run_in_executor(None, pool.stop)
