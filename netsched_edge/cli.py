@@ -3,6 +3,7 @@
 netsched-edge [serve] --config edge.toml  serve; SIGTERM/SIGINT drain, SIGHUP reloads
 netsched-edge check-config edge.toml      validate and exit (0 ok, 2 error)
 netsched-edge generate-keys FILE          write a keys file to share among hosts (`keys_file`)
+netsched-edge ca [--config FILE] [--path] print the CA of the generated certificate
 netsched-edge demo [--duration 10]        self-contained demo with built-in backends
 netsched-edge --version
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import resource
 import sys
+from pathlib import Path
 
 from netsched_client.cli import add_loop_option, run_on_loop
 
@@ -21,6 +24,18 @@ from .config import ConfigError, EdgeConfig
 from .keys import EdgeKeys, KeysError
 from .lifecycle import Lifecycle, read_config
 from .server import EdgeServer
+from .tls import (
+    CredentialsError,
+    certificate_names,
+    default_state_dir,
+    keep_credentials,
+    kept_ca,
+)
+
+_STATE_DIR_HELP = (
+    "folder for the generated certificate and its CA (default: [edge] state_dir, else "
+    "$XDG_STATE_HOME/netsched-edge or ~/.local/state/netsched-edge)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,12 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT + QUIC-LB)"
     )
+    serve.add_argument("--state-dir", type=Path, help=_STATE_DIR_HELP)
     add_loop_option(serve)
     serve.add_argument("--verbose", "-v", action="store_true")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     keys = commands.add_parser("generate-keys", help="write a keys file (`keys_file`)")
     keys.add_argument("file")
+    ca = commands.add_parser(
+        "ca", help="print the CA that clients trust for the generated certificate (PEM)"
+    )
+    ca.add_argument("--config", "-c", help="the edge's config file (for its state_dir)")
+    ca.add_argument("--state-dir", type=Path, help=_STATE_DIR_HELP)
+    ca.add_argument("--path", action="store_true", help="print the CA file's path, not its PEM")
     _add_demo(commands.add_parser("demo", help="self-contained demo with built-in backends"))
     return parser
 
@@ -65,7 +87,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true")
 
 
-async def _serve(config: EdgeConfig, config_path: str) -> int:
+async def _serve(config: EdgeConfig, config_path: str, ca_note: str | None) -> int:
     """Serve until SIGTERM/SIGINT (then drain); SIGHUP reloads `config_path`."""
     lifecycle = Lifecycle(config_path)
     lifecycle.install()  # before anything else: no signal may find the default action
@@ -73,17 +95,67 @@ async def _serve(config: EdgeConfig, config_path: str) -> int:
     try:
         try:
             await server.start()
-        except (OSError, KeysError) as exc:
+        except (OSError, KeysError, CredentialsError) as exc:
             print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
             return 1
         print(
             f"netsched-edge listening on {config.host}:{server.port} (from {config.source})",
             flush=True,
         )
+        _print_note(ca_note)
         await lifecycle.serve(server)
     finally:
-        await server.close()  # also removes a generated key and CA
+        await server.close()
         lifecycle.uninstall()
+    return 0
+
+
+def _with_credentials(config: EdgeConfig, state_dir: Path | None) -> tuple[EdgeConfig, str | None]:
+    """The config to serve, and the line that tells clients which CA to trust.
+
+    A config without a certificate gets the one kept in the state folder (made there
+    when missing or unfit, tls.keep_credentials); the folder stays in the config, so a
+    reload that still names no certificate finds the same files.
+    """
+    folder = state_dir or config.state_dir or default_state_dir()
+    config = dataclasses.replace(config, state_dir=folder)
+    if config.certificate is not None:
+        return config, None
+    pair, made = keep_credentials(folder, certificate_names(config.host))
+    config = dataclasses.replace(config, certificate=pair.certificate, private_key=pair.private_key)
+    when = "made now" if made else "kept from an earlier start"
+    return config, (
+        f"netsched-edge: clients trust the generated CA {pair.ca_certificate} "
+        f"({when}; `netsched-edge ca` prints it)"
+    )
+
+
+def _print_note(note: str | None) -> None:
+    if note is not None:
+        print(note, flush=True)
+
+
+def _print_ca(opts: argparse.Namespace) -> int:
+    """`netsched-edge ca`: the kept CA's PEM (or path) on stdout; 1 when there is none."""
+    folder: Path | None = opts.state_dir
+    if folder is None and opts.config is not None:
+        config = _load(opts.config)
+        if config is None:
+            return 2
+        if config.certificate is not None:
+            print(
+                f"netsched-edge: {opts.config} names its own certificate "
+                f"({config.certificate}): clients trust the CA that issued it",
+                file=sys.stderr,
+            )
+            return 1
+        folder = config.state_dir
+    try:
+        ca = kept_ca(folder or default_state_dir())
+    except CredentialsError as exc:
+        print(f"netsched-edge: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(f"{ca}\n" if opts.path else ca.read_text())
     return 0
 
 
@@ -96,7 +168,7 @@ def _load(path: str) -> EdgeConfig | None:
         return None
 
 
-COMMANDS = ("serve", "check-config", "generate-keys", "demo")
+COMMANDS = ("serve", "check-config", "generate-keys", "ca", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"netsched-edge: {opts.file}: {exc.strerror}", file=sys.stderr)
             return 2
         return 0
+    if opts.command == "ca":
+        return _print_ca(opts)
     if opts.command == "check-config":
         config = _load(opts.file)
         if config is None:
@@ -126,10 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     config = _load(opts.config)
     if config is None:
         return 2
+    try:
+        config, ca_note = _with_credentials(config, opts.state_dir)
+    except OSError as exc:
+        print(f"netsched-edge: cannot start: state folder: {exc}", file=sys.stderr)
+        return 1
     _raise_file_limit()
     if opts.workers > 1:
-        return _serve_workers(config, opts.config, opts.workers)
-    return run_on_loop(_serve(config, opts.config), opts.loop)
+        return _serve_workers(config, opts.config, opts.workers, ca_note)
+    return run_on_loop(_serve(config, opts.config, ca_note), opts.loop)
 
 
 def _demo(opts: argparse.Namespace) -> int:
@@ -154,13 +233,14 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _serve_workers(config: EdgeConfig, config_path: str, count: int) -> int:
+def _serve_workers(config: EdgeConfig, config_path: str, count: int, ca_note: str | None) -> int:
     from .workers import WorkerError, WorkerPool, supervise
 
     pool = WorkerPool(config, count, config_path)
 
     def announce(port: int) -> None:
         print(f"netsched-edge listening on {config.host}:{port} ({count} workers)", flush=True)
+        _print_note(ca_note)
 
     try:
         return supervise(pool, announce)

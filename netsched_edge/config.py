@@ -5,7 +5,7 @@ Layout (every key optional unless noted):
     [edge]        listen = "host:port", certificate, private_key, alpn, cipher_suites, www,
                   idle_timeout_s, max_queue, retry, send_order, multipath, scheduler,
                   max_path_id, fec, egress_mbps, admin, session_tickets, early_data,
-                  drain_timeout_s, keys_file
+                  drain_timeout_s, keys_file, state_dir
     [limits]      what one peer or the whole process may hold, and for how long
                   (LimitsConfig below; docs/OPERATIONS.md lists them with defaults)
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
@@ -174,6 +174,10 @@ class EdgeConfig:
     # Retry, stateless-reset and session-ticket keys shared by workers and hosts; None: a
     # fresh set per start, shared by the workers of one process tree.
     keys_file: Path | None = None
+    # Where `netsched-edge serve` keeps a generated certificate and its CA (tls.py);
+    # `--state-dir` overrides it, unset: tls.default_state_dir(). An EdgeServer made in
+    # code without one generates into a temporary folder, removed when it closes.
+    state_dir: Path | None = None
     limits: LimitsConfig = LimitsConfig()
     default_slo: SLO = SLO()  # noqa: RUF009 (frozen, so one shared instance is safe)
     services: tuple[ServiceConfig, ...] = ()
@@ -703,6 +707,7 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "early_data": _choice(EARLY_DATA_MODES),
     "drain_timeout_s": _number(0, inclusive=True),
     "keys_file": _file,
+    "state_dir": _existing("directory", lambda path: path.is_dir() or not path.exists()),
 }
 
 

@@ -27,8 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from aioquic.quic.configuration import QuicConfiguration
+
 from .config import ConfigError, EdgeConfig, load_config
 from .keys import KeysError, load_keys
+from .tls import CredentialsError, load_credentials
 
 log = logging.getLogger("netsched.edge.lifecycle")
 
@@ -45,10 +48,18 @@ class Drainable(Protocol):
 
 
 def read_config(path: str | Path) -> EdgeConfig:
-    """The config at `path`, its keys file checked too; ConfigError or KeysError if bad."""
+    """The config at `path`, its keys file, certificate and key checked too; ConfigError
+    or KeysError if bad."""
     config = load_config(path)
     if config.keys_file is not None:
         load_keys(config.keys_file)
+    if config.certificate is not None and config.private_key is not None:
+        try:
+            load_credentials(
+                QuicConfiguration(is_client=False), config.certificate, config.private_key
+            )
+        except CredentialsError as exc:
+            raise ConfigError(str(exc), file=config.source, key="edge.certificate") from None
     return config
 
 

@@ -82,7 +82,14 @@ from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, Held, IncomingRequest, Outcome
 from .planner_metrics import PlannerCollector
-from .tls import CertificatePair, enable_hello_retry, generate_self_signed
+from .tls import (
+    CertificatePair,
+    certificate_names,
+    enable_hello_retry,
+    generate_self_signed,
+    keep_credentials,
+    load_credentials,
+)
 from .udp_front import UdpFront
 from .workers import ReuseportSteering, WorkerIdentity
 
@@ -738,8 +745,9 @@ class EdgeServer:
         self._planner = planner or BurstPlanner(order=config.send_order, egress_rate=budget)
         self._endpoint: ServerEndpoint | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._generated_ca: Path | None = None
         self._generated: CertificatePair | None = None  # when no certificate is configured
+        # Read once: what was generated there stays in use across reloads.
+        self._state_dir = config.state_dir
         self._configuration: QuicConfiguration | None = None  # shared by new connections
         self.draining = False
         self.connections: set[EdgeConnection] = set()
@@ -786,7 +794,7 @@ class EdgeServer:
     @property
     def ca_certificate(self) -> Path | None:
         """The CA that signed a generated certificate (for clients to trust)."""
-        return self._generated_ca
+        return None if self._generated is None else self._generated.ca_certificate
 
     def _quic_configuration(self) -> QuicConfiguration:
         configuration = QuicConfiguration(is_client=False, max_datagram_frame_size=65536)
@@ -797,17 +805,24 @@ class EdgeServer:
     def _configure_tls(self, configuration: QuicConfiguration, config: EdgeConfig) -> None:
         """What new connections take from the configuration (in place: the endpoint's
         connection factory holds this object)."""
-        configuration.alpn_protocols = list(config.alpn)
-        configuration.idle_timeout = config.idle_timeout_s
-        configuration.cipher_suites = cipher_suites(config.cipher_suites)
         cert, key = config.certificate, config.private_key
         if cert is None or key is None:
             if self._generated is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="netsched-edge-")
-                self._generated = generate_self_signed(Path(self._tmp.name))
-                self._generated_ca = self._generated.ca_certificate
+                self._generated = self._generate_credentials(config.host)
             cert, key = self._generated.certificate, self._generated.private_key
-        configuration.load_cert_chain(cert, key)
+        load_credentials(configuration, cert, key)  # first: the one step that can fail
+        configuration.alpn_protocols = list(config.alpn)
+        configuration.idle_timeout = config.idle_timeout_s
+        configuration.cipher_suites = cipher_suites(config.cipher_suites)
+
+    def _generate_credentials(self, host: str) -> CertificatePair:
+        """For a config without a certificate: those kept in the state folder (made there
+        when missing), else new ones in a temporary folder that `close` removes."""
+        if self._state_dir is not None:
+            pair, _ = keep_credentials(self._state_dir, certificate_names(host))
+            return pair
+        self._tmp = tempfile.TemporaryDirectory(prefix="netsched-edge-")
+        return generate_self_signed(Path(self._tmp.name))
 
     async def start(self) -> None:
         configuration = self._configuration = self._quic_configuration()
@@ -905,11 +920,11 @@ class EdgeServer:
         address, retry, multipath, FEC, session tickets and whether 0-RTT is accepted
         at all (early_data "off" versus not), and UDP fronts (udp_listen).
         """
+        if self._configuration is not None:
+            self._configure_tls(self._configuration, config)  # may raise: nothing applied yet
         self.config = config
         # A UDP front holds its pool and socket: those services keep theirs.
         self.dispatcher.reload(config, keep=frozenset(self.udp_fronts))
-        if self._configuration is not None:
-            self._configure_tls(self._configuration, config)
         if self._endpoint is not None:
             self._endpoint.set_limits(endpoint_limits(config))  # caps for new clients
         log.info("configuration reloaded from %s", config.source)

@@ -1,4 +1,5 @@
-"""The edge's TLS: throw-away credentials, and HelloRetryRequest for aioquic's server.
+"""The edge's TLS: generated credentials, loading the configured ones, and
+HelloRetryRequest for aioquic's server.
 
 Credentials, for an edge started without a certificate: we issue a private CA
 and a leaf signed by it rather than one self-signed certificate: webpki-based
@@ -6,33 +7,60 @@ QUIC stacks (qh3, rustls) refuse a leaf that is itself a CA, and a separate CA
 file is what clients are told to trust. Only the CA certificate is written out;
 its key is discarded, so nothing else can ever be signed by it.
 
+Where they live (`keep_credentials`): `netsched-edge serve` keeps them in its
+state folder (`--state-dir`, `[edge] state_dir`, else `default_state_dir()`)
+and uses them again at the next start, so the CA that clients were told to
+trust stays the same. They are made again, CA included, only when a file is
+missing or does not match the others, the leaf expires within `RENEW_BEFORE`, or
+it does not name the listening address. Every file is written to a temporary
+name and renamed, under a lock on the folder, and temporary files a killed
+writer left are removed: no reader ever finds half a file. An edge started
+from code without a state folder uses a temporary one, removed when it closes.
+
 HelloRetryRequest: see `HelloRetryContext`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from aioquic import tls
 from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CERTIFICATE_FILE = "cert.pem"
 PRIVATE_KEY_FILE = "key.pem"
 CA_CERTIFICATE_FILE = "ca.pem"
+_LOCK_FILE = ".lock"
 
 # Tolerate clients whose clocks run a little behind ours.
 _BACKDATE = datetime.timedelta(hours=1)
+# Kept credentials: valid a year, made again in their last month (at a start).
+KEPT_VALID_DAYS = 365
+RENEW_BEFORE = datetime.timedelta(days=30)
+# Names every generated certificate carries: what a client on this host dials.
+DEFAULT_HOSTNAMES: Final = ("localhost",)
+DEFAULT_ADDRESSES: Final = ("127.0.0.1", "::1")
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
+
+
+class CredentialsError(ValueError):
+    """A configured certificate or private key that cannot serve: one line, naming the file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +221,146 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where `netsched-edge serve` keeps what it generates, unless told otherwise:
+    $XDG_STATE_HOME/netsched-edge, else ~/.local/state/netsched-edge (the XDG Base
+    Directory rules: a relative XDG_STATE_HOME is ignored)."""
+    base = environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "netsched-edge"
+
+
+def certificate_names(host: str) -> frozenset[str]:
+    """The names a generated certificate carries for an edge listening on `host`: the
+    loopback names, and `host` itself unless it is a wildcard address."""
+    names = {*DEFAULT_HOSTNAMES, *DEFAULT_ADDRESSES}
+    if host not in _WILDCARDS:
+        names.add(_normal(host))
+    return frozenset(names)
+
+
+def keep_credentials(directory: Path, names: frozenset[str]) -> tuple[CertificatePair, bool]:
+    """The generated credentials kept in `directory`, naming at least `names`, and
+    whether they were made just now (the module's docstring says when)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds a private key
+    wanted = frozenset(_normal(name) for name in names)
+    with _locked(directory):
+        for name in (CERTIFICATE_FILE, PRIVATE_KEY_FILE, CA_CERTIFICATE_FILE):
+            for leftover in directory.glob(f".{name}.*"):  # a killed writer's temporary file
+                leftover.unlink(missing_ok=True)
+        pair = CertificatePair(
+            certificate=directory / CERTIFICATE_FILE,
+            private_key=directory / PRIVATE_KEY_FILE,
+            ca_certificate=directory / CA_CERTIFICATE_FILE,
+        )
+        kept = _usable_names(pair, datetime.datetime.now(datetime.UTC))
+        if kept is not None and wanted <= kept:
+            return pair, False
+        # Names another edge sharing the folder asked for stay: the CA changes once.
+        everything = sorted(wanted | (kept or frozenset()))
+        addresses = [name for name in everything if _is_address(name)]
+        hostnames = [name for name in everything if not _is_address(name)]
+        made = generate_self_signed(directory, hostnames, addresses, valid_days=KEPT_VALID_DAYS)
+        return made, True
+
+
+def kept_ca(directory: Path) -> Path:
+    """The CA certificate kept in `directory`; CredentialsError when there is none."""
+    path = directory / CA_CERTIFICATE_FILE
+    try:
+        x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise CredentialsError(
+            f"no generated CA in {directory} (`netsched-edge serve` makes one at start)"
+        ) from None
+    except OSError as exc:
+        raise CredentialsError(f"{path}: {exc.strerror}") from None
+    except ValueError:
+        raise CredentialsError(f"{path}: not a PEM certificate") from None
+    return path
+
+
+def load_credentials(
+    configuration: QuicConfiguration, certificate: Path, private_key: Path
+) -> None:
+    """Give `configuration` the certificate chain and its key; CredentialsError, naming
+    the file, when one does not read or parse, or the key is not the certificate's
+    (aioquic would accept it, and every handshake would then fail)."""
+    chain_pem, key_pem = _read(certificate), _read(private_key)
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise CredentialsError(f"{certificate}: no PEM certificate in it") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise CredentialsError(
+            f"{private_key}: not a PEM private key (or one protected by a password)"
+        ) from None
+    if _public_bytes(chain[0].public_key()) != _public_bytes(key.public_key()):
+        raise CredentialsError(f"{private_key}: not the key of the certificate in {certificate}")
+    configuration.certificate = chain[0]
+    configuration.certificate_chain = chain[1:]
+    configuration.private_key = key
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CredentialsError(f"{path}: {exc.strerror}") from None
+
+
+def _public_bytes(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _usable_names(pair: CertificatePair, now: datetime.datetime) -> frozenset[str] | None:
+    """The names the kept leaf carries, or None when the set is unusable: a file missing
+    or unreadable, a key that is not the leaf's, a leaf its CA did not sign, or a leaf
+    that expires within RENEW_BEFORE."""
+    try:
+        ca = x509.load_pem_x509_certificate(pair.ca_certificate.read_bytes())
+        chain = x509.load_pem_x509_certificates(pair.certificate.read_bytes())
+        key = serialization.load_pem_private_key(pair.private_key.read_bytes(), password=None)
+        chain[0].verify_directly_issued_by(ca)
+        san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return None
+    if _public_bytes(chain[0].public_key()) != _public_bytes(key.public_key()):
+        return None
+    if chain[0].not_valid_after_utc - now < RENEW_BEFORE:
+        return None
+    addresses = (str(address) for address in san.get_values_for_type(x509.IPAddress))
+    return frozenset((*san.get_values_for_type(x509.DNSName), *addresses))
+
+
+def _normal(name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name.lower()
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    # Edges sharing a state folder start at once: one makes the credentials, the others
+    # wait and find them. Closing the file releases the lock, also when the process dies.
+    with open(directory / _LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # RFC 8446 §4.1.3: a ServerHello with this random is a HelloRetryRequest.
