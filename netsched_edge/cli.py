@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import resource
+import socket
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from netsched_client.cli import add_loop_option, run_on_loop
 from .config import ConfigError, EdgeConfig
 from .keys import EdgeKeys, KeysError
 from .lifecycle import Lifecycle, read_config
-from .server import EdgeServer
+from .server import EdgeServer, ListenError, binding
 from .tls import (
     CredentialsError,
     certificate_names,
@@ -203,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, ca_note = _with_credentials(config, opts.state_dir)
     except OSError as exc:
-        print(f"netsched-edge: cannot start: state folder: {exc}", file=sys.stderr)
+        print(
+            f"netsched-edge: cannot start: state folder: {exc.filename}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
     _raise_file_limit()
     if opts.workers > 1:
@@ -236,6 +240,11 @@ def _raise_file_limit() -> None:
 def _serve_workers(config: EdgeConfig, config_path: str, count: int, ca_note: str | None) -> int:
     from .workers import WorkerError, WorkerPool, supervise
 
+    try:
+        _check_addresses(config)
+    except ListenError as exc:
+        print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
+        return 1
     pool = WorkerPool(config, count, config_path)
 
     def announce(port: int) -> None:
@@ -247,6 +256,28 @@ def _serve_workers(config: EdgeConfig, config_path: str, count: int, ca_note: st
     except WorkerError as exc:
         print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_addresses(config: EdgeConfig) -> None:
+    """Bind, then free, each fixed address the workers will listen on: one taken is said
+    once here (ListenError) instead of by the worker that fails and its parent."""
+    addresses = [("QUIC, UDP", socket.SOCK_DGRAM, config.host, config.port)]
+    addresses += [
+        (f"service {svc.name}, UDP", socket.SOCK_DGRAM, *svc.udp_listen)
+        for svc in config.services
+        if svc.udp_listen is not None
+    ]
+    if config.admin_host is not None and config.admin_port is not None:
+        addresses.append(("admin, TCP", socket.SOCK_STREAM, config.admin_host, config.admin_port))
+    for what, kind, host, port in addresses:
+        if port == 0:
+            continue
+        with binding(what, host, port):
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
+            with socket.socket(family, kind) as probe:
+                # As asyncio's servers do: a closed connection's TIME_WAIT is no tenant.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, kind == socket.SOCK_STREAM)
+                probe.bind(address)
 
 
 def _logging(verbose: bool) -> None:

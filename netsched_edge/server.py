@@ -24,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,6 +145,26 @@ _FETCH_METHODS = frozenset({"GET", "HEAD"})
 
 # aioquic's reason for a first Initial without CRYPTO (pinned by tests/test_edge_handshake_loss.py).
 NO_CRYPTO_FRAME = "Packet contains no CRYPTO frame"
+
+
+class ListenError(OSError):
+    """An address the edge cannot listen on, said in one line for the operator."""
+
+
+@contextlib.contextmanager
+def binding(what: str, host: str, port: int) -> Iterator[None]:
+    """Turn the OSError of binding `host:port` (`what`: its use and protocol) into a
+    ListenError that names the address: asyncio's own messages leave it out or bury it."""
+    try:
+        yield
+    except ListenError:
+        raise
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(f"{where} ({what}) is in use by another process") from None
+        reason = exc.strerror or str(exc)
+        raise ListenError(f"cannot listen on {where} ({what}): {reason}") from None
 
 
 class SendTimeout(Exception):
@@ -862,24 +883,27 @@ class EdgeServer:
             )
 
         steering = None if self.worker is None else ReuseportSteering(self.worker.count)
-        self._endpoint = await open_server_endpoint(
-            self.config.host, self.config.port, endpoint_factory, setup=steering
-        )
+        with binding("QUIC, UDP", self.config.host, self.config.port):
+            self._endpoint = await open_server_endpoint(
+                self.config.host, self.config.port, endpoint_factory, setup=steering
+            )
         if steering is not None:
             steering.attach(self._endpoint.fileno())
         for service in self.config.services:
             if service.udp_listen is not None:
                 pool = self.dispatcher.pools[service.name]
                 metrics = self.dispatcher.metrics
-                front = UdpFront(
-                    pool, service.udp_listen, metrics=metrics, limits=self.config.limits
-                )
+                with binding(f"service {service.name}, UDP", *service.udp_listen):
+                    front = UdpFront(
+                        pool, service.udp_listen, metrics=metrics, limits=self.config.limits
+                    )
                 self.udp_fronts[service.name] = front
         if self.config.admin_port is not None:
             assert self.config.admin_host is not None
-            self.admin_port = await self._admin.start(
-                self.config.admin_host, self.config.admin_port
-            )
+            with binding("admin, TCP", self.config.admin_host, self.config.admin_port):
+                self.admin_port = await self._admin.start(
+                    self.config.admin_host, self.config.admin_port
+                )
         log.info(
             "edge listening on %s:%d (ALPN %s)",
             self.config.host,

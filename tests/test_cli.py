@@ -102,7 +102,7 @@ async def test_a_port_in_use_is_one_line_and_status_1(tmp_path: Path) -> None:
         for workers in ("1", "2"):
             code, out, err = await _run(*_edge("--config", str(config), "--workers", workers))
             assert code == 1 and "listening" not in out, err
-            assert "cannot start" in err and "Address already in use" in err, err
+            assert f"cannot start: 127.0.0.1:{port} (QUIC, UDP) is in use" in err, err
             assert "Traceback" not in err
 
 
