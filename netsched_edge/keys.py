@@ -31,6 +31,7 @@ import os
 import re
 import struct
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,12 @@ def load_keys(path: str | Path) -> EdgeKeys:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise KeysError(f"cannot read the keys file: {exc.strerror}", file=file) from None
+    return parse_keys(data, file)
+
+
+def parse_keys(data: bytes, file: str) -> EdgeKeys:
+    """Check a keys file's contents; `file` names where they came from in errors
+    (a path, or the etcd key the fleet keeps them under)."""
     try:
         text = data.decode("utf-8")
         values = tomllib.loads(text)
@@ -163,10 +170,14 @@ class TicketSealer:
     only the protocol it was issued for, as 0-RTT requires, RFC 8446 §4.2.10).
     A sealed ticket is not single-use: a replayed 0-RTT flight can be accepted
     once per worker, which is why the edge serves only safe methods from 0-RTT.
+
+    `previous` keys only open tickets (a fleet's rotated-out key during its
+    grace period, docs/FLEET.md): new tickets are sealed with `key`.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, previous: Sequence[bytes] = ()) -> None:
         self._aead = AESGCM(key)
+        self._openers = [self._aead, *(AESGCM(old) for old in previous)]
 
     def seal(self, ticket: tls.SessionTicket, context: bytes = b"") -> bytes:
         server_name = ticket.server_name.encode()
@@ -195,11 +206,8 @@ class TicketSealer:
     ) -> tls.SessionTicket | None:
         if len(identity) < 1 + _NONCE + 16 or identity[0] != _TICKET_VERSION:
             return None
-        try:
-            plain = self._aead.decrypt(
-                identity[1 : 1 + _NONCE], identity[1 + _NONCE :], identity[:1] + context
-            )
-        except InvalidTag:
+        plain = self._open(identity, context)
+        if plain is None:
             return None
         age_add, suite, valid_from, valid_until, early = struct.unpack_from("!IHqqi", plain)
         offset = struct.calcsize("!IHqqi")
@@ -227,6 +235,15 @@ class TicketSealer:
         if not ticket.not_valid_before <= now <= ticket.not_valid_after:
             return None
         return ticket
+
+    def _open(self, identity: bytes, context: bytes) -> bytes | None:
+        nonce, sealed, header = identity[1 : 1 + _NONCE], identity[1 + _NONCE :], identity[:1]
+        for aead in self._openers:
+            try:
+                return aead.decrypt(nonce, sealed, header + context)
+            except InvalidTag:
+                continue
+        return None
 
 
 def _seconds(moment: datetime.datetime) -> int:
