@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import logging
+import os
 import resource
 import socket
 import sys
@@ -21,6 +21,16 @@ from pathlib import Path
 
 from netsched_client.cli import add_loop_option, run_on_loop
 
+from .access_log import (
+    DEFAULT_FORMAT,
+    DEFAULT_LEVEL,
+    FORMAT_VARIABLE,
+    LEVEL_VARIABLE,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    configure_logging,
+    logging_from_environment,
+)
 from .config import ConfigError, EdgeConfig
 from .keys import EdgeKeys, KeysError
 from .lifecycle import Lifecycle, read_config
@@ -55,7 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--state-dir", type=Path, help=_STATE_DIR_HELP)
     add_loop_option(serve)
-    serve.add_argument("--verbose", "-v", action="store_true")
+    level, log_format = logging_from_environment()
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=level,
+        help=f"info: one access line per request; debug-quic: also aioquic's frames "
+        f"(default: ${LEVEL_VARIABLE}, else {DEFAULT_LEVEL})",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=log_format,
+        help=f"json: one object per line (default: ${FORMAT_VARIABLE}, else {DEFAULT_FORMAT})",
+    )
+    serve.add_argument("--verbose", "-v", action="store_true", help="same as --log-level debug")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     keys = commands.add_parser("generate-keys", help="write a keys file (`keys_file`)")
@@ -197,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{opts.file}: ok ({len(config.services)} services)")
         return 0
-    _logging(opts.verbose)
+    level = "debug" if opts.verbose else opts.log_level
+    configure_logging(level, opts.log_format)
+    # Workers are processes of their own: they set up their logging from these.
+    os.environ.update({LEVEL_VARIABLE: level, FORMAT_VARIABLE: opts.log_format})
     config = _load(opts.config)
     if config is None:
         return 2
@@ -218,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 def _demo(opts: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    _logging(opts.verbose)
+    configure_logging("debug" if opts.verbose else "warning")
     only = ["wifi"] if opts.single_path else opts.only
     return run_on_loop(
         run_demo(duration=opts.duration, rate=opts.rate, seed=opts.seed, only=only), opts.loop
@@ -278,13 +305,6 @@ def _check_addresses(config: EdgeConfig) -> None:
                 # As asyncio's servers do: a closed connection's TIME_WAIT is no tenant.
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, kind == socket.SOCK_STREAM)
                 probe.bind(address)
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 if __name__ == "__main__":

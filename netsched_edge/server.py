@@ -64,6 +64,7 @@ from netsched_client.proto.events import (
 )
 from netsched_client.proto.fec_link import FecConfig
 from netsched_client.proto.framing import RequestHead, ResponseHead
+from netsched_client.proto.multipath.connection import MultipathConnection
 from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
 from netsched_client.proto.send_order import DeadlineMissed
 from netsched_client.proto.slo import SLO
@@ -78,6 +79,7 @@ from netsched_client.runtime.planner import BurstPlanner
 from netsched_client.runtime.session import TicketCache
 from netsched_client.runtime.ticker import TickedFlow
 
+from .access_log import Access, configure_logging, log_access, logging_from_environment
 from .admin import AdminServer
 from .config import EdgeConfig
 from .datagrams import DatagramRelay
@@ -350,6 +352,16 @@ class _RequestBody(AsyncIterator[bytes]):
 
 
 @dataclass(slots=True)
+class _Served:
+    """What a request's response got to, for its access-log line."""
+
+    status: int = 0  # the head sent; 0: none yet
+    backend: str | None = None
+    bytes_out: int = 0
+    end: str = "cancelled"  # until the response completes or the edge resets it
+
+
+@dataclass(slots=True)
 class _Request:
     body: _RequestBody
     task: asyncio.Task[None] | None = None
@@ -378,6 +390,7 @@ class EdgeConnection:
         self._handshake_done = asyncio.Event()  # what a 425 Too Early waits for
         self._goaway: int | None = None  # draining: the first stream ID refused
         self._last_stream_seen = -4  # the highest client request stream seen (none: -4)
+        self._alpn = "-"  # negotiated (access log)
         driver.add_event_handler(self._on_quic_event)
 
     def _on_quic_event(self, event: QuicEvent) -> None:
@@ -429,6 +442,7 @@ class EdgeConnection:
         self._driver.schedule_transmit()
 
     def _make_protocol(self, alpn: str | None) -> _AppProtocol:
+        self._alpn = alpn or "-"
         quic = self._driver.quic
         limits = self._edge.config.limits
         if alpn == h3proto.ALPN:
@@ -452,6 +466,7 @@ class EdgeConnection:
         elif isinstance(event, RequestRejected):
             self._edge.dispatcher.metrics.rejected.labels(str(event.status)).inc()
             self._driver.schedule_transmit()
+            self._unserved(event.stream_id, "-", event.status, "rejected")
         elif isinstance(event, DatagramReceived) and self._relay is not None:
             self._relay.on_datagram(event.service, event.payload)
 
@@ -474,7 +489,7 @@ class EdgeConnection:
             self._proto.send_goaway(self._goaway)
         self._driver.schedule_transmit()
 
-    def _refused(self, stream_id: int) -> bool:
+    def _refused(self, stream_id: int, service: str) -> bool:
         """A request past the GOAWAY: reset unprocessed, the client may send it elsewhere."""
         if self._goaway is None or stream_id < self._goaway or self._proto is None:
             return False
@@ -482,9 +497,10 @@ class EdgeConnection:
         self._proto.abort(stream_id, _refused_code(self._proto))
         self._proto.forget(stream_id)
         self._driver.schedule_transmit()
+        self._unserved(stream_id, service, 0, "refused")
         return True
 
-    def _shed(self, stream_id: int) -> bool:
+    def _shed(self, stream_id: int, service: str) -> bool:
         """Over the process's memory budget: answer 503 at once, read nothing more."""
         if not self._edge.dispatcher.budget.over() or self._proto is None:
             return False
@@ -496,6 +512,7 @@ class EdgeConnection:
             self._proto.send_response(stream_id, head, end_stream=True)
             self._proto.forget(stream_id)
         self._driver.schedule_transmit()
+        self._unserved(stream_id, service, Status.NO_BACKEND, "shed")
         return True
 
     @property
@@ -505,7 +522,7 @@ class EdgeConnection:
         return len(self._requests) + len(self._heads_due) + framing
 
     def _start_request(self, stream_id: int, head: RequestHead) -> None:
-        if self._refused(stream_id) or self._shed(stream_id):
+        if self._refused(stream_id, head.service) or self._shed(stream_id, head.service):
             return
         limits = self._edge.config.limits
         body = _RequestBody(Held(self._edge.dispatcher.budget), limits.max_stream_buffer)
@@ -578,52 +595,61 @@ class EdgeConnection:
             # this task runs): a streamed request can announce its size to the backend.
             request.length = state.received
         outcome: Outcome | None = None
-        head_sent = False
+        served = _Served()
         sending = Held(self._edge.dispatcher.budget)  # response bytes not yet acknowledged
         try:
             outcome = await self._edge.dispatcher.handle(request)
             if not 200 <= outcome.head.status < 300:
                 self._untime(stream_id, request)  # an error status must arrive, late or not
-            head_sent = True
+            served.status, served.backend = outcome.head.status, outcome.head.backend
             self._proto.send_response(stream_id, self._edge.stamp(outcome.head))
             self._driver.schedule_transmit()
-            await self._send_body(stream_id, outcome.body, sending)
+            await self._send_body(stream_id, outcome.body, sending, served)
         except SendTimeout as exc:
             log.info("resetting stream %d: %s", stream_id, exc)
+            served.end = "reset"
             self._proto.abort(stream_id)
             self._driver.schedule_transmit()
         except Exception as exc:
-            self._fail(stream_id, exc, head_sent=head_sent)
+            self._fail(stream_id, exc, served)
         finally:
             sending.clear()
             if outcome is not None:
                 await outcome.aclose()  # frees the backend slot whatever happened above
-            if (done := self._requests.pop(stream_id, None)) is not None:
+            done = self._requests.pop(stream_id, None)
+            if done is not None:
                 done.body.discard()
             self._proto.forget(stream_id)
+            received = 0 if done is None else done.received
+            self._edge.finished(self._access(stream_id, request, served, received))
 
-    async def _send_body(self, stream_id: int, body: AsyncIterator[bytes], sending: Held) -> None:
+    async def _send_body(
+        self, stream_id: int, body: AsyncIterator[bytes], sending: Held, served: _Served
+    ) -> None:
         assert self._proto is not None
         quic = self._driver.quic
         async for chunk in body:
             if not self._proto.send_body(stream_id, chunk):
                 return  # the client went away; the caller closes the body
+            served.bytes_out += len(chunk)
             self._driver.schedule_transmit()
             sending.update(unacked_bytes(quic, stream_id))
             await self._acknowledged(stream_id, sending)
         self._proto.send_body(stream_id, b"", end_stream=True)
+        served.end = "complete"
         self._driver.schedule_transmit()
 
-    def _fail(self, stream_id: int, exc: Exception, *, head_sent: bool) -> None:
+    def _fail(self, stream_id: int, exc: Exception, served: _Served) -> None:
         """Answer a failed request: a 502 head, or, once a head is out, a stream reset.
 
         After the head, a status can no longer be told: anything written now would
         read as body bytes, so the client must see the stream end abnormally.
         """
         assert self._proto is not None
-        if head_sent:
+        if served.status:
             log.info("response on stream %d broke after its head: %r", stream_id, exc)
             self._proto.abort(stream_id, _internal_error_code(self._proto))
+            served.end = "reset"
         else:
             log.error("request on stream %d failed", stream_id, exc_info=exc)
             self._proto.send_response(
@@ -631,7 +657,44 @@ class EdgeConnection:
                 ResponseHead(status=Status.BACKEND_ERROR, message="internal error at the edge"),
                 end_stream=True,
             )
+            served.status, served.end = Status.BACKEND_ERROR, "complete"
         self._driver.schedule_transmit()
+
+    def _access(
+        self, stream_id: int, request: IncomingRequest, served: _Served, received: int
+    ) -> Access:
+        """The access-log record of a request that ends now."""
+        return Access(
+            service=request.service,
+            backend=served.backend,
+            status=served.status,
+            bytes_in=received,
+            bytes_out=served.bytes_out,
+            latency_ms=(asyncio.get_running_loop().time() - request.received_at) * 1000,
+            deadline_ms=request.slo.deadline_ms,
+            paths=usable_paths(self._driver.quic),
+            protocol=self._alpn,
+            stream=stream_id,
+            end=served.end,
+        )
+
+    def _unserved(self, stream_id: int, service: str, status: int, end: str) -> None:
+        """Log a request refused before it was served (no backend, no body read)."""
+        self._edge.finished(
+            Access(
+                service=service,
+                backend=None,
+                status=status,
+                bytes_in=0,
+                bytes_out=0,
+                latency_ms=0.0,
+                deadline_ms=None,
+                paths=usable_paths(self._driver.quic),
+                protocol=self._alpn,
+                stream=stream_id,
+                end=end,
+            )
+        )
 
     async def _acknowledged(self, stream_id: int, sending: Held) -> None:
         """Wait, when over the stream buffer limit, until the client acknowledged down to
@@ -731,6 +794,13 @@ def cipher_suites(names: tuple[str, ...] | None) -> list[CipherSuite] | None:
     return [CipherSuite[name.removeprefix("TLS_")] for name in names]
 
 
+def usable_paths(quic: QuicConnection) -> int:
+    """The paths a connection may send on now (1 without multipath)."""
+    if isinstance(quic, MultipathConnection):
+        return max(1, sum(1 for path in quic.paths.values() if path.usable))
+    return 1
+
+
 def unacked_bytes(quic: QuicConnection, stream_id: int) -> int:
     """Bytes written to a stream and not yet acknowledged (0 once the stream is gone).
 
@@ -786,6 +856,10 @@ class EdgeServer:
             TicketCache(TICKET_CACHE_SIZE) if config.session_tickets else None
         )
         self.admin_port: int | None = None
+
+    def finished(self, access: Access) -> None:
+        """A request ended: its access-log line."""
+        log_access(access)
 
     def stamp(self, head: ResponseHead) -> ResponseHead:
         """Tell the client which worker answered (operators trace requests by it)."""
@@ -846,6 +920,10 @@ class EdgeServer:
         return generate_self_signed(Path(self._tmp.name))
 
     async def start(self) -> None:
+        if self.worker is not None:
+            # A worker process of `netsched-edge serve --workers N` starts with no logging
+            # set up: its parent's choice comes through the environment.
+            configure_logging(*logging_from_environment())
         configuration = self._configuration = self._quic_configuration()
         self.dispatcher.start()
 
