@@ -58,6 +58,7 @@ class MemberInfo:
     server_id: int
     address: str
     ports: tuple[int, ...] = ()  # a fleet host's worker ports (WorkerPool.ports)
+    lease: int = 0  # the member lease (etcd's, not part of the value)
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -65,9 +66,11 @@ class MemberInfo:
         ).encode()
 
     @classmethod
-    def decode(cls, name: str, data: bytes) -> MemberInfo:
+    def decode(cls, name: str, data: bytes, lease: int = 0) -> MemberInfo:
         fields = json.loads(data)
-        return cls(name, int(fields["server_id"]), str(fields["address"]), tuple(fields["ports"]))
+        return cls(
+            name, int(fields["server_id"]), str(fields["address"]), tuple(fields["ports"]), lease
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +145,7 @@ class Member:
             )
             if number is None:
                 raise FleetFull(f"all {self.settings.max_server_id} server IDs are held")
-            info = MemberInfo(self.name, number, self.address, self.ports)
+            info = MemberInfo(self.name, number, self.address, self.ports, self.lease.id)
             id_key = self.layout.server_id(number)
             result = await self.etcd.txn(
                 [Compare.absent(id_key), Compare.absent(member_key)],
@@ -162,7 +165,9 @@ class Member:
 async def members(etcd: Etcd, layout: Layout) -> list[MemberInfo]:
     """The live members, by server ID."""
     found, _ = await etcd.get_prefix(layout.members)
-    infos = [MemberInfo.decode(kv.key.removeprefix(layout.members), kv.value) for kv in found]
+    infos = [
+        MemberInfo.decode(kv.key.removeprefix(layout.members), kv.value, kv.lease) for kv in found
+    ]
     return sorted(infos, key=lambda info: info.server_id)
 
 

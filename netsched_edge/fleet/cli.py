@@ -1,0 +1,139 @@
+"""`python -m netsched_edge.fleet` (to become `netsched-edge fleet`): the fleet's
+state in etcd, for an operator.
+
+    put-config FILE   check an edge config file, then make it the fleet's config
+    get-config        print the fleet's config (TOML)
+    members           live members, their server IDs, addresses, lease and config
+                      status; server IDs held for dead hosts; the key rotator
+
+Exit status: 0 done, 1 a refused config or an etcd error, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from ..config import ConfigError, load_config
+from .config_watch import ConfigStatus, config_statuses
+from .election import leader
+from .etcd import Etcd, EtcdError
+from .layout import Layout
+from .membership import MemberInfo, held_server_ids, members
+from .shared_keys import ROTATOR_ROLE
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netsched-edge fleet", description="The edge fleet's state in etcd."
+    )
+    parser.add_argument(
+        "--etcd",
+        default=os.environ.get("NETSCHED_ETCD", DEFAULT_ETCD),
+        help="an etcd client URL (default: $NETSCHED_ETCD, else %(default)s)",
+    )
+    parser.add_argument("--prefix", default=Layout().prefix, help="the fleet's etcd key prefix")
+    commands = parser.add_subparsers(dest="command", required=True)
+    put = commands.add_parser("put-config", help="check a config file, then put it in etcd")
+    put.add_argument("file", type=Path)
+    commands.add_parser("get-config", help="print the fleet's config")
+    commands.add_parser("members", help="members and their health")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = _parser().parse_args(argv)
+    try:
+        layout = Layout(opts.prefix)
+    except ValueError as exc:
+        print(f"netsched-edge fleet: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(opts, layout))
+    except EtcdError as exc:
+        print(f"netsched-edge fleet: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(opts: argparse.Namespace, layout: Layout) -> int:
+    async with Etcd(opts.etcd) as etcd:
+        if opts.command == "put-config":
+            return await _put_config(etcd, layout, opts.file)
+        if opts.command == "get-config":
+            return await _get_config(etcd, layout)
+        print(await render_members(etcd, layout), end="")
+        return 0
+
+
+async def _put_config(etcd: Etcd, layout: Layout, file: Path) -> int:
+    """Only a config that loads here goes to etcd (each host checks it again: paths
+    in it must exist there too)."""
+    try:
+        load_config(file)
+    except ConfigError as exc:
+        print(f"netsched-edge fleet: refused, etcd unchanged: {exc}", file=sys.stderr)
+        return 1
+    revision = await etcd.put(layout.config, file.read_bytes())
+    print(f"{file}: the fleet's config at revision {revision} ({_where(etcd, layout)})")
+    return 0
+
+
+async def _get_config(etcd: Etcd, layout: Layout) -> int:
+    kv = await etcd.get(layout.config)
+    if kv is None:
+        print(f"no config in etcd ({_where(etcd, layout)})", file=sys.stderr)
+        return 1
+    sys.stdout.write(kv.value.decode("utf-8", errors="replace"))
+    return 0
+
+
+def _where(etcd: Etcd, layout: Layout) -> str:
+    return f"{etcd.endpoint}, {layout.config}"
+
+
+async def render_members(etcd: Etcd, layout: Layout) -> str:
+    """The `members` report: one line per live member, then held IDs and roles."""
+    live = await members(etcd, layout)
+    held = await held_server_ids(etcd, layout)
+    statuses = await config_statuses(etcd, layout)
+    config = await etcd.get(layout.config)
+    current = 0 if config is None else config.mod_revision
+    lines = [f"{'server ID':>9}  {'name':<16} {'address':<22} {'lease':>6}  config"]
+    for info in live:
+        ttl = await etcd.time_to_live(info.lease)
+        lines.append(_member_line(info, ttl, statuses.get(info.name), current))
+    if not live:
+        lines.append("(no live members)")
+    for h in held:
+        if not h.alive:
+            lines.append(
+                f"server ID {h.server_id} held for {h.holder} (gone):"
+                f" free in {max(h.expires_in_s, 0)} s"
+            )
+    lines.append(f"key rotator: {await leader(etcd, layout, ROTATOR_ROLE) or '(none)'}")
+    lines.append(f"config: {'none' if config is None else f'revision {current}'}")
+    return "\n".join(lines) + "\n"
+
+
+def _member_line(info: MemberInfo, ttl: int, status: ConfigStatus | None, current: int) -> str:
+    """`lease`: seconds left before the member counts as dead (renewed every third)."""
+    address = info.address + (f" :{','.join(map(str, info.ports))}" if info.ports else "")
+    lease = "gone" if ttl < 0 else f"{ttl}s"
+    return f"{info.server_id:>9}  {info.name:<16} {address:<22} {lease:>6}  " + _verdict(
+        status, current
+    )
+
+
+def _verdict(status: ConfigStatus | None, current: int) -> str:
+    if status is None:
+        return "no verdict yet" if current else "-"
+    if not status.applied:
+        return f"REFUSED revision {status.revision}: {status.error}"
+    if status.revision != current:
+        return f"applied revision {status.revision}, behind {current}"
+    return f"applied revision {status.revision}"
