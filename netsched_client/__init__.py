@@ -10,11 +10,16 @@ if TYPE_CHECKING:
     __version__: str
     from .errors import (
         BackendFailed,
+        BackendStatusError,
         BadRequest,
+        CertificateError,
+        ConnectError,
         ConnectionLost,
+        ConnectionRefused,
         DeadlineExceeded,
         EdgeGoingAway,
         FramingError,
+        HostNotFound,
         NegotiationError,
         NetSchedError,
         NoBackend,
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
     )
     from .fec.control import FecMode, FecOverride
     from .proto.fec_link import FecConfig
+    from .proto.framing import Headers
     from .proto.slo import SLO
     from .runtime.paths import PathError, PathStats
     from .runtime.session import (
@@ -49,11 +55,16 @@ else:
         **dict.fromkeys(
             (
                 "BackendFailed",
+                "BackendStatusError",
                 "BadRequest",
+                "CertificateError",
+                "ConnectError",
                 "ConnectionLost",
+                "ConnectionRefused",
                 "DeadlineExceeded",
                 "EdgeGoingAway",
                 "FramingError",
+                "HostNotFound",
                 "NegotiationError",
                 "NetSchedError",
                 "NoBackend",
@@ -70,6 +81,7 @@ else:
         "FecMode": ".fec.control",
         "FecOverride": ".fec.control",
         "FecConfig": ".proto.fec_link",
+        "Headers": ".proto.framing",
         "SLO": ".proto.slo",
         "PathError": ".runtime.paths",
         "PathStats": ".runtime.paths",
@@ -118,14 +130,20 @@ else:
 __all__ = [
     "SLO",
     "BackendFailed",
+    "BackendStatusError",
     "BadRequest",
+    "CertificateError",
+    "ConnectError",
     "ConnectionLost",
+    "ConnectionRefused",
     "DeadlineExceeded",
     "EdgeGoingAway",
     "FecConfig",
     "FecMode",
     "FecOverride",
     "FramingError",
+    "Headers",
+    "HostNotFound",
     "NegotiationError",
     "NetSchedError",
     "NoBackend",

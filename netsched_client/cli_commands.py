@@ -11,8 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
-import ssl
 import sys
 import time
 from contextlib import suppress
@@ -47,6 +45,10 @@ class UsageError(Exception):
 
 class NetSchedTimeout(Exception):
     """The client-side deadline passed: reported as DeadlineExceeded."""
+
+
+class BackendAnswered(Exception):
+    """The backend answered with a 4xx/5xx status: exit code 1 (curl --fail)."""
 
 
 class ConnectFailed(Exception):
@@ -185,14 +187,14 @@ def split_edge(edge: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _headers(values: list[str]) -> dict[str, str]:
-    meta = {}
+def _headers(values: list[str]) -> list[tuple[str, str]]:
+    fields = []
     for value in values:
         name, sep, content = value.partition(":")
         if not sep or not name.strip():
             raise UsageError(f"header must be 'NAME: VALUE' (got {value!r})")
-        meta["h:" + name.strip()] = content.strip()
-    return meta
+        fields.append((name.strip(), content.strip()))
+    return fields
 
 
 def _slo(opts: argparse.Namespace) -> SLO:
@@ -216,8 +218,8 @@ def _paths(values: list[str] | None) -> list[str] | None:
 
 
 def _check_files(opts: argparse.Namespace) -> None:
-    if opts.ca is not None and not Path(opts.ca).is_file():
-        raise UsageError(f"CA file {opts.ca!r} does not exist or is not a file")
+    if opts.ca is not None:
+        _check_ca(opts.ca)
     if opts.early_data and opts.session is None:
         raise UsageError("--early-data needs --session FILE (a ticket from an earlier session)")
     for written in (getattr(opts, "output", None), opts.session):
@@ -225,6 +227,19 @@ def _check_files(opts: argparse.Namespace) -> None:
             folder = Path(written).parent
             if not folder.is_dir():
                 raise UsageError(f"cannot write {written!r}: folder {str(folder)!r} does not exist")
+
+
+def _check_ca(ca_file: str) -> None:
+    """A CA file that is missing, unreadable or holds no certificate is bad usage."""
+    if not Path(ca_file).is_file():
+        raise UsageError(f"CA file {ca_file!r} does not exist or is not a file")
+    from .errors import CertificateError
+    from .runtime.session import read_ca_file
+
+    try:
+        read_ca_file(ca_file)
+    except CertificateError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # -- session tickets ---------------------------------------------------------------
@@ -305,10 +320,6 @@ async def _open(opts: argparse.Namespace, host: str, port: int) -> Session:
             session_ticket=ticket,
             early_data=opts.early_data and ticket is not None and ticket.allows_early_data,
         )
-    except socket.gaierror as exc:
-        raise ConnectFailed(f"cannot resolve {host!r}: {exc.strerror}") from None
-    except ssl.SSLError as exc:
-        raise ConnectFailed(f"TLS setup failed: {exc.reason or exc}") from None
     except OSError as exc:
         raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
 
@@ -401,9 +412,8 @@ class Progress:
 
 async def _get(opts: argparse.Namespace) -> int:
     target = parse_url(opts.url)
-    meta = _headers(opts.header)
+    headers = _headers(opts.header)
     method = opts.method if opts.method != "GET" or opts.data is None else "POST"
-    meta.update({"method": method.upper(), "path": target.path})
     session = await _open(opts, target.host, target.port)
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
     progress = Progress(session, sys.stderr, show)
@@ -418,11 +428,14 @@ async def _get(opts: argparse.Namespace) -> int:
             async with asyncio.timeout(
                 None if deadline_ms is None else deadline_ms / 1000 + DEADLINE_GRACE_S
             ):
-                stream = await session.open_stream(target.service, slo=_slo(opts), meta=meta)
+                stream = await session.open_stream(
+                    target.service, method=method, path=target.path, headers=headers, slo=_slo(opts)
+                )
                 if opts.data:
                     await stream.write(opts.data.encode())
                 stream.write_eof()
                 head = await stream.response()
+                _check_status(head.status, head.backend)
                 await _receive(stream, opts.output, progress)
         except TimeoutError:
             raise NetSchedTimeout(f"no complete response within {deadline_ms} ms") from None
@@ -480,13 +493,20 @@ async def _request(opts: argparse.Namespace) -> int:
             _describe(session, host, port)
     finally:
         await _close(session, opts)
+    sys.stdout.buffer.write(response.body)
+    sys.stdout.buffer.flush()
+    _check_status(response.status, response.backend)
     print(
         f"status {response.status} from {response.backend} in {response.latency_ms:.1f} ms",
         file=sys.stderr,
     )
-    sys.stdout.buffer.write(response.body)
-    sys.stdout.buffer.flush()
     return 0
+
+
+def _check_status(status: int, backend: str | None) -> None:
+    """A backend's 4xx/5xx fails the command, as `curl --fail` does."""
+    if status >= 400:
+        raise BackendAnswered(f"backend {backend} answered status {status}")
 
 
 async def _close(session: Session, opts: argparse.Namespace) -> None:
@@ -540,7 +560,7 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 2)
     except NetSchedTimeout as exc:
         return _fail(f"DeadlineExceeded: {exc}", 1)
-    except ConnectFailed as exc:
+    except (ConnectFailed, BackendAnswered) as exc:
         return _fail(str(exc), 1)
     except BrokenPipeError:
         # The reader went away (`netsched get ... | head`): nothing left to say.

@@ -1,13 +1,24 @@
 """Typed errors of the client SDK and the status codes that carry them on the wire.
 
-A response status is an HTTP-like code so that the native protocol and the
-HTTP/3 fallback share one table; `error_for_status` turns a non-2xx status into
-the matching exception.
+Two kinds of answer never mix: a `RequestError` is the edge's own decision
+(unknown service, no backend, queue full, deadline, a backend it could not
+reach) and carries one of the statuses below; a backend's answer, whatever
+its status, is a response the application reads (its status, headers and
+body), as with httpx. `Response.raise_for_status()` turns a backend's 4xx/5xx
+into a `BackendStatusError` that carries them. `error_for_status` maps an
+edge status to its exception.
+
+Connection set-up failures are `ConnectError`s, raised at once: the host does
+not resolve (`HostNotFound`), the CA file cannot be read or the edge's
+certificate does not verify (`CertificateError`), nothing listens
+(`ConnectionRefused`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
+from typing import Protocol
 
 
 class Status(IntEnum):
@@ -43,6 +54,28 @@ class ConnectionLost(NetSchedError):
     error_code: int | None = None  # QUIC close code, when the peer or stack gave one
 
 
+class ConnectError(ConnectionLost):
+    """No connection to the edge could be set up (a `ConnectionLost`, for callers that
+    catch that)."""
+
+
+class HostNotFound(ConnectError):
+    """The edge's host name does not resolve."""
+
+
+class ConnectionRefused(ConnectError):
+    """The edge's host answered that nothing listens on the port (ICMP port unreachable)."""
+
+
+class CertificateError(ConnectError):
+    """TLS trust failed: the CA file cannot be used, or the edge's certificate did not
+    verify against it. `reason` says why, in a few words."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class EdgeGoingAway(ConnectionLost):
     """The edge is draining this connection (GOAWAY): the request was not processed.
 
@@ -51,7 +84,7 @@ class EdgeGoingAway(ConnectionLost):
 
 
 class RequestError(NetSchedError):
-    """The edge answered a request with a non-success status."""
+    """The edge refused or failed the request itself (never a backend's own answer)."""
 
     status: Status = Status.BAD_REQUEST
 
@@ -101,6 +134,41 @@ class NoBackend(RequestError):
 
 class DeadlineExceeded(RequestError):
     status = Status.DEADLINE_EXCEEDED
+
+
+class BackendStatusError(NetSchedError):
+    """The backend answered with a 4xx or 5xx status (`Response.raise_for_status()`).
+
+    Not an edge decision: the request reached the backend, and `status`,
+    `headers` and `body` are its answer (`response` is the whole of it).
+    """
+
+    def __init__(self, message: str, *, response: BackendAnswer) -> None:
+        super().__init__(message)
+        self.response = response
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]:
+        return self.response.header_fields
+
+    @property
+    def body(self) -> bytes:
+        return self.response.body
+
+
+class BackendAnswer(Protocol):
+    """What a `BackendStatusError` carries (the SDK's `Response`)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def header_fields(self) -> Sequence[tuple[str, str]]: ...
+    @property
+    def body(self) -> bytes: ...
 
 
 _BY_STATUS: dict[int, type[RequestError]] = {

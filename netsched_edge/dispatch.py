@@ -3,7 +3,9 @@
 The dispatcher is protocol-agnostic: the native, HTTP/3 and HTTP/0.9 fronts
 all hand it an `IncomingRequest` and stream back the `Outcome` it returns.
 Every failure becomes a response status, never silence: unknown service 404,
-no healthy backend or saturation 503, backend failure 502, deadline 504.
+no healthy backend or saturation 503, backend failure 502, deadline 504. A
+backend's own answer, whatever its status, passes on with its headers and
+body, marked `from_backend` so that the client never takes it for the edge's.
 Idempotent requests are retried on another backend after a connection-level
 failure (up to the service's `retries`).
 """
@@ -16,14 +18,15 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
-from netsched_client.errors import DeadlineExceeded, NoBackend, Status
-from netsched_client.proto.framing import ResponseHead
+from netsched_client.errors import DeadlineExceeded, FramingError, NoBackend, Status
+from netsched_client.proto.framing import HeaderFields, ResponseHead
 from netsched_client.proto.hq import SERVICE as WWW_SERVICE
 from netsched_client.proto.slo import SLO
 
 from .backends import make_backend
 from .backends.base import (
     BackendRequest,
+    BackendResponse,
     BackendUnavailable,
     IdleTimeoutBody,
     aclose_body,
@@ -49,6 +52,7 @@ class IncomingRequest:
     body: AsyncIterator[bytes]
     received_at: float  # loop time
     meta: Mapping[str, str] = field(default_factory=dict)
+    headers: HeaderFields = ()  # the client's HTTP header fields, for HTTP backends
     streaming: bool = False
     length: int | None = None  # the body's size, when it is complete before dispatch
     # Served from 0-RTT before the handshake completed (RFC 8470): HTTP backends are
@@ -242,6 +246,7 @@ class Dispatcher:
         return BackendRequest(
             service=request.service,
             meta=dict(request.meta),
+            headers=request.headers,
             affinity=request.slo.affinity,
             length=length,
             early_data=request.early,
@@ -348,12 +353,9 @@ class Dispatcher:
             pool.release(slot, ok=ok)
         backend_ms = (self._clock() - started) * 1000
         self.metrics.observe_backend(breq.service, slot.name, backend_ms / 1000)
-        head = ResponseHead(
-            status=response.status,
-            backend=slot.name,
-            queue_ms=round(queue_ms, 3),
-            backend_ms=round(backend_ms, 3),
-        )
+        head = _backend_head(response, slot.name, queue_ms=queue_ms, backend_ms=backend_ms)
+        if isinstance(head, Outcome):
+            return head, ""
         held = Held(self.budget)
         held.update(len(data))  # until the front has sent it and closes the outcome
         return Outcome(head, iter_chunks(data), held), ""
@@ -388,9 +390,31 @@ class Dispatcher:
         except BaseException:  # cancelled: the client left while the backend was asked
             release(ok=None)
             raise
-        head = ResponseHead(status=response.status, backend=slot.name, queue_ms=round(queue_ms, 3))
+        head = _backend_head(response, slot.name, queue_ms=queue_ms)
+        if isinstance(head, Outcome):
+            release(ok=None)
+            await aclose_body(response.body)
+            return head
         paced = IdleTimeoutBody(response.body, pool.config.read_timeout_s)
         return Outcome(head, SlotBody(paced, release))
+
+
+def _backend_head(
+    response: BackendResponse, backend: str, *, queue_ms: float, backend_ms: float | None = None
+) -> ResponseHead | Outcome:
+    """The head passing the backend's answer on (its status and headers), or a 502 outcome
+    for an answer the protocol cannot carry (a field too long, too many fields)."""
+    try:
+        return ResponseHead(
+            status=response.status,
+            backend=backend,
+            queue_ms=round(queue_ms, 3),
+            backend_ms=None if backend_ms is None else round(backend_ms, 3),
+            headers=response.headers.fields,
+            from_backend=True,
+        )
+    except FramingError as exc:
+        return error_outcome(Status.BACKEND_ERROR, f"backend {backend}: response {exc}")
 
 
 class SlotRelease:

@@ -12,7 +12,9 @@ import asyncio
 import os
 import pty
 import signal
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -256,25 +258,40 @@ async def test_expected_failures_print_one_line(edge: Edge, tmp_path: Path) -> N
 
 
 async def test_no_edge_and_wrong_ca_fail_in_one_line(edge: Edge, tmp_path: Path) -> None:
-    # Nothing listens on this UDP port: no handshake within the connect timeout.
-    code, _, err = await _run("get", "netsched://127.0.0.1:9/www/x", "-k", "--connect-timeout", "1")
+    # Nothing listens on this UDP port: the OS says so (ICMP), long before the timeout.
+    started = time.monotonic()
+    code, _, err = await _run("get", "netsched://127.0.0.1:9/www/x", "-k")
     line = _one_line_failure(code, err)
-    assert code == 1 and "ConnectionLost" in line, line
+    assert code == 1 and "ConnectionRefused: nothing listens on 127.0.0.1:9" in line, line
+    assert time.monotonic() - started < 5  # the connect timeout is 10 s
+    # A port that swallows datagrams: no handshake within the connect timeout.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent_url = f"netsched://127.0.0.1:{silent.getsockname()[1]}/www/x"
+    code, _, err = await _run("get", silent_url, "-k", "--connect-timeout", "1")
+    line = _one_line_failure(code, err)
+    assert code == 1 and "ConnectionLost: no handshake" in line, line
     # Ctrl-C while starting up and waiting for that handshake: one line too.
     proc = await asyncio.create_subprocess_exec(
-        NETSCHED, "get", "netsched://127.0.0.1:9/www/x", "-k", stderr=asyncio.subprocess.PIPE
+        NETSCHED, "get", silent_url, "-k", stderr=asyncio.subprocess.PIPE
     )
     await asyncio.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err_bytes = await asyncio.wait_for(proc.communicate(), 15)
     line = _one_line_failure(proc.returncode or 0, err_bytes.decode())
     assert proc.returncode == 130 and line == "netsched: interrupted"
+    silent.close()
     # A CA that did not sign the edge's certificate: refused at the handshake.
     other = tmp_path / "other-ca.pem"
     other.write_bytes(_self_signed_ca())
     code, _, err = await _run("get", edge.url("www/hello.txt"), "--ca", str(other))
     line = _one_line_failure(code, err)
-    assert code == 1 and "certificate" in line, line
+    assert code == 1 and line.startswith("netsched: CertificateError: certificate of"), line
+    assert "self-signed certificate" in line, line
+    # A CA file that holds no certificate: bad usage, before connecting.
+    code, _, err = await _run("get", edge.url("www/hello.txt"), "--ca", str(edge.www / "hello.txt"))
+    line = _one_line_failure(code, err)
+    assert code == 2 and "no PEM certificate" in line, line
 
 
 async def test_deadline_and_ctrl_c_leave_no_partial_file(edge: Edge, tmp_path: Path) -> None:

@@ -97,9 +97,17 @@ EXAMPLE_SLO = SLO(
 REQUEST = RequestHead(
     "video", slo=SLO(deadline_ms=150, urgency=1), meta={"method": "GET", "path": "/seg/1"}
 )
+HTTP_REQUEST = RequestHead(
+    "api",
+    meta={"method": "GET", "path": "/users/1?full=1"},
+    headers=[("accept", "application/json")],
+)
 STREAMING_REQUEST = RequestHead("chat", streaming=True)
 RESPONSE = ResponseHead(200, backend="b1", queue_ms=0.5, backend_ms=3.25)
 ERROR_RESPONSE = ResponseHead(504, message="deadline exceeded")
+BACKEND_RESPONSE = ResponseHead(
+    404, backend="b1", headers=[("content-type", "text/plain")], from_backend=True
+)
 
 # name -> (the value, its encoding by our code, our decoding of the doc's bytes)
 VECTORS: dict[str, tuple[object, Callable[[], bytes], Callable[[bytes], object]]] = {
@@ -119,12 +127,18 @@ VECTORS: dict[str, tuple[object, Callable[[], bytes], Callable[[bytes], object]]
         decode_slo_header,
     ),
     "request-head": (REQUEST, lambda: encode_request_head(REQUEST), read_request),
+    "request-head-http": (HTTP_REQUEST, lambda: encode_request_head(HTTP_REQUEST), read_request),
     "request-head-streaming": (
         STREAMING_REQUEST,
         lambda: encode_request_head(STREAMING_REQUEST),
         read_request,
     ),
     "response-head": (RESPONSE, lambda: encode_response_head(RESPONSE), read_response),
+    "response-head-backend": (
+        BACKEND_RESPONSE,
+        lambda: encode_response_head(BACKEND_RESPONSE),
+        read_response,
+    ),
     "response-head-error": (
         ERROR_RESPONSE,
         lambda: encode_response_head(ERROR_RESPONSE),
@@ -266,7 +280,7 @@ def test_long_head_uses_a_two_byte_length() -> None:
 
 
 def test_encoding_an_oversize_head_fails() -> None:
-    head = RequestHead("a", meta={f"k{i}": "v" * 1000 for i in range(5)})
+    head = RequestHead("a", headers=[(f"k{i}", "v" * 1000) for i in range(17)])
     with pytest.raises(FramingError, match=f"the limit is {MAX_HEAD_BYTES}"):
         encode_request_head(head)
 
@@ -331,7 +345,7 @@ def test_fin_inside_the_head(data: bytes) -> None:
 
 
 def test_oversize_length_is_rejected_from_the_varint_alone() -> None:
-    with pytest.raises(FramingError, match="length 4097 exceeds the limit of 4096 bytes"):
+    with pytest.raises(FramingError, match="length 16385 exceeds the limit of 16384 bytes"):
         read_request(encode_uint_var(MAX_HEAD_BYTES + 1))
     with pytest.raises(FramingError, match="exceeds the limit"):
         read_request(bytes.fromhex("ffffffffffffffff"))

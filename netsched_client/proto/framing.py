@@ -15,7 +15,8 @@ whose embedded SLO is invalid raises `SLOError` (the edge answers 422).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final, Generic, Literal, TypeVar, cast, overload
@@ -35,13 +36,57 @@ from netsched_client.proto.slo import (
 )
 
 HEAD_VERSION: Final = 1
-MAX_HEAD_BYTES: Final = 4096
+# Room for an HTTP request's or response's header fields (nginx's default buffers
+# for a request head hold 8 KiB); heads stay bounded before any allocation.
+MAX_HEAD_BYTES: Final = 16384
 MAX_META_ENTRIES: Final = 16
 MAX_META_KEY_CHARS: Final = 64
 MAX_TEXT_CHARS: Final = 1024  # a meta value or a response message
 MAX_BACKEND_CHARS: Final = 256
 MAX_DURATION_MS: Final = 86_400_000  # one day: beyond any sane queue or backend time
 MAX_DATAGRAM_SERVICE_CHARS: Final = 64
+MAX_HEADER_FIELDS: Final = 128  # as the h3 front's MAX_FIELD_LINES
+MAX_HEADER_NAME_CHARS: Final = 256
+MAX_HEADER_VALUE_CHARS: Final = 8192
+# RFC 9110 §5.1: a field name is a token.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+# Edge-defined fields (the h3 mapping, §7) are never application headers.
+RESERVED_HEADER_PREFIX: Final = "netsched-"
+
+HeaderFields = tuple[tuple[str, str], ...]
+
+
+class Headers(Mapping[str, str]):
+    """Header fields, read-only: names lowercase, repeats and order kept in `fields`.
+
+    `headers[name]` joins a repeated field's values with ", " (RFC 9110 §5.3);
+    `get_list(name)` keeps them apart (Set-Cookie cannot be joined).
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
+        pairs = fields.items() if isinstance(fields, Mapping) else fields
+        self.fields: HeaderFields = tuple((name.lower(), value) for name, value in pairs)
+
+    def get_list(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.fields if key == name]
+
+    def __getitem__(self, name: str) -> str:
+        values = self.get_list(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name for name, _ in self.fields))
+
+    def __len__(self) -> int:
+        return len({name for name, _ in self.fields})
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self.fields)!r})"
 
 
 def _fail(where: str, problem: str, value: object) -> FramingError:
@@ -86,6 +131,42 @@ def _frozen_meta(where: str, meta: object) -> Mapping[str, str]:
     return MappingProxyType(dict(meta))
 
 
+def header_fields(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> HeaderFields:
+    """Pairs from a map (a `Headers` keeps its repeats) or an iterable of pairs, unchecked."""
+    if isinstance(headers, Headers):
+        return headers.fields
+    if isinstance(headers, Mapping):
+        return tuple(headers.items())
+    return tuple(headers)
+
+
+def _frozen_headers(where: str, headers: object) -> HeaderFields:
+    """Validated (name, value) pairs in order, names lowercased (HTTP/2 and HTTP/3 rule).
+
+    Values may not hold CR, LF or NUL (RFC 9110 §5.5): a header can never split
+    into two on an HTTP/1.1 backend connection.
+    """
+    if isinstance(headers, str | bytes) or not isinstance(headers, Iterable):
+        raise _fail(where, "must be (name, value) pairs or a map", headers)
+    pairs = header_fields(headers)
+    if len(pairs) > MAX_HEADER_FIELDS:
+        raise _fail(where, f"must have at most {MAX_HEADER_FIELDS} fields", len(pairs))
+    out: list[tuple[str, str]] = []
+    for pair in pairs:
+        if isinstance(pair, str | bytes) or not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise _fail(where, "each field must be a (name, value) pair", pair)
+        name, value = pair
+        if not _is_text(name, 1, MAX_HEADER_NAME_CHARS) or not _TOKEN.fullmatch(name.lower()):
+            raise _fail(f"{where} name", "must be an RFC 9110 token", name)
+        if name.lower().startswith(RESERVED_HEADER_PREFIX):
+            raise _fail(f"{where} name", f"{RESERVED_HEADER_PREFIX}* names are the edge's", name)
+        _check_text(f"{where}[{show(name)}]", value, 0, MAX_HEADER_VALUE_CHARS)
+        if any(c in value for c in "\r\n\0"):
+            raise _fail(f"{where}[{show(name)}]", "must not contain CR, LF or NUL", value)
+        out.append((name.lower(), value))
+    return tuple(out)
+
+
 def _duration_ms(where: str, value: object) -> float | None:
     if value is None:
         return None
@@ -97,12 +178,16 @@ def _duration_ms(where: str, value: object) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class RequestHead:
-    """The head of a request stream (docs/PROTOCOL.md §4.2); `meta` is kept as a read-only copy."""
+    """The head of a request stream (docs/PROTOCOL.md §4.2); `meta` is kept as a read-only copy.
+
+    `headers`: the HTTP request's header fields for the backend, in order.
+    """
 
     service: str
     slo: SLO | None = None
     streaming: bool = False
     meta: Mapping[str, str] = field(default_factory=dict)
+    headers: HeaderFields = ()
 
     def __post_init__(self) -> None:
         _check_service("request.service", self.service)
@@ -110,11 +195,17 @@ class RequestHead:
             raise _fail("request.slo", "must be an SLO", self.slo)
         _check_bool("request.streaming", self.streaming)
         object.__setattr__(self, "meta", _frozen_meta("request.meta", self.meta))
+        object.__setattr__(self, "headers", _frozen_headers("request.headers", self.headers))
 
 
 @dataclass(frozen=True, slots=True)
 class ResponseHead:
-    """The head of a response (docs/PROTOCOL.md §4.3); durations are in milliseconds."""
+    """The head of a response (docs/PROTOCOL.md §4.3); durations are in milliseconds.
+
+    `from_backend`: status, headers and body are the backend's answer, passed on;
+    otherwise a non-2xx status is the edge's own decision (unknown service, no
+    backend, deadline, ...). `headers`: the backend's response header fields.
+    """
 
     status: int
     message: str = ""
@@ -122,6 +213,8 @@ class ResponseHead:
     queue_ms: float | None = None
     backend_ms: float | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
+    headers: HeaderFields = ()
+    from_backend: bool = False
 
     def __post_init__(self) -> None:
         if not (is_int(self.status) and 100 <= self.status <= 999):
@@ -133,12 +226,20 @@ class ResponseHead:
         object.__setattr__(self, "queue_ms", _duration_ms("response.queue_ms", self.queue_ms))
         object.__setattr__(self, "backend_ms", _duration_ms("response.backend_ms", self.backend_ms))
         object.__setattr__(self, "meta", _frozen_meta("response.meta", self.meta))
+        object.__setattr__(self, "headers", _frozen_headers("response.headers", self.headers))
+        _check_bool("response.from_backend", self.from_backend)
 
 
 HeadT = TypeVar("HeadT", RequestHead, ResponseHead)
 
 # field name -> wire key, per head type
-_REQUEST_KEYS: Final = {"service": "svc", "slo": "slo", "streaming": "st", "meta": "m"}
+_REQUEST_KEYS: Final = {
+    "service": "svc",
+    "slo": "slo",
+    "streaming": "st",
+    "meta": "m",
+    "headers": "h",
+}
 _RESPONSE_KEYS: Final = {
     "status": "s",
     "message": "msg",
@@ -146,6 +247,8 @@ _RESPONSE_KEYS: Final = {
     "queue_ms": "tq",
     "backend_ms": "tb",
     "meta": "m",
+    "headers": "h",
+    "from_backend": "fb",
 }
 _REQUIRED: Final = object()
 

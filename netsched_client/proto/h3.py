@@ -2,9 +2,11 @@
 
 `H3Protocol` offers the same methods and events as `NetSchedProtocol`, so the
 client and the edge handle a request the same way whichever ALPN was chosen.
-Mapping (docs/PROTOCOL.md, "HTTP/3"): `:path` is `/<service>[/rest]`, the SLO
-travels in the `netsched-slo` header, RFC 9218 `priority` fills urgency and
-incremental when the SLO leaves them unset.
+Mapping (docs/PROTOCOL.md, "HTTP/3"): `:method` is the method, `:path` is
+`/<service>[/rest][?query]`, the other fields are the application's headers
+(except `netsched-*`), the SLO travels in the `netsched-slo` header, RFC 9218
+`priority` fills urgency and incremental when the SLO leaves them unset. A
+response relayed from a backend carries `netsched-from-backend: 1`.
 
 Header sections are bounded by `max_header_bytes` (RFC 9114 §4.2.2): the
 bound is advertised as SETTINGS_MAX_FIELD_SECTION_SIZE, a HEADERS or
@@ -38,7 +40,7 @@ from .events import (
     ResponseReceived,
     StreamAborted,
 )
-from .framing import RequestHead, ResponseHead
+from .framing import RESERVED_HEADER_PREFIX, HeaderFields, RequestHead, ResponseHead
 from .slo import SLO, decode_slo_header, encode_slo_header, parse_priority_header
 
 ALPN = "h3"
@@ -50,6 +52,22 @@ _FRAME_HEADERS = 0x1
 _FRAME_PUSH_PROMISE = 0x5
 _FIELD_OVERHEAD = 32  # per field line, in RFC 9114 §4.2.2's size of a header section
 MAX_FIELD_LINES = 128  # per header section (Envoy's max_headers_count is 100)
+
+FROM_BACKEND = b"netsched-from-backend"  # "1": status, headers and body are the backend's
+# RFC 9114 §4.2: connection-specific fields make a message malformed; Host is :authority.
+# Content-Length too: DATA frames delimit the body, and aioquic checks a stated length
+# against them, which a HEAD or 304 answer (length stated, no body) would fail.
+_NOT_IN_H3 = frozenset(
+    {
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 _RESPONSE_FIELDS = {
     b"netsched-backend": "backend",
@@ -70,31 +88,59 @@ def request_headers(head: RequestHead, authority: str) -> Headers:
         headers.append((b"netsched-slo", encode_slo_header(head.slo).encode()))
     if head.streaming:
         headers.append((b"netsched-streaming", b"1"))
-    return headers
+    return headers + _application_fields(head.headers)
+
+
+def _application_fields(fields: HeaderFields) -> Headers:
+    """The fields HTTP/3 may carry (RFC 9114 §4.2: no connection-specific ones; the
+    authority travels as :authority, not Host)."""
+    return [
+        (name.encode(), value.encode())
+        for name, value in fields
+        if name not in _NOT_IN_H3 and not (name == "te" and value.lower() != "trailers")
+    ]
 
 
 def request_head(headers: Headers) -> RequestHead:
-    """Build a RequestHead from HTTP/3 request headers (FramingError / SLOError on bad input)."""
+    """Build a RequestHead from HTTP/3 request headers (FramingError / SLOError on bad input).
+
+    `:path` is `/<service>[/rest][?query]`: the backend sees `/rest?query` (at least `/`).
+    """
     fields = _header_map(headers)
     path = fields.get(":path", "")
     if not path.startswith("/") or len(path) < 2:
         raise FramingError(f":path must be /<service>[/rest] (got {path!r})")
-    service, _, rest = path[1:].partition("/")
-    service = service.split("?", 1)[0]
+    target, mark, query = path[1:].partition("?")
+    service, _, rest = target.partition("/")
     slo = decode_slo_header(fields["netsched-slo"]) if "netsched-slo" in fields else None
     slo = _apply_priority(slo, fields.get("priority"))
-    meta = {"method": fields.get(":method", "GET"), "path": "/" + rest}
+    meta = {"method": fields.get(":method", "GET"), "path": "/" + rest + mark + query}
     try:
         return RequestHead(
             service=service,
             slo=slo,
             streaming=fields.get("netsched-streaming") == "1",
             meta=meta,
+            headers=_passed_on(headers),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SLOError | FramingError):
             raise
         raise FramingError(str(exc)) from exc
+
+
+def _passed_on(headers: Headers) -> HeaderFields:
+    """The header fields of an HTTP message that are the application's: no pseudo-header,
+    no netsched-* field (those the mapping reads itself)."""
+    try:
+        pairs = [(name.decode("ascii"), value.decode()) for name, value in headers]
+    except UnicodeDecodeError as exc:
+        raise FramingError("header is not valid UTF-8") from exc
+    return tuple(
+        (name, value)
+        for name, value in pairs
+        if not name.startswith(":") and not name.lower().startswith(RESERVED_HEADER_PREFIX)
+    )
 
 
 def _apply_priority(slo: SLO | None, priority: str | None) -> SLO | None:
@@ -112,7 +158,9 @@ def response_headers(head: ResponseHead) -> Headers:
         value = getattr(head, attr)
         if value not in (None, ""):
             headers.append((name, str(value).encode()))
-    return headers
+    if head.from_backend:
+        headers.append((FROM_BACKEND, b"1"))
+    return headers + _application_fields(head.headers)
 
 
 def response_head(headers: Headers) -> ResponseHead:
@@ -127,6 +175,8 @@ def response_head(headers: Headers) -> ResponseHead:
             backend=fields.get("netsched-backend"),
             queue_ms=float(queue_ms) if queue_ms is not None else None,
             backend_ms=float(backend_ms) if backend_ms is not None else None,
+            headers=_passed_on(headers),
+            from_backend=fields.get(FROM_BACKEND.decode()) == "1",
         )
     except ValueError as exc:
         raise FramingError(f"bad HTTP/3 response head: {exc}") from exc

@@ -712,6 +712,29 @@ async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, NetworkAd
     return family, cast(NetworkAddress, sockaddr)
 
 
+async def port_unreachable(family: socket.AddressFamily, addr: NetworkAddress) -> bool:
+    """True once the OS reports that nothing listens at `addr` (ICMP port unreachable).
+
+    Only a connected UDP socket hears of ICMP errors (without IP_RECVERR, whose error
+    queue the batched sockets do not read), so this probes from a socket of its own
+    with a zero-length datagram, which any QUIC server discards (RFC 9000 §14.1).
+    False when the probe cannot be sent; never returns while `addr` listens or the
+    path stays silent: the caller cancels it once the handshake is decided.
+    """
+    loop = asyncio.get_running_loop()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        try:
+            sock.connect(addr)
+            sock.send(b"")
+            while True:
+                await loop.sock_recv(sock, 2048)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+
+
 async def open_server_endpoint(
     host: str,
     port: int,

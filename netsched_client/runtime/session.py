@@ -23,17 +23,23 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, Literal, Protocol, TypeVar
 
 from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from cryptography import x509
 
 from ..errors import (
+    BackendStatusError,
+    CertificateError,
     ConnectionLost,
+    ConnectionRefused,
     DeadlineExceeded,
     EdgeGoingAway,
+    HostNotFound,
     NegotiationError,
     NetSchedError,
     ResponseTruncated,
@@ -52,14 +58,14 @@ from ..proto.events import (
     StreamAborted,
 )
 from ..proto.fec_link import FecConfig, FecStats
-from ..proto.framing import RequestHead, ResponseHead
+from ..proto.framing import HeaderFields, Headers, RequestHead, ResponseHead, header_fields
 from ..proto.multipath.pmtu import DEFAULT_PMTUD, PmtuConfig
 from ..proto.multipath.scheduler import SCHEDULER_POLICIES
 from ..proto.send_order import ERROR_DEADLINE
 from ..proto.slo import SLO
 from .debug import enable_debug_logs
 from .driver import ConnectionDriver
-from .endpoint import ClientEndpoint, open_client_endpoint, resolve
+from .endpoint import ClientEndpoint, open_client_endpoint, port_unreachable, resolve
 from .interfaces import InterfaceError, discover, resolve_local
 from .paths import PathError, PathManager, PathStats
 
@@ -70,8 +76,21 @@ MAX_RESPONSE_BYTES = 64 << 20
 # Slack on top of a deadline before the client gives up by itself: the edge
 # answers 504 at the deadline, so this only fires when the edge is unreachable.
 DEADLINE_GRACE_S = 0.5
-# CRYPTO_ERROR carrying TLS alert no_application_protocol (RFC 9001 §4.8).
-NO_APPLICATION_PROTOCOL = 0x100 + 120
+# CRYPTO_ERROR carries a TLS alert as 0x100 + alert (RFC 9001 §4.8).
+CRYPTO_ERROR = 0x100
+NO_APPLICATION_PROTOCOL = CRYPTO_ERROR + tls.AlertDescription.no_application_protocol
+# Alerts that say the peer's certificate was not accepted (RFC 8446 §6.2).
+CERTIFICATE_ALERTS = frozenset(
+    {
+        tls.AlertDescription.bad_certificate,
+        tls.AlertDescription.unsupported_certificate,
+        tls.AlertDescription.certificate_revoked,
+        tls.AlertDescription.certificate_expired,
+        tls.AlertDescription.certificate_unknown,
+        tls.AlertDescription.unknown_ca,
+        tls.AlertDescription.certificate_required,
+    }
+)
 CLOSE_WAIT_S = 1.0
 
 
@@ -88,6 +107,9 @@ class _AppProtocol(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Response:
+    """A backend's answer, whatever its status (as httpx returns a 404): `status`,
+    `headers` and `body` are the backend's. The edge's own refusals raise instead."""
+
     status: int
     body: bytes
     backend: str | None
@@ -95,6 +117,28 @@ class Response:
     queue_ms: float | None = None
     backend_ms: float | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
+    headers: Headers = field(default_factory=Headers)
+
+    @property
+    def header_fields(self) -> HeaderFields:
+        """The header fields in order, repeats apart."""
+        return self.headers.fields
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    def raise_for_status(self) -> Response:
+        """This response, or `BackendStatusError` for a 4xx or 5xx status (httpx's idiom)."""
+        if 400 <= self.status < 600:
+            raise BackendStatusError(
+                f"backend {self.backend} answered status {self.status}", response=self
+            )
+        return self
+
+
+# What a request may say about itself as an HTTP request (see `Session.request`).
+HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 class Stream:
@@ -110,9 +154,10 @@ class Stream:
         self._write_closed = False
 
     async def response(self) -> ResponseHead:
-        """The response head; raises the matching `RequestError` for a non-2xx status."""
+        """The response head: the backend's answer whatever its status (`from_backend`);
+        raises the matching `RequestError` when the edge refused or failed the request."""
         head = await asyncio.shield(self._head)
-        if not 200 <= head.status < 300:
+        if not head.from_backend and not 200 <= head.status < 300:
             raise error_for_status(head.status, head.message or f"status {head.status}")
         return head
 
@@ -352,22 +397,32 @@ class Session:
     async def request(
         self,
         service: str,
-        payload: bytes = b"",
+        body: bytes = b"",
         *,
+        method: str | None = None,
+        path: str | None = None,
+        headers: HeadersArg | None = None,
         slo: SLO | None = None,
         meta: Mapping[str, str] | None = None,
         fec: FecOverride | None = None,
     ) -> Response:
         """Send one request and wait for the whole response.
 
+        An HTTP backend sees `method` (default GET, or POST with a body) on
+        `path` (the request target with its query, default "/") with
+        `headers` (a map, or (name, value) pairs to repeat a field). The
+        backend's answer comes back whatever its status: check
+        `Response.status`, or call `raise_for_status()`.
+
         `fec` turns FEC on or off or bounds its overhead for this request's
         upload, over the session's FecConfig (FEC runs only when the edge
-        negotiated it). Raises the `RequestError` subclass matching a non-2xx
-        status, and `DeadlineExceeded` when the request's deadline passes
-        without an answer.
+        negotiated it). Raises the `RequestError` subclass for the edge's own
+        refusal (unknown service, no backend, queue full, ...), and
+        `DeadlineExceeded` when the request's deadline passes without an answer.
         """
         started = time.monotonic()
-        stream = self._open(service, payload, slo, meta, streaming=False, fec=fec)
+        http = _http_meta(meta, method, path, default_method="POST" if body else "GET")
+        stream = self._open(service, body, slo, http, headers, streaming=False, fec=fec)
         deadline_ms = self._effective(slo).deadline_ms
         try:
             async with asyncio.timeout(
@@ -386,18 +441,26 @@ class Session:
             queue_ms=head.queue_ms,
             backend_ms=head.backend_ms,
             meta=head.meta,
+            headers=Headers(head.headers),
         )
 
     async def open_stream(
         self,
         service: str,
         *,
+        method: str | None = None,
+        path: str | None = None,
+        headers: HeadersArg | None = None,
         slo: SLO | None = None,
         meta: Mapping[str, str] | None = None,
         fec: FecOverride | None = None,
     ) -> Stream:
-        """Open a streaming request: `write()` / `write_eof()`, then `read()`."""
-        return self._open(service, b"", slo, meta, streaming=True, fec=fec)
+        """Open a streaming request: `write()` / `write_eof()`, then `read()`.
+
+        `method` (default POST), `path` and `headers` as for `request`.
+        """
+        http = _http_meta(meta, method, path, default_method="POST")
+        return self._open(service, b"", slo, http, headers, streaming=True, fec=fec)
 
     def send_datagram(self, service: str, payload: bytes) -> None:
         self._check_open()
@@ -572,7 +635,8 @@ class Session:
         service: str,
         payload: bytes,
         slo: SLO | None,
-        meta: Mapping[str, str] | None,
+        meta: Mapping[str, str],
+        headers: HeadersArg | None,
         *,
         streaming: bool,
         fec: FecOverride | None = None,
@@ -580,7 +644,13 @@ class Session:
         self._check_open()
         if self._goaway is not None:
             raise EdgeGoingAway("the edge is draining this connection; open a new one")
-        head = RequestHead(service=service, slo=slo, streaming=streaming, meta=dict(meta or {}))
+        head = RequestHead(
+            service=service,
+            slo=slo,
+            streaming=streaming,
+            meta=meta,
+            headers=header_fields(headers or ()),
+        )
         stream_id = self._proto.send_request(head, payload, end_stream=not streaming)
         deadline_ms = self._effective(slo).deadline_ms
         quic = self._driver.quic
@@ -705,6 +775,18 @@ class Session:
         self._streams.clear()
 
 
+def _http_meta(
+    meta: Mapping[str, str] | None, method: str | None, path: str | None, *, default_method: str
+) -> dict[str, str]:
+    """The head's `meta` with the request's method and target (arguments win over `meta`)."""
+    out = dict(meta or {})
+    out["method"] = (method or out.get("method") or default_method).upper()
+    out["path"] = path if path is not None else out.get("path", "/")
+    if not out["path"].startswith("/"):
+        raise ValueError(f"path must start with '/' (got {out['path']!r})")
+    return out
+
+
 def _retrieve(future: asyncio.Future[str | None]) -> None:
     if not future.cancelled():
         future.exception()
@@ -728,9 +810,27 @@ def client_configuration(
     if not verify:
         configuration.verify_mode = ssl.CERT_NONE
     elif ca_file is not None:
-        configuration.load_verify_locations(ca_file)
+        configuration.load_verify_locations(cadata=read_ca_file(ca_file))
     enable_debug_logs(configuration)
     return configuration
+
+
+def read_ca_file(ca_file: str) -> bytes:
+    """The PEM certificates of `ca_file`, or CertificateError now (aioquic would read the
+    file only at the handshake, fail inside it and leave the caller to its timeout)."""
+    try:
+        data = Path(ca_file).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CertificateError(
+            f"cannot read CA file {ca_file!r}: {reason}", reason=reason
+        ) from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        reason = "no PEM certificate in it"
+        raise CertificateError(f"CA file {ca_file!r}: {reason}", reason=reason) from None
+    return data
 
 
 async def open_session(
@@ -789,7 +889,10 @@ async def open_session(
     early = early_data and ticket is not None and ticket.allows_early_data
     if ticket is not None:
         configuration = _resuming(configuration, ticket, early=early)
-    family, addr = await resolve(host, port)
+    try:
+        family, addr = await resolve(host, port)
+    except socket.gaierror as exc:
+        raise HostNotFound(f"cannot resolve {host!r}: {exc.strerror}") from None
     locals_ = _local_addresses(paths, family, addr)
     endpoint = await open_client_endpoint(family, locals_[0] if locals_ else None)
     tickets = _TicketSink(ticket_store)
@@ -811,6 +914,7 @@ async def open_session(
     pending: list[QuicEvent] = []
     driver.add_event_handler(pending.append)
     handshake = _start_handshake(driver, addr, name)
+    _fail_fast_when_refused(handshake, family, addr, name)
     if early:
         assert ticket is not None
         alpn = ticket.alpn  # the only one offered (_resuming)
@@ -918,17 +1022,47 @@ def _start_handshake(
         if isinstance(event, HandshakeCompleted) and not handshake.done():
             handshake.set_result(event.alpn_protocol)
         elif isinstance(event, ConnectionTerminated) and not handshake.done():
-            reason = event.reason_phrase or "no reason given"
-            exc = ConnectionLost(
-                f"handshake with {name} failed: {reason} (error code {event.error_code:#x})"
-            )
-            exc.error_code = event.error_code
-            handshake.set_exception(exc)
+            handshake.set_exception(_handshake_failure(event, name))
 
     driver.add_event_handler(on_handshake)
     driver.quic.connect(addr, now=asyncio.get_running_loop().time())
     driver.transmit()
     return handshake
+
+
+def _handshake_failure(event: ConnectionTerminated, name: str) -> ConnectionLost:
+    """The typed error of a connection closed before its handshake completed."""
+    reason = event.reason_phrase or "no reason given"
+    alert = event.error_code - CRYPTO_ERROR
+    exc: ConnectionLost
+    if alert in CERTIFICATE_ALERTS:
+        # aioquic's reason is OpenSSL's verdict, e.g. "self-signed certificate in chain".
+        exc = CertificateError(f"certificate of {name} not trusted: {reason}", reason=reason)
+    else:
+        exc = ConnectionLost(
+            f"handshake with {name} failed: {reason} (error code {event.error_code:#x})"
+        )
+    exc.error_code = event.error_code
+    return exc
+
+
+def _fail_fast_when_refused(
+    handshake: asyncio.Future[str | None],
+    family: socket.AddressFamily,
+    addr: NetworkAddress,
+    name: str,
+) -> None:
+    """Fail the handshake with ConnectionRefused as soon as the OS reports that nothing
+    listens at `addr`, rather than after the whole timeout; the probe ends with it."""
+    probe = asyncio.ensure_future(port_unreachable(family, addr))
+
+    def refused(task: asyncio.Future[bool]) -> None:
+        if not task.cancelled() and task.result() and not handshake.done():
+            exc = ConnectionRefused(f"nothing listens on {name} (ICMP port unreachable)")
+            handshake.set_exception(exc)
+
+    probe.add_done_callback(refused)
+    handshake.add_done_callback(lambda _: probe.cancel())
 
 
 async def _handshake(

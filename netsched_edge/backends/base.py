@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+from netsched_client.proto.framing import HeaderFields, Headers
+
 
 class BackendUnavailable(Exception):
     """The backend could not be reached or broke before answering.
@@ -27,6 +29,7 @@ class BackendRequest:
     service: str
     # Request metadata: "method" and "path" for HTTP-like backends, free-form otherwise.
     meta: Mapping[str, str] = field(default_factory=dict)
+    headers: HeaderFields = ()  # the client's header fields, for HTTP backends
     affinity: str | None = None
     # Body length when known up front (unary requests); None for streams.
     length: int | None = None
@@ -39,7 +42,7 @@ class BackendRequest:
 class BackendResponse:
     status: int
     body: AsyncIterator[bytes]
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Headers = field(default_factory=Headers)
 
 
 async def iter_chunks(*chunks: bytes) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import h11
 
+from netsched_client.proto.framing import RESERVED_HEADER_PREFIX, Headers
 from netsched_edge.backends.base import (
     Backend,
     BackendRequest,
@@ -28,25 +29,27 @@ from netsched_edge.backends.tcp import (
     settle,
 )
 
-# Headers the backend derives itself: letting request metadata set them would
-# let a client change the framing of the backend connection (request smuggling).
-_RESERVED_HEADERS = frozenset(
+# Connection-specific fields (RFC 9110 §7.6.1) belong to one hop, never passed on.
+_HOP_BY_HOP = frozenset(
     {
         "connection",
-        "content-length",
-        "early-data",
-        "host",
         "keep-alive",
         "proxy-connection",
         "te",
         "trailer",
         "transfer-encoding",
         "upgrade",
-        "x-netsched-affinity",
-        "x-netsched-service",
     }
 )
-_HEADER_PREFIX = "h:"
+# Request fields the edge sets itself: a client's own would change the framing of the
+# backend connection (request smuggling) or claim what only the edge may say.
+_EDGE_SET = _HOP_BY_HOP | {
+    "content-length",
+    "early-data",
+    "host",
+    "x-netsched-affinity",
+    "x-netsched-service",
+}
 
 
 @dataclass(slots=True, eq=False)
@@ -145,18 +148,14 @@ class HTTPBackend(Backend):
             headers.append(("x-netsched-affinity", request.affinity))
         if request.early_data:
             headers.append(("early-data", "1"))
-        for key, value in request.meta.items():
-            if key.startswith(_HEADER_PREFIX):
-                name = key[len(_HEADER_PREFIX) :]
-                if name.lower() in _RESERVED_HEADERS:
-                    raise ValueError(
-                        f"http backend {self.name!r}: meta key {key!r} may not set header {name!r}"
-                    )
-                headers.append((name, value))
+        headers += [
+            (name, value) for name, value in request.headers if name.lower() not in _EDGE_SET
+        ]
         if request.length is None:
             headers.append(("transfer-encoding", "chunked"))
         else:
             headers.append(("content-length", str(request.length)))
+        # A client that names neither (an older SDK, a raw stream) gets the historic default.
         method = request.meta.get("method", "POST")
         target = request.meta.get("path", "/" + request.service)
         if method.upper() == "CONNECT":
@@ -258,11 +257,11 @@ class HTTPBackend(Backend):
             conn.writer.close()
 
 
-def _decode_headers(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    decoded: dict[str, str] = {}
-    for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        # Repeated fields combine into one comma-separated value (RFC 9110 section 5.3).
-        decoded[name] = f"{decoded[name]}, {value}" if name in decoded else value
-    return decoded
+def _decode_headers(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """The response fields passed on: not this hop's, not the edge's own (netsched-*)."""
+    pairs = ((name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in headers)
+    return Headers(
+        (name, value)
+        for name, value in pairs
+        if name not in _HOP_BY_HOP and not name.startswith(RESERVED_HEADER_PREFIX)
+    )

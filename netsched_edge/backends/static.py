@@ -12,7 +12,9 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote
 
+from netsched_client.proto.framing import Headers
 from netsched_edge.backends.base import (
     Backend,
     BackendRequest,
@@ -54,7 +56,7 @@ class StaticBackend(Backend):
         if file is None:
             return _empty(status)
         size = os.fstat(file.fileno()).st_size
-        headers = {"content-length": str(size)}
+        headers = Headers({"content-length": str(size)})
         if method == "HEAD":
             file.close()
             return BackendResponse(200, iter_chunks(), headers)
@@ -66,9 +68,10 @@ class StaticBackend(Backend):
     def _open(self, path: str) -> tuple[int, BinaryIO | None]:
         """(status, open file) for a request path; runs in a worker thread."""
         try:
-            # A leading "/" means the root, as in a URL, not the filesystem root.
-            candidate = (self.root / path.lstrip("/")).resolve()
-        except (ValueError, OSError):  # e.g. an embedded NUL byte, a symlink loop
+            # A URL path: no query, percent-decoded; its leading "/" means the root.
+            name = unquote(path.partition("?")[0], errors="strict")
+            candidate = (self.root / name.lstrip("/")).resolve()
+        except (ValueError, OSError):  # an embedded NUL, bad percent-encoding, a symlink loop
             return 400, None
         if not candidate.is_relative_to(self.root):
             return 403, None

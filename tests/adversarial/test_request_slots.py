@@ -85,8 +85,8 @@ async def test_a_backend_raising_any_error_frees_the_slot(
     edge = await _api(start_server, start_edge)
     session = await open_client(edge)
     for _ in range(2):
-        # A header the backend may not take: the HTTP backend raises ValueError.
-        stream = await session.open_stream("api", meta={"h:content-length": "1"})
+        # A method the backend may not take: the HTTP backend raises ValueError.
+        stream = await session.open_stream("api", method="CONNECT")
         stream.write_eof()
         with pytest.raises(BackendFailed):
             await asyncio.wait_for(stream.response(), 3)
