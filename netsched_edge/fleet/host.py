@@ -1,0 +1,123 @@
+"""One edge host's part in the fleet, for `serve` to run beside its server.
+
+`FleetHost` joins (a member lease and a QUIC-LB server ID), then runs three
+followers until it leaves: the shared keys (`KeyWatcher`, `install_keys` on
+every change), the key rotation campaign (`KeyRotator`), and the fleet's
+config (`ConfigWatcher`, `apply_config` on every good revision: the server's
+reload). `status()` says what the host runs on, for /readyz and the log: when
+etcd is away the host keeps serving its last good config and keys, and says
+so; when its membership is lost (`lost`) it must stop serving under its
+server ID (docs/FLEET.md, membership).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import EdgeConfig
+from .config_watch import ConfigWatcher
+from .etcd import Etcd
+from .layout import Layout
+from .membership import Member, MembershipSettings
+from .shared_keys import KeyRing, KeyRotator, KeySchedule, KeyWatcher
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    etcd: str  # a client URL of the etcd cluster
+    name: str  # this host's member name, unique in the fleet
+    address: str  # where the forwarder reaches this host
+    base_dir: Path  # relative paths in the fleet's config resolve here
+    prefix: str = Layout().prefix
+    membership: MembershipSettings = field(default_factory=MembershipSettings)
+    keys: KeySchedule = field(default_factory=KeySchedule)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    server_id: int
+    member: bool  # False once the membership is lost
+    etcd_available: bool
+    config_revision: int  # of the fleet config applied (0: none yet)
+    keys_revision: int  # of the keys installed (0: none yet)
+
+    def describe(self) -> str:
+        """One line for /readyz and the log."""
+        state = f"fleet member, server ID {self.server_id}" if self.member else "membership LOST"
+        source = "etcd reachable" if self.etcd_available else "etcd UNAVAILABLE"
+        return (
+            f"{state}; {source}; config revision {self.config_revision or 'none'},"
+            f" keys revision {self.keys_revision or 'none'}"
+        )
+
+
+class FleetHost:
+    def __init__(
+        self,
+        settings: FleetSettings,
+        *,
+        ports: tuple[int, ...],
+        apply_config: Callable[[EdgeConfig], None],
+        install_keys: Callable[[KeyRing], None],
+    ) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.prefix)
+        self.etcd = Etcd(settings.etcd)
+        self.member = Member(
+            self.etcd, self.layout, settings.name, settings.address, ports, settings.membership
+        )
+        self.keys = KeyWatcher(self.etcd, self.layout, install_keys)
+        self._apply_config = apply_config
+        self._tasks: list[asyncio.Task[None]] = []
+        self.config: ConfigWatcher | None = None
+
+    @property
+    def lost(self) -> asyncio.Event:
+        return self.member.lost
+
+    async def __aenter__(self) -> FleetHost:
+        try:
+            await self.member.__aenter__()
+        except BaseException:
+            await self.etcd.close()
+            raise
+        self.config = ConfigWatcher(
+            self.etcd,
+            self.layout,
+            self.settings.name,
+            self._apply_config,
+            base_dir=self.settings.base_dir,
+            lease=self.member.lease.id,
+        )
+        rotator = KeyRotator(self.etcd, self.layout, self.member, self.settings.keys)
+        self._tasks = [
+            asyncio.create_task(runner(), name=f"fleet {runner.__qualname__}")
+            for runner in (self.keys.run, rotator.run, self.config.run)
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.member.leave()
+        finally:
+            await self.etcd.close()
+
+    def status(self) -> FleetStatus:
+        ring = self.keys.ring
+        config = self.config
+        return FleetStatus(
+            server_id=self.member.server_id,
+            member=not self.lost.is_set(),
+            etcd_available=self.keys.etcd_available and (config is None or config.etcd_available),
+            config_revision=0 if config is None else config.applied_revision,
+            keys_revision=0 if ring is None else ring.revision,
+        )
