@@ -1,5 +1,8 @@
 """The edge's admin endpoint: Prometheus `/metrics`, `/livez`, `/readyz` over HTTP/1.1.
 
+`/readyz` answers 200 `ready`, or 503 with one `not ready: REASON` line per
+reason (draining; a service with no healthy backend, each backend's state).
+
 Operators scrape and probe it the usual way; it listens only where the config
 says (`[edge] admin = "127.0.0.1:9100"`), never on the QUIC port.
 """
@@ -20,9 +23,10 @@ READ_TIMEOUT_S = 5.0
 
 
 class AdminServer:
-    def __init__(self, metrics: Callable[[], bytes], ready: Callable[[], bool]) -> None:
+    def __init__(self, metrics: Callable[[], bytes], unready: Callable[[], list[str]]) -> None:
+        """`unready()`: why the edge is not ready, one line per reason; empty when it is."""
         self._metrics = metrics
-        self._ready = ready
+        self._unready = unready
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -41,8 +45,10 @@ class AdminServer:
         if path == b"/livez":
             return 200, b"text/plain", b"ok\n"
         if path == b"/readyz":
-            ready = self._ready()
-            return (200 if ready else 503), b"text/plain", b"ready\n" if ready else b"not ready\n"
+            reasons = self._unready()
+            if not reasons:
+                return 200, b"text/plain", b"ready\n"
+            return 503, b"text/plain", "".join(f"not ready: {r}\n" for r in reasons).encode()
         return 404, b"text/plain", b"not found\n"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

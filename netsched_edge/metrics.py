@@ -13,13 +13,23 @@ import collections
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
 
+from .balancing.health import HealthTracker
+from .balancing.policy import BackendSlot
 from .forwarder.flows import ForwarderStats
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -53,6 +63,18 @@ class EdgeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.request_seconds = Histogram(
+            "netsched_edge_request_seconds",
+            "Time from a request's head to its response's last byte handed to QUIC, at the "
+            "edge (queue, backend and sending), per service; every request, whatever status.",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # The process: CPU, memory, descriptors (prometheus-client's collectors; each
+        # edge's registry gets them, the global one is never used).
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
 
         self.deadline_missed = Counter(
             "netsched_edge_deadline_missed_total",
@@ -84,6 +106,7 @@ class EdgeMetrics:
         # Every multipath connection's scheduler adds its decisions here (by reason).
         self.scheduler_decisions: collections.Counter[str] = collections.Counter()
         self.registry.register(_DecisionCollector(self.scheduler_decisions))
+        self._pools: _PoolCollector | None = None
 
     def add_forwarder(self, service: str, backends: Sequence[str], source: ForwarderSource) -> None:
         """Export a UDP forwarder's counters (`backends`: names by backend index)."""
@@ -92,9 +115,16 @@ class EdgeMetrics:
     def remove_forwarder(self, service: str) -> None:
         self.forwarders.remove(service)
 
-    def watch_pools(self, pools: Callable[[], Mapping[str, PoolSource]]) -> None:
-        """Export the service queues of `pools()` (read at scrape time: reloads are seen)."""
-        self.registry.register(_QueueCollector(pools))
+    def watch_pools(
+        self, pools: Callable[[], Mapping[str, PoolSource]], clock: Callable[[], float]
+    ) -> None:
+        """Export the queues and backends of `pools()`, read at scrape time (reloads are
+        seen); `clock` is the pools' (health is judged at its now). A second call
+        replaces the first."""
+        if self._pools is not None:
+            self.registry.unregister(self._pools)
+        self._pools = _PoolCollector(pools, clock)
+        self.registry.register(self._pools)
 
     def observe_path(self, event: PathAvailable | PathAbandoned) -> None:
         if isinstance(event, PathAvailable):
@@ -107,6 +137,9 @@ class EdgeMetrics:
 
     def observe_backend(self, service: str, backend: str, seconds: float) -> None:
         self.backend_seconds.labels(service, backend).observe(seconds)
+
+    def observe_request(self, service: str, seconds: float) -> None:
+        self.request_seconds.labels(service).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -131,21 +164,29 @@ class _DecisionCollector(Collector):
 
 
 class PoolSource(Protocol):
-    """A service pool's queue, as pool.py keeps it."""
+    """A service pool's queue and backends, as pool.py keeps them."""
 
     @property
     def queued(self) -> int: ...
     @property
     def queue_rejections(self) -> dict[str, int]: ...
     def held_ejections(self) -> dict[str, int]: ...
+    @property
+    def slots(self) -> Sequence[BackendSlot]: ...
+    @property
+    def health(self) -> Mapping[str, HealthTracker]: ...
 
 
-class _QueueCollector(Collector):
-    def __init__(self, pools: Callable[[], Mapping[str, PoolSource]]) -> None:
+class _PoolCollector(Collector):
+    def __init__(
+        self, pools: Callable[[], Mapping[str, PoolSource]], clock: Callable[[], float]
+    ) -> None:
         self._pools = pools
+        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         pools = sorted(self._pools().items())
+        now = self._clock()
         queued = GaugeMetricFamily(
             "netsched_edge_queued_requests",
             "Requests waiting for a backend slot, per service (at most its max_queue).",
@@ -162,15 +203,33 @@ class _QueueCollector(Collector):
             "Passive ejections the ceiling (health.max_ejection_percent) held back, per backend.",
             labels=["service", "backend"],
         )
+        in_flight = GaugeMetricFamily(
+            "netsched_edge_backend_in_flight",
+            "Requests at a backend now (at most its max_in_flight; more wait in the queue).",
+            labels=["service", "backend"],
+        )
+        healthy = GaugeMetricFamily(
+            "netsched_edge_backend_healthy",
+            "1 while a backend takes traffic by its health (healthy or probing), 0 while ejected.",
+            labels=["service", "backend"],
+        )
+        ejections = CounterMetricFamily(
+            "netsched_edge_backend_ejections",
+            "Ejections of a backend (after failed health checks or failed requests).",
+            labels=["service", "backend"],
+        )
         for name, pool in pools:
             queued.add_metric([name], pool.queued)
             for reason, count in sorted(pool.queue_rejections.items()):
                 rejected.add_metric([name, reason], count)
             for backend, count in sorted(pool.held_ejections().items()):
                 held.add_metric([name, backend], count)
-        yield queued
-        yield rejected
-        yield held
+            for slot in pool.slots:
+                in_flight.add_metric([name, slot.name], slot.in_flight)
+            for backend, tracker in sorted(pool.health.items()):
+                healthy.add_metric([name, backend], 1 if tracker.available(now) else 0)
+                ejections.add_metric([name, backend], tracker.ejections)
+        yield from (queued, rejected, held, in_flight, healthy, ejections)
 
 
 class ForwarderSource(Protocol):

@@ -47,7 +47,7 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import CipherSuite
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from netsched_client.errors import Status
 from netsched_client.proto import h3 as h3proto
@@ -843,8 +843,15 @@ class EdgeServer:
         self.draining = False
         self.connections: set[EdgeConnection] = set()
         self.udp_fronts: dict[str, UdpFront] = {}
-        self._admin = AdminServer(self.dispatcher.metrics.exposition, self.ready)
-        self.dispatcher.metrics.registry.register(PlannerCollector(lambda: self._endpoint))
+        self._admin = AdminServer(self.dispatcher.metrics.exposition, self.unready)
+        metrics = self.dispatcher.metrics
+        metrics.registry.register(PlannerCollector(lambda: self._endpoint))
+        metrics.watch_pools(lambda: self.dispatcher.pools, asyncio.get_running_loop().time)
+        Gauge(
+            "netsched_edge_requests_in_flight",
+            "Requests under way over all connections (0-RTT ones held for the handshake too).",
+            registry=metrics.registry,
+        ).set_function(self.in_flight)
         self.early_requests = Counter(
             "netsched_edge_early_data_requests_total",
             "Requests that came in 0-RTT: served at once (idempotent) or held until "
@@ -858,8 +865,11 @@ class EdgeServer:
         self.admin_port: int | None = None
 
     def finished(self, access: Access) -> None:
-        """A request ended: its access-log line."""
+        """A request ended: its access-log line and latency."""
         log_access(access)
+        # Unknown names share one label: a peer must not grow our label set.
+        label = access.service if access.service in self.dispatcher.pools else "_unknown"
+        self.dispatcher.metrics.observe_request(label, access.latency_ms / 1000)
 
     def stamp(self, head: ResponseHead) -> ResponseHead:
         """Tell the client which worker answered (operators trace requests by it)."""
@@ -869,9 +879,22 @@ class EdgeServer:
 
     def ready(self) -> bool:
         """Serving (not draining), and every service has a backend taking traffic."""
-        if self._endpoint is None or self.draining:
-            return False
-        return all(pool.has_available_backend() for pool in self.dispatcher.pools.values())
+        return not self.unready()
+
+    def unready(self) -> list[str]:
+        """Why the edge is not ready, one line per reason (/readyz); empty when it is."""
+        if self._endpoint is None:
+            return ["not started"]
+        if self.draining:
+            return ["draining"]
+        now = asyncio.get_running_loop().time()
+        return [
+            f"service {name}: no healthy backend ("
+            + "; ".join(f"{backend} {t.describe(now)}" for backend, t in pool.health.items())
+            + ")"
+            for name, pool in sorted(self.dispatcher.pools.items())
+            if not pool.has_available_backend()
+        ]
 
     def quic_connections(self) -> list[NetSchedConnection]:
         """The QUIC connections open now (for statistics)."""

@@ -51,7 +51,7 @@ async def test_forwarder_counters_on_metrics(stack: AsyncExitStack) -> None:
         udp_pool("dns", {"u0": backend_port}, HealthConfig()), ("127.0.0.1", 0), metrics=metrics
     )
     stack.callback(front.close)
-    admin = AdminServer(metrics.exposition, lambda: True)
+    admin = AdminServer(metrics.exposition, lambda: [])
     port = await admin.start("127.0.0.1", 0)
     stack.push_async_callback(admin.close)
     replies: asyncio.Queue[bytes] = asyncio.Queue()

@@ -81,6 +81,8 @@ class HealthTracker:
     # it is alive, which a client's unanswered datagrams cannot outweigh (udp_front.py).
     succeeded_at: float = field(default=-math.inf, init=False)
     held: int = field(default=0, init=False)  # passive ejections the ceiling held back
+    # What the last ejection followed ("health checks" or "requests"), for operators.
+    ejected_by: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.unhealthy_after < 1:
@@ -98,6 +100,18 @@ class HealthTracker:
     def available(self, now: float) -> bool:
         """Whether real traffic may go to the backend at `now`; no side effects."""
         return self._state is not Health.EJECTED or now >= self._ejected_until
+
+    def describe(self, now: float) -> str:
+        """The state at `now` in words (e.g. why /readyz says not ready)."""
+        if self.available(now):
+            return self._state.value if self._state is not Health.EJECTED else "probing"
+        left = self._ejected_until - now
+        return f"ejected after failed {self.ejected_by}, {left:.1f} s left"
+
+    @property
+    def ejections(self) -> int:
+        """How often the backend was ejected (from healthy or probing)."""
+        return sum(n for (_, to), n in self.transitions.items() if to is Health.EJECTED)
 
     def on_success(self, now: float) -> None:
         """A real request succeeded (passive)."""
@@ -130,6 +144,7 @@ class HealthTracker:
             self._successes = 0
             if self._failures >= self._failure_budget():
                 if may_eject:
+                    self.ejected_by = "requests" if passive else "health checks"
                     self._fire(_Trigger.FAILED, now)
                 else:
                     self.held += 1
