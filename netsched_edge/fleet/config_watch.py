@@ -11,7 +11,6 @@ line. While etcd is unavailable the host keeps its last good config.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -19,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, EdgeConfig, parse_config
-from .etcd import Etcd, EtcdUnavailable, KeyValue
+from .etcd import Etcd, KeyValue
+from .follow import Follower
 from .layout import Layout
 
 log = logging.getLogger("netsched.edge.fleet")
-
-RETRY_AFTER_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +49,8 @@ def config_source(layout: Layout) -> str:
     return f"etcd:{layout.config}"
 
 
-class ConfigWatcher:
+class ConfigWatcher(Follower):
+    what = "fleet config"
     """Apply every new revision of the fleet's config on this host, or refuse it.
 
     `apply` gets each good config in revision order; when it raises, the revision
@@ -69,6 +68,7 @@ class ConfigWatcher:
         base_dir: Path,
         lease: int = 0,
     ) -> None:
+        super().__init__()
         self.etcd = etcd
         self.layout = layout
         self.name = name
@@ -77,16 +77,7 @@ class ConfigWatcher:
         self.lease = lease
         self.applied_revision = 0  # of the config running now (0: none from etcd yet)
         self.seen_revision = 0  # the last revision judged, applied or not
-        self.etcd_available = False
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self._follow()
-            except EtcdUnavailable as exc:
-                self.etcd_available = False
-                log.warning("fleet config: etcd unavailable, keeping the running config: %s", exc)
-            await asyncio.sleep(RETRY_AFTER_S)
+        self.status: ConfigStatus | None = None  # this host's verdict on it
 
     async def _follow(self) -> None:
         found, read_at = await self.etcd.get_prefix(self.layout.config, prefix=False)
@@ -104,11 +95,15 @@ class ConfigWatcher:
                     log.warning("fleet config deleted from etcd: keeping the running config")
 
     async def _judge(self, kv: KeyValue) -> None:
-        if kv.mod_revision <= self.seen_revision:
-            return
-        self.seen_revision = kv.mod_revision
-        status = self._try_apply(kv)
-        await self.etcd.put(self.layout.config_status(self.name), status.encode(), self.lease)
+        """Apply or refuse a new revision; say so (again, for one judged while the
+        status could not be written)."""
+        if kv.mod_revision > self.seen_revision:
+            self.seen_revision = kv.mod_revision
+            self.status = self._try_apply(kv)
+        if self.status is not None and self.status.revision == kv.mod_revision:
+            await self.etcd.put(
+                self.layout.config_status(self.name), self.status.encode(), self.lease
+            )
 
     def _try_apply(self, kv: KeyValue) -> ConfigStatus:
         try:

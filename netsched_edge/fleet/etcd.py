@@ -306,7 +306,7 @@ class KeptLease:
                 if await self.etcd.keep_alive_once(self.id) <= 0:
                     break
                 renewed_at = time.monotonic()
-            except EtcdUnavailable as exc:
+            except EtcdError as exc:  # the lease still runs: try again until its TTL is over
                 log.warning("etcd lease %x not renewed: %s", self.id, exc)
         log.error("etcd lease %x lost", self.id)
         self.lost.set()

@@ -20,17 +20,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..keys import EdgeKeys, TicketSealer, parse_keys
+from ..keys import EdgeKeys, KeysError, TicketSealer, parse_keys
 from .election import Election
-from .etcd import Compare, Etcd, EtcdError, EtcdUnavailable, Get, KeyValue, Put
+from .etcd import Compare, Etcd, EtcdError, Get, KeyValue, Put
+from .follow import RETRY_AFTER_S, Follower
 from .layout import Layout
 from .membership import Member
 
 log = logging.getLogger("netsched.edge.fleet")
 
 ROTATOR_ROLE = "key-rotator"
-# After etcd failed, how long a watcher or the rotator waits before it tries again.
-RETRY_AFTER_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +62,12 @@ def _unpack(kv: KeyValue) -> tuple[EdgeKeys, float]:
     try:
         envelope = json.loads(kv.value)
         text, created = envelope["keys"], float(envelope["created"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EtcdError(f"etcd:{kv.key}: not a keys record ({exc})") from None
-    return parse_keys(text.encode(), file=f"etcd:{kv.key}"), created
+        keys = parse_keys(text.encode(), file=f"etcd:{kv.key}")
+    except KeysError as exc:  # a ValueError too: keep its own message, it names the line
+        raise EtcdError(str(exc)) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EtcdError(f"etcd:{kv.key}: not a keys record ({exc!r})") from None
+    return keys, created
 
 
 async def read_ring(etcd: Etcd, layout: Layout) -> KeyRing | None:
@@ -127,8 +129,8 @@ class KeyRotator:
                 await self.election.campaign()
                 self.leading.set()
                 await self._rotate_while_leading()
-            except EtcdUnavailable as exc:
-                log.warning("key rotation paused, etcd unavailable: %s", exc)
+            except EtcdError as exc:  # unavailable, or the member lease is gone
+                log.warning("key rotation paused: %s", exc)
             self.leading.clear()
             await asyncio.sleep(RETRY_AFTER_S)
 
@@ -148,27 +150,20 @@ class KeyRotator:
                 return  # deposed: campaign again
 
 
-class KeyWatcher:
+class KeyWatcher(Follower):
     """The fleet's latest keys on this host: `ring`, and `on_change(ring)` on each
     change. When etcd is unavailable the last keys read stay in use."""
+
+    what = "fleet keys"
 
     def __init__(
         self, etcd: Etcd, layout: Layout, on_change: Callable[[KeyRing], None] | None = None
     ) -> None:
+        super().__init__()
         self.etcd = etcd
         self.layout = layout
         self.on_change = on_change
         self.ring: KeyRing | None = None
-        self.etcd_available = False
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self._follow()
-            except EtcdUnavailable as exc:
-                self.etcd_available = False
-                log.warning("fleet keys: etcd unavailable, keeping the last keys: %s", exc)
-            await asyncio.sleep(RETRY_AFTER_S)
 
     async def _follow(self) -> None:
         ring = await ensure_ring(self.etcd, self.layout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import os
 import time
 
@@ -27,6 +28,7 @@ from netsched_edge.fleet.shared_keys import (
     read_ring,
     rotate,
 )
+from netsched_edge.keys import EdgeKeys
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -142,3 +144,32 @@ async def test_the_rotator_dies_and_another_member_takes_over(
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+
+async def test_a_bad_keys_record_is_refused_and_the_last_keys_stay(
+    etcd: Etcd, layout: Layout, caplog: pytest.LogCaptureFixture
+) -> None:
+    watcher = KeyWatcher(etcd, layout)
+    following = asyncio.create_task(watcher.run())
+    try:
+        async with asyncio.timeout(3):
+            while watcher.ring is None:
+                await asyncio.sleep(0.02)
+        good = watcher.ring
+        await etcd.put(
+            layout.keys_current, json.dumps({"created": 1, "keys": "version = 1"}).encode()
+        )
+        await asyncio.sleep(0.5)
+        assert watcher.ring == good  # refused: the hosts keep the keys they have
+        assert f"etcd:{layout.keys_current}: retry is missing" in caplog.text
+
+        fixed = EdgeKeys.generate()
+        record = {"created": time.time(), "keys": fixed.dumps()}
+        await etcd.put(layout.keys_current, json.dumps(record).encode())
+        async with asyncio.timeout(3):
+            while watcher.ring is None or watcher.ring.current != fixed:
+                await asyncio.sleep(0.05)
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
