@@ -1,6 +1,7 @@
 """One edge host's part in the fleet, for `serve` to run beside its server.
 
-`FleetHost` joins (a member lease and a QUIC-LB server ID), then runs three
+`FleetHost` joins (a member lease and a QUIC-LB server ID; `cids`, the
+encrypted CIDs its workers issue under the fleet's QUIC-LB key), then runs three
 followers until it leaves: the shared keys (`KeyWatcher`, `install_keys` on
 every change), the key rotation campaign (`KeyRotator`), and the fleet's
 config (`ConfigWatcher`, `apply_config` on every good revision: the server's
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import EdgeConfig
+from ..workers import FleetCids
+from .cid_config import ensure_cid_config
 from .config_watch import ConfigWatcher
 from .etcd import Etcd
 from .layout import Layout
@@ -74,17 +77,19 @@ class FleetHost:
         self._apply_config = apply_config
         self._tasks: list[asyncio.Task[None]] = []
         self.config: ConfigWatcher | None = None
+        self.cids: FleetCids | None = None  # this host's encrypted CIDs, once joined
 
     @property
     def lost(self) -> asyncio.Event:
         return self.member.lost
 
     async def __aenter__(self) -> FleetHost:
-        try:
-            await self.member.__aenter__()
-        except BaseException:
-            await self.etcd.close()
-            raise
+        async with contextlib.AsyncExitStack() as undo:  # on a failure only
+            undo.push_async_callback(self.etcd.close)
+            await undo.enter_async_context(self.member)
+            cid_config = await ensure_cid_config(self.etcd, self.layout)
+            undo.pop_all()
+        self.cids = cid_config.for_host(self.member.server_id)
         self.config = ConfigWatcher(
             self.etcd,
             self.layout,

@@ -49,6 +49,11 @@ class Layout:
         return f"{self.keys}previous"
 
     @property
+    def quic_lb(self) -> str:
+        """The fleet's QUIC-LB configuration: CID lengths, rotation codepoint, key."""
+        return f"{self.prefix}quic-lb"
+
+    @property
     def config(self) -> str:
         return f"{self.prefix}config"
 

@@ -64,6 +64,13 @@ async def test_a_config_change_applies_on_every_host_and_drops_no_connection(
     ]
     async with hosts[0], hosts[1]:
         assert sorted(h.status().server_id for h in hosts) == [1, 2]
+        for host in hosts:  # the CIDs its workers would issue name it, under the fleet's key
+            assert host.cids is not None
+            cid = host.cids.for_worker(0).generate()
+            assert cid[0] >> 5 == 0 and len(cid) == 8
+            assert host.cids.for_worker(0).scheme.server_id(cid) == bytes(
+                [host.status().server_id, 0]
+            )
         sessions: list[Session] = [await open_client(edge) for edge in edges]
         for session in sessions:
             assert (await session.request("api", b"before")).status == 200
