@@ -89,6 +89,10 @@ class HealthConfig:
     # Never eject more than this share of a service's backends (Envoy's max_ejection_percent):
     # failures that hit every backend at once are more likely ours or the client's.
     max_ejection_percent: int = 50
+    # Below this share of backends available, route to all of them as if healthy (Envoy's
+    # healthy_panic_threshold; 0: never): health tracking that takes most of a service out
+    # is more likely wrong than right (e.g. checks starved of CPU).
+    panic_threshold_percent: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -874,6 +878,7 @@ _HEALTH_KEYS: Final[Mapping[str, _Spec]] = {
     "ejection_s": _number(0, inclusive=True),
     "path": _http_path,
     "max_ejection_percent": _integer(0, 100),
+    "panic_threshold_percent": _integer(0, 100),
 }
 
 

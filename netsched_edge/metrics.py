@@ -28,8 +28,9 @@ from prometheus_client.registry import Collector
 
 from netsched_client.proto.multipath.events import PathAbandoned, PathAvailable
 
-from .balancing.health import HealthTracker
+from .balancing.health import HealthTracker, panic
 from .balancing.policy import BackendSlot
+from .config import ServiceConfig
 from .forwarder.flows import ForwarderStats
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -175,6 +176,8 @@ class PoolSource(Protocol):
     def slots(self) -> Sequence[BackendSlot]: ...
     @property
     def health(self) -> Mapping[str, HealthTracker]: ...
+    @property
+    def config(self) -> ServiceConfig: ...
 
 
 class _PoolCollector(Collector):
@@ -218,6 +221,12 @@ class _PoolCollector(Collector):
             "Ejections of a backend (after failed health checks or failed requests).",
             labels=["service", "backend"],
         )
+        panicking = GaugeMetricFamily(
+            "netsched_edge_service_panic",
+            "1 while fewer than health.panic_threshold_percent of a service's backends are "
+            "healthy: every backend takes traffic as if healthy.",
+            labels=["service"],
+        )
         for name, pool in pools:
             queued.add_metric([name], pool.queued)
             for reason, count in sorted(pool.queue_rejections.items()):
@@ -226,10 +235,14 @@ class _PoolCollector(Collector):
                 held.add_metric([name, backend], count)
             for slot in pool.slots:
                 in_flight.add_metric([name, slot.name], slot.in_flight)
+            up = 0
             for backend, tracker in sorted(pool.health.items()):
+                up += tracker.available(now)
                 healthy.add_metric([name, backend], 1 if tracker.available(now) else 0)
                 ejections.add_metric([name, backend], tracker.ejections)
-        yield from (queued, rejected, held, in_flight, healthy, ejections)
+            threshold = pool.config.health.panic_threshold_percent
+            panicking.add_metric([name], 1 if panic(up, len(pool.health), threshold) else 0)
+        yield from (queued, rejected, held, in_flight, healthy, ejections, panicking)
 
 
 class ForwarderSource(Protocol):

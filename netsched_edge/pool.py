@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from netsched_client.errors import DeadlineExceeded, NoBackend
 
 from .backends.base import Backend
-from .balancing.health import HealthTracker, ejection_allowed
+from .balancing.health import HealthTracker, ejection_allowed, panic
 from .balancing.policy import BackendSlot, make_policy
 from .balancing.queue import DeadlineQueue, QueueFull
 from .config import LimitsConfig, ServiceConfig
@@ -68,6 +68,9 @@ class ServicePool:
         self._checks: list[asyncio.Task[None]] = []
         # Requests turned away by the queue, by reason ("full", "timeout"; metrics).
         self.queue_rejections: dict[str, int] = {"full": 0, "timeout": 0}
+        # Too few backends healthy: all of them take traffic (health.panic), as of the last
+        # choice; metrics judge it again at scrape time.
+        self.panic = False
 
     @property
     def queued(self) -> int:
@@ -173,8 +176,22 @@ class ServicePool:
 
     def _refresh_health(self) -> None:
         now = self._clock()
+        healthy = {name: tracker.available(now) for name, tracker in self.health.items()}
+        threshold = self.config.health.panic_threshold_percent
+        panicking = panic(sum(healthy.values()), len(healthy), threshold)
+        if panicking != self.panic:
+            self.panic = panicking
+            log.warning(
+                "service %s: %d of %d backends healthy, %s panic_threshold_percent %d%s",
+                self.config.name,
+                sum(healthy.values()),
+                len(healthy),
+                "under" if panicking else "back at",
+                threshold,
+                ": panic, routing to all of them" if panicking else ": panic over",
+            )
         for slot in self.slots:
-            slot.available = self.health[slot.name].available(now)
+            slot.available = panicking or healthy[slot.name]
 
     async def _wait_turn(
         self, urgency: int, deadline_at: float | None, tenant: Hashable, give_up_at: float

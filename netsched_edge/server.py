@@ -85,6 +85,7 @@ from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, Held, IncomingRequest, Outcome
 from .planner_metrics import PlannerCollector
+from .pool import ServicePool
 from .tls import (
     CertificatePair,
     certificate_names,
@@ -794,6 +795,15 @@ def cipher_suites(names: tuple[str, ...] | None) -> list[CipherSuite] | None:
     return [CipherSuite[name.removeprefix("TLS_")] for name in names]
 
 
+def _no_healthy_backend(name: str, pool: ServicePool, now: float) -> str:
+    """A service without a healthy backend, each backend's state, and whether it panics."""
+    states = "; ".join(f"{backend} {t.describe(now)}" for backend, t in pool.health.items())
+    panics = pool.config.health.panic_threshold_percent > 0  # 0 of N is under any threshold
+    return f"service {name}: no healthy backend ({states})" + (
+        ", panic: routing to all of them" if panics else ""
+    )
+
+
 def usable_paths(quic: QuicConnection) -> int:
     """The paths a connection may send on now (1 without multipath)."""
     if isinstance(quic, MultipathConnection):
@@ -889,9 +899,7 @@ class EdgeServer:
             return ["draining"]
         now = asyncio.get_running_loop().time()
         return [
-            f"service {name}: no healthy backend ("
-            + "; ".join(f"{backend} {t.describe(now)}" for backend, t in pool.health.items())
-            + ")"
+            _no_healthy_backend(name, pool, now)
             for name, pool in sorted(self.dispatcher.pools.items())
             if not pool.has_available_backend()
         ]

@@ -29,6 +29,12 @@ that hit every backend at once are more likely the clients' or the edge's than
 the backends'; at the default 50 % a one-backend service is never ejected by
 outcomes alone, and at least one backend stays in rotation unless active
 checks fail it.
+
+The panic threshold (Envoy's ``healthy_panic_threshold``, ``panic``): when fewer
+than that share of a service's backends are available, by checks or outcomes,
+the service routes to all of them as if healthy, instead of answering 503 or
+piling everything onto the few left. Trackers keep their state meanwhile: the
+backends leave panic as their checks recover.
 """
 
 from __future__ import annotations
@@ -174,6 +180,21 @@ class HealthTracker:
             self._backoff_level = min(self._backoff_level + 1, _MAX_BACKOFF_LEVEL)
         self._ejected_until = now + self.ejection_s * 2**self._backoff_level
         self._successes = 0
+
+
+def panic(available: int, total: int, threshold_percent: int) -> bool:
+    """Whether a service routes to all its backends as if healthy: fewer than
+    `threshold_percent` of its `total` backends are `available` (Envoy's
+    healthy_panic_threshold; 0 never panics).
+
+    When health tracking has taken most backends out, it is more likely wrong (checks
+    starved of CPU, a network blip) than right: spreading over every backend serves
+    what the backends can still answer, where holding to the few left would overload
+    them and answering 503 would serve nothing.
+    """
+    if not 0 <= threshold_percent <= 100:
+        raise ValueError(f"threshold_percent must be 0..100, got {threshold_percent!r}")
+    return available * 100 < threshold_percent * total
 
 
 def ejection_allowed(unavailable: int, total: int, max_percent: int) -> bool:
