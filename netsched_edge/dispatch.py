@@ -371,13 +371,22 @@ class Dispatcher:
         release = SlotRelease(pool, slot)
         queue_ms = (self._clock() - queued_at) * 1000
         backend = pool.backends[slot.name]
+        started = self._clock()
         try:
             response = await backend.exchange(
                 self._backend_request(request, request.length),
                 request.body,
                 self._timeout(pool, deadline_at),
             )
-        except (BackendUnavailable, TimeoutError) as exc:
+        except TimeoutError:
+            if deadline_at is not None and self._clock() >= deadline_at - 1e-3:
+                release(ok=None)  # our deadline, not the backend's fault
+                return error_outcome(
+                    Status.DEADLINE_EXCEEDED, "deadline passed waiting for the backend"
+                )
+            release(ok=False)
+            return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name} timed out")
+        except BackendUnavailable as exc:
             release(ok=False)
             return error_outcome(Status.BACKEND_ERROR, f"backend {slot.name} failed: {exc!r}")
         except ValueError as exc:  # the request cannot be framed for this backend
@@ -390,7 +399,8 @@ class Dispatcher:
         except BaseException:  # cancelled: the client left while the backend was asked
             release(ok=None)
             raise
-        head = _backend_head(response, slot.name, queue_ms=queue_ms)
+        backend_ms = (self._clock() - started) * 1000  # until the response head
+        head = _backend_head(response, slot.name, queue_ms=queue_ms, backend_ms=backend_ms)
         if isinstance(head, Outcome):
             release(ok=None)
             await aclose_body(response.body)
@@ -400,7 +410,7 @@ class Dispatcher:
 
 
 def _backend_head(
-    response: BackendResponse, backend: str, *, queue_ms: float, backend_ms: float | None = None
+    response: BackendResponse, backend: str, *, queue_ms: float, backend_ms: float
 ) -> ResponseHead | Outcome:
     """The head passing the backend's answer on (its status and headers), or a 502 outcome
     for an answer the protocol cannot carry (a field too long, too many fields)."""
@@ -409,7 +419,7 @@ def _backend_head(
             status=response.status,
             backend=backend,
             queue_ms=round(queue_ms, 3),
-            backend_ms=None if backend_ms is None else round(backend_ms, 3),
+            backend_ms=round(backend_ms, 3),
             headers=response.headers.fields,
             from_backend=True,
         )

@@ -51,7 +51,8 @@ def unused_port() -> int:
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """h11: answers every request with JSON of what it saw; `?status=N` picks the status."""
+    """h11: answers every request with JSON of what it saw; `?status=N` picks the status
+    (a 3xx redirects to /landed), `?sleep=S` waits S seconds first."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
@@ -62,7 +63,9 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             while isinstance(event := await _next(conn, reader), h11.Data):
                 body += event.data
             target = request.target.decode()
-            status = int(parse_qs(urlsplit(target).query).get("status", ["200"])[0])
+            query = parse_qs(urlsplit(target).query)
+            status = int(query.get("status", ["200"])[0])
+            await asyncio.sleep(float(query.get("sleep", ["0"])[0]))
             seen = {
                 "method": request.method.decode(),
                 "target": target,
@@ -77,6 +80,8 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 ("set-cookie", "b=2"),
                 ("netsched-backend", "spoofed"),  # the edge's own name: never passed on
             ]
+            if 300 <= status < 400:
+                headers.append(("location", "/landed"))
             writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
             if request.method != b"HEAD":
                 writer.write(conn.send(h11.Data(data=payload)) or b"")
@@ -103,6 +108,7 @@ async def http_server(tmp_path: Path) -> AsyncIterator[int]:
     root.mkdir()
     (root / "hello.txt").write_bytes(b"hello, world\n")
     (root / "health").write_bytes(b"ok")
+    (root / "big.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
     port = unused_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

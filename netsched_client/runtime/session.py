@@ -144,14 +144,14 @@ HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]]
 class Stream:
     """One request stream: write the request body, read the response."""
 
-    def __init__(self, session: Session, stream_id: int) -> None:
+    def __init__(self, session: Session, stream_id: int, *, write_closed: bool = False) -> None:
         self._session = session
         self.stream_id = stream_id
         self._head: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
         self._chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         self._buffer = b""
         self._eof = False
-        self._write_closed = False
+        self._write_closed = write_closed
 
     async def response(self) -> ResponseHead:
         """The response head: the backend's answer whatever its status (`from_backend`);
@@ -451,16 +451,29 @@ class Session:
         method: str | None = None,
         path: str | None = None,
         headers: HeadersArg | None = None,
+        body: bytes | None = None,
         slo: SLO | None = None,
         meta: Mapping[str, str] | None = None,
         fec: FecOverride | None = None,
     ) -> Stream:
         """Open a streaming request: `write()` / `write_eof()`, then `read()`.
 
-        `method` (default POST), `path` and `headers` as for `request`.
+        `method` (default POST), `path` and `headers` as for `request`. `body`:
+        the whole request body, sent with the head and the end of the request
+        (the edge then tells the backend its length); only `read()` remains.
         """
         http = _http_meta(meta, method, path, default_method="POST")
-        return self._open(service, b"", slo, http, headers, streaming=True, fec=fec)
+        stream = self._open(
+            service,
+            body or b"",
+            slo,
+            http,
+            headers,
+            streaming=True,
+            fec=fec,
+            whole=body is not None,
+        )
+        return stream
 
     def send_datagram(self, service: str, payload: bytes) -> None:
         self._check_open()
@@ -640,7 +653,9 @@ class Session:
         *,
         streaming: bool,
         fec: FecOverride | None = None,
+        whole: bool = False,
     ) -> Stream:
+        """Send the request head with `payload`; `whole`: and end the request body there."""
         self._check_open()
         if self._goaway is not None:
             raise EdgeGoingAway("the edge is draining this connection; open a new one")
@@ -651,7 +666,7 @@ class Session:
             meta=meta,
             headers=header_fields(headers or ()),
         )
-        stream_id = self._proto.send_request(head, payload, end_stream=not streaming)
+        stream_id = self._proto.send_request(head, payload, end_stream=whole or not streaming)
         deadline_ms = self._effective(slo).deadline_ms
         quic = self._driver.quic
         if isinstance(quic, NetSchedConnection):
@@ -665,7 +680,9 @@ class Session:
                 quic.set_stream_fec(
                     stream_id, deadline_at=deadline, loss_tolerance=tolerance, override=fec
                 )
-        stream = self._streams[stream_id] = Stream(self, stream_id)
+        stream = self._streams[stream_id] = Stream(
+            self, stream_id, write_closed=whole or not streaming
+        )
         self._driver.schedule_transmit()
         return stream
 
