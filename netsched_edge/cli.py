@@ -185,15 +185,13 @@ def _print_ca(opts: argparse.Namespace) -> int:
 
 
 def _load(path: str) -> EdgeConfig | None:
-    """The config at `path` with its keys file checked; None (the error printed) if bad."""
+    """The config at `path`, its keys file and certificate checked; None (the error
+    printed) if bad."""
     try:
         return read_config(path)
     except (ConfigError, KeysError) as exc:
         print(f"netsched-edge: config error: {exc}", file=sys.stderr)
         return None
-
-
-COMMANDS = ("serve", "check-config", "generate-keys", "ca", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:
