@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mappin
 from dataclasses import dataclass, field
 
 from netsched_client.errors import DeadlineExceeded, FramingError, NoBackend, Status
-from netsched_client.proto.framing import HeaderFields, ResponseHead
+from netsched_client.proto.framing import HeaderFields, ResponseHead, encode_response_head
 from netsched_client.proto.hq import SERVICE as WWW_SERVICE
 from netsched_client.proto.slo import SLO
 
@@ -413,9 +413,10 @@ def _backend_head(
     response: BackendResponse, backend: str, *, queue_ms: float, backend_ms: float
 ) -> ResponseHead | Outcome:
     """The head passing the backend's answer on (its status and headers), or a 502 outcome
-    for an answer the protocol cannot carry (a field too long, too many fields)."""
+    for an answer the protocol cannot carry (a field too long, too many fields, a head over
+    MAX_HEAD_BYTES): found here, the client gets a status, not a stream reset."""
     try:
-        return ResponseHead(
+        head = ResponseHead(
             status=response.status,
             backend=backend,
             queue_ms=round(queue_ms, 3),
@@ -423,8 +424,10 @@ def _backend_head(
             headers=response.headers.fields,
             from_backend=True,
         )
+        encode_response_head(head)
     except FramingError as exc:
         return error_outcome(Status.BACKEND_ERROR, f"backend {backend}: response {exc}")
+    return head
 
 
 class SlotRelease:

@@ -52,7 +52,8 @@ def unused_port() -> int:
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """h11: answers every request with JSON of what it saw; `?status=N` picks the status
-    (a 3xx redirects to /landed), `?sleep=S` waits S seconds first."""
+    (a 3xx redirects to /landed), `?sleep=S` waits S seconds first, `?fat=N` adds N
+    header fields of 200 bytes."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
@@ -82,6 +83,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             ]
             if 300 <= status < 400:
                 headers.append(("location", "/landed"))
+            headers += [(f"x-fat-{i}", "f" * 200) for i in range(int(query.get("fat", ["0"])[0]))]
             writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
             if request.method != b"HEAD":
                 writer.write(conn.send(h11.Data(data=payload)) or b"")
@@ -229,6 +231,14 @@ async def test_status_and_repeated_headers_come_back(session: Session) -> None:
     assert r.backend == "h11"
     head = await session.request("echo", method="HEAD", path="/?status=204")
     assert (head.status, head.body) == (204, b"")
+
+
+async def test_a_head_too_large_to_pass_on_is_the_edges_502(session: Session) -> None:
+    r = await session.request("echo", path="/?fat=60")  # 12 KB of fields: they fit
+    assert len([k for k in r.headers if k.startswith("x-fat-")]) == 60
+    with pytest.raises(BackendFailed, match="the limit is 16384") as caught:
+        await session.request("echo", path="/?fat=100")  # 20 KB: over the head limit
+    assert caught.value.status == 502
 
 
 async def test_a_query_on_the_service_root(session: Session) -> None:
