@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -144,6 +144,7 @@ class NetSchedTransport(httpx.AsyncBaseTransport):
         self._tickets = TicketStore(capacity=4)
         self._session: Session | None = None
         self._connecting = asyncio.Lock()
+        self._closing: set[asyncio.Future[None]] = set()  # replaced sessions, closing
 
     @property
     def session(self) -> Session | None:
@@ -169,8 +170,14 @@ class NetSchedTransport(httpx.AsyncBaseTransport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        await asyncio.gather(*self._closing)
         if self._fallback is not None:
             await self._fallback.aclose()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _service(self, url: httpx.URL) -> str | None:
         if self._services is None:
@@ -186,8 +193,8 @@ class NetSchedTransport(httpx.AsyncBaseTransport):
             if current is not None and not current.closed and not current.going_away:
                 return current
             self._session = None
-            if current is not None:
-                await current.close()
+            if current is not None:  # closed, or draining: its close must not delay us
+                self._spawn(current.close())
             timeout = _timeout(request, "connect") or self._connect_timeout
             try:
                 self._session = await open_session(
