@@ -653,8 +653,11 @@ class ClientEndpoint(UdpSender):
     def __init__(self) -> None:
         self.driver: ConnectionDriver | None = None
         self._path_sockets: dict[int, PathSocket] = {}
+        self.heard = asyncio.Event()  # a datagram arrived: someone listens (port_unreachable)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        if not self.heard.is_set():
+            self.heard.set()
         if self.driver is not None:
             self.driver.datagram_received(data, addr)
 
@@ -712,15 +715,29 @@ async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, NetworkAd
     return family, cast(NetworkAddress, sockaddr)
 
 
-async def port_unreachable(family: socket.AddressFamily, addr: NetworkAddress) -> bool:
+# How long a client waits to hear from the server before it probes for ICMP port
+# unreachable: a live server answers within a round trip, so the probe rarely leaves.
+PROBE_AFTER_S = 0.5
+
+
+async def port_unreachable(
+    family: socket.AddressFamily, addr: NetworkAddress, heard: asyncio.Event
+) -> bool:
     """True once the OS reports that nothing listens at `addr` (ICMP port unreachable).
 
     Only a connected UDP socket hears of ICMP errors (without IP_RECVERR, whose error
     queue the batched sockets do not read), so this probes from a socket of its own
-    with a zero-length datagram, which any QUIC server discards (RFC 9000 §14.1).
-    False when the probe cannot be sent; never returns while `addr` listens or the
-    path stays silent: the caller cancels it once the handshake is decided.
+    with a zero-length datagram, which any QUIC server discards (RFC 9000 §14.1), and
+    only if `heard` (the connection received a datagram) is still unset after
+    PROBE_AFTER_S. False when the server was heard or the probe cannot be sent; never
+    returns while the path stays silent: the caller cancels it.
     """
+    try:
+        async with asyncio.timeout(PROBE_AFTER_S):
+            await heard.wait()
+            return False
+    except TimeoutError:
+        pass
     loop = asyncio.get_running_loop()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)

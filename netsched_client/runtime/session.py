@@ -931,7 +931,7 @@ async def open_session(
     pending: list[QuicEvent] = []
     driver.add_event_handler(pending.append)
     handshake = _start_handshake(driver, addr, name)
-    _fail_fast_when_refused(handshake, family, addr, name)
+    _fail_fast_when_refused(handshake, family, addr, name, endpoint.heard)
     if early:
         assert ticket is not None
         alpn = ticket.alpn  # the only one offered (_resuming)
@@ -1068,10 +1068,11 @@ def _fail_fast_when_refused(
     family: socket.AddressFamily,
     addr: NetworkAddress,
     name: str,
+    heard: asyncio.Event,
 ) -> None:
     """Fail the handshake with ConnectionRefused as soon as the OS reports that nothing
     listens at `addr`, rather than after the whole timeout; the probe ends with it."""
-    probe = asyncio.ensure_future(port_unreachable(family, addr))
+    probe = asyncio.ensure_future(port_unreachable(family, addr, heard))
 
     def refused(task: asyncio.Future[bool]) -> None:
         if not task.cancelled() and task.result() and not handshake.done():
