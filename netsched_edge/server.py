@@ -536,6 +536,7 @@ class EdgeConnection:
             body=request.body,
             received_at=received_at,
             meta=head.meta,
+            headers=head.headers,  # passed on to HTTP backends
             streaming=head.streaming or self._is_fetch(head),
             tenant=self._tenant,  # fair queuing between connections
         )

@@ -36,11 +36,6 @@ from netsched_edge.server import EdgeServer
 
 EdgeFactory = Callable[..., Awaitable[EdgeServer]]
 HEALTH = HealthConfig(interval_s=0.5, path="/health")
-# The edge passes request headers to backends once server.py hands them to the
-# dispatcher (IncomingRequest(headers=head.headers)); strict: this fails when it does.
-HEADERS_TO_BACKEND = pytest.mark.xfail(
-    strict=True, reason="netsched_edge/server.py does not pass RequestHead.headers on yet"
-)
 
 
 def unused_port() -> int:
@@ -257,7 +252,6 @@ async def test_a_stream_gets_the_backends_error_status_and_body(session: Session
     assert (seen["method"], seen["body"]) == ("PUT", "part 1, part 2")
 
 
-@HEADERS_TO_BACKEND
 async def test_request_headers_reach_the_backend(session: Session) -> None:
     headers = [("Accept", "application/json"), ("X-Trace", "t1"), ("x-trace", "t2")]
     r = await session.request("echo", method="GET", path="/h", headers=headers)
