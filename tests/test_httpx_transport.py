@@ -55,6 +55,10 @@ async def test_get_with_query_and_headers(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     seen = r.json()
     assert (seen["method"], seen["target"]) == ("GET", "/users/1?full=1")
+    assert ["x-trace", "t1"] in seen["headers"]
+    assert ["user-agent", f"python-httpx/{httpx.__version__}"] in seen["headers"]
+    names = [name for name, _ in seen["headers"]]
+    assert "connection" not in names and names.count("host") == 1  # the edge's own
     assert r.headers.get_list("set-cookie") == ["a=1", "b=2"]
     assert r.headers["content-type"] == "application/json"
     info = _info(r)
