@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import os
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -163,6 +164,30 @@ async def test_a_certificate_the_ca_did_not_sign(start_edge: EdgeFactory, tmp_pa
     # The right CA still works from the same process.
     session = await open_session("127.0.0.1", edge.port, ca_file=str(edge.ca_certificate))
     await session.close()
+
+
+async def test_an_app_without_logging_sees_the_error_only(
+    start_edge: EdgeFactory, tmp_path: Path
+) -> None:
+    """No stray aioquic log line on stderr: the typed exception is the one report."""
+    edge = await start_edge()
+    other = _other_ca(tmp_path / "other.pem")
+    app = (
+        "import asyncio, sys\n"
+        "from netsched_client import CertificateError, open_session\n"
+        "async def main():\n"
+        "    try:\n"
+        f"        await open_session('127.0.0.1', {edge.port}, ca_file={str(other)!r})\n"
+        "    except CertificateError as exc:\n"
+        "        print(type(exc).__name__, exc.reason)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", app, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0 and err == b""
+    assert out == b"CertificateError self-signed certificate in certificate chain\n"
 
 
 async def test_a_name_the_certificate_does_not_hold(start_edge: EdgeFactory) -> None:

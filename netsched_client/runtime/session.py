@@ -70,6 +70,10 @@ from .interfaces import InterfaceError, discover, resolve_local
 from .paths import PathError, PathManager, PathStats
 
 log = logging.getLogger("netsched.client")
+# aioquic logs a failed handshake (a certificate not trusted) at WARNING. In an app that
+# configured no logging, Python's last-resort handler would print that line to stderr
+# beside the typed error raised here; configured handlers still receive it.
+logging.getLogger("quic").addHandler(logging.NullHandler())
 
 DEFAULT_ALPNS = (native.ALPN, h3proto.ALPN)
 MAX_RESPONSE_BYTES = 64 << 20
