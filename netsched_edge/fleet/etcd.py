@@ -135,8 +135,8 @@ class WatchEvent:
 class Etcd:
     """One etcd endpoint ("http://host:port"), its JSON gateway under /v3/.
 
-    `timeout` bounds every call but a watch's wait for events (it bounds the
-    watch's connection and each of its reads of the stream's first answer).
+    `timeout` bounds every call, and a watch's connection, but not a watch's wait
+    for events (a silent network partition is noticed by the lease renewals).
     """
 
     def __init__(self, endpoint: str, *, timeout: float = 2.0) -> None:
@@ -263,6 +263,10 @@ async def _watch_batches(
     raise EtcdUnavailable(f"etcd at {endpoint}: the watch stream ended")
 
 
+# After a failed renewal, how soon a KeptLease tries again.
+RENEW_RETRY_S = 0.25
+
+
 class KeptLease:
     """A lease renewed every third of its TTL, for as long as the context lasts.
 
@@ -278,6 +282,7 @@ class KeptLease:
         self.ttl_s = ttl_s
         self.id = 0
         self.lost = asyncio.Event()
+        self.renewing = True  # False while renewals fail (etcd away): not lost yet
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> KeptLease:
@@ -300,14 +305,20 @@ class KeptLease:
 
     async def _renew(self) -> None:
         renewed_at = time.monotonic()
+        pause = self.ttl_s / 3
         while time.monotonic() - renewed_at < self.ttl_s:
-            await asyncio.sleep(self.ttl_s / 3)
+            await asyncio.sleep(pause)
             try:
                 if await self.etcd.keep_alive_once(self.id) <= 0:
                     break
                 renewed_at = time.monotonic()
+                self.renewing = True
+                pause = self.ttl_s / 3
             except EtcdError as exc:  # the lease still runs: try again until its TTL is over
+                self.renewing = False
+                pause = min(pause, RENEW_RETRY_S)  # soon: etcd may be back within the TTL
                 log.warning("etcd lease %x not renewed: %s", self.id, exc)
+        self.renewing = False
         log.error("etcd lease %x lost", self.id)
         self.lost.set()
 

@@ -122,7 +122,9 @@ class FleetHost:
         return FleetStatus(
             server_id=self.member.server_id,
             member=not self.lost.is_set(),
-            etcd_available=self.keys.etcd_available and (config is None or config.etcd_available),
+            etcd_available=self.member.lease.renewing
+            and self.keys.etcd_available
+            and (config is None or config.etcd_available),
             config_revision=0 if config is None else config.applied_revision,
             keys_revision=0 if ring is None else ring.revision,
         )

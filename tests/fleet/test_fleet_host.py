@@ -5,6 +5,7 @@ runs on the same keys."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -135,5 +136,39 @@ async def test_without_etcd_a_host_keeps_its_config_and_keys_and_says_so(
             assert "membership LOST; etcd UNAVAILABLE; config revision" in status.describe()
             assert (await session.request("added", b"still served")).status == 200
             assert len(rings) == 1
+    finally:
+        await asyncio.to_thread(stop_etcd, own)
+
+
+async def test_a_silent_etcd_is_noticed_by_the_lease_renewals(tmp_path: Path) -> None:
+    """etcd stopped (SIGSTOP): connections stay open, nothing answers, watches
+    just wait; the failing renewals say etcd is away, before the lease is lost."""
+    own = await asyncio.to_thread(start_etcd, tmp_path)
+    settings = FleetSettings(
+        own.endpoint,
+        "edge-0",
+        "127.0.0.1",
+        tmp_path,
+        membership=MembershipSettings(ttl_s=5, idle_hold_s=0),
+    )
+    try:
+        async with FleetHost(
+            settings, ports=(), apply_config=lambda config: None, install_keys=lambda ring: None
+        ) as host:
+            async with asyncio.timeout(3):
+                while not host.status().etcd_available:
+                    await asyncio.sleep(0.05)
+            own.process.send_signal(signal.SIGSTOP)
+            try:
+                async with asyncio.timeout(5):  # a renewal (every 5/3 s) times out (2 s)
+                    while host.status().etcd_available:
+                        await asyncio.sleep(0.05)
+                assert host.status().member  # not lost yet: within the TTL
+            finally:
+                own.process.send_signal(signal.SIGCONT)
+            async with asyncio.timeout(3):
+                while not host.status().etcd_available:
+                    await asyncio.sleep(0.05)
+            assert host.status().member
     finally:
         await asyncio.to_thread(stop_etcd, own)
