@@ -268,7 +268,8 @@ RENEW_RETRY_S = 0.25
 
 
 class KeptLease:
-    """A lease renewed every third of its TTL, for as long as the context lasts.
+    """A lease renewed every third of its TTL (or `renew_every_s`), for as long as the
+    context lasts.
 
     `lost` is set when the lease is gone, or must be taken as gone: etcd said it
     expired, or no renewal succeeded for a whole TTL (etcd unreachable: from
@@ -277,9 +278,10 @@ class KeptLease:
     instead (a server ID's hold after its host leaves, see membership).
     """
 
-    def __init__(self, etcd: Etcd, ttl_s: int) -> None:
+    def __init__(self, etcd: Etcd, ttl_s: int, *, renew_every_s: float | None = None) -> None:
         self.etcd = etcd
         self.ttl_s = ttl_s
+        self.renew_every_s = ttl_s / 3 if renew_every_s is None else renew_every_s
         self.id = 0
         self.lost = asyncio.Event()
         self.renewing = True  # False while renewals fail (etcd away): not lost yet
@@ -305,7 +307,7 @@ class KeptLease:
 
     async def _renew(self) -> None:
         renewed_at = time.monotonic()
-        pause = self.ttl_s / 3
+        pause = self.renew_every_s
         while time.monotonic() - renewed_at < self.ttl_s:
             await asyncio.sleep(pause)
             try:
@@ -313,7 +315,7 @@ class KeptLease:
                     break
                 renewed_at = time.monotonic()
                 self.renewing = True
-                pause = self.ttl_s / 3
+                pause = self.renew_every_s
             except EtcdError as exc:  # the lease still runs: try again until its TTL is over
                 self.renewing = False
                 pause = min(pause, RENEW_RETRY_S)  # soon: etcd may be back within the TTL

@@ -104,7 +104,13 @@ class Member:
         self.ports = ports
         self.settings = settings or MembershipSettings()
         self.lease = KeptLease(etcd, self.settings.ttl_s)
-        self._hold = KeptLease(etcd, self.settings.ttl_s + self.settings.idle_hold_s)
+        # Renewed as often as the member lease: it then runs out at least idle_hold_s
+        # after the host's death (at its own third it could go up to a third sooner).
+        self._hold = KeptLease(
+            etcd,
+            self.settings.ttl_s + self.settings.idle_hold_s,
+            renew_every_s=self.lease.renew_every_s,
+        )
         self.info: MemberInfo | None = None
 
     @property

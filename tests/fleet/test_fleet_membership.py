@@ -63,6 +63,9 @@ async def test_a_dead_members_id_is_reused_only_after_the_hold(
 ) -> None:
     doomed = await fleet_process(layout, "doomed", str(FAST.ttl_s), str(FAST.idle_hold_s))
     assert await doomed.line() == "server_id 1"
+    # Die just before a renewal at a third of the hold lease's TTL would come: only
+    # renewals as frequent as the member lease's keep the hold past the idle time.
+    await asyncio.sleep((FAST.ttl_s + FAST.idle_hold_s) / 3 - 0.15)
     doomed.kill()
     killed_at = time.monotonic()
 
