@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--etcd",
         default=os.environ.get("NETSCHED_ETCD", DEFAULT_ETCD),
-        help="an etcd client URL (default: $NETSCHED_ETCD, else %(default)s)",
+        help="etcd client URLs, comma-separated (default: $NETSCHED_ETCD, else %(default)s)",
     )
     parser.add_argument("--prefix", default=Layout().prefix, help="the fleet's etcd key prefix")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -133,16 +133,27 @@ class WatchEvent:
 
 
 class Etcd:
-    """One etcd endpoint ("http://host:port"), its JSON gateway under /v3/.
+    """An etcd cluster through its members' JSON gateway under /v3/.
 
+    `endpoints`: client URLs ("http://host:port"), one or a comma-separated list.
+    Calls go to one member; when it does not answer, the call is tried on the
+    next ones in turn, and the first that answers serves the calls after it.
     `timeout` bounds every call, and a watch's connection, but not a watch's wait
     for events (a silent network partition is noticed by the lease renewals).
     """
 
-    def __init__(self, endpoint: str, *, timeout: float = 2.0) -> None:
-        self.endpoint = endpoint.rstrip("/")
+    def __init__(self, endpoints: str, *, timeout: float = 2.0) -> None:
+        self.endpoints = [url.strip().rstrip("/") for url in endpoints.split(",") if url.strip()]
+        if not self.endpoints:
+            raise ValueError("no etcd endpoint given")
         self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.endpoint, timeout=timeout)
+        self._current = 0
+        self._http = httpx.AsyncClient(timeout=timeout)
+
+    @property
+    def endpoint(self) -> str:
+        """The member calls go to now."""
+        return self.endpoints[self._current]
 
     async def __aenter__(self) -> Etcd:
         return self
@@ -154,11 +165,16 @@ class Etcd:
         await self._http.aclose()
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._http.post(f"/v3/{path}", json=body)
-        except httpx.TransportError as exc:
-            raise EtcdUnavailable(f"etcd at {self.endpoint}: {exc!r}") from exc
-        return _answer(path, response.status_code, response.content)
+        failures = []
+        for _ in self.endpoints:
+            try:
+                response = await self._http.post(f"{self.endpoint}/v3/{path}", json=body)
+            except httpx.TransportError as exc:
+                failures.append(f"etcd at {self.endpoint}: {exc!r}")
+                self._current = (self._current + 1) % len(self.endpoints)
+                continue
+            return _answer(path, response.status_code, response.content)
+        raise EtcdUnavailable("; ".join(failures))
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -234,7 +250,7 @@ class Etcd:
         timeout = httpx.Timeout(self.timeout, read=None)  # events come when they come
         try:
             async with self._http.stream(
-                "POST", "/v3/watch", json=request, timeout=timeout
+                "POST", f"{self.endpoint}/v3/watch", json=request, timeout=timeout
             ) as response:
                 if response.status_code != 200:
                     content = await response.aread()

@@ -31,7 +31,7 @@ from .shared_keys import KeyRing, KeyRotator, KeySchedule, KeyWatcher
 
 @dataclass(frozen=True, slots=True)
 class FleetSettings:
-    etcd: str  # a client URL of the etcd cluster
+    etcd: str  # the etcd cluster's client URLs, comma-separated
     name: str  # this host's member name, unique in the fleet
     address: str  # where the forwarder reaches this host
     base_dir: Path  # relative paths in the fleet's config resolve here

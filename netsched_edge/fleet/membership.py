@@ -6,12 +6,13 @@ A host that joins keeps two leases alive:
   and so does whatever it leads (`leader/ROLE`); when the host dies the key
   goes `ttl_s` after its last renewal, and the forwarder stops sending it new
   connections;
-- its hold lease (`ttl_s + idle_hold_s`): `server-ids/N` lives under it. The
-  dead host's connections may still be in clients' hands, with CIDs that name
-  N, until their idle timeout passes: the ID is taken again only once the hold
-  lease ran out too. The "free after" moment is thus kept by etcd itself, as
-  the hold lease's expiry: no host's clock is compared with another's, and
-  nobody has to see the death happen to start the count.
+- its hold lease (`ttl_s + idle_hold_s`, renewed as often as the member
+  lease): `server-ids/N` lives under it. The dead host's connections may still
+  be in clients' hands, with CIDs that name N, until their idle timeout
+  passes: the ID is taken again only once the hold lease ran out too. The
+  "free after" moment is thus kept by etcd itself, as the hold lease's expiry:
+  no host's clock is compared with another's, and nobody has to see the death
+  happen to start the count.
 
 A host cut off from etcd takes its leases as lost after a TTL without renewal
 (`Member.lost`); it must then stop issuing CIDs with its ID and close its

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from fleet_support import EtcdServer
 
 from netsched_edge.fleet.etcd import (
     Compare,
@@ -91,3 +92,16 @@ async def test_no_etcd_is_etcd_unavailable() -> None:
             async with nowhere.watch("/x") as batches:
                 async for _ in batches:
                     pass
+
+
+async def test_calls_go_to_a_member_that_answers(etcd_server: EtcdServer, layout: Layout) -> None:
+    """A cluster's endpoints, the first one down: calls and watches reach the other."""
+    async with Etcd(f"http://127.0.0.1:9, {etcd_server.endpoint}", timeout=1.0) as etcd:
+        revision = await etcd.put(f"{layout.prefix}k", b"v")
+        assert etcd.endpoint == etcd_server.endpoint
+        async with etcd.watch(layout.prefix, start_revision=revision) as batches:
+            async with asyncio.timeout(5):
+                events = await anext(aiter(batches))
+        assert [(e.kind, e.kv.value) for e in events] == [("put", b"v")]
+    with pytest.raises(ValueError, match="no etcd endpoint"):
+        Etcd(" , ")
