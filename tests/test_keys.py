@@ -12,7 +12,8 @@ from aioquic import tls
 from netsched_edge.keys import EdgeKeys, KeysError, TicketSealer, parse_keys
 
 
-def _ticket() -> tls.SessionTicket:
+def session_ticket() -> tls.SessionTicket:
+    """A ticket as aioquic's server makes one (also for tests/fleet)."""
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     return tls.SessionTicket(
         age_add=7,
@@ -27,12 +28,12 @@ def _ticket() -> tls.SessionTicket:
 
 def test_previous_keys_open_tickets_and_never_seal() -> None:
     old, new = os.urandom(32), os.urandom(32)
-    sealed_before = TicketSealer(old).seal(_ticket(), context=b"h3")
+    sealed_before = TicketSealer(old).seal(session_ticket(), context=b"h3")
     rotated = TicketSealer(new, previous=[old])
     opened = rotated.unseal(sealed_before, context=b"h3")
     assert opened is not None and opened.ticket == sealed_before
     assert rotated.unseal(sealed_before, context=b"hq-interop") is None  # context still binds
-    sealed_after = rotated.seal(_ticket())
+    sealed_after = rotated.seal(session_ticket())
     assert TicketSealer(new).unseal(sealed_after) is not None
     assert TicketSealer(old).unseal(sealed_after) is None  # sealed with the current key
     assert TicketSealer(new).unseal(sealed_before) is None  # once the grace is over

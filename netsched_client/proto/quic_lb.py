@@ -106,13 +106,7 @@ class QuicLbScheme:
             return plain
         if len(plain) == AES_BLOCK:
             return self._encrypt.update(plain)
-        feistel = _Feistel(self._encrypt, len(plain))
-        left, right = feistel.split(plain)
-        right = feistel.round(right, 1, left, feistel.right_mask)
-        left = feistel.round(left, 2, right, feistel.left_mask)
-        right = feistel.round(right, 3, left, feistel.right_mask)
-        left = feistel.round(left, 4, right, feistel.left_mask)
-        return feistel.join(left, right)
+        return _Feistel(self._encrypt, len(plain)).passes(plain, (1, 2, 3, 4))
 
     def _open(self, block: bytes, rounds: int) -> bytes:
         """The plaintext block; with rounds=3 only its left half is right."""
@@ -121,14 +115,7 @@ class QuicLbScheme:
         if len(block) == AES_BLOCK:
             assert self._decrypt is not None
             return self._decrypt.update(block)
-        feistel = _Feistel(self._encrypt, len(block))
-        left, right = feistel.split(block)
-        left = feistel.round(left, 4, right, feistel.left_mask)
-        right = feistel.round(right, 3, left, feistel.right_mask)
-        left = feistel.round(left, 2, right, feistel.left_mask)
-        if rounds == 4:
-            right = feistel.round(right, 1, left, feistel.right_mask)
-        return feistel.join(left, right)
+        return _Feistel(self._encrypt, len(block)).passes(block, (4, 3, 2, 1)[:rounds])
 
 
 class _Feistel:
@@ -157,6 +144,17 @@ class _Feistel:
         if not self.odd:
             return left + right
         return left[:-1] + bytes([left[-1] | right[0]]) + right[1:]
+
+    def passes(self, block: bytes, order: tuple[int, ...]) -> bytes:
+        """Run the passes in `order` (1-4 encrypts, 4-1 decrypts): an odd pass mixes
+        the left half into the right one, an even pass the right into the left."""
+        left, right = self.split(block)
+        for pass_ in order:
+            if pass_ % 2:
+                right = self.round(right, pass_, left, self.right_mask)
+            else:
+                left = self.round(left, pass_, right, self.left_mask)
+        return self.join(left, right)
 
     def round(self, target: bytes, pass_: int, source: bytes, mask: tuple[int, int]) -> bytes:
         """target XOR truncate(AES(expand(length, pass, source)), half), masked."""

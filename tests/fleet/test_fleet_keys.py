@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
-import os
 import time
 
 import pytest
-from aioquic import tls
 from fleet_support import StartFleetProcess
+from test_keys import session_ticket
 
 from netsched_edge.fleet.election import Election, leader
 from netsched_edge.fleet.etcd import Etcd
@@ -33,19 +31,6 @@ from netsched_edge.keys import EdgeKeys
 pytestmark = pytest.mark.timeout(20)
 
 FAST = MembershipSettings(ttl_s=1, idle_hold_s=0)
-
-
-def _ticket() -> tls.SessionTicket:
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    return tls.SessionTicket(
-        age_add=1,
-        cipher_suite=tls.CipherSuite.AES_128_GCM_SHA256,
-        not_valid_after=now + datetime.timedelta(days=1),
-        not_valid_before=now,
-        resumption_secret=os.urandom(32),
-        server_name="localhost",
-        ticket=b"",
-    )
 
 
 async def test_one_leader_at_a_time(etcd: Etcd, layout: Layout) -> None:
@@ -78,7 +63,7 @@ async def test_rotation_keeps_the_previous_keys_for_the_grace_period(
             election = Election(etcd, layout, ROTATOR_ROLE, host.name, host.lease.id)
             await election.campaign()
             before = await ensure_ring(etcd, layout)
-            ticket = before.ticket_sealer().seal(_ticket())
+            ticket = before.ticket_sealer().seal(session_ticket())
 
             assert await rotate(etcd, layout, schedule, before, election.fence)
             rotated_at = time.monotonic()
