@@ -150,8 +150,7 @@ class Lifecycle:
             self.rejected_reloads += 1
             log.error("reload failed, the running configuration stays: %s", exc)
             return False
-        self.reloads += 1
-        log.info("configuration reloaded from %s", config.source)
+        self.reloads += 1  # the server logs what it applied
         return True
 
 

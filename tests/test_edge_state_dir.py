@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import signal
@@ -79,7 +80,7 @@ async def test_the_edge_prints_its_ca_keeps_it_and_clients_verify_with_it(
 async def test_a_reload_keeps_the_generated_certificate(tmp_path: Path, backend: int) -> None:
     config = write_config(tmp_path / "edge.toml", backend)
     state = tmp_path / "elsewhere"
-    edge = await RunningEdge.start("--config", str(config), "--state-dir", str(state), "-v")
+    edge = await RunningEdge.start("--config", str(config), "--state-dir", str(state))
     try:
         ca, _ = await _ca_line(edge)
         assert ca == state / CA_CERTIFICATE_FILE
@@ -191,6 +192,12 @@ async def test_workers_serve_the_kept_certificate(tmp_path: Path, backend: int) 
         ca, _ = await _ca_line(edge)
         assert ca == state / CA_CERTIFICATE_FILE
         for _ in range(4):  # new connections reach either worker
+            assert await _request_verified(edge.port, ca) == b"verified"
+        edge.proc.send_signal(signal.SIGHUP)  # each worker reads the config again
+        async with asyncio.timeout(10):
+            while sum("configuration reloaded" in line for line in edge.stderr) < 2:
+                await asyncio.sleep(0.05)
+        for _ in range(4):  # and still presents the certificate the CA signed
             assert await _request_verified(edge.port, ca) == b"verified"
     finally:
         assert await edge.stop() == 0
