@@ -51,19 +51,20 @@ _access = logging.getLogger(ACCESS_LOGGER)
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """One request as the access log tells it (the order of the fields is the line's)."""
+    """One request as the access log tells it (_ORDER is the order of the line); the
+    defaults are those of a request refused before it was served."""
 
     service: str
-    backend: str | None  # None: no backend answered (an edge decision or failure)
     status: int  # the response status sent; 0 when the stream ended before any
-    bytes_in: int  # request body bytes received
-    bytes_out: int  # response body bytes handed to QUIC
-    latency_ms: float  # from the request head to the response's end (or the stream's)
-    deadline_ms: int | None
     paths: int  # the connection's usable paths when the request ended
     protocol: str  # the connection's ALPN
     stream: int
     end: str  # complete, reset, cancelled, refused, shed, rejected (see the module)
+    backend: str | None = None  # None: no backend answered (an edge decision or failure)
+    bytes_in: int = 0  # request body bytes received
+    bytes_out: int = 0  # response body bytes handed to QUIC
+    latency_ms: float = 0.0  # from the request head to the response's end (or the stream's)
+    deadline_ms: int | None = None
 
     @property
     def deadline(self) -> str:

@@ -682,21 +682,8 @@ class EdgeConnection:
 
     def _unserved(self, stream_id: int, service: str, status: int, end: str) -> None:
         """Log a request refused before it was served (no backend, no body read)."""
-        self._edge.finished(
-            Access(
-                service=service,
-                backend=None,
-                status=status,
-                bytes_in=0,
-                bytes_out=0,
-                latency_ms=0.0,
-                deadline_ms=None,
-                paths=usable_paths(self._driver.quic),
-                protocol=self._alpn,
-                stream=stream_id,
-                end=end,
-            )
-        )
+        paths = usable_paths(self._driver.quic)
+        self._edge.finished(Access(service, status, paths, self._alpn, stream_id, end))
 
     async def _acknowledged(self, stream_id: int, sending: Held) -> None:
         """Wait, when over the stream buffer limit, until the client acknowledged down to
