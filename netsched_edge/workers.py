@@ -158,6 +158,7 @@ class SharedSettings:
     private_key: Path | None = None
     keys_file: Path | None = None
     generated_in: Path | None = None  # the parent's directory of what it made
+    state_dir: Path | None = None  # where the generated certificate is kept (tls.py)
     port_per_worker: bool = False  # fleet workers: port + index, or each an ephemeral one
 
     def worker_port(self, index: int) -> int:
@@ -167,6 +168,9 @@ class SharedSettings:
 
     def apply(self, config: EdgeConfig, index: int) -> EdgeConfig:
         changes: dict[str, Any] = {"port": self.worker_port(index)}
+        if config.state_dir is None and self.state_dir is not None:
+            # A worker respawned after a reload keeps the certificate its peers present.
+            changes.update(state_dir=self.state_dir)
         if config.certificate is None and self.certificate is not None:
             changes.update(certificate=self.certificate, private_key=self.private_key)
         if config.keys_file is None and self.keys_file is not None:
@@ -272,7 +276,7 @@ class WorkerPool:
     def _shared_secrets(self, config: EdgeConfig) -> SharedSettings:
         """All workers present one certificate and share one set of keys (Retry,
         stateless reset, tickets): those the config names, or made once here."""
-        shared = SharedSettings(port=config.port)
+        shared = SharedSettings(port=config.port, state_dir=config.state_dir)
         if config.certificate is not None and config.keys_file is not None:
             return shared
         self._tmp = tempfile.TemporaryDirectory(prefix="netsched-workers-")

@@ -16,6 +16,13 @@ EdgeFactory = Callable[..., Awaitable[EdgeServer]]
 SessionFactory = Callable[..., Awaitable[Session]]
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edges started without a certificate keep what they generate under the state
+    home: each test's in a folder of its own, never the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 async def stack() -> AsyncIterator[AsyncExitStack]:
     async with AsyncExitStack() as exit_stack:
