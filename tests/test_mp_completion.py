@@ -157,3 +157,28 @@ def test_a_near_path_left_unused_gets_bulk_to_grow_its_window() -> None:
     far = cellular(rtt=0.032)
     out = hand_out([wifi(), far], [bulk(8, 30_000)])
     assert out.queued[1] == 0
+
+
+def test_capped_paths_take_bulk_only_up_to_their_short_queue() -> None:
+    # Deadline data is about: each path takes deadline-free data only up to its cap (a
+    # few ms of queue at the bottleneck); the rest waits, nobody takes it this round.
+    paths = [wifi(bulk_cap=20_000), cellular(bulk_cap=10_000)]
+    backlog = [bulk(8, 1_000_000)]
+    out = hand_out(paths, backlog)
+    assert out.queued == {0: 20_000, 1: 10_000}
+    assert not out.unassigned
+    assert out.held_back(0, backlog) == set()  # budget, not stream, stops it
+    assert out.budget(0, paths[0]) is not None
+
+
+def test_a_cap_never_holds_back_deadline_data() -> None:
+    paths = [wifi(bulk_cap=5_000, in_flight=5_000), cellular(bulk_cap=5_000, in_flight=5_000)]
+    out = hand_out(paths, [urgent(4, size=3_000), bulk(8, 100_000)])
+    assert 4 in out.streams[0]  # the fast path, over its cap
+    assert out.queued[0] == 3_000 and out.queued[1] == 0  # and no bulk at all
+
+
+def test_a_path_without_a_measured_rate_is_not_capped() -> None:
+    out = hand_out([wifi(bulk_cap=10_000), cellular()], [bulk(8, 300_000)])
+    assert out.queued[0] <= 10_000 + 16_384
+    assert out.queued[1] > 45_000  # beyond its window: its arrival counts the wait

@@ -7,6 +7,8 @@ from aioquic.quic.packet_builder import QuicDeliveryState
 from aioquic.quic.stream import QuicStreamSender
 
 from netsched_client.proto.multipath.reinjection import UrgentCopies, deliver_safely
+from netsched_client.proto.multipath.scheduler import LossRisk, Scheduler
+from netsched_client.proto.send_order import StreamPriority
 
 
 def _sender_with_two_frames() -> tuple[
@@ -124,3 +126,16 @@ def test_an_ack_takes_its_range_out_of_the_queue() -> None:
     assert sender.get_frame(1000) is None
     deliver_safely(QuicDeliveryState.ACKED, sender, *a)  # the late duplicate ACK: harmless
     assert sender.get_frame(1000) is None
+
+
+def test_deadline_data_on_a_lossy_path_is_worth_a_copy_when_a_repair_would_be_late() -> None:
+    scheduler = Scheduler()
+    now, rtt = 10.0, 0.008
+    request = StreamPriority(now + 0.040, 1)  # 40 ms: five RTTs, a retransmission fits
+    assert not scheduler.is_urgent(request, now, rtt)
+    slow_repair = 0.045  # a probe timeout (25 ms ACK delay) and one way
+    assert scheduler.is_urgent(request, now, rtt, LossRisk(0.05, slow_repair))
+    assert not scheduler.is_urgent(request, now, rtt, LossRisk(0.005, slow_repair))  # clean
+    assert not scheduler.is_urgent(request, now, rtt, LossRisk(0.05, 0.030))  # repair fits
+    assert not scheduler.is_urgent(StreamPriority(None, 6), now, rtt, LossRisk(0.5, 1.0))
+    assert not scheduler.is_urgent(StreamPriority(now - 0.001, 1), now, rtt, LossRisk(0.5, 1.0))

@@ -377,6 +377,17 @@ def test_deadline_policy_weighs_a_lossy_fast_path_without_copies(tmp_path: Path)
     assert rtt_order <= 45 and deadline >= 55, (rtt_order, deadline)
 
 
+def test_the_deadline_policy_copies_urgent_data_to_the_path_the_hand_out_skipped(
+    tmp_path: Path,
+) -> None:
+    """The hand-out gives each message to one path; its copy must still leave on the
+    other one (before, that path held the stream back, copies never left with the
+    deadline policy, and a lost message on the path it rode came late)."""
+    net, on_time, copies = _urgent_messages(tmp_path, share=1.0, scheduler="deadline")
+    assert copies >= 30 and on_time >= 57, (copies, on_time)
+    assert min(p.stats.bytes_sent for p in net.server.paths.values()) > 30_000
+
+
 def test_urgent_copies_are_capped_as_a_share_of_bytes(tmp_path: Path) -> None:
     net, _, _ = _urgent_messages(tmp_path, share=0.1)
     sent = sum(p.stats.bytes_sent for p in net.server.paths.values())

@@ -20,8 +20,11 @@ nothing of capacity), plus one way, plus the expected cost of a retransmission a
 path's recent loss rate. Data with a deadline rides only paths that reach it
 in time when one does (a path still recovering from a stall does not count:
 hysteresis), and waits for the fast path on purpose when the slow one would
-deliver later; data no path can deliver in time stays with the fastest path
-(the send order resets it at its deadline). Deadline-free data goes wherever
+deliver later; of the paths that reach it in time, the one least likely to
+lose it beyond repair wins (its loss rate, where a lost packet's repair, a
+probe timeout and one way, would come after the deadline), then the earliest;
+data no path can deliver in time stays with the fastest path (the send order
+resets it at its deadline). Deadline-free data goes wherever
 it arrives first, so a backlog spreads over every path and its tail stays on
 the fast one; except that each round, a path with room that was given nothing
 and is not much further away than the nearest (EXPLORE_RTT_RATIO) gets one
@@ -29,8 +32,12 @@ quantum of it first: a window is only as large as the data it carried, so by
 this model alone a path left unused while another grew its window would stay
 unused (the rich-get-richer of ECF on equal paths).
 
-The hand-out stops once every path has been given more than its window has
-room for: later data cannot leave in this round anyway. What each path was
+While deadline data is about, deadline-free data yields: each path takes it
+only up to `PathView.bulk_cap` (its window less a reserve for deadline data,
+and no more than its delivery rate needs to keep the bottleneck's queue a few
+milliseconds long); the rest waits for the next round instead of queueing
+ahead of the next deadline. The hand-out stops once every path has been given
+more than its window has room for: later data cannot leave in this round anyway. What each path was
 given is both the streams it may serve and a byte budget for the round, so a
 slow path with room does not take more of a stream than its share.
 """
@@ -46,6 +53,7 @@ from ..send_order import StreamPriority
 
 QUANTUM = 16_384  # bytes handed out at a time: a stream of N quanta may spread over N paths
 PACKET_OVERHEAD = 64  # header, AEAD tag and frame headers per datagram, for the byte budget
+RISK_TIE = 0.01  # miss chances this close count as equal: the earlier path wins
 EXPLORE_RTT_RATIO = 2.0  # paths within this factor of the nearest one's RTT get bulk each round
 
 
@@ -62,9 +70,22 @@ class PathView:
     recovering: bool = False  # came back from a stall recently: no deadline data yet
     delivery_rate: float | None = None  # bytes/s acknowledged lately, when measured
     measured: bool = True  # False: no RTT sample yet (rtt is a guess: no deadline data)
+    # While deadline data is about: bytes in flight deadline-free data may fill the path
+    # up to (its delivery rate times its minimum RTT, plus a short queue), so that the
+    # bottleneck's queue stays short for the deadline data behind it. None: no cap.
+    bulk_cap: int | None = None
+    # Seconds from sending a packet to its resend's arrival when it is lost (a probe
+    # timeout, then one way): deadline data with less slack than this misses with the loss.
+    repair: float = 0.0
 
     def room(self) -> int:
         return max(0, self.cwnd - self.in_flight)
+
+    def bulk_room(self) -> int:
+        """Room for deadline-free data (the window's, or less under `bulk_cap`)."""
+        if self.bulk_cap is None:
+            return self.room()
+        return max(0, min(self.cwnd, self.bulk_cap) - self.in_flight)
 
     def arrival(self, now: float, queued: int, retransmit_rtts: float) -> float:
         """When `queued` more bytes sent on this path this round would have arrived."""
@@ -126,15 +147,23 @@ def assign(
     out = Assignment(
         streams={p.path_id: set() for p in paths}, queued={p.path_id: 0 for p in paths}
     )
+    capped = all(p.bulk_cap is not None for p in paths)
     for index, item in enumerate(backlog):
         if all(out.queued[p.path_id] >= p.room() for p in paths):
             out.unassigned = {b.stream_id for b in backlog[index:]}
             break
+        bulk = item.priority.deadline_at is None
         remaining = max(item.size, 1)  # a FIN alone still needs a packet
         while remaining > 0:
+            if bulk and capped and all(out.queued[p.path_id] >= p.bulk_room() for p in paths):
+                # Deadline-free data comes last in the send order: the rest of it waits
+                # for the queues to drain rather than lengthen the wait of deadline data.
+                return out
             chunk = min(remaining, QUANTUM)
             chooser = _Chooser(paths, out.queued, chunk, now, retransmit_rtts)
             path, reason = chooser.choose(item.priority.deadline_at)
+            if bulk and path.bulk_cap is not None:
+                chunk = max(1, min(chunk, path.bulk_room() - out.queued[path.path_id]))
             out.queued[path.path_id] += chunk
             out.streams[path.path_id].add(item.stream_id)
             out.reasons[(path.path_id, reason)] += 1
@@ -161,7 +190,14 @@ class _Chooser:
             unused = self._unused()
             if unused is not None:
                 return unused, "explore"
-            return self._earliest(self.paths)
+            # A path without a cap may be given more than its window has room for (its
+            # arrival counts the wait); a capped one no more than its cap.
+            open_ = [
+                p
+                for p in self.paths
+                if p.bulk_cap is None or self.queued[p.path_id] < p.bulk_room()
+            ]
+            return self._earliest(open_ or self.paths)
         # A path just back from a stall, or not measured yet, promises no deadline.
         steady = [p for p in self.paths if p.measured and not p.recovering] or list(self.paths)
         in_time = [p for p in steady if self.arrival(p)[0] <= deadline]
@@ -171,7 +207,17 @@ class _Chooser:
             # Late anyway (and reset at its deadline if still queued): it waits for the
             # fastest path rather than take a slower one's room from data it can help.
             return min(steady, key=lambda p: (p.rtt, p.path_id)), "no-path-in-time"
-        return self._earliest(in_time)
+        # Of the paths in time, those least likely to lose it beyond repair (within
+        # RISK_TIE), and of those the earliest.
+        risks = {p.path_id: self._risk(p, deadline) for p in in_time}
+        safest = min(risks.values())
+        return self._earliest([p for p in in_time if risks[p.path_id] <= safest + RISK_TIE])
+
+    def _risk(self, path: PathView, deadline: float) -> float:
+        """The chance this quantum misses its deadline on this path: the path's loss rate
+        when a lost packet's repair would come after the deadline, else (nearly) none."""
+        slack = deadline - self.arrival(path)[0]
+        return path.loss if slack < path.repair else 0.0
 
     def _unused(self) -> PathView | None:
         """A near path with room that this round gave nothing yet (see the module doc)."""
@@ -179,7 +225,7 @@ class _Chooser:
         for path in self.paths:
             if (
                 self.queued[path.path_id] == 0
-                and path.room() >= path.datagram_size
+                and path.bulk_room() >= path.datagram_size
                 and path.rtt <= EXPLORE_RTT_RATIO * nearest
             ):
                 return path

@@ -85,7 +85,7 @@ from .path import Path, PathState, UsedPathIds
 from .pmtu import DEFAULT_PMTUD, MAX_UDP_PAYLOAD, PmtuConfig, PmtuSearch
 from .recovery import CountingRecovery
 from .reinjection import Copy, UrgentCopies, make_safe, sender_of
-from .scheduler import Scheduler
+from .scheduler import LossRisk, Scheduler
 
 log = logging.getLogger("netsched.multipath")
 
@@ -339,20 +339,46 @@ class MultipathConnection(QuicConnection):
         loss: QuicPacketRecovery = self._attr(path, "_loss")
         return float(loss._rtt_latest) if loss._rtt_initialized else None
 
-    def path_view(self, path: Path, now: float) -> PathView:
-        """What the scheduler weighs for this path this round (`completion.py`)."""
+    def path_view(self, path: Path, now: float, guard: bool = False) -> PathView:
+        """What the scheduler weighs for this path this round (`completion.py`); `guard`:
+        cap deadline-free data to a short queue."""
         loss = self._recovery_of(path)
+        size = self._attr(path, "_max_datagram_size")
         return PathView(
             path_id=path.path_id,
             rtt=self._model_rtt(path, loss),
             measured=self.path_rtt(path) is not None,
             cwnd=loss.congestion_window,
             in_flight=loss.bytes_in_flight,
-            datagram_size=self._attr(path, "_max_datagram_size"),
+            datagram_size=size,
             loss=loss.loss_rate,
             recovering=path.recovering(now),
             delivery_rate=loss.delivery_rate(),
+            bulk_cap=self._bulk_cap(loss, size) if guard else None,
+            repair=self._repair_time(loss),
         )
+
+    @staticmethod
+    def _repair_time(loss: CountingRecovery) -> float:
+        """From sending to a lost packet's resend arriving: a probe timeout (the time
+        threshold needs later packets acknowledged, which a lone message lacks), one way."""
+        if not loss._rtt_initialized:
+            return 0.0
+        return loss.get_probe_timeout() + loss._rtt_smoothed / 2
+
+    def _bulk_cap(self, loss: CountingRecovery, datagram_size: int) -> int:
+        """Bytes in flight deadline-free data may fill: the window less `urgent_reserve`
+        datagrams (room for deadline data and its copies, which would otherwise wait
+        for an ACK behind bulk), and no more than keeps the path's bottleneck queue near
+        `bulk_queue_s` once the delivery rate is measured: that rate times (minimum RTT
+        + that queue), two datagrams more so that the rate can grow."""
+        cwnd = loss.congestion_window
+        cap = max(cwnd - self.scheduler.urgent_reserve * datagram_size, cwnd // 2)
+        rate = loss.delivery_rate()
+        if rate is not None and loss._rtt_initialized:
+            flight = rate * (loss._rtt_min + self.scheduler.bulk_queue_s)
+            cap = min(cap, max(4 * datagram_size, int(flight) + 2 * datagram_size))
+        return cap
 
     def _model_rtt(self, path: Path, loss: CountingRecovery) -> float:
         """The RTT new data would see: the smoothed one while the path is busy; its
@@ -629,13 +655,17 @@ class MultipathConnection(QuicConnection):
 
         A path stalls when the scheduler finds it silent (its oldest packet overdue while
         another path had later packets acknowledged: about one RTT after a blackhole) or,
-        failing that evidence, at its first PTO. An ACK for anything sent since ends it.
+        failing that evidence, at its `stall_ptos`-th PTO in a row. An ACK for anything
+        sent since ends it.
         """
         for path in self._paths.values():
             acked = self.path_acked_sent_time(path)
             if path.stalled_at is not None and acked is not None and acked >= path.stalled_at:
                 self._end_stall(path, now)
-            elif path.stalled_since is None and self.path_pto_count(path) > 0:
+            elif (
+                path.stalled_since is None
+                and self.path_pto_count(path) >= self.scheduler.stall_ptos
+            ):
                 self._start_stall(path, self.path_oldest_unacked(path) or now, now)
         for path in self.scheduler.silent_paths(self, now):
             self._start_stall(path, self.path_oldest_unacked(path) or now, now)
@@ -643,6 +673,20 @@ class MultipathConnection(QuicConnection):
             with self._on_path(path):
                 self._reinject_in_flight()
         self._stalls_checked_at = now
+
+    def _cap_probes_while_silent(self, path: Path) -> None:
+        """The only path went silent (a PTO fired): its probes back off no further than
+        `probe_cap_s`, so that the connection is found again within that time of an
+        outage's end, not after the next doubled PTO (one or two seconds later, past
+        every deadline of the requests waiting). A few packets per second while silent."""
+        loss = self._recovery_of(path)
+        # Not before multipath is on: without it, the connection keeps aioquic's (and RFC
+        # 9002's) timeline exactly (tests/test_aioquic_compat.py).
+        silent = self.multipath_enabled and self.path_pto_count(path) > 0
+        if silent and loss.probe_cap is None:
+            loss.probe_cap = self.scheduler.probe_cap_s
+        elif not silent and loss.probe_cap is not None:
+            loss.probe_cap = None
 
     def _start_stall(self, path: Path, since: float, now: float) -> None:
         """No new data for this path; while others exist, probe it often enough to find
@@ -1046,6 +1090,7 @@ class MultipathConnection(QuicConnection):
 
     def datagrams_with_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
         if len(self._paths) == 1 and self._live is self._path0 and self._path0.usable:
+            self._cap_probes_while_silent(self._path0)
             sent = self._challenge_new_address(now) + self._send_mtu_probe(now)
             with self._holding_back(self._blocked_streams()):
                 sent += self._note_full(super().datagrams_to_send(now))
@@ -1061,7 +1106,10 @@ class MultipathConnection(QuicConnection):
             # Every path is closing: CONNECTION_CLOSE still has to leave on one of them.
             plan = [(next(iter(self._paths.values())), False)]
         backlog = self.stream_backlog()
-        views = {path.path_id: self.path_view(path, now) for path, allowed in plan if allowed}
+        guard = self.scheduler.guarding(backlog, now)
+        views = {
+            path.path_id: self.path_view(path, now, guard) for path, allowed in plan if allowed
+        }
         assignment = self.scheduler.assign(list(views.values()), backlog, now)
         for index, (path, data_allowed) in enumerate(plan):
             share = None
@@ -1167,7 +1215,9 @@ class MultipathConnection(QuicConnection):
         else:
             held, budget = set(), None
         held |= self._blocked_streams()
-        copies = self._send_urgent_copies(path, held)
+        copies = self._send_urgent_copies(path, now, priorities)
+        if copies:
+            held = held - {c.stream_id for c in copies}  # the hand-out gave them elsewhere
         if budget is not None:
             budget += sum(c.size for c in copies)
         first = self._packet_number
@@ -1213,11 +1263,22 @@ class MultipathConnection(QuicConnection):
             self._streams_queue = held + [s for s in self._streams_queue if s not in kept]
             self._datagrams_pending = datagrams
 
-    def _send_urgent_copies(self, path: Path, late: Collection[int]) -> list[Copy]:
-        """Queue, first on this path, the urgent ranges other paths sent (within its cwnd)."""
+    def _send_urgent_copies(
+        self, path: Path, now: float, priorities: Mapping[int, StreamPriority]
+    ) -> list[Copy]:
+        """Queue, first on this path, the urgent ranges other paths sent (within its cwnd),
+        but for streams whose deadline passes before this path would deliver them. (Not
+        the round's hand-out: it gave the stream to the path the original rides.)"""
         room = self._loss.congestion_window - self._loss.bytes_in_flight
         if not self.urgent_copies.pending or room <= 0:
             return []
+        arrival = now + (self.path_rtt(path) or self._configuration.initial_rtt) / 2
+        late = set()
+        for copy in self.urgent_copies.pending:
+            priority = priorities.get(copy.stream_id)
+            due = None if priority is None else priority.deadline_at
+            if due is not None and due < arrival:
+                late.add(copy.stream_id)
         copies = self.urgent_copies.send_on(path.path_id, room, late)
         if copies:
             self.scheduler.count(path.path_id, "urgent-copy", len(copies))
@@ -1233,13 +1294,15 @@ class MultipathConnection(QuicConnection):
         if first == self._packet_number or len(self.scheduler.working_paths(self)) < 2:
             return
         rtt = self.path_rtt(path) or self._configuration.initial_rtt
+        loss = self._recovery_of(path)
+        risk = LossRisk(loss.steady_loss_rate, self._repair_time(loss))
         urgent: dict[int, bool] = {}
 
         def is_urgent(stream_id: int) -> bool:
             if stream_id not in urgent:
                 priority = priorities.get(stream_id)
                 urgent[stream_id] = priority is not None and self.scheduler.is_urgent(
-                    priority, now, rtt
+                    priority, now, rtt, risk
                 )
             return urgent[stream_id]
 

@@ -1,7 +1,8 @@
 """XLINK-style copies of urgent stream data on a second path (sans-IO).
 
-Data whose deadline is too close for a retransmission to make it (the
-scheduler's `is_urgent`) is sent twice: once where the scheduler put it, and
+Data whose deadline is too close for a retransmission to make it, or, on a path
+losing `copy_loss` or more, for a lost packet's repair (the scheduler's
+`is_urgent`), is sent twice: once where the scheduler put it, and
 once more on another working path with congestion window room, so that one
 loss or one slow path does not make it late. Copies are capped as a share of
 the bytes the connection sent (XLINK's lesson: unbounded redundancy starves the bulk

@@ -6,7 +6,9 @@ Two policies (draft-21 leaves scheduling to implementations):
   (`completion.py`): urgent data waits for the fast path on purpose when the
   slow one would deliver later, only rides a path that meets its deadline, and
   avoids a path just back from a stall; deadline-free data aggregates over
-  every path with its tail on the fast one. Each path then serves, in the
+  every path with its tail on the fast one, but while deadline data is about
+  only up to a short queue per path, leaving room in each window for the next
+  deadline (`guard_s`, `bulk_queue_s`, `urgent_reserve`). Each path then serves, in the
   connection's send order (deadline, then urgency), only what it was given,
   within a byte budget. A path left unused PINGs every `explore_s` while the
   connection sends, so the RTT it is chosen by stays measured.
@@ -25,7 +27,7 @@ In both:
   its unacknowledged data is re-injected on the working paths at once
   (XLINK-style): failover costs about one RTT of the dead path plus one of the
   survivor, not several PTOs. Without that evidence (a paused peer looks the
-  same on every path) the path stalls at its first PTO instead.
+  same on every path) the path stalls at its second PTO in a row instead (`stall_ptos`).
 - loss is not death: a stalled path is probed at least every `probe_cap_s`
   and works again as soon as a probe is acknowledged (failback); it then
   carries no deadline data while it *recovers* (as long as it was stalled, up
@@ -54,10 +56,24 @@ if TYPE_CHECKING:
     from .connection import MultipathConnection
 
 
+@dataclass(frozen=True, slots=True)
+class LossRisk:
+    """What a loss costs on one path: its recent loss rate, and how long the repair of a
+    lost packet takes (to detect it, resend it, and have it arrive)."""
+
+    loss: float
+    repair_s: float
+
+
 @dataclass(slots=True)
 class Scheduler:
     policy: str = "deadline"
-    stall_ptos: int = 1
+    # A path stalls (no new data) at its second PTO in a row without evidence from
+    # another path: on a path with bursty loss and a small window, one burst can take a
+    # whole flight and its ACKs (one PTO), and stalling then parks the best path for good
+    # ("loss is not death"). Its unacknowledged data is re-injected at the first PTO.
+    stall_ptos: int = 2
+    reinject_ptos: int = 1
     dead_ptos: int = 2
     # A stalled path is abandoned only after this long without an answer (bursty loss
     # costs PTOs, not the path); a stalled path is probed at least this often.
@@ -81,6 +97,10 @@ class Scheduler:
     # Stream data with less slack than this many RTTs of its path cannot wait for a
     # retransmission (9/8 RTT to detect the loss, half an RTT to resend): it is urgent.
     urgent_rtts: float = 1.75
+    # A path losing at least this share of its packets (bursty Wi-Fi, say) has deadline
+    # data that a loss would make late copied to another path (within the copies'
+    # budget). Above a clean path's random loss, so that the clean case copies nothing.
+    copy_loss: float = 0.02
     # An idle path PINGs this often (at most a third of the idle timeout): NAT bindings
     # on UDP commonly last 30 s or more (RFC 4787 asks for >= 2 min).
     keepalive_s: float = 15.0
@@ -89,6 +109,14 @@ class Scheduler:
     # data could refresh (the handshake's, crypto-inflated, say) would starve the path
     # for good (ECF's "rich get richer").
     explore_s: float = 0.1
+    # While deadline data is about (queued within guard_s), deadline-free data keeps each
+    # path's bottleneck queue at most bulk_queue_s long (PathView.bulk_cap): 64 kB of bulk
+    # ahead at 15 Mbit/s is 34 ms, most of a 40 ms deadline.
+    guard_s: float = 1.0
+    bulk_queue_s: float = 0.005
+    # ... and leaves this many datagrams of each window to deadline data and its copies.
+    urgent_reserve: int = 2
+    deadline_seen_at: float | None = None
     decisions: Counter[tuple[int, str]] = field(default_factory=Counter)
     # Shared by every connection of an edge: decisions by reason, for its metrics.
     totals: Counter[str] | None = None
@@ -113,18 +141,30 @@ class Scheduler:
         if self.policy not in SCHEDULER_POLICIES:
             raise ValueError(f"scheduler policy must be one of {', '.join(SCHEDULER_POLICIES)}")
 
+    def guarding(self, backlog: list[Backlog], now: float) -> bool:
+        """Deadline data was queued within the last `guard_s`: deadline-free data keeps
+        the paths' queues short ("deadline" policy; see `PathView.bulk_cap`)."""
+        if self.policy != "deadline":
+            return False
+        if any(b.priority.deadline_at is not None for b in backlog):
+            self.deadline_seen_at = now
+        return self.deadline_seen_at is not None and now - self.deadline_seen_at < self.guard_s
+
     def assign(
         self, views: list[PathView], backlog: list[Backlog], now: float
     ) -> Assignment | None:
         """The "deadline" policy's hand-out of `backlog` to the paths that may carry data
-        this round, seen as `views` (None: one such path, nothing queued, or the
-        "lowest-rtt" policy)."""
-        if self.policy != "deadline" or len(views) < 2 or not backlog:
+        this round, seen as `views` (None: nothing queued, the "lowest-rtt" policy, or
+        one path that may send everything: one open path, no cap on its queue)."""
+        if self.policy != "deadline" or not views or not backlog:
+            return None
+        capped = any(v.bulk_cap is not None for v in views)
+        if len(views) < 2 and not capped:
             return None
         open_ = [v for v in views if v.room() >= v.datagram_size]
         if not open_:
             return None  # no window has room: only probes leave, with whatever is first
-        if len(open_) == 1 and open_[0] is min(views, key=self._base_arrival):
+        if not capped and len(open_) == 1 and open_[0] is min(views, key=self._base_arrival):
             return None  # the one path with room is also the earliest for every byte
         assignment = assign(views, backlog, now, retransmit_rtts=self.urgent_rtts)
         for (path_id, reason), n in assignment.reasons.items():
@@ -160,13 +200,23 @@ class Scheduler:
     def working_paths(self, conn: MultipathConnection) -> list[Path]:
         return [p for p in conn.paths.values() if self._works(conn, p) and not self._is_backup(p)]
 
-    def is_urgent(self, priority: StreamPriority, now: float, rtt: float) -> bool:
-        """Worth a copy on a second path: RFC 9218 urgency 0, or a deadline within reach of
-        one delivery but not of a retransmission."""
+    def is_urgent(
+        self, priority: StreamPriority, now: float, rtt: float, risk: LossRisk | None = None
+    ) -> bool:
+        """Worth a copy on a second path: RFC 9218 urgency 0; a deadline within reach of
+        one delivery but not of a retransmission; or, on a path that loses at least
+        `copy_loss` of its packets (`risk`), a deadline that a lost packet's repair (a
+        probe timeout, then one way) would miss: there one loss is one miss, and a copy
+        on a second path turns the path's loss rate into the product of both."""
         if priority.urgency == 0:
             return True
         deadline = priority.deadline_at
-        return deadline is not None and 0.0 <= deadline - now < self.urgent_rtts * rtt
+        if deadline is None or deadline < now:
+            return False
+        slack = deadline - now
+        if slack < self.urgent_rtts * rtt:
+            return True
+        return risk is not None and risk.loss >= self.copy_loss and slack < risk.repair_s
 
     def late_streams(
         self,
@@ -269,7 +319,7 @@ class Scheduler:
         return [
             p
             for p in active
-            if conn.path_pto_count(p) >= self.stall_ptos
+            if conn.path_pto_count(p) >= self.reinject_ptos
             and conn.path_pto_count(p) > p.reinjected_pto
         ]
 
