@@ -155,6 +155,9 @@ def edge_keys(keys_file: Path | None) -> EdgeKeys:
 # -- session tickets ------------------------------------------------------------------------
 
 _TICKET_VERSION = 1
+# age_add, cipher suite, valid from, valid until (seconds), max early data (-1: none;
+# aioquic offers 2**32 - 1).
+_PLAIN_HEAD = "!IHqqq"
 _NONCE = 12
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
@@ -180,13 +183,14 @@ class TicketSealer:
         self._openers = [self._aead, *(AESGCM(old) for old in previous)]
 
     def seal(self, ticket: tls.SessionTicket, context: bytes = b"") -> bytes:
-        server_name = ticket.server_name.encode()
+        # A server's own tickets name no server (None): sealed as "" (no valid name).
+        server_name = (ticket.server_name or "").encode()
         extensions = b"".join(
             struct.pack("!HH", kind, len(value)) + value for kind, value in ticket.other_extensions
         )
         plain = (
             struct.pack(
-                "!IHqqi",
+                _PLAIN_HEAD,
                 ticket.age_add,
                 int(ticket.cipher_suite),
                 _seconds(ticket.not_valid_before),
@@ -209,8 +213,8 @@ class TicketSealer:
         plain = self._open(identity, context)
         if plain is None:
             return None
-        age_add, suite, valid_from, valid_until, early = struct.unpack_from("!IHqqi", plain)
-        offset = struct.calcsize("!IHqqi")
+        age_add, suite, valid_from, valid_until, early = struct.unpack_from(_PLAIN_HEAD, plain)
+        offset = struct.calcsize(_PLAIN_HEAD)
         secret, offset = _pull_opaque(plain, offset)
         server_name, offset = _pull_opaque(plain, offset)
         extensions_data, _ = _pull_opaque(plain, offset)

@@ -6,10 +6,11 @@ into an `IncomingRequest` for the dispatcher, and streams the outcome back.
 All three protocol objects share one interface, so this file has a single
 request path.
 
-Resumption and 0-RTT: the edge keeps the session tickets it issues in a
-single-use, bounded `TicketCache` per process (`[edge] session_tickets`).
-Requests that arrive in 0-RTT can be replayed by an attacker (RFC 9001 §9.2),
-so only some are served before the handshake completes (RFC 8470 §3):
+Resumption and 0-RTT: session tickets are sealed with the shared ticket key
+(`tls_tickets.EdgeTickets`, `[edge] session_tickets`), so a client resumes on
+any worker or host that has the key; each process accepts 0-RTT once per
+ticket. Requests that arrive in 0-RTT can be replayed by an attacker (RFC 9001
+§9.2), so only some are served before the handshake completes (RFC 8470 §3):
 `[edge] early_data = "safe"` (the default) serves the safe methods (GET, HEAD,
 OPTIONS), "idempotent" also requests whose SLO says idempotent; the others
 wait for the handshake, which a replayed flight never reaches. A request
@@ -24,15 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import errno
 import functools
 import itertools
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aioquic import tls
 from aioquic.buffer import Buffer
@@ -71,12 +73,12 @@ from netsched_client.proto.slo import SLO
 from netsched_client.runtime.debug import enable_debug_logs
 from netsched_client.runtime.driver import ConnectionDriver
 from netsched_client.runtime.endpoint import (
+    EndpointKeys,
     EndpointLimits,
     ServerEndpoint,
     open_server_endpoint,
 )
 from netsched_client.runtime.planner import BurstPlanner
-from netsched_client.runtime.session import TicketCache
 from netsched_client.runtime.ticker import TickedFlow
 
 from .access_log import Access, configure_logging, log_access, logging_from_environment
@@ -84,18 +86,23 @@ from .admin import AdminServer
 from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, Held, IncomingRequest, Outcome
+from .keys import edge_keys
 from .planner_metrics import PlannerCollector
 from .pool import ServicePool
 from .tls import (
     CertificatePair,
     certificate_names,
-    enable_hello_retry,
     generate_self_signed,
     keep_credentials,
     load_credentials,
 )
+from .tls_tickets import EdgeTickets, SealedTicketContext, adopt
 from .udp_front import UdpFront
 from .workers import ReuseportSteering, WorkerIdentity
+
+if TYPE_CHECKING:  # the fleet package needs httpx (the `fleet` extra); serving does not
+    from .fleet.host import FleetStatus
+    from .fleet.shared_keys import KeyRing
 
 log = logging.getLogger("netsched.edge")
 
@@ -130,16 +137,10 @@ H3_REQUEST_REJECTED = 0x10B
 # How often a drain looks whether the requests under way have finished.
 DRAIN_POLL_S = 0.02
 
-# Tickets an edge process keeps (about 1.5 kB each in memory); beyond, the oldest go.
-TICKET_CACHE_SIZE = 10_000
 # RFC 9110 §9.2.1: the safe methods, served from 0-RTT by default (a replay is a
 # repeat, and repeating these changes nothing). PUT and DELETE are idempotent but
 # not safe: a replay could undo a later change, so they wait for the handshake.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-# Tickets by (ticket identity, ALPN): a ticket resumes only the protocol it was
-# issued for, as 0-RTT requires (RFC 8446 §4.2.10; aioquic does not check).
-EdgeTickets = TicketCache[tuple[bytes, str]]
 
 # Fetches: an HTTP/3 GET or HEAD is served as a stream (the response flows as
 # the backend produces it, under the send-buffer bound) rather than collected
@@ -188,8 +189,9 @@ class EdgeQuicConnection(NetSchedConnection):
     corrupted into an unknown connection ID) gets nothing back. Until a ClientHello
     arrives the connection sends nothing and ends silently at its idle timeout.
 
-    0-RTT: aioquic accepts early data with any valid ticket; `early_streams`
-    records the streams whose data came in 0-RTT packets.
+    0-RTT: aioquic accepts early data with any valid ticket; we accept it only when
+    `tickets` admits the ticket (once per ticket and process, a recent one);
+    `early_streams` records the streams whose data came in 0-RTT packets.
 
     Closing before any client packet was processed (the connection was made by a
     corrupted, stray or CRYPTO-less Initial) is silent: a CONNECTION_CLOSE would go to a
@@ -208,18 +210,11 @@ class EdgeQuicConnection(NetSchedConnection):
         self._early_data = early_data
         self.early_streams: set[int] = set()  # bounded by the stream limit (aioquic checks it)
         self._heard_peer = False  # a packet of the client's was processed (not just ignored)
-        if tickets is not None:
-            kwargs.update(
-                session_ticket_fetcher=self._fetch_ticket, session_ticket_handler=self._keep_ticket
-            )
         super().__init__(*args, **kwargs)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
-        enable_hello_retry(self.tls)
-        if not self._early_data:
-            # Tickets then say no early data (aioquic's server always offers it).
-            self.tls._max_early_data = None
+        adopt(self.tls, self._tickets, early_data=self._early_data)
 
     def close(
         self,
@@ -239,15 +234,6 @@ class EdgeQuicConnection(NetSchedConnection):
         """The stream's data came in 0-RTT and the handshake is still under way."""
         return stream_id in self.early_streams and not self._handshake_complete
 
-    def _keep_ticket(self, ticket: tls.SessionTicket) -> None:
-        assert self._tickets is not None
-        self._tickets.put((ticket.ticket, self.tls.alpn_negotiated or ""), ticket)
-
-    def _fetch_ticket(self, identity: bytes) -> tls.SessionTicket | None:
-        # aioquic negotiates the ALPN before it looks the ticket up.
-        assert self._tickets is not None
-        return self._tickets.take((identity, self.tls.alpn_negotiated or ""))
-
     def _update_traffic_key(
         self,
         direction: tls.Direction,
@@ -255,12 +241,20 @@ class EdgeQuicConnection(NetSchedConnection):
         cipher_suite: tls.CipherSuite,
         secret: bytes,
     ) -> None:
-        if epoch == tls.Epoch.ZERO_RTT and not self._early_data:
+        if epoch == tls.Epoch.ZERO_RTT and not self._admit_early_data():
             # Reject 0-RTT: no keys to read it, and EncryptedExtensions (built
             # after this call) tells the client, which resends it in 1-RTT.
             self.tls.early_data_accepted = False
             return
         super()._update_traffic_key(direction, epoch, cipher_suite, secret)
+
+    def _admit_early_data(self) -> bool:
+        # Called once the PSK binder verified: a replayed flight is the ticket's second use.
+        context = self.tls
+        ticket = context.resumed_ticket if isinstance(context, SealedTicketContext) else None
+        if not self._early_data or self._tickets is None or ticket is None:
+            return False
+        return self._tickets.admit_early_data(ticket, datetime.datetime.now(datetime.UTC))
 
     def _handle_stream_frame(
         self, context: QuicReceiveContext, frame_type: int, buf: Buffer
@@ -857,9 +851,9 @@ class EdgeServer:
             ["action"],
             registry=self.dispatcher.metrics.registry,
         )
-        self.tickets: EdgeTickets | None = (
-            TicketCache(TICKET_CACHE_SIZE) if config.session_tickets else None
-        )
+        self.tickets: EdgeTickets | None = None  # made at start, with the keys
+        self._keys: EndpointKeys | None = None  # Retry and reset keys in force (install_keys)
+        self._fleet_status: Callable[[], FleetStatus] | None = None
         self.admin_port: int | None = None
 
     def finished(self, access: Access) -> None:
@@ -886,11 +880,42 @@ class EdgeServer:
         if self.draining:
             return ["draining"]
         now = asyncio.get_running_loop().time()
-        return [
+        reasons = [
             _no_healthy_backend(name, pool, now)
             for name, pool in sorted(self.dispatcher.pools.items())
             if not pool.has_available_backend()
         ]
+        if self._fleet_status is not None:
+            fleet = self._fleet_status()
+            if not (fleet.member and fleet.etcd_available):
+                reasons.append(fleet.describe())
+        return reasons
+
+    def follow_fleet(self, status: Callable[[], FleetStatus]) -> None:
+        """Count the fleet membership in readiness (/readyz): a host that lost it, or
+        cannot reach etcd, says so with `status().describe()`."""
+        self._fleet_status = status
+
+    def install_keys(self, ring: KeyRing) -> None:
+        """Seal with the fleet's current keys, open with the current and previous ones
+        (tickets, Retry tokens; stateless resets are sent for both): every change of
+        the fleet's keys (`FleetHost(install_keys=...)`). Before `start`, the keys
+        `start` would load give way to these."""
+        previous = None if ring.previous is None else ring.previous.endpoint_keys()
+        self._keys = dataclasses.replace(ring.current.endpoint_keys(), previous=previous)
+        sealer = ring.ticket_sealer()
+        if self.tickets is not None:
+            self.tickets.sealer = sealer  # connections take it from this object
+        elif self.config.session_tickets:
+            self.tickets = EdgeTickets(sealer)
+        if self._endpoint is not None:
+            self._endpoint.set_keys(self._keys)
+        log.info("keys installed (revision %d)", ring.revision)
+
+    def _reset_token(self, cid: bytes) -> bytes:
+        """The stateless reset token of a CID issued now: the current key's."""
+        assert self._keys is not None
+        return self._keys.reset_token(cid)
 
     def quic_connections(self) -> list[NetSchedConnection]:
         """The QUIC connections open now (for statistics)."""
@@ -912,6 +937,9 @@ class EdgeServer:
 
     def _quic_configuration(self) -> QuicConfiguration:
         configuration = QuicConfiguration(is_client=False, max_datagram_frame_size=65536)
+        if self.worker is not None:
+            # Short headers are parsed with this length: a fleet's CIDs may be longer.
+            configuration.connection_id_length = self.worker.quic_lb().cid_length
         self._configure_tls(configuration, self.config)
         enable_debug_logs(configuration)
         return configuration
@@ -944,16 +972,16 @@ class EdgeServer:
             # set up: its parent's choice comes through the environment.
             configure_logging(*logging_from_environment())
         configuration = self._configuration = self._quic_configuration()
+        if self._keys is None:  # no fleet keys installed: the keys file's, or a fresh set
+            keys = edge_keys(self.config.keys_file)
+            self._keys = keys.endpoint_keys()
+            if self.config.session_tickets:
+                self.tickets = EdgeTickets(keys.ticket_sealer())
+        endpoint_keys = self._keys
         self.dispatcher.start()
 
         def endpoint_factory() -> ServerEndpoint:
-            from netsched_client.runtime.endpoint import EndpointLimits
-
-            from .keys import edge_keys
-
-            limits = self.config.limits
             cids = None if self.worker is None else self.worker.quic_lb().generate
-            keys = edge_keys(self.config.keys_file).endpoint_keys()
             return ServerEndpoint(
                 configuration,
                 self._on_connection,
@@ -964,17 +992,13 @@ class EdgeServer:
                     decision_totals=self.dispatcher.metrics.scheduler_decisions,
                     fec=FecConfig() if self.config.fec else None,
                     cid_factory=cids,
-                    reset_token=keys.reset_token,
+                    reset_token=self._reset_token,
                     tickets=self.tickets,
                     early_data=self.config.early_data != "off",
                 ),
                 retry=self.config.retry,
-                limits=EndpointLimits(
-                    max_connections=limits.max_connections,
-                    max_connections_per_source=limits.max_connections_per_source,
-                    retry_above=limits.retry_above,
-                ),
-                keys=keys,
+                limits=endpoint_limits(self.config),
+                keys=endpoint_keys,
                 cid_factory=cids,
                 planner=self._planner,
             )

@@ -23,7 +23,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -212,14 +212,26 @@ class EndpointKeys:
     the same key. `stateless_reset` derives each connection ID's stateless
     reset token (HMAC-SHA256, RFC 9000 §10.3): any endpoint with the same key
     can end a connection it does not know.
+
+    `previous`: the keys rotated out, still good during a grace period (a fleet's
+    rotation): their Retry tokens are accepted, and a stateless reset is sent with
+    each key's token, since the endpoint answering a stray packet cannot know
+    which key was in force when that CID was issued.
     """
 
     retry: bytes
     stateless_reset: bytes
+    previous: EndpointKeys | None = None
 
     def __post_init__(self) -> None:
         if len(self.retry) not in (16, 32) or len(self.stateless_reset) < 16:
             raise ValueError("retry must be a 16- or 32-byte key, stateless_reset 16 bytes or more")
+        if self.previous is not None and self.previous.previous is not None:
+            raise ValueError("previous keys have no previous keys of their own")
+
+    def generations(self) -> list[EndpointKeys]:
+        """These keys, then the previous ones if any."""
+        return [self] if self.previous is None else [self, self.previous]
 
     @classmethod
     def generate(cls) -> EndpointKeys:
@@ -247,10 +259,15 @@ class RetryTokens:
 
     `now` is wall-clock seconds, so that endpoints on other hosts (other
     monotonic clocks) agree on a token's age.
+
+    `previous` keys only open tokens (sealed before a rotation).
     """
 
-    def __init__(self, key: bytes, lifetime_s: float = RETRY_TOKEN_LIFETIME_S) -> None:
+    def __init__(
+        self, key: bytes, lifetime_s: float = RETRY_TOKEN_LIFETIME_S, previous: Sequence[bytes] = ()
+    ) -> None:
         self._aead = AESGCM(key)
+        self._openers = [self._aead, *(AESGCM(old) for old in previous)]
         self._lifetime = lifetime_s
 
     def create_token(
@@ -277,16 +294,9 @@ class RetryTokens:
         """The original destination CID the token carries; ValueError if it is not good here."""
         if len(token) < 1 + _NONCE_BYTES + 16 or token[0] != _RETRY_TOKEN_FORMAT:
             raise ValueError("not one of our Retry tokens")
-        try:
-            plain = self._aead.decrypt(
-                token[1 : 1 + _NONCE_BYTES],
-                token[1 + _NONCE_BYTES :],
-                token[:1] + _address_bytes(address),
-            )
-        except InvalidTag:
-            raise ValueError(
-                "Retry token sealed with another key, or for another address"
-            ) from None
+        plain = self._open(token, _address_bytes(address))
+        if plain is None:
+            raise ValueError("Retry token sealed with another key, or for another address")
         issued = int.from_bytes(plain[:8], "big") / 1000
         odcid_length = plain[8]
         original_destination_cid = plain[9 : 9 + odcid_length]
@@ -297,9 +307,23 @@ class RetryTokens:
             raise ValueError("Retry token expired")
         return original_destination_cid
 
+    def _open(self, token: bytes, address: bytes) -> bytes | None:
+        nonce, sealed = token[1 : 1 + _NONCE_BYTES], token[1 + _NONCE_BYTES :]
+        for aead in self._openers:
+            try:
+                return aead.decrypt(nonce, sealed, token[:1] + address)
+            except InvalidTag:
+                continue
+        return None
+
 
 def _address_bytes(address: NetworkAddress) -> bytes:
     return ipaddress.ip_address(address[0]).packed + int(address[1]).to_bytes(2, "big")
+
+
+def _retry_tokens(keys: EndpointKeys) -> RetryTokens:
+    previous = () if keys.previous is None else (keys.previous.retry,)
+    return RetryTokens(keys.retry, previous=previous)
 
 
 class TokenBucket:
@@ -367,7 +391,7 @@ class ServerEndpoint(UdpSender):
         self._factory = connection_factory
         self._retry_always = retry
         self.keys = keys or EndpointKeys.generate()
-        self._retry = RetryTokens(self.keys.retry)
+        self._retry = _retry_tokens(self.keys)
         self._new_cid = cid_factory or (lambda: os.urandom(configuration.connection_id_length))
         self.limits = limits or EndpointLimits()
         self._resets = TokenBucket(self.limits.resets_per_second)
@@ -387,6 +411,12 @@ class ServerEndpoint(UdpSender):
     @property
     def connections(self) -> frozenset[ConnectionDriver]:
         return frozenset(self._drivers)
+
+    def set_keys(self, keys: EndpointKeys) -> None:
+        """New keys (a rotation): Retry tokens sealed with them, and with the previous
+        ones accepted; resets sent for each; established connections keep their CIDs."""
+        self.keys = keys
+        self._retry = _retry_tokens(keys)
 
     def set_limits(self, limits: EndpointLimits) -> None:
         """New caps for new clients (a reload); connections already counted stay."""
@@ -609,10 +639,11 @@ class ServerEndpoint(UdpSender):
         )
 
     def _reset(self, data: bytes, cid: bytes, addr: NetworkAddress) -> None:
-        reset = stateless_reset(data, self.keys.reset_token(cid))
-        if reset is not None and self._resets.take(self._loop.time()):
-            self._resets_sent += 1
-            self._send(reset, addr)
+        for keys in self.keys.generations():
+            reset = stateless_reset(data, keys.reset_token(cid))
+            if reset is not None and self._resets.take(self._loop.time()):
+                self._resets_sent += 1
+                self._send(reset, addr)
 
     def _on_event(self, driver: ConnectionDriver, event: object) -> None:
         if isinstance(event, ConnectionIdIssued):
