@@ -17,6 +17,11 @@ by the datagrams the sink got in that window, is its µs/packet; kpps/core is
            the kernel work of a relay that sends datagram by datagram
   ours     UdpForwarder(UdpRelay): mmsg only (gso=False) on uvloop; with UDP
            GSO runs (the default) on uvloop and on the asyncio loop
+  front    the edge fleet's front (netsched_edge/fleet/front.py): the same relay
+           with a QuicLbRouter, so every datagram's DCID is decrypted (QUIC-LB,
+           four passes, three of them run back: three AES blocks, AES-NI) and
+           looked up among the members before its flow is; uvloop, mmsg only
+           (to compare with "ours, mmsg": the cost of the routing) and with GSO
 
 Sender and sink call sendmmsg/recvmmsg through ctypes on prepared buffers, so
 they make no Python objects per datagram. Ratios are printed because absolute
@@ -49,7 +54,9 @@ from typing import Any
 
 import uvloop
 
-from netsched_edge.forwarder import HAVE_NATIVE, UdpForwarder, UdpRelay
+from netsched_client.proto.quic_lb import QuicLbScheme
+from netsched_edge.forwarder import HAVE_NATIVE, HostRoute, QuicLbRouter, UdpForwarder, UdpRelay
+from netsched_edge.forwarder.routing import rendezvous_seed
 from netsched_edge.report import table
 
 SIZES = (200, 1200)
@@ -63,6 +70,11 @@ STARTUP = 20.0  # seconds a relay may take to pass its first datagram
 NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 Counter = Any  # a multiprocessing RawValue("Q"): one writer, read while it runs
+
+# Every datagram sent is a QUIC short-header packet whose CID names the fleet's host 1,
+# worker 0 (the fleet's scheme: 8-byte CIDs, four-pass); the other relays ignore it.
+FLEET = QuicLbScheme(server_id_length=2, nonce_length=5, key=bytes(range(16)))
+PACKET_HEAD = b"\x40" + FLEET.encode(b"\x01\x00", b"bench")
 
 
 # -- sendmmsg / recvmmsg through ctypes ------------------------------------------------
@@ -101,8 +113,11 @@ class _Vector:
 
 
 def _vector(count: int, size: int, shared: bool) -> _Vector:
-    """Receive slots, or (shared) one payload every message of a send points at."""
+    """Receive slots, or (shared) one payload every message of a send points at: a
+    QUIC short header for the fleet's host 1 (PACKET_HEAD), then zeros."""
     buffers = ctypes.create_string_buffer(size if shared else size * count)
+    if shared:
+        ctypes.memmove(buffers, PACKET_HEAD, min(size, len(PACKET_HEAD)))
     iovs = (_Iovec * count)()
     msgs = (_Mmsghdr * count)()
     base = ctypes.addressof(buffers)
@@ -224,13 +239,33 @@ async def _serve_ours(
     forwarder.close()
 
 
+async def _serve_front(
+    backend: int, batch: int, ports: mp.Queue[int], stop: Counter, gso: bool = True
+) -> None:
+    """The fleet front's relay: one member (host 1) with one worker, the sink."""
+    router = QuicLbRouter(FLEET, rendezvous_seed(FLEET.key))
+    router.set_routes([HostRoute(1, (0,))])
+    relay = UdpRelay((HOST, 0), [], lambda client: None, batch=batch, gso=gso, router=router,
+                     max_backends=1)  # fmt: skip
+    relay.set_backend(0, (HOST, backend))
+    forwarder = UdpForwarder(relay)
+    ports.put(relay.local_address[1])
+    await _until(stop)
+    if relay.stats.no_backend:
+        raise RuntimeError(f"front: datagrams not routed: {relay.stats}")
+    forwarder.close()
+
+
 SERVERS: dict[str, tuple[Callable[..., Any], Callable[[], asyncio.AbstractEventLoop]]] = {
     "asyncio": (_serve_asyncio, asyncio.new_event_loop),
     "ours, mmsg (uvloop)": (partial(_serve_ours, gso=False), uvloop.new_event_loop),
     "ours, mmsg+GSO (uvloop)": (_serve_ours, uvloop.new_event_loop),
     "ours, mmsg+GSO (asyncio)": (_serve_ours, asyncio.new_event_loop),
+    "front, mmsg (uvloop)": (partial(_serve_front, gso=False), uvloop.new_event_loop),
+    "front, mmsg+GSO (uvloop)": (_serve_front, uvloop.new_event_loop),
 }
 OURS = ("ours, mmsg (uvloop)", "ours, mmsg+GSO (uvloop)")
+FRONTS = ("front, mmsg (uvloop)", "front, mmsg+GSO (uvloop)")
 
 
 def _relay_process(
@@ -438,6 +473,18 @@ def _verdict(results: dict[str, Result], ours: str) -> list[str]:
     return lines
 
 
+def _front_verdict(results: dict[str, Result], front: str, ours: str) -> str:
+    """The front with encrypted CIDs against the floor, and what the routing adds."""
+    us = results[front].us_per_packet
+    ratio = us / results["floor"].us_per_packet
+    added = us - results[ours].us_per_packet
+    return (
+        f"{front}: {ratio:.2f}x the floor's µs/packet with the QUIC-LB decryption on "
+        f"(goal ≤ 1.10: {'met' if ratio <= 1.10 else 'NOT met'}); {added:+.2f} µs/packet "
+        f"against {ours}"
+    )
+
+
 # -- the flow design: one connected socket per flow, and what it costs ------------------------
 
 
@@ -551,6 +598,8 @@ def main() -> None:
         for ours in OURS:
             for line in _verdict(results, ours):
                 print(line)
+        for front, ours in zip(FRONTS, OURS, strict=True):
+            print(_front_verdict(results, front, ours))
         if any(r.relay_busy < 0.8 for r in results.values()):
             print(
                 "note: relay CPU below 80 %: the machine is shared or the sender could not "

@@ -5,6 +5,9 @@ state in etcd, for an operator.
     get-config        print the fleet's config (TOML)
     members           live members, their server IDs, addresses, lease and config
                       status; server IDs held for dead hosts; the key rotator
+    front --listen ADDR
+                      the fleet's front: QUIC on ADDR routed to the members by
+                      connection ID (netsched_edge/fleet/front.py), until SIGINT/SIGTERM
 
 Exit status: 0 done, 1 a refused config or an etcd error, 2 bad usage.
 """
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from ..config import ConfigError, load_config
 from .config_watch import ConfigStatus, config_statuses
 from .election import leader
 from .etcd import Etcd, EtcdError
+from .front import DEFAULT_MAX_BACKENDS, FleetFront, FrontSettings
 from .layout import Layout
 from .membership import MemberInfo, held_server_ids, members
 from .shared_keys import ROTATOR_ROLE
@@ -43,7 +49,29 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("file", type=Path)
     commands.add_parser("get-config", help="print the fleet's config")
     commands.add_parser("members", help="members and their health")
+    front = commands.add_parser("front", help="run the fleet's front forwarder")
+    # Also accepted after the command (`front --etcd URL --listen ADDR`).
+    front.add_argument("--etcd", default=argparse.SUPPRESS, help="as before the command")
+    front.add_argument(
+        "--listen", required=True, type=listen_address, help="HOST:PORT ([v6]:PORT) to serve"
+    )
+    front.add_argument("--max-backends", type=int, default=DEFAULT_MAX_BACKENDS,
+                       help="worker ports over all members (default %(default)s)")  # fmt: skip
     return parser
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT or [HOST]:PORT, numeric."""
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a numeric HOST:PORT: {text!r}") from None
+    if not 0 <= number < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
+    return host, number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(opts: argparse.Namespace, layout: Layout) -> int:
+    if opts.command == "front":
+        return await _front(opts, layout)
     async with Etcd(opts.etcd) as etcd:
         if opts.command == "put-config":
             return await _put_config(etcd, layout, opts.file)
@@ -68,6 +98,25 @@ async def _run(opts: argparse.Namespace, layout: Layout) -> int:
             return await _get_config(etcd, layout)
         print(await render_members(etcd, layout), end="")
         return 0
+
+
+async def _front(opts: argparse.Namespace, layout: Layout) -> int:
+    settings = FrontSettings(
+        opts.etcd, opts.listen, prefix=layout.prefix, max_backends=opts.max_backends
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with FleetFront(settings) as front:
+            host, port = front.local_address[:2]
+            print(f"listening on {host}:{port}; {front.status().describe()}", flush=True)
+            await stop.wait()
+    except OSError as exc:  # the address cannot be bound
+        print(f"netsched-edge fleet: front: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _put_config(etcd: Etcd, layout: Layout, file: Path) -> int:

@@ -8,6 +8,11 @@ pure-Python `PyUdpRelay`; both have the `Relay` interface (rules in flows.py).
     forwarder = UdpForwarder(relay)
     ...
     forwarder.close()
+
+With a `QuicLbRouter` (`router=`) the relay is the edge fleet's front: each
+QUIC datagram's backend comes from its connection ID (routing.py), flows are
+per client and backend, and `set_backend` fills and empties backend slots as
+members come and go (netsched_edge/fleet/front.py).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from netsched_client import _native
 from .driver import UdpForwarder
 from .flows import Choose, FlowTable, ForwarderStats, Relay
 from .reference import PyUdpRelay
+from .routing import HostRoute, PyQuicLbRouter
 
 if TYPE_CHECKING:
-    from ._relay import UdpRelay
+    from ._relay import QuicLbRouter, UdpRelay
 
     HAVE_NATIVE: bool
 else:
@@ -31,13 +37,18 @@ else:
     NativeUdpRelay = None if _compiled is None else _compiled.UdpRelay
     HAVE_NATIVE = NativeUdpRelay is not None and sys.platform == "linux"
     UdpRelay = NativeUdpRelay if HAVE_NATIVE else PyUdpRelay
+    # A routed relay takes the router of its own kind.
+    QuicLbRouter = _compiled.QuicLbRouter if HAVE_NATIVE else PyQuicLbRouter
 
 __all__ = [
     "HAVE_NATIVE",
     "Choose",
     "FlowTable",
     "ForwarderStats",
+    "HostRoute",
+    "PyQuicLbRouter",
     "PyUdpRelay",
+    "QuicLbRouter",
     "Relay",
     "UdpForwarder",
     "UdpRelay",

@@ -7,6 +7,7 @@ from netsched_client.io._mmsg cimport Outbox
 from netsched_client.io.includes.system cimport ns_mmsghdr, sockaddr_in6, socklen_t
 
 from ._linux cimport epoll_event
+from ._quic_lb cimport ns_aes128
 
 
 cdef struct Flow:
@@ -39,12 +40,39 @@ cdef struct Source:
     int next  # the next source in this hash bucket, or in the free list
 
 
+cdef class QuicLbRouter:
+    cdef readonly object scheme  # netsched_client.proto.quic_lb.QuicLbScheme
+    cdef readonly bint native_aes  # False: decrypted through the scheme, in Python
+    cdef ns_aes128 _aes
+    cdef bint _keyed
+    cdef int _cid_length
+    cdef int _plaintext_length
+    cdef int _server_id_length
+    cdef int _rounds  # Feistel passes back to the server ID (3 or 4)
+    cdef int _rotation
+    cdef int _host_bytes
+    cdef uint64_t _seed
+    # the live members: host ID -> member slot, then each member's backends per worker
+    cdef int *_host_slot  # 1 << (8 * _host_bytes) entries, -1: not a member
+    cdef int _nmembers
+    cdef uint32_t *_member_host
+    cdef int *_member_first  # into _backends
+    cdef int *_member_workers
+    cdef int *_backends
+
+    cdef int route(self, const unsigned char *data, Py_ssize_t length) except -2
+    cdef int _decrypt(self, const unsigned char *cid, unsigned char *server_id) except -1
+    cdef int _rendezvous(self, const unsigned char *cid, int length) noexcept
+    cdef void _free_members(self) noexcept
+
+
 cdef class UdpRelay:
     cdef readonly object local_address
     cdef readonly int batch
     cdef readonly double idle_timeout
     cdef object _sock  # the front socket; its fd is _front_fd
     cdef object _choose
+    cdef QuicLbRouter _router  # None: `choose` pins each client to a backend
     cdef object _report  # None, or flows.Report
     cdef double _reply_timeout  # 0: the silence rule is off
     cdef int _front_fd
@@ -111,6 +139,7 @@ cdef class UdpRelay:
     cdef uint64_t _flows_ignored
     cdef uint64_t _flows_refused
     cdef uint64_t _flows_evicted
+    cdef uint64_t _flows_retired
     cdef uint64_t _source_refused
     cdef uint64_t _fd_refused
     cdef uint64_t _backend_refused
@@ -124,14 +153,15 @@ cdef class UdpRelay:
     cdef uint64_t _syscalls_recv
 
     cdef int _allocate(self, int batch, int max_flows, int nbackends) except -1
+    cdef int _set_address(self, int index, object address) except -1
     cdef void _prepare(self) noexcept
     cdef int _check_open(self) except -1
     cdef int _recv(self, int fd, ns_mmsghdr *msgs, int count) noexcept
     cdef int _transmit(self, int fd, int n, bint connected, uint64_t *datagrams,
                        uint64_t *nbytes) except -1
-    cdef int _flow_for(self, sockaddr_in6 *name, socklen_t length, double now) except -2
-    cdef int _find(self, sockaddr_in6 *name, socklen_t length) noexcept
-    cdef bint _same(self, int f, sockaddr_in6 *name, socklen_t length) noexcept
+    cdef int _flow_for(self, sockaddr_in6 *name, socklen_t length, int b, double now) except -2
+    cdef int _find(self, sockaddr_in6 *name, socklen_t length, int b) noexcept
+    cdef bint _same(self, int f, sockaddr_in6 *name, socklen_t length, int b) noexcept
     cdef bint _is_silent(self, int f, double now) noexcept
     cdef void _touch(self, int f, double now) noexcept
     cdef void _unlink(self, int f) noexcept
@@ -139,7 +169,8 @@ cdef class UdpRelay:
     cdef int _send_upstream(self, int f, double now) except -1
     cdef int _send_replies(self) except -1
     cdef int _receive_replies(self, int f, int k, double now) except -1
-    cdef int _open_flow(self, sockaddr_in6 *name, socklen_t length, double now) except -2
+    cdef int _open_flow(self, sockaddr_in6 *name, socklen_t length, int b, double now) except -2
+    cdef int _choose_backend(self, sockaddr_in6 *name, socklen_t length) except -2
     cdef int _connect(self, int b, int f) noexcept
     cdef void _insert(self, int f, int fd, int b, sockaddr_in6 *name, socklen_t length,
                       double now) noexcept
@@ -153,3 +184,4 @@ cdef class UdpRelay:
     cdef int _give_up(self, int f, double now) except -1
     cdef int _tell(self, int b, object outcome, double now) except -1
     cdef void _close_flow(self, int f) noexcept
+

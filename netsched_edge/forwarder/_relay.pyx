@@ -18,6 +18,12 @@ walked once per run and the datagrams are cut apart at the end (receivers
 still see datagrams). EIO/EINVAL on a GSO message switches GSO off for good
 and the run is resent datagram by datagram.
 
+With a `QuicLbRouter` (the edge fleet's front) the backend is picked per
+datagram, in C, from its QUIC destination CID (the rules in routing.py, the
+AES-NI decryption in _quic_lb.pxd), and flows are keyed by client and
+backend; `choose` is not called. Backend slots are filled and emptied at run
+time (`set_backend`), closing the flows of a slot that changes.
+
 Not carried: ECN marks (no per-datagram control messages are asked for);
 UDP GRO stays off, so the kernel hands over datagrams one by one.
 
@@ -46,6 +52,13 @@ from netsched_client.io.includes.system cimport (
     sockaddr,
 )
 
+from ._quic_lb cimport (
+    ns_aes128_setup,
+    ns_aesni_available,
+    ns_cid_hash,
+    ns_host_score,
+    ns_quic_lb_open,
+)
 from ._linux cimport (
     EPOLL_CLOEXEC,
     EPOLL_CTL_ADD,
@@ -80,6 +93,7 @@ from .flows import (
     sockaddr_bytes,
     warn_once,
 )
+from .routing import MAX_HOST_ID_BYTES, check_routes
 
 
 cdef extern from *:
@@ -114,6 +128,11 @@ cdef inline uint32_t _hash(const sockaddr_in6 *name, socklen_t length, uint64_t 
     return <uint32_t>(h ^ (h >> 32))
 
 
+cdef inline uint64_t _key_seed(uint64_t seed, int b) noexcept:
+    """The flow hash's seed for a flow keyed by client and backend b (b < 0: client alone)."""
+    return seed + <uint64_t>(b + 1)
+
+
 cdef inline int _source_addr(const sockaddr_in6 *name, socklen_t length,
                              unsigned char *out) noexcept:
     """Copy the client's IP address (no port) to out; return its length, 4 or 16."""
@@ -136,22 +155,23 @@ cdef class UdpRelay:
     def __init__(self, listen, backends, choose, *, max_flows=None,
                  idle_timeout=DEFAULT_IDLE_TIMEOUT, batch=DEFAULT_BATCH, rcvbuf=DEFAULT_BUFFER,
                  sndbuf=DEFAULT_BUFFER, gso=True, reply_timeout=None,
-                 report=None, max_flows_per_source=None, fd_reserve=None):
+                 report=None, max_flows_per_source=None, fd_reserve=None,
+                 QuicLbRouter router=None, max_backends=None):
         options = check_options(listen, backends, max_flows=max_flows,
                                 idle_timeout=idle_timeout, batch=batch, rcvbuf=rcvbuf,
                                 sndbuf=sndbuf, reply_timeout=reply_timeout, choose=choose,
                                 report=report, max_flows_per_source=max_flows_per_source,
-                                fd_reserve=fd_reserve)
+                                fd_reserve=fd_reserve, routed=router is not None,
+                                max_backends=max_backends)
         if self._flows != NULL:
             raise RuntimeError("UdpRelay is already initialised")
-        self._allocate(options.batch, options.max_flows, len(options.backends))
+        self._allocate(options.batch, options.max_flows, options.max_backends)
         for b, backend in enumerate(options.backends):
-            raw = sockaddr_bytes(backend)
-            memcpy(&self._backends[b], PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
-            self._backend_len[b] = PyBytes_GET_SIZE(raw)
+            self._set_address(b, backend)
         self.batch = options.batch
         self.idle_timeout = options.idle_timeout
         self._choose = choose
+        self._router = router
         self._report = report
         self._reply_timeout = options.reply_timeout or 0.0
         self._per_source = options.max_flows_per_source or 0
@@ -298,6 +318,7 @@ cdef class UdpRelay:
             flows_silent=self._flows_silent,
             flows_ignored=self._flows_ignored,
             flows_evicted=self._flows_evicted,
+            flows_retired=self._flows_retired,
             flows_refused=self._flows_refused,
             source_refused=self._source_refused,
             fd_refused=self._fd_refused,
@@ -337,11 +358,40 @@ cdef class UdpRelay:
             closed += 1
         return closed
 
+    def set_backend(self, int index, address):
+        """Point backend slot `index` at `address` (None: empty); return the flows closed.
+
+        Its flows go first (`flows_retired`): their sockets are connected to the old
+        address, and a client's next datagram opens a flow to the new one.
+        """
+        cdef int f
+        cdef int closed = 0
+        self._check_open()
+        if not 0 <= index < self._nbackends:
+            raise IndexError(f"backend index {index} is not 0..{self._nbackends - 1}")
+        for f in range(self._max_flows):
+            if self._flows[f].fd >= 0 and self._flows[f].backend == index:
+                self._close_flow(f)
+                closed += 1
+        self._flows_retired += closed
+        if address is None:
+            self._backend_len[index] = 0
+        else:
+            self._set_address(index, address)
+        return closed
+
+    cdef int _set_address(self, int index, object address) except -1:
+        raw = sockaddr_bytes(tuple(address))
+        memcpy(&self._backends[index], PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+        self._backend_len[index] = PyBytes_GET_SIZE(raw)
+        return 0
+
     # -- clients → backends --------------------------------------------------
 
     def relay_front(self, double now):
         """One recvmmsg from clients, relayed per flow; return the datagrams read (0: none)."""
         cdef int i, n, f
+        cdef int b = -1  # unrouted: the client's flow, whichever backend it has
         cdef msghdr *hdr
         self._check_open()
         for i in range(self.batch):  # the kernel shrank these to what it wrote last time
@@ -358,7 +408,14 @@ cdef class UdpRelay:
             if hdr.msg_flags & MSG_TRUNC:
                 self._recv_truncated += 1
                 continue
-            f = self._flow_for(<sockaddr_in6 *>hdr.msg_name, hdr.msg_namelen, now)
+            if self._router is not None:
+                b = self._router.route(<const unsigned char *>self._riov[i].iov_base,
+                                       self._rmsgs[i].msg_len)
+                if b < 0 or b >= self._nbackends or self._backend_len[b] == 0:
+                    self._no_backend += 1
+                    self._unrouted += 1
+                    continue
+            f = self._flow_for(<sockaddr_in6 *>hdr.msg_name, hdr.msg_namelen, b, now)
             if self._front_fd < 0:
                 return n  # `choose` or `report` closed the relay: its flows are gone
             if f == NO_FLOW:
@@ -371,20 +428,21 @@ cdef class UdpRelay:
                 return n
         return n
 
-    cdef int _flow_for(self, sockaddr_in6 *name, socklen_t length, double now) except -2:
-        """The client's flow, refreshed at `now`, or a new one; NO_FLOW if none could be opened.
+    cdef int _flow_for(self, sockaddr_in6 *name, socklen_t length, int b, double now) except -2:
+        """The client's flow (to backend b when routed), refreshed at `now`, or a new one;
+        NO_FLOW if none could be opened.
 
         A flow whose backend went silent is closed and reported first, so the
         client is pinned again (flows.py).
         """
-        cdef int f = self._find(name, length)
+        cdef int f = self._find(name, length, b)
         if f != NO_FLOW and self._is_silent(f, now):
             self._give_up(f, now)
             if self._front_fd < 0:
                 return NO_FLOW
             f = NO_FLOW
         if f == NO_FLOW:
-            return self._open_flow(name, length, now)
+            return self._open_flow(name, length, b, now)
         self._touch(f, now)
         return f
 
@@ -528,20 +586,21 @@ cdef class UdpRelay:
 
     # -- the flow table ----------------------------------------------------------
 
-    cdef int _find(self, sockaddr_in6 *name, socklen_t length) noexcept:
-        """The client's flow; NO_FLOW if it has none."""
+    cdef int _find(self, sockaddr_in6 *name, socklen_t length, int b) noexcept:
+        """The client's flow (to backend b; b < 0: to any); NO_FLOW if it has none."""
         cdef int f = self._last
-        if f == NO_FLOW or not self._same(f, name, length):
-            f = self._buckets[_hash(name, length, self._seed) & self._mask]
-            while f != NO_FLOW and not self._same(f, name, length):
+        if f == NO_FLOW or not self._same(f, name, length, b):
+            f = self._buckets[_hash(name, length, _key_seed(self._seed, b)) & self._mask]
+            while f != NO_FLOW and not self._same(f, name, length, b):
                 f = self._flows[f].next
             if f == NO_FLOW:
                 return NO_FLOW
             self._last = f
         return f
 
-    cdef bint _same(self, int f, sockaddr_in6 *name, socklen_t length) noexcept:
+    cdef bint _same(self, int f, sockaddr_in6 *name, socklen_t length, int b) noexcept:
         return (self._flows[f].client_len == length
+                and (b < 0 or self._flows[f].backend == b)
                 and memcmp(&self._flows[f].client, name, length) == 0)
 
     cdef bint _is_silent(self, int f, double now) noexcept:
@@ -577,9 +636,10 @@ cdef class UdpRelay:
             self._newest = flow.older
         flow.older = flow.newer = NO_FLOW
 
-    cdef int _open_flow(self, sockaddr_in6 *name, socklen_t length, double now) except -2:
-        """A new flow for this client, or NO_FLOW (counted); the only Python per flow."""
-        cdef int f, fd, s
+    cdef int _open_flow(self, sockaddr_in6 *name, socklen_t length, int b, double now) except -2:
+        """A new flow for this client (to backend b, else `choose`'s), or NO_FLOW (counted);
+        `choose` is the only Python per flow."""
+        cdef int f, fd, s, choice
         cdef unsigned char addr[16]
         cdef int alen
         if self._per_source > 0:
@@ -592,16 +652,8 @@ cdef class UdpRelay:
                 and not self._evict_unanswered()):
             self._flows_refused += 1
             return NO_FLOW
-        client = address_of(PyBytes_FromStringAndSize(<char *>name, length))
-        try:
-            choice = backend_index(self._choose(client), self._nbackends)
-        except Exception as exc:
-            self._choose_errors += 1
-            warn_once("choose", "UDP forwarder: choose(%r) failed, datagram dropped: %r",
-                      client, exc)
-            return NO_FLOW
-        if choice is None:
-            self._no_backend += 1
+        choice = b if b >= 0 else self._choose_backend(name, length)
+        if choice == NO_FLOW:
             return NO_FLOW
         if self._front_fd < 0:
             return NO_FLOW  # `choose` closed the relay
@@ -610,7 +662,7 @@ cdef class UdpRelay:
         if fd == FD_RESERVED:
             self._fd_refused += 1
             warn_once("fds", "UDP forwarder: descriptors are short, new flows are refused (%s)",
-                      client)
+                      address_of(PyBytes_FromStringAndSize(<char *>name, length)))
             return NO_FLOW
         if fd < 0:
             self._open_errors += 1
@@ -619,6 +671,21 @@ cdef class UdpRelay:
             return NO_FLOW
         self._insert(f, fd, choice, name, length, now)
         return f
+
+    cdef int _choose_backend(self, sockaddr_in6 *name, socklen_t length) except -2:
+        """`choose`'s backend for this client; NO_FLOW (counted) for none or a failure."""
+        client = address_of(PyBytes_FromStringAndSize(<char *>name, length))
+        try:
+            choice = backend_index(self._choose(client), self._nbackends)
+        except Exception as exc:
+            self._choose_errors += 1
+            warn_once("choose", "UDP forwarder: choose(%r) failed, datagram dropped: %r",
+                      client, exc)
+            return NO_FLOW
+        if choice is None or self._backend_len[choice] == 0:
+            self._no_backend += 1
+            return NO_FLOW
+        return choice
 
     cdef int _connect(self, int b, int f) noexcept:
         """A socket connected to backend b, registered for slot f; -errno on failure."""
@@ -647,7 +714,8 @@ cdef class UdpRelay:
         self._free = flow.next
         memcpy(&flow.client, name, length)
         flow.client_len = length
-        flow.hash = _hash(name, length, self._seed)
+        # Routed flows are keyed by client and backend, the others by client alone.
+        flow.hash = _hash(name, length, _key_seed(self._seed, b if self._router is not None else -1))
         flow.fd = fd
         flow.backend = b
         flow.seq = 0
@@ -802,3 +870,152 @@ cdef class UdpRelay:
         self._count -= 1
         if self._last == f:
             self._last = NO_FLOW
+
+
+cdef enum:
+    MAX_CID = 20  # QUIC v1
+    LONG_DCID_AT = 6  # flags(1) version(4) length(1)
+    MAX_SERVER_ID = 19
+
+
+@cython.final
+cdef class QuicLbRouter:
+    """A QUIC datagram's backend index by its DCID, in C (the rules in routing.py)."""
+
+    def __cinit__(self):
+        self._nmembers = 0
+
+    def __init__(self, scheme, hash_seed, *, native_aes=True):
+        self._host_bytes = scheme.server_id_length - 1
+        self.scheme = scheme
+        self._keyed = scheme.key is not None
+        self._cid_length = scheme.cid_length
+        self._plaintext_length = scheme.plaintext_length
+        self._server_id_length = scheme.server_id_length
+        self._rounds = 3 if scheme.server_id_length <= scheme.plaintext_length // 2 else 4
+        self._rotation = scheme.config_rotation
+        self._seed = hash_seed & 0xFFFFFFFFFFFFFFFF
+        self.native_aes = bool(native_aes) and ns_aesni_available() != 0
+        if self._keyed and self.native_aes:
+            ns_aes128_setup(&self._aes, <const unsigned char *>PyBytes_AS_STRING(scheme.key))
+        PyMem_RawFree(self._host_slot)
+        self._host_slot = NULL
+        if 1 <= self._host_bytes <= MAX_HOST_ID_BYTES:  # else it only decrypts (no routes)
+            self._host_slot = <int *>PyMem_RawMalloc((<size_t>1 << (8 * self._host_bytes))
+                                                     * sizeof(int))
+            if self._host_slot == NULL:
+                raise MemoryError("QuicLbRouter: cannot allocate the host table")
+        self.set_routes(())
+
+    def __dealloc__(self):
+        PyMem_RawFree(self._host_slot)
+        self._free_members()
+
+    cdef void _free_members(self) noexcept:
+        PyMem_RawFree(self._member_host)
+        PyMem_RawFree(self._member_first)
+        PyMem_RawFree(self._member_workers)
+        PyMem_RawFree(self._backends)
+        self._member_host = NULL
+        self._member_first = self._member_workers = self._backends = NULL
+        self._nmembers = 0
+
+    def set_routes(self, routes):
+        """Replace the live members: a sequence of routing.HostRoute, one per host ID."""
+        cdef int m, w, k
+        routes = check_routes(self.scheme, routes)
+        self._free_members()
+        workers = sum(len(route.backends) for route in routes)
+        self._member_host = <uint32_t *>PyMem_RawCalloc(len(routes) + 1, sizeof(uint32_t))
+        self._member_first = <int *>PyMem_RawCalloc(len(routes) + 1, sizeof(int))
+        self._member_workers = <int *>PyMem_RawCalloc(len(routes) + 1, sizeof(int))
+        self._backends = <int *>PyMem_RawCalloc(workers + 1, sizeof(int))
+        if (self._member_host == NULL or self._member_first == NULL
+                or self._member_workers == NULL or self._backends == NULL):
+            self._free_members()
+            raise MemoryError("QuicLbRouter: cannot allocate the member table")
+        if self._host_slot != NULL:
+            for k in range(1 << (8 * self._host_bytes)):
+                self._host_slot[k] = -1
+        k = 0
+        for m, route in enumerate(routes):
+            self._member_host[m] = route.host_id
+            self._member_first[m] = k
+            self._member_workers[m] = len(route.backends)
+            for w, backend in enumerate(route.backends):
+                self._backends[k + w] = backend
+            k += len(route.backends)
+            self._host_slot[route.host_id] = m
+        self._nmembers = len(routes)
+
+    def server_id(self, bytes cid):
+        """The server ID a CID carries (QuicLbScheme.server_id, computed here)."""
+        cdef unsigned char out[MAX_SERVER_ID]
+        if len(cid) < self._cid_length or cid[0] >> 5 != self._rotation:
+            return None
+        self._decrypt(<const unsigned char *>PyBytes_AS_STRING(cid), out)
+        return PyBytes_FromStringAndSize(<char *>out, self._server_id_length)
+
+    def route_datagram(self, bytes datagram):
+        """route() for Python callers (tests): the backend index, or None."""
+        cdef int b = self.route(<const unsigned char *>PyBytes_AS_STRING(datagram), len(datagram))
+        return None if b < 0 else b
+
+    cdef int route(self, const unsigned char *data, Py_ssize_t length) except -2:
+        """The datagram's backend index; -1: none (too short, or no member at all)."""
+        cdef const unsigned char *cid
+        cdef int cid_length, m, worker
+        cdef uint32_t host = 0
+        cdef unsigned char server_id[MAX_SERVER_ID]
+        if length < 1 or self._nmembers == 0:
+            return -1
+        if data[0] & 0x80:
+            if length < LONG_DCID_AT:
+                return -1
+            cid_length = data[LONG_DCID_AT - 1]
+            if cid_length > MAX_CID or LONG_DCID_AT + cid_length > length:
+                return -1
+            cid = data + LONG_DCID_AT
+        else:
+            cid_length = self._cid_length
+            if 1 + cid_length > length:
+                return -1
+            cid = data + 1
+        if cid_length >= self._cid_length and cid[0] >> 5 == self._rotation:
+            self._decrypt(cid, server_id)
+            for m in range(self._host_bytes):
+                host = host << 8 | server_id[m]
+            m = self._host_slot[host]
+            worker = server_id[self._host_bytes]
+            if m >= 0 and worker < self._member_workers[m]:
+                return self._backends[self._member_first[m] + worker]
+        return self._rendezvous(cid, cid_length)
+
+    cdef int _decrypt(self, const unsigned char *cid, unsigned char *server_id) except -1:
+        """Write the server ID of a CID of this scheme (checked by the caller)."""
+        cdef unsigned char plain[MAX_SERVER_ID]
+        if not self._keyed:
+            memcpy(server_id, cid + 1, self._server_id_length)
+        elif self.native_aes:
+            ns_quic_lb_open(&self._aes, cid + 1, self._plaintext_length, self._rounds, plain)
+            memcpy(server_id, plain, self._server_id_length)
+        else:
+            found = self.scheme.server_id(PyBytes_FromStringAndSize(<const char *>cid,
+                                                                     self._cid_length))
+            memcpy(server_id, PyBytes_AS_STRING(found), self._server_id_length)
+        return 0
+
+    cdef int _rendezvous(self, const unsigned char *cid, int length) noexcept:
+        """The backend of the highest-scoring member for this CID (lower host ID on a tie)."""
+        cdef uint64_t hashed = ns_cid_hash(cid, length, self._seed)
+        cdef uint64_t score, best_score = 0
+        cdef int m, best = -1
+        for m in range(self._nmembers):
+            score = ns_host_score(hashed, self._member_host[m])
+            if (best < 0 or score > best_score
+                    or (score == best_score and self._member_host[m] < self._member_host[best])):
+                best, best_score = m, score
+        if best < 0:
+            return -1
+        return self._backends[self._member_first[best]
+                              + <int>((hashed >> 32) % <uint64_t>self._member_workers[best])]

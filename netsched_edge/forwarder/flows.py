@@ -148,6 +148,7 @@ class ForwarderStats:
     flows_silent: int  # closed because the backend left the client unanswered (reply_timeout)
     flows_ignored: int  # closed as silent while the backend answered other flows (not failures)
     flows_evicted: int  # never-answered flows closed to make room for a new client
+    flows_retired: int  # closed because their backend slot was emptied or moved (set_backend)
     flows_refused: int  # new clients turned away: the table was full of active flows
     source_refused: int  # new clients turned away: their address had max_flows_per_source
     fd_refused: int  # new clients turned away: their socket would eat into the fd reserve
@@ -207,6 +208,7 @@ class RelayOptions:
     family: int
     listen: Address
     backends: tuple[Address, ...]
+    max_backends: int  # backend slots: the backends first, the rest empty (set_backend)
     max_flows: int
     idle_timeout: float
     batch: int
@@ -251,14 +253,24 @@ def check_options(
     report: object,
     max_flows_per_source: int | None = None,
     fd_reserve: int | None = None,
+    routed: bool = False,
+    max_backends: int | None = None,
 ) -> RelayOptions:
     """Validate the relay's settings; raise ValueError/TypeError naming the bad one.
 
     `max_flows` None: `default_max_flows()`; `fd_reserve` None: `default_fd_reserve`
-    of the soft RLIMIT_NOFILE, both read now.
+    of the soft RLIMIT_NOFILE, both read now. A `routed` relay (a router picks each
+    datagram's backend) may start with no backend, the slots filled by `set_backend`.
     """
-    if not backends:
+    if not backends and not routed:
         raise ValueError("backends must name at least one (host, port) address")
+    if max_backends is None:
+        max_backends = len(backends)
+    if type(max_backends) is not int or not max(1, len(backends)) <= max_backends <= MAX_FLOWS:
+        raise ValueError(
+            f"max_backends must be an int {max(1, len(backends))}..{MAX_FLOWS}, "
+            f"got {max_backends!r}"
+        )
     family = address_family(listen, "listen", allow_port_zero=True)
     for i, backend in enumerate(backends):
         address_family(backend, f"backends[{i}]")
@@ -294,7 +306,7 @@ def check_options(
     if report is not None and not callable(report):
         raise TypeError(f"report must be callable or None, got {report!r:.80}")
     return RelayOptions(
-        family, tuple(listen), tuple(tuple(b) for b in backends), max_flows,
+        family, tuple(listen), tuple(tuple(b) for b in backends), max_backends, max_flows,
         float(idle_timeout), batch, rcvbuf, sndbuf,
         None if reply_timeout is None else float(reply_timeout),
         max_flows_per_source, max(0, nofile - fd_reserve),

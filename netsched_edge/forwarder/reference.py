@@ -37,16 +37,24 @@ from .flows import (
     open_front,
     warn_once,
 )
+from .routing import PyQuicLbRouter
 
 _SLOT = 65536  # as the Cython relay: the largest UDP payload fits
+_ANY = -1  # an unrouted relay's flow key: the client alone, whichever its backend
+
+_Key = tuple[Address, int]  # (client, backend when routed, else _ANY)
 
 
 @dataclass(frozen=True, slots=True)
 class _Flow:
-    client: Address
+    key: _Key
     backend: int
     sock: socket.socket
     watch: ReplyWatch
+
+    @property
+    def client(self) -> Address:
+        return self.key[0]
 
 
 class PyUdpRelay:
@@ -68,30 +76,35 @@ class PyUdpRelay:
         report: Report | None = None,
         max_flows_per_source: int | None = None,
         fd_reserve: int | None = None,
+        router: PyQuicLbRouter | None = None,
+        max_backends: int | None = None,
     ) -> None:
         # gso is accepted for a common signature: this relay sends datagram by datagram.
         options = check_options(
             listen, backends, max_flows=max_flows, idle_timeout=idle_timeout, batch=batch,
             rcvbuf=rcvbuf, sndbuf=sndbuf, reply_timeout=reply_timeout, choose=choose,
             report=report, max_flows_per_source=max_flows_per_source, fd_reserve=fd_reserve,
+            routed=router is not None, max_backends=max_backends,
         )  # fmt: skip
-        self._backends = options.backends
+        empty: list[Address | None] = [None] * (options.max_backends - len(options.backends))
+        self._backends: list[Address | None] = [*options.backends, *empty]
         self._choose = choose
+        self._router = router
         self._report = report
         self._reply_timeout = options.reply_timeout
-        self._table: FlowTable[Address, _Flow] = FlowTable(
+        self._table: FlowTable[_Key, _Flow] = FlowTable(
             options.max_flows,
             options.idle_timeout,
             max_per_source=options.max_flows_per_source,
-            source=lambda client: client[0],  # the address, without the port
+            source=lambda key: key[0][0],  # the client's address, without the port
         )
         self._fd_limit = options.fd_limit
         self._plan: dict[_Flow, list[bytes]] = {}  # the front batch being relayed
         self._by_fd: dict[int, _Flow] = {}
         self._n = dict.fromkeys(COUNTERS, 0)
-        self._refused = [0] * len(options.backends)
-        self._silent = [0] * len(options.backends)
-        self._answered_at = [-math.inf] * len(options.backends)  # any flow's last reply
+        self._refused = [0] * options.max_backends
+        self._silent = [0] * options.max_backends
+        self._answered_at = [-math.inf] * options.max_backends  # any flow's last reply
         self._epoll = select.epoll()
         self._sock = open_front(options)
         self._closed = False
@@ -119,10 +132,25 @@ class PyUdpRelay:
             return
         self._closed = True
         for flow in self._table.values():
-            self._table.remove(flow.client)
+            self._table.remove(flow.key)
             self._close_flow(flow)
         self._epoll.close()
         self._sock.close()
+
+    def set_backend(self, index: int, address: Address | None) -> int:
+        """Point backend slot `index` at `address` (None: empty); return the flows closed."""
+        self._check_open()
+        if not 0 <= index < len(self._backends):
+            raise IndexError(f"backend index {index} is not 0..{len(self._backends) - 1}")
+        if address is not None:
+            address_family(tuple(address), "address")
+        retired = [flow for flow in self._table.values() if flow.backend == index]
+        for flow in retired:
+            self._table.remove(flow.key)
+            self._close_flow(flow)
+        self._n["flows_retired"] += len(retired)
+        self._backends[index] = None if address is None else tuple(address)
+        return len(retired)
 
     def expire(self, now: float) -> int:
         closed = 0
@@ -139,7 +167,17 @@ class PyUdpRelay:
         before = self._n["from_clients"]
         plan = self._plan = {}
         for data, client in self._receive_front():
-            flow = self._flow_for(client, now)
+            backend = _ANY
+            if self._router is not None:
+                routed = self._router.route_datagram(data)
+                if routed is None or not 0 <= routed < len(self._backends):
+                    routed = None
+                if routed is None or self._backends[routed] is None:
+                    self._n["no_backend"] += 1
+                    self._n["unrouted"] += 1
+                    continue
+                backend = routed
+            flow = self._flow_for((client, backend), now)
             if self._closed:
                 break  # `choose` or `report` closed the relay: its flows are gone
             if flow is None:
@@ -154,15 +192,16 @@ class PyUdpRelay:
         self._plan = {}
         return self._n["from_clients"] - before
 
-    def _flow_for(self, client: Address, now: float) -> _Flow | None:
-        """The client's flow, or a new one; a flow whose backend went silent is replaced."""
-        flow = self._table.find(client, now)
+    def _flow_for(self, key: _Key, now: float) -> _Flow | None:
+        """The flow of (client, routed backend or _ANY), or a new one; a flow whose
+        backend went silent is replaced."""
+        flow = self._table.find(key, now)
         if flow is not None and flow.watch.silent(now):
             self._give_up(flow, now)
             if self._closed:
                 return None
             flow = None
-        return flow or self._open_flow(client, now)
+        return flow or self._open_flow(key, now)
 
     def _receive_front(self) -> list[tuple[bytes, Address]]:
         """Up to `batch` datagrams read; truncated ones are counted and left out."""
@@ -241,10 +280,10 @@ class PyUdpRelay:
                 continue
             replies.append((data, flow.client))
         if read:
-            self._table.find(flow.client, now)
+            self._table.find(flow.key, now)
             self._answered_at[flow.backend] = now
             if flow.watch.replied():
-                self._table.answered(flow.client)
+                self._table.answered(flow.key)
                 self._tell(flow.backend, FlowOutcome.ANSWERED, now)
         return read
 
@@ -264,28 +303,21 @@ class PyUdpRelay:
 
     # -- flows -------------------------------------------------------------------
 
-    def _open_flow(self, client: Address, now: float) -> _Flow | None:
-        if self._table.source_full(client):
+    def _open_flow(self, key: _Key, now: float) -> _Flow | None:
+        client, routed = key
+        if self._table.source_full(key):
             self._n["source_refused"] += 1
             return None
         if self._table.full and not self._make_room(now):
             self._n["flows_refused"] += 1
             return None
+        choice = routed if routed != _ANY else self._choose_backend(client)
+        if choice is None or self._closed:
+            return None
+        backend = self._backends[choice]
+        assert backend is not None  # routed to a filled slot, or checked by _choose_backend
         try:
-            choice = backend_index(self._choose(client), len(self._backends))
-        except Exception as exc:
-            self._n["choose_errors"] += 1
-            warn_once(
-                "choose", "UDP forwarder: choose(%r) failed, datagram dropped: %r", client, exc
-            )
-            return None
-        if choice is None:
-            self._n["no_backend"] += 1
-            return None
-        if self._closed:
-            return None
-        try:
-            sock = self._connect(self._backends[choice])
+            sock = self._connect(backend)
         except OSError as exc:
             self._n["open_errors"] += 1
             warn_once("open", "UDP forwarder: cannot open a socket to backend %d: %s", choice, exc)
@@ -296,11 +328,26 @@ class PyUdpRelay:
                 "fds", "UDP forwarder: descriptors are short, new flows are refused (%s)", client
             )
             return None
-        flow = _Flow(client, choice, sock, ReplyWatch(self._reply_timeout))
-        self._table.add(client, flow, now)
+        flow = _Flow(key, choice, sock, ReplyWatch(self._reply_timeout))
+        self._table.add(key, flow, now)
         self._by_fd[sock.fileno()] = flow
         self._n["flows_opened"] += 1
         return flow
+
+    def _choose_backend(self, client: Address) -> int | None:
+        """`choose`'s backend for this client; None (counted) for none or a failure."""
+        try:
+            choice = backend_index(self._choose(client), len(self._backends))
+        except Exception as exc:
+            self._n["choose_errors"] += 1
+            warn_once(
+                "choose", "UDP forwarder: choose(%r) failed, datagram dropped: %r", client, exc
+            )
+            return None
+        if choice is None or self._backends[choice] is None:
+            self._n["no_backend"] += 1
+            return None
+        return choice
 
     def _make_room(self, now: float) -> bool:
         """Close an idle flow, else the oldest never-answered one not in this batch."""
@@ -335,7 +382,7 @@ class PyUdpRelay:
 
     def _fail(self, flow: _Flow, exc: OSError, now: float) -> None:
         self._n["flows_failed"] += 1
-        self._table.remove(flow.client)
+        self._table.remove(flow.key)
         self._close_flow(flow)
         if isinstance(exc, ConnectionRefusedError):
             self._n["backend_refused"] += 1
@@ -343,7 +390,7 @@ class PyUdpRelay:
             self._tell(flow.backend, FlowOutcome.REFUSED, now)
 
     def _give_up(self, flow: _Flow, now: float) -> None:
-        self._table.remove(flow.client)
+        self._table.remove(flow.key)
         self._close_flow(flow)
         if self._answered_at[flow.backend] >= flow.watch.asked:
             self._n["flows_ignored"] += 1

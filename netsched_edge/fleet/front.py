@@ -1,0 +1,273 @@
+"""The fleet's front: the forwarder on the public address, routing QUIC by connection ID.
+
+`FleetFront` reads the fleet's QUIC-LB configuration from etcd, opens the UDP
+relay (netsched_edge.forwarder) with a `QuicLbRouter` and follows
+`members/`: every live member's worker ports become backend slots of the
+relay, and the router maps each host ID's workers to them. The routing rules
+(decrypt the server ID, else rendezvous hashing over the live members) are in
+netsched_edge/forwarder/routing.py.
+
+Replies come back through the front (the relay's flow sockets, one per
+client and worker: a host sees each client as one of the front's ports, and
+a client's new address as a new path to validate). A real deployment returns
+them directly instead (DSR, docs/FLEET.md says why and how).
+
+A membership change is applied between two batches of the event loop:
+new workers' slots are filled, then the routes replaced, then the slots of
+workers gone are emptied (their flows closed), so no datagram meets a half
+table; datagrams waiting meanwhile stay in the socket's buffer. While etcd is
+unavailable the last table stays in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from netsched_client.io import Address
+
+from ..forwarder import QuicLbRouter, UdpForwarder, UdpRelay
+from ..forwarder.flows import DEFAULT_IDLE_TIMEOUT, ForwarderStats
+from ..forwarder.routing import HostRoute, rendezvous_seed
+from .cid_config import FleetCidConfig, ensure_cid_config
+from .etcd import Etcd, KeyValue
+from .follow import Follower
+from .layout import Layout
+from .membership import MemberInfo
+
+log = logging.getLogger("netsched.edge.fleet")
+
+DEFAULT_MAX_BACKENDS = 1024  # worker ports over every member
+
+
+def _no_choice(client: Address) -> None:
+    """The routed relay never asks: the router picks each datagram's backend."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrontSettings:
+    etcd: str  # the etcd cluster's client URLs, comma-separated
+    listen: Address  # the public address (numeric)
+    prefix: str = Layout().prefix
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # a flow's, at least the edge's idle timeout
+    max_backends: int = DEFAULT_MAX_BACKENDS
+    max_flows: int | None = None  # the relay's default (from RLIMIT_NOFILE)
+
+
+@dataclass(frozen=True, slots=True)
+class FrontStatus:
+    members: int
+    workers: int
+    etcd_available: bool
+    members_revision: int  # of the member list in use (0: none read yet)
+    stats: ForwarderStats
+
+    def describe(self) -> str:
+        source = "etcd reachable" if self.etcd_available else "etcd UNAVAILABLE"
+        return (
+            f"fleet front: {self.members} members, {self.workers} workers; {source}; "
+            f"members revision {self.members_revision or 'none'}"
+        )
+
+
+@dataclass(slots=True)
+class BackendSlots:
+    """Which relay backend slot each worker address holds; freed slots are reused."""
+
+    capacity: int
+    held: dict[Address, int] = field(default_factory=dict)
+
+    def update(self, wanted: Iterable[Address]) -> tuple[dict[Address, int], list[int]]:
+        """Hold a slot for every wanted address: (the new ones' slots, the slots let go)."""
+        wanted = list(dict.fromkeys(wanted))
+        gone = [self.held.pop(address) for address in list(self.held) if address not in wanted]
+        free = sorted(set(range(self.capacity)) - set(self.held.values()))
+        added = {}
+        for address in wanted:
+            if address not in self.held:
+                if not free:
+                    log.error("fleet front: no backend slot left for %s (max_backends)", address)
+                    continue
+                added[address] = self.held[address] = free.pop(0)
+        return added, gone
+
+
+def worker_addresses(info: MemberInfo) -> list[Address] | None:
+    """Where a member's workers listen; None (logged) for a member the front cannot use."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in info.address else socket.AF_INET, info.address)
+    except OSError:
+        log.error("fleet front: member %s: %r is not a numeric address", info.name, info.address)
+        return None
+    if not info.ports:
+        log.error("fleet front: member %s has no worker ports", info.name)
+        return None
+    return [(info.address, port) for port in info.ports]
+
+
+class MemberFollower(Follower):
+    """The live members, read then watched; `apply` gets the whole list on every change."""
+
+    what = "fleet members"
+
+    def __init__(self, etcd: Etcd, layout: Layout, front: FleetFront) -> None:
+        super().__init__()
+        self.etcd = etcd
+        self.layout = layout
+        self.front = front
+        self.revision = 0  # of the member list applied
+        self.live: dict[str, MemberInfo] = {}
+        self._watch_from = 0  # a read not yet followed by a watch: its revision + 1
+
+    async def read(self) -> None:
+        """Read and apply the member list; the next `_follow` watches from there."""
+        found, read_at = await self.etcd.get_prefix(self.layout.members)
+        self.etcd_available = True
+        self.live = {info.name: info for info in map(self._decode, found) if info is not None}
+        self._apply(read_at)
+        self._watch_from = read_at + 1
+
+    async def _follow(self) -> None:
+        if not self._watch_from:
+            await self.read()
+        start, self._watch_from = self._watch_from, 0
+        async with self.etcd.watch(self.layout.members, start_revision=start) as batches:
+            async for events in batches:
+                for event in events:
+                    name = event.kv.key.removeprefix(self.layout.members)
+                    info = self._decode(event.kv) if event.kind == "put" else None
+                    if info is None:
+                        self.live.pop(name, None)
+                    else:
+                        self.live[name] = info
+                self._apply(events[-1].kv.mod_revision)
+
+    def _apply(self, revision: int) -> None:
+        self.front.apply(self.live.values())
+        self.revision = revision
+
+    def _decode(self, kv: KeyValue) -> MemberInfo | None:
+        try:
+            return MemberInfo.decode(kv.key.removeprefix(self.layout.members), kv.value, kv.lease)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("fleet front: etcd:%s is not a member (%s): ignored", kv.key, exc)
+            return None
+
+
+class FleetFront:
+    """The front for as long as the context lasts (`async with FleetFront(settings)`)."""
+
+    def __init__(self, settings: FrontSettings) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.prefix)
+        self.etcd = Etcd(settings.etcd)
+        self.slots = BackendSlots(settings.max_backends)
+        self.cid_config: FleetCidConfig | None = None
+        self.members: tuple[MemberInfo, ...] = ()
+        self._relay: UdpRelay | None = None
+        self._router: QuicLbRouter | None = None
+        self._forwarder: UdpForwarder | None = None
+        self._follower = MemberFollower(self.etcd, self.layout, self)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def local_address(self) -> Address:
+        return self.relay.local_address
+
+    @property
+    def relay(self) -> UdpRelay:
+        if self._relay is None:
+            raise RuntimeError("the front is not running")
+        return self._relay
+
+    async def __aenter__(self) -> FleetFront:
+        async with contextlib.AsyncExitStack() as undo:  # on a failure only
+            undo.push_async_callback(self.etcd.close)
+            # The first of the fleet (host or front) to find no configuration makes it.
+            self.cid_config = await ensure_cid_config(self.etcd, self.layout)
+            self._router = QuicLbRouter(
+                self.cid_config.scheme, rendezvous_seed(self.cid_config.key)
+            )
+            self._relay = UdpRelay(
+                self.settings.listen,
+                [],
+                _no_choice,
+                router=self._router,
+                max_backends=self.settings.max_backends,
+                max_flows=self.settings.max_flows,
+                idle_timeout=self.settings.idle_timeout,
+            )
+            undo.callback(self._relay.close)
+            # Routes before traffic; an empty fleet is no error (datagrams are dropped
+            # until members join), an etcd that does not answer is.
+            await self._follower.read()
+            self._forwarder = UdpForwarder(self._relay)
+            undo.pop_all()
+        self._task = asyncio.create_task(self._follower.run(), name="fleet front members")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            if self._forwarder is not None:
+                self._forwarder.close()  # which closes the relay
+            elif self._relay is not None:
+                self._relay.close()
+        finally:
+            await self.etcd.close()
+
+    def apply(self, members: Iterable[MemberInfo]) -> None:
+        """Route to these members from now on (the order of steps: the module doc)."""
+        live = self._routable(members)
+        added, gone = self.slots.update(a for _, addresses in live for a in addresses)
+        for address, slot in added.items():
+            self.relay.set_backend(slot, address)
+        routes = [
+            HostRoute(info.server_id, tuple(self.slots.held[a] for a in addresses))
+            for info, addresses in live
+            if all(a in self.slots.held for a in addresses)
+        ]
+        assert self._router is not None
+        self._router.set_routes(routes)
+        for slot in gone:
+            self.relay.set_backend(slot, None)
+        before = {info.name for info in self.members}
+        self.members = tuple(info for info, _ in live)
+        now = {info.name for info in self.members}
+        if now != before:
+            log.info(
+                "fleet front: members %s (joined %s, left %s)",
+                sorted(now), sorted(now - before), sorted(before - now),
+            )  # fmt: skip
+
+    def _routable(self, members: Iterable[MemberInfo]) -> list[tuple[MemberInfo, list[Address]]]:
+        """The members the front can route to, by server ID, with their workers' addresses."""
+        assert self.cid_config is not None
+        ids = 1 << (8 * self.cid_config.host_id_bytes)
+        found: dict[int, tuple[MemberInfo, list[Address]]] = {}
+        for info in sorted(members, key=lambda info: (info.server_id, info.name)):
+            addresses = worker_addresses(info)
+            if addresses is None:
+                continue
+            if info.server_id in found or not 0 < info.server_id < ids:
+                log.error("fleet front: member %s: server ID %d taken or out of range",
+                          info.name, info.server_id)  # fmt: skip
+                continue
+            found[info.server_id] = (info, addresses)
+        return list(found.values())
+
+    def status(self) -> FrontStatus:
+        return FrontStatus(
+            members=len(self.members),
+            workers=len(self.slots.held),
+            etcd_available=self._follower.etcd_available,
+            members_revision=self._follower.revision,
+            stats=self.relay.stats,
+        )
