@@ -1,9 +1,9 @@
 """Session tickets shared by workers and hosts: resumption and 0-RTT wherever the key is.
 
 Real sockets: edges on ports of their own sharing a keys file (what fleet workers
-and hosts do; one shared port would pick the worker by the client's CID), our
-client, a relay that records a client's first flight to replay it verbatim. And
-the contract of `netsched_edge.tls_tickets` with aioquic.
+and hosts do), the workers of `--workers 2` on one port, our client, a relay that
+records a client's first flight to replay it verbatim. And the contract of
+`netsched_edge.tls_tickets` with aioquic.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import pytest
 from aioquic import tls
 from support import service
 
+from netsched_client import open_session
 from netsched_client.runtime.session import ResumptionTicket, TicketStore
-from netsched_edge.config import BackendConfig
+from netsched_edge.config import BackendConfig, EdgeConfig
 from netsched_edge.fleet.shared_keys import KeyRing
 from netsched_edge.keys import EdgeKeys, TicketSealer
 from netsched_edge.server import EdgeServer
 from netsched_edge.tls_tickets import EdgeTickets
+from netsched_edge.workers import WorkerPool
 
 GET = {"method": "GET", "path": "/hello.txt"}
 
@@ -245,3 +247,37 @@ def test_the_tls_attributes_the_adapter_sets_exist() -> None:
     assert context._psk_key_exchange_mode is None and context._is_client is False
     assert "_max_early_data" in vars(context)  # what tickets offer (QuicConnection sets it)
     assert context.get_session_ticket_cb is None and context.new_session_ticket_cb is None
+
+
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="SO_REUSEPORT steering is Linux-only")
+async def test_workers_resume_each_others_tickets_with_0rtt(start_server, www) -> None:
+    """`--workers 2` on one port: the kernel picks a worker by the client's random CID,
+    so a client's next connection often lands on the other worker; it resumes there
+    with 0-RTT all the same."""
+    files = service("files", BackendConfig(name="f", kind="static", root=www))
+    pool = WorkerPool(EdgeConfig(host="127.0.0.1", port=0, services=(files,)), 2)
+    loop = asyncio.get_running_loop()
+    port = await loop.run_in_executor(None, pool.start)
+    try:
+        store = TicketStore()
+        ca = str(pool.ca_certificate)
+        issuer: str | None = None  # the worker whose ticket the store holds
+        crossed = 0
+        for _ in range(16):
+            session = await open_session(
+                "127.0.0.1", port, ca_file=ca, ticket_store=store, early_data=issuer is not None
+            )
+            try:
+                worker = (await session.request("files", meta=GET)).meta["edge-worker"]
+                if issuer is not None:
+                    assert session.session_resumed and session.early_data == "accepted"
+                    crossed += worker != issuer
+                await _ticket(session)
+                issuer = worker
+            finally:
+                await session.close()
+            if crossed >= 2:
+                break
+        assert crossed >= 2  # each connection picks a worker by chance: 16 tries
+    finally:
+        await loop.run_in_executor(None, pool.stop)
