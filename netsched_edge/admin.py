@@ -1,7 +1,9 @@
 """The edge's admin endpoint: Prometheus `/metrics`, `/livez`, `/readyz` over HTTP/1.1.
 
 `/readyz` answers 200 `ready`, or 503 with one `not ready: REASON` line per
-reason (draining; a service with no healthy backend, each backend's state).
+reason (draining; a service with no healthy backend, each backend's state; a
+fleet membership lost); lines that say what the edge runs on follow either
+(a fleet host's state: etcd reachable or not, the config and keys revisions).
 
 Operators scrape and probe it the usual way; it listens only where the config
 says (`[edge] admin = "127.0.0.1:9100"`), never on the QUIC port.
@@ -23,10 +25,17 @@ READ_TIMEOUT_S = 5.0
 
 
 class AdminServer:
-    def __init__(self, metrics: Callable[[], bytes], unready: Callable[[], list[str]]) -> None:
-        """`unready()`: why the edge is not ready, one line per reason; empty when it is."""
+    def __init__(
+        self,
+        metrics: Callable[[], bytes],
+        unready: Callable[[], list[str]],
+        notes: Callable[[], list[str]] = list,
+    ) -> None:
+        """`unready()`: why the edge is not ready, one line per reason; empty when it is.
+        `notes()`: lines /readyz adds whatever the answer."""
         self._metrics = metrics
         self._unready = unready
+        self._notes = notes
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -46,9 +55,9 @@ class AdminServer:
             return 200, b"text/plain", b"ok\n"
         if path == b"/readyz":
             reasons = self._unready()
-            if not reasons:
-                return 200, b"text/plain", b"ready\n"
-            return 503, b"text/plain", "".join(f"not ready: {r}\n" for r in reasons).encode()
+            lines = [f"not ready: {r}" for r in reasons] or ["ready"]
+            body = "".join(f"{line}\n" for line in lines + self._notes()).encode()
+            return (503 if reasons else 200), b"text/plain", body
         return 404, b"text/plain", b"not found\n"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -4,6 +4,7 @@ netsched-edge [serve] --config edge.toml  serve; SIGTERM/SIGINT drain, SIGHUP re
 netsched-edge check-config edge.toml      validate and exit (0 ok, 2 error)
 netsched-edge generate-keys FILE          write a keys file to share among hosts (`keys_file`)
 netsched-edge ca [--config FILE] [--path] print the CA of the generated certificate
+netsched-edge fleet ...                   the fleet's state in etcd (netsched_edge.fleet.cli)
 netsched-edge demo [--duration 10]        self-contained demo with built-in backends
 netsched-edge --version
 """
@@ -11,13 +12,16 @@ netsched-edge --version
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import os
 import resource
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from netsched_client.cli import add_loop_option, run_on_loop
 
@@ -42,6 +46,9 @@ from .tls import (
     keep_credentials,
     kept_ca,
 )
+
+if TYPE_CHECKING:  # the fleet package needs httpx (the `fleet` extra)
+    from .fleet.host import FleetHost, FleetSettings
 
 _STATE_DIR_HELP = (
     "folder for the generated certificate and its CA (default: [edge] state_dir, else "
@@ -80,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"json: one object per line (default: ${FORMAT_VARIABLE}, else {DEFAULT_FORMAT})",
     )
     serve.add_argument("--verbose", "-v", action="store_true", help="same as --log-level debug")
+    _add_fleet_options(serve)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     keys = commands.add_parser("generate-keys", help="write a keys file (`keys_file`)")
@@ -91,7 +99,27 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("--state-dir", type=Path, help=_STATE_DIR_HELP)
     ca.add_argument("--path", action="store_true", help="print the CA file's path, not its PEM")
     _add_demo(commands.add_parser("demo", help="self-contained demo with built-in backends"))
+    # Listed for --help; main() hands its arguments to netsched_edge.fleet.cli.
+    commands.add_parser("fleet", help="the fleet's state in etcd (netsched-edge fleet --help)")
     return parser
+
+
+def _add_fleet_options(serve: argparse.ArgumentParser) -> None:
+    fleet = serve.add_argument_group("fleet (docs/FLEET.md; needs the 'fleet' extra)")
+    fleet.add_argument(
+        "--fleet-etcd",
+        metavar="URLS",
+        help="join the fleet in this etcd (client URLs, comma-separated)",
+    )
+    fleet.add_argument(
+        "--fleet-name", metavar="NAME", help="this host's member name (default: the host name)"
+    )
+    fleet.add_argument(
+        "--fleet-address",
+        metavar="ADDR",
+        help="where the fleet's forwarder reaches this host (default: the listening host)",
+    )
+    fleet.add_argument("--fleet-prefix", metavar="PREFIX", help="the fleet's etcd key prefix")
 
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
@@ -112,27 +140,96 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true")
 
 
-async def _serve(config: EdgeConfig, config_path: str, ca_note: str | None) -> int:
-    """Serve until SIGTERM/SIGINT (then drain); SIGHUP reloads `config_path`."""
+async def _serve(
+    config: EdgeConfig, config_path: str, ca_note: str | None, fleet: FleetSettings | None
+) -> int:
+    """Serve until SIGTERM/SIGINT (then drain); SIGHUP reloads `config_path`. In a
+    fleet, join it first: its keys, CIDs and config are the server's from the start."""
     lifecycle = Lifecycle(config_path)
     lifecycle.install()  # before anything else: no signal may find the default action
     server = EdgeServer(config)
     try:
-        try:
-            await server.start()
-        except (OSError, KeysError, CredentialsError) as exc:
-            print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
-            return 1
-        print(
-            f"netsched-edge listening on {config.host}:{server.port} (from {config.source})",
-            flush=True,
-        )
-        _print_note(ca_note)
-        await lifecycle.serve(server)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                if fleet is not None:
+                    await stack.enter_async_context(_join_fleet(server, fleet))
+                await server.start()
+            except (OSError, KeysError, CredentialsError, FleetError) as exc:
+                print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
+                return 1
+            print(
+                f"netsched-edge listening on {config.host}:{server.port} (from {config.source})",
+                flush=True,
+            )
+            _print_note(ca_note)
+            await lifecycle.serve(server)
     finally:
         await server.close()
         lifecycle.uninstall()
     return 0
+
+
+class FleetError(RuntimeError):
+    """The fleet could not be joined (etcd unreachable, the name taken, no ID left)."""
+
+
+@contextlib.asynccontextmanager
+async def _join_fleet(server: EdgeServer, settings: FleetSettings) -> AsyncIterator[None]:
+    """Be a member of the fleet while the server runs: the fleet's keys installed, its
+    config applied as a reload (keeping this host's address and credentials), its
+    encrypted CIDs issued, its state in /readyz."""
+    from .fleet.etcd import EtcdError
+    from .fleet.host import FleetHost
+    from .workers import WorkerIdentity
+
+    local = server.config
+    host = FleetHost(
+        settings,
+        ports=(local.port,),
+        apply_config=lambda config: server.reload(keep_local(config, local)),
+        install_keys=server.install_keys,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(host)
+        except EtcdError as exc:  # unreachable, the name taken, no server ID left
+            raise FleetError(f"fleet: {exc}") from None
+        assert host.cids is not None  # joined
+        await _first_keys(host)
+        server.worker = WorkerIdentity(0, 1, host.cids)
+        server.follow_fleet(host.status)
+        print(f"netsched-edge: {host.status().describe()}", flush=True)
+        yield
+
+
+# How long a joining host waits for the fleet's keys before it gives up.
+FIRST_KEYS_TIMEOUT_S = 10.0
+
+
+async def _first_keys(host: FleetHost) -> None:
+    """Wait until the fleet's keys are installed: a ticket or Retry token the server
+    made before would be sealed with keys no other host has."""
+    try:
+        async with asyncio.timeout(FIRST_KEYS_TIMEOUT_S):
+            while host.keys.ring is None:
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise FleetError(f"fleet: no keys from etcd within {FIRST_KEYS_TIMEOUT_S:g} s") from None
+
+
+def keep_local(config: EdgeConfig, local: EdgeConfig) -> EdgeConfig:
+    """The fleet's `config` as this host serves it: its listening and admin addresses,
+    state folder, and the certificate it started with when the fleet's names none."""
+    changes: dict[str, Any] = dict(
+        host=local.host,
+        port=local.port,
+        admin_host=local.admin_host,
+        admin_port=local.admin_port,
+        state_dir=local.state_dir,
+    )
+    if config.certificate is None:
+        changes.update(certificate=local.certificate, private_key=local.private_key)
+    return dataclasses.replace(config, **changes)
 
 
 def _with_credentials(config: EdgeConfig, state_dir: Path | None) -> tuple[EdgeConfig, str | None]:
@@ -196,6 +293,10 @@ def _load(path: str) -> EdgeConfig | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["fleet"]:
+        from .fleet.cli import main as fleet_main
+
+        return fleet_main(args[1:])
     if args and args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
         args.insert(0, "serve")  # `netsched-edge --config FILE`: serve, as always
     opts = _parser().parse_args(args)
@@ -235,9 +336,35 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     _raise_file_limit()
+    fleet = _fleet_settings(opts, config)
+    if fleet is not None and opts.workers > 1:
+        # The workers would each need the fleet's keys and config (not wired yet).
+        print(
+            "netsched-edge: --fleet-etcd takes one process (no --workers) for now", file=sys.stderr
+        )
+        return 2
+    if fleet is not None and config.port == 0:
+        config = dataclasses.replace(config, port=_free_udp_port(config.host))
     if opts.workers > 1:
         return _serve_workers(config, opts.config, opts.workers, ca_note)
-    return run_on_loop(_serve(config, opts.config, ca_note), opts.loop)
+    return run_on_loop(_serve(config, opts.config, ca_note, fleet), opts.loop)
+
+
+def _fleet_settings(opts: argparse.Namespace, config: EdgeConfig) -> FleetSettings | None:
+    """What `--fleet-*` say; None without `--fleet-etcd`."""
+    if opts.fleet_etcd is None:
+        return None
+    from .fleet.host import FleetSettings
+
+    settings = FleetSettings(
+        etcd=opts.fleet_etcd,
+        name=opts.fleet_name or socket.gethostname(),
+        address=opts.fleet_address or config.host,
+        base_dir=Path(opts.config).resolve().parent,
+    )
+    if opts.fleet_prefix is not None:
+        settings = dataclasses.replace(settings, prefix=opts.fleet_prefix)
+    return settings
 
 
 def _demo(opts: argparse.Namespace) -> int:
@@ -281,6 +408,15 @@ def _serve_workers(config: EdgeConfig, config_path: str, count: int, ca_note: st
     except WorkerError as exc:
         print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _free_udp_port(host: str) -> int:
+    """A UDP port free on `host` now: a fleet member registers its port when it joins,
+    before the server binds it."""
+    family, _, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind(address)
+        return int(probe.getsockname()[1])
 
 
 def _check_addresses(config: EdgeConfig) -> None:

@@ -835,7 +835,7 @@ class EdgeServer:
         self.draining = False
         self.connections: set[EdgeConnection] = set()
         self.udp_fronts: dict[str, UdpFront] = {}
-        self._admin = AdminServer(self.dispatcher.metrics.exposition, self.unready)
+        self._admin = AdminServer(self.dispatcher.metrics.exposition, self.unready, self.notes)
         metrics = self.dispatcher.metrics
         metrics.registry.register(PlannerCollector(lambda: self._endpoint))
         metrics.watch_pools(lambda: self.dispatcher.pools, asyncio.get_running_loop().time)
@@ -885,15 +885,18 @@ class EdgeServer:
             for name, pool in sorted(self.dispatcher.pools.items())
             if not pool.has_available_backend()
         ]
-        if self._fleet_status is not None:
-            fleet = self._fleet_status()
-            if not (fleet.member and fleet.etcd_available):
-                reasons.append(fleet.describe())
+        if self._fleet_status is not None and not self._fleet_status().member:
+            reasons.append("fleet membership lost: this host's server ID may be reused")
         return reasons
 
+    def notes(self) -> list[str]:
+        """What the edge runs on, for /readyz whatever its answer: a fleet host's state."""
+        return [] if self._fleet_status is None else [self._fleet_status().describe()]
+
     def follow_fleet(self, status: Callable[[], FleetStatus]) -> None:
-        """Count the fleet membership in readiness (/readyz): a host that lost it, or
-        cannot reach etcd, says so with `status().describe()`."""
+        """Report the fleet host's state in /readyz: not ready once its membership is
+        lost; with etcd unavailable it stays ready (it serves on its last config and
+        keys) and says so."""
         self._fleet_status = status
 
     def install_keys(self, ring: KeyRing) -> None:
