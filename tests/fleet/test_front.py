@@ -185,6 +185,29 @@ async def test_a_member_joining_then_leaving_reroutes(fleet: Fleet) -> None:
     assert front.status().stats.flows_retired == 1  # the client's flow to it
 
 
+async def test_membership_changes_drop_no_packet_of_the_others(fleet: Fleet) -> None:
+    """A steady stream to one host while others join and leave: every packet arrives."""
+    steady = await fleet.host("edge-steady")
+    front = await fleet.front()
+    config = await fleet.cids()
+    transport, client = await fleet.client(front)
+
+    async def stream() -> None:
+        for _ in range(300):
+            transport.sendto(short_packet(config.for_host(steady).for_worker(0).generate()))
+            await asyncio.sleep(0.002)
+
+    sending = asyncio.create_task(stream())
+    for round_ in range(3):
+        joined = await fleet.host(f"edge-{round_}")
+        await until(lambda: front.status().members == 2)
+        await fleet.members[joined].leave()
+        await until(lambda: front.status().members == 1)
+    await sending
+    await until(lambda: fleet.counts()[steady] == 300 and len(client.replies) == 300)
+    assert front.status().stats.no_backend == 0
+
+
 # A fleet host in a process of its own, to be killed without a goodbye: a UDP socket
 # counting nothing (it dies), registered as a member with its port.
 DYING_HOST = """
