@@ -26,7 +26,7 @@ from ..config import ConfigError, load_config
 from .config_watch import ConfigStatus, config_statuses
 from .election import leader
 from .etcd import Etcd, EtcdError
-from .front import DEFAULT_MAX_BACKENDS, FleetFront, FrontSettings
+from .front import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_BACKENDS, FleetFront, FrontSettings
 from .layout import Layout
 from .membership import MemberInfo, held_server_ids, members
 from .shared_keys import ROTATOR_ROLE
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     front.add_argument("--max-backends", type=int, default=DEFAULT_MAX_BACKENDS,
                        help="worker ports over all members (default %(default)s)")  # fmt: skip
+    front.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
+                       help="seconds a client's flow outlives its last datagram; above the "
+                       "edges' idle_timeout_s (default %(default)s)")  # fmt: skip
     return parser
 
 
@@ -102,7 +105,11 @@ async def _run(opts: argparse.Namespace, layout: Layout) -> int:
 
 async def _front(opts: argparse.Namespace, layout: Layout) -> int:
     settings = FrontSettings(
-        opts.etcd, opts.listen, prefix=layout.prefix, max_backends=opts.max_backends
+        opts.etcd,
+        opts.listen,
+        prefix=layout.prefix,
+        max_backends=opts.max_backends,
+        idle_timeout=opts.idle_timeout,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,7 +120,7 @@ async def _front(opts: argparse.Namespace, layout: Layout) -> int:
             host, port = front.local_address[:2]
             print(f"listening on {host}:{port}; {front.status().describe()}", flush=True)
             await stop.wait()
-    except OSError as exc:  # the address cannot be bound
+    except (OSError, ValueError) as exc:  # the address cannot be bound, a bad option
         print(f"netsched-edge fleet: front: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from netsched_client.io import Address
 
 from ..forwarder import QuicLbRouter, UdpForwarder, UdpRelay
-from ..forwarder.flows import DEFAULT_IDLE_TIMEOUT, ForwarderStats
+from ..forwarder.flows import ForwarderStats
 from ..forwarder.routing import HostRoute, rendezvous_seed
 from .cid_config import FleetCidConfig, ensure_cid_config
 from .etcd import Etcd, KeyValue
@@ -42,6 +42,9 @@ from .membership import MemberInfo
 log = logging.getLogger("netsched.edge.fleet")
 
 DEFAULT_MAX_BACKENDS = 1024  # worker ports over every member
+# A flow must outlive its QUIC connection's idle time (the edge's idle_timeout_s, 30 s by
+# default), or the host's last packets (a close) find no flow back to the client.
+DEFAULT_IDLE_TIMEOUT_S = 60.0
 
 
 def _no_choice(client: Address) -> None:
@@ -53,7 +56,7 @@ class FrontSettings:
     etcd: str  # the etcd cluster's client URLs, comma-separated
     listen: Address  # the public address (numeric)
     prefix: str = Layout().prefix
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # a flow's, at least the edge's idle timeout
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S  # a flow's
     max_backends: int = DEFAULT_MAX_BACKENDS
     max_flows: int | None = None  # the relay's default (from RLIMIT_NOFILE)
 

@@ -96,8 +96,7 @@ class Fleet:
         transport, host = await loop.create_datagram_endpoint(FakeHost, local_addr=(LOCAL, 0))
         self.stack.callback(transport.close)
         member = Member(self.etcd, self.layout, name, LOCAL, (host.port,), SETTINGS)
-        await member.__aenter__()
-        self.stack.push_async_callback(member.leave)
+        await self.stack.enter_async_context(member)
         self.hosts[member.server_id] = host
         self.members[member.server_id] = member
         return member.server_id
@@ -270,8 +269,7 @@ async def test_a_quic_client_reaches_real_edges_through_the_front(
     for i in range(2):
         port = _free_udp_port()
         member = Member(fleet.etcd, fleet.layout, f"edge-{i}", LOCAL, (port,), SETTINGS)
-        await member.__aenter__()
-        stack.push_async_callback(member.leave)
+        await stack.enter_async_context(member)
         edge = EdgeServer(
             EdgeConfig(
                 host=LOCAL, port=port, services=(service("api", http_backend("b", backend_port)),),
