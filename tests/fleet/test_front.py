@@ -256,44 +256,76 @@ async def test_a_dead_members_cids_go_to_the_living(fleet: Fleet) -> None:
     assert all(fleet.counts()[sid] > 0 for sid in living)  # by hash, over the living
 
 
+class RealFleet:
+    """Real edge servers as members (one worker each, the fleet's encrypted CIDs, one
+    certificate for all), a demo HTTP backend behind them, the front before them."""
+
+    def __init__(self, fleet: Fleet, tmp_path: Path) -> None:
+        self.fleet = fleet
+        self.pair = generate_self_signed(tmp_path)
+        self.edges: list[EdgeServer] = []
+
+    async def start(self, hosts: int) -> FleetFront:
+        stack = self.fleet.stack
+        backend = DemoHTTPServer("b", base_ms=1, cold_ms=0)
+        api = service("api", http_backend("b", await backend.start()))
+        stack.push_async_callback(backend.stop)
+        config = await self.fleet.cids()
+        for i in range(hosts):
+            port = _free_udp_port()  # the member says its port before its server ID is known
+            member = Member(self.fleet.etcd, self.fleet.layout, f"edge-{i}", LOCAL, (port,),
+                            SETTINGS)  # fmt: skip
+            await stack.enter_async_context(member)
+            edge = EdgeServer(
+                EdgeConfig(host=LOCAL, port=port, services=(api,),
+                           certificate=self.pair.certificate, private_key=self.pair.private_key),
+                worker=WorkerIdentity(0, 1, config.for_host(member.server_id)),
+            )  # fmt: skip
+            await edge.start()
+            stack.push_async_callback(edge.close)
+            self.edges.append(edge)
+        return await self.fleet.front()
+
+    async def session(self, front: FleetFront, **kwargs: object) -> Session:
+        session = await open_session(
+            LOCAL, front.local_address[1], ca_file=str(self.pair.ca_certificate), **kwargs
+        )  # type: ignore[arg-type]
+        self.fleet.stack.push_async_callback(session.close)
+        return session
+
+    def connections(self) -> list[int]:
+        return [len(edge.connections) for edge in self.edges]
+
+
 async def test_a_quic_client_reaches_real_edges_through_the_front(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    stack = fleet.stack
-    backend = DemoHTTPServer("b", base_ms=1, cold_ms=0)
-    backend_port = await backend.start()
-    stack.push_async_callback(backend.stop)
-    pair = generate_self_signed(tmp_path)  # one certificate for the fleet's name
-    config = await fleet.cids()
-    edges: list[EdgeServer] = []
-    for i in range(2):
-        port = _free_udp_port()
-        member = Member(fleet.etcd, fleet.layout, f"edge-{i}", LOCAL, (port,), SETTINGS)
-        await stack.enter_async_context(member)
-        edge = EdgeServer(
-            EdgeConfig(
-                host=LOCAL, port=port, services=(service("api", http_backend("b", backend_port)),),
-                certificate=pair.certificate, private_key=pair.private_key,
-            ),
-            worker=WorkerIdentity(0, 1, config.for_host(member.server_id)),
-        )  # fmt: skip
-        await edge.start()
-        stack.push_async_callback(edge.close)
-        edges.append(edge)
-    front = await fleet.front()
-    sessions: list[Session] = []
-    for _ in range(4):
-        session = await open_session(
-            LOCAL, front.local_address[1], ca_file=str(pair.ca_certificate)
-        )
-        stack.push_async_callback(session.close)
-        sessions.append(session)
+    real = RealFleet(fleet, tmp_path)
+    front = await real.start(2)
+    sessions = [await real.session(front) for _ in range(4)]
     for session in sessions:
         assert (await session.request("api", b"through the front")).status == 200
-    assert sum(len(edge.connections) for edge in edges) == 4  # each on one host
+    assert sum(real.connections()) == 4  # each on one host
     stats = front.status().stats
     assert stats.no_backend == stats.send_errors == 0
     assert stats.to_clients > 0 and stats.to_backends == stats.from_clients
+
+
+async def test_a_multipath_clients_paths_reach_its_host(fleet: Fleet, tmp_path: Path) -> None:
+    """Two paths from two client addresses: two flows at the front, one connection on
+    one host, both paths validated there (a path challenge answered by its host)."""
+    real = RealFleet(fleet, tmp_path)
+    front = await real.start(2)
+    session = await real.session(front, paths=["127.0.0.1", "127.0.0.2"])
+    assert session.multipath
+    assert [p.state for p in session.paths] == ["active", "active"]
+    for _ in range(5):
+        assert (await session.request("api", b"two paths")).status == 200
+    assert sorted(real.connections()) == [0, 1]
+    assert {p.local[0] if p.local else LOCAL for p in session.paths} == {LOCAL, "127.0.0.2"}
+    assert all(p.bytes_received > 0 for p in session.paths)
+    stats = front.status().stats
+    assert stats.active_flows == 2 and stats.no_backend == 0
 
 
 def _free_udp_port() -> int:
