@@ -14,7 +14,7 @@ and kinds): `Context._server_handle_finished` (overridden: it must send no
 ticket when `new_session_ticket_cb` is None), `Context._build_session_ticket`
 (derives the resumption secret for a ticket nonce), `Context._psk_key_exchange_mode`
 (None when the client cannot resume), `Context._max_early_data` (what a ticket
-offers; None: no 0-RTT), `Context._is_client`.
+offers; None: no 0-RTT).
 
 0-RTT anti-replay (RFC 8446 §8, RFC 9001 §9.2): a sealed ticket opens
 anywhere, as often as it is presented, so `EdgeTickets` keeps, per process,
@@ -37,7 +37,7 @@ from aioquic import tls
 from aioquic.buffer import Buffer
 
 from .keys import TicketSealer
-from .tls import HelloRetryContext
+from .tls import HelloRetryContext, enable_hello_retry
 
 # What a ticket says it is good for (aioquic's own value); a fleet's key grace
 # (`KeySchedule.grace_s`) shorter than this ends resumption sooner.
@@ -141,9 +141,8 @@ class SealedTicketContext(HelloRetryContext):
 def adopt(context: tls.Context, tickets: EdgeTickets | None, *, early_data: bool) -> None:
     """Make a server context aioquic built (inside QuicConnection._initialize, no factory
     to pass) issue and open sealed `tickets` (None: no tickets), offering 0-RTT in them
-    when `early_data`. The class swap adds behaviour only, as `tls.enable_hello_retry`."""
-    if context._is_client:
-        raise ValueError("session tickets are issued by servers: this context is a client's")
+    when `early_data`. The class swap adds behaviour only, as `enable_hello_retry`'s."""
+    enable_hello_retry(context)  # refuses a client's context
     context.__class__ = SealedTicketContext
     assert isinstance(context, SealedTicketContext)
     context.tickets = tickets

@@ -244,7 +244,7 @@ def test_the_tls_methods_the_adapter_overrides_or_calls_are_unchanged(name: str)
 
 def test_the_tls_attributes_the_adapter_sets_exist() -> None:
     context = tls.Context(is_client=False)
-    assert context._psk_key_exchange_mode is None and context._is_client is False
+    assert context._psk_key_exchange_mode is None
     assert "_max_early_data" in vars(context)  # what tickets offer (QuicConnection sets it)
     assert context.get_session_ticket_cb is None and context.new_session_ticket_cb is None
 
