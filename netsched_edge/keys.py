@@ -171,8 +171,9 @@ class TicketSealer:
     the identity), or None for one sealed with another key, altered, expired,
     or sealed with another `context` (bind the ALPN there: a ticket resumes
     only the protocol it was issued for, as 0-RTT requires, RFC 8446 §4.2.10).
-    A sealed ticket is not single-use: a replayed 0-RTT flight can be accepted
-    once per worker, which is why the edge serves only safe methods from 0-RTT.
+    A sealed ticket is not single-use: what limits a replayed 0-RTT flight is the
+    record each edge process keeps of the tickets it took early data with
+    (`tls_tickets.EdgeTickets`), and the safe methods the edge serves from 0-RTT.
 
     `previous` keys only open tickets (a fleet's rotated-out key during its
     grace period, docs/FLEET.md): new tickets are sealed with `key`.
