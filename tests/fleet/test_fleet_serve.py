@@ -212,3 +212,15 @@ async def test_single_pass_fleet_cids_of_17_bytes(start_server, open_client) -> 
         assert cids.for_worker(0).scheme.server_id(quic.host_cid) == b"\x01\x00"
     finally:
         await edge.close()
+
+
+async def test_a_host_that_cannot_join_does_not_start(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path / "edge.toml", 9))
+    with socket.socket() as probe:  # a port nobody listens on: etcd refused
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    refused = await run("serve", "--config", config, "--fleet-etcd", nowhere, timeout=15)
+    assert refused.code == 1
+    assert refused.err.startswith(f"netsched-edge: cannot start: fleet: etcd at {nowhere}")
+    with_workers = await run("serve", "--config", config, "--workers", "2", "--fleet-etcd", nowhere)
+    assert with_workers.code == 2 and "no --workers" in with_workers.err
