@@ -909,7 +909,7 @@ class EdgeServer:
         sealer = ring.ticket_sealer()
         if self.tickets is not None:
             self.tickets.sealer = sealer  # connections take it from this object
-        elif self.config.session_tickets:
+        elif self.config.session_tickets and self._endpoint is None:  # read at start only
             self.tickets = EdgeTickets(sealer)
         if self._endpoint is not None:
             self._endpoint.set_keys(self._keys)
