@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("members", help="members and their health")
     front = commands.add_parser("front", help="run the fleet's front forwarder")
     # Also accepted after the command (`front --etcd URL --listen ADDR`).
-    front.add_argument("--etcd", default=argparse.SUPPRESS, help="as before the command")
+    front.add_argument(
+        "--etcd", default=argparse.SUPPRESS, help="etcd client URLs (as before the command)"
+    )
     front.add_argument(
         "--listen", required=True, type=listen_address, help="HOST:PORT ([v6]:PORT) to serve"
     )
