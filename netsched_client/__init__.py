@@ -23,7 +23,9 @@ if TYPE_CHECKING:
         NegotiationError,
         NetSchedError,
         NoBackend,
+        ReconnectFailed,
         RequestError,
+        RequestInterrupted,
         RequestTimeout,
         ResponseTruncated,
         ServiceNotFound,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .proto.framing import Headers
     from .proto.slo import SLO
     from .runtime.paths import PathError, PathStats
+    from .runtime.reconnect import ReconnectPolicy, ReconnectStats
     from .runtime.session import (
         Response,
         ResumptionTicket,
@@ -68,7 +71,9 @@ else:
                 "NegotiationError",
                 "NetSchedError",
                 "NoBackend",
+                "ReconnectFailed",
                 "RequestError",
+                "RequestInterrupted",
                 "RequestTimeout",
                 "ResponseTruncated",
                 "ServiceNotFound",
@@ -85,6 +90,8 @@ else:
         "SLO": ".proto.slo",
         "PathError": ".runtime.paths",
         "PathStats": ".runtime.paths",
+        "ReconnectPolicy": ".runtime.reconnect",
+        "ReconnectStats": ".runtime.reconnect",
         **dict.fromkeys(
             (
                 "Response",
@@ -149,7 +156,11 @@ __all__ = [
     "NoBackend",
     "PathError",
     "PathStats",
+    "ReconnectFailed",
+    "ReconnectPolicy",
+    "ReconnectStats",
     "RequestError",
+    "RequestInterrupted",
     "RequestTimeout",
     "Response",
     "ResponseTruncated",

@@ -83,6 +83,30 @@ class EdgeGoingAway(ConnectionLost):
     """
 
 
+class RequestInterrupted(ConnectionLost):
+    """The connection under a request, stream or datagram flow was lost, and the SDK did
+    not send it again: it was not idempotent, its deadline left no time, or it was a
+    stream or datagram flow (never replayed behind the application's back).
+
+    `may_have_been_processed` is False only when the edge cannot have acted on it
+    (it never left, or it waited in 0-RTT for a handshake that never completed);
+    then sending it again is safe even when it is not idempotent.
+    """
+
+    def __init__(self, message: str, *, may_have_been_processed: bool) -> None:
+        super().__init__(message)
+        self.may_have_been_processed = may_have_been_processed
+
+
+class ReconnectFailed(ConnectionLost):
+    """The session could not reconnect within its policy's attempts and time; `attempts`
+    says how many it made, `__cause__` is the last attempt's error. The session is closed."""
+
+    def __init__(self, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
 class RequestError(NetSchedError):
     """The edge refused or failed the request itself (never a backend's own answer)."""
 

@@ -8,9 +8,10 @@
 A URL's host names the edge's service (`services=` maps hosts to services
 instead); its path and query are the target the backend sees; method, headers
 and a streamed body go as they are. The response streams back with the
-backend's status and headers. One session to the edge serves every request;
-a lost or draining one is replaced on the next request, resuming its TLS
-session (0-RTT, where the edge serves safe methods at once).
+backend's status and headers. One session to the edge serves every request
+and reconnects by itself after a GOAWAY or a lost connection (resuming its TLS
+session, in 0-RTT where the edge serves safe methods at once); one that gave
+up reconnecting is replaced on the next request.
 
 Errors land on httpx's tree: a missed deadline raises `DeadlineMissed` (an
 `httpx.TimeoutException`), an edge that cannot be reached `httpx.ConnectError`
@@ -47,6 +48,7 @@ from .errors import (
     ServiceNotFound,
 )
 from .proto.fec_link import FecConfig
+from .proto.framing import ResponseHead
 from .proto.slo import SLO
 from .runtime.session import Session, Stream, TicketStore, open_session
 
@@ -190,10 +192,10 @@ class NetSchedTransport(httpx.AsyncBaseTransport):
         """The open session, or a new one (resuming the last, with 0-RTT)."""
         async with self._connecting:
             current = self._session
-            if current is not None and not current.closed and not current.going_away:
-                return current
+            if current is not None and not current.closed:
+                return current  # it reconnects by itself: replacing it too would double up
             self._session = None
-            if current is not None:  # closed, or draining: its close must not delay us
+            if current is not None:  # it gave up reconnecting: its close must not delay us
                 self._spawn(current.close())
             timeout = _timeout(request, "connect") or self._connect_timeout
             try:
@@ -247,13 +249,7 @@ class _Exchange:
     async def run(self) -> httpx.Response:
         request = self._request
         with _as_httpx(request):
-            stream = await self._send()
-            try:
-                async with self.limits("read"):
-                    head = await stream.response()
-            except BaseException:
-                stream.abort()  # the edge may still answer: nobody will read it
-                raise
+            stream, head = await self._answer()
         info = NetSchedInfo(
             backend=head.backend,
             alpn=self._session.alpn,
@@ -272,14 +268,28 @@ class _Exchange:
             request=request,
         )
 
+    async def _answer(self) -> tuple[Stream, ResponseHead]:
+        """The stream and its response head; sent once more when the edge refused it
+        unprocessed (sent before its GOAWAY arrived) and the body is still in memory."""
+        refused = False
+        while True:
+            stream = await self._send()
+            try:
+                async with self.limits("read"):
+                    return stream, await stream.response()
+            except EdgeGoingAway:
+                if refused or not isinstance(self._request.stream, httpx.ByteStream):
+                    raise
+                refused = True
+            except BaseException:
+                stream.abort()  # the edge may still answer: nobody will read it
+                raise
+
     async def _send(self) -> Stream:
-        """Open the stream (again on a new session if this one is draining) and send the body."""
+        """Open the stream (the session waits for its new connection if it is replacing
+        one) and send the body."""
         request = self._request
-        try:
-            stream = await self._open(self._session)
-        except EdgeGoingAway:  # refused before anything was processed: safe on a new one
-            self._session = await self._transport._connected(request)
-            stream = await self._open(self._session)
+        stream = await self._open(self._session)
         if isinstance(request.stream, httpx.ByteStream):
             return stream  # the whole body went with the head
         async with self.limits("write"):

@@ -46,6 +46,11 @@ EventHandler = Callable[[QuicEvent], None]
 
 # Datagrams one flush may build in pacer rounds (the planner's per-flow limit).
 MAX_BURST = MAX_PER_FLOW
+# RFC 9000 §10.3: a stateless reset is at least 21 bytes, its last 16 the token.
+MIN_STATELESS_RESET = 21
+RESET_TOKEN_SIZE = 16
+# A client checks for a stateless reset only this long after it last heard its peer.
+RESET_AFTER_QUIET_S = 0.01
 # A connection with nothing deadline-bound queued: last among deadlines, default urgency.
 _NO_PRIORITY = (math.inf, DEFAULT_URGENCY)
 
@@ -61,9 +66,45 @@ class DriverStats:
     deadline_misses: int  # streams reset because their deadline passed (DeadlineMissed)
 
 
+def is_stateless_reset(data: bytes, quic: QuicConnection) -> bool:
+    """`data` ends with the stateless reset token of a connection ID the peer gave us.
+
+    Checked before the datagram is opened (RFC 9000 §10.3.1 allows it): a real
+    packet ending in a 128-bit token by chance is not a concern.
+    """
+    if len(data) < MIN_STATELESS_RESET or data[0] & 0x80:  # a long header is never one
+        return False
+    return data[-RESET_TOKEN_SIZE:] in _peer_reset_tokens(quic)
+
+
+def handshake_confirmed(quic: QuicConnection) -> bool:
+    """The peer confirmed the handshake (RFC 9001 §4.1.2; a client: HANDSHAKE_DONE came).
+
+    Until then a server has not read the client's 1-RTT packets: a client request
+    it could have acted on went in 0-RTT.
+    """
+    # aioquic (pinned 1.7.2) has no public accessor.
+    return bool(quic._handshake_confirmed)
+
+
+def _peer_reset_tokens(quic: QuicConnection) -> set[bytes]:
+    # aioquic (pinned 1.7.2) keeps the peer's connection IDs private; with multipath each
+    # path other than the one loaded parks its own (proto/multipath/path.py).
+    held = [quic._peer_cid, *quic._peer_cid_available]
+    if isinstance(quic, MultipathConnection):
+        for path in quic.paths.values():
+            if "_peer_cid" in path.parked:
+                held += [path.parked["_peer_cid"], *path.parked["_peer_cid_available"]]
+    return {cid.stateless_reset_token for cid in held if cid.stateless_reset_token}
+
+
 class ConnectionDriver:
     """One connection on a loop. Give `send_batch` (a ticker of its own, with
-    `timer_resolution` and `clock`) or `ticker` (shared), not both."""
+    `timer_resolution` and `clock`) or `ticker` (shared), not both.
+
+    `stateless_resets`: end the connection when a datagram is the peer's stateless
+    reset (RFC 9000 §10.3), which aioquic does not recognise: a client whose edge
+    lost its state learns it at once instead of at the idle timeout."""
 
     def __init__(
         self,
@@ -74,6 +115,7 @@ class ConnectionDriver:
         ticker: Ticker | None = None,
         timer_resolution: float = TIMER_RESOLUTION,
         clock: Clock | None = None,
+        stateless_resets: bool = False,
     ) -> None:
         if ticker is None:
             if send_batch is None:
@@ -87,6 +129,8 @@ class ConnectionDriver:
         self._deadline: float | None = None  # the one the ticker holds
         self._timers_armed = self._timer_wakeups = self._flushes = 0
         self._datagrams_sent = self._deadline_misses = 0
+        self._stateless_resets = stateless_resets
+        self.last_received = ticker.now()  # when the peer was last heard (or the start)
         self.closed = asyncio.Event()
 
     @property
@@ -115,6 +159,14 @@ class ConnectionDriver:
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         now = self._ticker.now()
+        # Only after a quiet spell: a peer that lost its state has stopped answering, and
+        # every packet of ours from then on draws a reset, while matching the tokens
+        # costs microseconds a datagram that a busy connection cannot spend.
+        quiet = now - self.last_received >= RESET_AFTER_QUIET_S
+        if quiet and self._stateless_resets and is_stateless_reset(data, self.quic):
+            self.abandon(QuicErrorCode.NO_ERROR, "stateless reset")
+            return
+        self.last_received = now
         self.quic.receive_datagram(data, addr, now=now)
         self._drain_events()
         if not self.closed.is_set():

@@ -16,11 +16,12 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import random
 import socket
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from aioquic.quic.packet import QuicErrorCode
 from cryptography import x509
 
 from ..errors import (
@@ -42,6 +44,8 @@ from ..errors import (
     HostNotFound,
     NegotiationError,
     NetSchedError,
+    ReconnectFailed,
+    RequestInterrupted,
     ResponseTruncated,
     error_for_status,
 )
@@ -64,10 +68,18 @@ from ..proto.multipath.scheduler import SCHEDULER_POLICIES
 from ..proto.send_order import ERROR_DEADLINE
 from ..proto.slo import SLO
 from .debug import enable_debug_logs
-from .driver import ConnectionDriver
+from .driver import ConnectionDriver, handshake_confirmed
 from .endpoint import ClientEndpoint, open_client_endpoint, port_unreachable, resolve
 from .interfaces import InterfaceError, discover, resolve_local
 from .paths import PathError, PathManager, PathStats
+from .reconnect import (
+    Outage,
+    ReconnectPolicy,
+    ReconnectStats,
+    may_resend,
+    policy_of,
+    served_early,
+)
 
 log = logging.getLogger("netsched.client")
 # aioquic logs a failed handshake (a certificate not trusted) at WARNING. In an app that
@@ -96,6 +108,8 @@ CERTIFICATE_ALERTS = frozenset(
     }
 )
 CLOSE_WAIT_S = 1.0
+# While requests wait for answers from a silent edge, PING it this often (`_Link`).
+LIVENESS_S = 0.25
 
 
 class _AppProtocol(Protocol):
@@ -148,9 +162,14 @@ HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]]
 class Stream:
     """One request stream: write the request body, read the response."""
 
-    def __init__(self, session: Session, stream_id: int, *, write_closed: bool = False) -> None:
-        self._session = session
+    def __init__(
+        self, link: _Link, stream_id: int, *, write_closed: bool = False, early: bool = False
+    ) -> None:
+        self._link = link
         self.stream_id = stream_id
+        # The edge may serve it from 0-RTT: a connection that dies before its handshake
+        # completed may have processed it (otherwise it cannot have).
+        self.early = early
         self._head: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
         self._chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         self._buffer = b""
@@ -168,13 +187,13 @@ class Stream:
     async def write(self, data: bytes) -> None:
         if self._write_closed:
             raise RuntimeError("write after write_eof()")
-        self._session._send_body(self.stream_id, data, end_stream=False)
+        self._link.send_body(self.stream_id, data, end_stream=False)
         await asyncio.sleep(0)
 
     def write_eof(self) -> None:
         if not self._write_closed:
             self._write_closed = True
-            self._session._send_body(self.stream_id, b"", end_stream=True)
+            self._link.send_body(self.stream_id, b"", end_stream=True)
 
     async def read(self, n: int = -1) -> bytes:
         """Up to `n` bytes of the response body (all of it for n < 0); b"" at the end."""
@@ -198,7 +217,7 @@ class Stream:
         return self._head.done() and not self._head.cancelled() and self._head.exception() is None
 
     def abort(self) -> None:
-        self._session._abort(self.stream_id)
+        self._link.abort(self.stream_id)
         self._fail(ConnectionLost("stream aborted by the application"))
 
     async def _next_chunk(self) -> bytes | None:
@@ -358,43 +377,312 @@ class _TicketSink:
             self._store.put(self.latest)
 
 
-class Session:
-    """A connection to an edge. Use `connect()` to make one."""
+class _Link:
+    """One QUIC connection of a session: its driver, sockets and paths, and the requests
+    begun on it. A session has one in service and, after a GOAWAY, draining ones whose
+    requests finish where they began (stream IDs belong to their connection).
+
+    `on_change(link, reason)` hears when the link stops taking new requests: the
+    edge's GOAWAY, or the connection's end.
+    """
 
     def __init__(
         self,
         driver: ConnectionDriver,
         endpoint: ClientEndpoint,
+        paths: PathManager,
         alpn: str,
-        default_slo: SLO | None,
         authority: str,
-        path_manager: PathManager,
         *,
         handshake: asyncio.Future[str | None],
         tickets: _TicketSink,
-        early_data: bool = False,
+        early_data: bool,
+        on_change: Callable[[_Link, str], None],
+        on_datagram: Callable[[str, bytes], None],
     ) -> None:
-        self._driver = driver
-        self._endpoint = endpoint
-        self._paths = path_manager
+        self.driver = driver
+        self.endpoint = endpoint
+        self.paths = paths
         self.alpn = alpn
-        self.default_slo = default_slo
-        quic = driver.quic
-        self._proto = _app_protocol(alpn, quic, authority)
-        self._streams: dict[int, Stream] = {}
-        self._datagrams: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=1024)
-        self._lost: ConnectionLost | None = None
-        # The edge drains (GOAWAY): its first refused stream; no new requests here.
-        self._goaway: int | None = None
-        self._handshake = handshake
-        # A 0-RTT session may never see its handshake's outcome asked for.
-        handshake.add_done_callback(_retrieve)
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._tickets = tickets
-        self._early_data: EarlyData = "pending" if early_data else "off"
-        self._resumed = False
+        self.authority = authority
+        self.proto = _app_protocol(alpn, driver.quic, authority)
+        self.streams: dict[int, Stream] = {}
+        self.lost: ConnectionLost | None = None
+        self.goaway: int | None = None  # the edge drains: its first refused stream
+        self.handshake = handshake
+        handshake.add_done_callback(self._on_handshake_outcome)
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.tickets = tickets
+        self.early_data: EarlyData = "pending" if early_data else "off"
+        self.resumed = False
+        self.on_change = on_change
+        self.on_datagram = on_datagram
+        self._liveness: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         driver.add_event_handler(self._on_quic_event)
+
+    @property
+    def usable(self) -> bool:
+        """It takes new requests: not lost, no GOAWAY."""
+        return self.lost is None and self.goaway is None
+
+    @property
+    def handshake_complete(self) -> bool:
+        handshake = self.handshake
+        return handshake.done() and not handshake.cancelled() and handshake.exception() is None
+
+    @property
+    def confirmed(self) -> bool:
+        """The edge confirmed the handshake: it may have acted on any request sent here
+        (before, only on those it serves from 0-RTT)."""
+        return handshake_confirmed(self.driver.quic)
+
+    def refusal(self) -> ConnectionLost:
+        """Why it takes no new request."""
+        if self.lost is not None:
+            return self.lost
+        return EdgeGoingAway("the edge is draining this connection; open a new one")
+
+    def open(self, head: RequestHead, payload: bytes, *, end_stream: bool, early: bool) -> Stream:
+        """Send `head` with `payload` on a new stream (the caller checked `usable`)."""
+        stream_id = self.proto.send_request(head, payload, end_stream=end_stream)
+        stream = self.streams[stream_id] = Stream(
+            self, stream_id, write_closed=end_stream, early=early
+        )
+        self._watch_liveness()
+        return stream
+
+    def send_body(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
+        if self.lost is not None:
+            raise self.lost
+        self.proto.send_body(stream_id, data, end_stream=end_stream)
+        self.driver.schedule_transmit()
+
+    def abort(self, stream_id: int) -> None:
+        if self.lost is None:
+            self.proto.abort(stream_id)
+            self.driver.schedule_transmit()
+        self._drop(stream_id)
+
+    def _drop(self, stream_id: int) -> None:
+        """Forget a stream that is over; a draining link with none left is done."""
+        if self.streams.pop(stream_id, None) is None:
+            return
+        if self.goaway is not None and self.lost is None and not self.streams:
+            self.on_change(self, "drained")
+
+    def expect_handshake(self, timeout: float) -> None:
+        """Give up on a 0-RTT link whose handshake takes longer than `timeout`."""
+
+        def expired() -> None:
+            if not self.handshake.done():
+                lost = ConnectionLost(f"no handshake with {self.authority} within {timeout} s")
+                self.handshake.set_exception(lost)
+
+        self.handshake_timer = asyncio.get_running_loop().call_later(timeout, expired)
+
+    def _on_handshake_outcome(self, handshake: asyncio.Future[str | None]) -> None:
+        """A 0-RTT link whose handshake failed (refused, timed out) is over: its requests
+        learn it now, not at the idle timeout."""
+        if handshake.cancelled() or (error := handshake.exception()) is None:
+            return
+        if self.lost is None:
+            lost = error if isinstance(error, ConnectionLost) else ConnectionLost(str(error))
+            self._end(lost, str(lost))
+            self.driver.close(reason="handshake failed")
+
+    def run_in_background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Close the connection and release its sockets, timers and tasks (bounded)."""
+        self._stop()
+        if self.lost is None:
+            self.driver.close(reason="session closed")
+        # The close frame is out; waiting for the drain period is a courtesy, bounded.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.driver.closed.wait()
+        self.endpoint.close()
+
+    def _stop(self) -> None:
+        self.paths.close()
+        for task in self._background:
+            task.cancel()
+        for timer in (self.handshake_timer, self._liveness):
+            if timer is not None:
+                timer.cancel()
+
+    # -- liveness ------------------------------------------------------------------
+
+    def _watch_liveness(self) -> None:
+        if self._liveness is None:
+            loop = asyncio.get_running_loop()
+            self._liveness = loop.call_later(LIVENESS_S, self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        """While requests wait for answers, PING an edge that went quiet: an edge that
+        died sends nothing, and a request that has all its bytes acknowledged leaves
+        nothing in flight to notice it. The PING meets the restarted edge's stateless
+        reset, or times out the connection, instead of the request waiting out the
+        idle timeout."""
+        self._liveness = None
+        if self.lost is not None or not self.streams:
+            return
+        if self.driver.now() - self.driver.last_received >= LIVENESS_S:
+            self.driver.quic.send_ping(0)
+            self.driver.schedule_transmit()
+        self._watch_liveness()
+
+    # -- events --------------------------------------------------------------------
+
+    def _on_quic_event(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            if self.lost is None:
+                reason = event.reason_phrase or f"error code {event.error_code:#x}"
+                lost = ConnectionLost(f"connection closed: {reason}")
+                lost.error_code = event.error_code
+                self._end(lost, reason)
+            return
+        if isinstance(event, HandshakeCompleted):
+            self._on_handshake(event)
+        for pevent in self.proto.handle_event(event):
+            self._dispatch(pevent)
+
+    def _dispatch(self, event: ProtocolEvent) -> None:
+        if isinstance(event, native.GoawayReceived):
+            self._on_goaway(event.stream_id)
+            return
+        if isinstance(event, DatagramReceived):
+            self.on_datagram(event.service, event.payload)
+            return
+        if not isinstance(event, ResponseReceived | BodyReceived | StreamAborted):
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        if isinstance(event, ResponseReceived):
+            stream._on_head(event.head)
+        elif isinstance(event, BodyReceived):
+            stream._on_body(event.data, event.end_stream)
+            if event.end_stream:
+                self._drop(event.stream_id)
+                self.proto.forget(event.stream_id)
+        else:
+            error = _abort_error(event, after_head=stream.head_received)
+            self._drop(event.stream_id)
+            stream._fail(error)
+            if isinstance(error, EdgeGoingAway) and self.goaway is None:
+                # HTTP/3's GOAWAY frame is not parsed: its refusals say the same.
+                self._on_goaway(event.stream_id)
+
+    def _on_goaway(self, first_refused: int) -> None:
+        """Finish the requests below `first_refused`; fail the others now (the edge resets
+        them unprocessed) and every later one, so that they go to a new connection."""
+        self.goaway = first_refused
+        for stream_id in [sid for sid in self.streams if sid >= first_refused]:
+            self.streams.pop(stream_id)._fail(
+                EdgeGoingAway(f"stream {stream_id}: refused, the edge is draining")
+            )
+            self.proto.forget(stream_id)
+        self.on_change(self, "goaway")
+
+    def _on_handshake(self, event: HandshakeCompleted) -> None:
+        self.resumed = event.session_resumed
+        if self.early_data == "pending":
+            self.early_data = "accepted" if event.early_data_accepted else "rejected"
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+
+    def _end(self, lost: ConnectionLost, reason: str) -> None:
+        """The connection is gone: each request on it learns whether the edge may have
+        processed it (RequestInterrupted; the session decides about sending it again)."""
+        self.lost = lost
+        self._stop()
+        confirmed = self.confirmed
+        # Refused (CONNECTION_REFUSED from a draining edge, even after the handshake, or
+        # nothing listening): the edge took none of its requests.
+        refused = (
+            isinstance(lost, ConnectionRefused)
+            or lost.error_code == QuicErrorCode.CONNECTION_REFUSED
+        )
+        for stream_id, stream in self.streams.items():
+            interrupted = RequestInterrupted(
+                f"stream {stream_id}: {lost}",
+                may_have_been_processed=not refused and (confirmed or stream.early),
+            )
+            interrupted.error_code = lost.error_code
+            interrupted.__cause__ = lost
+            stream._fail(interrupted)
+        self.streams.clear()
+        self.on_change(self, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What a request sends, kept to send it again on a new connection."""
+
+    service: str
+    payload: bytes
+    slo: SLO | None
+    meta: Mapping[str, str]  # with the HTTP method and target (`_http_meta`)
+    headers: HeaderFields
+    fec: FecOverride | None
+
+    @property
+    def method(self) -> str:
+        return self.meta["method"]
+
+
+class Session:
+    """A session with an edge, over one connection at a time. Use `connect()` to make one.
+
+    With a `ReconnectPolicy` (the default) the session outlives its connection:
+    after the edge's GOAWAY new requests go to a new connection while those
+    under way finish on the draining one; after a loss the session connects
+    again (resuming the TLS session, in 0-RTT when the ticket allows) and sends
+    the requests that may be sent twice once more; see `request`.
+    """
+
+    _link: _Link  # the connection in service (set by `_start`)
+
+    def __init__(
+        self,
+        dialer: _Dialer,
+        default_slo: SLO | None,
+        policy: ReconnectPolicy | None,
+    ) -> None:
+        self._dialer = dialer
+        self.default_slo = default_slo
+        self._policy = policy
+        self._rng = random.Random()  # the backoff's jitter
+        self._draining: set[_Link] = set()  # after a GOAWAY: their requests finish there
+        self._closing: set[asyncio.Task[None]] = set()  # links closing (bounded: CLOSE_WAIT_S)
+        self._datagrams: asyncio.Queue[tuple[str, bytes] | ConnectionLost] = asyncio.Queue(
+            maxsize=1024
+        )
+        self._receivers = 0  # receive_datagram calls waiting
+        self._lost: ConnectionLost | None = None  # closed for good
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._in_service = asyncio.Event()  # set while `_link` takes requests
+        self._waiting = 0  # requests waiting for a connection
+        self._added_paths: list[str] = []  # add_path's locals, opened again on reconnect
+        self._reconnects = self._attempts = self._retried = self._interrupted = 0
+        self._last_reason: str | None = None
+        # A session reconnects only once it has had a connection: a first one that
+        # fails (a 0-RTT one whose handshake never completes) is a set-up failure.
+        self._established = False
+        self._outage: Outage | None = None  # the reconnect budget being spent
+        self._connected_at = 0.0  # when the connection in service was made
+        # The latest ticket of a connection no longer in service (a refused one gets none).
+        self._ticket: ResumptionTicket | None = None
+
+    async def _start(self, ticket: ResumptionTicket | None, *, early_data: bool) -> None:
+        """The first connection: its failure is the caller's (no reconnect for it)."""
+        self._adopt(await self._dial(ticket, early_data=early_data, timeout=self._dialer.timeout))
+        self._connected_at = asyncio.get_running_loop().time()
 
     # -- public API ----------------------------------------------------------
 
@@ -423,19 +711,27 @@ class Session:
         negotiated it). Raises the `RequestError` subclass for the edge's own
         refusal (unknown service, no backend, queue full, ...), and
         `DeadlineExceeded` when the request's deadline passes without an answer.
+
+        With reconnection on, a request is sent once more on a new connection,
+        at most once and only inside its deadline, when that does no harm: the
+        edge refused it unprocessed (GOAWAY), it is idempotent (its SLO says so,
+        or its method is GET, HEAD, OPTIONS, TRACE, PUT or DELETE), or it
+        cannot have been processed. Otherwise a lost connection raises
+        `RequestInterrupted`, saying whether the edge may have processed it.
         """
         started = time.monotonic()
         http = _http_meta(meta, method, path, default_method="POST" if body else "GET")
-        stream = self._open(service, body, slo, http, headers, streaming=False, fec=fec)
-        deadline_ms = self._effective(slo).deadline_ms
+        effective = self._effective(slo)
+        deadline_ms = effective.deadline_ms
+        loop = asyncio.get_running_loop()
+        deadline_at = None if deadline_ms is None else loop.time() + deadline_ms / 1000
+        request = _Request(service, body, slo, http, header_fields(headers or ()), fec)
         try:
-            async with asyncio.timeout(
-                None if deadline_ms is None else deadline_ms / 1000 + DEADLINE_GRACE_S
+            async with asyncio.timeout_at(
+                None if deadline_at is None else deadline_at + DEADLINE_GRACE_S
             ):
-                head = await stream.response()
-                body = await self._read_limited(stream)
+                head, body = await self._exchange(request, effective, deadline_at)
         except TimeoutError:
-            stream.abort()
             raise DeadlineExceeded(f"no response from the edge within {deadline_ms} ms") from None
         return Response(
             status=head.status,
@@ -465,31 +761,75 @@ class Session:
         `method` (default POST), `path` and `headers` as for `request`. `body`:
         the whole request body, sent with the head and the end of the request
         (the edge then tells the backend its length); only `read()` remains.
+        A stream is never sent again: a lost connection raises
+        `RequestInterrupted` from it. While the session reconnects, this waits
+        for the new connection (at most the connect timeout).
         """
         http = _http_meta(meta, method, path, default_method="POST")
-        stream = self._open(
-            service,
-            body or b"",
-            slo,
-            http,
-            headers,
-            streaming=True,
-            fec=fec,
-            whole=body is not None,
-        )
-        return stream
+        request = _Request(service, body or b"", slo, http, header_fields(headers or ()), fec)
+        link = await self._link_in_service()
+        return self._send(link, request, streaming=True, whole=body is not None)
 
     def send_datagram(self, service: str, payload: bytes) -> None:
-        self._check_open()
-        self._proto.send_datagram(service, payload)
-        self._driver.schedule_transmit()
+        """Send a QUIC DATAGRAM to a UDP service on the connection in service;
+        `RequestInterrupted` (not sent) while the session reconnects."""
+        link = self._live_link()
+        link.proto.send_datagram(service, payload)
+        link.driver.schedule_transmit()
 
     async def receive_datagram(self) -> tuple[str, bytes]:
-        """The next (service, payload) datagram from the edge."""
+        """The next (service, payload) datagram from the edge.
+
+        A flow lives on one connection: when it is lost (or replaced), a call
+        waiting here raises `RequestInterrupted`, and the application decides
+        what to send on the new one (datagrams are never replayed)."""
         self._check_open()
-        return await self._datagrams.get()
+        self._receivers += 1
+        try:
+            item = await self._datagrams.get()
+        finally:
+            self._receivers -= 1
+        if isinstance(item, ConnectionLost):
+            raise item
+        return item
+
+    # -- reconnection ------------------------------------------------------------
+
+    @property
+    def reconnect_policy(self) -> ReconnectPolicy | None:
+        """How the session reconnects; None: it never does."""
+        return self._policy
+
+    @property
+    def reconnect_stats(self) -> ReconnectStats:
+        """Reconnects so far, attempts, requests sent again or interrupted, the last reason."""
+        return ReconnectStats(
+            reconnects=self._reconnects,
+            attempts=self._attempts,
+            retried=self._retried,
+            interrupted=self._interrupted,
+            last_reason=self._last_reason,
+        )
+
+    @property
+    def reconnecting(self) -> bool:
+        """A new connection is being set up: requests wait for it."""
+        return self._reconnecting is not None
 
     # -- paths ----------------------------------------------------------------
+
+    @property
+    def _driver(self) -> ConnectionDriver:
+        return self._link.driver
+
+    @property
+    def _paths(self) -> PathManager:
+        return self._link.paths
+
+    @property
+    def alpn(self) -> str:
+        """The application protocol of the connection in service."""
+        return self._link.alpn
 
     @property
     def multipath(self) -> bool:
@@ -507,13 +847,23 @@ class Session:
         return list(self._paths.events)
 
     async def add_path(self, local: str) -> int:
-        """Open a path from a local address or interface name; its ID once validated."""
-        self._check_open()
-        return await self._paths.add(local)
+        """Open a path from a local address or interface name; its ID once validated.
+        A new connection after a reconnect opens it again."""
+        path_id = await self._live_link().paths.add(local)
+        if local not in self._added_paths:
+            self._added_paths.append(local)
+        return path_id
 
     def remove_path(self, path_id: int) -> None:
-        self._check_open()
-        self._paths.remove(path_id)
+        """Abandon a path; a reconnect no longer opens it if `add_path` had opened it."""
+        paths = self._live_link().paths
+        local = next((s.local for s in paths.stats() if s.path_id == path_id), None)
+        paths.remove(path_id)
+        if local is not None:
+            family = self._dialer.family
+            self._added_paths = [
+                added for added in self._added_paths if not _resolves_to(added, local[0], family)
+            ]
 
     @property
     def can_migrate(self) -> bool:
@@ -526,20 +876,17 @@ class Session:
         the current one, on a new port), e.g. after a network change; returns the path ID
         in use. Single path: RFC 9000 active migration with a new connection ID.
         Multipath: a path from `local` is opened, then the others are abandoned."""
-        self._check_open()
-        return await self._paths.migrate(local)
+        return await self._live_link().paths.migrate(local)
 
     def set_path_backup(self, path_id: int, backup: bool = True) -> None:
         """Use a path only when no other works (and tell the edge so)."""
-        self._check_open()
-        self._paths.set_backup(path_id, backup)
+        self._live_link().paths.set_backup(path_id, backup)
 
     # -- handshake, resumption, keys -------------------------------------------
 
     @property
     def handshake_complete(self) -> bool:
-        handshake = self._handshake
-        return handshake.done() and not handshake.cancelled() and handshake.exception() is None
+        return self._link.handshake_complete
 
     async def wait_handshake(self) -> None:
         """Return once the handshake completed; raise `ConnectionLost` if it failed.
@@ -547,7 +894,7 @@ class Session:
         Only a session opened for 0-RTT (`early_data=True` with a ticket that
         allows it) exists before its handshake completes.
         """
-        await asyncio.shield(self._handshake)
+        await asyncio.shield(self._link.handshake)
 
     @property
     def early_data(self) -> EarlyData:
@@ -555,26 +902,26 @@ class Session:
         0-RTT, the handshake is under way), "accepted", or "rejected" (the edge
         dropped the 0-RTT packets; aioquic sent those requests again in 1-RTT,
         so there is nothing for the application to do)."""
-        return self._early_data
+        return self._link.early_data
 
     @property
     def session_resumed(self) -> bool:
         """The handshake resumed a TLS session from a ticket (a PSK handshake)."""
-        return self._resumed
+        return self._link.resumed
 
     @property
     def session_ticket(self) -> ResumptionTicket | None:
-        """The latest ticket the edge sent on this connection (for `connect(session_ticket=)`)."""
-        return self._tickets.latest
+        """The latest ticket an edge sent this session (for `connect(session_ticket=)`)."""
+        return self._link.tickets.latest or self._ticket
 
     def request_key_update(self) -> None:
         """Move to the next 1-RTT keys (RFC 9001 §6), on every path at once.
 
         Before the handshake is confirmed the update waits until it is.
         """
-        self._check_open()
-        self._driver.quic.request_key_update()
-        self._driver.schedule_transmit()
+        link = self._live_link()
+        link.driver.quic.request_key_update()
+        link.driver.schedule_transmit()
 
     @property
     def key_phase(self) -> int:
@@ -583,28 +930,27 @@ class Session:
         return int(self._driver.quic._cryptos[tls.Epoch.ONE_RTT].key_phase)
 
     async def close(self) -> None:
-        self._paths.close()
-        for task in self._background:
-            task.cancel()
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+        """Close every connection of the session (draining ones too) and stop reconnecting."""
+        reconnecting = self._reconnecting
         if self._lost is None:
-            self._driver.close(reason="session closed")
-        # The close frame is out; waiting for the drain period is a courtesy, bounded.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                await self._driver.closed.wait()
-        self._endpoint.close()
+            self._close_for_good(ConnectionLost("the session was closed"))
+        if reconnecting is not None:  # cancelled: its attempt closes its sockets first
+            await asyncio.wait([reconnecting])
+        links = [self._link, *self._draining]
+        self._draining.clear()
+        await asyncio.gather(*(link.close() for link in links), *self._closing)
 
     @property
     def closed(self) -> bool:
+        """Closed for good: by `close()`, by a loss without reconnection, or by
+        `ReconnectFailed`. A session that is reconnecting is not closed."""
         return self._lost is not None
 
     @property
     def going_away(self) -> bool:
-        """The edge sent GOAWAY: requests under way finish, new ones raise `EdgeGoingAway`
-        (open a new session for them)."""
-        return self._goaway is not None
+        """The edge sent GOAWAY on the connection in service and the session does not
+        reconnect: requests under way finish, new ones raise `EdgeGoingAway`."""
+        return self._policy is None and self._link.goaway is not None
 
     @property
     def fec_enabled(self) -> bool:
@@ -637,57 +983,103 @@ class Session:
         self._driver.schedule_transmit()
 
     def _fec_connection(self) -> NetSchedConnection:
-        self._check_open()
-        quic = self._driver.quic
+        quic = self._live_link().driver.quic
         assert isinstance(quic, NetSchedConnection)  # what connect() builds
         return quic
 
-    # -- internals -----------------------------------------------------------
+    # -- internals: requests -----------------------------------------------------
 
     def _effective(self, slo: SLO | None) -> SLO:
         return (self.default_slo or SLO()).merged(slo)
 
-    def _open(
+    async def _exchange(
+        self, request: _Request, effective: SLO, deadline_at: float | None
+    ) -> tuple[ResponseHead, bytes]:
+        """Send `request` and read its answer; once more on a new connection when the
+        first was refused or lost and `_may_send_again` allows it."""
+        # A request the edge may have processed goes again once; one it cannot have
+        # processed goes on each new connection (one more than the policy's attempts, so
+        # that a session that gives up says so with ReconnectFailed).
+        resends = 0 if self._policy is None else self._policy.max_attempts + 1
+        sent_again = False
+        while True:
+            link = await self._link_in_service()
+            stream = self._send(link, request, streaming=False, whole=True)
+            try:
+                head = await stream.response()
+                return head, await self._read_limited(stream)
+            except (EdgeGoingAway, RequestInterrupted) as exc:
+                # What a connection the edge never confirmed may have served is what it
+                # serves from 0-RTT: safe to send again, uncounted.
+                processed = (
+                    isinstance(exc, RequestInterrupted)
+                    and exc.may_have_been_processed
+                    and link.confirmed
+                )
+                if (
+                    (processed and sent_again)
+                    or resends == 0
+                    or not self._may_send_again(exc, request, effective, deadline_at)
+                ):
+                    if not processed and self._lost is not None:
+                        raise self._lost from exc  # it never reached an edge: say why
+                    if isinstance(exc, RequestInterrupted):
+                        self._interrupted += 1
+                    raise
+                sent_again = sent_again or processed
+                resends -= 1
+                self._retried += 1
+            except asyncio.CancelledError:
+                stream.abort()  # the deadline passed, or the caller gave up: nobody reads it
+                raise
+
+    def _may_send_again(
         self,
-        service: str,
-        payload: bytes,
-        slo: SLO | None,
-        meta: Mapping[str, str],
-        headers: HeadersArg | None,
-        *,
-        streaming: bool,
-        fec: FecOverride | None = None,
-        whole: bool = False,
-    ) -> Stream:
-        """Send the request head with `payload`; `whole`: and end the request body there."""
-        self._check_open()
-        if self._goaway is not None:
-            raise EdgeGoingAway("the edge is draining this connection; open a new one")
+        exc: EdgeGoingAway | RequestInterrupted,
+        request: _Request,
+        effective: SLO,
+        deadline_at: float | None,
+    ) -> bool:
+        policy = self._policy
+        if policy is None or self._lost is not None:
+            return False
+        if deadline_at is not None and asyncio.get_running_loop().time() >= deadline_at:
+            return False
+        if isinstance(exc, EdgeGoingAway) or not exc.may_have_been_processed:
+            return True  # the edge did not act on it
+        return policy.retry_idempotent and may_resend(request.method, effective.idempotent)
+
+    def _send(self, link: _Link, request: _Request, *, streaming: bool, whole: bool) -> Stream:
+        """Send the request head with its payload; `whole`: and end the request body there."""
         head = RequestHead(
-            service=service,
-            slo=slo,
+            service=request.service,
+            slo=request.slo,
             streaming=streaming,
-            meta=meta,
-            headers=header_fields(headers or ()),
+            meta=request.meta,
+            headers=request.headers,
         )
-        stream_id = self._proto.send_request(head, payload, end_stream=whole or not streaming)
-        deadline_ms = self._effective(slo).deadline_ms
-        quic = self._driver.quic
+        effective = self._effective(request.slo)
+        stream = link.open(
+            head,
+            request.payload,
+            end_stream=whole,
+            early=served_early(request.method, effective.idempotent),
+        )
+        quic = link.driver.quic
         if isinstance(quic, NetSchedConnection):
             now = asyncio.get_running_loop().time()
             deadline = None
-            if deadline_ms is not None and not streaming:
-                deadline = now + deadline_ms / 1000
-            quic.set_stream_priority(stream_id, deadline, self._effective(slo).urgency or 3)
+            if effective.deadline_ms is not None and not streaming:
+                deadline = now + effective.deadline_ms / 1000
+            quic.set_stream_priority(stream.stream_id, deadline, effective.urgency or 3)
             if quic.fec_enabled:
-                tolerance = self._effective(slo).loss_tolerance
                 quic.set_stream_fec(
-                    stream_id, deadline_at=deadline, loss_tolerance=tolerance, override=fec
+                    stream.stream_id,
+                    deadline_at=deadline,
+                    loss_tolerance=effective.loss_tolerance,
+                    override=request.fec,
                 )
-        stream = self._streams[stream_id] = Stream(
-            self, stream_id, write_closed=whole or not streaming
-        )
-        self._driver.schedule_transmit()
+        link.driver.schedule_transmit()
         return stream
 
     async def _read_limited(self, stream: Stream) -> bytes:
@@ -701,99 +1093,200 @@ class Session:
             parts.append(chunk)
         return b"".join(parts)
 
-    def _send_body(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
-        self._check_open()
-        self._proto.send_body(stream_id, data, end_stream=end_stream)
-        self._driver.schedule_transmit()
-
-    def _abort(self, stream_id: int) -> None:
-        if self._lost is None:
-            self._proto.abort(stream_id)
-            self._driver.schedule_transmit()
-        self._streams.pop(stream_id, None)
-
     def _check_open(self) -> None:
         if self._lost is not None:
             raise self._lost
 
-    def _expect_handshake(self, timeout: float, name: str) -> None:
-        """Give up on a 0-RTT session whose handshake takes longer than `timeout`."""
-
-        def expired() -> None:
-            if not self._handshake.done():
-                lost = ConnectionLost(f"no handshake with {name} within {timeout} s")
-                self._handshake.set_exception(lost)
-                self._driver.close(reason="handshake timeout")
-                self._fail_all(lost)
-
-        loop = asyncio.get_running_loop()
-        self._handshake_timer = loop.call_later(timeout, expired)
-
-    def _run_in_background(self, work: Coroutine[object, object, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _on_quic_event(self, event: QuicEvent) -> None:
-        if isinstance(event, ConnectionTerminated):
-            self._on_terminated(event)
-            return
-        if isinstance(event, HandshakeCompleted):
-            self._on_handshake(event)
-        for pevent in self._proto.handle_event(event):
-            self._dispatch(pevent)
-
-    def _dispatch(self, event: ProtocolEvent) -> None:
-        if isinstance(event, native.GoawayReceived):
-            self._on_goaway(event.stream_id)
-            return
-        if isinstance(event, DatagramReceived):
-            if not self._datagrams.full():
-                self._datagrams.put_nowait((event.service, event.payload))
-            return
-        if not isinstance(event, ResponseReceived | BodyReceived | StreamAborted):
-            return
-        stream = self._streams.get(event.stream_id)
-        if stream is None:
-            return
-        if isinstance(event, ResponseReceived):
-            stream._on_head(event.head)
-        elif isinstance(event, BodyReceived):
-            stream._on_body(event.data, event.end_stream)
-            if event.end_stream:
-                self._streams.pop(event.stream_id, None)
-                self._proto.forget(event.stream_id)
-        else:
-            stream._fail(_abort_error(event, after_head=stream.head_received))
-            self._streams.pop(event.stream_id, None)
-
-    def _on_goaway(self, first_refused: int) -> None:
-        """Finish the requests below `first_refused`; fail the others now (the edge resets
-        them unprocessed) and every later one, so the caller opens a new connection."""
-        self._goaway = first_refused
-        for stream_id in [sid for sid in self._streams if sid >= first_refused]:
-            self._streams.pop(stream_id)._fail(
-                EdgeGoingAway(f"stream {stream_id}: refused, the edge is draining")
+    def _live_link(self) -> _Link:
+        """The connection in service, for calls that act on it at once (no waiting)."""
+        self._check_open()
+        link = self._link
+        if link.lost is not None:
+            raise RequestInterrupted(
+                f"no connection to {link.authority}: reconnecting ({link.lost})",
+                may_have_been_processed=False,
             )
-            self._proto.forget(stream_id)
+        return link
 
-    def _on_handshake(self, event: HandshakeCompleted) -> None:
-        self._resumed = event.session_resumed
-        if self._early_data == "pending":
-            self._early_data = "accepted" if event.early_data_accepted else "rejected"
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+    async def _link_in_service(self) -> _Link:
+        """The connection that takes new requests; while the session reconnects, wait
+        for the new one (at most the connect timeout, and `max_waiting` requests)."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._dialer.timeout
+        while True:
+            self._check_open()
+            link = self._link
+            if link.usable:
+                return link
+            if self._policy is None:
+                raise link.refusal()
+            if self._waiting >= self._policy.max_waiting:
+                raise RequestInterrupted(
+                    f"{self._waiting} requests already wait for a connection",
+                    may_have_been_processed=False,
+                )
+            self._reconnect(self._last_reason or "lost")
+            self._waiting += 1
+            try:
+                async with asyncio.timeout_at(give_up_at):
+                    await self._in_service.wait()
+            except TimeoutError:
+                raise RequestInterrupted(
+                    f"no connection to {link.authority} within {self._dialer.timeout} s",
+                    may_have_been_processed=False,
+                ) from None
+            finally:
+                self._waiting -= 1
 
-    def _on_terminated(self, event: ConnectionTerminated) -> None:
-        if self._lost is None:
-            reason = event.reason_phrase or f"error code {event.error_code:#x}"
-            self._fail_all(ConnectionLost(f"connection closed: {reason}"))
+    # -- internals: connections -----------------------------------------------------
 
-    def _fail_all(self, lost: ConnectionLost) -> None:
+    async def _dial(
+        self, ticket: ResumptionTicket | None, *, early_data: bool, timeout: float
+    ) -> _Link:
+        return await self._dialer.dial(
+            ticket,
+            early_data=early_data,
+            timeout=timeout,
+            added_paths=self._added_paths,
+            on_change=self._on_link_change,
+            on_datagram=self._on_datagram,
+        )
+
+    def _adopt(self, link: _Link) -> None:
+        """Put `link` in service (the first one, or a new one after a reconnect)."""
+        self._link = link
+        if link.usable:
+            self._in_service.set()
+        link.handshake.add_done_callback(self._on_handshake_done)
+
+    def _on_handshake_done(self, handshake: asyncio.Future[str | None]) -> None:
+        if not handshake.cancelled() and handshake.exception() is None:
+            self._established = True
+
+    def _on_link_change(self, link: _Link, reason: str) -> None:
+        """A link stopped taking requests (GOAWAY), ended, or finished draining."""
+        if link in self._draining and (link.lost is not None or not link.streams):
+            self._draining.discard(link)
+            self._close_in_background(link)
+        if link is not self._link or self._lost is not None:
+            return
+        self._in_service.clear()
+        if link.lost is not None:
+            self._interrupt_flows(link)
+        if self._policy is None or not self._established:
+            if link.lost is not None:
+                self._lost = link.lost
+            return
+        self._reconnect(reason)
+
+    def _interrupt_flows(self, link: _Link) -> None:
+        """Tell each datagram receiver that its flow's connection is gone (one error each;
+        the queue is empty while anyone waits)."""
+        for _ in range(min(self._receivers, self._datagrams.maxsize)):
+            self._interrupted += 1
+            self._datagrams.put_nowait(
+                RequestInterrupted(
+                    f"the datagram flow's connection is gone ({link.lost})",
+                    may_have_been_processed=True,
+                )
+            )
+
+    def _on_datagram(self, service: str, payload: bytes) -> None:
+        if not self._datagrams.full():
+            self._datagrams.put_nowait((service, payload))
+
+    def _reconnect(self, reason: str) -> None:
+        """Replace the connection in service, unless that is already under way."""
+        if self._reconnecting is None:
+            self._last_reason = reason
+            task = asyncio.get_running_loop().create_task(self._replace(reason))
+            self._reconnecting = task
+            task.add_done_callback(self._reconnect_done)
+
+    def _reconnect_done(self, task: asyncio.Task[None]) -> None:
+        self._reconnecting = None
+        if task.cancelled() or self._lost is not None:
+            return
+        if (error := task.exception()) is not None:  # a bug: never leave waiters hanging
+            failure = ReconnectFailed(f"reconnecting failed: {error!r}", attempts=0)
+            failure.__cause__ = error
+            self._close_for_good(failure)
+        elif not self._link.usable:
+            # The new connection went away too, after its handshake: start over.
+            self._reconnect(self._last_reason or "lost")
+
+    async def _replace(self, reason: str) -> None:
+        """Connect again under the policy: attempts back off with jitter; success is a
+        completed handshake (a 0-RTT connection takes requests before that). Gives up
+        with `ReconnectFailed`, which closes the session."""
+        policy = self._policy
+        assert policy is not None
+        old = self._link
+        loop = asyncio.get_running_loop()
+        if self._outage is None or loop.time() - self._connected_at >= policy.max_delay_s:
+            self._outage = Outage(policy, self._rng, loop.time())
+        outage = self._outage
+        last: Exception | None = None
+        log.info("reconnecting to %s: %s", old.authority, reason)
+        while (delay := outage.next_delay(loop.time())) is not None:
+            await asyncio.sleep(delay)
+            self._attempts += 1
+            ticket = self.session_ticket
+            early = policy.early_data and ticket is not None and ticket.allows_early_data
+            timeout = min(self._dialer.timeout, outage.give_up_at - loop.time())
+            try:
+                link = await self._dial(ticket, early_data=early, timeout=timeout)
+            except (NetSchedError, OSError) as exc:
+                last = exc
+                log.info("reconnect to %s failed: %s", old.authority, exc)
+                continue
+            self._retire(self._link)
+            self._adopt(link)
+            try:
+                await asyncio.shield(link.handshake)
+            except ConnectionLost as exc:
+                last = exc
+                continue
+            self._reconnects += 1
+            self._connected_at = loop.time()
+            return
+        failure = ReconnectFailed(
+            f"no connection to {old.authority} after {outage.attempts} attempts "
+            f"in {policy.max_time_s} s (last: {last})",
+            attempts=outage.attempts,
+        )
+        failure.__cause__ = last
+        self._close_for_good(failure)
+
+    def _retire(self, link: _Link) -> None:
+        """`link` leaves service: its requests under way finish there, then it closes."""
+        self._ticket = link.tickets.latest or self._ticket
+        if link.lost is None and link.streams:
+            self._draining.add(link)
+        else:
+            self._close_in_background(link)
+
+    def _close_in_background(self, link: _Link) -> None:
+        task = asyncio.get_running_loop().create_task(link.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _close_for_good(self, lost: ConnectionLost) -> None:
+        """No more connections: waiters wake up to `lost`, reconnecting stops."""
         self._lost = lost
-        for stream in self._streams.values():
-            stream._fail(lost)
-        self._streams.clear()
+        self._in_service.set()
+        if self._reconnecting is not None and self._reconnecting is not asyncio.current_task():
+            self._reconnecting.cancel()
+        for _ in range(min(self._receivers, self._datagrams.maxsize)):
+            self._datagrams.put_nowait(lost)
+
+
+def _resolves_to(local: str, host: str, family: socket.AddressFamily) -> bool:
+    """`local` (an address or interface name) is `host` now."""
+    try:
+        return resolve_local(local, family) == host
+    except InterfaceError:
+        return False
 
 
 def _http_meta(
@@ -806,11 +1299,6 @@ def _http_meta(
     if not out["path"].startswith("/"):
         raise ValueError(f"path must start with '/' (got {out['path']!r})")
     return out
-
-
-def _retrieve(future: asyncio.Future[str | None]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def client_configuration(
@@ -870,6 +1358,7 @@ async def open_session(
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
     scheduler: str = "deadline",
+    reconnect: ReconnectPolicy | bool = True,
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
 
@@ -900,68 +1389,138 @@ async def open_session(
     default: by expected arrival, each request's deadline and urgency, and each
     path's loss) or "lowest-rtt" (the earlier policy: fill the fastest path's window
     first).
+
+    `reconnect`: after the edge's GOAWAY or a lost connection, connect again
+    (resuming, in 0-RTT when the ticket allows; the same extra paths) and send
+    again the requests that may be sent twice (`Session.request`); True is
+    `ReconnectPolicy()`, False turns it off (every loss raises at once). The first
+    connection's failure always raises.
     """
     if scheduler not in SCHEDULER_POLICIES:
         choices = ", ".join(SCHEDULER_POLICIES)
         raise ValueError(f"scheduler must be one of {choices}, got {scheduler!r}")
     if configuration is None:
         configuration = client_configuration(host, ca_file=ca_file, verify=verify)
-    ticket = _resumption_ticket(configuration, session_ticket, ticket_store)
-    early = early_data and ticket is not None and ticket.allows_early_data
-    if ticket is not None:
-        configuration = _resuming(configuration, ticket, early=early)
-    try:
-        family, addr = await resolve(host, port)
-    except socket.gaierror as exc:
-        raise HostNotFound(f"cannot resolve {host!r}: {exc.strerror}") from None
-    locals_ = _local_addresses(paths, family, addr)
-    endpoint = await open_client_endpoint(family, locals_[0] if locals_ else None)
-    tickets = _TicketSink(ticket_store)
-    quic: NetSchedConnection = NetSchedConnection(
-        configuration=configuration,
-        local_slo=slo,
-        fec=fec,
-        pmtud=pmtud,
-        scheduler=scheduler,
-        session_ticket_handler=lambda t: tickets.receive(t, quic.tls.alpn_negotiated),
+    dialer = _Dialer(
+        host, port, configuration, slo, fec, pmtud, scheduler, timeout, paths, ticket_store
     )
-    driver = ConnectionDriver(quic, endpoint.send_batch)
-    endpoint.driver = driver
-    manager = PathManager(driver, endpoint, family, addr)
-    name = f"{host}:{port}"
-    # Events that arrive between the handshake and the session (the server's
-    # HTTP/3 control and QPACK streams often share the handshake's last flight)
-    # are kept and replayed: the application protocol must see every stream byte.
-    pending: list[QuicEvent] = []
-    driver.add_event_handler(pending.append)
-    handshake = _start_handshake(driver, addr, name)
-    _fail_fast_when_refused(handshake, family, addr, name, endpoint.heard)
-    if early:
-        assert ticket is not None
-        alpn = ticket.alpn  # the only one offered (_resuming)
-    else:
-        alpn = await _handshake(handshake, endpoint, driver, configuration, name, timeout)
-    driver.remove_event_handler(pending.append)
-    session = Session(
-        driver,
-        endpoint,
-        alpn,
-        slo,
-        name,
-        manager,
-        handshake=handshake,
-        tickets=tickets,
-        early_data=early,
-    )
-    for event in pending:
-        session._on_quic_event(event)
-    if early:
-        session._expect_handshake(timeout, name)
-        if locals_[1:]:
-            session._run_in_background(_open_paths_after_handshake(session, locals_[1:]))
-    else:
-        await _open_extra_paths(session, locals_[1:])
+    session = Session(dialer, slo, policy_of(reconnect))
+    await session._start(session_ticket, early_data=early_data)
     return session
+
+
+@dataclass(slots=True)
+class _Dialer:
+    """What it takes to open a connection to the edge again: `open_session`'s arguments."""
+
+    host: str
+    port: int
+    configuration: QuicConfiguration
+    slo: SLO | None
+    fec: FecConfig | None
+    pmtud: PmtuConfig | None
+    scheduler: str
+    timeout: float
+    paths: Sequence[str] | Literal["auto"] | None
+    ticket_store: TicketStore | None
+    family: socket.AddressFamily = socket.AF_INET  # of the last connection
+
+    async def dial(
+        self,
+        ticket: ResumptionTicket | None,
+        *,
+        early_data: bool,
+        timeout: float,
+        added_paths: Sequence[str],
+        on_change: Callable[[_Link, str], None],
+        on_datagram: Callable[[str, bytes], None],
+    ) -> _Link:
+        """A new connection, its handshake complete (or under way, in 0-RTT), its extra
+        paths open; its sockets are closed again on any failure or cancellation."""
+        configuration = self.configuration
+        ticket = _resumption_ticket(configuration, ticket, self.ticket_store)
+        early = early_data and ticket is not None and ticket.allows_early_data
+        if ticket is not None:
+            configuration = _resuming(configuration, ticket, early=early)
+        try:
+            family, addr = await resolve(self.host, self.port)
+        except socket.gaierror as exc:
+            raise HostNotFound(f"cannot resolve {self.host!r}: {exc.strerror}") from None
+        self.family = family
+        locals_ = _local_addresses(self.paths, family, addr)
+        endpoint = await open_client_endpoint(family, locals_[0] if locals_ else None)
+        try:
+            return await self._connect(
+                endpoint,
+                configuration,
+                addr,
+                ticket.alpn if early and ticket is not None else None,
+                timeout,
+                [*locals_[1:], *added_paths],
+                on_change,
+                on_datagram,
+            )
+        except BaseException:
+            if endpoint.driver is not None:  # no CONNECTION_CLOSE owed before a handshake
+                endpoint.driver.abandon(QuicErrorCode.NO_ERROR, "connection attempt abandoned")
+            endpoint.close()
+            raise
+
+    async def _connect(
+        self,
+        endpoint: ClientEndpoint,
+        configuration: QuicConfiguration,
+        addr: NetworkAddress,
+        early_alpn: str | None,
+        timeout: float,
+        extra: Sequence[str],
+        on_change: Callable[[_Link, str], None],
+        on_datagram: Callable[[str, bytes], None],
+    ) -> _Link:
+        """The handshake on `endpoint` (`early_alpn`: 0-RTT in that ALPN, not awaited)."""
+        tickets = _TicketSink(self.ticket_store)
+        quic: NetSchedConnection = NetSchedConnection(
+            configuration=configuration,
+            local_slo=self.slo,
+            fec=self.fec,
+            pmtud=self.pmtud,
+            scheduler=self.scheduler,
+            session_ticket_handler=lambda t: tickets.receive(t, quic.tls.alpn_negotiated),
+        )
+        driver = ConnectionDriver(quic, endpoint.send_batch, stateless_resets=True)
+        endpoint.driver = driver
+        manager = PathManager(driver, endpoint, self.family, addr)
+        name = f"{self.host}:{self.port}"
+        # Events that arrive between the handshake and the link (the server's
+        # HTTP/3 control and QPACK streams often share the handshake's last flight)
+        # are kept and replayed: the application protocol must see every stream byte.
+        pending: list[QuicEvent] = []
+        driver.add_event_handler(pending.append)
+        handshake = _start_handshake(driver, addr, name)
+        _fail_fast_when_refused(handshake, self.family, addr, name, endpoint.heard)
+        alpn = early_alpn or await _handshake(handshake, driver, configuration, name, timeout)
+        driver.remove_event_handler(pending.append)
+        link = _Link(
+            driver,
+            endpoint,
+            manager,
+            alpn,
+            name,
+            handshake=handshake,
+            tickets=tickets,
+            early_data=early_alpn is not None,
+            on_change=on_change,
+            on_datagram=on_datagram,
+        )
+        for event in pending:
+            link._on_quic_event(event)
+        if early_alpn is not None:
+            link.expect_handshake(timeout)
+            if extra:
+                link.run_in_background(_open_paths_after_handshake(link, extra))
+        else:
+            await _open_extra_paths(link, extra)
+        return link
 
 
 def _resumption_ticket(
@@ -1015,19 +1574,19 @@ def _local_addresses(
         raise PathError(str(exc)) from None
 
 
-async def _open_paths_after_handshake(session: Session, locals_: Sequence[str]) -> None:
+async def _open_paths_after_handshake(link: _Link, locals_: Sequence[str]) -> None:
     with contextlib.suppress(ConnectionLost):
-        await session.wait_handshake()
-        await _open_extra_paths(session, locals_)
+        await asyncio.shield(link.handshake)
+        await _open_extra_paths(link, locals_)
 
 
-async def _open_extra_paths(session: Session, locals_: Sequence[str]) -> None:
-    if locals_ and not session.multipath:
+async def _open_extra_paths(link: _Link, locals_: Sequence[str]) -> None:
+    if locals_ and not link.paths.multipath:
         log.info("the edge did not negotiate multipath: using one path")
         return
     for local in locals_:
         try:
-            await session.add_path(local)
+            await link.paths.add(local)
         except PathError as exc:
             # MPTCP's lesson: a path that cannot be used must not cost the session.
             log.warning("path from %s not used: %s", local, exc)
@@ -1089,21 +1648,18 @@ def _fail_fast_when_refused(
 
 async def _handshake(
     handshake: asyncio.Future[str | None],
-    endpoint: ClientEndpoint,
     driver: ConnectionDriver,
     configuration: QuicConfiguration,
     name: str,
     timeout: float,
 ) -> str:
-    """Wait for the handshake; the negotiated ALPN, or a typed error (sockets closed)."""
+    """Wait for the handshake; the negotiated ALPN, or a typed error."""
     try:
         async with asyncio.timeout(timeout):
             alpn = await handshake
     except TimeoutError:
-        endpoint.close()
         raise ConnectionLost(f"no handshake with {name} within {timeout} s") from None
     except ConnectionLost as exc:
-        endpoint.close()
         if exc.error_code == NO_APPLICATION_PROTOCOL:
             raise NegotiationError(
                 f"{name} speaks none of {', '.join(configuration.alpn_protocols or [])}"
@@ -1111,7 +1667,6 @@ async def _handshake(
         raise
     if alpn is None or alpn not in (configuration.alpn_protocols or []):
         driver.close(reason="no common application protocol")
-        endpoint.close()
         raise NegotiationError(f"{name} negotiated {alpn!r}")
     return alpn
 
@@ -1133,6 +1688,7 @@ async def connect(
     early_data: bool = False,
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
     scheduler: str = "deadline",
+    reconnect: ReconnectPolicy | bool = True,
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
@@ -1150,6 +1706,7 @@ async def connect(
         early_data=early_data,
         pmtud=pmtud,
         scheduler=scheduler,
+        reconnect=reconnect,
     )
     try:
         yield session

@@ -88,7 +88,7 @@ async def test_drain_finishes_requests_under_way_and_refuses_new_ones(
     start_server, start_edge, open_client
 ) -> None:
     edge = await _edge(start_server, start_edge)
-    session = await open_client(edge)
+    session = await open_client(edge, reconnect=False)  # the edge's side, seen plainly
     under_way = asyncio.create_task(session.request("api", meta={"method": "GET"}))
     await eventually(lambda: in_flight(edge, "api") == 1, what="the request reached the backend")
     loop = asyncio.get_running_loop()
@@ -133,7 +133,7 @@ async def test_drain_timeout_closes_connections_and_frees_slots(
     start_server, start_edge, open_client
 ) -> None:
     edge = await _edge(start_server, start_edge, stall)
-    session = await open_client(edge)
+    session = await open_client(edge, reconnect=False)  # the edge's side, seen plainly
     stuck = asyncio.create_task(session.request("api", meta={"method": "GET"}))
     await eventually(lambda: in_flight(edge, "api") == 1, what="the request reached the backend")
     loop = asyncio.get_running_loop()
@@ -158,7 +158,7 @@ async def test_new_connections_are_refused_while_draining(
     started = loop.time()
     with pytest.raises(ConnectionLost):
         # Refused at the handshake, or closed right after it: never served.
-        late = await open_client(edge, timeout=2.0)
+        late = await open_client(edge, timeout=2.0, reconnect=False)
         await late.request("api", meta={"method": "GET"})
     assert loop.time() - started < 1.0  # refused, not left to time out
     assert (await under_way).body == b"ok"
@@ -193,7 +193,7 @@ async def test_sdk_over_h3_sees_a_refused_request_as_going_away(
 ) -> None:
     edge = await _edge(start_server, start_edge)
     h3_only = client_configuration("127.0.0.1", ("h3",), ca_file=str(edge.ca_certificate))
-    session = await open_client(edge, configuration=h3_only)
+    session = await open_client(edge, configuration=h3_only, reconnect=False)
     under_way = asyncio.create_task(session.request("api", meta={"method": "GET"}))
     await eventually(lambda: in_flight(edge, "api") == 1, what="the request reached the backend")
     (connection,) = edge.connections
