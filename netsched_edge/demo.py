@@ -312,7 +312,8 @@ def _backend_report(results: Results) -> str:
 def _path_report(results: Results) -> str:
     rows = []
     for path in results.paths:
-        host = path.local[0] if path.local else WIFI
+        # By the address the path was opened from; one not known is not guessed.
+        host = path.local[0] if path.local else "?"
         spec = PROFILES[host].up if host in PROFILES else LinkSpec()
         link = f"{spec.delay_ms:g} ms, {spec.loss:.1%}, {spec.rate_mbps or 0:g} Mbit/s"
         rtt = path.rtt_ms if path.rtt_ms is not None else float("nan")

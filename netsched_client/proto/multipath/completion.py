@@ -66,7 +66,7 @@ class PathView:
     cwnd: int
     in_flight: int
     datagram_size: int
-    loss: float = 0.0  # recent share of packets lost
+    loss: float = 0.0  # share of packets lost, over the last ~256 (steady_loss_rate)
     recovering: bool = False  # came back from a stall recently: no deadline data yet
     delivery_rate: float | None = None  # bytes/s acknowledged lately, when measured
     measured: bool = True  # False: no RTT sample yet (rtt is a guess: no deadline data)

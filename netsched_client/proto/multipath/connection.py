@@ -351,7 +351,7 @@ class MultipathConnection(QuicConnection):
             cwnd=loss.congestion_window,
             in_flight=loss.bytes_in_flight,
             datagram_size=size,
-            loss=loss.loss_rate,
+            loss=loss.steady_loss_rate,
             recovering=path.recovering(now),
             delivery_rate=loss.delivery_rate(),
             bulk_cap=self._bulk_cap(loss, size) if guard else None,
