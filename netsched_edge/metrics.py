@@ -266,7 +266,8 @@ _FAMILIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
         "flows_closed",
         "Flows closed: idle (expired or evicted for room), never answered and evicted for "
         "room, socket error, silent backend, client unanswered by a backend that answered "
-        "others (ignored: not a failure).",
+        "others (ignored: not a failure), retired (its backend slot emptied: a fleet member "
+        "gone).",
         "reason",
         {
             "idle": "flows_expired",
@@ -274,6 +275,7 @@ _FAMILIES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
             "error": "flows_failed",
             "silent": "flows_silent",
             "ignored": "flows_ignored",
+            "retired": "flows_retired",
         },
     ),
     (
