@@ -3,27 +3,12 @@ read from etcd are checked like a keys file."""
 
 from __future__ import annotations
 
-import datetime
 import os
 
 import pytest
-from aioquic import tls
+from ticket_support import session_ticket
 
 from netsched_edge.keys import EdgeKeys, KeysError, TicketSealer, parse_keys
-
-
-def session_ticket() -> tls.SessionTicket:
-    """A ticket as aioquic's server makes one (also for tests/fleet)."""
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    return tls.SessionTicket(
-        age_add=7,
-        cipher_suite=tls.CipherSuite.AES_128_GCM_SHA256,
-        not_valid_after=now + datetime.timedelta(days=1),
-        not_valid_before=now,
-        resumption_secret=os.urandom(32),
-        server_name="localhost",
-        ticket=b"",
-    )
 
 
 def test_previous_keys_open_tickets_and_never_seal() -> None:

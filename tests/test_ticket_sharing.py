@@ -20,6 +20,7 @@ from typing import cast
 import pytest
 from aioquic import tls
 from support import service
+from ticket_support import session_ticket
 
 from netsched_client import open_session
 from netsched_client.runtime.session import ResumptionTicket, TicketStore
@@ -189,16 +190,7 @@ async def test_a_ticket_of_a_rotated_out_key_resumes_during_the_grace_only(
 
 
 def _sealed(sealer: TicketSealer, issued: datetime.datetime) -> tls.SessionTicket:
-    ticket = tls.SessionTicket(
-        age_add=1,
-        cipher_suite=tls.CipherSuite.AES_128_GCM_SHA256,
-        not_valid_after=issued + datetime.timedelta(days=1),
-        not_valid_before=issued,
-        resumption_secret=os.urandom(32),
-        server_name="",
-        ticket=b"",
-        max_early_data_size=0xFFFFFFFF,
-    )
+    ticket = session_ticket(issued, age_add=1, server_name="", max_early_data_size=0xFFFFFFFF)
     ticket.ticket = sealer.seal(ticket, b"h3")
     return ticket
 

@@ -17,6 +17,7 @@ import pytest
 from aioquic import tls
 from intake_support import raw_peer, short_header
 from support import http_backend, service
+from ticket_support import session_ticket
 
 from netsched_client import open_session
 from netsched_client.runtime.endpoint import (
@@ -118,15 +119,8 @@ def test_retry_tokens_are_good_wherever_the_key_is() -> None:
 
 
 def _ticket() -> tls.SessionTicket:
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    return tls.SessionTicket(
+    return session_ticket(
         age_add=12345,
-        cipher_suite=tls.CipherSuite.AES_128_GCM_SHA256,
-        not_valid_after=now + datetime.timedelta(days=1),
-        not_valid_before=now,
-        resumption_secret=os.urandom(32),
-        server_name="localhost",
-        ticket=b"",
         max_early_data_size=0xFFFFFFFF >> 1,
         other_extensions=[(0x39, b"\x01\x02\x03")],
     )

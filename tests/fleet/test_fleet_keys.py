@@ -10,7 +10,7 @@ import time
 
 import pytest
 from fleet_support import StartFleetProcess
-from test_keys import session_ticket
+from ticket_support import session_ticket
 
 from netsched_edge.fleet.election import Election, leader
 from netsched_edge.fleet.etcd import Etcd
