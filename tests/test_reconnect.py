@@ -60,12 +60,12 @@ async def test_goaway_moves_new_requests_to_a_resumed_connection_with_the_same_p
     await eventually(lambda: slow.requests == 1, what="the slow request reached its backend")
     (old,) = edge.connections
     old.go_away()
-    await eventually(lambda: len(edge.connections) == 2, what="the new connection")
     response = await session.request("fast", b"second", slo=SLO(deadline_ms=3000))
     assert response.body == b"second"
     assert session.session_resumed  # the new connection resumed the TLS session
     stats = session.reconnect_stats
-    assert (stats.reconnects, stats.last_reason, stats.retried) == (1, "goaway", 0)
+    assert (stats.reconnects, stats.last_reason) == (1, "goaway")
+    assert stats.retried <= 1  # sent before the GOAWAY arrived: refused, then sent again
     assert not session.going_away and not session.closed
     assert (await under_way).body == b"first"
     assert slow.requests == 1

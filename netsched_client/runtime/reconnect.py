@@ -3,7 +3,8 @@
 A session reconnects after the edge's GOAWAY (new requests go to the new
 connection, those under way finish on the draining one) and after the
 connection is lost (idle timeout, stateless reset, CONNECTION_CLOSE with an
-error, every path dead). The attempts back off with full jitter (the first
+error, every path dead), once a request or a datagram needs a connection (an
+idle session makes none). The attempts back off with full jitter (the first
 leaves at once: a stateless reset or a GOAWAY says an edge is there), up to
 `max_attempts` and `max_time_s`; then the session is closed with
 `ReconnectFailed`.

@@ -643,7 +643,8 @@ class Session:
     after the edge's GOAWAY new requests go to a new connection while those
     under way finish on the draining one; after a loss the session connects
     again (resuming the TLS session, in 0-RTT when the ticket allows) and sends
-    the requests that may be sent twice once more; see `request`.
+    the requests that may be sent twice once more; see `request`. It connects
+    when a request (or a datagram) needs it, never for an idle session.
     """
 
     _link: _Link  # the connection in service (set by `_start`)
@@ -1098,10 +1099,13 @@ class Session:
             raise self._lost
 
     def _live_link(self) -> _Link:
-        """The connection in service, for calls that act on it at once (no waiting)."""
+        """The connection in service, for calls that act on it at once (no waiting); while
+        it is lost, a new one is under way for the next call."""
         self._check_open()
         link = self._link
         if link.lost is not None:
+            if self._policy is not None:
+                self._reconnect()
             raise RequestInterrupted(
                 f"no connection to {link.authority}: reconnecting ({link.lost})",
                 may_have_been_processed=False,
@@ -1125,7 +1129,7 @@ class Session:
                     f"{self._waiting} requests already wait for a connection",
                     may_have_been_processed=False,
                 )
-            self._reconnect(self._last_reason or "lost")
+            self._reconnect()
             self._waiting += 1
             try:
                 async with asyncio.timeout_at(give_up_at):
@@ -1171,13 +1175,13 @@ class Session:
         if link is not self._link or self._lost is not None:
             return
         self._in_service.clear()
+        self._last_reason = reason
         if link.lost is not None:
             self._interrupt_flows(link)
-        if self._policy is None or not self._established:
-            if link.lost is not None:
-                self._lost = link.lost
-            return
-        self._reconnect(reason)
+        if (self._policy is None or not self._established) and link.lost is not None:
+            self._lost = link.lost
+        # Reconnecting waits for a request that needs it: an idle session makes no
+        # connection (nor churn against an edge that closes idle ones).
 
     def _interrupt_flows(self, link: _Link) -> None:
         """Tell each datagram receiver that its flow's connection is gone (one error each;
@@ -1195,10 +1199,10 @@ class Session:
         if not self._datagrams.full():
             self._datagrams.put_nowait((service, payload))
 
-    def _reconnect(self, reason: str) -> None:
+    def _reconnect(self) -> None:
         """Replace the connection in service, unless that is already under way."""
         if self._reconnecting is None:
-            self._last_reason = reason
+            reason = self._last_reason or "lost"
             task = asyncio.get_running_loop().create_task(self._replace(reason))
             self._reconnecting = task
             task.add_done_callback(self._reconnect_done)
@@ -1211,9 +1215,9 @@ class Session:
             failure = ReconnectFailed(f"reconnecting failed: {error!r}", attempts=0)
             failure.__cause__ = error
             self._close_for_good(failure)
-        elif not self._link.usable:
+        elif not self._link.usable and self._waiting:
             # The new connection went away too, after its handshake: start over.
-            self._reconnect(self._last_reason or "lost")
+            self._reconnect()
 
     async def _replace(self, reason: str) -> None:
         """Connect again under the policy: attempts back off with jitter; success is a
