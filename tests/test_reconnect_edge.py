@@ -24,7 +24,7 @@ from netsched_client import (
     Session,
     open_session,
 )
-from netsched_client.runtime.session import LIVENESS_S
+from netsched_client.runtime.session import LIVENESS_S, client_configuration
 from netsched_edge.demo_backends import DemoHTTPServer
 from netsched_edge.keys import EdgeKeys
 
@@ -44,6 +44,7 @@ address = "127.0.0.1:{backend}"
 # Long enough to cover an edge process's restart (about a second here).
 POLICY = ReconnectPolicy(max_attempts=20, max_time_s=15.0, first_delay_s=0.1, max_delay_s=0.5)
 DEADLINE = SLO(deadline_ms=12_000)
+IDLE_S = 1.5  # the client's idle timeout where a test needs one to pass
 
 
 class Edges:
@@ -223,6 +224,39 @@ async def test_sigkill_then_a_new_edge_idempotent_requests_complete_others_raise
         assert (stats.reconnects, stats.retried, stats.interrupted) == (1, 3, 3), stats
         assert stats.last_reason == "stateless reset"
         assert session.session_resumed and session.early_data in ("accepted", "rejected")
+    finally:
+        if session is not None:
+            await session.close()
+        await edges.stop()
+        await backend.stop()
+
+
+async def test_without_a_recognised_reset_the_idle_timeout_finds_the_dead_edge(
+    tmp_path: Path,
+) -> None:
+    backend = DemoHTTPServer("echo", base_ms=0, cold_ms=0)
+    edges = Edges(tmp_path, await backend.start())
+    session: Session | None = None
+    try:
+        first = await edges.start("a")
+        configuration = client_configuration("127.0.0.1", verify=False, idle_timeout=IDLE_S)
+        session = await open_session(
+            "127.0.0.1", first.port, configuration=configuration, reconnect=POLICY, pmtud=None
+        )
+        assert (await session.request("api", b"one", method="PUT", slo=DEADLINE)).body == b"one"
+        first.proc.kill()
+        await asyncio.wait_for(first.proc.wait(), 5)
+        edges.keys = tmp_path / "other.keys"  # another host: its resets and tickets differ
+        EdgeKeys.generate().write(edges.keys)
+        await edges.start("b")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await session.request("api", b"two", method="PUT", slo=DEADLINE)
+        assert response.body == b"two" and response.backend == "b"
+        assert loop.time() - started < IDLE_S + 2.0
+        stats = session.reconnect_stats
+        assert stats.reconnects == 1 and "idle" in (stats.last_reason or "").lower(), stats
+        assert not session.session_resumed  # a ticket the new keys cannot open: full handshake
     finally:
         if session is not None:
             await session.close()
