@@ -21,6 +21,7 @@ import argparse
 import random
 import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class Row:
     p99_ms: float
     bulk_mbps: float
     copies: float  # share of server bytes that were urgent copies
+    cpu: float  # CPU seconds of both connections (and this loop) per second of traffic
 
 
 def _met(latencies: Sequence[float]) -> float:
@@ -140,6 +142,7 @@ def connect(setup: Setup, scenario: Scenario, seed: int, tmp: Path) -> Net:
 def run_one(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row:
     with tempfile.TemporaryDirectory() as tmp:
         net = connect(setup, scenario, seed, Path(tmp))
+    cpu_start = time.process_time()
     work = Workload(net, net.now)
     rng = random.Random(seed)
     events = sorted(scenario.events, key=lambda e: e.at)
@@ -158,6 +161,7 @@ def run_one(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row
         work.serve()
         work.restart_bulk()
         net.run(STEP_S)
+    cpu = (time.process_time() - cpu_start) / duration
     net.run(0.5)  # the last requests' answers
     late = [x for x in work.latencies(until=duration)]
     sent = sum(p.stats.bytes_sent for p in net.server.paths.values())
@@ -170,6 +174,7 @@ def run_one(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row
         p99_ms=1000 * percentile(late, 99),
         bulk_mbps=work.bulk_done * BULK_SIZE * 8 / duration / 1e6,
         copies=net.server.urgent_copies.copy_bytes / max(1, sent),
+        cpu=cpu,
     )
 
 
@@ -182,7 +187,7 @@ def _mean_range(values: Sequence[float], scale: float = 1.0) -> str:
 
 def report(rows: Sequence[Row]) -> str:
     headers = ["scenario", "setup", "interactive met %", "during outage", "after outage"]
-    headers += ["p99 ms", "bulk Mbit/s", "copies %"]
+    headers += ["p99 ms", "bulk Mbit/s", "copies %", "CPU s/s"]
     out = []
     for name in dict.fromkeys(r.scenario for r in rows):
         outage = name == "wifi-blackout"
@@ -200,6 +205,7 @@ def report(rows: Sequence[Row]) -> str:
                     _mean_range([r.p99_ms for r in runs]),
                     _mean_range([r.bulk_mbps for r in runs]),
                     _mean_range([r.copies for r in runs], 100),
+                    _mean_range([r.cpu for r in runs]),
                 ]
             )
     note = "mean (min-max) over the seeds; virtual time: the protocol's decisions, no CPU cost"
@@ -222,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rows.append(row)
                 print(
                     f"{name:14} seed {seed} {setup.label:36} met {100 * row.met:5.1f}% "
-                    f"p99 {row.p99_ms:6.1f} ms bulk {row.bulk_mbps:5.1f} Mbit/s",
+                    f"p99 {row.p99_ms:6.1f} ms bulk {row.bulk_mbps:5.1f} Mbit/s "
+                    f"CPU {row.cpu:4.2f} s/s",
                     flush=True,
                 )
     print()
