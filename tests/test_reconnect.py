@@ -9,6 +9,7 @@ edge-process kill and drain tests are in test_reconnect_edge.py.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
 import httpx
@@ -22,6 +23,7 @@ from netsched_client import (
     RequestInterrupted,
 )
 from netsched_client.httpx import NetSchedTransport
+from netsched_client.runtime.reconnect import Outage
 from netsched_edge.demo_backends import DemoHTTPServer
 from netsched_edge.server import EdgeServer
 
@@ -151,3 +153,24 @@ async def test_httpx_transport_keeps_its_session_across_a_goaway(start_server, s
         assert transport.session is session
         assert session.reconnect_stats.reconnects == 1
         await eventually(lambda: len(edge.connections) == 1, what="one connection to the edge")
+
+
+def test_backoff_starts_at_once_then_full_jitter_under_a_doubling_cap() -> None:
+    policy = ReconnectPolicy(max_attempts=6, first_delay_s=0.1, max_delay_s=0.3)
+    rng = random.Random(7)
+    delays = list(policy.delays(rng))
+    assert len(delays) == 6 and delays[0] == 0.0
+    for delay, cap in zip(delays[1:], (0.1, 0.2, 0.3, 0.3, 0.3), strict=True):
+        assert 0 <= delay <= cap
+    assert len(set(delays[1:])) == 5  # jittered, not a fixed schedule
+    with pytest.raises(ValueError):
+        ReconnectPolicy(first_delay_s=0.5, max_delay_s=0.1)
+
+
+def test_an_outage_ends_at_its_attempts_or_its_time() -> None:
+    policy = ReconnectPolicy(max_attempts=3, max_time_s=1.0, first_delay_s=0.1)
+    by_attempts = Outage(policy, random.Random(1), now=0.0)
+    assert [by_attempts.next_delay(0.0) is not None for _ in range(4)] == [True] * 3 + [False]
+    by_time = Outage(policy, random.Random(1), now=0.0)
+    assert by_time.next_delay(0.0) == 0.0
+    assert by_time.next_delay(1.0) is None and by_time.attempts == 1
