@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from netsched_client.proto.multipath.recovery import ACK_GAPS, CountingRecovery
+import pytest
+
+from netsched_client.proto.multipath.recovery import ACK_GAPS, CountingRecovery, LossAverage
 
 
 def _recovery() -> CountingRecovery:
@@ -32,3 +34,14 @@ def test_ack_gap_forgets_gaps_older_than_its_window() -> None:
     for i in range(ACK_GAPS):
         recovery.acks.append((0.002 + i * 0.001, 0.501 + i * 0.001))
     assert recovery.ack_gap is not None and abs(recovery.ack_gap - 0.001) < 1e-9
+
+
+def test_a_young_paths_loss_is_the_plain_share_then_a_moving_average() -> None:
+    average = LossAverage(memory=256)
+    average.add(9, lost=False)
+    average.add(1, lost=True)
+    assert average.value == pytest.approx(0.1)  # 1 of 10, not 1/256 as an EMA from 0 says
+    average.add(246, lost=False)
+    assert average.value == pytest.approx(1 / 256)
+    average.add(256, lost=False)  # past its memory it forgets at 1/256 per packet
+    assert average.value == pytest.approx((1 / 256) * (1 - 1 / 256) ** 256)

@@ -48,10 +48,10 @@ class CountingRecovery(QuicPacketRecovery):
         self.acks: deque[tuple[float, float]] = deque(maxlen=ACK_HISTORY)
         self.pmtu: PmtuSearch | None = None  # this path's PMTU search, when discovery is on
         self.mtu_probes: set[int] = set()  # packet numbers of PMTU probes in flight
-        # Recent share of packets lost (an exponential moving average per packet): the
-        # path's standing for the scheduler; a burst raises it, clean delivery lowers it.
-        self.loss_rate = 0.0
-        self.steady_loss_rate = 0.0  # the same over STEADY_LOSS_MEMORY packets
+        # Shares of packets lost over the last 64 and 256 (a burst raises them, clean
+        # delivery lowers them); the steadier one is the path's standing for the scheduler.
+        self._loss = LossAverage(LOSS_MEMORY)
+        self._steady_loss = LossAverage(STEADY_LOSS_MEMORY)
         # While set (a stalled path, another one working): PTOs back off no further than
         # this, so that the path is probed and found again soon after an outage ends.
         self.probe_cap: float | None = None
@@ -72,6 +72,16 @@ class CountingRecovery(QuicPacketRecovery):
         if t1 - t0 < self._rtt_smoothed or d1 <= d0:
             return None
         return (d1 - d0) / (t1 - t0)
+
+    @property
+    def loss_rate(self) -> float:
+        """Recent share of packets lost (LOSS_MEMORY packets): the path's stats."""
+        return self._loss.value
+
+    @property
+    def steady_loss_rate(self) -> float:
+        """The same over STEADY_LOSS_MEMORY packets: the scheduler's standing of the path."""
+        return self._steady_loss.value
 
     @property
     def congestion_window(self) -> int:
@@ -133,8 +143,8 @@ class CountingRecovery(QuicPacketRecovery):
         )
         acked = count - len(space.sent_packets) - (self.packets_lost - lost)
         if acked > 0:
-            self.loss_rate *= (1 - 1 / LOSS_MEMORY) ** acked
-            self.steady_loss_rate *= (1 - 1 / STEADY_LOSS_MEMORY) ** acked
+            self._loss.add(acked, lost=False)
+            self._steady_loss.add(acked, lost=False)
             gone = in_flight - self.bytes_in_flight - (self._lost_bytes - lost_bytes)
             self.delivered += max(0, gone)
             if in_flight < APP_LIMITED_BYTES:
@@ -172,10 +182,8 @@ class CountingRecovery(QuicPacketRecovery):
             # A PTO's non-congestion "loss" may not be a loss: not counted.
             self.packets_lost += len(packets)
             self._lost_bytes += sum(p.sent_bytes for p in packets if p.in_flight)
-            self.loss_rate = _with_losses(self.loss_rate, LOSS_MEMORY, len(packets))
-            self.steady_loss_rate = _with_losses(
-                self.steady_loss_rate, STEADY_LOSS_MEMORY, len(packets)
-            )
+            self._loss.add(len(packets), lost=True)
+            self._steady_loss.add(len(packets), lost=True)
             if self.pmtu is not None:
                 for packet in packets:
                     self.pmtu.on_lost(packet.packet_number, packet.sent_bytes, kwargs["now"])
@@ -191,6 +199,27 @@ class CountingRecovery(QuicPacketRecovery):
             self._cc.additive_increase_factor = size
 
 
-def _with_losses(rate: float, memory: int, lost: int) -> float:
-    """A per-packet moving average of "lost" after `lost` more losses."""
-    return 1 - (1 - rate) * (1 - 1 / memory) ** lost
+class LossAverage:
+    """The share of packets lost, averaged per packet: plainly over the first `memory`
+    outcomes (a young path's estimate is not biased towards zero), then exponentially
+    with weight 1/memory."""
+
+    __slots__ = ("_memory", "_outcomes", "value")
+
+    def __init__(self, memory: int) -> None:
+        self._memory = memory
+        self._outcomes = 0
+        self.value = 0.0
+
+    def add(self, count: int, *, lost: bool) -> None:
+        """`count` more packets, all lost or all delivered."""
+        target = 1.0 if lost else 0.0
+        warm = min(count, max(0, self._memory - self._outcomes))
+        for _ in range(warm):  # at most `memory` steps over the path's life
+            self._outcomes += 1
+            self.value += (target - self.value) / self._outcomes
+        rest = count - warm
+        if rest:
+            self._outcomes += rest
+            keep = (1 - 1 / self._memory) ** rest
+            self.value = target + (self.value - target) * keep
