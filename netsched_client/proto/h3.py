@@ -82,13 +82,23 @@ def request_headers(head: RequestHead, authority: str) -> Headers:
         (b":method", head.meta.get("method", "POST").encode()),
         (b":scheme", b"https"),
         (b":authority", authority.encode()),
-        (b":path", ("/" + head.service + head.meta.get("path", "")).encode()),
+        (b":path", _path(head).encode()),
     ]
     if head.slo is not None:
         headers.append((b"netsched-slo", encode_slo_header(head.slo).encode()))
     if head.streaming:
         headers.append((b"netsched-streaming", b"1"))
     return headers + _application_fields(head.headers)
+
+
+def _path(head: RequestHead) -> str:
+    """`/<service><target>`; the target `/` (with or without a query) adds no slash:
+    the edge reads `/<service>` as `/` for the backend, and a plain HTTP/3 server
+    (the interop runner's) finds the file `/<service>` named as the caller wrote it."""
+    target = head.meta.get("path", "")
+    if target == "/" or target.startswith("/?"):
+        target = target[1:]
+    return "/" + head.service + target
 
 
 def _application_fields(fields: HeaderFields) -> Headers:
