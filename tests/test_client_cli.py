@@ -26,6 +26,7 @@ import pytest
 from netsched_edge.config import BackendConfig, HealthConfig, ServiceConfig
 from netsched_edge.demo_backends import DemoHTTPServer
 from netsched_edge.server import EdgeServer
+from netsched_edge.tls import generate_self_signed
 
 EdgeFactory = Callable[..., Awaitable[EdgeServer]]  # conftest's start_edge
 
@@ -282,8 +283,7 @@ async def test_no_edge_and_wrong_ca_fail_in_one_line(edge: Edge, tmp_path: Path)
     assert proc.returncode == 130 and line == "netsched: interrupted"
     silent.close()
     # A CA that did not sign the edge's certificate: refused at the handshake.
-    other = tmp_path / "other-ca.pem"
-    other.write_bytes(_self_signed_ca())
+    other = generate_self_signed(tmp_path / "other").ca_certificate
     code, _, err = await _run("get", edge.url("www/hello.txt"), "--ca", str(other))
     line = _one_line_failure(code, err)
     assert code == 1 and line.startswith("netsched: CertificateError: certificate of"), line
@@ -319,28 +319,3 @@ async def test_deadline_and_ctrl_c_leave_no_partial_file(edge: Edge, tmp_path: P
     line = _one_line_failure(proc.returncode or 0, err_bytes.decode())
     assert proc.returncode == 130 and line == "netsched: interrupted"
     assert not target.exists()
-
-
-def _self_signed_ca() -> bytes:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the edge's CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)

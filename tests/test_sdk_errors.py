@@ -8,7 +8,6 @@ unreachable), a port that swallows datagrams, a name that does not resolve.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import socket
 import sys
@@ -17,10 +16,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from netsched_client import (
     CertificateError,
@@ -32,29 +27,11 @@ from netsched_client import (
 )
 from netsched_client.runtime.session import client_configuration
 from netsched_edge.server import EdgeServer
+from netsched_edge.tls import generate_self_signed
 
 EdgeFactory = Callable[..., Awaitable[EdgeServer]]
 TIMEOUT = 10.0  # the SDK's default: every failure below must come long before it
 FAST = 2.0
-
-
-def _other_ca(path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the edge's CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 async def _fails_fast(connecting: Awaitable[object], kind: type[Exception]) -> Exception:
@@ -154,7 +131,7 @@ async def test_a_bad_ca_file_fails_before_connecting(tmp_path: Path, problem: st
 
 async def test_a_certificate_the_ca_did_not_sign(start_edge: EdgeFactory, tmp_path: Path) -> None:
     edge = await start_edge()
-    other = _other_ca(tmp_path / "other.pem")
+    other = generate_self_signed(tmp_path / "other").ca_certificate
     exc = await _fails_fast(
         open_session("127.0.0.1", edge.port, ca_file=str(other), timeout=TIMEOUT), CertificateError
     )
@@ -171,7 +148,7 @@ async def test_an_app_without_logging_sees_the_error_only(
 ) -> None:
     """No stray aioquic log line on stderr: the typed exception is the one report."""
     edge = await start_edge()
-    other = _other_ca(tmp_path / "other.pem")
+    other = generate_self_signed(tmp_path / "other").ca_certificate
     app = (
         "import asyncio, sys\n"
         "from netsched_client import CertificateError, open_session\n"
