@@ -344,6 +344,7 @@ class MultipathConnection(QuicConnection):
         cap deadline-free data to a short queue."""
         loss = self._recovery_of(path)
         size = self._attr(path, "_max_datagram_size")
+        rate = loss.delivery_rate()
         return PathView(
             path_id=path.path_id,
             rtt=self._model_rtt(path, loss),
@@ -353,8 +354,8 @@ class MultipathConnection(QuicConnection):
             datagram_size=size,
             loss=loss.steady_loss_rate,
             recovering=path.recovering(now),
-            delivery_rate=loss.delivery_rate(),
-            bulk_cap=self._bulk_cap(loss, size) if guard else None,
+            delivery_rate=rate,
+            bulk_cap=self._bulk_cap(loss, size, rate) if guard else None,
             repair=self._repair_time(loss),
         )
 
@@ -366,7 +367,7 @@ class MultipathConnection(QuicConnection):
             return 0.0
         return loss.get_probe_timeout() + loss._rtt_smoothed / 2
 
-    def _bulk_cap(self, loss: CountingRecovery, datagram_size: int) -> int:
+    def _bulk_cap(self, loss: CountingRecovery, datagram_size: int, rate: float | None) -> int:
         """Bytes in flight deadline-free data may fill: the window less `urgent_reserve`
         datagrams (room for deadline data and its copies, which would otherwise wait
         for an ACK behind bulk), and no more than keeps the path's bottleneck queue near
@@ -374,7 +375,6 @@ class MultipathConnection(QuicConnection):
         + that queue), two datagrams more so that the rate can grow."""
         cwnd = loss.congestion_window
         cap = max(cwnd - self.scheduler.urgent_reserve * datagram_size, cwnd // 2)
-        rate = loss.delivery_rate()
         if rate is not None and loss._rtt_initialized:
             flight = rate * (loss._rtt_min + self.scheduler.bulk_queue_s)
             cap = min(cap, max(4 * datagram_size, int(flight) + 2 * datagram_size))
