@@ -162,7 +162,9 @@ def run_one(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row
         work.restart_bulk()
         net.run(STEP_S)
     cpu = (time.process_time() - cpu_start) / duration
-    net.run(0.5)  # the last requests' answers
+    for _ in range(int(0.5 / STEP_S)):  # the last requests' answers (served as before)
+        work.serve()
+        net.run(STEP_S)
     late = [x for x in work.latencies(until=duration)]
     sent = sum(p.stats.bytes_sent for p in net.server.paths.values())
     return Row(

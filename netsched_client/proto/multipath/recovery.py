@@ -62,6 +62,9 @@ class CountingRecovery(QuicPacketRecovery):
         self.delivered = 0
         self._lost_bytes = 0
         self._deliveries: deque[tuple[float, int]] = deque(maxlen=DELIVERY_SAMPLES)
+        # Bumped whenever an ACK, a loss or a timeout changed what is in flight or what
+        # the ACKs show: the scheduler's silence deadlines are recomputed only then.
+        self.changes = 0
 
     def delivery_rate(self) -> float | None:
         """Bytes per second acknowledged over the recent ACKs (at least a smoothed RTT of
@@ -129,6 +132,7 @@ class CountingRecovery(QuicPacketRecovery):
     def on_ack_received(
         self, *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
     ) -> None:
+        self.changes += 1
         newest = space.sent_packets.get(ack_rangeset.bounds().stop - 1)
         sent = newest.sent_time if newest is not None else None
         if newest is not None and sent is not None:
@@ -162,6 +166,7 @@ class CountingRecovery(QuicPacketRecovery):
         return min(at, self._time_of_last_sent_ack_eliciting_packet + self.probe_cap)
 
     def on_loss_detection_timeout(self, *, now: float) -> None:
+        self.changes += 1
         super().on_loss_detection_timeout(now=now)
         if self.pmtu is not None and self._pto_count:
             self.pmtu.on_pto(self._pto_count, now)
@@ -188,6 +193,10 @@ class CountingRecovery(QuicPacketRecovery):
                 for packet in packets:
                     self.pmtu.on_lost(packet.packet_number, packet.sent_bytes, kwargs["now"])
         super()._on_packets_lost(packets=packets, **kwargs)
+
+    def discard_space(self, space: QuicPacketSpace) -> None:
+        self.changes += 1
+        super().discard_space(space)
 
     def set_max_datagram_size(self, size: int) -> None:
         """The path's datagram size changed: the window stays in bytes (RFC 8899 §3), but

@@ -118,6 +118,7 @@ class Scheduler:
     urgent_reserve: int = 2
     deadline_seen_at: float | None = None
     decisions: Counter[tuple[int, str]] = field(default_factory=Counter)
+    _silence_inputs: tuple[object, ...] = ()
     # Shared by every connection of an edge: decisions by reason, for its metrics.
     totals: Counter[str] | None = None
 
@@ -307,6 +308,13 @@ class Scheduler:
         return silent
 
     def refresh_silence(self, conn: MultipathConnection) -> None:
+        """Every path's `silence_at`, recomputed only when its inputs changed (an ACK, a
+        loss, a timeout, a path's state, a flight starting or ending): several times
+        per flush otherwise, for the same answer."""
+        inputs = conn.silence_inputs()
+        if inputs == self._silence_inputs:
+            return
+        self._silence_inputs = inputs
         for path in conn.paths.values():
             path.silence_at = self.silence_deadline(conn, path)
 
