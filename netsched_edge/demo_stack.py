@@ -1,13 +1,15 @@
-"""The demo's servers, each in a process of its own: the edge with three built-in
-backends, and the path lab relay that shapes the client's two paths.
+"""The demo's servers, each in a process of its own: the three built-in backends, the
+edge, and the path lab relay that shapes the client's two paths.
 
 A client, an edge, a relay and backends sharing one event loop measure that
 loop's queue as much as the network: a second path costs CPU, the loop lags,
-and the relay's delays stretch with it. Here only the client runs in the
-caller's process, as it would on a phone.
+and the relay's delays and the backends' latencies stretch with it. Here
+only the client runs in the caller's process, as it would on a phone, and
+the backends run apart from the edge, as they would on their own hosts.
 
-The edge process answers ("stats",) with `EdgeStats` and ends on ("exit",) or
-when the pipe closes; the relay is `netsched_lab.process`'s.
+The backends' and the edge's processes answer ("stats",) (the backends'
+cache counts; `EdgeStats`) and end on ("exit",) or when the pipe closes; the
+relay is `netsched_lab.process`'s.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import os
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from netsched_lab.impairment import PathProfile
 from netsched_lab.process import RelayControl, receive, relay_process, spawned
@@ -82,8 +85,15 @@ def demo_config(ports: list[int], state: Path, *, scheduler: str = "deadline") -
     )
 
 
-def edge_process(scheduler: str, state: str, conn: Connection) -> None:
-    """A child process's main: the demo's backends and edge until ("exit",).
+def backends_process(conn: Connection) -> None:
+    """A child process's main: the demo's BACKENDS and the echo backend (their ports
+    first) until ("exit",); ("stats",) -> backend name -> (cache hits, misses)."""
+    _run(_serve_backends(conn))
+
+
+def edge_process(scheduler: str, state: str, ports: list[int], conn: Connection) -> None:
+    """A child process's main: the edge (its port first), in front of the backends
+    listening on `ports`, until ("exit",).
 
     With NETSCHED_PROFILE=FILE in the environment the process runs under
     cProfile and writes its statistics to FILE (pstats format) at the end.
@@ -93,45 +103,60 @@ def edge_process(scheduler: str, state: str, conn: Connection) -> None:
     if profiler is not None:
         profiler.enable()
     try:
-        try:
-            import uvloop
-        except ImportError:  # only the loop's own import: the edge's errors stay errors
-            asyncio.run(_serve_edge(scheduler, Path(state), conn))
-        else:
-            uvloop.run(_serve_edge(scheduler, Path(state), conn))
+        _run(_serve_edge(scheduler, Path(state), ports, conn))
     finally:
         if profiler is not None and profile_to:
             profiler.disable()
             profiler.dump_stats(profile_to)
 
 
-async def _serve_edge(scheduler: str, state: Path, conn: Connection) -> None:
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # only the loop's own import: the servers' errors stay errors
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _serve_backends(conn: Connection) -> None:
     servers = [DemoHTTPServer(n, base_ms=b, cold_ms=c, cache_size=s) for n, b, c, s in BACKENDS]
     servers.append(DemoHTTPServer("echo", base_ms=1.0, cold_ms=0.0, cache_size=1))
-    ports = [await server.start() for server in servers]
+    conn.send([await server.start() for server in servers])
+    try:
+        await _commands(conn, lambda: {s.name: (s.hits, s.misses) for s in servers})
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def _serve_edge(scheduler: str, state: Path, ports: list[int], conn: Connection) -> None:
     edge = EdgeServer(demo_config(ports, state, scheduler=scheduler))
     await edge.start()
     conn.send(edge.port)
-    loop = asyncio.get_running_loop()
     lags: deque[float] = deque(maxlen=100_000)
     watch = asyncio.create_task(_watch_lag(lags))
     try:
-        while True:
-            try:
-                (command,) = await loop.run_in_executor(None, conn.recv)
-            except (EOFError, OSError):  # the parent closed its end
-                return
-            if command == "stats":
-                conn.send(_edge_stats(edge, servers, lags))
-            elif command == "exit":
-                return
-            else:
-                conn.send(RuntimeError(f"edge: unexpected command {command!r}"))
+        await _commands(conn, lambda: _edge_stats(edge, lags))
     finally:
         watch.cancel()
         await edge.close()
-        for server in servers:
-            await server.stop()
+
+
+async def _commands(conn: Connection, stats: Callable[[], object]) -> None:
+    """Answer ("stats",) with `stats()` until ("exit",) or the parent closes the pipe."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            (command,) = await loop.run_in_executor(None, conn.recv)
+        except (EOFError, OSError):  # the parent closed its end
+            return
+        if command == "stats":
+            conn.send(stats())
+        elif command == "exit":
+            return
+        else:
+            conn.send(RuntimeError(f"demo server: unexpected command {command!r}"))
 
 
 async def _watch_lag(lags: deque[float]) -> None:
@@ -141,7 +166,7 @@ async def _watch_lag(lags: deque[float]) -> None:
         lags.append((time.monotonic() - start - 0.001) * 1000)
 
 
-def _edge_stats(edge: EdgeServer, servers: list[DemoHTTPServer], lags: deque[float]) -> EdgeStats:
+def _edge_stats(edge: EdgeServer, lags: deque[float]) -> EdgeStats:
     sent = copies = packets = reinjected = 0
     for quic in edge.quic_connections():
         paths = [*quic.paths.values()]
@@ -150,7 +175,7 @@ def _edge_stats(edge: EdgeServer, servers: list[DemoHTTPServer], lags: deque[flo
         reinjected += sum(p.stats.packets_reinjected for p in paths)
         copies += quic.urgent_copies.copy_bytes
     return EdgeStats(
-        cache={s.name: (s.hits, s.misses) for s in servers},
+        cache={},  # the backends' process has it
         decisions=dict(Counter(edge.dispatcher.metrics.scheduler_decisions)),
         bytes_sent=sent,
         copy_bytes=copies,
@@ -168,31 +193,45 @@ class DemoStack:
     ca_file: str
     relay: RelayControl
     edge: Connection
+    backends: Connection
 
     def edge_stats(self) -> EdgeStats:
+        """The edge's statistics, with its backends' cache counts."""
         self.edge.send(("stats",))
         stats: EdgeStats = receive(self.edge, "the edge process")
-        return stats
+        self.backends.send(("stats",))
+        cache: dict[str, tuple[int, int]] = receive(self.backends, "the backends' process")
+        return replace(stats, cache=cache)
 
 
 @contextmanager
 def demo_stack(
     profiles: Mapping[str, PathProfile], *, scheduler: str = "deadline", seed: int = 1
 ) -> Iterator[DemoStack]:
-    """Start the edge (with `scheduler`) and the relay (shaping each client IP by
-    `profiles`) in their own processes; always stop both, and remove the certificate."""
+    """Start the backends, the edge (with `scheduler`) and the relay (shaping each
+    client IP by `profiles`) in their own processes; always stop them all, and remove
+    the certificate."""
     with tempfile.TemporaryDirectory(prefix="netsched-demo-") as tmp:
         state = Path(tmp)
         pair = generate_self_signed(state)
         (state / "www").mkdir()
         for name, size in FILES.items():
             (state / "www" / name).write_bytes(bytes(range(256)) * (size // 256))
-        targets: list[tuple[Callable[..., None], tuple[object, ...]]] = [
-            (edge_process, (scheduler, tmp)),
-            (relay_process, ()),
-        ]
-        with spawned(targets) as [(_, edge_conn), (_, relay_conn)]:
-            edge_port = receive(edge_conn, "the edge process")
-            relay = RelayControl(relay_conn)
-            relay_port = relay.call("start", edge_port, dict(profiles), seed)
-            yield DemoStack(edge_port, relay_port, str(pair.ca_certificate), relay, edge_conn)
+        with spawned([(backends_process, ())]) as [(_, backends_conn)]:
+            ports = receive(backends_conn, "the backends' process")
+            targets: list[tuple[Callable[..., None], tuple[object, ...]]] = [
+                (edge_process, (scheduler, tmp, ports)),
+                (relay_process, ()),
+            ]
+            with spawned(targets) as [(_, edge_conn), (_, relay_conn)]:
+                edge_port = receive(edge_conn, "the edge process")
+                relay = RelayControl(relay_conn)
+                relay_port = relay.call("start", edge_port, dict(profiles), seed)
+                yield DemoStack(
+                    edge_port,
+                    relay_port,
+                    str(pair.ca_certificate),
+                    relay,
+                    edge_conn,
+                    backends_conn,
+                )

@@ -215,8 +215,8 @@ class BurstPlanner(Generic[F]):
             return []
 
     def _ordered(self, now: float) -> list[F]:
-        if self.order == "fifo":
-            return list(self._woken)
+        if self.order == "fifo" or len(self._woken) < 2:
+            return list(self._woken)  # one flow: no priorities to weigh (a scan of its streams)
         return sorted(self._woken, key=lambda f: (*f.priority(now), self._woken[f]))
 
     def _refill(self, now: float) -> None:
