@@ -17,6 +17,16 @@ new workers' slots are filled, then the routes replaced, then the slots of
 workers gone are emptied (their flows closed), so no datagram meets a half
 table; datagrams waiting meanwhile stay in the socket's buffer. While etcd is
 unavailable the last table stays in use.
+
+A worker whose port refuses (ICMP port unreachable, which the relay reports
+as REFUSED: no process is bound there, so its connections are gone) is
+routed around at once, for `refused_hold_s`, rather than until its member
+lease runs out (`ttl_s`): its CIDs go by hash to the living hosts, which
+answer them with a stateless reset under the fleet's shared reset key, and
+new connections avoid it. After the hold it is tried again (a worker
+restarted on its port gets traffic back); a member that joins again (a new
+lease) is routed to at once. A host whose machine died sends no ICMP: its
+CIDs go elsewhere when its lease runs out.
 """
 
 from __future__ import annotations
@@ -31,8 +41,8 @@ from dataclasses import dataclass, field
 from netsched_client.io import Address
 
 from ..forwarder import QuicLbRouter, UdpForwarder, UdpRelay
-from ..forwarder.flows import ForwarderStats
-from ..forwarder.routing import HostRoute, rendezvous_seed
+from ..forwarder.flows import FlowOutcome, ForwarderStats
+from ..forwarder.routing import DOWN, HostRoute, rendezvous_seed
 from .cid_config import FleetCidConfig, ensure_cid_config
 from .etcd import Etcd, KeyValue
 from .follow import Follower
@@ -45,6 +55,8 @@ DEFAULT_MAX_BACKENDS = 1024  # worker ports over every member
 # A flow must outlive its QUIC connection's idle time (the edge's idle_timeout_s, 30 s by
 # default), or the host's last packets (a close) find no flow back to the client.
 DEFAULT_IDLE_TIMEOUT_S = 60.0
+# A worker whose port refused is routed around this long, then tried again.
+DEFAULT_REFUSED_HOLD_S = 2.0
 
 
 def _no_choice(client: Address) -> None:
@@ -59,20 +71,23 @@ class FrontSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S  # a flow's
     max_backends: int = DEFAULT_MAX_BACKENDS
     max_flows: int | None = None  # the relay's default (from RLIMIT_NOFILE)
+    refused_hold_s: float = DEFAULT_REFUSED_HOLD_S
 
 
 @dataclass(frozen=True, slots=True)
 class FrontStatus:
     members: int
     workers: int
+    down: int  # workers routed around: their ports refused
     etcd_available: bool
     members_revision: int  # of the member list in use (0: none read yet)
     stats: ForwarderStats
 
     def describe(self) -> str:
         source = "etcd reachable" if self.etcd_available else "etcd UNAVAILABLE"
+        down = f" ({self.down} down)" if self.down else ""
         return (
-            f"fleet front: {self.members} members, {self.workers} workers; {source}; "
+            f"fleet front: {self.members} members, {self.workers} workers{down}; {source}; "
             f"members revision {self.members_revision or 'none'}"
         )
 
@@ -97,6 +112,17 @@ class BackendSlots:
                     continue
                 added[address] = self.held[address] = free.pop(0)
         return added, gone
+
+    def address_of(self, slot: int) -> Address | None:
+        return next((address for address, held in self.held.items() if held == slot), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A worker the front routes around: its port refused while `lease` was its member's."""
+
+    until: float  # loop time
+    lease: int
 
 
 def worker_addresses(info: MemberInfo) -> list[Address] | None:
@@ -171,6 +197,10 @@ class FleetFront:
         self.slots = BackendSlots(settings.max_backends)
         self.cid_config: FleetCidConfig | None = None
         self.members: tuple[MemberInfo, ...] = ()
+        self._offered: tuple[MemberInfo, ...] = ()  # the live members as etcd says
+        self.down: dict[Address, Refused] = {}
+        self._retry: asyncio.TimerHandle | None = None  # the next hold to run out
+        self._closed = False
         self._relay: UdpRelay | None = None
         self._router: QuicLbRouter | None = None
         self._forwarder: UdpForwarder | None = None
@@ -203,6 +233,7 @@ class FleetFront:
                 max_backends=self.settings.max_backends,
                 max_flows=self.settings.max_flows,
                 idle_timeout=self.settings.idle_timeout,
+                report=self._flow_outcome,
             )
             undo.callback(self._relay.close)
             # Routes before traffic; an empty fleet is no error (datagrams are dropped
@@ -214,6 +245,9 @@ class FleetFront:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -228,12 +262,23 @@ class FleetFront:
 
     def apply(self, members: Iterable[MemberInfo]) -> None:
         """Route to these members from now on (the order of steps: the module doc)."""
-        live = self._routable(members)
+        self._offered = tuple(members)
+        live = self._routable(self._offered)
         added, gone = self.slots.update(a for _, addresses in live for a in addresses)
         for address, slot in added.items():
             self.relay.set_backend(slot, address)
+        at = asyncio.get_running_loop().time()
+        leases = {a: info.lease for info, addresses in live for a in addresses}
+        self.down = {
+            address: refused
+            for address, refused in self.down.items()
+            if refused.until > at and leases.get(address) == refused.lease
+        }
         routes = [
-            HostRoute(info.server_id, tuple(self.slots.held[a] for a in addresses))
+            HostRoute(
+                info.server_id,
+                tuple(DOWN if a in self.down else self.slots.held[a] for a in addresses),
+            )
             for info, addresses in live
             if all(a in self.slots.held for a in addresses)
         ]
@@ -249,6 +294,32 @@ class FleetFront:
                 "fleet front: members %s (joined %s, left %s)",
                 sorted(now), sorted(now - before), sorted(before - now),
             )  # fmt: skip
+
+    def _flow_outcome(self, slot: int, outcome: FlowOutcome, now: float) -> None:
+        """The relay's report: a worker port that refused is routed around (module doc)."""
+        address = self.slots.address_of(slot)
+        if outcome is not FlowOutcome.REFUSED or address is None or address in self.down:
+            return
+        lease = next((i.lease for i in self.members if address in (worker_addresses(i) or ())), 0)
+        hold = self.settings.refused_hold_s
+        self.down[address] = Refused(asyncio.get_running_loop().time() + hold, lease)
+        log.warning(
+            "fleet front: %s port %d refused (nothing listens): routed around for %.1f s",
+            address[0], address[1], hold,
+        )  # fmt: skip
+        asyncio.get_running_loop().call_soon(self._reroute)  # between two of the relay's batches
+
+    def _reroute(self) -> None:
+        """The same members again, with the workers down now (the holds that ran out: up)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._closed:
+            return
+        self.apply(self._offered)
+        if self.down:
+            first = min(refused.until for refused in self.down.values())
+            self._retry = asyncio.get_running_loop().call_at(first, self._reroute)
 
     def _routable(self, members: Iterable[MemberInfo]) -> list[tuple[MemberInfo, list[Address]]]:
         """The members the front can route to, by server ID, with their workers' addresses."""
@@ -270,6 +341,7 @@ class FleetFront:
         return FrontStatus(
             members=len(self.members),
             workers=len(self.slots.held),
+            down=len(self.down),
             etcd_available=self._follower.etcd_available,
             members_revision=self._follower.revision,
             stats=self.relay.stats,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,23 @@ from .layout import Layout
 from .membership import Member, MembershipSettings
 from .shared_keys import KeyRing, KeyRotator, KeySchedule, KeyWatcher
 
+# Until `serve` has options for them: the member lease's TTL and the ID's idle hold.
+TTL_VARIABLE = "NETSCHED_FLEET_TTL_S"
+IDLE_HOLD_VARIABLE = "NETSCHED_FLEET_IDLE_HOLD_S"
+
+
+def membership_from_environment() -> MembershipSettings:
+    """The default membership settings, with $NETSCHED_FLEET_TTL_S and
+    $NETSCHED_FLEET_IDLE_HOLD_S (whole seconds) when set."""
+    defaults = MembershipSettings()
+    try:
+        return MembershipSettings(
+            ttl_s=int(os.environ.get(TTL_VARIABLE, defaults.ttl_s)),
+            idle_hold_s=int(os.environ.get(IDLE_HOLD_VARIABLE, defaults.idle_hold_s)),
+        )
+    except ValueError as exc:
+        raise ValueError(f"${TTL_VARIABLE} / ${IDLE_HOLD_VARIABLE}: {exc}") from None
+
 
 @dataclass(frozen=True, slots=True)
 class FleetSettings:
@@ -36,7 +54,7 @@ class FleetSettings:
     address: str  # where the forwarder reaches this host
     base_dir: Path  # relative paths in the fleet's config resolve here
     prefix: str = Layout().prefix
-    membership: MembershipSettings = field(default_factory=MembershipSettings)
+    membership: MembershipSettings = field(default_factory=membership_from_environment)
     keys: KeySchedule = field(default_factory=KeySchedule)
 
 

@@ -58,7 +58,13 @@ cdef class QuicLbRouter:
     cdef uint32_t *_member_host
     cdef int *_member_first  # into _backends
     cdef int *_member_workers
-    cdef int *_backends
+    cdef int *_backends  # -1: the worker is down (routing.DOWN)
+    # the members rendezvous picks from (one worker up at least), each one's workers up
+    cdef int _nup
+    cdef uint32_t *_up_host
+    cdef int *_up_first  # into _up_backends
+    cdef int *_up_workers
+    cdef int *_up_backends
 
     cdef int route(self, const unsigned char *data, Py_ssize_t length) except -2
     cdef int _decrypt(self, const unsigned char *cid, unsigned char *server_id) except -1

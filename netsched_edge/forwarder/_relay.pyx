@@ -883,7 +883,7 @@ cdef class QuicLbRouter:
     """A QUIC datagram's backend index by its DCID, in C (the rules in routing.py)."""
 
     def __cinit__(self):
-        self._nmembers = 0
+        self._nmembers = self._nup = 0
 
     def __init__(self, scheme, hash_seed, *, native_aes=True):
         self._host_bytes = scheme.server_id_length - 1
@@ -916,9 +916,14 @@ cdef class QuicLbRouter:
         PyMem_RawFree(self._member_first)
         PyMem_RawFree(self._member_workers)
         PyMem_RawFree(self._backends)
-        self._member_host = NULL
+        PyMem_RawFree(self._up_host)
+        PyMem_RawFree(self._up_first)
+        PyMem_RawFree(self._up_workers)
+        PyMem_RawFree(self._up_backends)
+        self._member_host = self._up_host = NULL
         self._member_first = self._member_workers = self._backends = NULL
-        self._nmembers = 0
+        self._up_first = self._up_workers = self._up_backends = NULL
+        self._nmembers = self._nup = 0
 
     def set_routes(self, routes):
         """Replace the live members: a sequence of routing.HostRoute, one per host ID."""
@@ -930,8 +935,14 @@ cdef class QuicLbRouter:
         self._member_first = <int *>PyMem_RawCalloc(len(routes) + 1, sizeof(int))
         self._member_workers = <int *>PyMem_RawCalloc(len(routes) + 1, sizeof(int))
         self._backends = <int *>PyMem_RawCalloc(workers + 1, sizeof(int))
+        self._up_host = <uint32_t *>PyMem_RawCalloc(len(routes) + 1, sizeof(uint32_t))
+        self._up_first = <int *>PyMem_RawCalloc(len(routes) + 1, sizeof(int))
+        self._up_workers = <int *>PyMem_RawCalloc(len(routes) + 1, sizeof(int))
+        self._up_backends = <int *>PyMem_RawCalloc(workers + 1, sizeof(int))
         if (self._member_host == NULL or self._member_first == NULL
-                or self._member_workers == NULL or self._backends == NULL):
+                or self._member_workers == NULL or self._backends == NULL
+                or self._up_host == NULL or self._up_first == NULL
+                or self._up_workers == NULL or self._up_backends == NULL):
             self._free_members()
             raise MemoryError("QuicLbRouter: cannot allocate the member table")
         if self._host_slot != NULL:
@@ -947,6 +958,18 @@ cdef class QuicLbRouter:
             k += len(route.backends)
             self._host_slot[route.host_id] = m
         self._nmembers = len(routes)
+        k = 0
+        for route in routes:
+            up = route.up
+            if not up:
+                continue
+            self._up_host[self._nup] = route.host_id
+            self._up_first[self._nup] = k
+            self._up_workers[self._nup] = len(up)
+            for w, backend in enumerate(up):
+                self._up_backends[k + w] = backend
+            k += len(up)
+            self._nup += 1
 
     def server_id(self, bytes cid):
         """The server ID a CID carries (QuicLbScheme.server_id, computed here)."""
@@ -966,6 +989,7 @@ cdef class QuicLbRouter:
         cdef const unsigned char *cid
         cdef int cid_length, m, worker
         cdef uint32_t host = 0
+        cdef int b
         cdef unsigned char server_id[MAX_SERVER_ID]
         if length < 1 or self._nmembers == 0:
             return -1
@@ -988,7 +1012,9 @@ cdef class QuicLbRouter:
             m = self._host_slot[host]
             worker = server_id[self._host_bytes]
             if m >= 0 and worker < self._member_workers[m]:
-                return self._backends[self._member_first[m] + worker]
+                b = self._backends[self._member_first[m] + worker]
+                if b >= 0:  # else down: by hash, like a dead host's CID
+                    return b
         return self._rendezvous(cid, cid_length)
 
     cdef int _decrypt(self, const unsigned char *cid, unsigned char *server_id) except -1:
@@ -1010,12 +1036,12 @@ cdef class QuicLbRouter:
         cdef uint64_t hashed = ns_cid_hash(cid, length, self._seed)
         cdef uint64_t score, best_score = 0
         cdef int m, best = -1
-        for m in range(self._nmembers):
-            score = ns_host_score(hashed, self._member_host[m])
+        for m in range(self._nup):
+            score = ns_host_score(hashed, self._up_host[m])
             if (best < 0 or score > best_score
-                    or (score == best_score and self._member_host[m] < self._member_host[best])):
+                    or (score == best_score and self._up_host[m] < self._up_host[best])):
                 best, best_score = m, score
         if best < 0:
             return -1
-        return self._backends[self._member_first[best]
-                              + <int>((hashed >> 32) % <uint64_t>self._member_workers[best])]
+        return self._up_backends[self._up_first[best]
+                                 + <int>((hashed >> 32) % <uint64_t>self._up_workers[best])]

@@ -11,7 +11,7 @@ is tested equal to `PyQuicLbRouter`, which the pure-Python relay uses:
   is the host's ID followed by one worker octet. When that host is a live
   member with that worker, the datagram goes there.
 - Anything else goes by rendezvous hashing of the DCID over the live
-  members, then to the worker the same hash picks there: the client's
+  members, then to the worker the same hash picks among its workers up: the client's
   Initials and 0-RTT packets (a DCID it chose), and CIDs that decrypt to no
   live member (a dead host's: the host it lands on answers with a stateless
   reset). Every packet of every type is decrypted first, so the client's
@@ -35,6 +35,7 @@ MAX_CID = 20  # QUIC v1
 LONG_HEADER = 0x80
 LONG_DCID_AT = 6  # flags(1) version(4) length(1)
 MAX_HOST_ID_BYTES = 2  # the C router's table is indexed by host ID
+DOWN = -1  # a worker whose port refused: its CIDs and new connections go elsewhere
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 
@@ -44,11 +45,16 @@ class HostRoute:
     """One live member: its host ID and the backend slot of each of its workers."""
 
     host_id: int
-    backends: tuple[int, ...]  # worker i -> the relay's backend index
+    backends: tuple[int, ...]  # worker i -> the relay's backend index, or DOWN
 
     def __post_init__(self) -> None:
-        if self.host_id < 0 or not self.backends or min(self.backends) < 0:
+        if self.host_id < 0 or not self.backends or min(self.backends) < DOWN:
             raise ValueError(f"bad route {self}")
+
+    @property
+    def up(self) -> tuple[int, ...]:
+        """The backends of the workers not down, in worker order (rendezvous picks here)."""
+        return tuple(backend for backend in self.backends if backend != DOWN)
 
 
 def rendezvous_seed(key: bytes | None) -> int:
@@ -130,8 +136,9 @@ class PyQuicLbRouter:
 
     def set_routes(self, routes: Sequence[HostRoute]) -> None:
         """Replace the live members (one route per host ID)."""
-        self._members = check_routes(self.scheme, routes)
-        self._hosts = {route.host_id: route.backends for route in self._members}
+        checked = check_routes(self.scheme, routes)
+        self._hosts = {route.host_id: route.backends for route in checked}
+        self._members = tuple(route for route in checked if route.up)  # rendezvous over these
 
     def server_id(self, cid: bytes) -> bytes | None:
         return self.scheme.server_id(cid)
@@ -144,7 +151,7 @@ class PyQuicLbRouter:
         server_id = self.scheme.server_id(dcid)
         if server_id is not None:
             workers = self._hosts.get(int.from_bytes(server_id[:-1], "big"), ())
-            if server_id[-1] < len(workers):
+            if server_id[-1] < len(workers) and workers[server_id[-1]] != DOWN:
                 return workers[server_id[-1]]
         return self._rendezvous(dcid)
 
@@ -154,4 +161,5 @@ class PyQuicLbRouter:
         hashed = cid_hash(dcid, self.hash_seed)
         # The highest score wins; the lower host ID breaks a tie (the C loop keeps the first).
         best = max(self._members, key=lambda m: (host_score(hashed, m.host_id), -m.host_id))
-        return best.backends[pick_worker(hashed, len(best.backends))]
+        up = best.up
+        return up[pick_worker(hashed, len(up))]
