@@ -7,18 +7,23 @@ every change), the key rotation campaign (`KeyRotator`), and the fleet's
 config (`ConfigWatcher`, `apply_config` on every good revision: the server's
 reload). `status()` says what the host runs on, for /readyz and the log: when
 etcd is away the host keeps serving its last good config and keys, and says
-so; when its membership is lost (`lost`) it must stop serving under its
-server ID (docs/FLEET.md, membership).
+so; when its membership is lost (`lost`: the lease revoked, or etcd out of
+reach for a TTL) it must stop serving under its server ID, which another host
+may take once the ID's hold runs out: `on_lost` runs then, once
+(`drain_on_loss(server, settings)`: refuse new connections, let the requests
+under way finish, close every connection within the hold).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..config import EdgeConfig
 from ..workers import FleetCids
@@ -28,6 +33,8 @@ from .etcd import Etcd
 from .layout import Layout
 from .membership import Member, MembershipSettings
 from .shared_keys import KeyRing, KeyRotator, KeySchedule, KeyWatcher
+
+log = logging.getLogger("netsched.edge.fleet")
 
 # Until `serve` has options for them: the member lease's TTL and the ID's idle hold.
 TTL_VARIABLE = "NETSCHED_FLEET_TTL_S"
@@ -76,6 +83,32 @@ class FleetStatus:
         )
 
 
+class Drainable(Protocol):
+    """What `drain_on_loss` needs of the server (EdgeServer)."""
+
+    @property
+    def config(self) -> EdgeConfig: ...
+
+    async def drain(self, timeout_s: float) -> None: ...
+
+
+def drain_on_loss(server: Drainable, settings: FleetSettings) -> Callable[[], Awaitable[None]]:
+    """`FleetHost(on_lost=...)` for an edge server: drain it (no new connection, the
+    requests under way finish, then every connection is closed, NO_ERROR) within its
+    drain timeout, cut to the server ID's idle hold: after that another host may issue
+    CIDs with this host's ID."""
+
+    async def drain() -> None:
+        timeout = min(server.config.drain_timeout_s, float(settings.membership.idle_hold_s))
+        log.error(
+            "fleet membership lost (server ID may be reused): draining, %.1f s at most", timeout
+        )
+        await server.drain(timeout)
+        log.error("fleet membership lost: drained; restart this host to join again")
+
+    return drain
+
+
 class FleetHost:
     def __init__(
         self,
@@ -84,6 +117,7 @@ class FleetHost:
         ports: tuple[int, ...],
         apply_config: Callable[[EdgeConfig], None],
         install_keys: Callable[[KeyRing], None],
+        on_lost: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.layout = Layout(settings.prefix)
@@ -93,6 +127,7 @@ class FleetHost:
         )
         self.keys = KeyWatcher(self.etcd, self.layout, install_keys)
         self._apply_config = apply_config
+        self._on_lost = on_lost
         self._tasks: list[asyncio.Task[None]] = []
         self.config: ConfigWatcher | None = None
         self.cids: FleetCids | None = None  # this host's encrypted CIDs, once joined
@@ -119,9 +154,16 @@ class FleetHost:
         rotator = KeyRotator(self.etcd, self.layout, self.member, self.settings.keys)
         self._tasks = [
             asyncio.create_task(runner(), name=f"fleet {runner.__qualname__}")
-            for runner in (self.keys.run, rotator.run, self.config.run)
+            for runner in (self.keys.run, rotator.run, self.config.run, self._when_lost)
         ]
         return self
+
+    async def _when_lost(self) -> None:
+        await self.lost.wait()
+        if self._on_lost is None:
+            log.error("fleet membership lost: this host's server ID may be reused")
+            return
+        await self._on_lost()
 
     async def __aexit__(self, *exc_info: object) -> None:
         for task in self._tasks:
