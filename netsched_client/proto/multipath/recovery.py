@@ -13,6 +13,9 @@ It also serves the path's PMTU search (`pmtu.py`): a lost PMTU probe leaves
 flight without a congestion event, and the sizes of acknowledged and lost
 packets are the search's black-hole evidence. `set_max_datagram_size` moves
 the congestion controller and pacer to the path's new datagram size.
+
+With one of our controllers (`proto/cc`, e.g. "bbr"), the pacer follows the
+controller's pacing rate, and each ACK frame ends with a rate sample for it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 
+from ..cc.aioquic_adapter import ControllerAdapter, model_pacer
 from .pmtu import PmtuSearch
 
 ACK_HISTORY: Final = 128  # more ACKs than arrive in one RTT at the rates we schedule
@@ -43,6 +47,9 @@ APP_LIMITED_BYTES: Final = 4 * 1200  # less in flight than this: the sender was 
 class CountingRecovery(QuicPacketRecovery):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        pacer = model_pacer(self._cc, kwargs["max_datagram_size"])
+        if pacer is not None:  # our controller paces at its model's rate
+            self._pacer = pacer
         self.packets_lost = 0
         # (send time of the newest packet acknowledged, arrival of that ACK), both growing.
         self.acks: deque[tuple[float, float]] = deque(maxlen=ACK_HISTORY)
@@ -158,6 +165,17 @@ class CountingRecovery(QuicPacketRecovery):
             self._deliveries.append((now, self.delivered))
         if self.mtu_probes:  # acknowledged probes are settled
             self.mtu_probes = {n for n in self.mtu_probes if n in space.sent_packets}
+        if isinstance(self._cc, ControllerAdapter):
+            self._end_ack_for_model(now)
+
+    def _end_ack_for_model(self, now: float) -> None:
+        """The ACK frame's rate sample goes to the controller, and its new pacing rate to
+        the pacer (aioquic updates the pacer only on RTT samples and congestion events)."""
+        assert isinstance(self._cc, ControllerAdapter)
+        self._cc.ack_processed(now)
+        self._pacer.update_rate(
+            congestion_window=self._cc.congestion_window, smoothed_rtt=self._rtt_smoothed
+        )
 
     def get_loss_detection_time(self, *, amplification_limited: bool) -> float | None:
         at = super().get_loss_detection_time(amplification_limited=amplification_limited)
