@@ -5,7 +5,7 @@ Layout (every key optional unless noted):
     [edge]        listen = "host:port", certificate, private_key, alpn, cipher_suites, www,
                   idle_timeout_s, max_queue, retry, send_order, multipath, scheduler,
                   max_path_id, fec, egress_mbps, admin, session_tickets, early_data,
-                  drain_timeout_s, keys_file, state_dir
+                  drain_timeout_s, keys_file, state_dir, congestion_control
     [limits]      what one peer or the whole process may hold, and for how long
                   (LimitsConfig below; docs/OPERATIONS.md lists them with defaults)
     [defaults]    SLO fields: deadline_ms, urgency, incremental, loss_tolerance,
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from netsched_client.errors import SLOError
+from netsched_client.proto.cc import CONGESTION_CONTROLS, DEFAULT_CONGESTION_CONTROL
 from netsched_client.proto.multipath.scheduler import SCHEDULER_POLICIES
 from netsched_client.proto.slo import SLO, service_name_problem, show
 
@@ -167,6 +168,10 @@ class EdgeConfig:
     # fastest path's window first) or "deadline" (by expected arrival, deadline and loss).
     scheduler: str = "deadline"
     max_path_id: int = 3  # paths per connection - 1 that a client may open
+    # Each path's congestion controller for what the edge sends: "reno" (aioquic's
+    # NewReno), "cubic", or "bbr" (netsched_client.proto.cc: loss without a queue is not
+    # congestion, so a lossy radio link keeps its rate; see docs/CONGESTION.md).
+    congestion_control: str = DEFAULT_CONGESTION_CONTROL
     fec: bool = True  # offer FEC (netsched_fec); repairs per request from its SLO (docs/FEC.md)
     # The edge's own send budget over all connections, planned by deadline (None: the
     # connections' congestion control alone). Set it below the uplink so that the
@@ -705,6 +710,7 @@ _EDGE_KEYS: Final[Mapping[str, _Spec]] = {
     "admin": _address(lowest_port=0),
     # Each path holds CIDs, keys and recovery state; a phone has a handful of interfaces.
     "max_path_id": _integer(0, MAX_PATH_ID),
+    "congestion_control": _choice(CONGESTION_CONTROLS),
     "fec": _boolean,
     "egress_mbps": _number(0, inclusive=False),
     "session_tickets": _boolean,

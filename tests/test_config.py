@@ -345,7 +345,8 @@ ERRORS: list[tuple[str, str, int | None]] = [
         "[edge]\nmax_queue = 1\nzzz = 1\n",
         "edge.zzz: unknown key 'zzz' (known keys: listen, certificate, private_key, alpn, "
         "cipher_suites, www, idle_timeout_s, max_queue, retry, send_order, multipath, "
-        "scheduler, admin, max_path_id, fec, egress_mbps, session_tickets, early_data, "
+        "scheduler, admin, max_path_id, congestion_control, fec, egress_mbps, session_tickets, "
+        "early_data, "
         "drain_timeout_s, keys_file, state_dir)",
         3,
     ),

@@ -53,6 +53,7 @@ from ..fec.control import FecOverride
 from ..proto import h3 as h3proto
 from ..proto import hq as hqproto
 from ..proto import session as native
+from ..proto.cc import CONGESTION_CONTROLS
 from ..proto.connection import NetSchedConnection
 from ..proto.events import (
     BodyReceived,
@@ -1363,6 +1364,7 @@ async def open_session(
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
     scheduler: str = "deadline",
     reconnect: ReconnectPolicy | bool = True,
+    congestion_control: str | None = None,
 ) -> Session:
     """Connect and complete the handshake; the caller closes the session.
 
@@ -1399,12 +1401,25 @@ async def open_session(
     again the requests that may be sent twice (`Session.request`); True is
     `ReconnectPolicy()`, False turns it off (every loss raises at once). The first
     connection's failure always raises.
+
+    `congestion_control`: each path's controller for what this side sends
+    (uploads): "reno" (aioquic's NewReno, the default), "cubic", or "bbr" (ours,
+    `netsched_client.proto.cc`: loss without a queue is not read as congestion,
+    for lossy radio links); None keeps `configuration`'s. Downloads follow the
+    edge's `congestion_control`.
     """
     if scheduler not in SCHEDULER_POLICIES:
         choices = ", ".join(SCHEDULER_POLICIES)
         raise ValueError(f"scheduler must be one of {choices}, got {scheduler!r}")
+    if congestion_control is not None and congestion_control not in CONGESTION_CONTROLS:
+        choices = ", ".join(CONGESTION_CONTROLS)
+        raise ValueError(f"congestion_control must be one of {choices}, got {congestion_control!r}")
     if configuration is None:
         configuration = client_configuration(host, ca_file=ca_file, verify=verify)
+    if congestion_control is not None:  # a copy: the caller's configuration stays theirs
+        configuration = dataclasses.replace(
+            configuration, congestion_control_algorithm=congestion_control
+        )
     dialer = _Dialer(
         host, port, configuration, slo, fec, pmtud, scheduler, timeout, paths, ticket_store
     )
@@ -1693,6 +1708,7 @@ async def connect(
     pmtud: PmtuConfig | None = DEFAULT_PMTUD,
     scheduler: str = "deadline",
     reconnect: ReconnectPolicy | bool = True,
+    congestion_control: str | None = None,
 ) -> AsyncIterator[Session]:
     """`async with connect(host, port, slo=..., paths=[...]) as session:`; see open_session."""
     session = await open_session(
@@ -1711,6 +1727,7 @@ async def connect(
         pmtud=pmtud,
         scheduler=scheduler,
         reconnect=reconnect,
+        congestion_control=congestion_control,
     )
     try:
         yield session
