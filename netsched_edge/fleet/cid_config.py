@@ -5,18 +5,27 @@ and the 16-byte AES key (made by the first host that finds none). A host's
 CIDs carry its member server ID ‖ its worker index (`for_host`, the
 `FleetCids` of `netsched_edge.workers`); the forwarder recovers both from a
 DCID (`locate`) and sends the packet to that host's worker port.
+
+Rotation (`rotate_cid_config`, the draft's config rotation): a new key under
+the next codepoint (0-6, cycling) becomes `quic-lb`, and the configuration it
+replaces moves to `quic-lb-previous` under a lease of the grace period, in one
+transaction; the front accepts both codepoints until etcd deletes the
+previous one. Lengths stay (the edge parses short headers with one CID
+length), and so does the rendezvous seed (`hash_seed`): a client's Initials
+hash to the same host across a rotation.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from netsched_client.proto.quic_lb import KEY_BYTES, QuicLbScheme
+from netsched_client.proto.quic_lb import KEY_BYTES, UNROUTABLE_ROTATION, QuicLbScheme
 
+from ..forwarder.routing import rendezvous_seed
 from ..workers import FleetCids
-from .etcd import Compare, Etcd, EtcdError, Put
+from .etcd import Compare, Etcd, EtcdError, Get, KeyValue, Put
 from .layout import Layout
 
 WORKER_ID_BYTES = 1  # the last octet of the server ID: the worker index
@@ -28,6 +37,7 @@ class FleetCidConfig:
     config_rotation: int = 0
     server_id_length: int = 2  # host ID (1 octet: membership's max_server_id 255) + worker
     nonce_length: int = 5  # 8-byte CIDs, what the edge parses today (docs/FLEET.md)
+    hash_seed: int | None = None  # the fronts' rendezvous seed; None: from the key
     scheme: QuicLbScheme = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -37,6 +47,21 @@ class FleetCidConfig:
             self.server_id_length, self.nonce_length, self.config_rotation, self.key
         )
         object.__setattr__(self, "scheme", scheme)
+
+    @property
+    def seed(self) -> int:
+        """The rendezvous seed every front uses (kept across rotations)."""
+        return rendezvous_seed(self.key) if self.hash_seed is None else self.hash_seed
+
+    def rotated(self) -> FleetCidConfig:
+        """The next configuration: a new key under the next codepoint, the same lengths
+        and rendezvous seed."""
+        return replace(
+            self,
+            key=os.urandom(KEY_BYTES),
+            config_rotation=(self.config_rotation + 1) % UNROUTABLE_ROTATION,
+            hash_seed=self.seed,
+        )
 
     @property
     def host_id_bytes(self) -> int:
@@ -58,14 +83,15 @@ class FleetCidConfig:
         return int.from_bytes(server_id[:-WORKER_ID_BYTES], "big"), server_id[-1]
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "config_rotation": self.config_rotation,
-                "server_id_length": self.server_id_length,
-                "nonce_length": self.nonce_length,
-                "key": self.key.hex(),
-            }
-        ).encode()
+        fields: dict[str, object] = {
+            "config_rotation": self.config_rotation,
+            "server_id_length": self.server_id_length,
+            "nonce_length": self.nonce_length,
+            "key": self.key.hex(),
+        }
+        if self.hash_seed is not None:
+            fields["hash_seed"] = self.hash_seed
+        return json.dumps(fields).encode()
 
     @classmethod
     def decode(cls, data: bytes, source: str) -> FleetCidConfig:
@@ -76,6 +102,7 @@ class FleetCidConfig:
                 config_rotation=int(fields["config_rotation"]),
                 server_id_length=int(fields["server_id_length"]),
                 nonce_length=int(fields["nonce_length"]),
+                hash_seed=None if fields.get("hash_seed") is None else int(fields["hash_seed"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise EtcdError(f"{source}: not a QUIC-LB configuration ({exc})") from None
@@ -89,3 +116,58 @@ async def ensure_cid_config(etcd: Etcd, layout: Layout) -> FleetCidConfig:
     if kv is None:
         raise EtcdError(f"etcd:{layout.quic_lb}: deleted while being read")
     return FleetCidConfig.decode(kv.value, f"etcd:{layout.quic_lb}")
+
+
+@dataclass(frozen=True, slots=True)
+class CidConfigs:
+    """The configuration in force and, during a rotation's grace, the one it replaced."""
+
+    current: FleetCidConfig
+    previous: FleetCidConfig | None
+    revision: int  # of `current`
+
+    @property
+    def accepted(self) -> tuple[FleetCidConfig, ...]:
+        """The current one first (a router's `set_schemes` order)."""
+        return (self.current,) if self.previous is None else (self.current, self.previous)
+
+
+def decode_cid_configs(layout: Layout, current: KeyValue, previous: KeyValue | None) -> CidConfigs:
+    made = FleetCidConfig.decode(current.value, f"etcd:{layout.quic_lb}")
+    before = None
+    if previous is not None:
+        before = FleetCidConfig.decode(previous.value, f"etcd:{layout.quic_lb_previous}")
+        if before.config_rotation == made.config_rotation:
+            before = None  # an old record the current one overwrote: nothing to accept
+    return CidConfigs(made, before, current.mod_revision)
+
+
+async def read_cid_configs(etcd: Etcd, layout: Layout) -> CidConfigs:
+    """Both configurations, read at one revision (the current one made when none)."""
+    await ensure_cid_config(etcd, layout)
+    snapshot = await etcd.txn([], [Get(layout.quic_lb), Get(layout.quic_lb_previous)])
+    current, previous = snapshot.ranges
+    if not current:
+        raise EtcdError(f"etcd:{layout.quic_lb}: deleted while being read")
+    return decode_cid_configs(layout, current[0], previous[0] if previous else None)
+
+
+async def rotate_cid_config(etcd: Etcd, layout: Layout, grace_s: int) -> CidConfigs:
+    """Put the next configuration in force; the current one stays accepted `grace_s`
+    (it must cover a connection's life: its CIDs route until then)."""
+    if grace_s < 1:
+        raise ValueError("the grace period must be 1 s or more")
+    found = await read_cid_configs(etcd, layout)
+    kv = await etcd.get(layout.quic_lb)
+    if kv is None or kv.mod_revision != found.revision:
+        raise EtcdError(f"etcd:{layout.quic_lb}: changed while being rotated, try again")
+    made = found.current.rotated()
+    grace = await etcd.grant(grace_s)
+    result = await etcd.txn(
+        [Compare.unchanged(layout.quic_lb, kv.mod_revision)],
+        [Put(layout.quic_lb_previous, kv.value, grace), Put(layout.quic_lb, made.encode())],
+    )
+    if not result.succeeded:
+        await etcd.revoke(grace)
+        raise EtcdError(f"etcd:{layout.quic_lb}: changed while being rotated, try again")
+    return await read_cid_configs(etcd, layout)

@@ -5,6 +5,9 @@ state in etcd, for an operator.
     get-config        print the fleet's config (TOML)
     members           live members, their server IDs, addresses, lease and config
                       status; server IDs held for dead hosts; the key rotator
+    rotate-cids [--grace S]
+                      a new QUIC-LB key under the next config rotation codepoint;
+                      the current one stays routed S seconds (default 3600)
     front --listen ADDR
                       the fleet's front: QUIC on ADDR routed to the members by
                       connection ID (netsched_edge/fleet/front.py), until SIGINT/SIGTERM
@@ -23,6 +26,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from .cid_config import rotate_cid_config
 from .config_watch import ConfigStatus, config_statuses
 from .election import leader
 from .etcd import Etcd, EtcdError
@@ -32,6 +36,7 @@ from .membership import MemberInfo, held_server_ids, members
 from .shared_keys import ROTATOR_ROLE
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_CID_GRACE_S = 3600
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("file", type=Path)
     commands.add_parser("get-config", help="print the fleet's config")
     commands.add_parser("members", help="members and their health")
+    rotate = commands.add_parser("rotate-cids", help="rotate the QUIC-LB configuration's key")
+    rotate.add_argument("--grace", type=int, default=DEFAULT_CID_GRACE_S,
+                        help="seconds the current configuration stays routed; above the "
+                        "hosts' idle timeout and restart time (default %(default)s)")  # fmt: skip
     front = commands.add_parser("front", help="run the fleet's front forwarder")
     # Also accepted after the command (`front --etcd URL --listen ADDR`).
     front.add_argument(
@@ -101,6 +110,15 @@ async def _run(opts: argparse.Namespace, layout: Layout) -> int:
             return await _put_config(etcd, layout, opts.file)
         if opts.command == "get-config":
             return await _get_config(etcd, layout)
+        if opts.command == "rotate-cids":
+            if opts.grace < 1:
+                print("netsched-edge fleet: rotate-cids: --grace must be >= 1", file=sys.stderr)
+                return 2
+            configs = await rotate_cid_config(etcd, layout, opts.grace)
+            assert configs.previous is not None
+            print(f"QUIC-LB codepoint {configs.current.config_rotation} in force; "
+                  f"{configs.previous.config_rotation} routed for {opts.grace} s more")  # fmt: skip
+            return 0
         print(await render_members(etcd, layout), end="")
         return 0
 

@@ -1,10 +1,13 @@
 """The fleet's front: the forwarder on the public address, routing QUIC by connection ID.
 
 `FleetFront` reads the fleet's QUIC-LB configuration from etcd, opens the UDP
-relay (netsched_edge.forwarder) with a `QuicLbRouter` and follows
-`members/`: every live member's worker ports become backend slots of the
-relay, and the router maps each host ID's workers to them. The routing rules
-(decrypt the server ID, else rendezvous hashing over the live members) are in
+relay (netsched_edge.forwarder) with a `QuicLbRouter`, follows the
+configuration (`quic-lb`, and `quic-lb-previous` during a rotation's grace:
+the router accepts both codepoints, so established connections keep their
+routes while hosts move to the new one) and follows `members/`: every live
+member's worker ports become backend slots of the relay, and the router maps
+each host ID's workers to them. The routing rules (decrypt the server ID,
+else rendezvous hashing over the live members) are in
 netsched_edge/forwarder/routing.py.
 
 Replies come back through the front (the relay's flow sockets, one per
@@ -42,9 +45,9 @@ from netsched_client.io import Address
 
 from ..forwarder import QuicLbRouter, UdpForwarder, UdpRelay
 from ..forwarder.flows import FlowOutcome, ForwarderStats
-from ..forwarder.routing import DOWN, HostRoute, rendezvous_seed
-from .cid_config import FleetCidConfig, ensure_cid_config
-from .etcd import Etcd, KeyValue
+from ..forwarder.routing import DOWN, HostRoute
+from .cid_config import CidConfigs, FleetCidConfig, decode_cid_configs, ensure_cid_config
+from .etcd import Etcd, EtcdError, KeyValue
 from .follow import Follower
 from .layout import Layout
 from .membership import MemberInfo
@@ -81,6 +84,7 @@ class FrontStatus:
     down: int  # workers routed around: their ports refused
     etcd_available: bool
     members_revision: int  # of the member list in use (0: none read yet)
+    codepoints: tuple[int, ...]  # the QUIC-LB config rotation codepoints routed, current first
     stats: ForwarderStats
 
     def describe(self) -> str:
@@ -187,6 +191,58 @@ class MemberFollower(Follower):
             return None
 
 
+class CidConfigFollower(Follower):
+    """`quic-lb` and `quic-lb-previous` (one prefix), read then watched; `apply` gets both
+    on every change."""
+
+    what = "fleet QUIC-LB configuration"
+
+    def __init__(self, etcd: Etcd, layout: Layout, front: FleetFront) -> None:
+        super().__init__()
+        self.etcd = etcd
+        self.layout = layout
+        self.front = front
+
+        self.held: dict[str, KeyValue] = {}
+        self._watch_from = 0  # a read not yet followed by a watch: its revision + 1
+
+    async def read(self) -> None:
+        """Read and apply both; the next `_follow` watches from there."""
+        found, read_at = await self.etcd.get_prefix(self.layout.quic_lb)
+        self.etcd_available = True
+        self.held = {kv.key: kv for kv in found}
+        self._apply()
+        self._watch_from = read_at + 1
+
+    async def _follow(self) -> None:
+        if not self._watch_from:
+            await self.read()
+        start, self._watch_from = self._watch_from, 0
+        async with self.etcd.watch(self.layout.quic_lb, start_revision=start) as batches:
+            async for events in batches:
+                for event in events:
+                    if event.kind == "put":
+                        self.held[event.kv.key] = event.kv
+                    else:
+                        self.held.pop(event.kv.key, None)
+                self._apply()
+
+    def _apply(self) -> None:
+        held = self.held
+        current = held.get(self.layout.quic_lb)
+        if current is None:
+            log.error("fleet front: etcd:%s is gone: routing as before", self.layout.quic_lb)
+            return
+        try:
+            configs = decode_cid_configs(
+                self.layout, current, held.get(self.layout.quic_lb_previous)
+            )
+        except EtcdError as exc:
+            log.error("fleet front: %s: routing as before", exc)
+            return
+        self.front.accept(configs)
+
+
 class FleetFront:
     """The front for as long as the context lasts (`async with FleetFront(settings)`)."""
 
@@ -205,7 +261,9 @@ class FleetFront:
         self._router: QuicLbRouter | None = None
         self._forwarder: UdpForwarder | None = None
         self._follower = MemberFollower(self.etcd, self.layout, self)
-        self._task: asyncio.Task[None] | None = None
+        self._configs = CidConfigFollower(self.etcd, self.layout, self)
+        self.accepted: tuple[FleetCidConfig, ...] = ()  # the router's, current first
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def local_address(self) -> Address:
@@ -222,9 +280,8 @@ class FleetFront:
             undo.push_async_callback(self.etcd.close)
             # The first of the fleet (host or front) to find no configuration makes it.
             self.cid_config = await ensure_cid_config(self.etcd, self.layout)
-            self._router = QuicLbRouter(
-                self.cid_config.scheme, rendezvous_seed(self.cid_config.key)
-            )
+            self._router = QuicLbRouter(self.cid_config.scheme, self.cid_config.seed)
+            self.accepted = (self.cid_config,)
             self._relay = UdpRelay(
                 self.settings.listen,
                 [],
@@ -238,20 +295,25 @@ class FleetFront:
             undo.callback(self._relay.close)
             # Routes before traffic; an empty fleet is no error (datagrams are dropped
             # until members join), an etcd that does not answer is.
+            await self._configs.read()  # a rotation under way: both codepoints
             await self._follower.read()
             self._forwarder = UdpForwarder(self._relay)
             undo.pop_all()
-        self._task = asyncio.create_task(self._follower.run(), name="fleet front members")
+        self._tasks = [
+            asyncio.create_task(self._follower.run(), name="fleet front members"),
+            asyncio.create_task(self._configs.run(), name="fleet front QUIC-LB"),
+        ]
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closed = True
         if self._retry is not None:
             self._retry.cancel()
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         try:
             if self._forwarder is not None:
                 self._forwarder.close()  # which closes the relay
@@ -259,6 +321,27 @@ class FleetFront:
                 self._relay.close()
         finally:
             await self.etcd.close()
+
+    def accept(self, configs: CidConfigs) -> None:
+        """Route CIDs of these configurations from now on (the current one first)."""
+        assert self._router is not None and self.cid_config is not None
+        accepted = configs.accepted
+        if accepted == self.accepted:
+            return
+        if configs.current.seed != self.cid_config.seed:
+            log.warning("fleet front: the new QUIC-LB configuration changes the rendezvous "
+                        "seed: handshakes under way may move host")  # fmt: skip
+        try:
+            self._router.set_schemes([config.scheme for config in accepted])
+        except ValueError as exc:
+            log.error("fleet front: QUIC-LB configuration refused (%s): routing as before", exc)
+            return
+        self.accepted = accepted
+        self.cid_config = configs.current
+        log.info(
+            "fleet front: QUIC-LB codepoints accepted: %s (current first)",
+            ", ".join(str(config.config_rotation) for config in accepted),
+        )
 
     def apply(self, members: Iterable[MemberInfo]) -> None:
         """Route to these members from now on (the order of steps: the module doc)."""
@@ -342,7 +425,8 @@ class FleetFront:
             members=len(self.members),
             workers=len(self.slots.held),
             down=len(self.down),
-            etcd_available=self._follower.etcd_available,
+            etcd_available=self._follower.etcd_available and self._configs.etcd_available,
             members_revision=self._follower.revision,
+            codepoints=tuple(config.config_rotation for config in self.accepted),
             stats=self.relay.stats,
         )

@@ -54,6 +54,11 @@ class Layout:
         return f"{self.prefix}quic-lb"
 
     @property
+    def quic_lb_previous(self) -> str:
+        """The QUIC-LB configuration a rotation replaced, under a lease of its grace."""
+        return f"{self.prefix}quic-lb-previous"
+
+    @property
     def config(self) -> str:
         return f"{self.prefix}config"
 

@@ -40,16 +40,24 @@ cdef struct Source:
     int next  # the next source in this hash bucket, or in the free list
 
 
+cdef enum:
+    CODEPOINTS = 8  # config rotation: the first octet's 3 high bits
+
+
 cdef class QuicLbRouter:
-    cdef readonly object scheme  # netsched_client.proto.quic_lb.QuicLbScheme
+    cdef readonly object scheme  # the current netsched_client.proto.quic_lb.QuicLbScheme
+    cdef readonly tuple schemes  # the current one first, then those still accepted
     cdef readonly bint native_aes  # False: decrypted through the scheme, in Python
-    cdef ns_aes128 _aes
-    cdef bint _keyed
-    cdef int _cid_length
-    cdef int _plaintext_length
-    cdef int _server_id_length
-    cdef int _rounds  # Feistel passes back to the server ID (3 or 4)
-    cdef int _rotation
+    # per config rotation codepoint: whether a scheme has it, and that scheme's numbers
+    cdef object _by_codepoint  # list: QuicLbScheme or None
+    cdef bint _present[CODEPOINTS]
+    cdef bint _keyed[CODEPOINTS]
+    cdef int _cid_lengths[CODEPOINTS]
+    cdef int _plaintext_lengths[CODEPOINTS]
+    cdef int _rounds[CODEPOINTS]  # Feistel passes back to the server ID (3 or 4)
+    cdef ns_aes128 _aes[CODEPOINTS]
+    cdef int _cid_length  # the current scheme's: a short header of an unknown codepoint
+    cdef int _server_id_length  # every scheme's
     cdef int _host_bytes
     cdef uint64_t _seed
     # the live members: host ID -> member slot, then each member's backends per worker

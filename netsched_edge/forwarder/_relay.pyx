@@ -93,7 +93,7 @@ from .flows import (
     sockaddr_bytes,
     warn_once,
 )
-from .routing import MAX_HOST_ID_BYTES, check_routes
+from .routing import MAX_HOST_ID_BYTES, check_routes, check_schemes
 
 
 cdef extern from *:
@@ -887,17 +887,10 @@ cdef class QuicLbRouter:
 
     def __init__(self, scheme, hash_seed, *, native_aes=True):
         self._host_bytes = scheme.server_id_length - 1
-        self.scheme = scheme
-        self._keyed = scheme.key is not None
-        self._cid_length = scheme.cid_length
-        self._plaintext_length = scheme.plaintext_length
         self._server_id_length = scheme.server_id_length
-        self._rounds = 3 if scheme.server_id_length <= scheme.plaintext_length // 2 else 4
-        self._rotation = scheme.config_rotation
         self._seed = hash_seed & 0xFFFFFFFFFFFFFFFF
         self.native_aes = bool(native_aes) and ns_aesni_available() != 0
-        if self._keyed and self.native_aes:
-            ns_aes128_setup(&self._aes, <const unsigned char *>PyBytes_AS_STRING(scheme.key))
+        self.set_schemes((scheme,))
         PyMem_RawFree(self._host_slot)
         self._host_slot = NULL
         if 1 <= self._host_bytes <= MAX_HOST_ID_BYTES:  # else it only decrypts (no routes)
@@ -924,6 +917,29 @@ cdef class QuicLbRouter:
         self._member_first = self._member_workers = self._backends = NULL
         self._up_first = self._up_workers = self._up_backends = NULL
         self._nmembers = self._nup = 0
+
+    def set_schemes(self, schemes):
+        """The configurations accepted (routing.check_schemes): the current one first."""
+        cdef int cp
+        schemes = check_schemes(schemes, self._server_id_length)
+        by_codepoint = [None] * CODEPOINTS
+        for scheme in schemes:
+            by_codepoint[scheme.config_rotation] = scheme
+        for cp in range(CODEPOINTS):
+            scheme = by_codepoint[cp]
+            self._present[cp] = scheme is not None
+            if scheme is None:
+                continue
+            self._keyed[cp] = scheme.key is not None
+            self._cid_lengths[cp] = scheme.cid_length
+            self._plaintext_lengths[cp] = scheme.plaintext_length
+            self._rounds[cp] = 3 if scheme.server_id_length <= scheme.plaintext_length // 2 else 4
+            if self._keyed[cp] and self.native_aes:
+                ns_aes128_setup(&self._aes[cp], <const unsigned char *>PyBytes_AS_STRING(scheme.key))
+        self._by_codepoint = by_codepoint
+        self.schemes = schemes
+        self.scheme = schemes[0]
+        self._cid_length = self.scheme.cid_length
 
     def set_routes(self, routes):
         """Replace the live members: a sequence of routing.HostRoute, one per host ID."""
@@ -972,9 +988,10 @@ cdef class QuicLbRouter:
             self._nup += 1
 
     def server_id(self, bytes cid):
-        """The server ID a CID carries (QuicLbScheme.server_id, computed here)."""
+        """The server ID a CID carries under the scheme of its codepoint (QuicLbScheme.server_id,
+        computed here); None for a codepoint no scheme has."""
         cdef unsigned char out[MAX_SERVER_ID]
-        if len(cid) < self._cid_length or cid[0] >> 5 != self._rotation:
+        if not cid or not self._present[cid[0] >> 5] or len(cid) < self._cid_lengths[cid[0] >> 5]:
             return None
         self._decrypt(<const unsigned char *>PyBytes_AS_STRING(cid), out)
         return PyBytes_FromStringAndSize(<char *>out, self._server_id_length)
@@ -987,7 +1004,7 @@ cdef class QuicLbRouter:
     cdef int route(self, const unsigned char *data, Py_ssize_t length) except -2:
         """The datagram's backend index; -1: none (too short, or no member at all)."""
         cdef const unsigned char *cid
-        cdef int cid_length, m, worker
+        cdef int cid_length, m, worker, cp
         cdef uint32_t host = 0
         cdef int b
         cdef unsigned char server_id[MAX_SERVER_ID]
@@ -1001,11 +1018,14 @@ cdef class QuicLbRouter:
                 return -1
             cid = data + LONG_DCID_AT
         else:
-            cid_length = self._cid_length
+            if length < 2:
+                return -1
+            cp = data[1] >> 5  # a short header's DCID length: its configuration's
+            cid_length = self._cid_lengths[cp] if self._present[cp] else self._cid_length
             if 1 + cid_length > length:
                 return -1
             cid = data + 1
-        if cid_length >= self._cid_length and cid[0] >> 5 == self._rotation:
+        if cid_length > 0 and self._present[cid[0] >> 5] and cid_length >= self._cid_lengths[cid[0] >> 5]:
             self._decrypt(cid, server_id)
             for m in range(self._host_bytes):
                 host = host << 8 | server_id[m]
@@ -1018,16 +1038,19 @@ cdef class QuicLbRouter:
         return self._rendezvous(cid, cid_length)
 
     cdef int _decrypt(self, const unsigned char *cid, unsigned char *server_id) except -1:
-        """Write the server ID of a CID of this scheme (checked by the caller)."""
+        """Write the server ID of a CID of a scheme's codepoint and length (checked by the
+        caller)."""
         cdef unsigned char plain[MAX_SERVER_ID]
-        if not self._keyed:
+        cdef int cp = cid[0] >> 5
+        if not self._keyed[cp]:
             memcpy(server_id, cid + 1, self._server_id_length)
         elif self.native_aes:
-            ns_quic_lb_open(&self._aes, cid + 1, self._plaintext_length, self._rounds, plain)
+            ns_quic_lb_open(&self._aes[cp], cid + 1, self._plaintext_lengths[cp], self._rounds[cp],
+                            plain)
             memcpy(server_id, plain, self._server_id_length)
         else:
-            found = self.scheme.server_id(PyBytes_FromStringAndSize(<const char *>cid,
-                                                                     self._cid_length))
+            found = self._by_codepoint[cp].server_id(
+                PyBytes_FromStringAndSize(<const char *>cid, self._cid_lengths[cp]))
             memcpy(server_id, PyBytes_AS_STRING(found), self._server_id_length)
         return 0
 

@@ -4,10 +4,13 @@ The Cython `QuicLbRouter` (_relay.pyx, _quic_lb.pxd) implements them in C and
 is tested equal to `PyQuicLbRouter`, which the pure-Python relay uses:
 
 - The DCID: a long header names its length (octet 5, DCID from octet 6); a
-  short header's is the fleet's CID length. A datagram too short for either
-  is dropped (no backend).
-- A DCID of the fleet's length or longer, with the fleet's config rotation
-  codepoint, is decrypted (QUIC-LB: `QuicLbScheme.server_id`); the server ID
+  short header's is the CID length of the configuration its first octet's
+  codepoint names, else the current configuration's. A datagram too short
+  for either is dropped (no backend).
+- A DCID of the fleet's length or longer, with a config rotation codepoint
+  the router accepts (the current configuration's, and the previous one's
+  during a rotation's grace: `set_schemes`), is decrypted with that
+  configuration (QUIC-LB: `QuicLbScheme.server_id`); the server ID
   is the host's ID followed by one worker octet. When that host is a live
   member with that worker, the datagram goes there.
 - Anything else goes by rendezvous hashing of the DCID over the live
@@ -83,6 +86,25 @@ def check_routes(scheme: QuicLbScheme, routes: Sequence[HostRoute]) -> tuple[Hos
     return routes
 
 
+def check_schemes(
+    schemes: Sequence[QuicLbScheme], server_id_length: int
+) -> tuple[QuicLbScheme, ...]:
+    """The configurations a router accepts, checked: the current one first, then those
+    still accepted during a rotation's grace (draft-ietf-quic-load-balancers: the
+    config rotation codepoint names a CID's configuration); each with its own
+    codepoint (not 0b111, the unroutable one) and the router's server ID length
+    (its routes index host IDs of that length)."""
+    schemes = tuple(schemes)
+    if not schemes:
+        raise ValueError("a router needs a configuration")
+    codepoints = [scheme.config_rotation for scheme in schemes]
+    if len(set(codepoints)) != len(codepoints) or max(codepoints) > 6:
+        raise ValueError(f"one configuration per codepoint 0-6, got {codepoints}")
+    if any(scheme.server_id_length != server_id_length for scheme in schemes):
+        raise ValueError(f"every configuration needs {server_id_length}-octet server IDs")
+    return schemes
+
+
 def dcid_of(datagram: bytes, short_length: int) -> bytes | None:
     """The datagram's destination CID (a short header's is `short_length` long)."""
     if not datagram:
@@ -125,10 +147,17 @@ class PyQuicLbRouter:
     """A datagram's backend index by its DCID (the rules in the module doc)."""
 
     def __init__(self, scheme: QuicLbScheme, hash_seed: int) -> None:
-        self.scheme = scheme
         self.hash_seed = hash_seed & _MASK64
         self._hosts: dict[int, tuple[int, ...]] = {}
         self._members: tuple[HostRoute, ...] = ()
+        self._server_id_length = scheme.server_id_length
+        self.set_schemes((scheme,))
+
+    def set_schemes(self, schemes: Sequence[QuicLbScheme]) -> None:
+        """The configurations accepted (`check_schemes`): the current one first."""
+        self.schemes = check_schemes(schemes, self._server_id_length)
+        self.scheme = self.schemes[0]
+        self._by_codepoint = {scheme.config_rotation: scheme for scheme in self.schemes}
 
     @property
     def native_aes(self) -> bool:
@@ -141,14 +170,18 @@ class PyQuicLbRouter:
         self._members = tuple(route for route in checked if route.up)  # rendezvous over these
 
     def server_id(self, cid: bytes) -> bytes | None:
-        return self.scheme.server_id(cid)
+        scheme = self._by_codepoint.get(cid[0] >> 5) if cid else None
+        return None if scheme is None else scheme.server_id(cid)
 
     def route_datagram(self, datagram: bytes) -> int | None:
         """The datagram's backend index, or None (too short, or no member at all)."""
-        dcid = dcid_of(datagram, self.scheme.cid_length)
+        short_length = self.scheme.cid_length  # a short header's: its codepoint's scheme's
+        if len(datagram) > 1 and datagram[1] >> 5 in self._by_codepoint:
+            short_length = self._by_codepoint[datagram[1] >> 5].cid_length
+        dcid = dcid_of(datagram, short_length)
         if dcid is None:
             return None
-        server_id = self.scheme.server_id(dcid)
+        server_id = self.server_id(dcid)
         if server_id is not None:
             workers = self._hosts.get(int.from_bytes(server_id[:-1], "big"), ())
             if server_id[-1] < len(workers) and workers[server_id[-1]] != DOWN:

@@ -1,0 +1,111 @@
+"""A QUIC-LB config rotation at the front (a real etcd, loopback sockets, real QUIC): the
+front routes the current and the previous codepoint during the grace, so connections
+established before the rotation keep reaching their hosts; after the grace the old
+codepoint's CIDs go by hash, like a dead host's."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from test_front import Fleet, RealFleet, fleet, short_packet, until
+
+from netsched_edge.fleet.cid_config import FleetCidConfig, read_cid_configs, rotate_cid_config
+
+pytestmark = pytest.mark.timeout(30)
+
+__all__ = ["fleet"]  # the fixture, imported
+
+GRACE_S = 2
+
+
+def _cids(config: FleetCidConfig, sid: int, count: int) -> list[bytes]:
+    return [config.for_host(sid).for_worker(0).generate() for _ in range(count)]
+
+
+async def test_both_codepoints_route_during_the_grace_then_the_old_one_goes_by_hash(
+    fleet: Fleet,
+) -> None:
+    ids = [await fleet.host(f"edge-{i}") for i in range(3)]
+    front = await fleet.front()
+    old = await fleet.cids()
+    assert front.status().codepoints == (old.config_rotation,)
+    transport, _ = await fleet.client(front)
+
+    def send(cids: list[bytes]) -> None:
+        for cid in cids:
+            transport.sendto(short_packet(cid))
+
+    rotated = await rotate_cid_config(fleet.etcd, fleet.layout, GRACE_S)
+    new = rotated.current
+    assert rotated.previous == old and new.config_rotation == (old.config_rotation + 1) % 7
+    assert new.key != old.key and new.seed == old.seed  # Initials hash alike across it
+    await until(lambda: front.status().codepoints == (new.config_rotation, old.config_rotation))
+
+    # During the grace: the CIDs of both configurations reach the host they name.
+    sent = Counter[int]()
+    for sid in ids:
+        send(_cids(old, sid, 10) + _cids(new, sid, 10))
+        sent[sid] += 20
+    await until(lambda: fleet.counts() == dict(sent))
+    # A front started during the grace reads both too.
+    late = await fleet.front()
+    assert late.status().codepoints == front.status().codepoints
+    late_transport, _ = await fleet.client(late)
+    for cid in _cids(old, ids[0], 5):
+        late_transport.sendto(short_packet(cid))
+    sent[ids[0]] += 5
+    await until(lambda: fleet.counts() == dict(sent))
+
+    # The grace lease runs out: only the new codepoint routes by server ID.
+    await until(lambda: front.status().codepoints == (new.config_rotation,), GRACE_S + 3)
+    assert (await read_cid_configs(fleet.etcd, fleet.layout)).previous is None
+    before = fleet.counts()
+    send(_cids(old, ids[0], 60))
+    await until(lambda: sum(fleet.counts().values()) == sum(before.values()) + 60)
+    spread = {sid: fleet.counts()[sid] - before[sid] for sid in ids}
+    assert sum(1 for n in spread.values() if n) > 1, spread  # by hash, not all to ids[0]
+    before = fleet.counts()
+    send(_cids(new, ids[1], 10))
+    await until(lambda: fleet.counts()[ids[1]] == before[ids[1]] + 10)
+    assert fleet.counts()[ids[0]] == before[ids[0]] and fleet.counts()[ids[2]] == before[ids[2]]
+    assert front.status().stats.no_backend == 0
+
+
+async def test_a_connection_established_before_a_rotation_keeps_its_host(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Real edges issuing the old configuration's CIDs, real sessions: after the rotation
+    their requests go on, on the same connection."""
+    real = RealFleet(fleet, tmp_path)
+    front = await real.start(2)
+    sessions = [await real.session(front) for _ in range(4)]
+    for session in sessions:
+        assert (await session.request("api", b"before")).status == 200
+    connections = real.connections()
+    await rotate_cid_config(fleet.etcd, fleet.layout, 30)
+    await until(lambda: len(front.status().codepoints) == 2)
+    for round_ in range(3):
+        for session in sessions:
+            response = await asyncio.wait_for(session.request("api", b"after %d" % round_), 5)
+            assert response.status == 200
+    assert real.connections() == connections  # no new connection: the same ones served
+    assert all(s.reconnect_stats.reconnects == 0 for s in sessions)
+    assert front.status().stats.no_backend == 0
+
+
+async def test_the_rotate_command(fleet: Fleet) -> None:
+    old = await fleet.cids()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "netsched_edge.fleet", "--etcd", fleet.server.endpoint,
+        "--prefix", fleet.layout.prefix, "rotate-cids", "--grace", "60",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 15)
+    assert process.returncode == 0, err
+    configs = await read_cid_configs(fleet.etcd, fleet.layout)
+    assert configs.previous == old and configs.current.config_rotation == 1
+    assert out.decode().strip() == "QUIC-LB codepoint 1 in force; 0 routed for 60 s more"
