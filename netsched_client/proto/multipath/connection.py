@@ -270,6 +270,7 @@ class MultipathConnection(QuicConnection):
     def _load(self, path: Path) -> None:
         vars(self).update(path.parked)
         path.parked = {}
+        path.version += 1
         self._live = path
 
     def _attr(self, path: Path, name: str) -> Any:
@@ -700,6 +701,7 @@ class MultipathConnection(QuicConnection):
         path.stalls += 1
         if len(self._paths) > 1:
             self._recovery_of(path).probe_cap = self.scheduler.probe_cap_s
+            path.version += 1  # its loss timer moves
             # Probe at once: a stall that was only a queue ends one RTT from now.
             self._set_attr(path, "_probe_pending", True)
 
@@ -712,6 +714,7 @@ class MultipathConnection(QuicConnection):
         path.last_stall_end = now
         path.recovering_until = now + self.scheduler.recovery_time(path, stalled_for)
         self._recovery_of(path).probe_cap = None
+        path.version += 1  # its loss timer moves
         self.scheduler.count(path.path_id, "back")
 
     def _recovery_of(self, path: Path) -> CountingRecovery:
@@ -892,6 +895,7 @@ class MultipathConnection(QuicConnection):
             setattr(self, name, value)
         else:
             path.parked[name] = value
+            path.version += 1
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -1107,16 +1111,20 @@ class MultipathConnection(QuicConnection):
             plan = [(next(iter(self._paths.values())), False)]
         backlog = self.stream_backlog()
         guard = self.scheduler.guarding(backlog, now)
+        # No stream data queued (most rounds: an ACK came, a timer fired): nothing to
+        # weigh, each path sends its own frames.
         views = {
-            path.path_id: self.path_view(path, now, guard) for path, allowed in plan if allowed
+            path.path_id: self.path_view(path, now, guard)
+            for path, allowed in plan
+            if allowed and backlog
         }
         assignment = self.scheduler.assign(list(views.values()), backlog, now)
         for index, (path, data_allowed) in enumerate(plan):
             share = None
             if data_allowed:
-                view = views[path.path_id]
-                wants_data = True
-                if assignment is not None:
+                view = views.get(path.path_id)
+                wants_data = view is not None
+                if assignment is not None and view is not None:
                     share = (
                         assignment.held_back(path.path_id, backlog),
                         assignment.budget(path.path_id, view),
@@ -1128,7 +1136,7 @@ class MultipathConnection(QuicConnection):
                     continue
             with self._on_path(path):
                 eliciting = self._spaces[Epoch.ONE_RTT].ack_eliciting_in_flight
-                sent = self._send_on_live_path(path, now, data_allowed, share)
+                sent = self._send_on_live_path(path, now, data_allowed, share, bool(backlog))
                 if self._spaces[Epoch.ONE_RTT].ack_eliciting_in_flight > eliciting:
                     self._note_activity(path, now)
             self._account(path, sent)
@@ -1153,13 +1161,13 @@ class MultipathConnection(QuicConnection):
             out.extend((data, addr, path.path_id) for data, addr in sent)
         return out
 
-    def _idle(self, path: Path, now: float, view: PathView, wants_data: bool) -> bool:
+    def _idle(self, path: Path, now: float, view: PathView | None, wants_data: bool) -> bool:
         """This path has provably nothing to send this round (the scheduler gave it no
         data, or its window has no room, and nothing of its own is due): skipping it
         spares a whole packet-building pass, the cost of a second path (issue #3)."""
         if path.state is not PathState.ACTIVE or self._close_pending:
             return False
-        if wants_data and view.room() >= view.datagram_size:
+        if wants_data and view is not None and view.room() >= view.datagram_size:
             return False
         if self.urgent_copies.pending or self._wants_to_send(path):
             return False
@@ -1188,6 +1196,7 @@ class MultipathConnection(QuicConnection):
         now: float,
         data_allowed: bool,
         share: tuple[set[int], int | None] | None = None,
+        backlog: bool = True,
     ) -> list[tuple[bytes, NetworkAddress]]:
         if not self._network_paths:
             return []  # server side: no packet decrypted on this path yet
@@ -1199,18 +1208,23 @@ class MultipathConnection(QuicConnection):
             with self._holding_back(None):
                 return sent + super().datagrams_to_send(now)
         sent += self._send_mtu_probe(now)
-        return sent + self._note_full(self._send_data(path, now, share))
+        return sent + self._note_full(self._send_data(path, now, share, backlog))
 
     def _send_data(
-        self, path: Path, now: float, share: tuple[set[int], int | None] | None
+        self,
+        path: Path,
+        now: float,
+        share: tuple[set[int], int | None] | None,
+        backlog: bool = True,
     ) -> list[tuple[bytes, NetworkAddress]]:
         """Flush the live path: with the "deadline" policy's `share` (streams to leave to
         other paths, byte budget), or, in a round it has none, the "lowest-rtt" policy's
-        rule (a path leaves alone what it would deliver late and another would not)."""
+        rule (a path leaves alone what it would deliver late and another would not).
+        `backlog`: some stream has data queued (else there is nothing to hold back)."""
         priorities = self.stream_priorities()
         if share is not None:
             held, budget = share
-        elif priorities:
+        elif priorities and backlog:
             held, budget = self.scheduler.late_streams(self, path, priorities, now), None
         else:
             held, budget = set(), None
@@ -1467,6 +1481,10 @@ class MultipathConnection(QuicConnection):
     ) -> None:
         if delivery == QuicDeliveryState.ACKED:
             search.on_probe_acked(size, self._now)
+            if self._recovery().pmtu is search:
+                # The path's size follows at once, not at its next send (an idle path's
+                # stats would show the old one).
+                self._sync_datagram_size(self._now)
         elif delivery == QuicDeliveryState.LOST:
             search.on_probe_lost(size, self._now)
 
@@ -1562,13 +1580,7 @@ class MultipathConnection(QuicConnection):
             return super().get_timer()
         timers: list[float] = []
         for path in self._paths.values():
-            with self._on_path(path):
-                if path.state is PathState.CLOSING:
-                    # It sends nothing more: an ACK or pacing deadline of its own would
-                    # stay due forever (the peer abandoned it; its packets were lost).
-                    self._spaces[Epoch.ONE_RTT].ack_at = None
-                    self._pacing_at = None
-                timer = super().get_timer()
+            timer = self._path_timer(path)
             if timer is not None:
                 timers.append(timer)
             if path.closing_until is not None:
@@ -1579,6 +1591,27 @@ class MultipathConnection(QuicConnection):
             if (keepalive := self._keepalive_at(path)) is not None:
                 timers.append(keepalive)
         return min(timers, default=None)
+
+    def _path_timer(self, path: Path) -> float | None:
+        """aioquic's timer for this path; for a parked path, the one computed when it was
+        last parked unless its state (or the connection's close timer) changed since."""
+        if path is self._live:
+            return self._live_path_timer(path)
+        if path.timer_key == (path.version, path.state, self._close_at, self._state):
+            return path.timer_at
+        with self._on_path(path):
+            path.timer_at = self._live_path_timer(path)
+        path.timer_key = (path.version, path.state, self._close_at, self._state)
+        return path.timer_at
+
+    def _live_path_timer(self, path: Path) -> float | None:
+        if path.state is PathState.CLOSING:
+            # It sends nothing more: an ACK or pacing deadline of its own would stay due
+            # forever (the peer abandoned it; its packets were lost).
+            self._spaces[Epoch.ONE_RTT].ack_at = None
+            self._pacing_at = None
+        timer: float | None = super().get_timer()
+        return timer
 
     def handle_timer(self, now: float) -> None:
         if self._close_at is None and self._state in END_STATES:

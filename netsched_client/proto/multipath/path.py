@@ -48,6 +48,11 @@ class Path:
     local_addr: NetworkAddress | None = None  # client: the local address the path is bound to
     # The aioquic attributes of this path while another path is live.
     parked: dict[str, Any] = field(default_factory=dict)
+    # Bumped whenever its aioquic state may change (swapped in, or written while parked):
+    # aioquic's timer for a parked path is recomputed only then (`timer_key`, `timer_at`).
+    version: int = 0
+    timer_key: tuple[object, ...] = ()
+    timer_at: float | None = None
     # Status: ours (sent to the peer) and the peer's preference for this path.
     backup: bool = False
     status_seq_sent: int = 0
