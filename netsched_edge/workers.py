@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from netsched_client.proto.quic_lb import QuicLbConfig
 
@@ -44,6 +44,9 @@ from .config import ConfigError, EdgeConfig
 from .keys import EdgeKeys, KeysError
 from .lifecycle import Lifecycle, die_with_parent, read_config
 from .tls import generate_self_signed
+
+if TYPE_CHECKING:  # the fleet package needs httpx (the `fleet` extra)
+    from .fleet.pool import WorkerFleet
 
 log = logging.getLogger("netsched.edge.workers")
 
@@ -160,8 +163,11 @@ class SharedSettings:
     generated_in: Path | None = None  # the parent's directory of what it made
     state_dir: Path | None = None  # where the generated certificate is kept (tls.py)
     port_per_worker: bool = False  # fleet workers: port + index, or each an ephemeral one
+    ports: tuple[int, ...] = ()  # fleet workers' ports picked before they start, if any
 
     def worker_port(self, index: int) -> int:
+        if self.ports:
+            return self.ports[index]
         if self.port_per_worker and self.port != 0:
             return self.port + index
         return self.port
@@ -187,6 +193,7 @@ def _worker_main(
     shared: SharedSettings,
     parent_pid: int,
     ready: Any,
+    fleet: WorkerFleet | None = None,
 ) -> None:
     from .server import EdgeServer  # in the child: nothing of the parent's loop is shared
 
@@ -206,16 +213,22 @@ def _worker_main(
         lifecycle.install()
         server = EdgeServer(config, worker=identity)
         sock = None
+        following = contextlib.AsyncExitStack()
         try:
             try:
+                if fleet is not None:
+                    from .fleet.pool import follow_fleet
+
+                    await following.enter_async_context(follow_fleet(fleet, server, identity.index))
                 await server.start()
-            except (OSError, KeysError) as exc:
+            except (OSError, KeysError, TimeoutError) as exc:
                 print(f"netsched-edge: worker {identity.index}: {exc}", file=sys.stderr)
                 return
             sock = take_attached_socket()
             ready.put((identity.index, server.port, sock))
             await lifecycle.serve(server)
         finally:
+            await following.aclose()
             await server.close()
             if sock is not None:
                 sock.close()
@@ -252,17 +265,26 @@ class WorkerPool:
         count: int,
         config_path: str | None = None,
         fleet: FleetCids | None = None,
+        *,
+        follow: WorkerFleet | None = None,
+        ports: tuple[int, ...] = (),
     ) -> None:
+        """`fleet`: the host's encrypted CIDs (a port per worker); `follow`: the fleet the
+        workers take their keys and config from (netsched_edge.fleet.pool); `ports`:
+        each worker's port, picked beforehand (the member key names them)."""
         if not 1 <= count <= 255:
             raise ValueError(f"workers must be 1..255, got {count}")
         self.count = count
         self.config = config
         self.config_path = config_path
         self.fleet = fleet
+        self.follow = follow
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.ca_certificate: Path | None = None
+        if ports and len(ports) != count:
+            raise ValueError(f"{count} workers need {count} ports, got {ports}")
         self.shared = dataclasses.replace(
-            self._shared_secrets(config), port_per_worker=fleet is not None
+            self._shared_secrets(config), port_per_worker=fleet is not None, ports=tuple(ports)
         )
         self.ports = [0] * count  # each worker's bound port (all equal unless in a fleet)
         self._procs: list[Any] = [None] * count
@@ -315,6 +337,7 @@ class WorkerPool:
                 self.shared,
                 os.getpid(),
                 ready,
+                self.follow,
             ),
             daemon=True,
         )
