@@ -221,3 +221,17 @@ def test_datagram_size_moves_the_minimum_window() -> None:
     bbr.max_datagram_size = 1452
     bbr.on_persistent_congestion(0.0)
     assert bbr.congestion_window == 4 * 1452
+
+
+def test_a_standing_queue_is_capped_when_the_path_slows_down() -> None:
+    path = _path()
+    path.run(2.0)
+    path.rate = 0.8 * RATE  # the bandwidth filter remembers the old rate for 2 cycles
+    path.run(1.0)
+    settled = len(path.rtts)
+    goodput = path.goodput_over(1.0)
+    recent = path.rtts[settled:]
+    assert path.bbr.max_bw > 0.95 * RATE  # still the old estimate: pacing runs too fast
+    assert goodput > 0.95 * 0.8 * RATE
+    # The window, capped at the delivered rate's BDP plus 20 %, bounds the queue.
+    assert sum(recent) / len(recent) < 2 * DELAY * 1.3

@@ -16,9 +16,9 @@ def test_edge_key_takes_each_controller(name: str) -> None:
     assert config.congestion_control == name
 
 
-def test_edge_default_is_reno() -> None:
-    assert parse_config("", file="edge.toml").congestion_control == "reno"
-    assert EdgeConfig().congestion_control == "reno"
+def test_edge_default_is_bbr() -> None:
+    assert parse_config("", file="edge.toml").congestion_control == "bbr"
+    assert EdgeConfig().congestion_control == "bbr"
 
 
 @pytest.mark.parametrize(("value", "shown"), [('"bbr2"', "'bbr2'"), ("1", "1"), ('"BBR"', "'BBR'")])

@@ -34,7 +34,7 @@ from .sampler import DeliveryRateSampler
 # The algorithms a connection can name: aioquic's two and ours.
 CONGESTION_CONTROLS: Final = ("reno", "cubic", "bbr")
 DEFAULT_CONGESTION_CONTROL: Final = "reno"
-# A send after a pause longer than this (and than 4 packets at the pacing rate), with
+# A send after a pause longer than this and than the pacer's own (see _after_idle), with
 # window to spare, follows an idle application: its samples measure the app, not the
 # path. The controller cannot be told directly through aioquic (it never says when a
 # connection runs out of data), so the gap is the evidence.
@@ -129,13 +129,24 @@ class ControllerAdapter(QuicCongestionControl):
         return data
 
     def _after_idle(self, now: float) -> bool:
+        """Whether this send follows a stretch where the application, not the window or
+        the pacer, held the sender back (aioquic never says so: see the module doc)."""
         if self._last_sent is None:
             return False
-        if self.bytes_in_flight + self._max_datagram_size >= self.congestion_window:
-            return False  # the window, not the application, held the sender
+        window = self.congestion_window
+        if self.bytes_in_flight + self._max_datagram_size >= window:
+            return False  # the window held the sender
+        gap = now - self._last_sent
         rate = self.controller.pacing_rate
-        paced_gap = 4 * self._max_datagram_size / rate if rate else 0.0
-        return now - self._last_sent > max(IDLE_GAP_S, paced_gap)
+        if not rate:
+            return gap > IDLE_GAP_S
+        # The pacer lets bursts of up to 16 datagrams out, then waits as long for its
+        # bucket: a pause of two such cycles is not the pacer's.
+        burst = min(window // 4, 16 * self._max_datagram_size) / rate
+        if gap > max(IDLE_GAP_S, 2 * burst):
+            return True
+        # A trickle: an eighth of the window in flight, and paused for 4 packets' time.
+        return self.bytes_in_flight < window / 8 and gap > 4 * self._max_datagram_size / rate
 
     def _sync(self) -> None:
         self.congestion_window = self.controller.congestion_window

@@ -16,6 +16,15 @@ reads every lossy round outside probing as congestion, and at 1-5 % random loss
 its bounds then ratchet the rate down a few percent per round until the next
 probe (BBRv1 ignored loss altogether).
 
+A second one, for the standing queue: the max-filtered delivery rate runs high
+behind a token bucket or an aggregating link (a sample that starts with the
+bucket's burst credit), and pacing at it keeps a queue as long as the window
+allows, up to 2 BDPs. When a whole cruising round never saw the RTT come down
+to within QUEUE_EVIDENCE of the min RTT, the queue stood all along, so the
+round's delivered rate is the bottleneck's: `inflight_lo` (reset at each probe,
+like the draft's lower bounds) then caps the window at that rate's BDP plus
+STANDING_QUEUE_ALLOWANCE.
+
 States and transitions (the rules; `_enter` is the only writer of `state`):
 
     STARTUP  -> DRAIN       the pipe is full: 3 rounds without 25 % more bandwidth,
@@ -67,6 +76,8 @@ PROBE_RTT_CWND_GAIN = 0.5
 # round's loss is read as congestion; under it the loss is random (see the module doc).
 QUEUE_EVIDENCE = 0.2
 QUEUE_EVIDENCE_MIN_S = 0.002
+# Queue kept when a standing one is found, as a share of the BDP (see the module doc).
+STANDING_QUEUE_ALLOWANCE = 0.2
 MAX_RENO_ROUNDS = 63  # probe at least this often, as a Reno flow would regain its share
 INITIAL_WINDOW_PACKETS = 10
 NOMINAL_RTT_S = 0.001  # before any RTT sample: the initial window is sent unpaced
@@ -152,6 +163,8 @@ class Bbr:
         self._lost_in_round = 0
         self._delivered_at_round_start = 0
         self._latest_rtt = 0.0  # the last sample's: what the queue holds now
+        self._round_min_rtt = math.inf  # lowest RTT in this loss round
+        self._round_start_time: float | None = None
         # Startup's end.
         self.filled_pipe = False
         self._full_bw = 0.0
@@ -223,7 +236,7 @@ class Bbr:
 
     def _update_model_and_state(self, rs: RateSample, now: float) -> None:
         self._update_latest_delivery_signals(rs)
-        self._update_congestion_signals(rs)
+        self._update_congestion_signals(rs, now)
         self._check_full_bw_reached(rs)
         self._check_startup_done()
         self._check_drain_done(now)
@@ -236,6 +249,7 @@ class Bbr:
     def _update_latest_delivery_signals(self, rs: RateSample) -> None:
         self._loss_round_start = False
         self._latest_rtt = rs.rtt
+        self._round_min_rtt = min(self._round_min_rtt, rs.rtt)
         self._bw_latest = max(self._bw_latest, rs.delivery_rate)
         self._inflight_latest = max(self._inflight_latest, rs.delivered)
         if rs.prior_delivered >= self._loss_round_delivered:
@@ -254,7 +268,7 @@ class Bbr:
             self.round_count += 1
             self._rounds_since_bw_probe += 1
 
-    def _update_congestion_signals(self, rs: RateSample) -> None:
+    def _update_congestion_signals(self, rs: RateSample, now: float) -> None:
         self._update_round(rs)
         if rs.delivery_rate > 0 and (rs.delivery_rate >= self.max_bw or not rs.app_limited):
             self._max_bw_filter.update(rs.delivery_rate)
@@ -263,10 +277,13 @@ class Bbr:
             return
         self._check_startup_high_loss()
         self._adapt_lower_bounds_from_congestion()
+        self._bound_standing_queue(rs, now)
         self._loss_in_round = False
         self._loss_events_in_round = 0
         self._lost_in_round = 0
         self._delivered_at_round_start = self._delivered
+        self._round_min_rtt = rs.rtt
+        self._round_start_time = now
 
     def _adapt_lower_bounds_from_congestion(self) -> None:
         """Outside probing, a round with loss lowers the short-term bounds to what the
@@ -282,6 +299,23 @@ class Bbr:
         self.bw_lo = max(self._bw_latest, BETA * self.bw_lo)
         self.inflight_lo = max(self._inflight_latest, BETA * self.inflight_lo)
 
+    def _bound_standing_queue(self, rs: RateSample, now: float) -> None:
+        """A cruising round whose RTT never came down: cap the window at the round's
+        delivered rate times the min RTT, plus STANDING_QUEUE_ALLOWANCE."""
+        if self.state is not State.CRUISE or rs.app_limited or self._round_start_time is None:
+            return
+        if math.isinf(self.min_rtt) or self._round_min_rtt <= self.min_rtt + self._queue_margin():
+            return
+        elapsed = now - self._round_start_time
+        if elapsed < self.min_rtt:
+            return  # a partial round: its rate is not the bottleneck's
+        rate = (self._delivered - self._delivered_at_round_start) / elapsed
+        bound = rate * self.min_rtt * (1 + STANDING_QUEUE_ALLOWANCE) + 2 * self._mss
+        self.inflight_lo = min(self.inflight_lo, max(bound, float(self._min_pipe_cwnd)))
+
+    def _queue_margin(self) -> float:
+        return max(QUEUE_EVIDENCE * self.min_rtt, QUEUE_EVIDENCE_MIN_S)
+
     def _round_loss_over_thresh(self) -> bool:
         """The round lost more than LOSS_THRESH of what it sent, with a queue."""
         sent = self._delivered - self._delivered_at_round_start + self._lost_in_round
@@ -292,8 +326,7 @@ class Bbr:
         """The latest RTT is enough over the min RTT to say a queue stands now."""
         if math.isinf(self.min_rtt):
             return True  # no baseline yet: the draft's rule
-        margin = max(QUEUE_EVIDENCE * self.min_rtt, QUEUE_EVIDENCE_MIN_S)
-        return self._latest_rtt > self.min_rtt + margin
+        return self._latest_rtt > self.min_rtt + self._queue_margin()
 
     def _check_startup_high_loss(self) -> None:
         if self.state is not State.STARTUP or self.filled_pipe:
