@@ -29,6 +29,7 @@ approximation that ignores bursts.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -305,9 +306,27 @@ def _coding_window(inputs: FecInputs, policy: FecPolicy) -> int:
 
 
 def _repairs(inputs: FecInputs, window: int, budget: int, short: bool) -> tuple[int, float]:
-    """(repairs, residual) for the window, at most `budget` repairs."""
-    model = GilbertElliott.fit(inputs.loss_rate, inputs.mean_burst)
-    repairs, residual = repairs_needed(model, window, inputs.loss_tolerance, budget)
+    """(repairs, residual) for the window, at most `budget` repairs.
+
+    The loss estimates are rounded to three significant digits (burst length to a
+    hundredth), well inside their own noise, so that the Markov-chain DP, the costliest
+    step of an edge's flush, runs once per distinct answer rather than per decision."""
+    return _repairs_for(
+        float(f"{inputs.loss_rate:.3g}"),
+        round(inputs.mean_burst, 2),
+        inputs.loss_tolerance,
+        window,
+        budget,
+        short,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _repairs_for(
+    loss_rate: float, mean_burst: float, tolerance: float, window: int, budget: int, short: bool
+) -> tuple[int, float]:
+    model = GilbertElliott.fit(loss_rate, mean_burst)
+    repairs, residual = repairs_needed(model, window, tolerance, budget)
     if short and repairs == 0 and budget > 0:
         # A short response's tail gets a repair even when the model says none is needed.
         return 1, unrecoverable_probabilities(model, window, 1)[1]

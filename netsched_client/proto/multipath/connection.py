@@ -1144,7 +1144,8 @@ class MultipathConnection(QuicConnection):
             if self._state in END_STATES:
                 break
         self.urgent_copies.next_round()
-        self.scheduler.refresh_silence(self)  # what was just sent may be the oldest now
+        if out:
+            self.scheduler.refresh_silence(self)  # what was just sent may be the oldest now
         return out
 
     def datagrams_on_open_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
