@@ -119,7 +119,8 @@ class Assignment:
     # had room, but this one delivers sooner even after waiting for its window); "spread"
     # (the faster path's backlog made a slower one earlier); "deadline-only-path" (only
     # this one reaches the deadline); "no-path-in-time" (none does: the fastest);
-    # "explore" (deadline-free data for a near path left unused this round).
+    # "safer" (a later path in time, less likely to lose it beyond repair); "explore"
+    # (deadline-free data for a near path left unused this round).
     reasons: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     def held_back(self, path_id: int, backlog: Sequence[Backlog]) -> set[int]:
@@ -211,7 +212,10 @@ class _Chooser:
         # RISK_TIE), and of those the earliest.
         risks = {p.path_id: self._risk(p, deadline) for p in in_time}
         safest = min(risks.values())
-        return self._earliest([p for p in in_time if risks[p.path_id] <= safest + RISK_TIE])
+        path, reason = self._earliest([p for p in in_time if risks[p.path_id] <= safest + RISK_TIE])
+        if path is not self._earliest(in_time)[0]:
+            reason = "safer"  # a later path, for a smaller chance of a loss beyond repair
+        return path, reason
 
     def _risk(self, path: PathView, deadline: float) -> float:
         """The chance this quantum misses its deadline on this path: the path's loss rate
