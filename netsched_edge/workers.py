@@ -113,6 +113,44 @@ def take_attached_socket() -> socket.socket | None:
     return _attached.pop() if _attached else None
 
 
+class CidRotation:
+    """The fleet's QUIC-LB key and codepoint a process issues CIDs under now: a config
+    rotation (`quic-lb` in etcd) `switch`es it, and the CID factories of every
+    connection (`RotatingCids`) read it at each call, so new connections and new
+    CIDs of old ones move to the new configuration. The CID length stays."""
+
+    def __init__(self, key: bytes, config_rotation: int) -> None:
+        self.key = key
+        self.config_rotation = config_rotation
+
+    def switch(self, key: bytes, config_rotation: int) -> None:
+        self.key, self.config_rotation = key, config_rotation
+
+
+class RotatingCids:
+    """One worker's CID factory under a `CidRotation` (what `WorkerIdentity.quic_lb`
+    gives the edge in a fleet host that follows rotations)."""
+
+    def __init__(self, fleet: FleetCids, rotation: CidRotation, index: int) -> None:
+        self._fleet = fleet
+        self._rotation = rotation
+        self._index = index
+        self._config = fleet.for_worker(index)
+
+    @property
+    def cid_length(self) -> int:
+        return self._fleet.cid_length
+
+    def generate(self) -> bytes:
+        rotation = self._rotation
+        if (rotation.key, rotation.config_rotation) != (
+            self._config.key,
+            self._config.config_rotation,
+        ):
+            self._config = self._fleet.for_worker(self._index)
+        return self._config.generate()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class FleetCids:
     """A fleet host's encrypted QUIC-LB CIDs: server ID = the host's ID ‖ the worker index.
@@ -127,14 +165,26 @@ class FleetCids:
     key: bytes
     config_rotation: int = 0
     cid_length: int = 8
+    # Followed rotations (FleetHost): the key and codepoint in force, else the ones above.
+    rotation: CidRotation | None = dataclasses.field(default=None, compare=False)
 
     def for_worker(self, index: int) -> QuicLbConfig:
+        """The worker's CIDs under the configuration in force now."""
+        key, config_rotation = self.key, self.config_rotation
+        if self.rotation is not None:
+            key, config_rotation = self.rotation.key, self.rotation.config_rotation
         return QuicLbConfig(
             server_id=self.host_server_id + bytes([index]),
-            config_rotation=self.config_rotation,
+            config_rotation=config_rotation,
             cid_length=self.cid_length,
-            key=self.key,
+            key=key,
         )
+
+    def issuer(self, index: int) -> QuicLbConfig | RotatingCids:
+        """The worker's CID factory: one that follows rotations when there is any to follow."""
+        if self.rotation is None:
+            return self.for_worker(index)
+        return RotatingCids(self, self.rotation, index)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,12 +193,12 @@ class WorkerIdentity:
     count: int
     fleet: FleetCids | None = None
 
-    def quic_lb(self) -> QuicLbConfig:
+    def quic_lb(self) -> QuicLbConfig | RotatingCids:
         """Plaintext CIDs with the index as server ID (what the kernel's steering
-        program reads), or the fleet's encrypted ones."""
+        program reads), or the fleet's encrypted ones (following its rotations)."""
         if self.fleet is None:
             return QuicLbConfig(server_id=bytes([self.index]))
-        return self.fleet.for_worker(self.index)
+        return self.fleet.issuer(self.index)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -219,7 +269,7 @@ def _worker_main(
                 if fleet is not None:
                     from .fleet.pool import follow_fleet
 
-                    await following.enter_async_context(follow_fleet(fleet, server, identity.index))
+                    await following.enter_async_context(follow_fleet(fleet, server, identity))
                 await server.start()
             except (OSError, KeysError, TimeoutError) as exc:
                 print(f"netsched-edge: worker {identity.index}: {exc}", file=sys.stderr)

@@ -18,15 +18,20 @@ hash to the same host across a rotation.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from netsched_client.proto.quic_lb import KEY_BYTES, UNROUTABLE_ROTATION, QuicLbScheme
 
 from ..forwarder.routing import rendezvous_seed
-from ..workers import FleetCids
+from ..workers import CidRotation, FleetCids
 from .etcd import Compare, Etcd, EtcdError, Get, KeyValue, Put
+from .follow import Follower
 from .layout import Layout
+
+log = logging.getLogger("netsched.edge.fleet")
 
 WORKER_ID_BYTES = 1  # the last octet of the server ID: the worker index
 
@@ -67,12 +72,15 @@ class FleetCidConfig:
     def host_id_bytes(self) -> int:
         return self.server_id_length - WORKER_ID_BYTES
 
-    def for_host(self, server_id: int) -> FleetCids:
+    def for_host(self, server_id: int, rotation: CidRotation | None = None) -> FleetCids:
+        """A host's CIDs under this configuration (and, given a `rotation`, under the one
+        in force at each call: the host follows rotations)."""
         return FleetCids(
             host_server_id=server_id.to_bytes(self.host_id_bytes, "big"),
             key=self.key,
             config_rotation=self.config_rotation,
             cid_length=self.scheme.cid_length,
+            rotation=rotation,
         )
 
     def locate(self, cid: bytes) -> tuple[int, int] | None:
@@ -171,3 +179,82 @@ async def rotate_cid_config(etcd: Etcd, layout: Layout, grace_s: int) -> CidConf
         await etcd.revoke(grace)
         raise EtcdError(f"etcd:{layout.quic_lb}: changed while being rotated, try again")
     return await read_cid_configs(etcd, layout)
+
+
+class CidConfigFollower(Follower):
+    """`quic-lb` and `quic-lb-previous` (one prefix), read then watched; `on_change` gets
+    both on every change (the front routes both; a host issues CIDs under the current)."""
+
+    what = "fleet QUIC-LB configuration"
+
+    def __init__(
+        self, etcd: Etcd, layout: Layout, on_change: Callable[[CidConfigs], None], who: str
+    ) -> None:
+        super().__init__()
+        self.etcd = etcd
+        self.layout = layout
+        self.on_change = on_change
+        self.who = who  # for the log
+
+        self.held: dict[str, KeyValue] = {}
+        self._watch_from = 0  # a read not yet followed by a watch: its revision + 1
+
+    async def read(self) -> None:
+        """Read and apply both; the next `_follow` watches from there."""
+        found, read_at = await self.etcd.get_prefix(self.layout.quic_lb)
+        self.etcd_available = True
+        self.held = {kv.key: kv for kv in found}
+        self._apply()
+        self._watch_from = read_at + 1
+
+    async def _follow(self) -> None:
+        if not self._watch_from:
+            await self.read()
+        start, self._watch_from = self._watch_from, 0
+        async with self.etcd.watch(self.layout.quic_lb, start_revision=start) as batches:
+            async for events in batches:
+                for event in events:
+                    if event.kind == "put":
+                        self.held[event.kv.key] = event.kv
+                    else:
+                        self.held.pop(event.kv.key, None)
+                self._apply()
+
+    def _apply(self) -> None:
+        held = self.held
+        current = held.get(self.layout.quic_lb)
+        if current is None:
+            log.error("%s: etcd:%s is gone: as before", self.who, self.layout.quic_lb)
+            return
+        try:
+            configs = decode_cid_configs(
+                self.layout, current, held.get(self.layout.quic_lb_previous)
+            )
+        except EtcdError as exc:
+            log.error("%s: %s: as before", self.who, exc)
+            return
+        self.on_change(configs)
+
+
+def follow_rotation(cids: FleetCids) -> Callable[[CidConfigs], None]:
+    """A host's `CidConfigFollower.on_change`: its CIDs (`cids.rotation`) are issued under
+    the current configuration from now on; one of other lengths is not followed (the
+    edge parses one CID length, and the host ID keeps its width)."""
+    rotation = cids.rotation
+    if rotation is None:
+        raise ValueError("these CIDs follow no rotation")
+
+    def on_change(configs: CidConfigs) -> None:
+        current = configs.current
+        lengths = (current.server_id_length, current.scheme.cid_length)
+        if lengths != (len(cids.host_server_id) + WORKER_ID_BYTES, cids.cid_length):
+            log.error(
+                "fleet: QUIC-LB codepoint %d has other lengths %s: CIDs stay under %d",
+                current.config_rotation, lengths, rotation.config_rotation,
+            )  # fmt: skip
+            return
+        if (current.key, current.config_rotation) != (rotation.key, rotation.config_rotation):
+            rotation.switch(current.key, current.config_rotation)
+            log.info("fleet: CIDs issued under QUIC-LB codepoint %d", current.config_rotation)
+
+    return on_change

@@ -46,8 +46,8 @@ from netsched_client.io import Address
 from ..forwarder import QuicLbRouter, UdpForwarder, UdpRelay
 from ..forwarder.flows import FlowOutcome, ForwarderStats
 from ..forwarder.routing import DOWN, HostRoute
-from .cid_config import CidConfigs, FleetCidConfig, decode_cid_configs, ensure_cid_config
-from .etcd import Etcd, EtcdError, KeyValue
+from .cid_config import CidConfigFollower, CidConfigs, FleetCidConfig, ensure_cid_config
+from .etcd import Etcd, KeyValue
 from .follow import Follower
 from .layout import Layout
 from .membership import MemberInfo
@@ -191,58 +191,6 @@ class MemberFollower(Follower):
             return None
 
 
-class CidConfigFollower(Follower):
-    """`quic-lb` and `quic-lb-previous` (one prefix), read then watched; `apply` gets both
-    on every change."""
-
-    what = "fleet QUIC-LB configuration"
-
-    def __init__(self, etcd: Etcd, layout: Layout, front: FleetFront) -> None:
-        super().__init__()
-        self.etcd = etcd
-        self.layout = layout
-        self.front = front
-
-        self.held: dict[str, KeyValue] = {}
-        self._watch_from = 0  # a read not yet followed by a watch: its revision + 1
-
-    async def read(self) -> None:
-        """Read and apply both; the next `_follow` watches from there."""
-        found, read_at = await self.etcd.get_prefix(self.layout.quic_lb)
-        self.etcd_available = True
-        self.held = {kv.key: kv for kv in found}
-        self._apply()
-        self._watch_from = read_at + 1
-
-    async def _follow(self) -> None:
-        if not self._watch_from:
-            await self.read()
-        start, self._watch_from = self._watch_from, 0
-        async with self.etcd.watch(self.layout.quic_lb, start_revision=start) as batches:
-            async for events in batches:
-                for event in events:
-                    if event.kind == "put":
-                        self.held[event.kv.key] = event.kv
-                    else:
-                        self.held.pop(event.kv.key, None)
-                self._apply()
-
-    def _apply(self) -> None:
-        held = self.held
-        current = held.get(self.layout.quic_lb)
-        if current is None:
-            log.error("fleet front: etcd:%s is gone: routing as before", self.layout.quic_lb)
-            return
-        try:
-            configs = decode_cid_configs(
-                self.layout, current, held.get(self.layout.quic_lb_previous)
-            )
-        except EtcdError as exc:
-            log.error("fleet front: %s: routing as before", exc)
-            return
-        self.front.accept(configs)
-
-
 class FleetFront:
     """The front for as long as the context lasts (`async with FleetFront(settings)`)."""
 
@@ -261,7 +209,7 @@ class FleetFront:
         self._router: QuicLbRouter | None = None
         self._forwarder: UdpForwarder | None = None
         self._follower = MemberFollower(self.etcd, self.layout, self)
-        self._configs = CidConfigFollower(self.etcd, self.layout, self)
+        self._configs = CidConfigFollower(self.etcd, self.layout, self.accept, "fleet front")
         self.accepted: tuple[FleetCidConfig, ...] = ()  # the router's, current first
         self._tasks: list[asyncio.Task[None]] = []
 

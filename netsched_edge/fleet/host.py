@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import EdgeConfig
-from ..workers import FleetCids
-from .cid_config import ensure_cid_config
+from ..workers import CidRotation, FleetCids
+from .cid_config import CidConfigFollower, ensure_cid_config, follow_rotation
 from .config_watch import ConfigWatcher
 from .etcd import Etcd
 from .layout import Layout
@@ -142,7 +142,12 @@ class FleetHost:
             await undo.enter_async_context(self.member)
             cid_config = await ensure_cid_config(self.etcd, self.layout)
             undo.pop_all()
-        self.cids = cid_config.for_host(self.member.server_id)
+        # Issued under the configuration in force, which follows the fleet's rotations.
+        rotation = CidRotation(cid_config.key, cid_config.config_rotation)
+        self.cids = cid_config.for_host(self.member.server_id, rotation)
+        self.cid_configs = CidConfigFollower(
+            self.etcd, self.layout, follow_rotation(self.cids), "fleet host"
+        )
         self.config = ConfigWatcher(
             self.etcd,
             self.layout,
@@ -154,7 +159,13 @@ class FleetHost:
         rotator = KeyRotator(self.etcd, self.layout, self.member, self.settings.keys)
         self._tasks = [
             asyncio.create_task(runner(), name=f"fleet {runner.__qualname__}")
-            for runner in (self.keys.run, rotator.run, self.config.run, self._when_lost)
+            for runner in (
+                self.keys.run,
+                rotator.run,
+                self.config.run,
+                self.cid_configs.run,
+                self._when_lost,
+            )
         ]
         return self
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import EdgeConfig
-from ..workers import FleetCids, WorkerPool, supervise
-from .cid_config import ensure_cid_config
+from ..workers import CidRotation, FleetCids, WorkerIdentity, WorkerPool, supervise
+from .cid_config import CidConfigFollower, ensure_cid_config, follow_rotation
 from .config_watch import ConfigWatcher
 from .etcd import Etcd, EtcdError
 from .host import FleetSettings, FleetStatus
@@ -89,10 +89,12 @@ class FollowingServer(Protocol):
 
 @contextlib.asynccontextmanager
 async def follow_fleet(
-    fleet: WorkerFleet, server: FollowingServer, index: int
+    fleet: WorkerFleet, server: FollowingServer, identity: WorkerIdentity
 ) -> AsyncIterator[None]:
-    """In a worker, before its server starts: the fleet's keys installed (waited for) and
-    its config applied (keeping the worker's addresses), until the context ends."""
+    """In a worker, before its server starts: the fleet's keys installed (waited for), its
+    config applied (keeping the worker's addresses) and its QUIC-LB rotations followed
+    (the worker's `CidRotation`), until the context ends."""
+    index = identity.index
     layout = Layout(fleet.prefix)
     local = server.config
     async with Etcd(fleet.etcd) as etcd:
@@ -106,6 +108,10 @@ async def follow_fleet(
             lease=fleet.lease,
         )
         tasks = [asyncio.create_task(keys.run()), asyncio.create_task(config.run())]
+        cids = identity.fleet
+        if cids is not None and cids.rotation is not None:
+            follower = CidConfigFollower(etcd, layout, follow_rotation(cids), f"worker {index}")
+            tasks.append(asyncio.create_task(follower.run()))
         try:
             async with asyncio.timeout(FIRST_KEYS_TIMEOUT_S):
                 while keys.ring is None:
@@ -198,7 +204,8 @@ class FleetParent:
                     settings.etcd, settings.prefix, settings.name, member.lease.id,
                     settings.base_dir, member.server_id,
                 )  # fmt: skip
-                self._joined.put((cid_config.for_host(member.server_id), follow))
+                rotation = CidRotation(cid_config.key, cid_config.config_rotation)
+                self._joined.put((cid_config.for_host(member.server_id, rotation), follow))
                 log.info("fleet member %s, server ID %d", settings.name, member.server_id)
                 rotator = asyncio.create_task(KeyRotator(etcd, layout, member, settings.keys).run())
                 lost = asyncio.create_task(member.lost.wait())

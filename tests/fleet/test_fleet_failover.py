@@ -120,10 +120,18 @@ class PlainClient(QuicConnectionProtocol):
     timeout."""
 
     def host(self, cids: FleetCidConfig) -> int:
-        # aioquic (pinned 1.7.2) has no public accessor for the CID it sends to.
-        located = cids.locate(self._quic._peer_cid.cid)
+        located = cids.locate(self.server_cid())
         assert located is not None
         return located[0]
+
+    def codepoint(self) -> int:
+        """The QUIC-LB config rotation codepoint of the CID the server gave it."""
+        return self.server_cid()[0] >> 5
+
+    def server_cid(self) -> bytes:
+        # aioquic (pinned 1.7.2) has no public accessor for the CID it sends to.
+        cid: bytes = self._quic._peer_cid.cid
+        return cid
 
 
 async def _plain_clients(front: FleetFront, stack: AsyncExitStack, count: int) -> list[PlainClient]:

@@ -8,12 +8,21 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import Counter
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from test_front import Fleet, RealFleet, fleet, short_packet, until
+from aioquic.asyncio.client import connect
+from aioquic.quic.configuration import QuicConfiguration
+from fleet_support import EtcdServer
+from test_fleet_failover import PlainClient
+from test_fleet_loss import Host
+from test_front import LOCAL, Fleet, RealFleet, fleet, short_packet, until
 
 from netsched_edge.fleet.cid_config import FleetCidConfig, read_cid_configs, rotate_cid_config
+from netsched_edge.fleet.etcd import Etcd
+from netsched_edge.fleet.front import FleetFront, FrontSettings
+from netsched_edge.fleet.layout import Layout
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -109,3 +118,44 @@ async def test_the_rotate_command(fleet: Fleet) -> None:
     configs = await read_cid_configs(fleet.etcd, fleet.layout)
     assert configs.previous == old and configs.current.config_rotation == 1
     assert out.decode().strip() == "QUIC-LB codepoint 1 in force; 0 routed for 60 s more"
+
+
+async def test_a_host_issues_cids_under_the_new_codepoint_after_a_rotation(
+    etcd_server: EtcdServer, etcd: Etcd, layout: Layout, tmp_path: Path
+) -> None:
+    """A real EdgeServer joined with FleetHost (as `serve` joins): connections opened
+    after the rotation get CIDs of the new codepoint, those opened before carry on."""
+    async with AsyncExitStack() as stack:
+        fixture = Host(stack, tmp_path)
+        host, _ = await fixture.start(etcd_server.endpoint, layout)
+        assert host.cids is not None and host.cids.rotation is not None
+        front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
+        await stack.enter_async_context(front)
+        configuration = QuicConfiguration(
+            is_client=True, alpn_protocols=["h3"], server_name="localhost"
+        )
+        configuration.load_verify_locations(str(fixture.pair.ca_certificate))
+
+        async def plain() -> PlainClient:
+            client = await stack.enter_async_context(
+                connect(LOCAL, front.local_address[1], configuration=configuration,
+                        create_protocol=PlainClient)
+            )  # fmt: skip
+            assert isinstance(client, PlainClient)
+            return client
+
+        before = await plain()
+        old = front.accepted[0]
+        assert before.codepoint() == old.config_rotation
+
+        rotated = await rotate_cid_config(etcd, layout, GRACE_S)
+        new = rotated.current.config_rotation
+        await until(lambda: host.cids is not None and host.cids.rotation is not None
+                    and host.cids.rotation.config_rotation == new)  # fmt: skip
+        await until(lambda: front.status().codepoints == (new, old.config_rotation))
+        after = await plain()
+        assert after.codepoint() == new  # the CID the server chose at the handshake
+        await asyncio.wait_for(before.ping(), 2)  # the old codepoint, during the grace
+        await asyncio.wait_for(after.ping(), 2)
+        await until(lambda: front.status().codepoints == (new,), GRACE_S + 3)
+        await asyncio.wait_for(after.ping(), 2)  # the new codepoint, after it
