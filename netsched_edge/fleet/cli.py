@@ -182,7 +182,7 @@ async def render_members(etcd: Etcd, layout: Layout) -> str:
     lines = [f"{'server ID':>9}  {'name':<16} {'address':<22} {'lease':>6}  config"]
     for info in live:
         ttl = await etcd.time_to_live(info.lease)
-        lines.append(_member_line(info, ttl, statuses.get(info.name), current))
+        lines.append(_member_line(info, ttl, _status_of(info.name, statuses), current))
     if not live:
         lines.append("(no live members)")
     for h in held:
@@ -203,6 +203,18 @@ def _member_line(info: MemberInfo, ttl: int, status: ConfigStatus | None, curren
     return f"{info.server_id:>9}  {info.name:<16} {address:<22} {lease:>6}  " + _verdict(
         status, current
     )
+
+
+def _status_of(name: str, statuses: dict[str, ConfigStatus]) -> ConfigStatus | None:
+    """A member's verdict; a host of workers (fleet/pool.py) has one per worker, under
+    NAME/INDEX: the first refusal, else the oldest revision applied."""
+    if name in statuses:
+        return statuses[name]
+    workers = [status for key, status in sorted(statuses.items()) if key.startswith(f"{name}/")]
+    refused = [status for status in workers if not status.applied]
+    if refused:
+        return refused[0]
+    return min(workers, key=lambda status: status.revision, default=None)
 
 
 def _verdict(status: ConfigStatus | None, current: int) -> str:

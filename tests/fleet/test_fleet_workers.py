@@ -16,6 +16,7 @@ from fleet_support import EtcdServer, config_text
 
 from netsched_client import Session, open_session
 from netsched_edge.demo_backends import DemoHTTPServer
+from netsched_edge.fleet.cli import render_members
 from netsched_edge.fleet.config_watch import config_statuses
 from netsched_edge.fleet.etcd import Etcd
 from netsched_edge.fleet.front import FleetFront, FrontSettings
@@ -137,6 +138,12 @@ async def test_two_workers_in_the_fleet_behind_the_front(
     for worker, opened in served.items():
         response = await opened.request("added", b"new")
         assert (response.status, response.meta["edge-worker"]) == (200, worker)
+    # `fleet members` gives the host the workers' verdict.
+    put = await etcd.get(layout.config)
+    assert put is not None
+    report = await render_members(etcd, layout)
+    [line] = [line for line in report.splitlines() if " host " in line]
+    assert line.endswith(f"applied revision {put.mod_revision}"), line
 
     # The membership is lost (the lease revoked): the host drains and exits, status 1.
     await etcd.revoke(info.lease)
