@@ -12,6 +12,7 @@ import heapq
 import itertools
 import math
 import random
+import statistics
 from dataclasses import dataclass, field
 
 import pytest
@@ -233,5 +234,6 @@ def test_a_standing_queue_is_capped_when_the_path_slows_down() -> None:
     recent = path.rtts[settled:]
     assert path.bbr.max_bw > 0.95 * RATE  # still the old estimate: pacing runs too fast
     assert goodput > 0.95 * 0.8 * RATE
-    # The window, capped at the delivered rate's BDP plus 20 %, bounds the queue.
-    assert sum(recent) / len(recent) < 2 * DELAY * 1.3
+    # The window, capped at the delivered rate's BDP plus 20 %, bounds the queue (the
+    # median: a bandwidth probe may fall in this second).
+    assert statistics.median(recent) < 2 * DELAY * 1.3

@@ -132,6 +132,7 @@ class Bbr:
         self.state = State.STARTUP
         self.cwnd = INITIAL_WINDOW_PACKETS * max_datagram_size
         self._pacing_rate = STARTUP_PACING_GAIN * self.cwnd / NOMINAL_RTT_S
+        self._pacing_from_rtt = False  # the initial rate was set again from a real RTT
         self._prior_cwnd = 0
         self._delivered = 0  # the path's delivery count, from the rate samples
         self._inflight = 0
@@ -222,6 +223,13 @@ class Bbr:
     def on_ack(self, sample: RateSample, now: float) -> None:
         self._inflight = sample.bytes_in_flight
         self._delivered = sample.prior_delivered + sample.delivered
+        if not self._pacing_from_rtt and sample.rtt > 0:
+            # The draft's initial rate is the initial window over the SRTT, "1 ms if
+            # none": a QUIC path has none when its controller is made, so Startup would
+            # run unpaced until 2.77 x the bandwidth outgrew 1 ms's rate.
+            initial = INITIAL_WINDOW_PACKETS * self._mss
+            self._pacing_rate = STARTUP_PACING_GAIN * initial / sample.rtt
+            self._pacing_from_rtt = True
         self._update_model_and_state(sample, now)
         self._set_pacing_rate()
         self._set_cwnd(sample)
