@@ -14,6 +14,7 @@ import itertools
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Final
 
 from aioquic.quic.events import QuicEvent
 from aioquic.quic.stream import QuicStream
@@ -33,10 +34,18 @@ class StreamPriority:
     deadline_at: float | None  # absolute, on the connection's clock
     urgency: int = DEFAULT_URGENCY
     sequence: int = 0
+    # The send order's sort key, built once: the queue is sorted before every flush.
+    sort_key: tuple[float, int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        deadline = math.inf if self.deadline_at is None else self.deadline_at
+        object.__setattr__(self, "sort_key", (deadline, self.urgency, self.sequence))
 
     def key(self) -> tuple[float, int, int]:
-        deadline = math.inf if self.deadline_at is None else self.deadline_at
-        return (deadline, self.urgency, self.sequence)
+        return self.sort_key
+
+
+_DEFAULT: Final = StreamPriority(None)
 
 
 @dataclass(slots=True)
@@ -50,8 +59,13 @@ class SendOrder:
 
     def order(self, queue: list[QuicStream]) -> list[QuicStream]:
         """The queue sorted by priority; streams without one keep their order after urgency 3."""
-        default = StreamPriority(None)
-        return sorted(queue, key=lambda s: self.priorities.get(s.stream_id or 0, default).key())
+        if len(queue) < 2:
+            return queue
+        priorities, default = self.priorities, _DEFAULT.sort_key
+        return sorted(
+            queue,
+            key=lambda s: p.sort_key if (p := priorities.get(s.stream_id or 0)) else default,
+        )
 
     def expired(self, queue: list[QuicStream], now: float) -> list[int]:
         """Streams past their deadline that still have data queued (each reported once)."""
