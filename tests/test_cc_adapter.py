@@ -91,3 +91,25 @@ def test_lost_packets_reach_the_controller_and_leave_flight() -> None:
     recovery.on_ack_received(ack_rangeset=acked, ack_delay=0.0, now=0.060, space=space)
     assert recovery.packets_lost == 4
     assert recovery.bytes_in_flight == 0
+
+
+def test_the_aioquic_names_the_adapter_relies_on_still_exist() -> None:
+    """An aioquic upgrade that renames what aioquic_adapter.py touches fails here."""
+    import inspect
+
+    from aioquic.quic.congestion.base import QuicCongestionControl
+    from aioquic.quic.recovery import QuicPacketPacer
+
+    pacer = QuicPacketPacer(max_datagram_size=SIZE)
+    for name in ("packet_time", "bucket_max", "bucket_time", "_max_datagram_size"):
+        assert hasattr(pacer, name), name
+    parameters = list(inspect.signature(QuicPacketPacer.update_rate).parameters)
+    assert parameters == ["self", "congestion_window", "smoothed_rtt"]
+    assert QuicCongestionControl.__abstractmethods__ == {
+        "on_packet_acked",
+        "on_packet_sent",
+        "on_packets_expired",
+        "on_packets_lost",
+        "on_persistent_congestion",
+        "on_rtt_measurement",
+    }
