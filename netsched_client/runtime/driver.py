@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..proto.multipath.connection import MultipathConnection
 from ..proto.send_order import DeadlineMissed
@@ -132,6 +132,9 @@ class ConnectionDriver:
         self._stateless_resets = stateless_resets
         self.last_received = ticker.now()  # when the peer was last heard (or the start)
         self.closed = asyncio.Event()
+        # Set once a flush after `close()` built the CONNECTION_CLOSE, or the connection ended.
+        self.close_sent = asyncio.Event()
+        self._closing = False
 
     @property
     def stats(self) -> DriverStats:
@@ -182,8 +185,16 @@ class ConnectionDriver:
         if not self.closed.is_set():
             self._ticker.transmit(self)
 
-    def close(self, error_code: int = 0, reason: str = "") -> None:
-        self.quic.close(error_code=error_code, reason_phrase=reason)
+    def close(self, error_code: int = 0, reason: str = "", *, transport: bool = False) -> None:
+        """Close with an application error code, or with a transport one (`transport`:
+        a transport CONNECTION_CLOSE frame, e.g. CONNECTION_REFUSED, RFC 9000 §20.1).
+
+        aioquic sends an application code as APPLICATION_ERROR in Initial and Handshake
+        packets, so a code the peer must read during the handshake has to be a transport
+        one. `close_sent` is set once the CONNECTION_CLOSE is built and handed on."""
+        frame_type = QuicFrameType.PADDING if transport else None  # 0: no frame to blame
+        self.quic.close(error_code=error_code, frame_type=frame_type, reason_phrase=reason)
+        self._closing = True
         self.transmit()
 
     def abandon(self, error_code: int, reason: str) -> None:
@@ -289,6 +300,8 @@ class ConnectionDriver:
             datagrams = [(data, addr, 0) for data, addr in self.quic.datagrams_to_send(now)]
         self._flushes += 1
         self._datagrams_sent += len(datagrams)
+        if self._closing and datagrams:
+            self.close_sent.set()  # after close(), a flush builds the CONNECTION_CLOSE first
         # Building packets can queue events too (new CIDs the endpoint must route,
         # streams reset for a missed deadline).
         self._drain_events()
@@ -322,3 +335,4 @@ class ConnectionDriver:
         self._ticker.forget(self)
         self._deadline = None
         self.closed.set()
+        self.close_sent.set()

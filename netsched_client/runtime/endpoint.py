@@ -580,7 +580,7 @@ class ServerEndpoint(UdpSender):
                 source,
             )
             self._release(driver)
-            driver.close(QuicErrorCode.CONNECTION_REFUSED, "server busy")
+            driver.close(QuicErrorCode.CONNECTION_REFUSED, "server busy", transport=True)
             return
         self._established.add(driver)
 

@@ -502,10 +502,13 @@ class _Link:
         self._stop()
         if self.lost is None:
             self.driver.close(reason="session closed")
-        # The close frame is out; waiting for the drain period is a courtesy, bounded.
+        # Wait until the CONNECTION_CLOSE is out (at once, unless the egress budget holds
+        # it), not for the closing period: 3 PTO of repeating it to late packets would
+        # make each close take 0.1-1 s. The socket closes; the OS drops what comes later.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_WAIT_S):
-                await self.driver.closed.wait()
+                await self.driver.close_sent.wait()
+        self.driver.ticker.close()  # the closing period's timer (the ticker is this link's)
         self.endpoint.close()
 
     def _stop(self) -> None:
@@ -1637,6 +1640,10 @@ def _handshake_failure(event: ConnectionTerminated, name: str) -> ConnectionLost
     if alert in CERTIFICATE_ALERTS:
         # aioquic's reason is OpenSSL's verdict, e.g. "self-signed certificate in chain".
         exc = CertificateError(f"certificate of {name} not trusted: {reason}", reason=reason)
+    elif event.error_code == QuicErrorCode.CONNECTION_REFUSED and event.frame_type is not None:
+        # A transport close (an application one carries a code of the application's):
+        # the edge is draining or over its connection caps, and processed nothing.
+        exc = ConnectionRefused(f"{name} refused the connection: {reason}")
     else:
         exc = ConnectionLost(
             f"handshake with {name} failed: {reason} (error code {event.error_code:#x})"
