@@ -261,6 +261,7 @@ async def run_demo(
     print(f"\nThe last run ({last.setup.label}) in detail\n")
     print(_backend_report(last))
     print("\n" + _path_report(last))
+    print("\n" + _edge_path_report(last))
     print("\n" + last.fec)
     return 0 if all(r.samples and r.alive for r in runs) else 1
 
@@ -326,12 +327,28 @@ def _path_report(results: Results) -> str:
                 f"{path.bytes_sent / 1e6:.2f}",
                 f"{path.bytes_received / 1e6:.2f}",
                 path.packets_lost,
+                _by_urgency(path.stream_bytes),
                 _decisions(path.decisions),
             ]
         )
     headers = ["path", "state", "link (one way)", "rtt ms", "MB sent", "MB recv", "lost"]
-    headers.append("scheduler (16 kB handed out, by reason)")
+    headers += ["stream kB sent, by urgency", "scheduler (16 kB handed out, by reason)"]
     return "Per path (client side: requests and uploads)\n\n" + table(headers, rows)
+
+
+def _edge_path_report(results: Results) -> str:
+    """The responses' side: what the edge's scheduler put on each path, per class."""
+    per_path: dict[int, dict[int, int]] = defaultdict(dict)
+    for (path_id, urgency), n in results.edge.stream_bytes.items():
+        per_path[path_id][urgency] = n
+    rows = [[path_id, _by_urgency(per_path[path_id])] for path_id in sorted(per_path)]
+    headers = ["path", "stream kB sent, by urgency"]
+    return "Per path (edge side: responses)\n\n" + table(headers, rows)
+
+
+def _by_urgency(stream_bytes: Mapping[int, int]) -> str:
+    """The classes' data on a path: interactive is urgency 1, standard 3, bulk 6."""
+    return ", ".join(f"u{u} {n / 1000:.0f}" for u, n in sorted(stream_bytes.items())) or "-"
 
 
 def _decisions(decisions: Mapping[str, int]) -> str:

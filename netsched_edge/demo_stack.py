@@ -54,6 +54,8 @@ class EdgeStats:
     copy_bytes: int = 0
     packets_sent: int = 0
     packets_reinjected: int = 0
+    # Stream data the edge sent (responses), by (path ID, RFC 9218 urgency), in bytes.
+    stream_bytes: Mapping[tuple[int, int], int] = field(default_factory=dict)
     cpu_s: float = 0.0  # the edge process's CPU time (user + system) so far
     # How late a 1 ms timer fired in the edge's event loop (p50, p99 ms): a busy loop
     # delays every packet, whatever the scheduler decides.
@@ -168,8 +170,11 @@ async def _watch_lag(lags: deque[float]) -> None:
 
 def _edge_stats(edge: EdgeServer, lags: deque[float]) -> EdgeStats:
     sent = copies = packets = reinjected = 0
+    by_class: Counter[tuple[int, int]] = Counter()
     for quic in edge.quic_connections():
         paths = [*quic.paths.values()]
+        for path in paths:
+            by_class.update({(path.path_id, u): n for u, n in path.stats.stream_bytes.items()})
         sent += sum(p.stats.bytes_sent for p in paths)
         packets += sum(p.stats.packets_sent for p in paths)
         reinjected += sum(p.stats.packets_reinjected for p in paths)
@@ -181,6 +186,7 @@ def _edge_stats(edge: EdgeServer, lags: deque[float]) -> EdgeStats:
         copy_bytes=copies,
         packets_sent=packets,
         packets_reinjected=reinjected,
+        stream_bytes=dict(by_class),
         cpu_s=time.process_time(),
         loop_lag_ms=(percentile(lags, 50), percentile(lags, 99)),
     )

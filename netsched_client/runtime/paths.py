@@ -58,6 +58,9 @@ class PathStats:
     recovering: bool = False  # back from a stall: no deadline data yet (hysteresis)
     # The scheduler's decisions for this path, by reason (see proto/multipath/scheduler.py).
     decisions: Mapping[str, int] = field(default_factory=dict)
+    # Bytes of stream data sent on this path (retransmissions and copies included), by
+    # the streams' RFC 9218 urgency (0 most urgent; 3 without an SLO): which class rode it.
+    stream_bytes: Mapping[int, int] = field(default_factory=dict)
 
 
 class PathManager:
@@ -110,6 +113,7 @@ class PathManager:
                 stalled=info["stalled"],
                 recovering=info["recovering"],
                 decisions=info["decisions"],
+                stream_bytes=info["stream_bytes"],
             )
             for info in self._quic.path_info()
         ]
@@ -126,6 +130,7 @@ class PathManager:
                 s.bytes_sent,
                 s.bytes_received,
                 s.packets_lost,
+                stream_bytes=dict(s.stream_bytes),
             )
             for path_id, s in self._quic.closed_stats.items()
         ]

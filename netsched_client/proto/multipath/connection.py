@@ -68,9 +68,11 @@ from aioquic.quic.packet_builder import (
     QuicPacketBuilderStop,
 )
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 
 from ..send_order import StreamPriority
+from ..slo import DEFAULT_URGENCY
 from ..transport_parameters import (
     decode_varint_value,
     encode_transport_parameter,
@@ -444,6 +446,7 @@ class MultipathConnection(QuicConnection):
                     "bytes_received": path.stats.bytes_received,
                     "packets_lost": path.stats.packets_lost + getattr(loss, "packets_lost", 0),
                     "packets_reinjected": path.stats.packets_reinjected,
+                    "stream_bytes": dict(path.stats.stream_bytes),
                     "loss_rate": getattr(loss, "loss_rate", 0.0),
                     "recovering": path.recovering(self._now),
                     "stalled": path.stalled_since is not None,
@@ -1488,6 +1491,23 @@ class MultipathConnection(QuicConnection):
                 self._sync_datagram_size(self._now)
         elif delivery == QuicDeliveryState.LOST:
             search.on_probe_lost(size, self._now)
+
+    def _write_stream_frame(
+        self,
+        builder: QuicPacketBuilder,
+        space: QuicPacketSpace,
+        stream: QuicStream,
+        max_offset: int,
+    ) -> int:
+        room = builder.remaining_buffer_space
+        used = int(super()._write_stream_frame(builder, space, stream, max_offset))
+        written = room - builder.remaining_buffer_space
+        if written > 0:
+            priority = self.stream_priorities().get(stream.stream_id or 0)
+            urgency = DEFAULT_URGENCY if priority is None else priority.urgency
+            counts = self._live.stats.stream_bytes
+            counts[urgency] = counts.get(urgency, 0) + written
+        return used
 
     def _account(self, path: Path, sent: list[tuple[bytes, NetworkAddress]]) -> None:
         path.stats.packets_sent += len(sent)

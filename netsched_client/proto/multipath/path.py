@@ -39,6 +39,9 @@ class PathStats:
     packets_received: int = 0
     packets_lost: int = 0
     packets_reinjected: int = 0  # resent on another path when this one stalled
+    # Bytes of STREAM frames sent (retransmissions and copies included), by the stream's
+    # RFC 9218 urgency: which class of data rode the path.
+    stream_bytes: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
