@@ -1,7 +1,7 @@
 """`netsched-edge`: run the edge from a config file, check a config, or run the demo.
 
 netsched-edge [serve] --config edge.toml  serve; SIGTERM/SIGINT drain, SIGHUP reloads
-netsched-edge check-config edge.toml      validate and exit (0 ok, 2 error)
+netsched-edge check-config edge.toml [--running OLD.toml]  validate and exit (0 ok, 2 error)
 netsched-edge generate-keys FILE          write a keys file to share among hosts (`keys_file`)
 netsched-edge ca [--config FILE] [--path] print the CA of the generated certificate
 netsched-edge fleet ...                   the fleet's state in etcd (netsched_edge.fleet.cli)
@@ -37,7 +37,7 @@ from .access_log import (
 )
 from .config import ConfigError, EdgeConfig
 from .keys import EdgeKeys, KeysError
-from .lifecycle import Lifecycle, read_config
+from .lifecycle import Lifecycle, read_config, restart_note, restart_only_changes
 from .server import EdgeServer, ListenError, binding
 from .tls import (
     CredentialsError,
@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_fleet_options(serve)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
+    check.add_argument(
+        "--running",
+        metavar="FILE",
+        help="the config the edge serves now: also say which changes a SIGHUP reload "
+        "cannot apply (they take a drain and a restart)",
+    )
     keys = commands.add_parser("generate-keys", help="write a keys file (`keys_file`)")
     keys.add_argument("file")
     ca = commands.add_parser(
@@ -319,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
         if config is None:
             return 2
         print(f"{opts.file}: ok ({len(config.services)} services)")
+        if opts.running is not None:
+            running = _load(opts.running)
+            if running is None:
+                return 2
+            if changed := restart_only_changes(running, config):
+                print(f"{opts.file}: restart needed: {restart_note(changed)}")
+            else:
+                print(f"{opts.file}: a reload (SIGHUP) applies every change")
         return 0
     level = "debug" if opts.verbose else opts.log_level
     configure_logging(level, opts.log_format)

@@ -25,7 +25,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -45,6 +45,53 @@ class Drainable(Protocol):
     config: EdgeConfig
 
     async def close(self) -> None: ...
+
+
+# What `EdgeServer.reload` leaves as it was at start (the listening socket, the
+# endpoint and its connection factory, the planner, the keys are made once): a
+# change to these takes a drain and a restart. (key as the file spells it, field)
+RESTART_KEYS: Final = (
+    ("[edge] listen", "host"),
+    ("[edge] listen", "port"),
+    ("[edge] admin", "admin_host"),
+    ("[edge] admin", "admin_port"),
+    ("[edge] retry", "retry"),
+    ("[edge] multipath", "multipath"),
+    ("[edge] max_path_id", "max_path_id"),
+    ("[edge] scheduler", "scheduler"),
+    ("[edge] fec", "fec"),
+    ("[edge] send_order", "send_order"),
+    ("[edge] egress_mbps", "egress_mbps"),
+    ("[edge] session_tickets", "session_tickets"),
+    ("[edge] keys_file", "keys_file"),
+    ("[edge] state_dir", "state_dir"),
+)
+
+
+def restart_only_changes(running: EdgeConfig, new: EdgeConfig) -> list[str]:
+    """The keys that differ between `running` and `new` which a reload does not apply
+    (each once, in the file's terms); empty when a reload applies all of `new`."""
+    changed: list[str] = []
+    for key, name in RESTART_KEYS:
+        if getattr(running, name) != getattr(new, name) and key not in changed:
+            changed.append(key)
+    # 0-RTT on or off is read at start; "safe" versus "idempotent" applies at once.
+    if (running.early_data == "off") != (new.early_data == "off"):
+        changed.append("[edge] early_data (off versus on)")
+    fronts = {s.name: s.udp_listen for s in running.services if s.udp_listen is not None}
+    new_fronts = {s.name: s.udp_listen for s in new.services if s.udp_listen is not None}
+    for name in sorted(fronts.keys() | new_fronts.keys()):
+        if fronts.get(name) != new_fronts.get(name):
+            changed.append(f"service {name}: udp_listen")
+    return changed
+
+
+def restart_note(changed: list[str]) -> str:
+    """One line for the operator: what a reload kept, and what applies it."""
+    return (
+        f"{', '.join(changed)} changed: a reload keeps the running value; "
+        "drain and restart the edge to apply"
+    )
 
 
 def read_config(path: str | Path) -> EdgeConfig:

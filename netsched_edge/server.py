@@ -87,6 +87,7 @@ from .config import EdgeConfig
 from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, Held, IncomingRequest, Outcome
 from .keys import edge_keys
+from .lifecycle import restart_note, restart_only_changes
 from .planner_metrics import PlannerCollector
 from .pool import ServicePool
 from .tls import (
@@ -739,6 +740,23 @@ class EdgeConnection:
             self._relay.close()
 
 
+def _refuse_on_first_event(driver: ConnectionDriver, reason: str) -> Callable[[QuicEvent], None]:
+    """An event handler that refuses the connection with a transport CONNECTION_CLOSE
+    (CONNECTION_REFUSED, RFC 9000 §20.1) at its first event: the ClientHello was read
+    (a connection that heard nothing closes silently) and the server's flight is not
+    out yet, so the close alone goes, in the Initial packets the client reads during its
+    handshake: the client's handshake fails with the code, nothing was processed."""
+    refused = False
+
+    def refuse(event: QuicEvent) -> None:
+        nonlocal refused
+        if not refused and not isinstance(event, ConnectionTerminated):
+            refused = True
+            driver.close(QuicErrorCode.CONNECTION_REFUSED, reason, transport=True)
+
+    return refuse
+
+
 def _refused_code(proto: _AppProtocol) -> int:
     """The reset code of a request refused unprocessed during a drain."""
     if isinstance(proto, h3proto.H3Protocol):
@@ -1065,11 +1083,16 @@ class EdgeServer:
         configuration changed gets a new pool; the old one finishes its requests,
         then closes); the certificate, ALPN list, idle timeout and cipher suites
         apply to new connections. Read once at start, and kept: the listening
-        address, retry, multipath, FEC, session tickets and whether 0-RTT is accepted
-        at all (early_data "off" versus not), and UDP fronts (udp_listen).
+        and admin addresses, retry, multipath, scheduler, FEC, send order, egress
+        budget, session tickets, keys file, state folder, whether 0-RTT is accepted
+        at all (early_data "off" versus not), and UDP fronts (udp_listen): a change
+        to one of them (`lifecycle.restart_only_changes`) is logged in one WARNING
+        line saying it takes a drain and a restart.
         """
         if self._configuration is not None:
             self._configure_tls(self._configuration, config)  # may raise: nothing applied yet
+        if changed := restart_only_changes(self.config, config):
+            log.warning("reload: %s", restart_note(changed))
         self.config = config
         # A UDP front holds its pool and socket: those services keep theirs.
         self.dispatcher.reload(config, keep=frozenset(self.udp_fronts))
@@ -1079,11 +1102,7 @@ class EdgeServer:
 
     def _on_connection(self, driver: ConnectionDriver) -> None:
         if self.draining:
-            # Let the first flight be read, so that the refusal reaches the client
-            # (a connection that heard nothing closes silently).
-            asyncio.get_running_loop().call_soon(
-                driver.close, QuicErrorCode.CONNECTION_REFUSED, "edge draining"
-            )
+            driver.add_event_handler(_refuse_on_first_event(driver, "edge draining"))
             return
         connection = EdgeConnection(driver, self)
         self.connections.add(connection)

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.packet import QuicErrorCode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from request_support import (
@@ -32,7 +37,7 @@ from request_support import (
 from support import http_backend, service
 
 from netsched_client import ConnectionLost
-from netsched_client.errors import EdgeGoingAway, FramingError
+from netsched_client.errors import ConnectionRefused, EdgeGoingAway, FramingError
 from netsched_client.proto.framing import (
     ControlReader,
     Goaway,
@@ -161,6 +166,72 @@ async def test_new_connections_are_refused_while_draining(
         late = await open_client(edge, timeout=2.0, reconnect=False)
         await late.request("api", meta={"method": "GET"})
     assert loop.time() - started < 1.0  # refused, not left to time out
+    assert (await under_way).body == b"ok"
+    await asyncio.wait_for(drain, 3)
+
+
+class _Refusal(QuicConnectionProtocol):
+    """aioquic's client, keeping the ConnectionTerminated the edge's close frame made."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.terminated: asyncio.Future[ConnectionTerminated] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated) and not self.terminated.done():
+            self.terminated.set_result(event)
+
+
+async def _draining_edge(start_server, start_edge, open_client):
+    """An edge draining with a request under way (so it stays up while the test connects)."""
+    edge = await _edge(start_server, start_edge)
+    session = await open_client(edge, reconnect=False)
+    under_way = asyncio.create_task(session.request("api", meta={"method": "GET"}))
+    await eventually(lambda: in_flight(edge, "api") == 1, what="the request reached the backend")
+    drain = asyncio.create_task(edge.drain(5.0))
+    await eventually(lambda: edge.draining, what="the drain began")
+    return edge, under_way, drain
+
+
+async def test_a_draining_edge_refuses_a_handshake_with_a_transport_connection_refused(
+    start_server, start_edge, open_client
+) -> None:
+    edge, under_way, drain = await _draining_edge(start_server, start_edge, open_client)
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=["netsched/1"])
+    configuration.load_verify_locations(str(edge.ca_certificate))
+    configuration.server_name = "localhost"
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(
+        lambda: _Refusal(QuicConnection(configuration=configuration)),
+        remote_addr=("127.0.0.1", edge.port),
+    )
+    try:
+        client.connect(("127.0.0.1", edge.port))
+        event = await asyncio.wait_for(client.terminated, 3)
+    finally:
+        transport.close()
+    # RFC 9000 §10.2.3/§20.1: a transport CONNECTION_CLOSE (frame type 0x1c, which gives
+    # a frame type; an application close gives none) with CONNECTION_REFUSED (0x02).
+    assert event.frame_type is not None
+    assert event.error_code == QuicErrorCode.CONNECTION_REFUSED
+    assert event.reason_phrase == "edge draining"
+    assert (await under_way).body == b"ok"
+    await asyncio.wait_for(drain, 3)
+
+
+async def test_the_sdk_reports_a_refused_handshake_as_connection_refused(
+    start_server, start_edge, open_client
+) -> None:
+    edge, under_way, drain = await _draining_edge(start_server, start_edge, open_client)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ConnectionRefused) as caught:
+        await open_client(edge, timeout=3.0)
+    assert loop.time() - started < 1.0  # refused at once, not at the timeout
+    assert caught.value.error_code == QuicErrorCode.CONNECTION_REFUSED
+    assert "refused the connection: edge draining" in str(caught.value)
     assert (await under_way).body == b"ok"
     await asyncio.wait_for(drain, 3)
 
