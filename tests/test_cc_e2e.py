@@ -58,3 +58,35 @@ def test_bbr_holds_goodput_at_5_percent_random_loss_where_reno_collapses(
 @pytest.mark.parametrize("cc", ["reno", "bbr"])
 def test_clean_path_goodput(tmp_path: Path, cc: str) -> None:
     assert _goodput(tmp_path, cc, 0.0) > 14e6
+
+
+def test_a_round_that_runs_out_of_data_marks_the_model_app_limited(tmp_path: Path) -> None:
+    """A small answer leaves the window with room and nothing more to send: the rate
+    samples until it is delivered measure the application, not the path (the connection
+    says so after the round, beyond the adapter's guess from gaps between sends)."""
+    pair = generate_self_signed(tmp_path)
+    client_cfg, server_cfg = memory.quic_configurations(
+        pair.ca_certificate, pair.certificate, pair.private_key
+    )
+    client_cfg.congestion_control_algorithm = server_cfg.congestion_control_algorithm = "bbr"
+    spec = LinkSpec(delay_ms=25, rate_mbps=20)
+    net = memory.make_net(
+        client_cfg, server_cfg, links={C1: ImpairedLink(PathProfile(spec, spec), seed=1)}
+    )
+    assert net.run(2.0, until=lambda: bool(net.events("client", HandshakeCompleted)))
+    net.run(0.5)
+    sid = net.client.get_next_available_stream_id()
+    net.client.send_stream_data(sid, b"get", end_stream=True)
+    assert net.run(
+        1.0, until=lambda: any(getattr(e, "stream_id", None) == sid for e in net.server_events)
+    )
+    cc = net.server._recovery()._cc
+    net.server.send_stream_data(sid, bytes(3000), end_stream=True)
+    stream = net.server._streams[sid]
+    for _ in range(20):  # the pacer lets it out within a few ms; no ACK comes back so soon
+        net.now += 0.001
+        net.server.datagrams_with_paths(net.now)  # dropped: only the sender's state counts
+        if stream.sender.buffer_is_empty:
+            break
+    assert stream.sender.buffer_is_empty and cc.bytes_in_flight >= 3000
+    assert cc.sampler.app_limited_until == cc.sampler.delivered + cc.bytes_in_flight

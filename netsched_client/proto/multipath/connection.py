@@ -71,6 +71,7 @@ from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 
+from ..cc.aioquic_adapter import ControllerAdapter
 from ..send_order import StreamPriority
 from ..slo import DEFAULT_URGENCY
 from ..transport_parameters import (
@@ -1102,6 +1103,7 @@ class MultipathConnection(QuicConnection):
             with self._holding_back(self._blocked_streams()):
                 sent += self._note_full(super().datagrams_to_send(now))
             self._account(self._path0, sent)
+            self._note_app_limited()
             return [(data, addr, 0) for data, addr in sent]
         self._forget_closed_paths(now)
         # Once per flush, not per datagram: a receive batch holds every path's latest ACKs,
@@ -1147,9 +1149,27 @@ class MultipathConnection(QuicConnection):
             if self._state in END_STATES:
                 break
         self.urgent_copies.next_round()
+        self._note_app_limited()
         if out:
             self.scheduler.refresh_silence(self)  # what was just sent may be the oldest now
         return out
+
+    def _note_app_limited(self) -> None:
+        """After a round: with no stream data left to send, a path whose window still has
+        room is application-limited, and a model-based controller (BBR) must not take
+        the delivery rates measured until its flight drains for the path's capacity."""
+        models = []
+        for path in self._paths.values():
+            loss = self._recovery_of(path)
+            if isinstance(loss._cc, ControllerAdapter):
+                models.append((loss, loss._cc, self._attr(path, "_max_datagram_size")))
+        if not models or any(
+            not s.sender.buffer_is_empty and not s.is_blocked for s in self._streams_queue
+        ):
+            return
+        for loss, cc, size in models:
+            if loss.bytes_in_flight + size <= loss.congestion_window:
+                cc.sampler.mark_app_limited(loss.bytes_in_flight)
 
     def datagrams_on_open_paths(self, now: float) -> list[tuple[bytes, NetworkAddress, int]]:
         """A light second round, right after `datagrams_with_paths`: only the active paths
