@@ -98,7 +98,7 @@ _ERRORS = (
 # -- varints and packet numbers -----------------------------------------------------------------
 
 
-cdef inline int read_varint(const uint8_t *data, Py_ssize_t end, Py_ssize_t *pos,
+cdef int read_varint(const uint8_t *data, Py_ssize_t end, Py_ssize_t *pos,
                             uint64_t *value) noexcept nogil:
     """Reads the varint at *pos (advanced past it); -1 if it runs past `end`."""
     cdef Py_ssize_t p = pos[0]
@@ -117,7 +117,7 @@ cdef inline int read_varint(const uint8_t *data, Py_ssize_t end, Py_ssize_t *pos
     return 0
 
 
-cdef inline Py_ssize_t write_varint(uint8_t *out, uint64_t value) noexcept nogil:
+cdef Py_ssize_t write_varint(uint8_t *out, uint64_t value) noexcept nogil:
     """Writes `value` (at most 2**62 - 1) in its shortest form; returns the bytes written."""
     if value < 0x40:
         out[0] = <uint8_t>value
@@ -205,7 +205,7 @@ def encode_packet_number(packet_number, largest_acked):
     return <int64_t>packet_number & ((<int64_t>1 << (8 * length)) - 1), length
 
 
-cdef inline int64_t decode_pn(uint64_t truncated, int length, int64_t largest_pn) noexcept nogil:
+cdef int64_t decode_pn(uint64_t truncated, int length, int64_t largest_pn) noexcept nogil:
     """RFC 9000 A.3, for a validated `truncated` of `length` bytes."""
     cdef int64_t expected = largest_pn + 1
     cdef int64_t window = (<int64_t>1) << (8 * length)
