@@ -45,7 +45,11 @@ class PacketProtection:
             self._aead: AESGCM | ChaCha20Poly1305 = ChaCha20Poly1305(key)
         else:
             self._aead = AESGCM(key)
-        self._hp = bytes(hp_key)
+        # Keyed once: ECB keeps no state between blocks, ChaCha20 takes each sample as its nonce.
+        if cipher == "chacha20-poly1305":
+            self._hp = Cipher(algorithms.ChaCha20(hp_key, bytes(SAMPLE_LENGTH)), None).encryptor()
+        else:
+            self._hp = Cipher(algorithms.AES(hp_key), modes.ECB()).encryptor()
 
     @property
     def cipher(self) -> str:
@@ -53,10 +57,9 @@ class PacketProtection:
 
     def _mask(self, sample: bytes) -> bytes:
         if self._cipher == "chacha20-poly1305":
-            stream = Cipher(algorithms.ChaCha20(self._hp, sample), mode=None).encryptor()
-            return stream.update(bytes(5))
-        ecb = Cipher(algorithms.AES(self._hp), modes.ECB()).encryptor()
-        return ecb.update(sample)[:5]
+            self._hp.reset_nonce(sample)
+            return self._hp.update(bytes(5))
+        return self._hp.update(sample)[:5]
 
     def _nonce(self, packet_number: int, path_id: int) -> bytes:
         if not 0 <= packet_number <= MAX_PACKET_NUMBER or not 0 <= path_id <= MAX_PATH_ID:
