@@ -442,3 +442,61 @@ def test_the_pure_python_build_is_importable_and_used_without_extensions() -> No
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "7"
     assert "NativeFallbackWarning" in run.stderr  # said once, not silent
+
+
+# -- routing by destination CID ----------------------------------------------------------------
+
+
+def test_cid_map_routes_a_batch_by_dcid(m: ModuleType) -> None:
+    cids = m.CidMap(8)
+    path0, path1 = bytes(range(8)), bytes(range(8, 16))
+    cids.add(path0, 0)
+    cids.add(path1, 1)
+    short0 = m.build_short_header(path0, 1, 1) + bytes(30)
+    short1 = m.build_short_header(path1, 2, 1) + bytes(30)
+    unknown = m.build_short_header(bytes(8), 3, 1) + bytes(30)
+    handshake = m.build_long_header(m.KIND_HANDSHAKE, m.VERSION_1, path1, b"", b"", 20, 0, 1)
+    other_length = m.build_long_header(m.KIND_HANDSHAKE, m.VERSION_1, b"abc", b"", b"", 20, 0, 1)
+    datagrams = [short0, short1, unknown, handshake + bytes(20), other_length + bytes(20), b"\x00"]
+    buffer = b"".join(d.ljust(60, b"\x00") for d in datagrams)  # long headers + padding: invalid
+    records = m.parse_buffer(buffer, 60, 8)
+    kinds = records[m.F_KIND :: m.RECORD_FIELDS]
+    routes = list(cids.route(buffer, records))
+    assert len(routes) == len(kinds) == 8
+    assert [r for r, k in zip(routes, kinds, strict=True) if k != m.KIND_INVALID] == [
+        0,
+        1,
+        -1,
+        1,
+        -1,
+    ]
+    assert all(r == -1 for r, k in zip(routes, kinds, strict=True) if k == m.KIND_INVALID)
+    cids.remove(path1)
+    cids.remove(path1)  # unknown: no-op
+    assert (len(cids), cids.get(path1), cids.get(path0), cids.cid_length) == (1, -1, 0, 8)
+    with pytest.raises(PacketError):
+        cids.add(b"short", 3)
+    with pytest.raises(PacketError):
+        cids.add(path0, -2)
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.booleans(), st.binary(min_size=4, max_size=4), st.integers(0, 1 << 40)),
+        max_size=300,
+    )
+)
+def test_cid_map_matches_a_dict(ops: list[tuple[bool, bytes, int]]) -> None:
+    for module in BACKENDS:
+        cids = module.CidMap(4)
+        model: dict[bytes, int] = {}
+        for is_add, cid, value in ops:
+            if is_add:
+                cids.add(cid, value)
+                model[cid] = value
+            else:
+                cids.remove(cid)
+                model.pop(cid, None)
+        assert len(cids) == len(model)
+        for _, cid, _ in ops:
+            assert cids.get(cid) == model.get(cid, -1)

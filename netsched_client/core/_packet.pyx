@@ -13,7 +13,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove
 
 from netsched_client.core.errors import PacketError
 
@@ -482,6 +482,170 @@ def build_long_header(int kind, version, dcid, scid, token, payload_length, trun
     pos += write_varint(p + pos, length_field)
     _write_pn(p + pos, <uint64_t>truncated_pn, pn_length)
     return out
+
+
+# -- routing by destination CID ------------------------------------------------------------------
+
+cdef enum:
+    SLOT_EMPTY = 0
+    SLOT_USED = 1
+    SLOT_DELETED = 2
+
+cdef extern from *:
+    """
+    #define NS_FNV_OFFSET 0xCBF29CE484222325ULL
+    #define NS_FNV_PRIME 0x100000001B3ULL
+    """
+    uint64_t FNV_OFFSET "NS_FNV_OFFSET"
+    uint64_t FNV_PRIME "NS_FNV_PRIME"
+
+ctypedef struct cid_slot:
+    uint8_t key[20]
+    uint8_t state
+    int64_t value
+
+
+cdef inline uint64_t _cid_hash(const uint8_t *key, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = FNV_OFFSET  # FNV-1a
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ key[i]) * FNV_PRIME
+    return h ^ (h >> 29)
+
+
+cdef class CidMap:
+    """Connection IDs of one fixed length -> an int (a path ID, a connection slot).
+
+    `route` looks up the DCID of every record of a batch at once: a short
+    header's DCID is `cid_length` bytes (RFC 9000 §17.3), so with fixed-length
+    CIDs every packet of a multipath connection finds its path without parsing
+    further. Records whose DCID is unknown, or of another length, get -1.
+    An open-addressing table in C: no Python object per lookup.
+    """
+
+    cdef cid_slot *slots
+    cdef Py_ssize_t capacity   # a power of two
+    cdef Py_ssize_t used       # live entries
+    cdef Py_ssize_t filled     # live and deleted slots
+    cdef int length
+
+    def __cinit__(self, int cid_length):
+        _check_cid_length(cid_length)
+        self.length = cid_length
+        self.capacity = 16
+        self.slots = <cid_slot *>PyMem_Malloc(self.capacity * sizeof(cid_slot))
+        if self.slots == NULL:
+            raise MemoryError()
+        self._clear(self.slots, self.capacity)
+
+    def __dealloc__(self):
+        PyMem_Free(self.slots)
+
+    @property
+    def cid_length(self):
+        return self.length
+
+    cdef void _clear(self, cid_slot *slots, Py_ssize_t n) noexcept:
+        cdef Py_ssize_t i
+        for i in range(n):
+            slots[i].state = SLOT_EMPTY
+
+    cdef Py_ssize_t _find(self, const uint8_t *key) noexcept nogil:
+        """The slot holding `key`, or -1."""
+        cdef Py_ssize_t mask = self.capacity - 1
+        cdef Py_ssize_t i = <Py_ssize_t>(_cid_hash(key, self.length) & <uint64_t>mask)
+        while self.slots[i].state != SLOT_EMPTY:
+            if (self.slots[i].state == SLOT_USED
+                    and memcmp(self.slots[i].key, key, self.length) == 0):
+                return i
+            i = (i + 1) & mask
+        return -1
+
+    cdef int _grow(self) except -1:
+        cdef cid_slot *old = self.slots
+        cdef Py_ssize_t old_capacity = self.capacity, i, j, mask
+        cdef Py_ssize_t capacity = old_capacity * 2 if self.used * 2 >= old_capacity else old_capacity
+        cdef cid_slot *slots = <cid_slot *>PyMem_Malloc(capacity * sizeof(cid_slot))
+        if slots == NULL:
+            raise MemoryError()
+        self._clear(slots, capacity)
+        mask = capacity - 1
+        for i in range(old_capacity):
+            if old[i].state == SLOT_USED:
+                j = <Py_ssize_t>(_cid_hash(old[i].key, self.length) & <uint64_t>mask)
+                while slots[j].state != SLOT_EMPTY:
+                    j = (j + 1) & mask
+                slots[j] = old[i]
+        self.slots = slots
+        self.capacity = capacity
+        self.filled = self.used
+        PyMem_Free(old)
+        return 0
+
+    cdef const uint8_t *_key(self, _View view) except NULL:
+        if view.size != self.length:
+            raise PacketError(f"connection ID of {view.size} bytes, not {self.length}")
+        return view.data if view.size else <const uint8_t *>b"-"
+
+    def add(self, cid, value):
+        """Maps `cid` to `value` (>= 0), replacing what it mapped to."""
+        if not 0 <= value < 1 << 63:
+            raise PacketError(f"value {value}")
+        cdef _View view = _View(cid)
+        cdef const uint8_t *key = self._key(view)
+        cdef Py_ssize_t i = self._find(key), mask
+        if i >= 0:
+            self.slots[i].value = value
+            return
+        if (self.filled + 1) * 4 > self.capacity * 3:
+            self._grow()
+        mask = self.capacity - 1
+        i = <Py_ssize_t>(_cid_hash(key, self.length) & <uint64_t>mask)
+        while self.slots[i].state == SLOT_USED:
+            i = (i + 1) & mask
+        if self.slots[i].state == SLOT_EMPTY:
+            self.filled += 1
+        memcpy(self.slots[i].key, key, self.length)
+        self.slots[i].state = SLOT_USED
+        self.slots[i].value = value
+        self.used += 1
+
+    def remove(self, cid):
+        """Forgets `cid` (a no-op when unknown)."""
+        cdef _View view = _View(cid)
+        cdef Py_ssize_t i = self._find(self._key(view))
+        if i >= 0:
+            self.slots[i].state = SLOT_DELETED
+            self.used -= 1
+
+    def get(self, cid):
+        """The value of `cid`, -1 when unknown."""
+        cdef _View view = _View(cid)
+        cdef Py_ssize_t i = self._find(self._key(view))
+        return self.slots[i].value if i >= 0 else -1
+
+    def __len__(self):
+        return self.used
+
+    def route(self, data, array records):
+        """The value of each record's DCID (-1: unknown or another length), offsets into `data`."""
+        cdef _View view = _View(data)
+        cdef Py_ssize_t n = len(records) // RECORD_N, k, slot
+        cdef const int64_t *rec
+        cdef array out = array("q")
+        resize_smart(out, n)
+        cdef int64_t *values = <int64_t *>out.data.as_longlongs
+        for k in range(n):
+            rec = <const int64_t *>records.data.as_longlongs + k * RECORD_N
+            values[k] = -1
+            if rec[3] == C_INVALID or rec[6] != self.length:
+                continue
+            if rec[5] < 0 or rec[5] + rec[6] > view.size:
+                raise PacketError("record beyond the buffer")
+            slot = self._find(view.data + rec[5])
+            if slot >= 0:
+                values[k] = self.slots[slot].value
+        return out
 
 
 # -- ACK ranges --------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ __all__ = [
     "VERSION_1",
     "VERSION_2",
     "VERSION_NEGOTIATION",
+    "CidMap",
     "RangeSet",
     "build_long_header",
     "build_short_header",
@@ -363,6 +364,65 @@ def build_long_header(
         parts += [encode_varint(len(token)), bytes(token)]
     parts += [encode_varint(pn_length + payload_length), truncated_pn.to_bytes(pn_length, "big")]
     return b"".join(parts)
+
+
+# -- routing by destination CID ------------------------------------------------------------------
+
+
+class CidMap:
+    """Connection IDs of one fixed length -> an int (a path ID, a connection slot).
+
+    `route` looks up the DCID of every record of a batch at once: a short
+    header's DCID is `cid_length` bytes (RFC 9000 §17.3), so with fixed-length
+    CIDs every packet of a multipath connection finds its path without parsing
+    further. Records whose DCID is unknown, or of another length, get -1.
+    """
+
+    __slots__ = ("_length", "_map")
+
+    def __init__(self, cid_length: int) -> None:
+        _check_cid_length(cid_length)
+        self._length = cid_length
+        self._map: dict[bytes, int] = {}
+
+    @property
+    def cid_length(self) -> int:
+        return self._length
+
+    def _key(self, cid: _Buffer) -> bytes:
+        if len(cid) != self._length:
+            raise PacketError(f"connection ID of {len(cid)} bytes, not {self._length}")
+        return bytes(cid)
+
+    def add(self, cid: _Buffer, value: int) -> None:
+        """Maps `cid` to `value` (>= 0), replacing what it mapped to."""
+        if not 0 <= value < 1 << 63:
+            raise PacketError(f"value {value}")
+        self._map[self._key(cid)] = value
+
+    def remove(self, cid: _Buffer) -> None:
+        """Forgets `cid` (a no-op when unknown)."""
+        self._map.pop(self._key(cid), None)
+
+    def get(self, cid: _Buffer) -> int:
+        """The value of `cid`, -1 when unknown."""
+        return self._map.get(self._key(cid), -1)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def route(self, data: _Buffer, records: array[int]) -> array[int]:
+        """The value of each record's DCID (-1: unknown or another length), offsets into `data`."""
+        out = array("q")
+        for i in range(0, len(records) - RECORD_FIELDS + 1, RECORD_FIELDS):
+            offset, length = records[i + F_DCID_OFFSET], records[i + F_DCID_LENGTH]
+            found = -1
+            if records[i + F_KIND] != KIND_INVALID and length == self._length:
+                if offset + length > len(data):
+                    raise PacketError("record beyond the buffer")
+                found = self._map.get(bytes(data[offset : offset + length]), -1)
+            out.append(found)
+        return out
 
 
 # -- ACK ranges --------------------------------------------------------------------------------

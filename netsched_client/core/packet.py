@@ -4,7 +4,8 @@ Varints (RFC 9000 §16); truncated packet numbers (§17.1, A.2, A.3); QUIC v1
 and v2 (RFC 9369) long and short headers, parsed into records of
 RECORD_FIELDS ints (F_* indices) and built unprotected; batch parsing of a
 GRO buffer or many datagrams into one flat array('q') of records, coalesced
-packets included; ACK ranges (`RangeSet`); ACK, ACK_ECN and draft-21
+packets included; `CidMap`, fixed-length DCIDs to paths, over a whole
+batch of records at once; ACK ranges (`RangeSet`); ACK, ACK_ECN and draft-21
 PATH_ACK(_ECN) frames. Malformed input raises `PacketError` (batch parsing
 marks it KIND_INVALID instead). `COMPILED` says which backend is in use;
 `BACKENDS` holds both for the tests.
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         VERSION_1,
         VERSION_2,
         VERSION_NEGOTIATION,
+        CidMap,
         RangeSet,
         build_long_header,
         build_short_header,
@@ -115,6 +117,7 @@ __all__ = [
     "VERSION_1",
     "VERSION_2",
     "VERSION_NEGOTIATION",
+    "CidMap",
     "PacketError",
     "RangeSet",
     "build_long_header",
