@@ -20,7 +20,8 @@ The state lives in `fec_link`, the packet surgery in `fec_builder`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from aioquic.buffer import Buffer
@@ -386,13 +387,40 @@ class NetSchedConnection(MultipathConnection):
 
     def _write_application(self, builder: QuicPacketBuilder, network_path: Any, now: float) -> None:
         sender = self._fec_sender
-        if sender is not None:
-            sender.path_id = self._live.path_id
-            if isinstance(builder, FecPacketBuilder):
-                self._write_fec_window(builder, now)
+        if sender is None or not isinstance(builder, FecPacketBuilder):
+            super()._write_application(builder, network_path, now)
+            return
+        sender.path_id = self._live.path_id
+        self._write_fec_window(builder, now)
+        if sender.armed or sender.repair_due():
+            # Protected data, then its due repairs, then everything else: a bulk stream
+            # fills the window in every round (aioquic ends the round with
+            # QuicPacketBuilderStop when it is full), and repairs written after it would
+            # never leave. Credit bounds the repairs (the FEC budget). When protected data
+            # alone fills the window, the stop ends the round here: repairs do not
+            # take the room its own data needs.
+            with self._fec_bulk_held():
+                super()._write_application(builder, network_path, now)
+            # No room left: the round still sends ACKs and control frames.
+            with suppress(QuicPacketBuilderStop):
+                self._write_fec_repairs(builder, now)
         super()._write_application(builder, network_path, now)
-        if sender is not None and isinstance(builder, FecPacketBuilder):
-            self._write_fec_repairs(builder, now)
+        self._write_fec_repairs(builder, now)  # for the sources this round just sent
+
+    @contextmanager
+    def _fec_bulk_held(self) -> Iterator[None]:
+        """Streams without a FEC request stay out of the send queue meanwhile."""
+        queue = self._streams_queue
+        protected = [s for s in queue if s.stream_id in self._fec_streams]
+        if len(protected) == len(queue):
+            yield
+            return
+        held = [s for s in queue if s.stream_id not in self._fec_streams]
+        self._streams_queue = protected
+        try:
+            yield
+        finally:
+            self._streams_queue = [*self._streams_queue, *held]
 
     def _write_fec_window(self, builder: FecPacketBuilder, now: float) -> None:
         """FEC_WINDOW in a packet of its own, ahead of the data (no source symbol may

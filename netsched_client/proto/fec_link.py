@@ -265,26 +265,37 @@ class FecSender:
     # repairs
 
     def timer(self) -> float | None:
-        """When a repair falls due (None once one is due: then cwnd and pacing decide), or
-        lost data stops waiting for a SYMBOL_ACK."""
+        """When a repair falls due, or lost data stops waiting for a SYMBOL_ACK.
+
+        A repair that is due already (`repair_due`) has no timer: it waits for window
+        room and the pacer, and whatever opens the window (an ACK, a loss) brings a
+        sending round that sends it. A timer that stayed due while nothing can be sent
+        would make the event loop spin until the window opens."""
         due = [*self._lost_until.values()]
-        if self._credit < 1.0 and self._unrepaired() and self._flush_at is not None:
-            due.append(self._flush_at)
+        flush_at = self._flush_at
+        waiting = flush_at is not None and flush_at > self.now  # not due yet
+        if flush_at is not None and waiting and self._credit < 1.0 and self._unrepaired():
+            due.append(flush_at)
         return min(due, default=None)
 
     def on_timer(self, now: float) -> None:
         self.now = now
-        if self._flush_at is not None and now >= self._flush_at and self._unrepaired():
-            self._credit = max(self._credit, 1.0)
         for symbol_id in [i for i, until in self._lost_until.items() if until <= now]:
             self._settle(symbol_id, QuicDeliveryState.LOST)  # not recovered: retransmit
 
     def _unrepaired(self) -> bool:
         return self._unrepaired_from < self._next_id
 
+    def _flush_due(self) -> bool:
+        """The oldest unrepaired source's slack is running out: one repair now, credit or not
+        (judged at `now`, the sending round's time: when the window has room again)."""
+        flush_at = self._flush_at
+        return flush_at is not None and self.now >= flush_at and self._unrepaired()
+
     def repair_due(self) -> bool:
         span_ok = min(self._span, self.peer_window, self._max_span) > 0
-        return span_ok and self._credit >= 1.0 and self._next_id > self._encoder.window[0]
+        earned = self._credit >= 1.0 or self._flush_due()
+        return span_ok and earned and self._next_id > self._encoder.window[0]
 
     def next_repair(self) -> Repair:
         """The repair over the newest `window` source symbols and every older one no repair
@@ -298,7 +309,7 @@ class FecSender:
 
     def commit_repair(self, frame: Repair, size: int) -> None:
         self._repair_key = (self._repair_key + 1) & MAX_REPAIR_KEY
-        self._credit -= 1.0
+        self._credit -= 1.0  # a flush without credit ends at 0 below
         self.repairs_sent += 1
         self.repair_bytes += size
         self.repairs_by_path[self.path_id] = self.repairs_by_path.get(self.path_id, 0) + 1
