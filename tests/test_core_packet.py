@@ -500,3 +500,15 @@ def test_cid_map_matches_a_dict(ops: list[tuple[bool, bytes, int]]) -> None:
         assert len(cids) == len(model)
         for _, cid, _ in ops:
             assert cids.get(cid) == model.get(cid, -1)
+
+
+def test_a_coalesced_packet_with_another_dcid_is_dropped(m: ModuleType) -> None:
+    first = _initial(m, 0, 30)
+    other = m.build_long_header(m.KIND_HANDSHAKE, m.VERSION_1, bytes(8), SCID, b"", 25, 1, 1)
+    other += bytes(25)
+    records = m.parse_datagrams([first + other], 8)
+    n = m.RECORD_FIELDS
+    assert len(records) == 2 * n
+    assert records[m.F_KIND] == m.KIND_INITIAL
+    assert records[n + m.F_KIND] == m.KIND_INVALID
+    assert records[n + m.F_OFFSET] == len(first)

@@ -348,12 +348,20 @@ cdef Py_ssize_t _parse_datagram(array out, Py_ssize_t used, int64_t index, const
     """Appends the records of one datagram to `out` (grown as needed); returns the fields used."""
     cdef Py_ssize_t offset = start, i
     cdef int64_t *rec
+    cdef int64_t dcid_offset = -1, dcid_length = 0
+    cdef int error
     while offset < end:
         if used + RECORD_N > len(out):
             resize_smart(out, 2 * (used + RECORD_N))
         rec = <int64_t *>out.data.as_longlongs + used
         used += RECORD_N
-        if parse_record(data, offset, end, cid_length, index, rec):
+        error = parse_record(data, offset, end, cid_length, index, rec)
+        if not error:
+            if dcid_offset < 0:
+                dcid_offset, dcid_length = rec[5], rec[6]
+            elif rec[6] != dcid_length or memcmp(data + rec[5], data + dcid_offset, dcid_length):
+                error = 1  # RFC 9000 §12.2: coalesced packets share the first one's DCID
+        if error:
             rec[1] = offset
             rec[2] = end - offset
             rec[3] = C_INVALID
@@ -368,8 +376,9 @@ def parse_buffer(data, Py_ssize_t segment_size, int cid_length=8):
     """Records of every packet of a GRO buffer: datagrams of `segment_size` (the last shorter).
 
     One flat array('q') of RECORD_FIELDS ints a packet; offsets are into `data`.
-    A packet that does not parse yields a KIND_INVALID record over the rest of
-    its datagram (which is then discarded, RFC 9000 §12.2); nothing raises.
+    A packet that does not parse, or whose DCID differs from the first packet's
+    of its datagram, yields a KIND_INVALID record over the rest of the datagram
+    (which is then discarded, RFC 9000 §12.2); nothing raises.
     """
     _check_cid_length(cid_length)
     if segment_size <= 0:

@@ -274,9 +274,17 @@ def _parse_datagram(
     out: list[int], index: int, data: _Buffer, start: int, end: int, cid: int
 ) -> None:
     offset = start
+    dcid = None
     while offset < end:
         try:
             record = _record(index, data, offset, end, cid)
+            found = bytes(
+                data[record[F_DCID_OFFSET] : record[F_DCID_OFFSET] + record[F_DCID_LENGTH]]
+            )
+            if dcid is not None and found != dcid:
+                # RFC 9000 §12.2: coalesced packets share the first one's DCID.
+                raise PacketError("coalesced packet with another DCID")
+            dcid = found
         except PacketError:
             out += [index, offset, end - offset, KIND_INVALID] + [0] * 8
             return
@@ -288,8 +296,9 @@ def parse_buffer(data: _Buffer, segment_size: int, cid_length: int = 8) -> array
     """Records of every packet of a GRO buffer: datagrams of `segment_size` (the last shorter).
 
     One flat array('q') of RECORD_FIELDS ints a packet; offsets are into `data`.
-    A packet that does not parse yields a KIND_INVALID record over the rest of
-    its datagram (which is then discarded, RFC 9000 §12.2); nothing raises.
+    A packet that does not parse, or whose DCID differs from the first packet's
+    of its datagram, yields a KIND_INVALID record over the rest of the datagram
+    (which is then discarded, RFC 9000 §12.2); nothing raises.
     """
     _check_cid_length(cid_length)
     if segment_size <= 0:
