@@ -345,3 +345,44 @@ def test_seal_open_round_trip_and_backends_agree(
         assert p.open(out, 1 + len(cid), max(-1, pn - 900), path_id) == (header[0], pn, payload)
         assert p.open(memoryview(out), 1 + len(cid), max(-1, pn - 900), path_id)[2] == payload
     assert len(sealed) == 1
+
+
+def test_we_parse_and_open_an_aioquic_built_datagram(m: ModuleType) -> None:
+    """aioquic's builder coalesces an Initial and a Handshake packet; we split and open both."""
+    from aioquic.quic.crypto import CryptoPair
+    from aioquic.quic.packet import QuicFrameType, QuicPacketType
+    from aioquic.quic.packet_builder import QuicPacketBuilder
+
+    scid = bytes.fromhex("f067a5502a4262b5")
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=DCID, is_client=True, version=V1)
+    handshake_secret = bytes(range(32))
+    hs = CryptoPair()
+    hs.send.setup(cipher_suite=CipherSuite.AES_128_GCM_SHA256, secret=handshake_secret, version=V1)
+    builder = QuicPacketBuilder(
+        host_cid=scid, peer_cid=DCID, version=V1, is_client=True, max_datagram_size=1200
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    builder.start_frame(QuicFrameType.CRYPTO).push_bytes(b"\x00\x05hello")
+    builder.start_packet(QuicPacketType.HANDSHAKE, hs)
+    builder.start_frame(QuicFrameType.CRYPTO).push_bytes(b"\x00\x05world")
+    (datagram,), _ = builder.flush()
+
+    records = packet.parse_datagrams([datagram], 8)
+    n = packet.RECORD_FIELDS
+    kinds = list(records[packet.F_KIND :: n])
+    # aioquic pads the datagram to 1200 bytes with zeros after the packets: junk to discard.
+    assert kinds == [packet.KIND_INITIAL, packet.KIND_HANDSHAKE, packet.KIND_INVALID]
+    padding_at = records[2 * n + packet.F_OFFSET]
+    assert padding_at + records[2 * n + packet.F_LENGTH] == len(datagram) == 1200
+    assert not any(datagram[padding_at:])
+    client, _ = initial_keys(V1, DCID)
+    opened = []
+    for i, keys in ((0, client), (n, packet_keys(V1, 0x1301, handshake_secret))):
+        start, length = records[i + packet.F_OFFSET], records[i + packet.F_LENGTH]
+        one = datagram[start : start + length]
+        assert one[records[i + packet.F_SCID_OFFSET] - start :][:8] == scid
+        opened.append(_protect(m, keys).open(one, records[i + packet.F_PN_OFFSET] - start, -1))
+    assert [pn for _, pn, _ in opened] == [0, 1]  # the builder numbers across spaces
+    assert opened[0][2].startswith(b"\x06\x00\x05hello")
+    assert opened[1][2].startswith(b"\x06\x00\x05world")
