@@ -109,8 +109,11 @@ CERTIFICATE_ALERTS = frozenset(
     }
 )
 CLOSE_WAIT_S = 1.0
-# While requests wait for answers from a silent edge, PING it this often (`_Link`).
+# While requests wait for answers from a silent edge, PING it after this long (`_Link`);
+# each PING the edge answered doubles the wait before the next, up to LIVENESS_MAX_S, and
+# one it left unanswered brings it back to LIVENESS_S.
 LIVENESS_S = 0.25
+LIVENESS_MAX_S = 1.0
 
 
 class _AppProtocol(Protocol):
@@ -419,6 +422,8 @@ class _Link:
         self.on_change = on_change
         self.on_datagram = on_datagram
         self._liveness: asyncio.TimerHandle | None = None
+        self._liveness_wait = LIVENESS_S  # until the next look (see _check_liveness)
+        self._pinged_at: float | None = None  # the last liveness PING, not yet judged
         self._background: set[asyncio.Task[None]] = set()
         driver.add_event_handler(self._on_quic_event)
 
@@ -524,18 +529,34 @@ class _Link:
     def _watch_liveness(self) -> None:
         if self._liveness is None:
             loop = asyncio.get_running_loop()
-            self._liveness = loop.call_later(LIVENESS_S, self._check_liveness)
+            self._liveness = loop.call_later(self._liveness_wait, self._check_liveness)
 
     def _check_liveness(self) -> None:
         """While requests wait for answers, PING an edge that went quiet: an edge that
         died sends nothing, and a request that has all its bytes acknowledged leaves
         nothing in flight to notice it. The PING meets the restarted edge's stateless
         reset, or times out the connection, instead of the request waiting out the
-        idle timeout."""
+        idle timeout.
+
+        An edge that answered the last PING is alive: the next waits twice as long (up
+        to LIVENESS_MAX_S), so that requests waiting on a slow backend, or on an edge
+        slowed by load, cost a PING a second rather than four, each of which the
+        loaded edge must read and acknowledge. An unanswered one brings the wait back
+        to LIVENESS_S: a dead edge is found within LIVENESS_MAX_S + LIVENESS_S."""
         self._liveness = None
         if self.lost is not None or not self.streams:
+            self._liveness_wait, self._pinged_at = LIVENESS_S, None
             return
-        if self.driver.now() - self.driver.last_received >= LIVENESS_S:
+        last_received = self.driver.last_received
+        if self._pinged_at is not None:
+            answered = last_received > self._pinged_at
+            self._liveness_wait = (
+                min(2 * self._liveness_wait, LIVENESS_MAX_S) if answered else LIVENESS_S
+            )
+            self._pinged_at = None
+        now = self.driver.now()
+        if now - last_received >= LIVENESS_S:
+            self._pinged_at = now
             self.driver.quic.send_ping(0)
             self.driver.schedule_transmit()
         self._watch_liveness()
