@@ -459,6 +459,9 @@ class NetSchedConnection(MultipathConnection):
 
     def _fec_other_path(self) -> bool:
         """Another active path could carry repairs (loss on one path spares the other)."""
+        config = self._fec_config
+        if config is None or not config.cross_path_repairs:
+            return False
         return any(
             path is not self._live and path.state is PathState.ACTIVE
             for path in self._paths.values()

@@ -70,6 +70,9 @@ class FecConfig:
     protect_all: bool = False  # protect every ack-eliciting 1-RTT packet, not just FEC streams
     default_loss_tolerance: float = 0.01  # a request that names none
     prior_loss_rate: float = 0.01  # assumed until the path has shown PRIOR_SAMPLES fates
+    # On a multipath connection, repairs leave on a path other than their sources' (the
+    # paths' losses taken as independent: a burst on one spares the repairs on another).
+    cross_path_repairs: bool = True
 
     def __post_init__(self) -> None:
         for name in ("default_loss_tolerance", "prior_loss_rate"):
