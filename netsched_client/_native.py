@@ -28,6 +28,8 @@ COMPILED_MODULES: Final = {
     "netsched_client.fec._rlc": "netsched_client.fec._rlc_py",
     "netsched_client.fec.tinymt32": "netsched_client.fec._tinymt32_py",
     "netsched_edge.forwarder._relay": "netsched_edge.forwarder.reference",
+    "netsched_client.core._packet": "netsched_client.core._packet_py",
+    "netsched_client.core._protect": "netsched_client.core._protect_py",
 }
 
 

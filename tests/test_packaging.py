@@ -284,7 +284,15 @@ def test_sdist_ships_cython_sources_not_generated_c(sdist: Path) -> None:
         names = tar.getnames()
     assert any(n.endswith("/LICENSE") for n in names)
     pyx = {n.rsplit("/", 1)[1] for n in names if n.endswith(".pyx")}
-    assert pyx == {"_rlc.pyx", "tinymt32.pyx", "_udp.pyx", "_mmsg.pyx", "_relay.pyx"}
+    assert pyx == {
+        "_rlc.pyx",
+        "tinymt32.pyx",
+        "_udp.pyx",
+        "_mmsg.pyx",
+        "_relay.pyx",
+        "_packet.pyx",
+        "_protect.pyx",
+    }
     assert any(n.endswith("fec/_rlc.pxd") for n in names)
     assert not [n for n in names if n.endswith((".c", ".so"))]
     assert not [n for n in names if "/tests/" in n]  # they need the repository around them
