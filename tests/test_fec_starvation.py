@@ -1,7 +1,7 @@
 """FEC on a lossy, well-used path (issue #15): repairs do not starve behind bulk data.
 
 One path of the in-memory lab (20 Mbit/s, 25 ms each way, 5 % random loss on the
-uplink, a drop-tail queue), BBR. The client sends a bulk stream that keeps the
+uplink, a 32 KB drop-tail queue: 13 ms), BBR. The client sends a bulk stream that keeps the
 congestion window full, and 1 KB deadline messages every 10 ms with 50 ms slack,
 protected by FEC. Before the fix aioquic's sending round stopped at the full window
 before the connection wrote its repairs, so no repair left while the bulk ran.
@@ -69,7 +69,7 @@ def _run(tmp: Path, cc: str, seed: int = 1) -> tuple[int, _TimedNet, _CountingTi
         max_path_id=3,
         pmtud=memory.NETWORK_PMTUD,
     )
-    lossy = LinkSpec(delay_ms=ONE_WAY * 1000, loss=0.05, rate_mbps=20, queue_bytes=128_000)
+    lossy = LinkSpec(delay_ms=ONE_WAY * 1000, loss=0.05, rate_mbps=20, queue_bytes=32_000)
     profile = PathProfile(up=lossy, down=LinkSpec(delay_ms=ONE_WAY * 1000))
     net = _TimedNet(client, server, {C1: ImpairedLink(profile, seed)})
     client.connect(SERVER, now=net.now)
@@ -96,11 +96,12 @@ def _run(tmp: Path, cc: str, seed: int = 1) -> tuple[int, _TimedNet, _CountingTi
 def test_repairs_leave_while_bulk_fills_the_window(tmp_path: Path) -> None:
     late, net, client = _run(tmp_path, "bbr")
     stats = client.fec_stats()
-    # The decisions ask for about one repair per three sources here; before the fix
-    # none left while the bulk ran (0 repairs, 0 recovered).
-    assert stats.repairs_sent >= stats.symbols_sent // 5, stats
-    assert net.server.fec_stats().symbols_recovered >= 3
-    assert late <= MESSAGES * 0.08, late
+    # Seeds 1-3, before the fix: 0 repairs, 0 recovered, 46 / 47 / 35 late of 150 (the
+    # queue's drops and the random loss waited for retransmission); after: 82-86
+    # repairs, 24-44 recovered, 27 / 25 / 24 late.
+    assert stats.repairs_sent >= stats.symbols_sent // 3, stats
+    assert net.server.fec_stats().symbols_recovered >= 10
+    assert late <= MESSAGES * 0.22, late
     # Waiting for room is not spinning: well under one wake-up per millisecond.
     assert client.wakeups < 1500 * 2, client.wakeups
 
