@@ -59,6 +59,7 @@ from ..fec.params import (
     negotiate,
 )
 from . import fec_builder
+from .cc.coupled import CoupledGroup, coupling
 from .fec_builder import FecPacketBuilder, active_sink
 from .fec_link import (
     FecConfig,
@@ -111,12 +112,19 @@ class NetSchedConnection(MultipathConnection):
         self._fec_capped = 0
         self._fec_in_symbol = False  # dispatching a recovered symbol's frames
         self._fec_symbol_seen = False  # this packet had its SOURCE_SYMBOL_ID
+        # The paths' "lia" controllers link their increases (RFC 6356) in this group.
+        self._cc_group = CoupledGroup()
         super().__init__(*args, **kwargs)
         if fec is not None:
             # Without FEC these stay unknown frame types, as in aioquic.
             handlers = self._QuicConnection__frame_handlers  # type: ignore[attr-defined]
             for frame_type in FRAME_CLASSES:
                 handlers[frame_type] = (self._handle_fec_frame, frozenset([Epoch.ONE_RTT]))
+
+    @property
+    def congestion_group(self) -> CoupledGroup:
+        """The paths' coupled controllers (congestion control "lia"); empty otherwise."""
+        return self._cc_group
 
     def set_stream_priority(self, stream_id: int, deadline_at: float | None, urgency: int) -> None:
         """Serve this stream by deadline (absolute, connection clock), then urgency."""
@@ -523,6 +531,28 @@ class NetSchedConnection(MultipathConnection):
 
     def _recovery_class(self) -> type[CountingRecovery]:
         return CountingRecovery if self._fec_config is None else MeasuredRecovery
+
+    def _new_recovery(self, *, peer_completed_address_validation: bool) -> CountingRecovery:
+        """Each path's recovery; a coupled controller ("lia") joins the connection's group."""
+        with coupling(self._cc_group):
+            return super()._new_recovery(
+                peer_completed_address_validation=peer_completed_address_validation
+            )
+
+    def _forget_closed_paths(self, now: float) -> None:
+        super()._forget_closed_paths(now)
+        group = self._cc_group
+        if group.members:
+            # A closing or forgotten path's window no longer counts (path 0's recovery
+            # stays with its path after it closed: it must leave all the same).
+            active = {
+                id(self._recovery_of(path)._cc)
+                for path in self._paths.values()
+                if path.state is not PathState.CLOSING
+            }
+            for member in group.members:
+                if id(member) not in active:
+                    group.leave(member)
 
     # -- FEC: receiving ------------------------------------------------------------------------
 

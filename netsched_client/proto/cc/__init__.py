@@ -1,9 +1,12 @@
 """Per-path congestion control written against a small interface (`base.py`), with
-BBR (`bbr.py`) and the adapter that registers it with aioquic as "bbr"."""
+BBR (`bbr.py`) and the adapter that registers it with aioquic as "bbr"; RFC 6356
+LIA (`coupled.py`), NewReno with increases coupled across a connection's paths,
+registered as "lia"."""
 
 from .aioquic_adapter import CONGESTION_CONTROLS, DEFAULT_CONGESTION_CONTROL, ControllerAdapter
 from .base import PathCongestionController, RateSample, SentState
 from .bbr import Bbr, State
+from .coupled import CoupledGroup, LiaCongestionControl, coupling
 from .sampler import DeliveryRateSampler
 
 __all__ = [
@@ -11,9 +14,12 @@ __all__ = [
     "DEFAULT_CONGESTION_CONTROL",
     "Bbr",
     "ControllerAdapter",
+    "CoupledGroup",
     "DeliveryRateSampler",
+    "LiaCongestionControl",
     "PathCongestionController",
     "RateSample",
     "SentState",
     "State",
+    "coupling",
 ]
