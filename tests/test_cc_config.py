@@ -26,12 +26,12 @@ def test_edge_key_rejects_others_with_file_and_line(value: str, shown: str) -> N
     with pytest.raises(ConfigError) as caught:
         parse_config(f"[edge]\nmax_queue = 4\ncongestion_control = {value}\n", file="edge.toml")
     assert str(caught.value) == (
-        f"edge.toml:3: edge.congestion_control: expected one of 'reno', 'cubic', 'bbr', got {shown}"
+        f"edge.toml:3: edge.congestion_control: expected one of 'reno', 'cubic', 'bbr', 'lia', got {shown}"
     )
 
 
 async def test_sdk_rejects_an_unknown_controller_before_connecting() -> None:
-    with pytest.raises(ValueError, match="congestion_control must be one of reno, cubic, bbr"):
+    with pytest.raises(ValueError, match="congestion_control must be one of reno, cubic, bbr, lia"):
         await open_session("127.0.0.1", 9, congestion_control="vegas")
 
 
