@@ -977,6 +977,9 @@ class EdgeServer:
         configuration.alpn_protocols = list(config.alpn)
         configuration.idle_timeout = config.idle_timeout_s
         configuration.cipher_suites = cipher_suites(config.cipher_suites)
+        # Per path, for what the edge sends (docs/CONGESTION.md); new connections take a
+        # reloaded choice.
+        configuration.congestion_control_algorithm = config.congestion_control
 
     def _generate_credentials(self, host: str) -> CertificatePair:
         """For a config without a certificate: those kept in the state folder (made there

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
+from support import http_backend, service
 
 from netsched_client import open_session
-from netsched_client.proto.cc import CONGESTION_CONTROLS
+from netsched_client.proto.cc import CONGESTION_CONTROLS, ControllerAdapter
 from netsched_edge.config import ConfigError, EdgeConfig, parse_config
+from netsched_edge.demo_backends import DemoHTTPServer
 
 
 @pytest.mark.parametrize("name", CONGESTION_CONTROLS)
@@ -26,7 +28,8 @@ def test_edge_key_rejects_others_with_file_and_line(value: str, shown: str) -> N
     with pytest.raises(ConfigError) as caught:
         parse_config(f"[edge]\nmax_queue = 4\ncongestion_control = {value}\n", file="edge.toml")
     assert str(caught.value) == (
-        f"edge.toml:3: edge.congestion_control: expected one of 'reno', 'cubic', 'bbr', 'lia', got {shown}"
+        "edge.toml:3: edge.congestion_control: "
+        f"expected one of 'reno', 'cubic', 'bbr', 'lia', got {shown}"
     )
 
 
@@ -41,3 +44,16 @@ def test_every_name_is_registered_with_aioquic() -> None:
     for name in CONGESTION_CONTROLS:
         assert create_congestion_control(name, max_datagram_size=1200).congestion_window > 0
     assert QuicConfiguration().congestion_control_algorithm == "reno"
+
+
+@pytest.mark.parametrize(("name", "adapted"), [("bbr", True), ("reno", False)])
+async def test_the_edge_sends_with_its_configured_controller(
+    start_server, start_edge, open_client, name: str, adapted: bool
+) -> None:
+    """Over real sockets: the edge's connections take the key's controller per path."""
+    port = await start_server(DemoHTTPServer("b1", base_ms=1, cold_ms=1))
+    edge = await start_edge(service("api", http_backend("b1", port)), congestion_control=name)
+    session = await open_client(edge)
+    assert (await session.request("api", b"x")).body == b"x"
+    (quic,) = edge.quic_connections()
+    assert isinstance(quic._recovery()._cc, ControllerAdapter) is adapted
