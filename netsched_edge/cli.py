@@ -126,6 +126,20 @@ def _add_fleet_options(serve: argparse.ArgumentParser) -> None:
         help="where the fleet's forwarder reaches this host (default: the listening host)",
     )
     fleet.add_argument("--fleet-prefix", metavar="PREFIX", help="the fleet's etcd key prefix")
+    fleet.add_argument(
+        "--fleet-ttl",
+        type=int,
+        metavar="S",
+        help="membership lease: a dead host leaves the member list this long after its last "
+        "renewal (default: $NETSCHED_FLEET_TTL_S, else 10)",
+    )
+    fleet.add_argument(
+        "--fleet-idle-hold",
+        type=int,
+        metavar="S",
+        help="a lost host's server ID is reused only after this long: the edge's idle "
+        "timeout (default: $NETSCHED_FLEET_IDLE_HOLD_S, else 60)",
+    )
 
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
@@ -158,7 +172,7 @@ async def _serve(
         async with contextlib.AsyncExitStack() as stack:
             try:
                 if fleet is not None:
-                    await stack.enter_async_context(_join_fleet(server, fleet))
+                    await stack.enter_async_context(_join_fleet(server, fleet, lifecycle))
                 await server.start()
             except (OSError, KeysError, CredentialsError, FleetError) as exc:
                 print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
@@ -172,7 +186,7 @@ async def _serve(
     finally:
         await server.close()
         lifecycle.uninstall()
-    return 0
+    return 1 if lifecycle.failed else 0
 
 
 class FleetError(RuntimeError):
@@ -180,13 +194,23 @@ class FleetError(RuntimeError):
 
 
 @contextlib.asynccontextmanager
-async def _join_fleet(server: EdgeServer, settings: FleetSettings) -> AsyncIterator[None]:
+async def _join_fleet(
+    server: EdgeServer, settings: FleetSettings, lifecycle: Lifecycle
+) -> AsyncIterator[None]:
     """Be a member of the fleet while the server runs: the fleet's keys installed, its
     config applied as a reload (keeping this host's address and credentials), its
-    encrypted CIDs issued, its state in /readyz."""
+    encrypted CIDs issued, its state in /readyz. A lost membership drains the server
+    (another host may take its ID once the hold runs out) and ends `serve` with status
+    1, so that its supervisor starts it again into the fleet."""
     from .fleet.etcd import EtcdError
-    from .fleet.host import FleetHost
+    from .fleet.host import FleetHost, drain_on_loss
     from .workers import WorkerIdentity
+
+    drain = drain_on_loss(server, settings)
+
+    async def lost() -> None:
+        await drain()
+        lifecycle.fail("fleet membership lost")
 
     local = server.config
     host = FleetHost(
@@ -194,6 +218,7 @@ async def _join_fleet(server: EdgeServer, settings: FleetSettings) -> AsyncItera
         ports=(local.port,),
         apply_config=lambda config: server.reload(keep_local(config, local)),
         install_keys=server.install_keys,
+        on_lost=lost,
     )
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -350,13 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     _raise_file_limit()
-    fleet = _fleet_settings(opts, config)
-    if fleet is not None and opts.workers > 1:
-        # The workers would each need the fleet's keys and config (not wired yet).
-        print(
-            "netsched-edge: --fleet-etcd takes one process (no --workers) for now", file=sys.stderr
-        )
+    try:
+        fleet = _fleet_settings(opts, config)
+    except ValueError as exc:  # a lease or hold out of range
+        print(f"netsched-edge: {exc}", file=sys.stderr)
         return 2
+    if fleet is not None and opts.workers > 1:
+        return _serve_fleet_workers(config, opts.config, opts.workers, fleet, ca_note)
     if fleet is not None and config.port == 0:
         config = dataclasses.replace(config, port=_free_udp_port(config.host))
     if opts.workers > 1:
@@ -378,7 +403,12 @@ def _fleet_settings(opts: argparse.Namespace, config: EdgeConfig) -> FleetSettin
     )
     if opts.fleet_prefix is not None:
         settings = dataclasses.replace(settings, prefix=opts.fleet_prefix)
-    return settings
+    membership = settings.membership
+    if opts.fleet_ttl is not None:
+        membership = dataclasses.replace(membership, ttl_s=opts.fleet_ttl)
+    if opts.fleet_idle_hold is not None:
+        membership = dataclasses.replace(membership, idle_hold_s=opts.fleet_idle_hold)
+    return dataclasses.replace(settings, membership=membership)
 
 
 def _demo(opts: argparse.Namespace) -> int:
@@ -422,6 +452,20 @@ def _serve_workers(config: EdgeConfig, config_path: str, count: int, ca_note: st
     except WorkerError as exc:
         print(f"netsched-edge: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _serve_fleet_workers(
+    config: EdgeConfig, config_path: str, count: int, fleet: FleetSettings, ca_note: str | None
+) -> int:
+    """`--workers N` in a fleet: the parent joins (a port per worker), the workers take
+    the fleet's keys, CIDs and config themselves (fleet/pool.py)."""
+    from .fleet.pool import serve_fleet_workers
+
+    def announce(port: int) -> None:
+        print(f"netsched-edge listening on {config.host}:{port} ({count} workers)", flush=True)
+        _print_note(ca_note)
+
+    return serve_fleet_workers(config, config_path, count, fleet, announce)
 
 
 def _free_udp_port(host: str) -> int:

@@ -130,6 +130,7 @@ class Lifecycle:
         self._requests: asyncio.Queue[str] = asyncio.Queue()
         self._installed: list[signal.Signals] = []
         self.reloads = self.rejected_reloads = 0
+        self.failed: str | None = None  # why `serve` stopped on its own, if it did
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -144,6 +145,13 @@ class Lifecycle:
         for sig in self._installed:
             loop.remove_signal_handler(sig)
         self._installed.clear()
+
+    def fail(self, reason: str) -> None:
+        """Stop serving as a stop signal would (drain, then return), and say why: the
+        process then exits with status 1."""
+        log.error("stopping: %s", reason)
+        self.failed = reason
+        self._requests.put_nowait("stop")
 
     async def serve(self, server: Drainable) -> None:
         """Until a stop signal: reload on SIGHUP. Then drain (a second stop signal ends it)."""

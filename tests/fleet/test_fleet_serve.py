@@ -193,6 +193,31 @@ async def test_fleet_command_lists_the_members(
         assert await host.stop() == 0
 
 
+async def test_a_host_that_loses_its_membership_drains_and_exits_1(
+    etcd_server: EtcdServer, etcd: Etcd, layout: Layout, tmp_path: Path, start_server
+) -> None:
+    """`serve --fleet-etcd`, the lease revoked: the host serves no new connection once
+    drained and ends with status 1 (its supervisor restarts it into the fleet), within
+    its ID hold, before another host may issue CIDs under its ID."""
+    from netsched_edge.fleet.membership import members
+
+    backend = await start_server(DemoHTTPServer("b", base_ms=1, cold_ms=0))
+    config = write_config(tmp_path / "h.toml", backend)
+    fleet = ("--fleet-etcd", etcd_server.endpoint, "--fleet-name", "h", "--fleet-prefix")
+    timing = ("--fleet-ttl", "1", "--fleet-idle-hold", "2")
+    host = await RunningEdge.start("--config", str(config), *fleet, layout.prefix, *timing)
+    try:
+        session = await open_session("127.0.0.1", host.port, ca_file=_ca())
+        assert (await session.request("api", b"x")).body == b"x"
+        [info] = await members(etcd, layout)
+        await etcd.revoke(info.lease)
+        assert await asyncio.wait_for(host.proc.wait(), 10) == 1
+        await host.wait_for_output("fleet membership lost")
+        await session.close()
+    finally:
+        await host.stop()
+
+
 async def test_single_pass_fleet_cids_of_17_bytes(start_server, open_client) -> None:
     """A scheme whose server ID + nonce fill one AES block: the edge parses short
     headers with the worker's CID length, not aioquic's 8."""
@@ -222,5 +247,8 @@ async def test_a_host_that_cannot_join_does_not_start(tmp_path: Path) -> None:
     refused = await run("serve", "--config", config, "--fleet-etcd", nowhere, timeout=15)
     assert refused.code == 1
     assert refused.err.startswith(f"netsched-edge: cannot start: fleet: etcd at {nowhere}")
-    with_workers = await run("serve", "--config", config, "--workers", "2", "--fleet-etcd", nowhere)
-    assert with_workers.code == 2 and "no --workers" in with_workers.err
+    with_workers = await run(
+        "serve", "--config", config, "--workers", "2", "--fleet-etcd", nowhere, timeout=15
+    )
+    assert with_workers.code == 1
+    assert with_workers.err.startswith(f"netsched-edge: cannot start: fleet: etcd at {nowhere}")

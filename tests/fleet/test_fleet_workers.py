@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from edge_binary import EDGE
 from fleet_support import EtcdServer, config_text
 
 from netsched_client import Session, open_session
@@ -28,7 +28,15 @@ from netsched_edge.tls import generate_self_signed
 pytestmark = pytest.mark.timeout(60)
 
 LOCAL = "127.0.0.1"
-HELPER = Path(__file__).with_name("fleet_workers_process.py")
+
+
+def serve_command(config: Path, etcd: str, prefix: str, name: str) -> tuple[str, ...]:
+    """`netsched-edge serve --workers 2` in the fleet: leases of 1 s, an ID hold of 2 s."""
+    fleet = ("--fleet-etcd", etcd, "--fleet-prefix", prefix, "--fleet-name", name)
+    timing = ("--fleet-ttl", "1", "--fleet-idle-hold", "2")
+    return (EDGE, "serve", "--config", str(config), "--workers", "2", *fleet, *timing)
+
+
 CONFIG = """[edge]
 listen = "127.0.0.1:0"
 certificate = "{cert}"
@@ -70,7 +78,7 @@ async def test_two_workers_in_the_fleet_behind_the_front(
     config = tmp_path / "edge.toml"
     config.write_text(CONFIG.format(cert=pair.certificate, key=pair.private_key, backend=port))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(HELPER), str(config), etcd_server.endpoint, layout.prefix, "host", "2",
+        *serve_command(config, etcd_server.endpoint, layout.prefix, "host"),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
@@ -169,7 +177,7 @@ async def test_sigterm_stops_the_workers_and_leaves(
     config = tmp_path / "edge.toml"
     config.write_text(CONFIG.format(cert=pair.certificate, key=pair.private_key, backend=9))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(HELPER), str(config), etcd_server.endpoint, layout.prefix, "h", "2",
+        *serve_command(config, etcd_server.endpoint, layout.prefix, "h"),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
