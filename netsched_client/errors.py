@@ -64,7 +64,9 @@ class HostNotFound(ConnectError):
 
 
 class ConnectionRefused(ConnectError):
-    """The edge's host answered that nothing listens on the port (ICMP port unreachable)."""
+    """The edge would not take the connection: its host answered that nothing listens
+    on the port (ICMP port unreachable), or the edge itself refused it with
+    CONNECTION_REFUSED (a draining edge; `error_code` 0x02 when it said so)."""
 
 
 class CertificateError(ConnectError):
