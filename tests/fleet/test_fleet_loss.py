@@ -21,7 +21,7 @@ from fleet_support import EtcdServer, start_etcd, stop_etcd
 from support import http_backend, service
 from test_reconnect_edge import GatedBackend
 
-from netsched_client import SLO, ConnectionLost, Session, open_session
+from netsched_client import SLO, ConnectionLost, ConnectionRefused, Session, open_session
 from netsched_edge.config import EdgeConfig
 from netsched_edge.fleet.etcd import Etcd
 from netsched_edge.fleet.host import FleetHost, FleetSettings, drain_on_loss
@@ -101,11 +101,11 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 
 async def _refused(fixture: Host, edge: EdgeServer) -> None:
-    """A new connection is closed by the draining edge as soon as it is open (the edge
-    lets the handshake's first flight be read, so that its refusal gets through)."""
-    fresh = await fixture.session(edge)
-    with pytest.raises(ConnectionLost, match="connection closed"):
-        await fresh.request("api", path="/new", slo=DEADLINE)
+    """A new connection is refused by the draining edge in its handshake (a transport
+    CONNECTION_REFUSED, RFC 9000 §20.1): no CID under this server ID is handed out."""
+    with pytest.raises(ConnectionRefused) as refused:
+        await fixture.session(edge)
+    assert refused.value.error_code == 0x02
     assert fixture.backend.targets.count("/new") == 0
 
 
