@@ -197,6 +197,14 @@ class ConnectionDriver:
         self._closing = True
         self.transmit()
 
+    def end_closing(self) -> None:
+        """Shutdown: a connection in its closing or draining period (`close()`, or the
+        peer's CONNECTION_CLOSE) ends now rather than when the period runs out, as
+        aioquic ends it at its close timer (its qlog trace is written then)."""
+        at = self.quic.get_timer()
+        if at is not None and not self.closed.is_set():
+            self.quic.handle_timer(at)
+
     def abandon(self, error_code: int, reason: str) -> None:
         """End the connection at once, sending nothing more: for one never owed a
         CONNECTION_CLOSE (no ClientHello taken) or one whose core failed. Handlers

@@ -667,6 +667,8 @@ class ServerEndpoint(UdpSender):
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        for driver in list(self._drivers):
+            driver.end_closing()  # their qlog traces end too: nothing is lost at a stop
         self.ticker.close()
         super().close()
 
