@@ -21,7 +21,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from netsched_client.cli import add_loop_option, run_on_loop
 
@@ -203,7 +203,7 @@ async def _join_fleet(
     (another host may take its ID once the hold runs out) and ends `serve` with status
     1, so that its supervisor starts it again into the fleet."""
     from .fleet.etcd import EtcdError
-    from .fleet.host import FleetHost, drain_on_loss
+    from .fleet.host import FleetHost, drain_on_loss, keep_local
     from .workers import WorkerIdentity
 
     drain = drain_on_loss(server, settings)
@@ -246,21 +246,6 @@ async def _first_keys(host: FleetHost) -> None:
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise FleetError(f"fleet: no keys from etcd within {FIRST_KEYS_TIMEOUT_S:g} s") from None
-
-
-def keep_local(config: EdgeConfig, local: EdgeConfig) -> EdgeConfig:
-    """The fleet's `config` as this host serves it: its listening and admin addresses,
-    state folder, and the certificate it started with when the fleet's names none."""
-    changes: dict[str, Any] = dict(
-        host=local.host,
-        port=local.port,
-        admin_host=local.admin_host,
-        admin_port=local.admin_port,
-        state_dir=local.state_dir,
-    )
-    if config.certificate is None:
-        changes.update(certificate=local.certificate, private_key=local.private_key)
-    return dataclasses.replace(config, **changes)
 
 
 def _with_credentials(config: EdgeConfig, state_dir: Path | None) -> tuple[EdgeConfig, str | None]:

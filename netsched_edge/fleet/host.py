@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import EdgeConfig
 from ..workers import CidRotation, FleetCids
@@ -90,6 +91,22 @@ class Drainable(Protocol):
     def config(self) -> EdgeConfig: ...
 
     async def drain(self, timeout_s: float) -> None: ...
+
+
+def keep_local(config: EdgeConfig, local: EdgeConfig) -> EdgeConfig:
+    """The fleet's `config` as this host (or worker) serves it: its own listening and
+    admin addresses and state folder, and the certificate it started with when the
+    fleet's names none."""
+    changes: dict[str, Any] = dict(
+        host=local.host,
+        port=local.port,
+        admin_host=local.admin_host,
+        admin_port=local.admin_port,
+        state_dir=local.state_dir,
+    )
+    if config.certificate is None:
+        changes.update(certificate=local.certificate, private_key=local.private_key)
+    return dataclasses.replace(config, **changes)
 
 
 def drain_on_loss(server: Drainable, settings: FleetSettings) -> Callable[[], Awaitable[None]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import queue
@@ -39,7 +38,7 @@ from ..workers import CidRotation, FleetCids, WorkerIdentity, WorkerPool, superv
 from .cid_config import CidConfigFollower, ensure_cid_config, follow_rotation
 from .config_watch import ConfigWatcher
 from .etcd import Etcd, EtcdError
-from .host import FleetSettings, FleetStatus
+from .host import FleetSettings, FleetStatus, keep_local
 from .layout import Layout
 from .membership import Member
 from .shared_keys import KeyRing, KeyRotator, KeyWatcher, ensure_ring
@@ -60,21 +59,6 @@ class WorkerFleet:
     lease: int  # the member lease: the worker's config status goes with it
     base_dir: Path
     server_id: int  # the host's
-
-
-def keep_worker_local(config: EdgeConfig, local: EdgeConfig) -> EdgeConfig:
-    """The fleet's `config` as a worker serves it: its own listening and admin addresses
-    and state folder, and the certificate it started with when the fleet's names none."""
-    changes: dict[str, object] = dict(
-        host=local.host,
-        port=local.port,
-        admin_host=local.admin_host,
-        admin_port=local.admin_port,
-        state_dir=local.state_dir,
-    )
-    if config.certificate is None:
-        changes.update(certificate=local.certificate, private_key=local.private_key)
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]  # EdgeConfig fields
 
 
 class FollowingServer(Protocol):
@@ -103,7 +87,7 @@ async def follow_fleet(
             etcd,
             layout,
             f"{fleet.name}/{index}",
-            lambda new: server.reload(keep_worker_local(new, local)),
+            lambda new: server.reload(keep_local(new, local)),
             base_dir=fleet.base_dir,
             lease=fleet.lease,
         )
