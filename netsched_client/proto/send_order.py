@@ -41,9 +41,6 @@ class StreamPriority:
         deadline = math.inf if self.deadline_at is None else self.deadline_at
         object.__setattr__(self, "sort_key", (deadline, self.urgency, self.sequence))
 
-    def key(self) -> tuple[float, int, int]:
-        return self.sort_key
-
 
 _DEFAULT: Final = StreamPriority(None)
 

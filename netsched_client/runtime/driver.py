@@ -88,13 +88,10 @@ def handshake_confirmed(quic: QuicConnection) -> bool:
 
 
 def _peer_reset_tokens(quic: QuicConnection) -> set[bytes]:
-    # aioquic (pinned 1.7.2) keeps the peer's connection IDs private; with multipath each
-    # path other than the one loaded parks its own (proto/multipath/path.py).
+    if isinstance(quic, MultipathConnection):  # every path's, parked ones included
+        return quic.peer_reset_tokens()
+    # aioquic (pinned 1.7.2) keeps the peer's connection IDs private.
     held = [quic._peer_cid, *quic._peer_cid_available]
-    if isinstance(quic, MultipathConnection):
-        for path in quic.paths.values():
-            if "_peer_cid" in path.parked:
-                held += [path.parked["_peer_cid"], *path.parked["_peer_cid_available"]]
     return {cid.stateless_reset_token for cid in held if cid.stateless_reset_token}
 
 

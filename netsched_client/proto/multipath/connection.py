@@ -426,6 +426,16 @@ class MultipathConnection(QuicConnection):
             backlog.append(Backlog(stream.stream_id, size, priority))
         return backlog
 
+    def peer_reset_tokens(self) -> set[bytes]:
+        """The stateless reset tokens of the connection IDs the peer gave us, every path's
+        (a parked path keeps its own, `PATH_ATTRIBUTES`)."""
+        held: list[QuicConnectionId] = []
+        for path in self._paths.values():
+            state = vars(self) if path is self._live else path.parked
+            if "_peer_cid" in state:
+                held += [state["_peer_cid"], *state["_peer_cid_available"]]
+        return {cid.stateless_reset_token for cid in held if cid.stateless_reset_token}
+
     def path_info(self) -> list[dict[str, Any]]:
         """A snapshot per path: state, tuple, RTT, congestion window, bytes, loss."""
         out = []
