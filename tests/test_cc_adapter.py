@@ -113,3 +113,21 @@ def test_the_aioquic_names_the_adapter_relies_on_still_exist() -> None:
         "on_persistent_congestion",
         "on_rtt_measurement",
     }
+
+
+def test_per_packet_stamps_leave_with_their_packets() -> None:
+    """The adapter's delivery stamps (one per packet in flight, a peer's ACKs decide how
+    long they stay) go when a packet is acknowledged, lost, or its space discarded."""
+    recovery, space = _recovery()
+    adapter = recovery._cc
+    assert isinstance(adapter, ControllerAdapter)
+    for n in range(10):
+        _send(recovery, space, n, 0.001 * n)
+    _ack(recovery, space, 3, 0.050)
+    assert len(adapter._sent) == 6
+    acked = RangeSet()
+    acked.add(8, 10)  # 4-6 are lost (3 or more packets below the largest acked)
+    recovery.on_ack_received(ack_rangeset=acked, ack_delay=0.0, now=0.060, space=space)
+    assert [n for _, n in adapter._sent] == [7]
+    recovery.discard_space(space)
+    assert adapter._sent == {} and adapter.bytes_in_flight == 0
