@@ -8,9 +8,10 @@ state in etcd, for an operator.
     rotate-cids [--grace S]
                       a new QUIC-LB key under the next config rotation codepoint;
                       the current one stays routed S seconds (default 3600)
-    front --listen ADDR
+    front --listen ADDR [--probe-interval S]
                       the fleet's front: QUIC on ADDR routed to the members by
-                      connection ID (netsched_edge/fleet/front.py), until SIGINT/SIGTERM
+                      connection ID (netsched_edge/fleet/front.py), until SIGINT/SIGTERM;
+                      workers that leave health probes unanswered are routed around
 
 Exit status: 0 done, 1 a refused config or an etcd error, 2 bad usage.
 """
@@ -31,6 +32,7 @@ from .config_watch import ConfigStatus, config_statuses
 from .election import leader
 from .etcd import Etcd, EtcdError
 from .front import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_BACKENDS, FleetFront, FrontSettings
+from .health import HealthSettings
 from .layout import Layout
 from .membership import MemberInfo, held_server_ids, members
 from .shared_keys import ROTATOR_ROLE
@@ -71,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     front.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
                        help="seconds a client's flow outlives its last datagram; above the "
                        "edges' idle_timeout_s (default %(default)s)")  # fmt: skip
+    health = HealthSettings()
+    front.add_argument("--probe-interval", type=float, default=health.interval_s,
+                       help="seconds between two health probes of a worker; one is down after "
+                       f"{health.down_after} unanswered (default %(default)s)")  # fmt: skip
     return parser
 
 
@@ -124,18 +130,19 @@ async def _run(opts: argparse.Namespace, layout: Layout) -> int:
 
 
 async def _front(opts: argparse.Namespace, layout: Layout) -> int:
-    settings = FrontSettings(
-        opts.etcd,
-        opts.listen,
-        prefix=layout.prefix,
-        max_backends=opts.max_backends,
-        idle_timeout=opts.idle_timeout,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        settings = FrontSettings(
+            opts.etcd,
+            opts.listen,
+            prefix=layout.prefix,
+            max_backends=opts.max_backends,
+            idle_timeout=opts.idle_timeout,
+            health=HealthSettings(interval_s=opts.probe_interval),
+        )
         async with FleetFront(settings) as front:
             host, port = front.local_address[:2]
             print(f"listening on {host}:{port}; {front.status().describe()}", flush=True)

@@ -28,14 +28,20 @@ lease runs out (`ttl_s`): its CIDs go by hash to the living hosts, which
 answer them with a stateless reset under the fleet's shared reset key, and
 new connections avoid it. After the hold it is tried again (a worker
 restarted on its port gets traffic back); a member that joins again (a new
-lease) is routed to at once. A host whose machine died sends no ICMP: its
-CIDs go elsewhere when its lease runs out.
+lease) is routed to at once.
+
+A host whose machine died, whose process is stopped or whose firewall drops
+packets sends no ICMP: the front's health checks (health.py: a probe that
+every worker must answer with a Version Negotiation packet) mark a worker
+down after `down_after` unanswered probes in a row, with the same effect as a
+refusal, and up again after `up_after` answered ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import Iterable
@@ -49,6 +55,7 @@ from ..forwarder.routing import DOWN, HostRoute
 from .cid_config import CidConfigFollower, CidConfigs, FleetCidConfig, ensure_cid_config
 from .etcd import Etcd, KeyValue
 from .follow import Follower
+from .health import HealthSettings, ProbeCounters, WorkerProber
 from .layout import Layout
 from .membership import MemberInfo
 
@@ -75,21 +82,24 @@ class FrontSettings:
     max_backends: int = DEFAULT_MAX_BACKENDS
     max_flows: int | None = None  # the relay's default (from RLIMIT_NOFILE)
     refused_hold_s: float = DEFAULT_REFUSED_HOLD_S
+    health: HealthSettings = field(default_factory=HealthSettings)
 
 
 @dataclass(frozen=True, slots=True)
 class FrontStatus:
     members: int
     workers: int
-    down: int  # workers routed around: their ports refused
+    down: int  # workers routed around: their ports refused, or they left probes unanswered
+    silent: int  # of those, the ones the health checks marked down
     etcd_available: bool
     members_revision: int  # of the member list in use (0: none read yet)
     codepoints: tuple[int, ...]  # the QUIC-LB config rotation codepoints routed, current first
     stats: ForwarderStats
+    probes: ProbeCounters
 
     def describe(self) -> str:
         source = "etcd reachable" if self.etcd_available else "etcd UNAVAILABLE"
-        down = f" ({self.down} down)" if self.down else ""
+        down = f" ({self.down} down, {self.silent} silent)" if self.down else ""
         return (
             f"fleet front: {self.members} members, {self.workers} workers{down}; {source}; "
             f"members revision {self.members_revision or 'none'}"
@@ -203,6 +213,7 @@ class FleetFront:
         self.members: tuple[MemberInfo, ...] = ()
         self._offered: tuple[MemberInfo, ...] = ()  # the live members as etcd says
         self.down: dict[Address, Refused] = {}
+        self.health = WorkerProber(settings.health, self._reroute)
         self._retry: asyncio.TimerHandle | None = None  # the next hold to run out
         self._closed = False
         self._relay: UdpRelay | None = None
@@ -250,6 +261,7 @@ class FleetFront:
         self._tasks = [
             asyncio.create_task(self._follower.run(), name="fleet front members"),
             asyncio.create_task(self._configs.run(), name="fleet front QUIC-LB"),
+            asyncio.create_task(self.health.run(), name="fleet front health checks"),
         ]
         return self
 
@@ -262,6 +274,7 @@ class FleetFront:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.health.close()
         try:
             if self._forwarder is not None:
                 self._forwarder.close()  # which closes the relay
@@ -296,6 +309,7 @@ class FleetFront:
         self._offered = tuple(members)
         live = self._routable(self._offered)
         added, gone = self.slots.update(a for _, addresses in live for a in addresses)
+        self.health.track(self.slots.held)
         for address, slot in added.items():
             self.relay.set_backend(slot, address)
         at = asyncio.get_running_loop().time()
@@ -305,10 +319,11 @@ class FleetFront:
             for address, refused in self.down.items()
             if refused.until > at and leases.get(address) == refused.lease
         }
+        down = self.down.keys() | self.health.down
         routes = [
             HostRoute(
                 info.server_id,
-                tuple(DOWN if a in self.down else self.slots.held[a] for a in addresses),
+                tuple(DOWN if a in down else self.slots.held[a] for a in addresses),
             )
             for info, addresses in live
             if all(a in self.slots.held for a in addresses)
@@ -372,9 +387,11 @@ class FleetFront:
         return FrontStatus(
             members=len(self.members),
             workers=len(self.slots.held),
-            down=len(self.down),
+            down=len(self.down.keys() | self.health.down),
+            silent=len(self.health.down),
             etcd_available=self._follower.etcd_available and self._configs.etcd_available,
             members_revision=self._follower.revision,
             codepoints=tuple(config.config_rotation for config in self.accepted),
             stats=self.relay.stats,
+            probes=dataclasses.replace(self.health.counters),
         )

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aioquic.quic.packet import encode_quic_version_negotiation
+
+from netsched_edge.fleet.health import PROBE_VERSION
 
 ETCD_START_S = 15.0
 HELPER = Path(__file__).with_name("fleet_process.py")
@@ -121,3 +124,15 @@ def config_text(service: str, *, static_root: str | None = None) -> str:
         text += '[[services]]\nname = "files"\n[[services.backends]]\nkind = "static"\n'
         text += f'root = "{static_root}"\n'
     return text
+
+
+def probe_answer(data: bytes) -> bytes | None:
+    """What an edge answers to the front's health probe (Version Negotiation, its CIDs
+    swapped); None when `data` is no probe."""
+    if len(data) < 7 or int.from_bytes(data[1:5], "big") != PROBE_VERSION:
+        return None
+    dcid_end = 6 + data[5]
+    dcid, scid = data[6:dcid_end], data[dcid_end + 1 : dcid_end + 1 + data[dcid_end]]
+    return encode_quic_version_negotiation(
+        source_cid=dcid, destination_cid=scid, supported_versions=[1]
+    )

@@ -31,6 +31,7 @@ from netsched_client.runtime.session import LIVENESS_S
 from netsched_edge.fleet.cid_config import FleetCidConfig, ensure_cid_config
 from netsched_edge.fleet.etcd import Etcd
 from netsched_edge.fleet.front import FleetFront, FrontSettings
+from netsched_edge.fleet.health import HealthSettings
 from netsched_edge.fleet.host import IDLE_HOLD_VARIABLE, TTL_VARIABLE
 from netsched_edge.fleet.layout import Layout
 from netsched_edge.tls import default_state_dir
@@ -40,6 +41,11 @@ pytestmark = pytest.mark.timeout(60)
 LOCAL = "127.0.0.1"
 TTL_S = 1  # the hosts' member lease
 PLAIN_IDLE_S = 2.0  # the plain aioquic clients' idle timeout
+# The front's health checks: the defaults (down after 1.5-2 s) leave a killed host's
+# refusal to tell first; the quick ones find a stopped host within 0.4 s.
+DEFAULT_PROBES = HealthSettings()
+PROBES = HealthSettings(interval_s=0.1, down_after=3, up_after=2)
+STOPPED_TTL_S = 10  # a lease that outlives the stop: only the probes can find it
 POLICY = ReconnectPolicy(max_attempts=20, max_time_s=15.0, first_delay_s=0.1, max_delay_s=0.5)
 DEADLINE = SLO(deadline_ms=12_000)
 CONFIG = """[edge]
@@ -77,8 +83,14 @@ class Fleet:
         self.stack, self.etcd, self.server, self.layout = stack, etcd, server, layout
         self.hosts: dict[str, RunningEdge] = {}
 
-    async def start(self, tmp_path: Path, backend: int) -> FleetFront:
-        env = {TTL_VARIABLE: str(TTL_S), IDLE_HOLD_VARIABLE: "2"}
+    async def start(
+        self,
+        tmp_path: Path,
+        backend: int,
+        ttl_s: int = TTL_S,
+        health: HealthSettings = DEFAULT_PROBES,
+    ) -> FleetFront:
+        env = {TTL_VARIABLE: str(ttl_s), IDLE_HOLD_VARIABLE: "2"}
 
         async def host(name: str) -> RunningEdge:
             config = tmp_path / f"{name}.toml"
@@ -92,7 +104,9 @@ class Fleet:
         for name, edge in zip("ab", await asyncio.gather(host("a"), host("b")), strict=True):
             self.hosts[name] = edge
             self.stack.push_async_callback(edge.stop)
-        settings = FrontSettings(self.server.endpoint, (LOCAL, 0), prefix=self.layout.prefix)
+        settings = FrontSettings(
+            self.server.endpoint, (LOCAL, 0), prefix=self.layout.prefix, health=health
+        )
         front = FleetFront(settings)
         await self.stack.enter_async_context(front)
         await eventually(lambda: front.status().members == 2, 5, "both hosts at the front")
@@ -225,3 +239,62 @@ async def test_a_host_killed_mid_load_its_clients_move_to_the_living_host(
     again = await fleet.session(front)
     assert (await again.request("api", path="/after", slo=DEADLINE)).backend == survivor
     assert (await session.request("api", path="/same", slo=DEADLINE)).backend == survivor
+
+
+async def test_a_stopped_host_is_found_by_the_probes_and_its_clients_move(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """SIGSTOP: no ICMP, and the lease (10 s) holds. The front's probes go unanswered,
+    it routes the host's CIDs to the living host, which resets them; SIGCONT: the host
+    answers again and gets traffic back."""
+    backend = GatedBackend()
+    fleet.stack.push_async_callback(backend.stop)
+    front = await fleet.start(tmp_path, await backend.start(), STOPPED_TTL_S, PROBES)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    session = await fleet.session(front)
+    handshake_s = loop.time() - started
+    backend.gate.set()
+    victim = (await session.request("api", path="/warm", slo=DEADLINE)).backend
+    assert victim is not None
+    survivor = "b" if victim == "a" else "a"
+
+    backend.gate.clear()
+    gets = [
+        asyncio.create_task(session.request("api", path=f"/get/{i}", slo=DEADLINE))
+        for i in range(3)
+    ]
+    await eventually(lambda: len(backend.targets) == 4, 5, "every request at the backend")
+    fleet.hosts[victim].proc.send_signal(signal.SIGSTOP)
+    stopped_at = loop.time()
+    fleet.stack.callback(fleet.hosts[victim].proc.send_signal, signal.SIGCONT)
+    backend.gate.set()
+
+    down = asyncio.create_task(eventually(lambda: front.status().silent == 1, 10, "down"))
+    answers = await asyncio.wait_for(asyncio.gather(*gets), STOPPED_TTL_S / 2)
+    recovered_s = loop.time() - stopped_at
+    await down  # done before the answers: it is polled more often than they can come
+    detected_s = front.health.changed_at - stopped_at
+    assert sorted(r.body for r in answers) == [b"/get/0", b"/get/1", b"/get/2"]
+    assert {r.backend for r in answers} == {survivor}
+    stats = session.reconnect_stats
+    assert (stats.reconnects, stats.retried) == (1, 3), stats
+    assert stats.last_reason == "stateless reset"
+    print(f"stopped host: down after {detected_s:.3f} s, requests done after "
+          f"{recovered_s:.3f} s (handshake {handshake_s:.3f} s)")  # fmt: skip
+    assert detected_s <= (PROBES.down_after + 1) * PROBES.interval_s + 0.2
+    # After detection: the SDK's next liveness PING, the reset, a handshake, the requests.
+    assert recovered_s - detected_s <= 2 * (LIVENESS_S + handshake_s) + LIVENESS_S
+    assert front.status().members == 2  # its lease still holds: the probes found it
+
+    fleet.hosts[victim].proc.send_signal(signal.SIGCONT)
+    continued_at = loop.time()
+    await eventually(lambda: front.status().down == 0, 5, "the host up again")
+    assert loop.time() - continued_at <= (PROBES.up_after + 1) * PROBES.interval_s + 0.2
+    served = set()
+    for i in range(12):  # new connections hash over both hosts again
+        later = await fleet.session(front)
+        served.add((await later.request("api", path=f"/new/{i}", slo=DEADLINE)).backend)
+        if served == {"a", "b"}:
+            break
+    assert served == {"a", "b"}

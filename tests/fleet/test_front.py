@@ -5,6 +5,7 @@ reaches real edge servers through it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import sys
@@ -14,7 +15,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from fleet_support import EtcdServer
+from fleet_support import EtcdServer, probe_answer
 from support import http_backend, service
 
 from netsched_client import Session
@@ -24,6 +25,7 @@ from netsched_edge.demo_backends import DemoHTTPServer
 from netsched_edge.fleet.cid_config import FleetCidConfig, ensure_cid_config
 from netsched_edge.fleet.etcd import Etcd
 from netsched_edge.fleet.front import FleetFront, FrontSettings
+from netsched_edge.fleet.health import HealthSettings
 from netsched_edge.fleet.layout import Layout
 from netsched_edge.fleet.membership import Member, MembershipSettings
 from netsched_edge.server import EdgeServer
@@ -41,14 +43,21 @@ class FakeHost(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.got: list[bytes] = []
+        self.mute = False  # stopped, or behind a firewall that drops: nothing in, nothing out
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.got.append(data)
         assert self.transport is not None
+        if self.mute:
+            return
+        answer = probe_answer(data)
+        if answer is not None:  # the front's health check, not a client's datagram
+            self.transport.sendto(answer, addr)
+            return
+        self.got.append(data)
         self.transport.sendto(b"reply " + data[:9], addr)
 
     @property
@@ -101,10 +110,11 @@ class Fleet:
         self.members[member.server_id] = member
         return member.server_id
 
-    async def front(self) -> FleetFront:
-        front = FleetFront(
-            FrontSettings(self.server.endpoint, (LOCAL, 0), prefix=self.layout.prefix)
-        )
+    async def front(self, health: HealthSettings | None = None) -> FleetFront:
+        settings = FrontSettings(self.server.endpoint, (LOCAL, 0), prefix=self.layout.prefix)
+        if health is not None:
+            settings = dataclasses.replace(settings, health=health)
+        front = FleetFront(settings)
         await self.stack.enter_async_context(front)
         return front
 
@@ -265,7 +275,7 @@ class RealFleet:
         self.pair = generate_self_signed(tmp_path)
         self.edges: list[EdgeServer] = []
 
-    async def start(self, hosts: int) -> FleetFront:
+    async def start(self, hosts: int, health: HealthSettings | None = None) -> FleetFront:
         stack = self.fleet.stack
         backend = DemoHTTPServer("b", base_ms=1, cold_ms=0)
         api = service("api", http_backend("b", await backend.start()))
@@ -284,7 +294,7 @@ class RealFleet:
             await edge.start()
             stack.push_async_callback(edge.close)
             self.edges.append(edge)
-        return await self.fleet.front()
+        return await self.fleet.front(health)
 
     async def session(self, front: FleetFront, **kwargs: object) -> Session:
         session = await open_session(
@@ -326,6 +336,51 @@ async def test_a_multipath_clients_paths_reach_its_host(fleet: Fleet, tmp_path: 
     assert all(p.bytes_received > 0 for p in session.paths)
     stats = front.status().stats
     assert stats.active_flows == 2 and stats.no_backend == 0
+
+
+QUICK = HealthSettings(interval_s=0.05, down_after=3, up_after=2)
+
+
+async def test_a_mute_worker_is_routed_around_then_back(fleet: Fleet) -> None:
+    """A host that stops answering (SIGSTOP, a firewall: no ICMP) is down after 3 probes
+    unanswered, its CIDs then go to the others; it is up after 2 answered."""
+    ids = [await fleet.host(f"edge-{i}") for i in range(3)]
+    front = await fleet.front(QUICK)
+    config = await fleet.cids()
+    transport, _ = await fleet.client(front)
+    mute = fleet.hosts[ids[0]]
+    loop = asyncio.get_running_loop()
+    await until(lambda: front.status().probes.answered >= 6)
+    assert front.status().silent == 0
+
+    mute.mute = True
+    muted_at = loop.time()
+    await until(lambda: front.status().silent == 1, 2.0)
+    detected_s = loop.time() - muted_at
+    assert detected_s <= (QUICK.down_after + 1) * QUICK.interval_s + 0.1
+    assert front.status().down == 1 and front.status().members == 3
+    before = fleet.counts()
+    for _ in range(30):
+        transport.sendto(short_packet(config.for_host(ids[0]).for_worker(0).generate()))
+    await until(lambda: sum(fleet.counts()[sid] - before[sid] for sid in ids[1:]) == 30)
+
+    mute.mute = False
+    unmuted_at = loop.time()
+    await until(lambda: front.status().down == 0, 2.0)
+    assert loop.time() - unmuted_at <= (QUICK.up_after + 1) * QUICK.interval_s + 0.1
+    for _ in range(10):
+        transport.sendto(short_packet(config.for_host(ids[0]).for_worker(0).generate()))
+    await until(lambda: len(mute.got) == 10)
+
+
+async def test_real_edges_answer_the_health_probes(fleet: Fleet, tmp_path: Path) -> None:
+    """An edge answers the probe (a version it does not speak) with Version Negotiation."""
+    real = RealFleet(fleet, tmp_path)
+    front = await real.start(2, QUICK)
+    await until(lambda: front.status().probes.answered >= 20)
+    probes = front.status().probes
+    assert probes.missed <= 2 and probes.send_errors == 0  # the round under way at most
+    assert front.status().down == 0
 
 
 def _free_udp_port() -> int:
