@@ -48,6 +48,7 @@ from ..io import BatchedUdpSocket, UdpSocket, UdpStats, attach
 from ..io._common import set_dont_fragment
 from .driver import ConnectionDriver, Datagram
 from .planner import BurstPlanner
+from .refusal import refusal_initial
 from .ticker import TickedFlow, Ticker
 
 log = logging.getLogger("netsched.endpoint")
@@ -129,6 +130,7 @@ class EndpointLimits:
     embryonic_timeout_s: float = 10.0
     log_interval_s: float = 10.0  # at most one line per reason this often
     resets_per_second: float = 100.0  # stateless resets sent, at most
+    refusals_per_second: float = 100.0  # stateless refusals (over a cap) sent, at most
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_source", "max_embryonic"):
@@ -136,10 +138,10 @@ class EndpointLimits:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 < self.retry_above <= 1:
             raise ValueError(f"retry_above must be in (0, 1], got {self.retry_above!r}")
-        if self.embryonic_timeout_s <= 0 or self.log_interval_s < 0 or self.resets_per_second < 0:
-            raise ValueError(
-                "embryonic_timeout_s must be > 0, log_interval_s and resets_per_second >= 0"
-            )
+        if self.embryonic_timeout_s <= 0 or self.log_interval_s < 0:
+            raise ValueError("embryonic_timeout_s must be > 0, log_interval_s >= 0")
+        if self.resets_per_second < 0 or self.refusals_per_second < 0:
+            raise ValueError("resets_per_second and refusals_per_second must be >= 0")
 
     @property
     def retry_threshold(self) -> int | None:
@@ -156,11 +158,12 @@ class IntakeStats:
     connections: int  # now: a ClientHello processed
     embryonic: int  # now: an Initial decrypted, no whole ClientHello yet
     undecryptable: int  # Initials that did not decrypt: dropped, no state kept
-    over_limit: int  # Initials dropped for a cap (total or per source)
+    over_limit: int  # Initials over a cap (total or per source): refused or dropped
     refused: int  # connections closed with CONNECTION_REFUSED when their ClientHello came
     evicted: int  # embryonic connections dropped (table full or timed out)
     retries: int  # Retry packets sent
     resets: int  # stateless resets sent
+    refusals: int  # stateless CONNECTION_REFUSED Initials sent (over a cap)
 
 
 class RateLimitedLog:
@@ -395,6 +398,7 @@ class ServerEndpoint(UdpSender):
         self._new_cid = cid_factory or (lambda: os.urandom(configuration.connection_id_length))
         self.limits = limits or EndpointLimits()
         self._resets = TokenBucket(self.limits.resets_per_second)
+        self._refusals = TokenBucket(self.limits.refusals_per_second)
         self._routes: dict[bytes, ConnectionDriver] = {}
         self._drivers: set[ConnectionDriver] = set()
         self._established: set[ConnectionDriver] = set()
@@ -403,7 +407,7 @@ class ServerEndpoint(UdpSender):
         self._per_source: dict[str, int] = {}
         self._expiry: asyncio.TimerHandle | None = None
         self._undecryptable = self._over_limit = self._refused = 0
-        self._evicted = self._retries = self._resets_sent = 0
+        self._evicted = self._retries = self._resets_sent = self._refusals_sent = 0
         self._loop = asyncio.get_running_loop()
         self._log = RateLimitedLog(log, self.limits.log_interval_s)
         self.ticker = Ticker(self.send_batch, self._loop, planner=planner)
@@ -422,6 +426,7 @@ class ServerEndpoint(UdpSender):
         """New caps for new clients (a reload); connections already counted stay."""
         self.limits = limits
         self._resets = TokenBucket(limits.resets_per_second)
+        self._refusals = TokenBucket(limits.refusals_per_second)
         self._log = RateLimitedLog(log, limits.log_interval_s)
 
     @property
@@ -435,6 +440,7 @@ class ServerEndpoint(UdpSender):
             evicted=self._evicted,
             retries=self._retries,
             resets=self._resets_sent,
+            refusals=self._refusals_sent,
         )
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
@@ -490,10 +496,12 @@ class ServerEndpoint(UdpSender):
         source = str(addr[0])
         limits = self.limits
         if self._per_source.get(source, 0) >= limits.max_connections_per_source:
-            self._drop_over_limit(now, "per-source", source, limits.max_connections_per_source)
+            self._refuse_over_limit(
+                header, addr, now, "per-source", limits.max_connections_per_source
+            )
             return
         if len(self._established) >= limits.max_connections:
-            self._drop_over_limit(now, "total", source, limits.max_connections)
+            self._refuse_over_limit(header, addr, now, "total", limits.max_connections)
             return
         original_dcid: bytes | None = header.destination_cid
         retry_scid: bytes | None = None
@@ -517,11 +525,31 @@ class ServerEndpoint(UdpSender):
         threshold = self.limits.retry_threshold
         return threshold is not None and len(self._established) + len(self._embryonic) >= threshold
 
-    def _drop_over_limit(self, now: float, kind: str, source: str, cap: int) -> None:
+    def _refuse_over_limit(
+        self, header: QuicHeader, addr: NetworkAddress, now: float, kind: str, cap: int
+    ) -> None:
+        """Turn a client away over a cap: a stateless CONNECTION_REFUSED Initial (the client
+        fails in a round trip, not at its handshake timeout), within `refusals_per_second`;
+        beyond that budget the Initial is dropped."""
         self._over_limit += 1
-        what = "per-source connection limit" if kind == "per-source" else "connection limit"
+        per_source = kind == "per-source"
+        what = "per-source connection limit" if per_source else "connection limit"
+        reason = "too many connections from this address" if per_source else "server busy"
+        version, answered = header.version, False
+        if version is not None and self._refusals.take(now):
+            cids = (header.destination_cid, header.source_cid)
+            self._send(refusal_initial(version, *cids, reason, self._new_cid()), addr)
+            self._refusals_sent += 1
+            answered = True
         self._log.log(
-            logging.WARNING, kind, now, "%s %d reached: dropping Initials (%s)", what, cap, source
+            logging.WARNING,
+            kind,
+            now,
+            "%s %d reached: %s Initials (%s)",
+            what,
+            cap,
+            "refusing" if answered else "dropping",
+            addr[0],
         )
 
     def _accept(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicPacketType
+from aioquic.quic.packet import QuicErrorCode, QuicPacketType
 from intake_support import (
     client_hello_initial,
     eventually,
@@ -27,7 +27,7 @@ from intake_support import (
 from support import http_backend, service
 
 from netsched_client import Session, open_session
-from netsched_client.errors import ConnectionLost
+from netsched_client.errors import ConnectionRefused
 from netsched_client.runtime.endpoint import EndpointLimits, ServerEndpoint, open_server_endpoint
 from netsched_edge.config import LimitsConfig
 from netsched_edge.demo_backends import DemoHTTPServer
@@ -58,14 +58,17 @@ async def _session(edge: EdgeServer, local: str = "127.0.0.1", timeout: float = 
     )
 
 
-async def _refused(edge: EdgeServer, local: str = "127.0.0.1") -> bool:
-    """The handshake does not complete (dropped or refused) within a short bound."""
-    try:
-        session = await _session(edge, local, timeout=1.5)
-    except (ConnectionLost, TimeoutError):
-        return True
-    await session.close()
-    return False
+async def _refused(edge: EdgeServer, reason: str, local: str = "127.0.0.1") -> None:
+    """Over a cap, the handshake fails at once with CONNECTION_REFUSED and the reason
+    (a stateless Initial from the edge), not at the client's handshake timeout."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ConnectionRefused) as caught:
+        session = await _session(edge, local, timeout=3.0)
+        await session.close()
+    assert loop.time() - started < 1.0
+    assert caught.value.error_code == QuicErrorCode.CONNECTION_REFUSED
+    assert f"refused the connection: {reason}" in str(caught.value)
 
 
 async def test_garbage_initials_take_no_state_and_log_once(
@@ -95,7 +98,7 @@ async def test_per_source_cap_counts_each_address_apart(start_edge, api: int) ->
     edge = await _edge(start_edge, api, max_connections_per_source=2)
     first, second = await _session(edge), await _session(edge)
     try:
-        assert await _refused(edge)  # a third from 127.0.0.1
+        await _refused(edge, "too many connections from this address")  # a third
         other = await _session(edge, local="127.0.0.2")  # another address has its own count
         await other.close()
         await first.close()
@@ -123,8 +126,9 @@ async def test_retry_is_required_above_the_threshold_and_the_total_cap_holds(
         assert len(edge.quic_connections()) == 2  # the Retry kept no state
         sessions.append(await _session(edge))  # the SDK answers the Retry
         sessions.append(await _session(edge))  # 4 of 4
-        assert await _refused(edge)
+        await _refused(edge, "server busy")
         await sessions.pop().close()
+        await eventually(lambda: len(edge.quic_connections()) == 3)  # its draining ended
         sessions.append(await _session(edge))
         for session in sessions:
             assert (await session.request("api", b"x")).body == b"x"
@@ -205,6 +209,33 @@ async def test_new_limits_apply_to_new_clients(tmp_path: Path) -> None:
         peer.send(client_hello_initial())
         await eventually(lambda: endpoint.intake.connections == 2)
         assert endpoint.intake.over_limit == 1
+    finally:
+        peer.close()
+        endpoint.close()
+
+
+async def test_refusals_over_a_cap_are_stateless_and_within_their_budget(tmp_path: Path) -> None:
+    pair = generate_self_signed(tmp_path)
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=["hq-interop"])
+    configuration.load_cert_chain(pair.certificate, pair.private_key)
+    limits = EndpointLimits(max_connections_per_source=1, retry_above=1.0, refusals_per_second=20)
+    endpoint = await open_server_endpoint(
+        "127.0.0.1", 0, lambda: ServerEndpoint(configuration, lambda driver: None, limits=limits)
+    )
+    peer = await raw_peer(int(endpoint.local_address[1]))
+    try:
+        peer.send(client_hello_initial())  # takes the source's one connection
+        await eventually(lambda: endpoint.intake.connections == 1)
+        await peer.recv_all(quiet=0.3)  # its handshake flight
+        for _ in range(200):
+            peer.send(client_hello_initial())
+        answers = await peer.recv_all(quiet=0.3)
+        assert 20 <= len(answers) <= 22  # the burst, and what refilled while the flood ran
+        assert endpoint.intake.refusals == len(answers)
+        assert endpoint.intake.over_limit == 200
+        assert all(header_of(a).packet_type == QuicPacketType.INITIAL for a in answers)
+        assert all(len(a) < 100 for a in answers)  # far below the 1200-byte Initial
+        assert len(endpoint.connections) == 1  # nothing kept for the refused
     finally:
         peer.close()
         endpoint.close()

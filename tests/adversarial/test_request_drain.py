@@ -382,7 +382,7 @@ async def test_reload_applies_connection_caps_to_new_clients(
     second = await open_client(edge)
     capped = replace(edge.config.limits, max_connections_per_source=2)
     edge.reload(replace(edge.config, limits=capped))
-    with pytest.raises(ConnectionLost):
+    with pytest.raises(ConnectionRefused, match="too many connections from this address"):
         await open_client(edge, timeout=1.0)
     for session in (first, second):  # established: untouched
         assert (await session.request("api")).body == b"ok"
