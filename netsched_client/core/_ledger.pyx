@@ -8,7 +8,7 @@ number; an ACK or a loss detection walks it in C and makes Python objects
 only for its result (arrays of packet numbers, handles and flags).
 """
 
-from cpython.array cimport array, resize_smart
+from cpython.array cimport array, clone, resize_smart
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, fabs, ldexp
 from libc.stdint cimport int64_t, uint8_t
@@ -100,6 +100,14 @@ cdef class RttEstimator:
         return self.pto_period_c(max_ack_delay)
 
 
+cdef array EMPTY_Q = array("q")
+
+
+cdef inline array new_q():
+    # clone() skips array()'s type-code parsing: the results' arrays are most of an ACK's cost.
+    return clone(EMPTY_Q, 0, False)
+
+
 cdef class AckResult:
     """What one ACK frame newly acknowledged in one packet-number space."""
 
@@ -112,9 +120,9 @@ cdef class AckResult:
     cdef readonly bint rtt_updated
 
     def __init__(self):
-        self.pns = array("q")
-        self.handles = array("q")
-        self.flags = array("q")
+        self.pns = new_q()
+        self.handles = new_q()
+        self.flags = new_q()
         self.largest_newly_acked = -1
 
 
@@ -128,9 +136,9 @@ cdef class LossResult:
     cdef readonly bint persistent_congestion
 
     def __init__(self):
-        self.pns = array("q")
-        self.handles = array("q")
-        self.flags = array("q")
+        self.pns = new_q()
+        self.handles = new_q()
+        self.flags = new_q()
 
 
 cdef int push(array out, int64_t value) except -1:
