@@ -13,13 +13,24 @@ transaction; the front accepts both codepoints until etcd deletes the
 previous one. Lengths stay (the edge parses short headers with one CID
 length), and so does the rendezvous seed (`hash_seed`): a client's Initials
 hash to the same host across a rotation.
+
+Scheduled rotation (`set_cid_schedule`, `fleet cid-schedule`): the
+configuration carries its creation time and, once an operator sets one, its
+schedule (`rotate_every_s`, `grace_s`), which each rotation copies to the next
+configuration. The member elected to rotate the fleet's keys
+(shared_keys.KeyRotator) rotates it when it is due (`ScheduledCids`), fenced
+by its leadership. The schedule lives in etcd beside the key it rotates
+rather than in each host's settings: one value for the whole fleet, whoever
+is elected.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -28,12 +39,13 @@ from netsched_client.proto.quic_lb import KEY_BYTES, UNROUTABLE_ROTATION, QuicLb
 from ..forwarder.routing import rendezvous_seed
 from ..workers import CidRotation, FleetCids
 from .etcd import Compare, Etcd, EtcdError, Get, KeyValue, Put
-from .follow import Follower
+from .follow import RETRY_AFTER_S, Follower
 from .layout import Layout
 
 log = logging.getLogger("netsched.edge.fleet")
 
 WORKER_ID_BYTES = 1  # the last octet of the server ID: the worker index
+DEFAULT_GRACE_S = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,10 @@ class FleetCidConfig:
     server_id_length: int = 2  # host ID (1 octet: membership's max_server_id 255) + worker
     nonce_length: int = 5  # 8-byte CIDs, what the edge parses today (docs/FLEET.md)
     hash_seed: int | None = None  # the fronts' rendezvous seed; None: from the key
+    # The schedule, not the routing: equal configurations route alike whatever these say.
+    created: float = field(default=0.0, compare=False)  # wall clock (0: made before schedules)
+    rotate_every_s: float | None = field(default=None, compare=False)  # None: by hand only
+    grace_s: int = field(default=DEFAULT_GRACE_S, compare=False)  # of a scheduled rotation
     scheme: QuicLbScheme = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,14 +75,34 @@ class FleetCidConfig:
         return rendezvous_seed(self.key) if self.hash_seed is None else self.hash_seed
 
     def rotated(self) -> FleetCidConfig:
-        """The next configuration: a new key under the next codepoint, the same lengths
-        and rendezvous seed."""
+        """The next configuration: a new key under the next codepoint, the same lengths,
+        rendezvous seed and schedule."""
         return replace(
             self,
             key=os.urandom(KEY_BYTES),
             config_rotation=(self.config_rotation + 1) % UNROUTABLE_ROTATION,
             hash_seed=self.seed,
+            created=time.time(),
         )
+
+    def scheduled(self, every_s: float | None, grace_s: int) -> FleetCidConfig:
+        """This configuration rotated every `every_s` from now on (None: by hand only).
+
+        Only one previous configuration is routed: a rotation within the grace of the
+        last one would cut that grace short, hence `every_s` >= `grace_s`."""
+        if grace_s < 1 or (every_s is not None and not grace_s <= every_s < math.inf):
+            raise ValueError(
+                f"a QUIC-LB rotation schedule needs 1 <= grace ({grace_s} s) <= every ({every_s} s)"
+            )
+        return replace(
+            self, rotate_every_s=every_s, grace_s=grace_s, created=self.created or time.time()
+        )
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until a scheduled rotation is due (<= 0: now); None: not scheduled."""
+        if self.rotate_every_s is None:
+            return None
+        return self.created + self.rotate_every_s - now
 
     @property
     def host_id_bytes(self) -> int:
@@ -96,29 +132,37 @@ class FleetCidConfig:
             "server_id_length": self.server_id_length,
             "nonce_length": self.nonce_length,
             "key": self.key.hex(),
+            "created": self.created,
+            "grace_s": self.grace_s,
         }
         if self.hash_seed is not None:
             fields["hash_seed"] = self.hash_seed
+        if self.rotate_every_s is not None:
+            fields["rotate_every_s"] = self.rotate_every_s
         return json.dumps(fields).encode()
 
     @classmethod
     def decode(cls, data: bytes, source: str) -> FleetCidConfig:
         try:
             fields = json.loads(data)
+            every = fields.get("rotate_every_s")
             return cls(
                 key=bytes.fromhex(fields["key"]),
                 config_rotation=int(fields["config_rotation"]),
                 server_id_length=int(fields["server_id_length"]),
                 nonce_length=int(fields["nonce_length"]),
                 hash_seed=None if fields.get("hash_seed") is None else int(fields["hash_seed"]),
+                created=float(fields.get("created", 0.0)),
+                rotate_every_s=None if every is None else float(every),
+                grace_s=int(fields.get("grace_s", DEFAULT_GRACE_S)),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EtcdError(f"{source}: not a QUIC-LB configuration ({exc})") from None
 
 
 async def ensure_cid_config(etcd: Etcd, layout: Layout) -> FleetCidConfig:
     """The fleet's QUIC-LB configuration, made now if it has none."""
-    made = FleetCidConfig(key=os.urandom(KEY_BYTES))
+    made = FleetCidConfig(key=os.urandom(KEY_BYTES), created=time.time())
     await etcd.txn([Compare.absent(layout.quic_lb)], [Put(layout.quic_lb, made.encode())])
     kv = await etcd.get(layout.quic_lb)
     if kv is None:
@@ -165,20 +209,75 @@ async def rotate_cid_config(etcd: Etcd, layout: Layout, grace_s: int) -> CidConf
     (it must cover a connection's life: its CIDs route until then)."""
     if grace_s < 1:
         raise ValueError("the grace period must be 1 s or more")
+    rotated = await try_rotate_cid_config(etcd, layout, [], grace_s)
+    if rotated is None:
+        raise EtcdError(f"etcd:{layout.quic_lb}: changed while being rotated, try again")
+    return rotated
+
+
+async def try_rotate_cid_config(
+    etcd: Etcd, layout: Layout, fences: list[Compare], grace_s: int | None = None
+) -> CidConfigs | None:
+    """`rotate_cid_config` if `fences` hold and the configuration does not change
+    meanwhile (None: nothing written); `grace_s` None: the configuration's schedule's."""
     found = await read_cid_configs(etcd, layout)
     kv = await etcd.get(layout.quic_lb)
     if kv is None or kv.mod_revision != found.revision:
-        raise EtcdError(f"etcd:{layout.quic_lb}: changed while being rotated, try again")
+        return None
     made = found.current.rotated()
-    grace = await etcd.grant(grace_s)
+    grace = await etcd.grant(found.current.grace_s if grace_s is None else grace_s)
     result = await etcd.txn(
-        [Compare.unchanged(layout.quic_lb, kv.mod_revision)],
+        [Compare.unchanged(layout.quic_lb, kv.mod_revision), *fences],
         [Put(layout.quic_lb_previous, kv.value, grace), Put(layout.quic_lb, made.encode())],
     )
     if not result.succeeded:
         await etcd.revoke(grace)
-        raise EtcdError(f"etcd:{layout.quic_lb}: changed while being rotated, try again")
+        return None
     return await read_cid_configs(etcd, layout)
+
+
+async def set_cid_schedule(
+    etcd: Etcd, layout: Layout, every_s: float | None, grace_s: int
+) -> FleetCidConfig:
+    """Rotate the fleet's QUIC-LB configuration every `every_s` (None: by hand only),
+    keeping the replaced one routed `grace_s`; the first rotation is due `every_s` after
+    the current configuration was made."""
+    await ensure_cid_config(etcd, layout)
+    kv = await etcd.get(layout.quic_lb)
+    if kv is None:
+        raise EtcdError(f"etcd:{layout.quic_lb}: deleted while being read")
+    made = FleetCidConfig.decode(kv.value, f"etcd:{layout.quic_lb}").scheduled(every_s, grace_s)
+    result = await etcd.txn(
+        [Compare.unchanged(layout.quic_lb, kv.mod_revision)], [Put(layout.quic_lb, made.encode())]
+    )
+    if not result.succeeded:
+        raise EtcdError(f"etcd:{layout.quic_lb}: changed while being scheduled, try again")
+    return made
+
+
+class ScheduledCids:
+    """The fleet's QUIC-LB configuration as a duty of the elected rotator (KeyRotator):
+    due when its schedule says, rotated with the schedule's grace."""
+
+    def __init__(self, etcd: Etcd, layout: Layout) -> None:
+        self.etcd = etcd
+        self.layout = layout
+        self.rotations = 0
+
+    async def due_in(self) -> float:
+        """Seconds until due; an unscheduled configuration is looked at again later
+        (an operator may schedule it)."""
+        due_in = (await ensure_cid_config(self.etcd, self.layout)).due_in(time.time())
+        return RETRY_AFTER_S if due_in is None else due_in
+
+    async def rotate(self, fence: Compare) -> bool:
+        """Rotate it; False when `fence` failed or it changed meanwhile."""
+        rotated = await try_rotate_cid_config(self.etcd, self.layout, [fence])
+        if rotated is None:
+            return False
+        self.rotations += 1
+        log.info("QUIC-LB codepoint %d in force (scheduled)", rotated.current.config_rotation)
+        return True
 
 
 class CidConfigFollower(Follower):

@@ -8,6 +8,9 @@ state in etcd, for an operator.
     rotate-cids [--grace S]
                       a new QUIC-LB key under the next config rotation codepoint;
                       the current one stays routed S seconds (default 3600)
+    cid-schedule EVERY|off [--grace S]
+                      the key rotator rotates the QUIC-LB configuration every EVERY
+                      seconds, each replaced one routed S seconds more (EVERY >= S)
     front --listen ADDR [--probe-interval S]
                       the fleet's front: QUIC on ADDR routed to the members by
                       connection ID (netsched_edge/fleet/front.py), until SIGINT/SIGTERM;
@@ -24,10 +27,11 @@ import ipaddress
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from ..config import ConfigError, load_config
-from .cid_config import rotate_cid_config
+from .cid_config import FleetCidConfig, rotate_cid_config, set_cid_schedule
 from .config_watch import ConfigStatus, config_statuses
 from .election import leader
 from .etcd import Etcd, EtcdError
@@ -60,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--grace", type=int, default=DEFAULT_CID_GRACE_S,
                         help="seconds the current configuration stays routed; above the "
                         "hosts' idle timeout and restart time (default %(default)s)")  # fmt: skip
+    schedule = commands.add_parser(
+        "cid-schedule", help="rotate the QUIC-LB configuration on a schedule"
+    )
+    schedule.add_argument(
+        "every", type=schedule_every, help="seconds between two rotations, or 'off' (by hand)"
+    )
+    schedule.add_argument("--grace", type=int, default=DEFAULT_CID_GRACE_S,
+                          help="seconds a replaced configuration stays routed; at most EVERY "
+                          "(default %(default)s)")  # fmt: skip
     front = commands.add_parser("front", help="run the fleet's front forwarder")
     # Also accepted after the command (`front --etcd URL --listen ADDR`).
     front.add_argument(
@@ -78,6 +91,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds between two health probes of a worker; one is down after "
                        f"{health.down_after} unanswered (default %(default)s)")  # fmt: skip
     return parser
+
+
+def schedule_every(text: str) -> float | None:
+    """Seconds (> 0), or 'off'."""
+    if text == "off":
+        return None
+    try:
+        every = float(text)
+    except ValueError:
+        every = 0.0
+    if not 0 < every < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds > 0 or 'off': {text!r}")
+    return every
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -125,6 +151,8 @@ async def _run(opts: argparse.Namespace, layout: Layout) -> int:
             print(f"QUIC-LB codepoint {configs.current.config_rotation} in force; "
                   f"{configs.previous.config_rotation} routed for {opts.grace} s more")  # fmt: skip
             return 0
+        if opts.command == "cid-schedule":
+            return await _cid_schedule(etcd, layout, opts.every, opts.grace)
         print(await render_members(etcd, layout), end="")
         return 0
 
@@ -151,6 +179,28 @@ async def _front(opts: argparse.Namespace, layout: Layout) -> int:
         print(f"netsched-edge fleet: front: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _cid_schedule(etcd: Etcd, layout: Layout, every: float | None, grace: int) -> int:
+    try:
+        made = await set_cid_schedule(etcd, layout, every, grace)
+    except ValueError as exc:
+        print(f"netsched-edge fleet: cid-schedule: {exc}", file=sys.stderr)
+        return 2
+    print(_cid_line(made))
+    return 0
+
+
+def _cid_line(config: FleetCidConfig) -> str:
+    """The QUIC-LB configuration's codepoint and schedule, for an operator."""
+    head = f"QUIC-LB codepoint {config.config_rotation}"
+    due_in = config.due_in(time.time())
+    if due_in is None:
+        return f"{head}, rotated by hand (fleet rotate-cids)"
+    return (
+        f"{head}, rotated every {config.rotate_every_s:g} s by the key rotator (next in "
+        f"{max(due_in, 0):.0f} s), each replaced one routed {config.grace_s} s more"
+    )
 
 
 async def _put_config(etcd: Etcd, layout: Layout, file: Path) -> int:
@@ -199,6 +249,9 @@ async def render_members(etcd: Etcd, layout: Layout) -> str:
                 f" free in {max(h.expires_in_s, 0)} s"
             )
     lines.append(f"key rotator: {await leader(etcd, layout, ROTATOR_ROLE) or '(none)'}")
+    cids = await etcd.get(layout.quic_lb)
+    if cids is not None:
+        lines.append(_cid_line(FleetCidConfig.decode(cids.value, f"etcd:{cids.key}")))
     lines.append(f"config: {'none' if config is None else f'revision {current}'}")
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,9 @@ keys move to `keys/previous` under a lease of `grace_s` and the new ones
 become current. Hosts seal with the current keys and open with both
 (`KeyRing.ticket_sealer`); when the grace lease runs out etcd deletes the
 previous keys and tickets sealed with them stop resuming (a full handshake).
+The same elected member rotates the fleet's QUIC-LB configuration when its
+schedule says (cid_config.ScheduledCids): one leader for both duties, each on
+a schedule of its own.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..keys import EdgeKeys, KeysError, TicketSealer, parse_keys
+from .cid_config import ScheduledCids
 from .election import Election
 from .etcd import Compare, Etcd, EtcdError, Get, KeyValue, Put
 from .follow import RETRY_AFTER_S, Follower
@@ -111,17 +116,57 @@ async def rotate(
     return result.succeeded
 
 
-class KeyRotator:
-    """Campaign for `key-rotator`; while leading, rotate on schedule. Every member runs
-    one: the others wait in the campaign and take over when the leader dies."""
+class Duty(Protocol):
+    """Something the elected rotator rotates on a schedule."""
 
-    def __init__(self, etcd: Etcd, layout: Layout, member: Member, schedule: KeySchedule) -> None:
+    rotations: int
+
+    async def due_in(self) -> float:
+        """Seconds until the next rotation is due (<= 0: now)."""
+        ...
+
+    async def rotate(self, fence: Compare) -> bool:
+        """Rotate; False (nothing written) when `fence` failed or another rotated first."""
+        ...
+
+
+class ScheduledKeys:
+    """The shared keys as a duty: due `rotate_every_s` after the current ones were made."""
+
+    def __init__(self, etcd: Etcd, layout: Layout, schedule: KeySchedule) -> None:
         self.etcd = etcd
         self.layout = layout
         self.schedule = schedule
-        self.election = Election(etcd, layout, ROTATOR_ROLE, member.name, member.lease.id)
         self.rotations = 0
+
+    async def due_in(self) -> float:
+        ring = await ensure_ring(self.etcd, self.layout)
+        return ring.created + self.schedule.rotate_every_s - time.time()
+
+    async def rotate(self, fence: Compare) -> bool:
+        ring = await ensure_ring(self.etcd, self.layout)
+        if not await rotate(self.etcd, self.layout, self.schedule, ring, fence):
+            return False
+        self.rotations += 1
+        log.info("fleet keys rotated")
+        return True
+
+
+class KeyRotator:
+    """Campaign for `key-rotator`; while leading, rotate the keys and the QUIC-LB
+    configuration on their schedules. Every member runs one: the others wait in the
+    campaign and take over when the leader dies."""
+
+    def __init__(self, etcd: Etcd, layout: Layout, member: Member, schedule: KeySchedule) -> None:
+        self.election = Election(etcd, layout, ROTATOR_ROLE, member.name, member.lease.id)
+        self.keys = ScheduledKeys(etcd, layout, schedule)
+        self.cids = ScheduledCids(etcd, layout)
         self.leading = asyncio.Event()
+
+    @property
+    def rotations(self) -> int:
+        """Of the keys, by this member."""
+        return self.keys.rotations
 
     async def run(self) -> None:
         while True:
@@ -135,19 +180,20 @@ class KeyRotator:
             await asyncio.sleep(RETRY_AFTER_S)
 
     async def _rotate_while_leading(self) -> None:
+        duties: tuple[Duty, ...] = (self.keys, self.cids)
         while True:
-            ring = await ensure_ring(self.etcd, self.layout)
-            due_in = ring.created + self.schedule.rotate_every_s - time.time()
-            if due_in > 0:
-                # Look again within a second: another leader may have rotated meanwhile,
-                # and a deposed one must notice (the fenced transaction tells).
-                await asyncio.sleep(min(due_in, RETRY_AFTER_S))
-                continue
-            if await rotate(self.etcd, self.layout, self.schedule, ring, self.election.fence):
-                self.rotations += 1
-                log.info("fleet keys rotated by %s", self.election.name)
-            elif not await self.election.is_leader():
-                return  # deposed: campaign again
+            # Look again within a second: another leader may have rotated meanwhile,
+            # and a deposed one must notice (the fenced transaction tells).
+            wait = RETRY_AFTER_S
+            for duty in duties:
+                due_in = await duty.due_in()
+                if due_in > 0:
+                    wait = min(wait, due_in)
+                elif not await duty.rotate(self.election.fence):
+                    if not await self.election.is_leader():
+                        return  # deposed: campaign again
+                    wait = 0  # another rotated first: look at what it wrote
+            await asyncio.sleep(wait)
 
 
 class KeyWatcher(Follower):

@@ -88,3 +88,20 @@ async def test_no_etcd_is_one_line_and_status_1(tmp_path: Path) -> None:
     assert process.returncode == 1
     assert err.decode().startswith("netsched-edge fleet: etcd at http://127.0.0.1:9")
     assert len(err.decode().splitlines()) == 1
+
+
+async def test_cid_schedule_sets_and_clears_the_rotation_schedule(
+    etcd_server: EtcdServer, layout: Layout
+) -> None:
+    status, out, _ = await fleet(etcd_server, layout, "cid-schedule", "7200", "--grace", "600")
+    assert status == 0, out
+    assert "rotated every 7200 s by the key rotator (next in 7" in out
+    assert out.rstrip().endswith("each replaced one routed 600 s more")
+    status, out, _ = await fleet(etcd_server, layout, "members")
+    assert status == 0 and "QUIC-LB codepoint 0, rotated every 7200 s" in out
+    status, _, err = await fleet(etcd_server, layout, "cid-schedule", "60", "--grace", "600")
+    assert status == 2 and "grace (600 s) <= every (60.0 s)" in err
+    status, _, err = await fleet(etcd_server, layout, "cid-schedule", "never")
+    assert status == 2 and "'off'" in err
+    status, out, _ = await fleet(etcd_server, layout, "cid-schedule", "off")
+    assert status == 0 and out.strip() == "QUIC-LB codepoint 0, rotated by hand (fleet rotate-cids)"

@@ -6,6 +6,7 @@ codepoint's CIDs go by hash, like a dead host's."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -19,7 +20,12 @@ from test_fleet_failover import PlainClient
 from test_fleet_loss import Host
 from test_front import LOCAL, Fleet, RealFleet, fleet, short_packet, until
 
-from netsched_edge.fleet.cid_config import FleetCidConfig, read_cid_configs, rotate_cid_config
+from netsched_edge.fleet.cid_config import (
+    FleetCidConfig,
+    read_cid_configs,
+    rotate_cid_config,
+    set_cid_schedule,
+)
 from netsched_edge.fleet.etcd import Etcd
 from netsched_edge.fleet.front import FleetFront, FrontSettings
 from netsched_edge.fleet.layout import Layout
@@ -159,3 +165,65 @@ async def test_a_host_issues_cids_under_the_new_codepoint_after_a_rotation(
         await asyncio.wait_for(after.ping(), 2)
         await until(lambda: front.status().codepoints == (new,), GRACE_S + 3)
         await asyncio.wait_for(after.ping(), 2)  # the new codepoint, after it
+
+
+EVERY_S = 2.5  # the scheduled rotation's interval in these tests
+SCHEDULED_GRACE_S = 1
+
+
+async def test_the_elected_host_rotates_the_cids_on_schedule(
+    etcd_server: EtcdServer, etcd: Etcd, layout: Layout, tmp_path: Path
+) -> None:
+    """A real EdgeServer joined with FleetHost (it leads the key rotation): with a
+    schedule in etcd it rotates the QUIC-LB configuration every EVERY_S, the front routes
+    the replaced one for the grace, and clients of each codepoint go on answering."""
+    async with AsyncExitStack() as stack:
+        fixture = Host(stack, tmp_path)
+        host, _ = await fixture.start(etcd_server.endpoint, layout)
+        front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
+        await stack.enter_async_context(front)
+        configuration = QuicConfiguration(
+            is_client=True, alpn_protocols=["h3"], server_name="localhost"
+        )
+        configuration.load_verify_locations(str(fixture.pair.ca_certificate))
+
+        async def plain() -> PlainClient:
+            client = await stack.enter_async_context(
+                connect(LOCAL, front.local_address[1], configuration=configuration,
+                        create_protocol=PlainClient)
+            )  # fmt: skip
+            assert isinstance(client, PlainClient)
+            return client
+
+        first = await set_cid_schedule(etcd, layout, EVERY_S, SCHEDULED_GRACE_S)
+        before = await plain()
+        assert before.codepoint() == first.config_rotation
+        codepoints = [first.config_rotation]
+        made = [first.created]
+        for _ in range(2):  # two rotations, nobody but the schedule asking
+            await until(lambda: front.status().codepoints[0] != codepoints[-1], EVERY_S + 3)
+            configs = await read_cid_configs(etcd, layout)
+            assert front.status().codepoints == (
+                configs.current.config_rotation, codepoints[-1],
+            )  # fmt: skip
+            assert configs.current.rotate_every_s == EVERY_S  # the schedule carries on
+            codepoints.append(configs.current.config_rotation)
+            made.append(configs.current.created)
+            await asyncio.wait_for(before.ping(), 2)  # the previous codepoint, in the grace
+            await until(lambda: host.cids is not None and host.cids.rotation is not None
+                        and host.cids.rotation.config_rotation == codepoints[-1])  # fmt: skip
+            before = await plain()
+            assert before.codepoint() == codepoints[-1]
+            await until(lambda: front.status().codepoints == (codepoints[-1],),
+                        SCHEDULED_GRACE_S + 3)  # fmt: skip
+            await asyncio.wait_for(before.ping(), 2)
+        intervals = [later - earlier for earlier, later in itertools.pairwise(made)]
+        print(f"scheduled QUIC-LB rotations {intervals} s apart (every {EVERY_S} s)")
+        assert all(EVERY_S <= gap <= EVERY_S + 0.5 for gap in intervals), intervals
+        assert codepoints == [first.config_rotation + i for i in range(3)]
+
+
+async def test_a_schedule_shorter_than_its_grace_is_refused(etcd: Etcd, layout: Layout) -> None:
+    with pytest.raises(ValueError, match="grace"):
+        await set_cid_schedule(etcd, layout, 10.0, 60)
+    assert (await read_cid_configs(etcd, layout)).current.rotate_every_s is None
