@@ -340,8 +340,10 @@ def test_pacer_without_a_rate_sends_at_once(m: ModuleType) -> None:
 def test_pacer_lets_a_burst_out_then_spaces_packets_at_its_rate(m: ModuleType) -> None:
     pacer = m.Pacer(SIZE)
     pacer.set_rate(SIZE * 1000.0, 4 * SIZE)  # a packet a millisecond, bursts of 4
-    pacer.on_sent(0, 0.0)
-    assert pacer.next_send_time(1.0) == 1.0
+    for _ in range(4):  # a new pacer's bucket is full
+        assert pacer.next_send_time(0.0) == 0.0
+        pacer.on_sent(SIZE, 0.0)
+    assert pacer.next_send_time(0.0) == pytest.approx(0.001)
     for _ in range(4):
         assert pacer.next_send_time(1.0) == 1.0
         pacer.on_sent(SIZE, 1.0)
@@ -354,8 +356,7 @@ def test_pacer_lets_a_burst_out_then_spaces_packets_at_its_rate(m: ModuleType) -
 def test_pacer_debt_is_paid_back_and_a_smaller_burst_caps_the_tokens(m: ModuleType) -> None:
     pacer = m.Pacer(SIZE)
     pacer.set_rate(SIZE * 1000.0, 10 * SIZE)
-    pacer.on_sent(0, 0.0)
-    pacer.on_sent(SIZE, 0.0)  # an empty bucket: a packet's debt
+    pacer.on_sent(11 * SIZE, 0.0)  # past the full bucket: a packet's debt
     assert pacer.next_send_time(0.0) == pytest.approx(0.002)
     pacer.set_rate(SIZE * 1000.0, 2 * SIZE)
     assert pacer.next_send_time(10.0) == 10.0

@@ -323,11 +323,12 @@ cdef class Ledger:
 
 cdef class Pacer:
     """A token bucket (RFC 9002 §7.7): `burst` bytes at most at once, refilled at
-    `rate` bytes a second; rate 0 sends at once."""
+    `rate` bytes a second; rate 0 sends at once. A new pacer's bucket is full."""
 
     def __init__(self, int64_t packet_size):
         self.packet_size = packet_size
-        self.rate = self.burst = self.tokens = self.last = 0.0
+        self.rate = self.burst = self.last = 0.0
+        self.tokens = INFINITY  # the first set_rate caps it to the burst
 
     def set_rate(self, double rate, double burst):
         """A new rate and bucket size; the tokens already earned stay, capped."""

@@ -291,7 +291,7 @@ class _Run:
 
 class Pacer:
     """A token bucket (RFC 9002 §7.7): `burst` bytes at most at once, refilled at
-    `rate` bytes a second; rate 0 sends at once."""
+    `rate` bytes a second; rate 0 sends at once. A new pacer's bucket is full."""
 
     __slots__ = ("burst", "last", "packet_size", "rate", "tokens")
 
@@ -299,7 +299,7 @@ class Pacer:
         self.packet_size = packet_size
         self.rate = 0.0
         self.burst = 0.0
-        self.tokens = 0.0
+        self.tokens = math.inf  # the first set_rate caps it to the burst
         self.last = 0.0
 
     def set_rate(self, rate: float, burst: float) -> None:

@@ -78,9 +78,9 @@ class PathRecovery:
     ) -> None:
         in_flight = self.ledger.bytes_in_flight
         self.ledger.on_sent(pn, now, size, flags, handle)
-        self.pacer.on_sent(size, now)
         if not flags & FLAG_IN_FLIGHT:
-            return
+            return  # ACK-only packets are neither paced nor counted by the controller
+        self.pacer.on_sent(size, now)
         state = self.sampler.on_sent(size, now, in_flight)
         self._stamps[pn] = state
         self.controller.on_sent(size, now, state)
@@ -102,10 +102,12 @@ class PathRecovery:
         return acked, lost
 
     def on_timeout(self, now: float) -> bool:
-        """The loss timer declares losses; else a due PTO backs off and asks for probes."""
-        if self.ledger.loss_time <= now:
-            self._detect_lost(now)
-            self._update_pacer()
+        """The timer `timer()` named: an armed loss timer declares losses (and the PTO
+        waits, §6.2.1); else a due PTO backs off and asks for probes."""
+        if self.ledger.loss_time != math.inf:
+            if self.ledger.loss_time <= now:
+                self._detect_lost(now)
+                self._update_pacer()
             return False
         if self.ledger.pto_deadline() <= now:
             self.ledger.rtt.pto_count += 1
