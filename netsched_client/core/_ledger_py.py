@@ -74,7 +74,9 @@ class RttEstimator:
         self.min_rtt = math.inf
         self.has_sample = False
         self.first_sample_time = math.inf
-        # The peer's max_ack_delay; 0 until the handshake is confirmed (§5.3).
+        # The peer's max_ack_delay (RFC 9000 §18.2): caps the ACK delays taken off RTT
+        # samples and pads application-data PTOs. §5.3 lets Initial ACKs' delays be
+        # ignored: the connection passes them as 0.
         self.max_ack_delay = max_ack_delay
         self.pto_count = 0
 
