@@ -39,6 +39,10 @@ cdef class Ledger:
     cdef readonly int64_t ack_eliciting_in_flight
     cdef readonly double last_ack_eliciting_time
     cdef readonly double loss_time
+    cpdef void on_sent(
+        self, int64_t pn, double now, int64_t size, int flags, int64_t handle
+    ) except *
+    cpdef double pto_deadline(self) noexcept
     cdef sent_packet *slot(self, int64_t pn) noexcept nogil
     cdef int grow(self, Py_ssize_t need) except -1
     cdef int64_t leave_flight(self, sent_packet *packet) noexcept nogil

@@ -202,7 +202,9 @@ cdef class Ledger:
         self.ring, self.capacity, self.head = ring, capacity, 0
         return 0
 
-    def on_sent(self, int64_t pn, double now, int64_t size, int flags, int64_t handle):
+    cpdef void on_sent(
+        self, int64_t pn, double now, int64_t size, int flags, int64_t handle
+    ) except *:
         """Records a packet; packet numbers must rise (they may skip a few)."""
         cdef int64_t skipped
         cdef sent_packet *packet
@@ -294,7 +296,7 @@ cdef class Ledger:
         self.trim()
         return result
 
-    def pto_deadline(self):
+    cpdef double pto_deadline(self) noexcept:
         """When the probe timer fires (§6.2.1, with backoff); inf with nothing
         ack-eliciting in flight."""
         if not self.ack_eliciting_in_flight:
