@@ -466,3 +466,30 @@ def _apply(book: Any, op: str, a: Any, b: Any, c: Any, now: float) -> object:
     if book.pto_deadline() <= now:
         book.rtt.pto_count += 1
     return _snapshot(book, None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["rate", "sent", "sent", "sent"]),
+            st.floats(0.0, 0.01),  # time step
+            st.floats(0.0, 1e7),  # rate (bytes/s) or, for a send, a size
+            st.integers(0, 40),  # burst in packets
+        ),
+        max_size=60,
+    )
+)
+def test_both_pacers_agree(ops: list[tuple[str, float, float, int]]) -> None:
+    pacers = [m.Pacer(SIZE) for m in BACKENDS]
+    now = 0.0
+    for op, step, value, burst in ops:
+        now += step
+        for pacer in pacers:
+            if op == "rate":
+                pacer.set_rate(value, burst * SIZE)
+            else:
+                pacer.on_sent(int(value) % 1500, now)
+        times = [pacer.next_send_time(now) for pacer in pacers]
+        assert times[0] >= now
+        assert all(t == times[0] for t in times)
