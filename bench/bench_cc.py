@@ -15,16 +15,36 @@ the SDK (open_session, open_stream, read). Goodput is bytes received over the ti
 from the request to the last byte, or to `--timeout-s` when the transfer did not end
 (then marked "*"). RTT inflation is the sender's latest RTT sampled every 5 ms over
 the transfer, median and 90th percentile, over the base RTT (50 ms): the standing
-queue the controller keeps.
+queue the controller keeps. The coupled controllers (lia, olia) are NewReno on one
+path: they run in the fairness rows, not here, unless `--ccs` names them.
+
+Fairness, in the same run: two flows share one bottleneck, the clean scenario's
+downlink (one relay path: the relay shapes all flows from one client IP with one
+token bucket and one 64 kB queue, and every flow here comes from 127.0.0.1):
+
+  bbr/bbr, bbr/cubic, reno/reno   two single-path connections
+  lia/reno, olia/reno             a multipath connection with coupled congestion
+                                  control, both of its paths through the bottleneck,
+                                  against one NewReno flow (RFC 6356's goal: ~1.0x)
+
+Both flows download at once; goodput is each flow's bytes received from
+`--warmup-s` to `--warmup-s` + `--fair-s` after both requests left (slow start and
+Startup left out), with the share ratio (flow 1 / flow 2) and Jain's fairness
+index (x1 + x2)^2 / (2 (x1^2 + x2^2)). The server names each flow's controller
+and coupled paths in its response head; the bench checks them.
 
     python bench/bench_cc.py [--size-mb 6] [--timeout-s 10] [--scenarios ...] [--ccs ...]
+        [--pairs ...] [--warmup-s 2] [--fair-s 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
+import dataclasses
+import itertools
 import json
 import multiprocessing as mp
 import signal
@@ -36,11 +56,12 @@ from pathlib import Path
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import QuicEvent
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
 
-from netsched_client import open_session
+from netsched_client import Session, open_session
 from netsched_client.proto import session as native
 from netsched_client.proto.cc import CONGESTION_CONTROLS
+from netsched_client.proto.cc.coupled import COUPLED_CONTROLS
 from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.events import RequestReceived
 from netsched_client.proto.framing import ResponseHead
@@ -56,6 +77,8 @@ RATE_MBPS = 20.0
 RTT_SAMPLE_S = 0.005
 READ_CHUNK = 1 << 16
 UP = LinkSpec(delay_ms=25, rate_mbps=RATE_MBPS)
+# One path each: the coupled controllers would be NewReno here (see the fairness rows).
+SINGLE_PATH_CCS = tuple(cc for cc in CONGESTION_CONTROLS if cc not in COUPLED_CONTROLS)
 SCENARIOS: dict[str, LinkSpec] = {
     "clean": LinkSpec(delay_ms=25, rate_mbps=RATE_MBPS),
     "loss1": LinkSpec(delay_ms=25, rate_mbps=RATE_MBPS, loss=0.01),
@@ -79,6 +102,74 @@ class Result:
     @property
     def goodput_mbps(self) -> float:
         return self.received * 8 / self.seconds / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """Two flows on one bottleneck: each one's controller and number of paths."""
+
+    name: str
+    ccs: tuple[str, str]
+    paths: tuple[int, int] = (1, 1)
+
+
+PAIRS: dict[str, Pair] = {
+    pair.name: pair
+    for pair in (
+        Pair("bbr/bbr", ("bbr", "bbr")),
+        Pair("bbr/cubic", ("bbr", "cubic")),
+        Pair("reno/reno", ("reno", "reno")),
+        Pair("lia/reno", ("lia", "reno"), (2, 1)),
+        Pair("olia/reno", ("olia", "reno"), (2, 1)),
+    )
+}
+FAIR_LINK = SCENARIOS["clean"]
+# The pairs' scheduler: fill the lowest-RTT path's window first (MPTCP's default, what
+# RFC 6356 assumes: each path sends what its window allows, so the coupling decides the
+# split). With the runtime's default, "deadline", one bulk download over two 25 ms paths
+# stayed at 3.5-4.6 Mbit/s, disjoint or shared, where "lowest-rtt" filled them
+# (docs/CONGESTION.md).
+PAIR_SCHEDULER = "lowest-rtt"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A server endpoint's connections: their controllers in turn, and the scheduler."""
+
+    ccs: tuple[str, ...]
+    scheduler: str = "deadline"  # the runtime's default
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One flow of a pair: what the server ran and what arrived in the window."""
+
+    cc: str
+    coupled_paths: int  # members of the connection's coupled group (0: not coupled)
+    path_bytes: tuple[int, ...]  # bytes received over each path that carried any
+    received: int  # in the measurement window
+    seconds: float
+
+    @property
+    def goodput_mbps(self) -> float:
+        return self.received * 8 / self.seconds / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Fairness:
+    pair: Pair
+    flows: tuple[Flow, Flow]
+
+    @property
+    def ratio(self) -> float:
+        first, second = (flow.goodput_mbps for flow in self.flows)
+        return first / second if second > 0 else float("inf")
+
+    @property
+    def jain(self) -> float:
+        rates = [flow.goodput_mbps for flow in self.flows]
+        squares = sum(rate * rate for rate in rates)
+        return sum(rates) ** 2 / (len(rates) * squares) if squares > 0 else 0.0
 
 
 # -- server (its own process) ----------------------------------------------------------
@@ -118,7 +209,10 @@ class _RttLog:
         return json.dumps({"median": statistics.median(samples), "p90": p90}).encode()
 
 
-def _on_connection(payload: bytes) -> Any:
+def _on_connection(size: int) -> Any:
+    """Answers "/rtt" with the RTT samples, anything else with `size` zero bytes (or
+    the request's "size"); the head names the controller and its coupled paths."""
+
     def accept(driver: ConnectionDriver) -> None:
         quic = driver.quic
         assert isinstance(quic, NetSchedConnection)
@@ -126,17 +220,19 @@ def _on_connection(payload: bytes) -> Any:
         rtts = _RttLog(quic)
 
         def on_event(event: QuicEvent) -> None:
+            if isinstance(event, ConnectionTerminated):
+                rtts.stop()  # a fairness flow closes without asking for them
             for pevent in proto.handle_event(event):
                 if not isinstance(pevent, RequestReceived):
                     continue
-                if pevent.head.meta.get("path") == "/rtt":
+                meta = pevent.head.meta
+                if meta.get("path") == "/rtt":
                     body = rtts.summary()  # the transfer's samples, for the client
                 else:
                     rtts.start()
-                    body = payload
-                proto.send_response(
-                    pevent.stream_id, ResponseHead(status=200), body, end_stream=True
-                )
+                    body = bytes(int(meta.get("size", size)))
+                head = ResponseHead(status=200, meta=_controller_meta(quic))
+                proto.send_response(pevent.stream_id, head, body, end_stream=True)
                 driver.schedule_transmit()
 
         driver.add_event_handler(on_event)
@@ -144,23 +240,43 @@ def _on_connection(payload: bytes) -> Any:
     return accept
 
 
-async def _serve(ccs: tuple[str, ...], size: int, ready: mp.Queue[Any]) -> None:
-    pair = generate_self_signed(Path(tempfile.mkdtemp(prefix="bench-cc-")))
-    payload = bytes(size)
-    endpoints: dict[str, ServerEndpoint] = {}
-    for cc in ccs:
-        configuration = QuicConfiguration(
-            is_client=False, alpn_protocols=[native.ALPN], congestion_control_algorithm=cc
-        )
-        configuration.load_cert_chain(pair.certificate, pair.private_key)
+def _controller_meta(quic: NetSchedConnection) -> dict[str, str]:
+    return {
+        "cc": quic.configuration.congestion_control_algorithm,
+        "coupled": str(len(quic.congestion_group.members)),
+    }
 
-        def factory(configuration: QuicConfiguration = configuration) -> ServerEndpoint:
+
+class _InTurn:
+    """A plan's connection factory: its controllers in turn, in the order the client
+    opens a pair's flows (one handshake after the other), so that one relay and one
+    endpoint carry both; the client checks the head's "cc" all the same."""
+
+    def __init__(self, plan: Plan) -> None:
+        self._ccs = itertools.cycle(plan.ccs)
+        self._scheduler = plan.scheduler
+
+    def __call__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> NetSchedConnection:
+        cc = next(self._ccs)
+        chosen = dataclasses.replace(configuration, congestion_control_algorithm=cc)
+        return NetSchedConnection(configuration=chosen, scheduler=self._scheduler, **kwargs)
+
+
+async def _serve(plans: dict[str, Plan], size: int, ready: mp.Queue[dict[str, int]]) -> None:
+    """One endpoint per plan."""
+    cert = generate_self_signed(Path(tempfile.mkdtemp(prefix="bench-cc-")))
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=[native.ALPN])
+    configuration.load_cert_chain(cert.certificate, cert.private_key)
+    endpoints: dict[str, ServerEndpoint] = {}
+    for name, plan in plans.items():
+
+        def factory(plan: Plan = plan) -> ServerEndpoint:
             return ServerEndpoint(
-                configuration, _on_connection(payload), connection_factory=NetSchedConnection
+                configuration, _on_connection(size), connection_factory=_InTurn(plan)
             )
 
-        endpoints[cc] = await open_server_endpoint("127.0.0.1", 0, factory)
-    ready.put({cc: endpoint.local_address[1] for cc, endpoint in endpoints.items()})
+        endpoints[name] = await open_server_endpoint("127.0.0.1", 0, factory)
+    ready.put({name: endpoint.local_address[1] for name, endpoint in endpoints.items()})
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -168,9 +284,9 @@ async def _serve(ccs: tuple[str, ...], size: int, ready: mp.Queue[Any]) -> None:
         endpoint.close()
 
 
-def _server_main(ccs: tuple[str, ...], size: int, ready: mp.Queue[Any]) -> None:
+def _server_main(plans: dict[str, Plan], size: int, ready: mp.Queue[dict[str, int]]) -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphaned servers
-    asyncio.run(_serve(ccs, size, ready))
+    asyncio.run(_serve(plans, size, ready))
 
 
 # -- client ----------------------------------------------------------------------------
@@ -223,26 +339,94 @@ async def _rtt_summary(session: Any) -> dict[str, float]:
     return result
 
 
+async def _share(port: int, pair: Pair, warmup: float, seconds: float) -> Fairness:
+    """Both flows of `pair` at once through one relay path (see the module doc)."""
+    relay = UdpRelay(("127.0.0.1", port), default=PathProfile(UP, FAIR_LINK))
+    host, relay_port = await relay.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            sessions = []
+            for paths in pair.paths:  # in turn: the endpoint hands out controllers in order
+                session = await open_session(
+                    host, relay_port, verify=False, reconnect=False, paths=[host] * paths
+                )
+                stack.push_async_callback(session.close)
+                sessions.append(session)
+            begin = asyncio.get_running_loop().time() + warmup
+            # More than the whole link carries in the time: no flow ends inside the window.
+            size = int(RATE_MBPS * 1e6 / 8 * (warmup + seconds) * 1.5)
+            first, second = await asyncio.gather(
+                *(_bulk(session, size, (begin, begin + seconds)) for session in sessions)
+            )
+    finally:
+        await relay.stop()
+    for flow, cc, paths in zip((first, second), pair.ccs, pair.paths, strict=True):
+        coupled = paths if cc in COUPLED_CONTROLS else 0
+        if (flow.cc, flow.coupled_paths) != (cc, coupled):
+            raise RuntimeError(f"{pair.name}: a flow ran {flow} instead of {cc} on {paths} paths")
+    return Fairness(pair, (first, second))
+
+
+async def _bulk(session: Session, size: int, window: tuple[float, float]) -> Flow:
+    """Downloads `size` bytes until the window ends, counting what arrives within it."""
+    loop = asyncio.get_running_loop()
+    start, end = window
+    stream = await session.open_stream(SERVICE, meta={"path": "/data", "size": str(size)})
+    stream.write_eof()
+    head: ResponseHead | None = None
+    received = 0
+    try:
+        async with asyncio.timeout_at(end):
+            head = await stream.response()
+            while chunk := await stream.read(READ_CHUNK):
+                if loop.time() >= start:
+                    received += len(chunk)
+            raise RuntimeError(f"the {size}-byte transfer ended inside the window")
+    except TimeoutError:
+        pass
+    if head is None:
+        raise RuntimeError("no response head within the window")
+    path_bytes = tuple(path.bytes_received for path in session.paths if path.bytes_received)
+    return Flow(head.meta["cc"], int(head.meta["coupled"]), path_bytes, received, end - start)
+
+
 def run(
     scenarios: tuple[str, ...] = tuple(SCENARIOS),
-    ccs: tuple[str, ...] = CONGESTION_CONTROLS,
+    ccs: tuple[str, ...] = SINGLE_PATH_CCS,
     size_mb: float = 6.0,
     timeout_s: float = 10.0,
 ) -> list[Result]:
-    """Every scenario with every controller, one server process for the whole run."""
+    """Every scenario with every controller (no fairness pairs)."""
+    results, _ = run_all(scenarios, ccs, size_mb, timeout_s, pairs=())
+    return results
+
+
+def run_all(
+    scenarios: tuple[str, ...],
+    ccs: tuple[str, ...],
+    size_mb: float,
+    timeout_s: float,
+    pairs: tuple[str, ...] = tuple(PAIRS),
+    warmup_s: float = 2.0,
+    fair_s: float = 10.0,
+) -> tuple[list[Result], list[Fairness]]:
+    """Every scenario with every controller, then every pair on one bottleneck; one
+    server process for the whole run."""
+    plans = {cc: Plan((cc,)) for cc in ccs}
+    plans |= {name: Plan(PAIRS[name].ccs, PAIR_SCHEDULER) for name in pairs}
     ctx = mp.get_context("spawn")
-    ready: mp.Queue[Any] = ctx.Queue()
-    server = ctx.Process(target=_server_main, args=(ccs, int(size_mb * 1e6), ready))
+    ready: mp.Queue[dict[str, int]] = ctx.Queue()
+    server = ctx.Process(target=_server_main, args=(plans, int(size_mb * 1e6), ready))
     server.start()
     try:
-        ports: dict[str, int] = ready.get(timeout=30)
-        results = []
-        for scenario in scenarios:
-            for cc in ccs:
-                down = SCENARIOS[scenario]
-                coro = _download(ports[cc], down, scenario, cc, timeout_s)
-                results.append(asyncio.run(coro))
-        return results
+        ports = ready.get(timeout=30)
+        results = [
+            asyncio.run(_download(ports[cc], SCENARIOS[scenario], scenario, cc, timeout_s))
+            for scenario in scenarios
+            for cc in ccs
+        ]
+        shares = [asyncio.run(_share(ports[name], PAIRS[name], warmup_s, fair_s)) for name in pairs]
+        return results, shares
     finally:
         server.terminate()
         server.join(timeout=10)
@@ -278,20 +462,59 @@ def _inflation(rtt: float | None) -> str:
     return "-" if rtt is None else f"{rtt / BASE_RTT_S:.2f}"
 
 
+def fairness_report(shares: list[Fairness], warmup_s: float, fair_s: float) -> str:
+    """One row per pair: each flow's goodput (a multipath flow's split of the whole
+    download over its paths), flow 1 / flow 2, and Jain's index."""
+    lines = [
+        f"fairness: both flows through one {RATE_MBPS:g} Mbit/s bottleneck "
+        f"({FAIR_LINK.queue_bytes // 1000} kB queue), goodput from {warmup_s:g} s "
+        f"to {warmup_s + fair_s:g} s",
+        f"{'pair':10} {'flow 1':>34} {'flow 2':>34} {'1 / 2':>6} {'Jain':>6}",
+    ]
+    for share in shares:
+        first, second = (_flow_cell(flow) for flow in share.flows)
+        lines.append(
+            f"{share.pair.name:10} {first:>34} {second:>34} {share.ratio:6.2f} {share.jain:6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _flow_cell(flow: Flow) -> str:
+    cell = f"{flow.cc} {flow.goodput_mbps:6.2f} Mb"
+    if len(flow.path_bytes) > 1:
+        split = "/".join(f"{100 * b / sum(flow.path_bytes):.0f}" for b in flow.path_bytes)
+        cell += f" ({len(flow.path_bytes)} paths {split} %)"
+    return cell
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=6.0)
     parser.add_argument("--timeout-s", type=float, default=10.0)
-    parser.add_argument("--scenarios", nargs="+", choices=tuple(SCENARIOS), default=SCENARIOS)
+    parser.add_argument("--scenarios", nargs="*", choices=tuple(SCENARIOS), default=SCENARIOS)
     ccs = CONGESTION_CONTROLS
-    parser.add_argument("--ccs", nargs="+", choices=ccs, default=ccs)
+    parser.add_argument("--ccs", nargs="+", choices=ccs, default=SINGLE_PATH_CCS)
+    parser.add_argument("--pairs", nargs="*", choices=tuple(PAIRS), default=tuple(PAIRS))
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--fair-s", type=float, default=10.0)
     args = parser.parse_args()
-    results = run(tuple(args.scenarios), tuple(args.ccs), args.size_mb, args.timeout_s)
-    print(
-        f"{RATE_MBPS:g} Mbit/s, {BASE_RTT_S * 1e3:g} ms base RTT, loss on the downlink, "
-        f"{args.size_mb:g} MB per transfer"
+    results, shares = run_all(
+        tuple(args.scenarios),
+        tuple(args.ccs),
+        args.size_mb,
+        args.timeout_s,
+        tuple(args.pairs),
+        args.warmup_s,
+        args.fair_s,
     )
-    print(report(results))
+    if results:
+        print(
+            f"{RATE_MBPS:g} Mbit/s, {BASE_RTT_S * 1e3:g} ms base RTT, loss on the downlink, "
+            f"{args.size_mb:g} MB per transfer"
+        )
+        print(report(results))
+    if shares:
+        print(fairness_report(shares, args.warmup_s, args.fair_s))
 
 
 if __name__ == "__main__":

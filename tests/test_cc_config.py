@@ -29,12 +29,14 @@ def test_edge_key_rejects_others_with_file_and_line(value: str, shown: str) -> N
         parse_config(f"[edge]\nmax_queue = 4\ncongestion_control = {value}\n", file="edge.toml")
     assert str(caught.value) == (
         "edge.toml:3: edge.congestion_control: "
-        f"expected one of 'reno', 'cubic', 'bbr', 'lia', got {shown}"
+        f"expected one of 'reno', 'cubic', 'bbr', 'lia', 'olia', got {shown}"
     )
 
 
 async def test_sdk_rejects_an_unknown_controller_before_connecting() -> None:
-    with pytest.raises(ValueError, match="congestion_control must be one of reno, cubic, bbr, lia"):
+    with pytest.raises(
+        ValueError, match="congestion_control must be one of reno, cubic, bbr, lia, olia"
+    ):
         await open_session("127.0.0.1", 9, congestion_control="vegas")
 
 

@@ -32,7 +32,7 @@ from .bbr import Bbr
 from .sampler import DeliveryRateSampler
 
 # The algorithms a connection can name: aioquic's two and ours.
-CONGESTION_CONTROLS: Final = ("reno", "cubic", "bbr", "lia")
+CONGESTION_CONTROLS: Final = ("reno", "cubic", "bbr", "lia", "olia")
 DEFAULT_CONGESTION_CONTROL: Final = "reno"
 # A send after a pause longer than this and than the pacer's own (see _after_idle), with
 # window to spare, follows an idle application: its samples measure the app, not the

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import weakref
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Final
@@ -233,5 +233,10 @@ def _joining(kind: type[CoupledCongestionControl]) -> QuicCongestionControlFacto
     return factory
 
 
-register_congestion_control("lia", _joining(LiaCongestionControl))
-register_congestion_control("olia", _joining(OliaCongestionControl))
+# The coupled algorithms a connection can name (on one path each is NewReno).
+COUPLED_CONTROLS: Final[Mapping[str, type[CoupledCongestionControl]]] = {
+    "lia": LiaCongestionControl,
+    "olia": OliaCongestionControl,
+}
+for _name, _kind in COUPLED_CONTROLS.items():
+    register_congestion_control(_name, _joining(_kind))
