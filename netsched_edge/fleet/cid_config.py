@@ -271,8 +271,13 @@ class ScheduledCids:
         return RETRY_AFTER_S if due_in is None else due_in
 
     async def rotate(self, fence: Compare) -> bool:
-        """Rotate it; False when `fence` failed or it changed meanwhile."""
-        rotated = await try_rotate_cid_config(self.etcd, self.layout, [fence])
+        """Rotate it if due; False when it is not, `fence` failed or it changed meanwhile."""
+        found = await read_cid_configs(self.etcd, self.layout)
+        due_in = found.current.due_in(time.time())
+        if due_in is None or due_in > 0:
+            return False  # rotated or unscheduled since it was found due
+        unchanged = Compare.unchanged(self.layout.quic_lb, found.revision)
+        rotated = await try_rotate_cid_config(self.etcd, self.layout, [fence, unchanged])
         if rotated is None:
             return False
         self.rotations += 1

@@ -26,7 +26,8 @@ Bounded: one socket per address family, one probe state per worker the
 front routes to (dropped when the member leaves), at most `max_probes_per_s`
 probes a second over all workers (the round's period stretches beyond
 `interval_s` when there are more workers than that allows), and at most
-`MAX_REPLIES_PER_READ` datagrams read per wake-up.
+`MAX_REPLIES_PER_READ` datagrams read per wake-up (before a round: one per
+worker more).
 
 Detection time: a worker stopped right after answering is marked down
 between `down_after` and `down_after + 1` periods later.
@@ -152,7 +153,8 @@ class WorkerProber:
     def round(self) -> None:
         """Count the probes still unanswered as misses, then probe every worker."""
         for sock in list(self._sockets.values()):
-            self._read(sock)
+            # Every answer of the last round may be waiting (and as much noise at most).
+            self._read(sock, len(self.workers) + MAX_REPLIES_PER_READ)
         changed = False
         for address, health in self.workers.items():
             if health.awaited is not None:
@@ -178,7 +180,7 @@ class WorkerProber:
             loop = asyncio.get_running_loop()
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
-            loop.add_reader(sock.fileno(), self._read, sock)
+            loop.add_reader(sock.fileno(), self._read, sock, MAX_REPLIES_PER_READ)
             self._sockets[family] = sock
         return sock
 
@@ -195,9 +197,10 @@ class WorkerProber:
         health.awaited = scid + dcid  # the answer swaps them
         self.counters.sent += 1
 
-    def _read(self, sock: socket.socket) -> None:
+    def _read(self, sock: socket.socket, limit: int) -> None:
+        """Read at most `limit` datagrams, counting the answers among them."""
         changed = False
-        for _ in range(MAX_REPLIES_PER_READ):
+        for _ in range(limit):
             try:
                 data, source = sock.recvfrom(PROBE_SIZE)
             except (BlockingIOError, InterruptedError):

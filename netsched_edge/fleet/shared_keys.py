@@ -140,16 +140,20 @@ class ScheduledKeys:
         self.rotations = 0
 
     async def due_in(self) -> float:
-        ring = await ensure_ring(self.etcd, self.layout)
-        return ring.created + self.schedule.rotate_every_s - time.time()
+        return self._due_in(await ensure_ring(self.etcd, self.layout))
 
     async def rotate(self, fence: Compare) -> bool:
         ring = await ensure_ring(self.etcd, self.layout)
+        if self._due_in(ring) > 0:
+            return False  # rotated since it was found due
         if not await rotate(self.etcd, self.layout, self.schedule, ring, fence):
             return False
         self.rotations += 1
         log.info("fleet keys rotated")
         return True
+
+    def _due_in(self, ring: KeyRing) -> float:
+        return ring.created + self.schedule.rotate_every_s - time.time()
 
 
 class KeyRotator:
