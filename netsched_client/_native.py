@@ -30,6 +30,7 @@ COMPILED_MODULES: Final = {
     "netsched_edge.forwarder._relay": "netsched_edge.forwarder.reference",
     "netsched_client.core._packet": "netsched_client.core._packet_py",
     "netsched_client.core._protect": "netsched_client.core._protect_py",
+    "netsched_client.core._ledger": "netsched_client.core._ledger_py",
 }
 
 
