@@ -20,21 +20,20 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aioquic.quic.events import HandshakeCompleted, StreamDataReceived
 from bench_slo import OUTAGE, SCENARIOS, Scenario
 
 from netsched_client.proto.multipath import events as mpe
+from netsched_edge.config import EDGE_CONGESTION_CONTROL
 from netsched_edge.demo import CELLULAR, SETUPS, WIFI, Setup
 from netsched_edge.report import percentile, table
-from netsched_edge.tls import generate_self_signed
 from netsched_lab import memory
 from netsched_lab.memory import C1, C2, SERVER, ImpairedLink, Net
+from netsched_lab.seeded import fixed_configurations, seeded_randomness
 
 DEADLINE_S = 0.040
 RATE = 50.0  # interactive requests per second
@@ -121,9 +120,9 @@ def _met(latencies: Sequence[float]) -> float:
     return sum(x <= DEADLINE_S for x in latencies) / max(1, len(latencies))
 
 
-def connect(setup: Setup, scenario: Scenario, seed: int, tmp: Path) -> Net:
-    pair = generate_self_signed(tmp)
-    configs = memory.quic_configurations(pair.ca_certificate, pair.certificate, pair.private_key)
+def connect(setup: Setup, scenario: Scenario, seed: int) -> Net:
+    configs = fixed_configurations()
+    configs[1].congestion_control_algorithm = EDGE_CONGESTION_CONTROL  # as the edge sends
     links = {
         address: ImpairedLink(scenario.profiles[host], seed + 10 * n)
         for n, (host, address) in enumerate(ADDRESSES.items())
@@ -140,8 +139,13 @@ def connect(setup: Setup, scenario: Scenario, seed: int, tmp: Path) -> Net:
 
 
 def run_one(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row:
-    with tempfile.TemporaryDirectory() as tmp:
-        net = connect(setup, scenario, seed, Path(tmp))
+    """One seeded run: the same seed replays the same packets (netsched_lab.seeded)."""
+    with seeded_randomness(seed):
+        return _run(setup, scenario, seed, duration)
+
+
+def _run(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row:
+    net = connect(setup, scenario, seed)
     cpu_start = time.process_time()
     work = Workload(net, net.now)
     rng = random.Random(seed)

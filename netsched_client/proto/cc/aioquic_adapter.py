@@ -18,6 +18,7 @@ Touched aioquic names (listed in tests/test_mp_aioquic_contract.py's spirit):
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable
 from typing import Final
@@ -184,7 +185,10 @@ def _key(packet: QuicSentPacket) -> tuple[Epoch, int]:
 
 
 def _bbr_factory(*, max_datagram_size: int) -> QuicCongestionControl:
-    return ControllerAdapter(Bbr(max_datagram_size=max_datagram_size, rng=random.Random()))
+    # Seeded through os.urandom, as the connection's other random draws are, so that a
+    # seeded simulation (netsched_lab.seeded) replays; random.Random() reads the OS directly.
+    rng = random.Random(int.from_bytes(os.urandom(8)))
+    return ControllerAdapter(Bbr(max_datagram_size=max_datagram_size, rng=rng))
 
 
 register_congestion_control("bbr", _bbr_factory)
