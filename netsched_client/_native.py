@@ -31,6 +31,7 @@ COMPILED_MODULES: Final = {
     "netsched_client.core._packet": "netsched_client.core._packet_py",
     "netsched_client.core._protect": "netsched_client.core._protect_py",
     "netsched_client.core._ledger": "netsched_client.core._ledger_py",
+    "netsched_client.core._stream": "netsched_client.core._stream_py",
 }
 
 

@@ -293,6 +293,7 @@ def test_sdist_ships_cython_sources_not_generated_c(sdist: Path) -> None:
         "_packet.pyx",
         "_protect.pyx",
         "_ledger.pyx",
+        "_stream.pyx",
     }
     assert any(n.endswith("fec/_rlc.pxd") for n in names)
     assert not [n for n in names if n.endswith((".c", ".so"))]
