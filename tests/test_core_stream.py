@@ -321,6 +321,8 @@ def test_reset_stops_sending_and_gives_the_final_size(m: ModuleType) -> None:
     sender.on_lost(0, 1000, False)
     assert sender.reset() == 3000
     assert frames_of(sender, 1200) == []
+    sender.on_lost(1000, 1000, False)  # a loss after the reset sends nothing again
+    assert frames_of(sender, 1200) == [] and sender.was_reset
 
 
 # -- receive side ----------------------------------------------------------------------------------
@@ -435,7 +437,9 @@ def test_data_outside_the_buffer_is_refused(m: ModuleType) -> None:
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["write", "fin", "send", "ack", "lose", "deliver", "read", "update"]),
+        st.sampled_from(
+            ["write", "fin", "send", "ack", "lose", "deliver", "read", "update", "reset"]
+        ),
         st.integers(0, 3000),
     ),
     max_size=60,
@@ -450,6 +454,8 @@ def state(sender: Any, receiver: Any, connection: Any) -> tuple[Any, ...]:
         sender.final_size,
         sender.fin_sent,
         sender.fin_acked,
+        sender.was_reset,
+        receiver.reset_received,
         list(sender.acked),
         list(sender.lost),
         sender.credit.limit,
@@ -492,6 +498,9 @@ def run(module: ModuleType, ops: list[tuple[str, int]]) -> list[Any]:
                 sender.on_acked(offset, length, fin)
             else:
                 sender.on_lost(offset, length, fin)
+        elif op == "reset" and n < 100 and not sender.was_reset:
+            final_size = sender.reset()
+            trace.append(outcome(partial(receiver.on_reset, final_size)))
         elif op == "read":
             got = receiver.read(n)
             assert got == DATA[receiver.read_offset - len(got) : receiver.read_offset]

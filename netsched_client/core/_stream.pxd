@@ -41,6 +41,7 @@ cdef class SendStream:
     cdef readonly int64_t final_size
     cdef readonly bint fin_sent
     cdef readonly bint fin_acked
+    cdef readonly bint was_reset
     cdef readonly RangeSet acked
     cdef readonly RangeSet lost
     cdef Py_ssize_t room(self, int64_t start, Py_ssize_t space) noexcept

@@ -500,14 +500,21 @@ cdef inline void ring_write(uint8_t *ring, Py_ssize_t capacity, int64_t offset,
     memcpy(ring, data + first, length - first)
 
 
+cdef uint8_t *new_ring(Py_ssize_t capacity) except NULL:
+    cdef uint8_t *ring = <uint8_t *>PyMem_Malloc(capacity)
+    if ring == NULL:
+        raise MemoryError()
+    return ring
+
+
 cdef uint8_t *regrow(uint8_t *ring, Py_ssize_t capacity, int64_t low, int64_t high,
                      Py_ssize_t grown) except NULL:
     """A ring of `grown` bytes holding the bytes at offsets [low, high) of `ring` (freed)."""
-    cdef uint8_t *fresh = <uint8_t *>PyMem_Malloc(grown)
+    cdef uint8_t *fresh = new_ring(grown)
+    # The old ring's bytes in offset order, then into the new ring at the same offsets.
     cdef uint8_t *line = <uint8_t *>PyMem_Malloc(high - low + 1)
-    if fresh == NULL or line == NULL:
+    if line == NULL:
         PyMem_Free(fresh)
-        PyMem_Free(line)
         raise MemoryError()
     ring_read(ring, capacity, low, line, high - low)
     ring_write(fresh, grown, low, line, high - low)
@@ -536,9 +543,7 @@ cdef class SendStream:
 
     def __cinit__(self, int64_t stream_id, int64_t max_stream_data):
         self.capacity = capacity_for(0)
-        self.ring = <uint8_t *>PyMem_Malloc(self.capacity)
-        if self.ring == NULL:
-            raise MemoryError()
+        self.ring = new_ring(self.capacity)
 
     def __init__(self, int64_t stream_id, int64_t max_stream_data):
         self.stream_id = stream_id
@@ -549,6 +554,7 @@ cdef class SendStream:
         self.final_size = -1
         self.fin_sent = False
         self.fin_acked = False
+        self.was_reset = False
         self.acked = RangeSet(max_ranges=C_SEND_RANGES)
         self.lost = RangeSet(max_ranges=C_SEND_RANGES)
 
@@ -689,6 +695,8 @@ cdef class SendStream:
         cdef int64_t start = max(stream_offset, self.acked_offset)
         cdef int64_t stop = stream_offset + length
         cdef Py_ssize_t i
+        if self.was_reset:
+            return 0  # RESET_STREAM replaces the data: nothing is sent again (§3.1)
         if start < stop:
             self.lost.add_c(start, stop)
             for i in range(self.acked.count):
@@ -707,7 +715,7 @@ cdef class SendStream:
         """Stops sending (RESET_STREAM): drops what waits; the final size to announce."""
         self.lost.subtract_c(0, MAX_STREAM_OFFSET)
         self.write_offset = self.final_size = self.next_offset
-        self.fin_sent = True
+        self.fin_sent = self.was_reset = True
         return self.next_offset
 
 
@@ -719,10 +727,8 @@ cdef class RecvStream:
     the reference for the rules."""
 
     def __cinit__(self, int64_t window, int64_t max_window=0):
-        self.capacity = capacity_for(window)
-        self.ring = <uint8_t *>PyMem_Malloc(self.capacity)
-        if self.ring == NULL:
-            raise MemoryError()
+        self.capacity = capacity_for(0)
+        self.ring = new_ring(self.capacity)
 
     def __init__(self, int64_t window, int64_t max_window=0):
         self.credit = ReceiveCredit(window, max_window)
@@ -768,11 +774,17 @@ cdef class RecvStream:
     cdef int64_t on_data_c(self, const uint8_t *data, int64_t length, int64_t stream_offset,
                            bint fin) except -1:
         """The frame's data at `data` (its first byte is at `stream_offset`)."""
+        cdef int64_t before = self.highest
         cdef int64_t grown = self.grow_final(stream_offset + length, fin)
         cdef int64_t start = max(stream_offset, self.read_offset)
         cdef int64_t stop = stream_offset + length
+        cdef Py_ssize_t capacity
         if self.reset_received or start >= stop:
             return grown
+        if stop - self.read_offset > self.capacity:
+            capacity = capacity_for(stop - self.read_offset)
+            self.ring = regrow(self.ring, self.capacity, self.read_offset, before, capacity)
+            self.capacity = capacity
         ring_write(self.ring, self.capacity, start, data + (start - stream_offset), stop - start)
         self.received.add_c(start, stop)
         if self.received.count > C_MAX_RECEIVE_GAPS:
@@ -817,9 +829,4 @@ cdef class RecvStream:
         the final size is known (§4.5)."""
         if self.final_size >= 0:
             return -1
-        limit = self.credit.update(self.read_offset, now, rtt)
-        cdef Py_ssize_t grown = capacity_for(self.credit.window)
-        if grown > self.capacity:
-            self.ring = regrow(self.ring, self.capacity, self.read_offset, self.highest, grown)
-            self.capacity = grown
-        return limit
+        return self.credit.update(self.read_offset, now, rtt)

@@ -498,6 +498,7 @@ class SendStream:
         "lost",
         "next_offset",
         "stream_id",
+        "was_reset",
         "write_offset",
     )
 
@@ -511,6 +512,7 @@ class SendStream:
         self.final_size = -1
         self.fin_sent = False
         self.fin_acked = False
+        self.was_reset = False
         self.acked = RangeSet(max_ranges=_SEND_RANGES)
         self.lost = RangeSet(max_ranges=_SEND_RANGES)
 
@@ -610,6 +612,8 @@ class SendStream:
         acknowledged since is sent again."""
         start = max(stream_offset, self.acked_offset)
         stop = stream_offset + length
+        if self.was_reset:
+            return  # RESET_STREAM replaces the data: nothing is sent again (§3.1)
         if start < stop:
             self.lost.add(start, stop)
             for low, high in self.acked:
@@ -622,7 +626,7 @@ class SendStream:
         """Stops sending (RESET_STREAM): drops what waits; the final size to announce."""
         self.lost.subtract(0, MAX_STREAM_OFFSET)
         self.write_offset = self.final_size = self.next_offset
-        self.fin_sent = True
+        self.fin_sent = self.was_reset = True
         return self.next_offset
 
 
@@ -632,9 +636,10 @@ class SendStream:
 class RecvStream:
     """One stream's receive side: reassembly into a ring, final size and flow control.
 
-    The ring holds offsets [read_offset, read_offset + capacity), which covers
-    the flow-control limit, so data within the credit always has room.
-    `received` is the set of offsets above `read_offset` that arrived.
+    The ring holds offsets [read_offset, read_offset + capacity); it grows
+    (doubling) when data within the credit reaches past it, so a stream
+    holds memory for what arrived, not for its window. `received` is the
+    set of offsets above `read_offset` that arrived.
     `on_data` and `on_reset` return how far the highest offset received grew:
     what counts against the connection's credit (§4.1).
     """
@@ -651,7 +656,7 @@ class RecvStream:
 
     def __init__(self, window: int, max_window: int = 0) -> None:
         self.credit = ReceiveCredit(window, max_window)
-        self._ring = bytearray(_capacity_for(window))
+        self._ring = bytearray(_capacity_for(0))
         self.read_offset = 0
         self.highest = 0
         self.final_size = -1
@@ -690,11 +695,16 @@ class RecvStream:
         """A STREAM frame's data, data[data_offset:data_offset + length] at `stream_offset`."""
         if min(data_offset, length, stream_offset) < 0 or data_offset + length > len(data):
             raise FrameError(f"{length} bytes at {data_offset} of a {len(data)}-byte buffer")
+        before = self.highest
         grown = self._grow_final(stream_offset + length, fin)
         start = max(stream_offset, self.read_offset)
         stop = stream_offset + length
         if self.reset_received or start >= stop:
             return grown
+        if stop - self.read_offset > len(self._ring):
+            self._ring = _regrow(
+                self._ring, self.read_offset, before, _capacity_for(stop - self.read_offset)
+            )
         skip = start - stream_offset
         _ring_write(self._ring, start, data[data_offset + skip : data_offset + length])
         self.received.add(start, stop)
@@ -722,9 +732,4 @@ class RecvStream:
         the final size is known (§4.5)."""
         if self.final_size >= 0:
             return -1
-        limit = self.credit.update(self.read_offset, now, rtt)
-        if self.credit.window > len(self._ring):
-            self._ring = _regrow(
-                self._ring, self.read_offset, self.highest, _capacity_for(self.credit.window)
-            )
-        return limit
+        return self.credit.update(self.read_offset, now, rtt)
