@@ -109,7 +109,7 @@ def test_loss_halves_only_the_path_that_lost_once_per_window() -> None:
 
 
 def _olia_per_ack(packets: list[int], rtts: list[float], alphas: list[float], r: int) -> float:
-    """Khalili et al. (CoNEXT 2012), equation (5): the increase of w_r per ACK on path r,
+    """Khalili et al. (CoNEXT 2012), OLIA: the increase of w_r per ACK on path r,
     in packets: (w_r / rtt_r^2) / (sum_p w_p / rtt_p)^2 + alpha_r / w_r."""
     rate = sum(w / rtt for w, rtt in zip(packets, rtts, strict=True))
     return packets[r] / rtts[r] ** 2 / rate**2 + alphas[r] / packets[r]

@@ -17,7 +17,7 @@ so that the paths together are no more aggressive than one NewReno flow on the b
 of them (goal 2) and traffic moves to the least congested path (goal 3), while
 each path never grows faster than a NewReno flow of its own (goal 1's bound).
 
-OLIA (the paper's equation (5), per ACK in packets, here scaled to bytes)
+OLIA (the paper's increase per ACK in packets, here scaled to bytes)
 
     increase_i = bytes_acked * mss_i * ((cwnd_i / rtt_i^2) / (sum_p cwnd_p / rtt_p)^2
                                         + alpha_i / cwnd_i)
