@@ -14,6 +14,21 @@ ctypedef struct frame_t:
     Py_ssize_t data_length
     bint fin
 
+cdef enum:
+    # frame families for parse_frame_c: each covers its frame's type bits
+    F_STREAM = 0
+    F_CRYPTO = 1
+    F_RESET_STREAM = 2
+    F_STOP_SENDING = 3
+    F_MAX_DATA = 4
+    F_MAX_STREAM_DATA = 5
+    F_MAX_STREAMS = 6
+    F_DATA_BLOCKED = 7
+    F_STREAM_DATA_BLOCKED = 8
+    F_STREAMS_BLOCKED = 9
+    F_DATAGRAM = 10
+
+# 0, or an error (the first byte past *pos is not `family`'s, truncated, out of range)
 cdef int parse_frame_c(const uint8_t *data, Py_ssize_t end, Py_ssize_t *pos, int family,
                        frame_t *frame) noexcept nogil
 

@@ -55,23 +55,12 @@ cdef enum:
     E_STREAMS = 3
     E_DATA = 4
     E_BEYOND = 5
-    # frame families, indices of the tables below
-    F_STREAM = 0
-    F_CRYPTO = 1
-    F_RESET_STREAM = 2
-    F_STOP_SENDING = 3
-    F_MAX_DATA = 4
-    F_MAX_STREAM_DATA = 5
-    F_MAX_STREAMS = 6
-    F_DATA_BLOCKED = 7
-    F_STREAM_DATA_BLOCKED = 8
-    F_STREAMS_BLOCKED = 9
-    F_DATAGRAM = 10
 
 cdef uint64_t C_MAX_OFFSET = (<uint64_t>1 << 62) - 1
 cdef uint64_t C_MAX_STREAMS = <uint64_t>1 << 60
 cdef int64_t C_SEND_RANGES = 1 << 30
 
+# Per frame family (the F_* of the .pxd): its lowest and highest type, its name.
 cdef uint64_t FAMILY_LOW[11]
 FAMILY_LOW[:] = [0x08, 0x06, 0x04, 0x05, 0x10, 0x11, 0x12, 0x14, 0x15, 0x16, 0x30]
 cdef uint64_t FAMILY_HIGH[11]
