@@ -213,6 +213,8 @@ def test_send_credit_reports_blocked_once_per_limit(m: ModuleType) -> None:
 
 
 def test_receive_credit_moves_at_half_the_window_and_doubles_when_fast(m: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        m.ReceiveCredit(0)
     credit = m.ReceiveCredit(1000, 4000)
     credit.on_received(1000)
     with pytest.raises(FlowControlError):

@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 # cython: cdivision=True, initializedcheck=False
-"""Streams and flow control in C: frame codecs, send and receive rings, credit (RFC 9000 §2-4, §19).
+"""Streams and flow control in C: frame codecs, send and receive rings, credit (RFC 9000).
 
 `_stream_py.py` is the pure-Python reference of the same API (tests run
 both and compare). One C parser and one C writer serve every frame of this
@@ -16,7 +16,7 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from netsched_client.core._packet cimport RangeSet, read_varint, write_varint
+from netsched_client.core._packet cimport RangeSet, pn_range, read_varint, write_varint
 
 from netsched_client.core.errors import (
     FinalSizeError,
@@ -433,7 +433,7 @@ cdef class ReceiveCredit:
 
     def __init__(self, int64_t window, int64_t max_window=0):
         if window <= 0:
-            raise FrameError(f"window {window}")
+            raise ValueError(f"window {window}")
         self.window = window
         self.max_window = max(window, max_window)
         self.limit = window
@@ -684,13 +684,15 @@ cdef class SendStream:
         cdef int64_t start = max(stream_offset, self.acked_offset)
         cdef int64_t stop = stream_offset + length
         cdef Py_ssize_t i
+        cdef pn_range acked
         if self.was_reset:
             return 0  # RESET_STREAM replaces the data: nothing is sent again (§3.1)
         if start < stop:
             self.lost.add_c(start, stop)
             for i in range(self.acked.count):
-                if <int64_t>self.acked.items[i].start < stop and <int64_t>self.acked.items[i].stop > start:
-                    self.lost.subtract_c(self.acked.items[i].start, self.acked.items[i].stop)
+                acked = self.acked.items[i]
+                if <int64_t>acked.start < stop and <int64_t>acked.stop > start:
+                    self.lost.subtract_c(acked.start, acked.stop)
         if fin and not self.fin_acked:
             self.fin_sent = False
         return 0

@@ -417,7 +417,7 @@ class ReceiveCredit:
 
     def __init__(self, window: int, max_window: int = 0) -> None:
         if window <= 0:
-            raise FrameError(f"window {window}")
+            raise ValueError(f"window {window}")
         self.window = window
         self.max_window = max(window, max_window)
         self.limit = window
