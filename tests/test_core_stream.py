@@ -196,6 +196,39 @@ def test_garbage_raises_only_frame_error_and_both_backends_agree(
     assert all(result == results[0] for result in results)
 
 
+VALUES = st.one_of(
+    st.integers(-3, 70),
+    st.integers(0, 1 << 63),
+    st.sampled_from([(1 << 62) - 1, 1 << 62, 1 << 60, (1 << 60) + 1]),
+)
+WRITES = st.one_of(
+    st.tuples(st.just("write_stream"), st.tuples(VALUES, VALUES, st.binary(max_size=20))),
+    st.tuples(st.just("write_crypto"), st.tuples(VALUES, st.binary(max_size=20))),
+    st.tuples(st.just("write_reset_stream"), st.tuples(VALUES, VALUES, VALUES)),
+    st.tuples(st.just("write_stop_sending"), st.tuples(VALUES, VALUES)),
+    st.tuples(st.just("write_max_data"), st.tuples(VALUES)),
+    st.tuples(st.just("write_max_streams"), st.tuples(st.booleans(), VALUES)),
+    st.tuples(st.just("write_streams_blocked"), st.tuples(st.booleans(), VALUES)),
+    st.tuples(st.just("write_datagram"), st.tuples(st.binary(max_size=20))),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(write=WRITES, size=st.integers(0, 40), pos=st.integers(-2, 40))
+def test_both_backends_write_the_same_bytes_or_raise_the_same_error(
+    write: tuple[str, tuple[Any, ...]], size: int, pos: int
+) -> None:
+    name, args = write
+    results = []
+    for module in BACKENDS:
+        buf = bytearray(size)
+        result = outcome(partial(getattr(module, name), buf, pos, *args))
+        if isinstance(result, tuple) and isinstance(result[0], type):
+            assert result[0] is FrameError, result
+        results.append((result, bytes(buf)))
+    assert all(result == results[0] for result in results)
+
+
 # -- flow-control credit ---------------------------------------------------------------------------
 
 
