@@ -59,6 +59,7 @@ cdef class SendStream:
     cdef readonly bint was_reset
     cdef readonly RangeSet acked
     cdef readonly RangeSet lost
+    cdef void next_range(self, SendCredit connection, int64_t *start, int64_t *stop) noexcept
     cdef Py_ssize_t room(self, int64_t start, Py_ssize_t space) noexcept
     cdef Py_ssize_t write_frame_c(self, uint8_t *out, Py_ssize_t pos, Py_ssize_t end,
                                   SendCredit connection, frame_t *sent) except -2

@@ -580,6 +580,21 @@ cdef class SendStream:
         if fin:
             self.final_size = self.write_offset
 
+    cdef void next_range(self, SendCredit connection, int64_t *start,
+                         int64_t *stop) noexcept:
+        """The data the next frame carries if it fits: the lowest lost range, else new data
+        within the credit, else none (at `next_offset`, where a FIN alone goes)."""
+        if self.lost.count:
+            start[0] = <int64_t>self.lost.items[0].start
+            stop[0] = <int64_t>self.lost.items[0].stop
+            return
+        start[0] = stop[0] = self.next_offset
+        if self.next_offset >= self.write_offset:
+            return
+        stop[0] += min(self.write_offset - self.next_offset, self.credit.limit - self.credit.used)
+        if connection is not None:
+            stop[0] = min(stop[0], self.next_offset + connection.limit - connection.used)
+
     cdef Py_ssize_t room(self, int64_t start, Py_ssize_t space) noexcept:
         """The data that fits in `space` bytes after the frame's type, ID, offset and length."""
         if self.stream_id < 0:
@@ -597,17 +612,7 @@ cdef class SendStream:
         cdef bint fin
         cdef uint64_t fields[4]
         cdef int n = 0
-        if self.lost.count:
-            start = <int64_t>self.lost.items[0].start
-            stop = <int64_t>self.lost.items[0].stop
-        elif self.next_offset < self.write_offset:
-            start = self.next_offset
-            stop = min(self.write_offset - start, self.credit.limit - self.credit.used)
-            if connection is not None:
-                stop = min(stop, connection.limit - connection.used)
-            stop += start
-        else:
-            start = stop = self.next_offset
+        self.next_range(connection, &start, &stop)
         room = self.room(start, end - pos)
         if room < 0:
             return -1

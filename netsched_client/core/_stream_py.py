@@ -548,17 +548,7 @@ class SendStream:
         """
         if end > len(out) or pos < 0:
             raise FrameError("no room for the frame")
-        if self.lost:
-            start, stop = next(iter(self.lost))
-        elif self.next_offset < self.write_offset:
-            start = self.next_offset
-            stop = start + min(
-                self.write_offset - start,
-                self.credit.available,
-                connection.available if connection is not None else MAX_STREAM_OFFSET,
-            )
-        else:
-            start = stop = self.next_offset
+        start, stop = self._next_range(connection)
         room = self._room(start, end - pos)
         if room < 0:
             return None
@@ -581,6 +571,17 @@ class SendStream:
         else:
             after = write_stream(out, pos, self.stream_id, start, payload, fin)
         return start, length, fin, after
+
+    def _next_range(self, connection: SendCredit | None) -> tuple[int, int]:
+        """The data the next frame carries if it fits: the lowest lost range, else new data
+        within the credit, else none (at `next_offset`, where a FIN alone goes)."""
+        if self.lost:
+            return next(iter(self.lost))
+        start = self.next_offset
+        if start >= self.write_offset:
+            return start, start
+        available = connection.available if connection is not None else MAX_STREAM_OFFSET
+        return start, start + min(self.write_offset - start, self.credit.available, available)
 
     def _room(self, start: int, space: int) -> int:
         """The data that fits in `space` bytes after the frame's type, ID, offset and length."""
