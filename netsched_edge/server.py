@@ -39,15 +39,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aioquic import tls
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicConnectionError, QuicReceiveContext
+from aioquic.quic.connection import (
+    END_STATES,
+    NEW_CONNECTION_ID_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionError,
+    QuicConnectionId,
+    QuicReceiveContext,
+)
 from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
     ConnectionTerminated,
     HandshakeCompleted,
     ProtocolNegotiated,
     QuicEvent,
     StreamDataReceived,
 )
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.tls import CipherSuite
 from prometheus_client import Counter, Gauge
 
@@ -103,6 +113,7 @@ from .workers import ReuseportSteering, WorkerIdentity
 
 if TYPE_CHECKING:  # the fleet package needs httpx (the `fleet` extra); serving does not
     from .fleet.host import FleetStatus
+    from .fleet.reissue import CidRefresh
     from .fleet.shared_keys import KeyRing
 
 log = logging.getLogger("netsched.edge")
@@ -150,6 +161,9 @@ _FETCH_METHODS = frozenset({"GET", "HEAD"})
 
 # aioquic's reason for a first Initial without CRYPTO (pinned by tests/test_edge_handshake_loss.py).
 NO_CRYPTO_FRAME = "Packet contains no CRYPTO frame"
+# Path 0's CIDs a connection holds at most after a re-issue (EdgeQuicConnection.reissue_cids):
+# aioquic's 8 active, 8 fresh ones, 8 the client was asked to retire and has not yet.
+MAX_HELD_CIDS = 24
 
 
 class ListenError(OSError):
@@ -282,6 +296,72 @@ class EdgeQuicConnection(NetSchedConnection):
             return False, False  # not ack-eliciting: no answer before a ClientHello
         self._heard_peer = True
         return received
+
+    # -- a fleet's QUIC-LB rotation: fresh CIDs for a connection (docs/FLEET.md) -------------
+    # The one place that changes aioquic's CID state for it (pinned 1.7.2: `_host_cids`,
+    # `_host_cid_seq`, `_events` and its NEW_CONNECTION_ID writer), called by
+    # fleet.reissue.CidRefresh. Path 0 only: other paths' CIDs are the multipath module's.
+
+    _cid_retire_prior_to = 0  # what our NEW_CONNECTION_ID frames ask the client to retire
+
+    def reissue_cids(self, stale: Callable[[bytes], bool]) -> int:
+        """Give path 0 a fresh CID from the CID factory for each of its CIDs for which
+        `stale` holds (those of a rotated-out QUIC-LB configuration), announced with a
+        Retire Prior To covering the stale ones: the client moves to a fresh one and
+        retires them (RFC 9000 §5.1.2, §19.15); they are served until it has. The frames
+        go out at the next flush. Returns the CIDs issued (0: none stale, or closing).
+
+        CIDs a previous call asked the client to retire and that it still has not are
+        forgotten beyond `MAX_HELD_CIDS` held: a peer that ignores Retire Prior To does
+        not make a connection hold more CIDs at every rotation."""
+        if self._state in END_STATES:
+            return 0
+        with self._on_path(self._path0):
+            held = self._host_cids
+            asked = self._cid_retire_prior_to
+            replace = [c for c in held if c.sequence_number >= asked and stale(c.cid)]
+            if not replace:
+                return 0
+            overdue = [c for c in held if c.sequence_number < asked and c.cid != self.host_cid]
+            for old in overdue[: max(0, len(held) + len(replace) - MAX_HELD_CIDS)]:
+                held.remove(old)
+                self._events.append(ConnectionIdRetired(connection_id=old.cid))
+            self._cid_retire_prior_to = max(c.sequence_number for c in replace) + 1
+            for _ in replace:
+                cid = self._new_cid()
+                held.append(QuicConnectionId(cid, self._host_cid_seq, self._new_reset_token(cid)))
+                self._host_cid_seq += 1
+        return len(replace)
+
+    def _write_new_connection_id_frame(
+        self, builder: QuicPacketBuilder, connection_id: QuicConnectionId
+    ) -> None:
+        # aioquic's writer, with our Retire Prior To where it writes 0 ("FIXME"); a frame's
+        # may not exceed its own sequence number (RFC 9000 §19.15).
+        retire_prior_to = min(self._cid_retire_prior_to, connection_id.sequence_number)
+        buf = builder.start_frame(
+            QuicFrameType.NEW_CONNECTION_ID,
+            capacity=NEW_CONNECTION_ID_FRAME_CAPACITY,
+            handler=self._on_new_connection_id_delivery,
+            handler_args=(connection_id,),
+        )
+        buf.push_uint_var(connection_id.sequence_number)
+        buf.push_uint_var(retire_prior_to)
+        buf.push_uint8(len(connection_id.cid))
+        buf.push_bytes(connection_id.cid)
+        buf.push_bytes(connection_id.stateless_reset_token)
+        connection_id.was_sent = True
+        self._events.append(ConnectionIdIssued(connection_id=connection_id.cid))
+        logged = builder.quic_logger_frames
+        if self._quic_logger is not None and logged is not None:
+            logged.append(
+                self._quic_logger.encode_new_connection_id_frame(
+                    connection_id=connection_id.cid,
+                    retire_prior_to=retire_prior_to,
+                    sequence_number=connection_id.sequence_number,
+                    stateless_reset_token=connection_id.stateless_reset_token,
+                )
+            )
 
 
 class _AppProtocol(Protocol):
@@ -872,6 +952,8 @@ class EdgeServer:
         self.tickets: EdgeTickets | None = None  # made at start, with the keys
         self._keys: EndpointKeys | None = None  # Retry and reset keys in force (install_keys)
         self._fleet_status: Callable[[], FleetStatus] | None = None
+        self.cid_refresh: CidRefresh | None = None  # a fleet host's (follow_fleet)
+        self._cid_refresh_task: asyncio.Task[None] | None = None
         self.admin_port: int | None = None
 
     def finished(self, access: Access) -> None:
@@ -909,13 +991,30 @@ class EdgeServer:
 
     def notes(self) -> list[str]:
         """What the edge runs on, for /readyz whatever its answer: a fleet host's state."""
-        return [] if self._fleet_status is None else [self._fleet_status().describe()]
+        if self._fleet_status is None:
+            return []
+        refresh = [] if self.cid_refresh is None else [self.cid_refresh.summary()]
+        return [self._fleet_status().describe(), *refresh]
 
     def follow_fleet(self, status: Callable[[], FleetStatus]) -> None:
         """Report the fleet host's state in /readyz: not ready once its membership is
         lost; with etcd unavailable it stays ready (it serves on its last config and
-        keys) and says so."""
+        keys) and says so. Its QUIC-LB rotations give the connections fresh CIDs."""
         self._fleet_status = status
+        if status().cids is not None:
+            self._refresh_cids(status)
+
+    def _refresh_cids(self, status: Callable[[], FleetStatus]) -> None:
+        """Move the connections to the CIDs of each QUIC-LB configuration the fleet host
+        follows, before the replaced one stops being routed (fleet/reissue.py)."""
+        from .fleet.reissue import CidRefresh  # the fleet's modules: fleet hosts only
+
+        def drivers() -> frozenset[ConnectionDriver]:
+            return frozenset() if self._endpoint is None else self._endpoint.connections
+
+        self.cid_refresh = CidRefresh(status, drivers)
+        self.dispatcher.metrics.registry.register(self.cid_refresh)
+        self._cid_refresh_task = asyncio.get_running_loop().create_task(self.cid_refresh.run())
 
     def install_keys(self, ring: KeyRing) -> None:
         """Seal with the fleet's current keys, open with the current and previous ones
@@ -1118,6 +1217,8 @@ class EdgeServer:
         )
 
     async def close(self) -> None:
+        if self._cid_refresh_task is not None:
+            self._cid_refresh_task.cancel()
         await self._admin.close()
         for front in self.udp_fronts.values():
             front.close()

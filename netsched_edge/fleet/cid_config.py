@@ -59,6 +59,9 @@ class FleetCidConfig:
     created: float = field(default=0.0, compare=False)  # wall clock (0: made before schedules)
     rotate_every_s: float | None = field(default=None, compare=False)  # None: by hand only
     grace_s: int = field(default=DEFAULT_GRACE_S, compare=False)  # of a scheduled rotation
+    # How long the configuration this one replaced stays routed after `created` (None: not
+    # made by a rotation): hosts move their connections off it before then (reissue.py).
+    replaced_grace_s: int | None = field(default=None, compare=False)
     scheme: QuicLbScheme = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,15 +77,16 @@ class FleetCidConfig:
         """The rendezvous seed every front uses (kept across rotations)."""
         return rendezvous_seed(self.key) if self.hash_seed is None else self.hash_seed
 
-    def rotated(self) -> FleetCidConfig:
+    def rotated(self, grace_s: int) -> FleetCidConfig:
         """The next configuration: a new key under the next codepoint, the same lengths,
-        rendezvous seed and schedule."""
+        rendezvous seed and schedule; this one routed `grace_s` more."""
         return replace(
             self,
             key=os.urandom(KEY_BYTES),
             config_rotation=(self.config_rotation + 1) % UNROUTABLE_ROTATION,
             hash_seed=self.seed,
             created=time.time(),
+            replaced_grace_s=grace_s,
         )
 
     def scheduled(self, every_s: float | None, grace_s: int) -> FleetCidConfig:
@@ -139,6 +143,8 @@ class FleetCidConfig:
             fields["hash_seed"] = self.hash_seed
         if self.rotate_every_s is not None:
             fields["rotate_every_s"] = self.rotate_every_s
+        if self.replaced_grace_s is not None:
+            fields["replaced_grace_s"] = self.replaced_grace_s
         return json.dumps(fields).encode()
 
     @classmethod
@@ -146,6 +152,7 @@ class FleetCidConfig:
         try:
             fields = json.loads(data)
             every = fields.get("rotate_every_s")
+            replaced = fields.get("replaced_grace_s")
             return cls(
                 key=bytes.fromhex(fields["key"]),
                 config_rotation=int(fields["config_rotation"]),
@@ -155,6 +162,7 @@ class FleetCidConfig:
                 created=float(fields.get("created", 0.0)),
                 rotate_every_s=None if every is None else float(every),
                 grace_s=int(fields.get("grace_s", DEFAULT_GRACE_S)),
+                replaced_grace_s=None if replaced is None else int(replaced),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EtcdError(f"{source}: not a QUIC-LB configuration ({exc})") from None
@@ -182,6 +190,15 @@ class CidConfigs:
     def accepted(self) -> tuple[FleetCidConfig, ...]:
         """The current one first (a router's `set_schemes` order)."""
         return (self.current,) if self.previous is None else (self.current, self.previous)
+
+    @property
+    def replaced_until(self) -> float | None:
+        """Wall-clock time the previous one stops being routed (None: none is routed, or
+        its grace was not recorded)."""
+        grace = self.current.replaced_grace_s
+        if self.previous is None or grace is None:
+            return None
+        return self.current.created + grace
 
 
 def decode_cid_configs(layout: Layout, current: KeyValue, previous: KeyValue | None) -> CidConfigs:
@@ -224,8 +241,9 @@ async def try_rotate_cid_config(
     kv = await etcd.get(layout.quic_lb)
     if kv is None or kv.mod_revision != found.revision:
         return None
-    made = found.current.rotated()
-    grace = await etcd.grant(found.current.grace_s if grace_s is None else grace_s)
+    grace_s = found.current.grace_s if grace_s is None else grace_s
+    made = found.current.rotated(grace_s)
+    grace = await etcd.grant(grace_s)
     result = await etcd.txn(
         [Compare.unchanged(layout.quic_lb, kv.mod_revision), *fences],
         [Put(layout.quic_lb_previous, kv.value, grace), Put(layout.quic_lb, made.encode())],
@@ -301,6 +319,7 @@ class CidConfigFollower(Follower):
         self.who = who  # for the log
 
         self.held: dict[str, KeyValue] = {}
+        self.configs: CidConfigs | None = None  # the last applied
         self._watch_from = 0  # a read not yet followed by a watch: its revision + 1
 
     async def read(self) -> None:
@@ -337,6 +356,7 @@ class CidConfigFollower(Follower):
         except EtcdError as exc:
             log.error("%s: %s: as before", self.who, exc)
             return
+        self.configs = configs
         self.on_change(configs)
 
 

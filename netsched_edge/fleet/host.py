@@ -67,20 +67,32 @@ class FleetSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CidState:
+    """The QUIC-LB codepoint a host issues CIDs under, and the wall-clock time the one it
+    replaced stops being routed (None: none is): the server moves its connections to the
+    former before the latter (reissue.CidRefresh)."""
+
+    codepoint: int
+    replaced_until: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class FleetStatus:
     server_id: int
     member: bool  # False once the membership is lost
     etcd_available: bool
     config_revision: int  # of the fleet config applied (0: none yet)
     keys_revision: int  # of the keys installed (0: none yet)
+    cids: CidState | None = None  # None: QUIC-LB rotations not followed
 
     def describe(self) -> str:
         """One line for /readyz and the log."""
         state = f"fleet member, server ID {self.server_id}" if self.member else "membership LOST"
         source = "etcd reachable" if self.etcd_available else "etcd UNAVAILABLE"
+        cids = "" if self.cids is None else f"; QUIC-LB codepoint {self.cids.codepoint}"
         return (
             f"{state}; {source}; config revision {self.config_revision or 'none'},"
-            f" keys revision {self.keys_revision or 'none'}"
+            f" keys revision {self.keys_revision or 'none'}{cids}"
         )
 
 
@@ -148,6 +160,7 @@ class FleetHost:
         self._tasks: list[asyncio.Task[None]] = []
         self.config: ConfigWatcher | None = None
         self.cids: FleetCids | None = None  # this host's encrypted CIDs, once joined
+        self.cid_configs: CidConfigFollower | None = None
 
     @property
     def lost(self) -> asyncio.Event:
@@ -215,4 +228,14 @@ class FleetHost:
             and (config is None or config.etcd_available),
             config_revision=0 if config is None else config.applied_revision,
             keys_revision=0 if ring is None else ring.revision,
+            cids=cid_state(self.cids, self.cid_configs),
         )
+
+
+def cid_state(cids: FleetCids | None, follower: CidConfigFollower | None) -> CidState | None:
+    """A host's (or worker's) `CidState`, when its `cids` follow the fleet's rotations."""
+    rotation = None if cids is None else cids.rotation
+    if rotation is None:
+        return None
+    configs = None if follower is None else follower.configs
+    return CidState(rotation.config_rotation, None if configs is None else configs.replaced_until)

@@ -38,7 +38,7 @@ from ..workers import CidRotation, FleetCids, WorkerIdentity, WorkerPool, superv
 from .cid_config import CidConfigFollower, ensure_cid_config, follow_rotation
 from .config_watch import ConfigWatcher
 from .etcd import Etcd, EtcdError
-from .host import FleetSettings, FleetStatus, keep_local
+from .host import FleetSettings, FleetStatus, cid_state, keep_local
 from .layout import Layout
 from .membership import Member
 from .shared_keys import KeyRing, KeyRotator, KeyWatcher, ensure_ring
@@ -93,6 +93,7 @@ async def follow_fleet(
         )
         tasks = [asyncio.create_task(keys.run()), asyncio.create_task(config.run())]
         cids = identity.fleet
+        follower = None
         if cids is not None and cids.rotation is not None:
             follower = CidConfigFollower(etcd, layout, follow_rotation(cids), f"worker {index}")
             tasks.append(asyncio.create_task(follower.run()))
@@ -107,6 +108,7 @@ async def follow_fleet(
                     etcd_available=keys.etcd_available and config.etcd_available,
                     config_revision=config.applied_revision,
                     keys_revision=0 if keys.ring is None else keys.ring.revision,
+                    cids=cid_state(cids, follower),
                 )
             )
             yield

@@ -28,7 +28,7 @@ from netsched_edge.fleet.host import FleetHost, FleetSettings, drain_on_loss
 from netsched_edge.fleet.layout import Layout
 from netsched_edge.fleet.membership import MembershipSettings
 from netsched_edge.server import EdgeServer
-from netsched_edge.tls import generate_self_signed
+from netsched_edge.tls import CertificatePair, generate_self_signed
 from netsched_edge.workers import WorkerIdentity
 
 pytestmark = pytest.mark.timeout(30)
@@ -50,10 +50,17 @@ class Host:
     """An EdgeServer joined to the fleet as `serve --fleet-etcd` does it (cli._join_fleet),
     with `on_lost=drain_on_loss(...)`; a gated HTTP backend behind it."""
 
-    def __init__(self, stack: AsyncExitStack, tmp_path: Path) -> None:
+    def __init__(
+        self,
+        stack: AsyncExitStack,
+        tmp_path: Path,
+        name: str = "edge-a",
+        pair: CertificatePair | None = None,  # one for several hosts: clients trust any
+    ) -> None:
         self.stack = stack
-        self.pair = generate_self_signed(tmp_path)
+        self.pair = pair or generate_self_signed(tmp_path)
         self.tmp_path = tmp_path
+        self.name = name
         self.backend = GatedBackend()
 
     async def start(self, endpoint: str, layout: Layout) -> tuple[FleetHost, EdgeServer]:
@@ -65,7 +72,7 @@ class Host:
                 certificate=self.pair.certificate, private_key=self.pair.private_key),
         )  # fmt: skip
         settings = FleetSettings(
-            endpoint, "edge-a", LOCAL, self.tmp_path, prefix=layout.prefix,
+            endpoint, self.name, LOCAL, self.tmp_path, prefix=layout.prefix,
             membership=MembershipSettings(ttl_s=TTL_S, idle_hold_s=HOLD_S),
         )  # fmt: skip
         host = FleetHost(

@@ -20,6 +20,7 @@ from test_fleet_failover import PlainClient
 from test_fleet_loss import Host
 from test_front import LOCAL, Fleet, RealFleet, fleet, short_packet, until
 
+from netsched_client import open_session
 from netsched_edge.fleet.cid_config import (
     FleetCidConfig,
     read_cid_configs,
@@ -29,6 +30,7 @@ from netsched_edge.fleet.cid_config import (
 from netsched_edge.fleet.etcd import Etcd
 from netsched_edge.fleet.front import FleetFront, FrontSettings
 from netsched_edge.fleet.layout import Layout
+from netsched_edge.tls import generate_self_signed
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -227,3 +229,64 @@ async def test_a_schedule_shorter_than_its_grace_is_refused(etcd: Etcd, layout: 
     with pytest.raises(ValueError, match="grace"):
         await set_cid_schedule(etcd, layout, 10.0, 60)
     assert (await read_cid_configs(etcd, layout)).current.rotate_every_s is None
+
+
+async def test_connections_older_than_the_grace_move_to_fresh_cids(
+    etcd_server: EtcdServer, etcd: Etcd, layout: Layout, tmp_path: Path
+) -> None:
+    """Three real EdgeServers joined with FleetHost behind the front, the elected one
+    rotating the QUIC-LB configuration every EVERY_S with SCHEDULED_GRACE_S of grace: SDK
+    sessions connected before two rotations go on after each grace has passed, on the same
+    connections with no reconnect, because each host gave them fresh CIDs (Retire Prior To
+    covering the old ones) and they moved to them. Without that their old CIDs go by hash
+    after the grace, mostly to another host, which resets them."""
+    async with AsyncExitStack() as stack:
+        pair = generate_self_signed(tmp_path)
+        edges = []
+        for i in range(3):
+            (tmp_path / f"edge-{i}").mkdir()
+            fixture = Host(stack, tmp_path / f"edge-{i}", f"edge-{i}", pair)
+            fixture.backend.gate.set()
+            edges.append((await fixture.start(etcd_server.endpoint, layout))[1])
+        front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
+        await stack.enter_async_context(front)
+        await until(lambda: front.status().members == 3)
+        sessions = []
+        for _ in range(6):
+            session = await open_session(
+                LOCAL, front.local_address[1], ca_file=str(pair.ca_certificate)
+            )
+            stack.push_async_callback(session.close)
+            assert (await session.request("api", b"before")).status == 200
+            sessions.append(session)
+        connections = [len(edge.connections) for edge in edges]
+        assert sum(connections) == 6 and sum(1 for n in connections if n) > 1, connections
+
+        first = await set_cid_schedule(etcd, layout, EVERY_S, SCHEDULED_GRACE_S)
+        codepoints = [first.config_rotation]
+        for rotation in range(2):
+            await until(lambda: front.status().codepoints[0] != codepoints[-1], EVERY_S + 3)
+            codepoints.append(front.status().codepoints[0])
+            # The grace has passed: the previous codepoint is no longer routed.
+            await until(lambda: front.status().codepoints == (codepoints[-1],),
+                        SCHEDULED_GRACE_S + 3)  # fmt: skip
+            for session in sessions:
+                response = await asyncio.wait_for(session.request("api", b"%d" % rotation), 5)
+                assert response.status == 200
+            sent_to = [quic.host_cid[0] >> 5 for edge in edges for quic in edge.quic_connections()]
+            assert sent_to == [codepoints[-1]] * 6  # every client sends to a fresh CID
+        assert [len(edge.connections) for edge in edges] == connections  # the same ones
+        assert all(s.reconnect_stats.reconnects == 0 for s in sessions)
+        assert front.status().stats.no_backend == 0
+        refreshes = [edge.cid_refresh for edge in edges]
+        assert all(r is not None and r.late == 0 for r in refreshes)
+        moved = sum(r.connections for r in refreshes if r is not None)
+        assert moved == 12  # each connection, at each rotation
+        for edge, count in zip(edges, connections, strict=True):
+            status, counted = edge.notes()  # what /readyz says under its answer
+            assert status.endswith(f"QUIC-LB codepoint {codepoints[-1]}")
+            rotations = 2 if count else 0
+            assert counted.startswith(f"CIDs re-issued after {rotations} QUIC-LB rotations: "
+                                      f"{2 * count} connections, {16 * count} CIDs")  # fmt: skip
+        print(f"connections moved to fresh CIDs {moved}, CIDs issued "
+              f"{sum(r.cids for r in refreshes if r is not None)}")  # fmt: skip
