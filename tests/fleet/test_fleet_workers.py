@@ -16,6 +16,7 @@ from fleet_support import EtcdServer, config_text
 
 from netsched_client import Session, open_session
 from netsched_edge.demo_backends import DemoHTTPServer
+from netsched_edge.fleet.cid_config import rotate_cid_config
 from netsched_edge.fleet.cli import render_members
 from netsched_edge.fleet.config_watch import config_statuses
 from netsched_edge.fleet.etcd import Etcd
@@ -152,6 +153,20 @@ async def test_two_workers_in_the_fleet_behind_the_front(
     report = await render_members(etcd, layout)
     [line] = [line for line in report.splitlines() if " host " in line]
     assert line.endswith(f"applied revision {put.mod_revision}"), line
+
+    # A QUIC-LB rotation, its grace over: each worker gave its connections fresh CIDs
+    # first (fleet/reissue.py), so the sessions carry on, each with its worker.
+    await rotate_cid_config(etcd, layout, 1)
+
+    async def grace_over() -> bool:
+        routed = front.status().codepoints
+        return len(routed) == 1 and routed[0] != cids.config_rotation
+
+    await until(grace_over, 8, "only the new codepoint routed")
+    for worker, opened in served.items():
+        response = await asyncio.wait_for(opened.request("added", b"rotated"), 5)
+        assert (response.status, response.meta["edge-worker"]) == (200, worker)
+        assert opened.reconnect_stats.reconnects == 0
 
     # The membership is lost (the lease revoked): the host drains and exits, status 1.
     await etcd.revoke(info.lease)
