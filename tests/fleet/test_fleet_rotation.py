@@ -60,6 +60,8 @@ async def test_both_codepoints_route_during_the_grace_then_the_old_one_goes_by_h
     new = rotated.current
     assert rotated.previous == old and new.config_rotation == (old.config_rotation + 1) % 7
     assert new.key != old.key and new.seed == old.seed  # Initials hash alike across it
+    # The grace is recorded: hosts move their connections off the old CIDs before its end.
+    assert new.replaced_grace_s == GRACE_S and rotated.replaced_until == new.created + GRACE_S
     await until(lambda: front.status().codepoints == (new.config_rotation, old.config_rotation))
 
     # During the grace: the CIDs of both configurations reach the host they name.
