@@ -124,20 +124,14 @@ PAIRS: dict[str, Pair] = {
     )
 }
 FAIR_LINK = SCENARIOS["clean"]
-# The pairs' scheduler: fill the lowest-RTT path's window first (MPTCP's default, what
-# RFC 6356 assumes: each path sends what its window allows, so the coupling decides the
-# split). With the runtime's default, "deadline", one bulk download over two 25 ms paths
-# stayed at 3.5-4.6 Mbit/s, disjoint or shared, where "lowest-rtt" filled them
-# (docs/CONGESTION.md).
-PAIR_SCHEDULER = "lowest-rtt"
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A server endpoint's connections: their controllers in turn, and the scheduler."""
+    """A server endpoint's connections: their controllers in turn (the runtime's default
+    scheduler, "deadline")."""
 
     ccs: tuple[str, ...]
-    scheduler: str = "deadline"  # the runtime's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,12 +248,11 @@ class _InTurn:
 
     def __init__(self, plan: Plan) -> None:
         self._ccs = itertools.cycle(plan.ccs)
-        self._scheduler = plan.scheduler
 
     def __call__(self, *, configuration: QuicConfiguration, **kwargs: Any) -> NetSchedConnection:
         cc = next(self._ccs)
         chosen = dataclasses.replace(configuration, congestion_control_algorithm=cc)
-        return NetSchedConnection(configuration=chosen, scheduler=self._scheduler, **kwargs)
+        return NetSchedConnection(configuration=chosen, **kwargs)
 
 
 async def _serve(plans: dict[str, Plan], size: int, ready: mp.Queue[dict[str, int]]) -> None:
@@ -413,7 +406,7 @@ def run_all(
     """Every scenario with every controller, then every pair on one bottleneck; one
     server process for the whole run."""
     plans = {cc: Plan((cc,)) for cc in ccs}
-    plans |= {name: Plan(PAIRS[name].ccs, PAIR_SCHEDULER) for name in pairs}
+    plans |= {name: Plan(PAIRS[name].ccs) for name in pairs}
     ctx = mp.get_context("spawn")
     ready: mp.Queue[dict[str, int]] = ctx.Queue()
     server = ctx.Process(target=_server_main, args=(plans, int(size_mb * 1e6), ready))

@@ -150,12 +150,18 @@ def assign(
     )
     capped = all(p.bulk_cap is not None for p in paths)
     for index, item in enumerate(backlog):
-        if all(out.queued[p.path_id] >= p.room() for p in paths):
-            out.unassigned = {b.stream_id for b in backlog[index:]}
-            break
         bulk = item.priority.deadline_at is None
-        remaining = max(item.size, 1)  # a FIN alone still needs a packet
+        size = max(item.size, 1)  # a FIN alone still needs a packet
+        remaining = size
         while remaining > 0:
+            if all(out.queued[p.path_id] >= p.room() for p in paths):
+                # Every path was given what its window has room for: the rest cannot
+                # leave this round. Checked per quantum, not per stream: a stream of
+                # 40 MB would otherwise be handed out whole, 2,500 quanta, every round.
+                # A stream begun here keeps to the paths it was given.
+                later = index + (remaining < size)
+                out.unassigned = {b.stream_id for b in backlog[later:]}
+                return out
             if bulk and capped and all(out.queued[p.path_id] >= p.bulk_room() for p in paths):
                 # Deadline-free data comes last in the send order: the rest of it waits
                 # for the queues to drain rather than lengthen the wait of deadline data.
