@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import sys
@@ -35,6 +36,7 @@ from netsched_client.fec import FecDecoder, FecEncoder, _rlc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import fec_reference as ref  # the oracle lives with the tests
 import test_e2e_fec as lab  # the relay scenario lives with its test
+import test_fec_goals as goals  # so do the goal scenarios
 
 GOAL_LATE, GOAL_OVERHEAD = 0.001, 0.25  # issue #5: <= 0.1 % late at <= 25 % overhead
 
@@ -130,7 +132,12 @@ async def stream_table(messages: int) -> None:
         ("5 % random", random_loss, "reno"),
     )
     print(f"\n{messages} messages of 1 KB every 10 ms, deadline 50 ms, RTT 100 ms; late share")
-    columns = ("no FEC", 9), ("FEC <=50 %", 12), ("overhead", 10), ("FEC <=25 %", 12)
+    columns: tuple[tuple[str, int], ...] = (
+        ("no FEC", 9),
+        ("FEC <=50 %", 12),
+        ("overhead", 10),
+        ("FEC <=25 %", 12),
+    )
     columns += (("overhead", 10), ("recovered", 11))
     print(f"{'loss':34}{'cc':20}" + "".join(f"{name:>{width}}" for name, width in columns))
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +157,42 @@ async def stream_table(messages: int) -> None:
     print(f"goal: late <= {GOAL_LATE:.1%} at overhead <= {GOAL_OVERHEAD:.0%}")
 
 
+def goal_table(messages: int, seeds: list[int], controllers: list[str]) -> None:
+    """Issue #15's FEC goals in the in-memory lab (virtual time, seeded: each row replays
+    exactly): late share without FEC and with it, per scenario and controller, over `seeds`.
+
+    Overhead is repairs per protected source symbol, what the policy caps; repair bytes
+    per other byte sent is printed too: a repair carries a whole symbol (1120 bytes, the
+    padding included), more than a 1 KB message's packet."""
+    print(f"\nFEC goals (in-memory lab, 100 ms RTT; {messages} messages x seeds {seeds})")
+    columns: tuple[tuple[str, int], ...] = (
+        ("no FEC", 9),
+        ("FEC", 9),
+        ("repairs", 9),
+        ("bytes", 8),
+        ("recovered", 11),
+    )
+    columns += (("goal", 24),)
+    print(f"{'scenario':44}{'cc':20}" + "".join(f"{name:>{width}}" for name, width in columns))
+    for goal, cc in itertools.product(goals.GOALS, controllers):
+        plain = [goals.run_goal(goal, fec=False, messages=messages, seed=s, cc=cc) for s in seeds]
+        coded = [goals.run_goal(goal, fec=True, messages=messages, seed=s, cc=cc) for s in seeds]
+        sent = sum(run.sent for run in plain)
+        late_plain = sum(run.late for run in plain) / sent
+        late = sum(run.late for run in coded) / sent
+        repairs = sum(run.stats.repairs_sent for run in coded)
+        ratio = repairs / sum(run.stats.symbols_sent for run in coded)
+        overhead = max(run.overhead for run in coded)
+        recovered = sum(run.recovered for run in coded)
+        target = f"<= {goal.max_late:.1%} at <= {goal.max_overhead:.0%}"
+        if goal.fewer_late > 1:
+            target += f", {goal.fewer_late:.0f}x"
+        met = late <= goal.max_late and ratio <= goal.max_overhead + 0.005
+        met = met and late * goal.fewer_late <= late_plain
+        row = f"{goal.name:44}{cc:20}{late_plain:>9.2%}{late:>9.2%}{ratio:>9.1%}{overhead:>8.1%}"
+        print(f"{row}{recovered:>11}{target:>24}  {'met' if met else 'MISSED'}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbol-size", type=int, default=1200)
@@ -157,7 +200,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--no-stream", dest="stream", action="store_false")
+    parser.add_argument(
+        "--goals", action="store_true", help="only the goal scenarios (in-memory lab)"
+    )
+    parser.add_argument("--goal-messages", type=int, default=5000)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--controllers", default=f"bbr,{goals.LAB_FIXED}")
     args = parser.parse_args()
+    if args.goals:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        goal_table(args.goal_messages, seeds, args.controllers.split(","))
+        return
     size, rounds = args.symbol_size, args.rounds
     names = kernels()
     default = names[0]

@@ -462,7 +462,7 @@ def test_repairs_follow_the_credit_and_the_peer_window() -> None:
 def test_a_flush_timer_sends_the_last_repair_within_the_slack() -> None:
     fec, calls = sender(), Calls()
     fec.now = 10.0
-    fec.note_request(4, 0.04)
+    fec.note_request(4, 0.05)  # a flush after 0.8 of it
     fec.take_symbol(sent_packet(0, calls), b"only", 0.25)
     assert not fec.repair_due() and fec.timer() == pytest.approx(10.04)
     fec.on_timer(10.04)

@@ -121,10 +121,12 @@ def test_repairs_across_paths_survive_bursts_on_the_sources_path(tmp_path: Path)
     recovered_across = sum(r.recovered for r in across)
     recovered_alongside = sum(r.recovered for r in alongside)
     summary = (late_across, late_alongside, recovered_across, recovered_alongside)
-    # Measured: 29 vs 45 late of 1200 (0.64x), 53 vs 16 recovered (3.3x), repairs
-    # 43 % vs 45 % of the sources.
-    assert recovered_across >= 2 * recovered_alongside, summary
-    assert late_across <= 0.8 * late_alongside, summary
+    # Measured: 31 vs 33 late of 1200, 52 vs 28 recovered (1.9x), repairs 43 % vs 45 %
+    # of the sources. Before repairs reached back to every source within its slack
+    # (#15): 29 vs 45 late, 53 vs 16 recovered; since then a repair sent after a burst on
+    # the sources' own path also covers the burst, which narrowed the gap in lateness.
+    assert recovered_across >= 1.5 * recovered_alongside, summary
+    assert late_across <= late_alongside, summary
     overhead_across = sum(r.stats.repairs_sent for r in across)
     overhead_alongside = sum(r.stats.repairs_sent for r in alongside)
     assert overhead_across <= 1.15 * overhead_alongside, (overhead_across, overhead_alongside)

@@ -110,7 +110,7 @@ def test_a_due_repair_has_no_timer_until_room_opens() -> None:
     """A repair whose flush time passed waits for window room: no timer stays due."""
     fec = FecSender(NegotiatedFec(64, 8, 8), max_coding_window=8, protect_all=False)
     fec.now = 10.0
-    fec.note_request(4, 0.04)
+    fec.note_request(4, 0.05)  # a flush after 0.8 of it
     fec.take_symbol(sent_packet(0, Calls()), b"only", 0.25)
     assert not fec.repair_due() and fec.timer() == 10.04
     fec.now = 10.05  # a sending round after the flush time, the window still full

@@ -55,6 +55,10 @@ PRIOR_SAMPLES: Final = 256
 # A repair is due at the latest this share of the slack after its oldest
 # unrepaired source: it then still arrives within the slack, with a margin.
 FLUSH_SLACK_SHARE: Final = 0.8
+# A repair sent within this share of a source's slack still arrives within it (the rest:
+# pacing and queueing), so it covers every source whose share has not run out yet. More
+# than the flush's share: a repair flushed for one source also reaches the one before.
+REACH_SLACK_SHARE: Final = 0.9
 # A protected packet declared lost keeps its data this many RTTs for the SYMBOL_ACK
 # of its recovery before the data is retransmitted (the loss counts at once).
 LOST_HOLD_RTTS: Final = 0.5
@@ -160,6 +164,8 @@ class FecSender:
         self._span = 1  # the widest window asked for by the unrepaired symbols' requests
         self._unrepaired_from = 0  # first symbol ID no repair covers yet
         self._flush_at: float | None = None  # a repair is due by then (deadline slack)
+        # (symbol ID, until when a repair still reaches the peer in time for it), in order
+        self._reach: deque[tuple[int, float]] = deque()
         self._repair_key = 0
         # (time, size) of the app's last 1-RTT packets: its sending rate
         self._sends: deque[tuple[float, int]] = deque(maxlen=RATE_PACKETS)
@@ -170,7 +176,7 @@ class FecSender:
         self.any_path = False  # repairs held back for another path may take this one
         self.repairs_by_path: dict[int, int] = {}
         self.symbols_by_path: dict[int, int] = {}
-        self._packet_delay: float | None = None  # the packet being built: its repair's patience
+        self._packet_slack: float | None = None  # the packet being built: its repair's slack
         self.symbols_sent = 0
         self.repairs_sent = 0
         self.repair_bytes = 0
@@ -199,10 +205,12 @@ class FecSender:
         self.symbols_sent += 1
         self.source_path_id = self.path_id
         self.symbols_by_path[self.path_id] = self.symbols_by_path.get(self.path_id, 0) + 1
-        delay, self._packet_delay = self._packet_delay, None
-        if delay is not None:
-            due = self.now + delay
+        slack, self._packet_slack = self._packet_slack, None
+        if slack is not None:
+            due = self.now + slack * FLUSH_SLACK_SHARE
             self._flush_at = due if self._flush_at is None else min(self._flush_at, due)
+            self._first_in_reach()  # forgets the symbols no repair can help any more
+            self._reach.append((symbol_id, self.now + slack * REACH_SLACK_SHARE))
         return symbol_id
 
     def note_packet(self, size: int) -> None:
@@ -210,12 +218,13 @@ class FecSender:
             self._sends.clear()  # an idle period: the next busy one is measured afresh
         self._sends.append((self.now, size))
 
-    def note_request(self, window: int, flush_delay: float | None) -> None:
-        """The packet being built carries data of a request with this window and patience."""
+    def note_request(self, window: int, slack: float | None) -> None:
+        """The packet being built carries data of a request with this window and slack
+        (`repair_slack`: how long after the packet a repair still arrives in time)."""
         self._span = max(self._span, window)
-        if flush_delay is not None:
-            pending = self._packet_delay
-            self._packet_delay = flush_delay if pending is None else min(pending, flush_delay)
+        if slack is not None:
+            pending = self._packet_slack
+            self._packet_slack = slack if pending is None else min(pending, slack)
 
     # delivery
 
@@ -305,10 +314,23 @@ class FecSender:
         covered yet (within the peer's decoding window); `commit_repair` once written."""
         limit = min(self.peer_window, self._max_span)
         first = min(self._next_id - min(self._span, limit), self._unrepaired_from)
+        first = min(first, self._first_in_reach())
         first = max(first, self._encoder.window[0], self._next_id - limit)
         count = self._next_id - first
         symbol = self._encoder.repair(self._repair_key, first, count)
         return Repair(self._repair_key, first, count, 15, symbol)
+
+    def _first_in_reach(self) -> int:
+        """The oldest source symbol a repair sent now still recovers before its deadline.
+
+        A repair that covers it too costs nothing more and gives a loss every repair sent
+        within its slack, not only the first one after it: at one repair per four
+        sources and a slack of five, 0.85 % of the messages were late instead of 1.03 %
+        (tests/test_fec_goals.py)."""
+        reach = self._reach
+        while reach and reach[0][1] < self.now:
+            reach.popleft()
+        return reach[0][0] if reach else self._next_id
 
     def commit_repair(self, frame: Repair, size: int) -> None:
         self._repair_key = (self._repair_key + 1) & MAX_REPAIR_KEY
@@ -497,7 +519,8 @@ def decision_inputs(
 
 
 def flush_delay(decision: FecDecision, inputs: FecInputs) -> float | None:
-    """How long after a protected packet its repair may wait: tail repairs go at once."""
+    """The slack a protected packet's repairs have (`FecSender.note_request`): the
+    sender flushes within FLUSH_SLACK_SHARE of it; tail repairs go at once."""
     if decision.reason is FecReason.TAIL or inputs.slack is None:
         return 0.0 if decision.reason is FecReason.TAIL else None
-    return max(0.0, inputs.slack * FLUSH_SLACK_SHARE)
+    return max(0.0, inputs.slack)
