@@ -230,3 +230,15 @@ def test_a_repair_reaches_back_to_every_source_it_can_still_save() -> None:
             windows.append((repair.first_id, repair.count))
             fec.commit_repair(repair, 100)
     assert windows == [(0, 4), (3, 5)]
+
+
+def test_sources_a_repair_cannot_span_are_not_remembered() -> None:
+    """A slack far longer than the coding window keeps at most the window's symbols."""
+    fec = FecSender(NegotiatedFec(64, 8, 8), max_coding_window=8, protect_all=False)
+    for index in range(100):
+        fec.now = 10.0 + index * 0.001
+        fec.note_request(8, 30.0)
+        fec.take_symbol(sent_packet(index, Calls()), bytes([index]), 0.0)
+    assert len(fec._reach) <= 8
+    repair = fec.next_repair()
+    assert (repair.first_id, repair.count) == (92, 8)
