@@ -208,7 +208,7 @@ def test_goal_met_with_fec_and_missed_without(goal: Goal) -> None:
     """The two-path goal is not met (docs/CONGESTION.md, "FEC goals"): its row in
     bench/bench_fec.py --goals shows how far."""
     plain, coded = _compare(goal, 2000)
-    assert plain.late_share > goal.max_late * goal.fewer_late, plain
+    assert plain.late_share > goal.max_late, plain  # without FEC the goal is missed
     assert coded.late_share <= goal.max_late, coded
     assert coded.late_share * goal.fewer_late <= plain.late_share, (coded, plain)
     # Flushes (a source's slack running out before its repair's credit) may add a little.
