@@ -21,7 +21,7 @@ import argparse
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aioquic.quic.events import HandshakeCompleted, StreamDataReceived
@@ -138,13 +138,26 @@ def connect(setup: Setup, scenario: Scenario, seed: int) -> Net:
     return net
 
 
-def run_one(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row:
-    """One seeded run: the same seed replays the same packets (netsched_lab.seeded)."""
+def run_one(
+    setup: Setup,
+    scenario: Scenario,
+    seed: int,
+    duration: float,
+    at_end: Callable[[Net], None] | None = None,
+) -> Row:
+    """One seeded run: the same seed replays the same packets (netsched_lab.seeded);
+    `at_end` sees the connections once the traffic stops (for tests)."""
     with seeded_randomness(seed):
-        return _run(setup, scenario, seed, duration)
+        return _run(setup, scenario, seed, duration, at_end)
 
 
-def _run(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row:
+def _run(
+    setup: Setup,
+    scenario: Scenario,
+    seed: int,
+    duration: float,
+    at_end: Callable[[Net], None] | None,
+) -> Row:
     net = connect(setup, scenario, seed)
     cpu_start = time.process_time()
     work = Workload(net, net.now)
@@ -166,6 +179,8 @@ def _run(setup: Setup, scenario: Scenario, seed: int, duration: float) -> Row:
         work.restart_bulk()
         net.run(STEP_S)
     cpu = (time.process_time() - cpu_start) / duration
+    if at_end is not None:
+        at_end(net)
     for _ in range(int(0.5 / STEP_S)):  # the last requests' answers (served as before)
         work.serve()
         net.run(STEP_S)
