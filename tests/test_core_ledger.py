@@ -8,12 +8,11 @@ reference); the property test also checks that both give the same answers.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from types import ModuleType
 from typing import Any
 
 import pytest
+from core_backends import backends, compiled_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,27 +20,14 @@ from netsched_client.core import ledger, packet
 from netsched_client.core.errors import PacketError
 
 BACKENDS = list(ledger.BACKENDS.values())
-IDS = list(ledger.BACKENDS)
 FLAGS = ledger.FLAG_ACK_ELICITING | ledger.FLAG_IN_FLIGHT
 SIZE = 1200
 
 
-@pytest.fixture(params=BACKENDS, ids=IDS)
-def m(request: pytest.FixtureRequest) -> ModuleType:
-    module: ModuleType = request.param
-    return module
+m = backends(ledger)
 
 
-NO_COMPILER = shutil.which("cc") is None or os.environ.get("NETSCHED_NO_EXTENSIONS", "") not in (
-    "",
-    "0",
-)
-
-
-@pytest.mark.skipif(NO_COMPILER, reason="no C compiler here: the reference is the expected backend")
-def test_the_compiled_backend_is_built_here() -> None:
-    assert ledger.COMPILED
-    assert set(ledger.BACKENDS) == {"python", "cython"}
+test_the_compiled_backend_is_built_here = compiled_check(ledger)
 
 
 def make(m: ModuleType, *, application_data: bool = True, **rtt: float) -> Any:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 from types import ModuleType
 
 import pytest
+from core_backends import backends, compiled_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,26 +21,12 @@ from netsched_client.core import _packet_py, packet
 from netsched_client.core.errors import PacketError
 
 BACKENDS = list(packet.BACKENDS.values())
-IDS = list(packet.BACKENDS)
 
 
-@pytest.fixture(params=BACKENDS, ids=IDS)
-def m(request: pytest.FixtureRequest) -> ModuleType:
-    module: ModuleType = request.param
-    return module
+m = backends(packet)
 
 
-NO_COMPILER = shutil.which("cc") is None or os.environ.get("NETSCHED_NO_EXTENSIONS", "") not in (
-    "",
-    "0",
-)
-
-
-@pytest.mark.skipif(NO_COMPILER, reason="no C compiler here: the reference is the expected backend")
-def test_the_compiled_backend_is_built_here() -> None:
-    # Where a compiler exists the build must not have fallen back silently.
-    assert packet.COMPILED
-    assert set(packet.BACKENDS) == {"python", "cython"}
+test_the_compiled_backend_is_built_here = compiled_check(packet)
 
 
 # -- varints and packet numbers ----------------------------------------------------------------

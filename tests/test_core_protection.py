@@ -6,14 +6,13 @@ Every test runs on both backends (OpenSSL from Cython, and the reference over
 
 from __future__ import annotations
 
-import os
-import shutil
 from types import ModuleType
 from typing import Any
 
 import pytest
 from aioquic.quic.crypto import CryptoContext
 from aioquic.tls import CipherSuite
+from core_backends import backends, compiled_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,27 +31,14 @@ V1, V2 = packet.VERSION_1, packet.VERSION_2
 DCID = bytes.fromhex("8394c8f03e515708")
 
 
-@pytest.fixture(params=BACKENDS, ids=list(protection.BACKENDS))
-def m(request: pytest.FixtureRequest) -> ModuleType:
-    module: ModuleType = request.param
-    return module
+m = backends(protection)
 
 
 def _protect(m: ModuleType, keys: PacketKeys) -> Any:
     return m.PacketProtection(keys.cipher, keys.key, keys.iv, keys.hp_key)
 
 
-NO_COMPILER = shutil.which("cc") is None or os.environ.get("NETSCHED_NO_EXTENSIONS", "") not in (
-    "",
-    "0",
-)
-
-
-@pytest.mark.skipif(NO_COMPILER, reason="no C compiler here: the reference is the expected backend")
-def test_the_compiled_backend_is_built_here() -> None:
-    # Where a compiler exists the build must not have fallen back silently.
-    assert protection.COMPILED
-    assert set(protection.BACKENDS) == {"python", "cython"}
+test_the_compiled_backend_is_built_here = compiled_check(protection)
 
 
 # -- RFC 9001 Appendix A (v1) and RFC 9369 Appendix A (v2) ----------------------------------------

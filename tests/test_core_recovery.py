@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from core_backends import backends
 
 from netsched_client.core import ledger, packet
 from netsched_client.core.recovery import PathRecovery
@@ -23,10 +24,7 @@ from netsched_client.proto.cc.bbr import Bbr
 SIZE = 1200
 
 
-@pytest.fixture(params=list(ledger.BACKENDS.values()), ids=list(ledger.BACKENDS))
-def m(request: pytest.FixtureRequest) -> ModuleType:
-    module: ModuleType = request.param
-    return module
+m = backends(ledger)
 
 
 class Recorder:

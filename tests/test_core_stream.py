@@ -7,15 +7,14 @@ reference); the property tests also check that both give the same answers.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from collections.abc import Callable
 from functools import partial
 from types import ModuleType
 from typing import Any
 
 import pytest
+from core_backends import backends, compiled_check
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,26 +28,13 @@ from netsched_client.core.errors import (
 )
 
 BACKENDS = list(stream.BACKENDS.values())
-IDS = list(stream.BACKENDS)
 DATA = bytes(random.Random(16).randrange(256) for _ in range(50_000))
 
 
-@pytest.fixture(params=BACKENDS, ids=IDS)
-def m(request: pytest.FixtureRequest) -> ModuleType:
-    module: ModuleType = request.param
-    return module
+m = backends(stream)
 
 
-NO_COMPILER = shutil.which("cc") is None or os.environ.get("NETSCHED_NO_EXTENSIONS", "") not in (
-    "",
-    "0",
-)
-
-
-@pytest.mark.skipif(NO_COMPILER, reason="no C compiler here: the reference is the expected backend")
-def test_the_compiled_backend_is_built_here() -> None:
-    assert stream.COMPILED
-    assert set(stream.BACKENDS) == {"python", "cython"}
+test_the_compiled_backend_is_built_here = compiled_check(stream)
 
 
 def test_transport_errors_carry_their_codes() -> None:
