@@ -1427,10 +1427,12 @@ async def open_session(
     connection's failure always raises.
 
     `congestion_control`: each path's controller for what this side sends
-    (uploads): "reno" (aioquic's NewReno, the default), "cubic", or "bbr" (ours,
+    (uploads): "reno" (aioquic's NewReno, the default), "cubic", "bbr" (ours,
     `netsched_client.proto.cc`: loss without a queue is not read as congestion,
-    for lossy radio links); None keeps `configuration`'s. Downloads follow the
-    edge's `congestion_control`.
+    for lossy radio links), or "lia" / "olia" (NewReno coupled across the paths,
+    RFC 6356 and OLIA: the paths together take no more of a shared bottleneck than
+    one flow); None keeps `configuration`'s. Downloads follow the edge's
+    `congestion_control`.
     """
     if scheduler not in SCHEDULER_POLICIES:
         choices = ", ".join(SCHEDULER_POLICIES)

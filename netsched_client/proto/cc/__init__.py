@@ -1,12 +1,12 @@
 """Per-path congestion control written against a small interface (`base.py`), with
 BBR (`bbr.py`) and the adapter that registers it with aioquic as "bbr"; RFC 6356
-LIA (`coupled.py`), NewReno with increases coupled across a connection's paths,
-registered as "lia"."""
+LIA and OLIA (`coupled.py`), NewReno with increases coupled across a connection's
+paths, registered as "lia" and "olia"."""
 
 from .aioquic_adapter import CONGESTION_CONTROLS, DEFAULT_CONGESTION_CONTROL, ControllerAdapter
 from .base import PathCongestionController, RateSample, SentState
 from .bbr import Bbr, State
-from .coupled import CoupledGroup, LiaCongestionControl, coupling
+from .coupled import CoupledGroup, LiaCongestionControl, OliaCongestionControl, coupling
 from .sampler import DeliveryRateSampler
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "CoupledGroup",
     "DeliveryRateSampler",
     "LiaCongestionControl",
+    "OliaCongestionControl",
     "PathCongestionController",
     "RateSample",
     "SentState",
