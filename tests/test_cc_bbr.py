@@ -224,6 +224,20 @@ def test_datagram_size_moves_the_minimum_window() -> None:
     assert bbr.congestion_window == 4 * 1452
 
 
+def test_a_queue_that_outlasts_the_bound_is_another_flows_and_lifts_it() -> None:
+    # 30 ms more RTT that no window of this flow drains (a Cubic flow keeping the
+    # bottleneck full looks the same): held at its delivered rate's BDP plus 20 %, the
+    # window would carry 60 ms of the 80 ms round trip and shrink with what it delivers
+    # (BBR took 19-31 % of a link against Cubic). A few rounds at the bound show the
+    # queue is not its own, and the bound goes until the next probe.
+    path = _path()
+    path.run(2.0)
+    path.delay += 0.015
+    path.run(1.0)
+    assert path.goodput_over(1.0) > 0.9 * RATE
+    assert path.bbr.min_rtt < 2 * 0.025 + 0.002  # the base RTT is remembered: not a new path
+
+
 def test_a_standing_queue_is_capped_when_the_path_slows_down() -> None:
     path = _path()
     path.run(2.0)

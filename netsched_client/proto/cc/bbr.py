@@ -78,6 +78,8 @@ QUEUE_EVIDENCE = 0.2
 QUEUE_EVIDENCE_MIN_S = 0.002
 # Queue kept when a standing one is found, as a share of the BDP (see the module doc).
 STANDING_QUEUE_ALLOWANCE = 0.2
+# Rounds held at that bound with the queue still standing: it is another flow's.
+FOREIGN_QUEUE_ROUNDS = 3
 MAX_RENO_ROUNDS = 63  # probe at least this often, as a Reno flow would regain its share
 INITIAL_WINDOW_PACKETS = 10
 NOMINAL_RTT_S = 0.001  # before any RTT sample: the initial window is sent unpaced
@@ -166,6 +168,10 @@ class Bbr:
         self._latest_rtt = 0.0  # the last sample's: what the queue holds now
         self._round_min_rtt = math.inf  # lowest RTT in this loss round
         self._round_start_time: float | None = None
+        # The standing-queue bound (see the module doc): rounds held at it, and whether
+        # the queue outlasted it (another flow's), until the next probe.
+        self._rounds_at_bound = 0
+        self._foreign_queue = False
         # Startup's end.
         self.filled_pipe = False
         self._full_bw = 0.0
@@ -309,17 +315,30 @@ class Bbr:
 
     def _bound_standing_queue(self, rs: RateSample, now: float) -> None:
         """A cruising round whose RTT never came down: cap the window at the round's
-        delivered rate times the min RTT, plus STANDING_QUEUE_ALLOWANCE."""
+        delivered rate times the min RTT, plus STANDING_QUEUE_ALLOWANCE.
+
+        A queue of its own drains within a round of that bound to what the bound allows.
+        One still longer after FOREIGN_QUEUE_ROUNDS rounds held at it is another flow's
+        (a loss-based one keeps the bottleneck full whatever this one does): holding
+        back would only hand that flow the link, so the bound is lifted until the next
+        bandwidth probe."""
         if self.state is not State.CRUISE or rs.app_limited or self._round_start_time is None:
             return
         if math.isinf(self.min_rtt) or self._round_min_rtt <= self.min_rtt + self._queue_margin():
+            self._rounds_at_bound = 0  # the queue went: it was ours
             return
         elapsed = now - self._round_start_time
-        if elapsed < self.min_rtt:
-            return  # a partial round: its rate is not the bottleneck's
+        if elapsed < self.min_rtt or self._foreign_queue:
+            return  # a partial round (its rate is not the bottleneck's), or not ours
+        allowed = self.min_rtt * (1 + STANDING_QUEUE_ALLOWANCE) + self._queue_margin()
+        if self._rounds_at_bound >= FOREIGN_QUEUE_ROUNDS and self._round_min_rtt > allowed:
+            self._foreign_queue = True
+            self.inflight_lo = math.inf
+            return
         rate = (self._delivered - self._delivered_at_round_start) / elapsed
         bound = rate * self.min_rtt * (1 + STANDING_QUEUE_ALLOWANCE) + 2 * self._mss
         self.inflight_lo = min(self.inflight_lo, max(bound, float(self._min_pipe_cwnd)))
+        self._rounds_at_bound += 1
 
     def _queue_margin(self) -> float:
         return max(QUEUE_EVIDENCE * self.min_rtt, QUEUE_EVIDENCE_MIN_S)
@@ -632,3 +651,5 @@ class Bbr:
     def _reset_lower_bounds(self) -> None:
         self.bw_lo = math.inf
         self.inflight_lo = math.inf
+        self._rounds_at_bound = 0
+        self._foreign_queue = False
