@@ -522,7 +522,9 @@ class Bbr:
             self._probe_rtt_min_stamp = now
         expired = now > self._probe_rtt_min_stamp + PROBE_RTT_INTERVAL_S
         self._probe_rtt_expired = expired  # read by _check_probe_rtt, before the refresh
-        if rs.rtt > 0 and (rs.rtt < self._probe_rtt_min_delay or expired):
+        # An equal sample refreshes too: it shows no queue stands (a steady path, where
+        # every sample is the minimum, would otherwise drain for ProbeRTT every 5 s).
+        if rs.rtt > 0 and (rs.rtt <= self._probe_rtt_min_delay or expired):
             self._probe_rtt_min_delay = rs.rtt
             self._probe_rtt_min_stamp = now
         min_rtt_expired = now > self._min_rtt_stamp + MIN_RTT_FILTER_S
