@@ -12,11 +12,10 @@ and on the sources' own path: there a burst takes the repairs sent within it.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from aioquic.quic.events import StreamDataReceived
-from mp_harness import C1, C2, SERVER, Net
+from mp_harness import C1, C2, SERVER, TimedNet
 
 from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.fec_link import FecConfig, FecStats
@@ -29,20 +28,6 @@ ONE_WAY_MS = 20.0
 SLACK = 0.05
 MESSAGES = 400
 SEEDS = (1, 2, 3)
-
-
-@dataclass
-class _TimedNet(Net):
-    """Records when each client-side stream's FIN arrived."""
-
-    done: dict[int, float] = field(default_factory=dict)
-
-    def _drain_events(self) -> None:
-        while (event := self.client.next_event()) is not None:
-            if isinstance(event, StreamDataReceived) and event.end_stream:
-                self.done[event.stream_id] = self.now
-        while self.server.next_event() is not None:
-            pass
 
 
 @dataclass(frozen=True)
@@ -84,7 +69,7 @@ def _run(tmp: Path, seed: int, cross: bool) -> _Run:
         up=LinkSpec(delay_ms=ONE_WAY_MS + 1), down=LinkSpec(delay_ms=ONE_WAY_MS + 1, rate_mbps=20)
     )
     links = {C1: ImpairedLink(lossy, seed), C2: ImpairedLink(clean, seed + 7)}
-    net = _TimedNet(client, server, links)  # type: ignore[arg-type]
+    net = TimedNet(client, server, links, receiver="client")  # type: ignore[arg-type]
     client.connect(SERVER, now=net.now)
     net.run(0.5)
     path_id = client.open_path(C2, SERVER, net.now)

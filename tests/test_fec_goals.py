@@ -23,13 +23,13 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from aioquic.quic.congestion.base import register_congestion_control
 from aioquic.quic.congestion.reno import RenoCongestionControl
-from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet_builder import QuicSentPacket
+from mp_harness import TimedNet
 from test_fec_connection import Calls, sent_packet
 
 from netsched_client.fec.control import FecPolicy
@@ -38,7 +38,7 @@ from netsched_client.proto.connection import NetSchedConnection
 from netsched_client.proto.fec_link import FecConfig, FecSender, FecStats
 from netsched_lab import memory
 from netsched_lab.impairment import GilbertElliott, LinkSpec, PathProfile
-from netsched_lab.memory import C1, C2, SERVER, ImpairedLink, Net
+from netsched_lab.memory import C1, C2, SERVER, ImpairedLink
 from netsched_lab.seeded import fixed_configurations, seeded_randomness
 
 ONE_WAY_MS = 50.0
@@ -126,20 +126,6 @@ class GoalRun:
         return self.stats.repair_bytes / other if other else 0.0
 
 
-@dataclass
-class _TimedNet(Net):
-    """Records when each server-side stream's FIN arrived."""
-
-    done: dict[int, float] = field(default_factory=dict)
-
-    def _drain_events(self) -> None:
-        while (event := self.server.next_event()) is not None:
-            if isinstance(event, StreamDataReceived) and event.end_stream:
-                self.done[event.stream_id] = self.now
-        while self.client.next_event() is not None:
-            pass
-
-
 def run_goal(goal: Goal, *, fec: bool, messages: int, seed: int = 1, cc: str = "bbr") -> GoalRun:
     """Send `messages` messages of `goal`'s stream, with FEC (capped at its overhead) or not."""
     config = FecConfig(policy=FecPolicy(max_overhead=goal.max_overhead)) if fec else None
@@ -164,7 +150,7 @@ def run_goal(goal: Goal, *, fec: bool, messages: int, seed: int = 1, cc: str = "
         # here is FEC, not stream credit; an app sending this way raises the limit too).
         server._local_max_streams_uni.value = 16 * 1024
         links = {C1: goal.path(seed), C2: goal.path(seed + 7)}
-        net = _TimedNet(client, server, links)  # type: ignore[arg-type]
+        net = TimedNet(client, server, links)  # type: ignore[arg-type]
         client.connect(SERVER, now=net.now)
         net.run(0.5)
         if goal.two_paths:

@@ -10,11 +10,9 @@ before the connection wrote its repairs, so no repair left while the bulk ran.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from aioquic.quic.events import StreamDataReceived
-from mp_harness import C1, SERVER, Net
+from mp_harness import C1, SERVER, TimedNet
 from test_fec_connection import Calls, sent_packet
 
 from netsched_client.fec.frames import Repair
@@ -31,20 +29,6 @@ SLACK = 0.05
 MESSAGES = 150
 
 
-@dataclass
-class _TimedNet(Net):
-    """Records when each server-side stream's FIN arrived."""
-
-    done: dict[int, float] = field(default_factory=dict)
-
-    def _drain_events(self) -> None:
-        while (event := self.server.next_event()) is not None:
-            if isinstance(event, StreamDataReceived) and event.end_stream:
-                self.done[event.stream_id] = self.now
-        while self.client.next_event() is not None:
-            pass
-
-
 class _CountingTimers(NetSchedConnection):
     wakeups = 0
 
@@ -53,7 +37,7 @@ class _CountingTimers(NetSchedConnection):
         super().handle_timer(now)
 
 
-def _run(tmp: Path, cc: str, seed: int = 1) -> tuple[int, _TimedNet, _CountingTimers]:
+def _run(tmp: Path, cc: str, seed: int = 1) -> tuple[int, TimedNet, _CountingTimers]:
     pair = generate_self_signed(tmp)
     client_cfg, server_cfg = memory.quic_configurations(
         pair.ca_certificate, pair.certificate, pair.private_key
@@ -71,7 +55,7 @@ def _run(tmp: Path, cc: str, seed: int = 1) -> tuple[int, _TimedNet, _CountingTi
     )
     lossy = LinkSpec(delay_ms=ONE_WAY * 1000, loss=0.05, rate_mbps=20, queue_bytes=32_000)
     profile = PathProfile(up=lossy, down=LinkSpec(delay_ms=ONE_WAY * 1000))
-    net = _TimedNet(client, server, {C1: ImpairedLink(profile, seed)})
+    net = TimedNet(client, server, {C1: ImpairedLink(profile, seed)})
     client.connect(SERVER, now=net.now)
     net.run(1.0)
     bulk = client.get_next_available_stream_id()
