@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import sys
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -41,6 +42,27 @@ GRACE_S = 2
 
 def _cids(config: FleetCidConfig, sid: int, count: int) -> list[bytes]:
     return [config.for_host(sid).for_worker(0).generate() for _ in range(count)]
+
+
+def _plain_clients(
+    stack: AsyncExitStack, front: FleetFront, fixture: Host
+) -> Callable[[], Awaitable[PlainClient]]:
+    """Opens aioquic h3 clients through the front, trusting the host's CA, closed with
+    `stack`."""
+    configuration = QuicConfiguration(
+        is_client=True, alpn_protocols=["h3"], server_name="localhost"
+    )
+    configuration.load_verify_locations(str(fixture.pair.ca_certificate))
+
+    async def plain() -> PlainClient:
+        client = await stack.enter_async_context(
+            connect(LOCAL, front.local_address[1], configuration=configuration,
+                    create_protocol=PlainClient)
+        )  # fmt: skip
+        assert isinstance(client, PlainClient)
+        return client
+
+    return plain
 
 
 async def test_both_codepoints_route_during_the_grace_then_the_old_one_goes_by_hash(
@@ -141,18 +163,7 @@ async def test_a_host_issues_cids_under_the_new_codepoint_after_a_rotation(
         assert host.cids is not None and host.cids.rotation is not None
         front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
         await stack.enter_async_context(front)
-        configuration = QuicConfiguration(
-            is_client=True, alpn_protocols=["h3"], server_name="localhost"
-        )
-        configuration.load_verify_locations(str(fixture.pair.ca_certificate))
-
-        async def plain() -> PlainClient:
-            client = await stack.enter_async_context(
-                connect(LOCAL, front.local_address[1], configuration=configuration,
-                        create_protocol=PlainClient)
-            )  # fmt: skip
-            assert isinstance(client, PlainClient)
-            return client
+        plain = _plain_clients(stack, front, fixture)
 
         before = await plain()
         old = front.accepted[0]
@@ -186,18 +197,7 @@ async def test_the_elected_host_rotates_the_cids_on_schedule(
         host, _ = await fixture.start(etcd_server.endpoint, layout)
         front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
         await stack.enter_async_context(front)
-        configuration = QuicConfiguration(
-            is_client=True, alpn_protocols=["h3"], server_name="localhost"
-        )
-        configuration.load_verify_locations(str(fixture.pair.ca_certificate))
-
-        async def plain() -> PlainClient:
-            client = await stack.enter_async_context(
-                connect(LOCAL, front.local_address[1], configuration=configuration,
-                        create_protocol=PlainClient)
-            )  # fmt: skip
-            assert isinstance(client, PlainClient)
-            return client
+        plain = _plain_clients(stack, front, fixture)
 
         first = await set_cid_schedule(etcd, layout, EVERY_S, SCHEDULED_GRACE_S)
         before = await plain()
