@@ -37,3 +37,20 @@ class FinalSizeError(PacketError):
     """A stream's final size changed or was exceeded (RFC 9000 §4.5): FINAL_SIZE_ERROR."""
 
     error_code = 0x06
+
+
+class ProtocolViolation(PacketError):
+    """The peer broke a rule no more specific error names (RFC 9000 §20.1): PROTOCOL_VIOLATION."""
+
+    error_code = 0x0A
+
+
+class ConnectionIdLimitError(PacketError):
+    """The peer gave more connection IDs than active_connection_id_limit, or left more
+    retirements pending than we track (RFC 9000 §5.1.1, §5.1.2): CONNECTION_ID_LIMIT_ERROR."""
+
+    error_code = 0x09
+
+
+class PathStateError(ProtocolViolation):
+    """A path event its state does not allow (core/path.py's table)."""
