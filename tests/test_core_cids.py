@@ -244,12 +244,16 @@ def test_stateless_reset_tokens_of_ids_in_use_match() -> None:
     assert not peer.is_stateless_reset(token(0, 1))
 
 
-def test_removing_a_peer_path_frees_its_ids() -> None:
+def test_a_removed_peer_path_forgets_its_ids_and_ignores_late_ones() -> None:
     peer = PeerCids(limit=2, max_path_id=1)
     new(peer, 1, 0)
+    assert peer.choose(1) is not None
     peer.remove_path(1)
     assert peer.active(1) == []
-    assert new(peer, 1, 0) == []  # the ID is no longer known: a new path's ID may reuse it
+    assert not peer.is_stateless_reset(token(1, 0))
+    assert new(peer, 1, 1) == []
+    assert peer.active(1) == []
+    assert new(peer, 0, 0) == []  # other paths go on
 
 
 # -- random frame sequences ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from netsched_client.core.path import (
     new_recovery,
     next_phase,
 )
+from netsched_client.core.timers import TimerKind, Timers
 from netsched_client.proto.cc.base import RateSample, SentState
 
 m = backends(ledger)
@@ -268,6 +269,35 @@ def test_validation_waits_for_the_larger_of_the_paths_pto_and_the_initial_one(
     fast.recovery.on_sent(0, 1200, now=0.0)
     fast.recovery.on_ack([(0, 1)], 0.0, now=0.01)
     assert fast.validation_timeout() == pytest.approx(3 * INITIAL_PTO)
+
+
+# -- timers --------------------------------------------------------------------------------------
+
+
+def test_a_paths_deadlines_feed_the_timer_table(m: ModuleType) -> None:
+    path = validated_path(m)
+    timers = Timers()
+    timers.arm_path(path.path_id, path.deadlines())
+    assert timers.next_timer() is None  # nothing sent, nothing received, nothing probed
+    path.recovery.on_sent(0, 1200, now=1.0)
+    path.acks.on_received(0, ack_eliciting=True, now=1.0)
+    timers.arm_path(path.path_id, path.deadlines())
+    assert timers.deadline(TimerKind.PTO, 0) == pytest.approx(1.0 + INITIAL_PTO)
+    assert timers.deadline(TimerKind.ACK_DELAY, 0) == pytest.approx(1.025)
+    assert timers.fire(1.025) == [(TimerKind.ACK_DELAY, 0)]
+    path.abandon(now=2.0)
+    timers.arm_path(path.path_id, path.deadlines())
+    assert timers.deadline(TimerKind.PATH_CLOSE, 0) == path.close_deadline
+
+
+def test_an_armed_loss_timer_holds_the_pto_back(m: ModuleType) -> None:
+    path = validated_path(m)
+    for pn in range(2):
+        path.recovery.on_sent(pn, 1200, now=0.0)
+    path.recovery.on_ack([(1, 2)], 0.0, now=0.1)  # 0 is below the largest acked, not yet lost
+    deadlines = path.deadlines()
+    assert deadlines[TimerKind.LOSS] == path.recovery.ledger.loss_time < math.inf
+    assert deadlines[TimerKind.PTO] == math.inf
 
 
 # -- PMTU ----------------------------------------------------------------------------------------

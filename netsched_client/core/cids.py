@@ -27,7 +27,8 @@ RESET_TOKEN_LENGTH = 16
 MIN_ACTIVE_CONNECTION_ID_LIMIT = 2
 # RFC 9000 §5.1.2: track at least twice the limit in retirements not yet acknowledged.
 PENDING_RETIREMENTS_FACTOR = 2
-# Retired sequence numbers kept as ranges; they retire mostly in order, so few ranges.
+# Retired sequence numbers and closed path IDs, kept as ranges: both go mostly in
+# order, so few ranges hold them; past this many the oldest are forgotten.
 RETIRED_RANGES = 16
 
 
@@ -125,6 +126,7 @@ class PeerCids:
         self.max_path_id = max_path_id  # the highest path ID we allowed (MAX_PATH_ID)
         self._paths: dict[int, _PeerPath] = {}
         self._by_cid: dict[bytes, ConnectionId] = {}
+        self._closed = RangeSet(max_ranges=RETIRED_RANGES)
 
     def on_new_cid(
         self, path_id: int, sequence: int, cid: bytes, reset_token: bytes, retire_prior_to: int
@@ -136,6 +138,8 @@ class PeerCids:
             raise FrameError(f"Retire Prior To {retire_prior_to} above sequence {sequence}")
         if path_id > self.max_path_id:
             raise ProtocolViolation(f"path ID {path_id} above our maximum {self.max_path_id}")
+        if path_id in self._closed:
+            return []  # a late frame for an abandoned path: its IDs went with it
         known = self._by_cid.get(cid)
         if known is not None and (known.path_id, known.sequence) != (path_id, sequence):
             raise ProtocolViolation(f"connection ID {cid.hex()} given twice")
@@ -205,7 +209,9 @@ class PeerCids:
         )
 
     def remove_path(self, path_id: int) -> None:
-        """Forgets a closed path's IDs: after PATH_ABANDON the path ID is retired whole."""
+        """Forgets a closed path's IDs: after PATH_ABANDON the path ID is retired whole,
+        and later IDs for it are ignored."""
+        self._closed.add_packet(path_id)
         path = self._paths.pop(path_id, None)
         for issued in path.active.values() if path else ():
             del self._by_cid[issued.cid]

@@ -36,6 +36,7 @@ from netsched_client.core import ledger as ledger_facade
 from netsched_client.core.errors import PacketError, PathStateError
 from netsched_client.core.packet import RangeSet
 from netsched_client.core.recovery import PathRecovery
+from netsched_client.core.timers import TimerKind
 from netsched_client.proto.cc.base import PathCongestionController
 
 
@@ -217,6 +218,20 @@ class Path:
     def validation_deadline(self) -> float:
         """When the earliest tuple validation gives up (inf: none pending)."""
         return min(candidate.deadline for candidate in self.tuples)
+
+    def deadlines(self) -> dict[TimerKind, float]:
+        """This path's timers for the connection's table (inf: disarmed); pure. The loss
+        timer holds the PTO back (RFC 9002 §6.2.1). Pacing is the connection's to arm:
+        it depends on whether anything waits to be sent."""
+        ledger = self.recovery.ledger
+        loss_time = ledger.loss_time
+        return {
+            TimerKind.LOSS: loss_time,
+            TimerKind.PTO: ledger.pto_deadline() if loss_time == math.inf else math.inf,
+            TimerKind.ACK_DELAY: self.acks.ack_due,
+            TimerKind.PATH_VALIDATION: self.validation_deadline(),
+            TimerKind.PATH_CLOSE: self.close_deadline,
+        }
 
     def probe(self, candidate: PathTuple, data: bytes, now: float) -> bool:
         """Starts validating `candidate` (a new 4-tuple or new CIDs: migration, NAT

@@ -25,6 +25,7 @@ rides in the packet the pacer releases).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -67,6 +68,11 @@ class Timers:
             self._armed.pop(key, None)
         else:
             self._armed[key] = when
+
+    def arm_path(self, path_id: int, deadlines: Mapping[TimerKind, float]) -> None:
+        """Sets a path's timers at once (a `Path.deadlines()`), after anything moved them."""
+        for kind, when in deadlines.items():
+            self.arm(kind, when, path_id)
 
     def disarm(self, kind: TimerKind, path_id: int = CONNECTION) -> None:
         self._armed.pop(_key(kind, path_id), None)
