@@ -375,6 +375,8 @@ def test_an_acked_ack_prunes_the_ranges() -> None:
         acks.on_received(n, ack_eliciting=True, now=0.0)
     acks.on_ack_acked(2)
     assert list(acks.received) == [(4, 6)]
+    assert not acks.on_received(1, ack_eliciting=True, now=0.0)  # pruned, still a duplicate
+    assert acks.on_received(3, ack_eliciting=True, now=0.0)
 
 
 # -- random sequences ----------------------------------------------------------------------------

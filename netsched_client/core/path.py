@@ -149,6 +149,7 @@ class AckState:
         self.received = RangeSet()
         self.ack_eliciting = 0  # received since the last ACK sent
         self.ack_due = math.inf
+        self.floor = 0  # packets below were pruned from `received` (the peer has their ACK)
 
     def on_received(self, pn: int, ack_eliciting: bool, now: float) -> bool:
         """Records a packet; False for a duplicate (to drop it, RFC 9000 §12.3)."""
@@ -170,14 +171,15 @@ class AckState:
         self.ack_due = math.inf
 
     def on_ack_acked(self, largest_acked: int) -> None:
-        """The peer has our ACK up to `largest_acked`: stop reporting below it (§13.2.4)."""
-        self.received.remove_below(largest_acked + 1)
+        """The peer has our ACK up to `largest_acked`: stop reporting up to it (§13.2.4)."""
+        self.floor = max(self.floor, largest_acked + 1)
+        self.received.remove_below(self.floor)
 
     def _seen(self, pn: int) -> bool:
-        # A full RangeSet has dropped its lowest ranges: anything below what it holds is
-        # too old to tell apart from a duplicate, and is treated as one.
+        # Below the floor, or below a full RangeSet (it has dropped its lowest ranges), a
+        # packet is too old to tell apart from a duplicate, and is treated as one.
         full = len(self.received) == self.received.max_ranges
-        return pn in self.received or (full and pn < self.received.smallest())
+        return pn < self.floor or pn in self.received or (full and pn < self.received.smallest())
 
 
 class Path:
