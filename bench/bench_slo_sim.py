@@ -10,7 +10,11 @@ protocol objects the SDK and the edge drive (`NetSchedConnection`), joined
 by `netsched_lab.memory` through the relay's impairment model with a fake
 clock: what is measured is the scheduling, not the CPU (which on this
 2-core host, with client, relay and edge in Python, decides much of
-bench_slo's spread). Each run is seeded; `--seeds` runs several.
+bench_slo's spread: there the edge's loop lags 10-15 ms at this load). The
+server sends with the edge's default controller (BBR), the client with the
+SDK's (reno). A seed replays exactly (`netsched_lab.seeded`: the same
+datagrams at the same instants), so setups compare pairwise per seed;
+`--seeds` runs several.
 
     python bench/bench_slo_sim.py [--duration 8] [--seeds 1 2 3] [--scenario NAME ...]
 """
