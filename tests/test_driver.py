@@ -93,9 +93,10 @@ class ScriptedConnection:
     fired: list[tuple[float | None, float, float]] = field(default_factory=list)
     asked: float | None = None
     flushes: int = 0
+    received: list[bytes] = field(default_factory=list)
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        pass
+        self.received.append(data)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self.flushes += 1
@@ -291,6 +292,50 @@ def test_one_timer_serves_every_connection_of_a_ticker_earliest_first(run: Runne
         stats = ticker.stats
         assert stats.timers_armed == 2 and stats.timer_wakeups == 2
         assert [d.stats.timer_wakeups for d in drivers] == [1, 1, 0]
+
+    run(main())
+
+
+def test_a_datagram_waiting_when_a_timer_comes_due_is_read_first(run: Runner) -> None:
+    """The loop is busy past a connection's deadline while the datagram that moves the
+    deadline (an ACK) waits in the socket. uvloop runs due timers before it polls
+    sockets, so the timer used to fire on stale state (a PTO, a path judged silent);
+    the ticker reads the sockets first, and the deadline the datagram moved is not due."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        due = time.monotonic() + 0.05
+        conn = ScriptedConnection(lambda: None if conn.received else due)
+        endpoint = await open_client_endpoint(socket.AF_INET, "127.0.0.1")
+        driver = ConnectionDriver(cast(QuicConnection, conn), endpoint.send_batch)
+        driver.ticker.read_first = endpoint.read_waiting
+        endpoint.driver = driver
+        driver.schedule_transmit()
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        busy.bind(("127.0.0.1", 0))
+        busy.setblocking(False)
+
+        def long_callback() -> None:  # the datagram arrives, the loop is busy past `due`
+            busy.recv(16)
+            peer.sendto(b"ack", endpoint.local_address)
+            time.sleep(max(0.0, due - time.monotonic()) + 0.02)
+
+        loop.add_reader(busy.fileno(), long_callback)
+        try:
+            await asyncio.sleep(max(0.0, due - 0.02 - time.monotonic()))
+            peer.sendto(b"go", busy.getsockname())
+            async with asyncio.timeout(PATIENCE_S):
+                while not conn.received:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+        finally:
+            loop.remove_reader(busy.fileno())
+            for sock in (peer, busy):
+                sock.close()
+            endpoint.close()
+        assert conn.received == [b"ack"]
+        assert conn.fired == []
 
     run(main())
 

@@ -2,7 +2,8 @@
 
 `BatchedUdpSocket` is the Cython socket (recvmmsg/GRO, sendmmsg/GSO) on Linux
 when the extension is built, else the pure-Python `PyUdpSocket`; both have
-the `UdpSocket` interface. `attach` drives either from an event loop.
+the `UdpSocket` interface. `attach` drives either from an event loop;
+`read_waiting` reads what is queued without waiting for the loop to say so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from .. import _native
 from ._common import Address, Datagram, UdpSocket, UdpStats
 from .fallback import PyUdpSocket
-from .loop import MAX_BATCHES_PER_WAKEUP, attach
+from .loop import MAX_BATCHES_PER_WAKEUP, attach, read_waiting
 
 if TYPE_CHECKING:
     from ._udp import BatchedUdpSocket
@@ -36,4 +37,5 @@ __all__ = [
     "UdpSocket",
     "UdpStats",
     "attach",
+    "read_waiting",
 ]

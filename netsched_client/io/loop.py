@@ -16,6 +16,21 @@ from ._common import Datagram, UdpSocket, log
 MAX_BATCHES_PER_WAKEUP = 4
 
 
+def read_waiting(sock: UdpSocket, on_batch: Callable[[list[Datagram]], None]) -> None:
+    """Read what the kernel holds for `sock` (up to MAX_BATCHES_PER_WAKEUP batches) into
+    `on_batch`; a receive error (an ICMP error reported on the socket) is logged and ends
+    the read, the rest waits for the next one."""
+    for _ in range(MAX_BATCHES_PER_WAKEUP):
+        try:
+            batch = sock.recv_batch()
+        except OSError as exc:
+            log.debug("UDP receive error: %s", exc)
+            return
+        if not batch:
+            return
+        on_batch(batch)
+
+
 def attach(
     loop: asyncio.AbstractEventLoop,
     sock: UdpSocket,
@@ -23,22 +38,12 @@ def attach(
 ) -> Callable[[], None]:
     """Start reading `sock` into `on_batch` and flushing its pending sends; return `detach`.
 
-    Call `detach()` before `sock.close()`. Receive errors (an ICMP error
-    reported on the socket) are logged and the wake-up ends; the datagrams
-    still queued in the kernel are read on the next one.
+    Call `detach()` before `sock.close()`. A readiness wake-up is one `read_waiting`.
     """
     fd = sock.fileno()
 
     def on_readable() -> None:
-        for _ in range(MAX_BATCHES_PER_WAKEUP):
-            try:
-                batch = sock.recv_batch()
-            except OSError as exc:
-                log.debug("UDP receive error: %s", exc)
-                return
-            if not batch:
-                return
-            on_batch(batch)
+        read_waiting(sock, on_batch)
 
     def on_writable() -> None:
         sock.flush()

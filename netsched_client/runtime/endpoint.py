@@ -44,7 +44,7 @@ from aioquic.quic.packet import (
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..io import BatchedUdpSocket, UdpSocket, UdpStats, attach
+from ..io import BatchedUdpSocket, UdpSocket, UdpStats, attach, read_waiting
 from ..io._common import set_dont_fragment
 from .driver import ConnectionDriver, Datagram
 from .planner import BurstPlanner
@@ -78,6 +78,11 @@ class UdpSender:
     def _on_batch(self, batch: list[tuple[bytes, Any]]) -> None:
         for data, addr in batch:
             self.datagram_received(data, addr)
+
+    def read_waiting(self) -> None:
+        """Take in what the kernel holds now (the ticker's `read_first`, before timers)."""
+        if self._sock is not None:
+            read_waiting(self._sock, self._on_batch)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         raise NotImplementedError
@@ -411,6 +416,7 @@ class ServerEndpoint(UdpSender):
         self._loop = asyncio.get_running_loop()
         self._log = RateLimitedLog(log, self.limits.log_interval_s)
         self.ticker = Ticker(self.send_batch, self._loop, planner=planner)
+        self.ticker.read_first = self.read_waiting
 
     @property
     def connections(self) -> frozenset[ConnectionDriver]:
@@ -741,6 +747,11 @@ class ClientEndpoint(UdpSender):
         sock = PathSocket(self)
         sock.bind(family, (local_host, 0))
         return sock
+
+    def read_waiting(self) -> None:
+        super().read_waiting()
+        for sock in list(self._path_sockets.values()):
+            sock.read_waiting()
 
     def bind_path(self, path_id: int, sock: PathSocket) -> PathSocket | None:
         """`path_id`'s datagrams leave from `sock` now; the socket it replaces, if any."""

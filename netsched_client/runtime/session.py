@@ -1533,6 +1533,7 @@ class _Dialer:
             session_ticket_handler=lambda t: tickets.receive(t, quic.tls.alpn_negotiated),
         )
         driver = ConnectionDriver(quic, endpoint.send_batch, stateless_resets=True)
+        driver.ticker.read_first = endpoint.read_waiting
         endpoint.driver = driver
         manager = PathManager(driver, endpoint, self.family, addr)
         name = f"{self.host}:{self.port}"

@@ -30,6 +30,12 @@ Four rules make this cheap on a loop whose timers count whole milliseconds
 
 A connection waiting for the egress budget has no timer of its own: its due
 deadlines are served when it is next flushed.
+
+Datagrams come before timers. A loop busy past a timer's deadline (a long
+receive batch) runs that timer, under uvloop, before it polls the sockets:
+libuv's iteration runs due timers first. The timer would then judge a path
+silent or its packets overdue while their ACKs wait in the kernel. So the
+endpoint's `read_first` takes in what is waiting before any timer is handled.
 """
 
 from __future__ import annotations
@@ -127,6 +133,8 @@ class Ticker:
         self._ticking = False
         self._ticked_at = -math.inf
         self._ticks = self._timers_armed = self._timer_wakeups = self._deadline_misses = 0
+        # Reads the sockets' waiting datagrams (the endpoint sets it): see the module doc.
+        self.read_first: Callable[[], None] | None = None
 
     @property
     def stats(self) -> TickerStats:
@@ -247,10 +255,15 @@ class Ticker:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_wakeups += 1
+        armed_at = self._armed_at  # a tick below arms the next timer
+        if self.read_first is not None:
+            self.read_first()
+            if self._touched:  # re-arms what the datagrams changed: a deadline they moved
+                self.tick()  # is no longer due (and aioquic re-reads its loss timer)
         now = self._clock()
         # Should a loop still fire a timer a little early, count what it was armed
         # for as reached (as aioquic's own adapter does) rather than re-arm for µs.
-        for flow, deadline in self._due(max(now, self._armed_at)):
+        for flow, deadline in self._due(max(now, armed_at)):
             self._mark(flow)  # first: a connection the timer ends forgets itself
             try:
                 flow.on_timer(max(deadline, now))
