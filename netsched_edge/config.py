@@ -147,6 +147,9 @@ class LimitsConfig:
     body_timeout_s: float = 30.0  # longest silence between two pieces of a request body
     send_timeout_s: float = 30.0  # longest a client may leave response data unacknowledged
     queue_timeout_s: float = 10.0  # longest wait for a backend slot without a deadline
+    # Event-loop lag that, sustained, makes the edge refuse new requests (503) and clients
+    # (CONNECTION_REFUSED) until it catches up (overload.py); 0: never.
+    shed_loop_lag_ms: float = 500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,6 +762,7 @@ _LIMITS_KEYS: Final[Mapping[str, _Spec]] = {
     "body_timeout_s": _number(0, inclusive=False),
     "send_timeout_s": _number(0, inclusive=False),
     "queue_timeout_s": _number(0, inclusive=False),
+    "shed_loop_lag_ms": _number(0, inclusive=True),
 }
 
 

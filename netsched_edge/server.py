@@ -59,7 +59,7 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.tls import CipherSuite
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from netsched_client.errors import Status
 from netsched_client.proto import h3 as h3proto
@@ -98,6 +98,7 @@ from .datagrams import DatagramRelay
 from .dispatch import Dispatcher, Held, IncomingRequest, Outcome
 from .keys import edge_keys
 from .lifecycle import restart_note, restart_only_changes
+from .overload import LagGovernor, watch_lag
 from .planner_metrics import PlannerCollector
 from .pool import ServicePool
 from .tls import (
@@ -577,11 +578,17 @@ class EdgeConnection:
         return True
 
     def _shed(self, stream_id: int, service: str) -> bool:
-        """Over the process's memory budget: answer 503 at once, read nothing more."""
-        if not self._edge.dispatcher.budget.over() or self._proto is None:
+        """Over the process's memory budget, or overloaded (its loop too far behind):
+        answer 503 at once, read nothing more."""
+        if self._proto is None:
+            return False
+        why = self._edge.overloaded()
+        if why is None and self._edge.dispatcher.budget.over():
+            why = "the edge is over its memory budget"
+        if why is None:
             return False
         self._edge.dispatcher.metrics.rejected.labels(str(Status.NO_BACKEND)).inc()
-        head = ResponseHead(status=Status.NO_BACKEND, message="the edge is over its memory budget")
+        head = ResponseHead(status=Status.NO_BACKEND, message=why)
         if isinstance(self._proto, native.NetSchedProtocol):
             self._proto.refuse(stream_id, head)
         else:
@@ -955,6 +962,37 @@ class EdgeServer:
         self.cid_refresh: CidRefresh | None = None  # a fleet host's (follow_fleet)
         self._cid_refresh_task: asyncio.Task[None] | None = None
         self.admin_port: int | None = None
+        self.overload = LagGovernor(config.limits.shed_loop_lag_ms / 1000)
+        self._lag_watch: asyncio.Task[None] | None = None
+        self._overload_gauges(metrics.registry)
+
+    def _overload_gauges(self, registry: CollectorRegistry) -> None:
+        governor = self.overload
+        Gauge(
+            "netsched_edge_overloaded",
+            "1 while the edge refuses new requests and clients: its event loop is behind "
+            "by more than limits.shed_loop_lag_ms.",
+            registry=registry,
+        ).set_function(lambda: float(governor.shedding))
+        Gauge(
+            "netsched_edge_loop_lag_seconds",
+            "How late the event loop ran at its last lag sample.",
+            registry=registry,
+        ).set_function(lambda: governor.last_lag_s)
+        self._shed_total = Counter(
+            "netsched_edge_overload_shed",
+            "Requests (503) and new clients (CONNECTION_REFUSED) turned away while overloaded.",
+            registry=registry,
+        )
+
+    def overloaded(self) -> str | None:
+        """Why new work is turned away now (the loop is too far behind), or None; each
+        call that answers counts one request or client turned away."""
+        reason = self.overload.reason()
+        if reason is not None:
+            self.overload.count_shed()
+            self._shed_total.inc()
+        return reason
 
     def finished(self, access: Access) -> None:
         """A request ended: its access-log line and latency."""
@@ -980,7 +1018,9 @@ class EdgeServer:
         if self.draining:
             return ["draining"]
         now = asyncio.get_running_loop().time()
-        reasons = [
+        overload = self.overload.reason()
+        reasons = [] if overload is None else [overload]
+        reasons += [
             _no_healthy_backend(name, pool, now)
             for name, pool in sorted(self.dispatcher.pools.items())
             if not pool.has_available_backend()
@@ -1133,6 +1173,9 @@ class EdgeServer:
             )
         if steering is not None:
             steering.attach(self._endpoint.fileno())
+        self._endpoint.busy = self.overloaded
+        loop = asyncio.get_running_loop()
+        self._lag_watch = loop.create_task(watch_lag(self.overload, loop.time))
         for service in self.config.services:
             if service.udp_listen is not None:
                 pool = self.dispatcher.pools[service.name]
@@ -1200,6 +1243,7 @@ class EdgeServer:
         self.dispatcher.reload(config, keep=frozenset(self.udp_fronts))
         if self._endpoint is not None:
             self._endpoint.set_limits(endpoint_limits(config))  # caps for new clients
+        self.overload.threshold_s = config.limits.shed_loop_lag_ms / 1000
         log.info("configuration reloaded from %s", config.source)
 
     def _on_connection(self, driver: ConnectionDriver) -> None:
@@ -1217,8 +1261,9 @@ class EdgeServer:
         )
 
     async def close(self) -> None:
-        if self._cid_refresh_task is not None:
-            self._cid_refresh_task.cancel()
+        for task in (self._cid_refresh_task, self._lag_watch):
+            if task is not None:
+                task.cancel()
         await self._admin.close()
         for front in self.udp_fronts.values():
             front.close()

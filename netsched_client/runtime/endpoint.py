@@ -380,6 +380,9 @@ class ServerEndpoint(UdpSender):
 
     A short-header packet to a connection ID nobody here knows is answered
     with a stateless reset (rate-limited, `limits.resets_per_second`).
+
+    `busy`, when set, is asked at each new client's first Initial: a reason
+    (e.g. the edge is overloaded) turns the client away as a cap does.
     """
 
     def __init__(
@@ -417,6 +420,7 @@ class ServerEndpoint(UdpSender):
         self._log = RateLimitedLog(log, self.limits.log_interval_s)
         self.ticker = Ticker(self.send_batch, self._loop, planner=planner)
         self.ticker.read_first = self.read_waiting
+        self.busy: Callable[[], str | None] | None = None
 
     @property
     def connections(self) -> frozenset[ConnectionDriver]:
@@ -502,12 +506,24 @@ class ServerEndpoint(UdpSender):
         source = str(addr[0])
         limits = self.limits
         if self._per_source.get(source, 0) >= limits.max_connections_per_source:
-            self._refuse_over_limit(
-                header, addr, now, "per-source", limits.max_connections_per_source
+            cap = limits.max_connections_per_source
+            self._refuse(
+                header,
+                addr,
+                now,
+                "per-source",
+                f"per-source connection limit {cap} reached",
+                "too many connections from this address",
             )
             return
         if len(self._established) >= limits.max_connections:
-            self._refuse_over_limit(header, addr, now, "total", limits.max_connections)
+            cap = limits.max_connections
+            self._refuse(
+                header, addr, now, "total", f"connection limit {cap} reached", "server busy"
+            )
+            return
+        if self.busy is not None and (busy := self.busy()) is not None:
+            self._refuse(header, addr, now, "busy", busy, "server busy")
             return
         original_dcid: bytes | None = header.destination_cid
         retry_scid: bytes | None = None
@@ -531,16 +547,14 @@ class ServerEndpoint(UdpSender):
         threshold = self.limits.retry_threshold
         return threshold is not None and len(self._established) + len(self._embryonic) >= threshold
 
-    def _refuse_over_limit(
-        self, header: QuicHeader, addr: NetworkAddress, now: float, kind: str, cap: int
+    def _refuse(
+        self, header: QuicHeader, addr: NetworkAddress, now: float, kind: str, why: str, reason: str
     ) -> None:
-        """Turn a client away over a cap: a stateless CONNECTION_REFUSED Initial (the client
-        fails in a round trip, not at its handshake timeout), within `refusals_per_second`;
-        beyond that budget the Initial is dropped."""
+        """Turn a client away (over a cap, or `busy`): a stateless CONNECTION_REFUSED Initial
+        with `reason` (the client fails in a round trip, not at its handshake timeout),
+        within `refusals_per_second`; beyond that budget the Initial is dropped. `why` is
+        logged, at most once per interval and `kind`."""
         self._over_limit += 1
-        per_source = kind == "per-source"
-        what = "per-source connection limit" if per_source else "connection limit"
-        reason = "too many connections from this address" if per_source else "server busy"
         version, answered = header.version, False
         if version is not None and self._refusals.take(now):
             cids = (header.destination_cid, header.source_cid)
@@ -551,9 +565,8 @@ class ServerEndpoint(UdpSender):
             logging.WARNING,
             kind,
             now,
-            "%s %d reached: %s Initials (%s)",
-            what,
-            cap,
+            "%s: %s Initials (%s)",
+            why,
             "refusing" if answered else "dropping",
             addr[0],
         )

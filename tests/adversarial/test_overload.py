@@ -1,0 +1,125 @@
+"""An edge whose event loop falls behind sheds new work (issue #12: overload fails fast).
+
+A real edge and the SDK on loopback, in one process: a hog callback keeps the loop
+busy 300 ms at a time, as a saturated CPU would. Past `[limits] shed_loop_lag_ms`
+(sustained), a new request is answered 503 "overloaded" at once, a new client is
+refused statelessly, and /readyz says why; once the loop catches up, everything is
+served again. Before the governor the same requests were queued behind the lag and
+the new client was taken on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from aioquic.quic.packet import QuicErrorCode
+from intake_support import eventually
+from support import http_backend, service
+
+from netsched_client import NoBackend, open_session
+from netsched_client.errors import ConnectionRefused
+from netsched_edge.config import LimitsConfig
+from netsched_edge.demo_backends import DemoHTTPServer
+from netsched_edge.overload import LagGovernor
+from netsched_edge.server import EdgeServer
+
+HOG_BLOCK_S = 0.3
+LAG_MS = 50.0
+
+
+@asynccontextmanager
+async def hogged_loop() -> AsyncIterator[None]:
+    """The running loop blocked HOG_BLOCK_S at a time, 10 ms free in between."""
+    loop = asyncio.get_running_loop()
+    handle: asyncio.TimerHandle | None = None
+
+    def hog() -> None:
+        nonlocal handle
+        time.sleep(HOG_BLOCK_S)
+        handle = loop.call_later(0.01, hog)
+
+    handle = loop.call_later(0.01, hog)
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+async def _edge(start_edge, start_server) -> EdgeServer:
+    port = await start_server(DemoHTTPServer("b", base_ms=0, cold_ms=0))
+    edge: EdgeServer = await start_edge(
+        service("api", http_backend("b", port)),
+        limits=LimitsConfig(shed_loop_lag_ms=LAG_MS),
+    )
+    return edge
+
+
+async def test_a_loop_far_behind_turns_new_work_away_and_recovers(
+    start_edge, start_server, open_client
+) -> None:
+    edge = await _edge(start_edge, start_server)
+    session = await open_client(edge)
+    get = {"method": "GET", "path": "/"}
+    assert (await session.request("api", meta=get)).status == 200
+    async with hogged_loop():
+        await eventually(lambda: edge.overload.shedding, timeout=15.0)
+        with pytest.raises(NoBackend) as caught:
+            await session.request("api", meta=get)
+        assert "overloaded: event loop" in str(caught.value)
+        assert any(reason.startswith("overloaded") for reason in edge.unready())
+        with pytest.raises(ConnectionRefused) as refused:
+            await open_session(
+                "127.0.0.1",
+                edge.port,
+                ca_file=str(edge.ca_certificate),
+                timeout=10.0,
+                pmtud=None,
+            )
+        assert refused.value.error_code == QuicErrorCode.CONNECTION_REFUSED
+    await eventually(lambda: not edge.overload.shedding, timeout=5.0)
+    assert (await session.request("api", meta=get)).status == 200
+    assert edge.unready() == []
+    shed = edge.dispatcher.metrics.registry.get_sample_value("netsched_edge_overload_shed_total")
+    assert shed is not None and shed >= 2
+
+
+async def test_zero_turns_the_governor_off(start_edge, start_server) -> None:
+    port = await start_server(DemoHTTPServer("b", base_ms=0, cold_ms=0))
+    edge: EdgeServer = await start_edge(
+        service("api", http_backend("b", port)), limits=LimitsConfig(shed_loop_lag_ms=0)
+    )
+    async with hogged_loop():
+        await asyncio.sleep(2.0)
+    assert not edge.overload.shedding and edge.overload.episodes == 0
+
+
+# -- the governor alone, on a fake clock -----------------------------------------------------
+
+
+def test_one_late_sample_is_not_overload() -> None:
+    governor = LagGovernor(threshold_s=0.5)
+    for now, lag in [(0.1, 0.9), (0.2, 0.0), (0.3, 0.9), (0.4, 0.9), (0.5, 0.0)]:
+        governor.observe(lag, now)
+    assert not governor.shedding and governor.reason() is None
+
+
+def test_sustained_lag_sheds_until_calm_for_recover_s() -> None:
+    governor = LagGovernor(threshold_s=0.5, sustain=3, recover_s=1.0)
+    for now in (1.0, 2.0, 3.0):
+        governor.observe(0.6, now)
+    assert governor.shedding and governor.episodes == 1
+    assert governor.reason() == "overloaded: event loop 600 ms behind"
+    governor.observe(0.1, 3.1)  # calm from 3.1
+    governor.observe(0.3, 3.5)  # over half the threshold: calm starts again
+    governor.observe(0.1, 3.6)
+    governor.observe(0.1, 4.5)
+    assert governor.shedding  # calm for 0.9 s only
+    governor.observe(0.1, 4.7)
+    assert not governor.shedding and governor.reason() is None
+    for now in (5.0, 6.0):
+        governor.observe(0.6, now)
+    assert not governor.shedding  # entering again needs `sustain` samples in a row
