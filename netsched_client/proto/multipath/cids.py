@@ -47,6 +47,15 @@ class PeerCids:
 
 
 @dataclass(frozen=True, slots=True)
+class PathCids:
+    """One path ID's connection IDs at a moment (`MultipathConnection.path_cids`)."""
+
+    host: tuple[bytes, ...]  # ours, oldest first: the peer may send to any of them
+    host_in_use: bytes | None  # ours the peer last sent to; None on a path ID not in use yet
+    peer_in_use: bytes | None  # the peer's we send to; None on a path ID not in use yet
+
+
+@dataclass(frozen=True, slots=True)
 class CidUpdate:
     cids: PeerCids
     retire: tuple[int, ...]  # sequence numbers to retire now (PATH_)RETIRE_CONNECTION_ID

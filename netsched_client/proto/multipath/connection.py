@@ -81,7 +81,7 @@ from ..transport_parameters import (
 )
 from . import events as mp_events
 from . import frames as f
-from .cids import CidConflictError, CidLimitError, CidUpdate, PeerCids, receive_cid
+from .cids import CidConflictError, CidLimitError, CidUpdate, PathCids, PeerCids, receive_cid
 from .completion import Backlog, PathView
 from .crypto import KeyHistory, PathCrypto
 from .path import Path, PathState, UsedPathIds
@@ -119,6 +119,10 @@ DEFAULT_MAX_PATH_ID: Final = 3
 CIDS_PER_PATH: Final = 2
 MAX_PEER_CIDS_PER_PATH: Final = 8  # our active_connection_id_limit, applied per path
 MAX_PATH_IDS_TRACKED: Final = 16  # unused path IDs we hold CIDs for, whatever the peer allows
+# Our CIDs a path ID other than 0 keeps at most after a re-issue (`reissue_path_cids`): as
+# many as we ever issue it (up to the per-path limit, PATH_CIDS_BLOCKED), as many fresh
+# ones, as many the peer was asked to retire and has not yet.
+MAX_HELD_PATH_CIDS: Final = 3 * MAX_PEER_CIDS_PER_PATH
 MULTIPATH_FRAME_CAPACITY: Final = 64
 MAX_CLOSED_STATS: Final = 16  # closed paths whose totals path_info/closed_stats keep
 _PATH_STATE: Final = itemgetter(*PATH_ATTRIBUTES)
@@ -198,6 +202,8 @@ class MultipathConnection(QuicConnection):
         self._host_pool: dict[int, list[QuicConnectionId]] = {}
         self._peer_pool: dict[int, list[QuicConnectionId]] = {}
         self._peer_pool_rpt: dict[int, int] = {}  # Retire Prior To per pooled path ID
+        self._pool_next_seq: dict[int, int] = {}  # our next CID sequence per pooled path ID
+        self._host_rpt: dict[int, int] = {}  # Retire Prior To we asked, per path ID but 0
         self._cid_path: dict[bytes, int] = {}
         self._announce: deque[f.PathNewConnectionId] = deque()
         self._acked_cid_paths: set[int] = set()
@@ -436,6 +442,15 @@ class MultipathConnection(QuicConnection):
                 held += [state["_peer_cid"], *state["_peer_cid_available"]]
         return {cid.stateless_reset_token for cid in held if cid.stateless_reset_token}
 
+    def path_cids(self, path_id: int) -> PathCids:
+        """A path ID's CIDs now: ours (open, or issued ahead) and those in use each way."""
+        path = self._paths.get(path_id)
+        if path is None:
+            return PathCids(tuple(c.cid for c in self._host_pool.get(path_id, ())), None, None)
+        held: list[QuicConnectionId] = self._attr(path, "_host_cids")
+        peer: QuicConnectionId = self._attr(path, "_peer_cid")
+        return PathCids(tuple(c.cid for c in held), self._attr(path, "host_cid"), peer.cid)
+
     def path_info(self) -> list[dict[str, Any]]:
         """A snapshot per path: state, tuple, RTT, congestion window, bytes, loss."""
         out = []
@@ -583,7 +598,7 @@ class MultipathConnection(QuicConnection):
             "_probe_pending": False,
             "_host_cids": host_cids,
             "host_cid": host_cids[0].cid,
-            "_host_cid_seq": max(c.sequence_number for c in host_cids) + 1,
+            "_host_cid_seq": self._pool_next_seq.pop(path_id),
             "_peer_cid": peer[0],
             "_peer_cid_available": peer[1:],
             "_peer_cid_sequence_numbers": {c.sequence_number for c in peer},
@@ -763,6 +778,7 @@ class MultipathConnection(QuicConnection):
             for cid in self._attr(path, "_host_cids"):
                 self._cid_path.pop(cid.cid, None)
                 self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
+            self._host_rpt.pop(path.path_id, None)
             path.stats.packets_lost += self._attr(path, "_loss").packets_lost
             self.closed_stats[path.path_id] = path.stats
             # A peer may open and close paths for as long as the connection lives: keep
@@ -798,9 +814,61 @@ class MultipathConnection(QuicConnection):
             self._next_issued_path_id += 1
             if path_id in self._used_path_ids or path_id in self._host_pool:
                 continue
+            self._pool_next_seq[path_id] = CIDS_PER_PATH
             self._host_pool[path_id] = [
                 self._make_host_cid(path_id, seq) for seq in range(CIDS_PER_PATH)
             ]
+
+    def reissue_path_cids(self, stale: Callable[[bytes], bool]) -> int:
+        """Give every path ID but 0, open or issued ahead for the client to open, a fresh CID
+        from the CID factory for each of its CIDs for which `stale` holds (those of a
+        rotated-out QUIC-LB configuration), each in a PATH_NEW_CONNECTION_ID whose Retire
+        Prior To covers the stale ones (draft-21 §6.9, per path ID as RFC 9000 §5.1.2): the
+        peer moves the path to a fresh one and retires them by PATH_RETIRE_CONNECTION_ID;
+        they are served until it has. The frames go out at the next flush. Returns the CIDs
+        issued (0: none stale, or closing). Path 0's are aioquic's NEW_CONNECTION_ID (the
+        edge's `reissue_cids`)."""
+        if self._state in END_STATES or not self.multipath_enabled:
+            return 0
+        issued = 0
+        for path in self._paths.values():
+            if path is not self._path0 and path.state is not PathState.CLOSING:
+                issued += self._reissue(path.path_id, path, stale)
+        for path_id in self._host_pool:
+            issued += self._reissue(path_id, None, stale)
+        return issued
+
+    def _reissue(self, path_id: int, path: Path | None, stale: Callable[[bytes], bool]) -> int:
+        """One path ID's re-issue (`path` None: issued ahead). As many fresh CIDs as the new
+        Retire Prior To retires, so the peer's count of active ones stays within its limit."""
+        held: list[QuicConnectionId]  # a parked path's state holds this very list
+        if path is None:
+            held, in_use = self._host_pool[path_id], None
+        else:
+            held, in_use = self._attr(path, "_host_cids"), self._attr(path, "host_cid")
+        asked = self._host_rpt.get(path_id, 0)
+        stale_seqs = [
+            c.sequence_number for c in held if c.sequence_number >= asked and stale(c.cid)
+        ]
+        if not stale_seqs:
+            return 0
+        rpt = max(stale_seqs) + 1
+        replaced = sum(1 for c in held if asked <= c.sequence_number < rpt)
+        # A peer that ignores Retire Prior To must not make us hold more at every rotation:
+        # the CIDs an earlier re-issue asked it to retire go first, but not the one it uses.
+        overdue = [c for c in held if c.sequence_number < asked and c.cid != in_use]
+        for old in overdue[: max(0, len(held) + replaced - MAX_HELD_PATH_CIDS)]:
+            self._drop_host_cid(held, old)
+        self._host_rpt[path_id] = rpt
+        for _ in range(replaced):
+            seq = self._next_pool_seq(path_id) if path is None else self._next_host_seq(path)
+            held.append(self._make_host_cid(path_id, seq))
+        return replaced
+
+    def _next_pool_seq(self, path_id: int) -> int:
+        seq = self._pool_next_seq[path_id]
+        self._pool_next_seq[path_id] = seq + 1
+        return seq
 
     def _new_cid(self) -> bytes:
         if self._cid_factory is not None:
@@ -829,10 +897,19 @@ class MultipathConnection(QuicConnection):
         self._cid_path[cid.cid] = path_id
         self._events.append(aioquic_connection.events.ConnectionIdIssued(cid.cid))
         assert cid.stateless_reset_token is not None
+        # Every announcement repeats the path ID's Retire Prior To (≤ any new sequence): a
+        # peer that lost the frame of a re-issue still learns it from a later one.
+        rpt = self._host_rpt.get(path_id, 0)
         self._announce.append(
-            f.PathNewConnectionId(path_id, sequence, 0, cid.cid, cid.stateless_reset_token)
+            f.PathNewConnectionId(path_id, sequence, rpt, cid.cid, cid.stateless_reset_token)
         )
         return cid
+
+    def _drop_host_cid(self, cids: list[QuicConnectionId], cid: QuicConnectionId) -> None:
+        """Stop serving one of our CIDs (retired by the peer, or overdue)."""
+        cids.remove(cid)
+        self._cid_path.pop(cid.cid, None)
+        self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
 
     def _on_peer_cid(self, frame: f.PathNewConnectionId) -> None:
         cid = QuicConnectionId(
@@ -892,9 +969,7 @@ class MultipathConnection(QuicConnection):
             if cid.sequence_number == frame.sequence:
                 if len(cids) == 1 and path is not None and path.state is not PathState.CLOSING:
                     cids.append(self._make_host_cid(frame.path_id, self._next_host_seq(path)))
-                cids.remove(cid)
-                self._cid_path.pop(cid.cid, None)
-                self._events.append(aioquic_connection.events.ConnectionIdRetired(cid.cid))
+                self._drop_host_cid(cids, cid)
                 if path is not None and self._attr(path, "host_cid") == cid.cid:
                     self._set_attr(path, "host_cid", cids[0].cid)
                 return
@@ -948,6 +1023,7 @@ class MultipathConnection(QuicConnection):
         host = self._host_pool.pop(path_id)
         if not peer:
             self._peer_pool_rpt.pop(path_id, None)
+            self._pool_next_seq.pop(path_id, None)
             # We cannot answer on a path we hold no client CID for (draft-21 §3.1).
             self._use_path_id(path_id)
             self._control.append(f.PathAbandon(path_id, f.NO_CID_AVAILABLE_FOR_PATH))
@@ -1196,6 +1272,7 @@ class MultipathConnection(QuicConnection):
             if not self._has_room(path) or not self._attr(path, "_network_paths"):
                 continue
             with self._on_path(path), self._holding_back(None):
+                self._retire_on_own_path(path)
                 sent: list[tuple[bytes, NetworkAddress]] = super().datagrams_to_send(now)
             self._account(path, sent)
             out.extend((data, addr, path.path_id) for data, addr in sent)
@@ -1240,6 +1317,7 @@ class MultipathConnection(QuicConnection):
     ) -> list[tuple[bytes, NetworkAddress]]:
         if not self._network_paths:
             return []  # server side: no packet decrypted on this path yet
+        self._retire_on_own_path(path)
         if path.state is PathState.VALIDATING:
             return self._send_path_challenge(now)
         sent = self._challenge_new_address(now)
@@ -1249,6 +1327,15 @@ class MultipathConnection(QuicConnection):
                 return sent + super().datagrams_to_send(now)
         sent += self._send_mtu_probe(now)
         return sent + self._note_full(self._send_data(path, now, share, backlog))
+
+    def _retire_on_own_path(self, path: Path) -> None:
+        """Before aioquic writes a packet on the live `path`: the peer's CIDs it gave up on
+        it (switching when the peer switched, `change_connection_id`) are queued for
+        RETIRE_CONNECTION_ID, which names path 0's CIDs (draft-21 §6.10); another path's
+        go in its PATH_RETIRE_CONNECTION_ID."""
+        if path is not self._path0 and self._retire_connection_ids:
+            path.retire_pending += self._retire_connection_ids
+            self._retire_connection_ids.clear()
 
     def _send_data(
         self,
