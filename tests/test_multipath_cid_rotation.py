@@ -2,7 +2,8 @@
 with a fake clock: the edge's connection re-issues path 0's CIDs (NEW_CONNECTION_ID) and
 every other path ID's (PATH_NEW_CONNECTION_ID, `reissue_path_cids`) with a Retire Prior To
 over the stale ones; our client moves each path to a fresh CID and retires the old ones
-(draft-21 §6.9); a peer that never retires leaves the edge a bounded set per path ID."""
+(RFC 9000 §5.1.2, per path ID in draft-21); a peer that never retires leaves the edge a
+bounded set per path ID."""
 
 from __future__ import annotations
 

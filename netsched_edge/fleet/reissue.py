@@ -6,8 +6,11 @@ connection still sending to one after that is hashed to some host, which answers
 with a stateless reset. So once a host issues CIDs under the new codepoint
 (`FleetStatus.cids`, followed from etcd), `CidRefresh` visits each connection it
 had then and gives it fresh CIDs for the stale ones, announced with a Retire
-Prior To that covers the stale ones (`EdgeQuicConnection.reissue_cids`): the
-client switches to a fresh CID and retires the others (RFC 9000 §5.1.2).
+Prior To that covers the stale ones: path 0's in NEW_CONNECTION_ID
+(`EdgeQuicConnection.reissue_cids`), every other path ID's, open or issued ahead,
+in PATH_NEW_CONNECTION_ID (`MultipathConnection.reissue_path_cids`). The client
+switches each path to a fresh CID and retires the others (RFC 9000 §5.1.2,
+draft-ietf-quic-multipath-21 PATH_NEW_CONNECTION_ID).
 
 The work is spread: the connections are visited in batches, one per tick, over
 `SPREAD_FRACTION` of the time left in the grace (the rest leaves the clients
@@ -62,9 +65,11 @@ class Driver(Protocol):
 
 @runtime_checkable
 class Reissuing(Protocol):
-    """A connection that can replace its stale CIDs (EdgeQuicConnection)."""
+    """A connection that can replace its stale CIDs (EdgeQuicConnection): path 0's, and
+    the other path IDs' of a multipath connection."""
 
     def reissue_cids(self, stale: Callable[[bytes], bool]) -> int: ...
+    def reissue_path_cids(self, stale: Callable[[bytes], bool]) -> int: ...
 
 
 class CidRefresh(Collector):
@@ -153,11 +158,12 @@ class CidRefresh(Collector):
         if driver.closed.is_set() or not isinstance(quic, Reissuing):
             return
         current = self._codepoint
-        try:
-            issued = quic.reissue_cids(lambda cid: codepoint(cid) != current)
-        except Exception:  # one connection's state: the sweep, and the next ones, go on
-            log.exception("fresh CIDs for a connection failed: it keeps its CIDs")
-            return
+        issued = 0
+        for reissue in (quic.reissue_cids, quic.reissue_path_cids):
+            try:
+                issued += reissue(lambda cid: codepoint(cid) != current)
+            except Exception:  # one connection's state: the sweep, and the next ones, go on
+                log.exception("fresh CIDs for a connection failed: it keeps its CIDs")
         if issued:
             driver.schedule_transmit()  # an idle connection would hold them till its timer
             self.connections += 1

@@ -1,8 +1,10 @@
 """Fresh CIDs for a host's connections after a QUIC-LB rotation: the edge connection's
 re-issue (EdgeQuicConnection.reissue_cids) against an aioquic client in memory, and the
 sweep (fleet/reissue.py) on fake connections: spread over half the grace left, in batches
-of at most MAX_PER_TICK, each connection once per rotation. The real thing, through the
-front with real etcd and real clients, is in test_fleet_rotation.py."""
+of at most MAX_PER_TICK, each connection once per rotation. Then two-path SDK sessions
+through the front, with real etcd and real hosts, across two rotations past their grace
+(every path's CIDs re-issued); single-path ones are in test_fleet_rotation.py, the
+multipath re-issue in memory in tests/test_multipath_cid_rotation.py."""
 
 from __future__ import annotations
 
@@ -10,14 +12,25 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import HandshakeCompleted
+from fleet_support import EtcdServer
+from test_fleet_loss import Host as EdgeHost
+from test_fleet_rotation import EVERY_S, SCHEDULED_GRACE_S
+from test_front import LOCAL, until
 
+from netsched_client import open_session
+from netsched_client.proto.multipath.connection import MultipathConnection
+from netsched_edge.fleet.cid_config import set_cid_schedule
+from netsched_edge.fleet.etcd import Etcd
+from netsched_edge.fleet.front import FleetFront, FrontSettings
 from netsched_edge.fleet.host import CidState, FleetStatus
+from netsched_edge.fleet.layout import Layout
 from netsched_edge.fleet.reissue import MAX_PER_TICK, TICK_S, CidRefresh, codepoint
 from netsched_edge.server import MAX_HELD_CIDS, EdgeQuicConnection
 from netsched_edge.tls import generate_self_signed
@@ -118,6 +131,9 @@ class FakeQuic:
         self.cid = next(bytes([c << 5]) + bytes(7) for c in range(7) if not stale(bytes([c << 5])))
         return CIDS_EACH
 
+    def reissue_path_cids(self, stale: Callable[[bytes], bool]) -> int:
+        return 0  # a connection of one path
+
 
 class FakeDriver:
     def __init__(self, visits: list[float]) -> None:
@@ -217,3 +233,67 @@ async def test_a_rotation_during_a_sweep_restarts_it_for_the_newer_codepoint(
     assert all(codepoint(d.quic.cid) == 2 for d in host.drivers[1:])
     moved_twice = sum(1 for d in host.drivers if d.transmits == 2)
     assert host.refresh.connections == 199 + moved_twice and moved_twice < 199
+
+
+async def test_two_path_sessions_outlive_two_rotations_past_their_grace(
+    etcd_server: EtcdServer, etcd: Etcd, layout: Layout, tmp_path: Path
+) -> None:
+    """Three real hosts behind the front, the elected one rotating the QUIC-LB
+    configuration every EVERY_S with SCHEDULED_GRACE_S of grace; SDK sessions with a second
+    path from 127.0.0.2. After each grace every request succeeds, on the same connections
+    with both paths and no reconnect: each host gave path 1 (and the path IDs issued
+    ahead) fresh CIDs too, and the clients moved to them. Without that, path 1's old CIDs
+    go by hash after the grace, mostly to another host, whose stateless reset ends the
+    connection."""
+    async with AsyncExitStack() as stack:
+        pair = generate_self_signed(tmp_path)
+        edges = []
+        for i in range(3):
+            (tmp_path / f"edge-{i}").mkdir()
+            fixture = EdgeHost(stack, tmp_path / f"edge-{i}", f"edge-{i}", pair)
+            fixture.backend.gate.set()
+            edges.append((await fixture.start(etcd_server.endpoint, layout))[1])
+        front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
+        await stack.enter_async_context(front)
+        await until(lambda: front.status().members == 3)
+        sessions = []
+        for _ in range(6):
+            session = await open_session(LOCAL, front.local_address[1], paths=[LOCAL, "127.0.0.2"],
+                                         ca_file=str(pair.ca_certificate))  # fmt: skip
+            stack.push_async_callback(session.close)
+            assert (await session.request("api", b"before")).status == 200
+            sessions.append(session)
+        await until(lambda: all([p.state for p in s.paths] == ["active"] * 2 for s in sessions))
+        connections = [len(edge.connections) for edge in edges]
+        assert sum(connections) == 6 and sum(1 for n in connections if n) > 1, connections
+
+        first = await set_cid_schedule(etcd, layout, EVERY_S, SCHEDULED_GRACE_S)
+        codepoints = [first.config_rotation]
+        for rotation in range(2):
+            await until(lambda: front.status().codepoints[0] != codepoints[-1], EVERY_S + 3)
+            codepoints.append(front.status().codepoints[0])
+            await until(lambda: front.status().codepoints == (codepoints[-1],),
+                        SCHEDULED_GRACE_S + 3)  # fmt: skip
+            for _ in range(3):  # past the grace: both paths carry requests, ACKs, PINGs
+                for session in sessions:
+                    response = await asyncio.wait_for(session.request("api", b"%d" % rotation), 5)
+                    assert response.status == 200
+                await asyncio.sleep(0.2)
+            quics = [q for edge in edges for q in edge.quic_connections()]
+            assert all(isinstance(q, MultipathConnection) for q in quics)
+            sent_to = [q.path_cids(p).host_in_use for q in quics for p in (0, 1)
+                       if isinstance(q, MultipathConnection)]  # fmt: skip
+            assert len(sent_to) == 12  # both paths of each, on a fresh CID
+            assert all(c is not None and codepoint(c) == codepoints[-1] for c in sent_to)
+        assert [len(edge.connections) for edge in edges] == connections  # the same ones
+        assert all(s.reconnect_stats.reconnects == 0 for s in sessions)
+        assert all([p.state for p in s.paths] == ["active"] * 2 for s in sessions)
+        assert all(p.bytes_received > 0 for s in sessions for p in s.paths)
+        refreshes = [edge.cid_refresh for edge in edges]
+        assert all(r is not None and r.late == 0 for r in refreshes)
+        assert sum(r.connections for r in refreshes if r is not None) == 12
+        cids = sum(r.cids for r in refreshes if r is not None)
+        # Per connection and rotation: path 0's 8, path 1's 2, 2 for each of the path IDs
+        # issued ahead (2 and 3: both sides allow 3).
+        assert cids == 12 * (8 + 2 + 2 * 2), cids
+        print(f"two-path connections moved to fresh CIDs 12, CIDs issued {cids}")

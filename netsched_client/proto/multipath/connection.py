@@ -823,9 +823,9 @@ class MultipathConnection(QuicConnection):
         """Give every path ID but 0, open or issued ahead for the client to open, a fresh CID
         from the CID factory for each of its CIDs for which `stale` holds (those of a
         rotated-out QUIC-LB configuration), each in a PATH_NEW_CONNECTION_ID whose Retire
-        Prior To covers the stale ones (draft-21 §6.9, per path ID as RFC 9000 §5.1.2): the
-        peer moves the path to a fresh one and retires them by PATH_RETIRE_CONNECTION_ID;
-        they are served until it has. The frames go out at the next flush. Returns the CIDs
+        Prior To covers the stale ones (RFC 9000 §5.1.2, per path ID in draft-21): the peer
+        moves the path to a fresh one and retires them by PATH_RETIRE_CONNECTION_ID; they
+        are served until it has. The frames go out at the next flush. Returns the CIDs
         issued (0: none stale, or closing). Path 0's are aioquic's NEW_CONNECTION_ID (the
         edge's `reissue_cids`)."""
         if self._state in END_STATES or not self.multipath_enabled:
@@ -1331,8 +1331,8 @@ class MultipathConnection(QuicConnection):
     def _retire_on_own_path(self, path: Path) -> None:
         """Before aioquic writes a packet on the live `path`: the peer's CIDs it gave up on
         it (switching when the peer switched, `change_connection_id`) are queued for
-        RETIRE_CONNECTION_ID, which names path 0's CIDs (draft-21 §6.10); another path's
-        go in its PATH_RETIRE_CONNECTION_ID."""
+        RETIRE_CONNECTION_ID, which names path 0's CIDs once multipath is on (draft-21);
+        another path's go in its PATH_RETIRE_CONNECTION_ID."""
         if path is not self._path0 and self._retire_connection_ids:
             path.retire_pending += self._retire_connection_ids
             self._retire_connection_ids.clear()
