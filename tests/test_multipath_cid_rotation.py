@@ -140,3 +140,27 @@ def test_a_cid_given_up_on_another_path_is_retired_on_that_path(tmp_path: Path) 
     assert server.path_cids(0).host == path0  # path 0's untouched
     assert server.path_cids(1).host_in_use == client.path_cids(1).peer_in_use
     assert not net.events("client", ConnectionTerminated)
+
+
+def test_a_reissue_whose_datagrams_are_lost_is_sent_again(tmp_path: Path) -> None:
+    """The flush carrying the PATH_NEW_CONNECTION_IDs reaches nobody: they are declared lost
+    and announced again, with their Retire Prior To, and the client still moves."""
+    rotation = Rotation()
+    net, server = _two_paths(tmp_path, rotation)
+    rotation.issuing = 1
+    assert server.reissue_path_cids(rotation.stale) == 6
+    links = [net.links[C1], net.links[C2]]
+    before = [link.sent for link in links]
+    for link in links:
+        link.up = False
+    net.run(0.05)
+    assert sum(link.sent for link in links) > sum(before)  # the frames went, and were dropped
+    for link in links:
+        link.up = True
+    _request(net, 100_000)
+    net.run(1.0)
+    sent_to = net.client.path_cids(1).peer_in_use
+    assert sent_to is not None and codepoint(sent_to) == 1
+    for path_id in (1, 2, 3):
+        assert _codepoints(server.path_cids(path_id).host) == {1}, path_id
+    assert not net.events("client", ConnectionTerminated)
