@@ -32,6 +32,7 @@ class SimPath:
     rate: float = RATE
     delay: float = DELAY
     seed: int = 1
+    app_rate: float | None = None  # bytes/s the application offers; None: always data
     now: float = 0.0
     inflight: int = 0
     delivered: int = 0
@@ -43,6 +44,7 @@ class SimPath:
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _link_free: float = 0.0
     _next_send: float = 0.0
+    _app_sent: int = 0
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -53,14 +55,18 @@ class SimPath:
             self._send_what_is_allowed()
             at = self._events[0][0] if self._events else math.inf
             if self.bbr.congestion_window >= self.inflight + MSS:
-                at = min(at, self._next_send)
+                at = min(at, max(self._next_send, self._data_at()))
             self.now = min(max(at, self.now), end)
             while self._events and self._events[0][0] <= self.now:
                 self._deliver(heapq.heappop(self._events))
 
     def _send_what_is_allowed(self) -> None:
         while self.inflight + MSS <= self.bbr.congestion_window and self._next_send <= self.now:
+            if self._data_at() > self.now:
+                self.sampler.mark_app_limited(self.inflight)
+                return
             state = self.sampler.on_sent(MSS, self.now, self.inflight)
+            self._app_sent += MSS
             self.inflight += MSS
             self.bbr.on_sent(MSS, self.now, state)
             self._next_send = max(self._next_send, self.now - 0.001) + MSS / self.bbr.pacing_rate
@@ -70,6 +76,10 @@ class SimPath:
             # A loss is noticed about when its ACK would have come (a later packet's ACK).
             at = departure + 2 * self.delay + (0.001 if lost else 0.0)
             heapq.heappush(self._events, (at, next(self._seq), lost, state))
+
+    def _data_at(self) -> float:
+        """When the application has the next packet's data."""
+        return 0.0 if self.app_rate is None else (self._app_sent + MSS) / self.app_rate
 
     def _deliver(self, event: tuple[float, int, bool, SentState]) -> None:
         _, _, lost, state = event
@@ -214,6 +224,21 @@ def test_samples_at_the_minimum_rtt_spare_a_steady_path_probe_rtt() -> None:
     path = _path()
     path.run(12.0)
     assert State.PROBE_RTT not in {state for _, state in path.states}
+
+
+def test_an_app_limited_flow_is_spared_probe_rtt_a_window_limited_one_is_not() -> None:
+    # A 1 Mbit/s stream on the 20 Mbit/s path never fills its window: it has no queue of
+    # its own, so ProbeRTT would only hold its data back (half the BDP for 200 ms: the
+    # late messages of bench_fec --goals' 10 ms row under BBR). The same RTT rise on a
+    # bulk flow is still probed.
+    entered = {}
+    for name, app_rate in (("app-limited", 1e6 / 8), ("bulk", None)):
+        path = _path(app_rate=app_rate)
+        path.run(1.0)
+        path.delay += 0.0005  # no sample reaches the minimum again
+        path.run(12.0)
+        entered[name] = State.PROBE_RTT in {state for _, state in path.states}
+    assert entered == {"app-limited": False, "bulk": True}
 
 
 def test_persistent_congestion_restarts_from_the_minimum_window() -> None:

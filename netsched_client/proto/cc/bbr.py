@@ -25,6 +25,13 @@ round's delivered rate is the bottleneck's: `inflight_lo` (reset at each probe,
 like the draft's lower bounds) then caps the window at that rate's BDP plus
 STANDING_QUEUE_ALLOWANCE.
 
+Two for ProbeRTT. A sample equal to the min RTT refreshes it (the draft: only a
+lower one), since it shows that no queue stands. And ProbeRTT comes only to a flow
+that was window-limited (a sample not app-limited) since the min RTT was last
+refreshed: an app-limited flow keeps no queue of its own, so draining to half a BDP
+finds nothing to drain and only holds its data back (a deadline stream's messages).
+Its expired min RTT is replaced by its latest sample, as on entering ProbeRTT.
+
 States and transitions (the rules; `_enter` is the only writer of `state`):
 
     STARTUP  -> DRAIN       the pipe is full: 3 rounds without 25 % more bandwidth,
@@ -148,6 +155,9 @@ class Bbr:
         self._probe_rtt_min_delay = math.inf
         self._probe_rtt_min_stamp: float | None = None
         self._probe_rtt_expired = False
+        # A sample since the stamp was not app-limited: the window, not the app, set
+        # what was in flight, so a queue of this flow's own may stand.
+        self._window_limited_since_stamp = False
         self.inflight_hi = math.inf
         self.inflight_lo = math.inf
         self.bw_lo = math.inf
@@ -520,17 +530,25 @@ class Bbr:
     def _update_min_rtt(self, rs: RateSample, now: float) -> None:
         if self._probe_rtt_min_stamp is None:
             self._probe_rtt_min_stamp = now
+        self._window_limited_since_stamp |= not rs.app_limited
         expired = now > self._probe_rtt_min_stamp + PROBE_RTT_INTERVAL_S
-        self._probe_rtt_expired = expired  # read by _check_probe_rtt, before the refresh
+        # Read by _check_probe_rtt, before the refresh. A flow that stayed app-limited
+        # since the stamp has no queue of its own to drain: its samples already show the
+        # path, and ProbeRTT would only hold its data back (docs/CONGESTION.md, deviation 4).
+        self._probe_rtt_expired = expired and self._window_limited_since_stamp
         # An equal sample refreshes too: it shows no queue stands (a steady path, where
         # every sample is the minimum, would otherwise drain for ProbeRTT every 5 s).
         if rs.rtt > 0 and (rs.rtt <= self._probe_rtt_min_delay or expired):
             self._probe_rtt_min_delay = rs.rtt
-            self._probe_rtt_min_stamp = now
+            self._stamp_probe_rtt(now)
         min_rtt_expired = now > self._min_rtt_stamp + MIN_RTT_FILTER_S
         if self._probe_rtt_min_delay < self.min_rtt or min_rtt_expired:
             self.min_rtt = self._probe_rtt_min_delay
             self._min_rtt_stamp = self._probe_rtt_min_stamp
+
+    def _stamp_probe_rtt(self, now: float) -> None:
+        self._probe_rtt_min_stamp = now
+        self._window_limited_since_stamp = False
 
     def _check_probe_rtt(self, now: float) -> None:
         if self.state is not State.PROBE_RTT and self._probe_rtt_expired:
@@ -553,7 +571,7 @@ class Bbr:
         if self._round_start:
             self._probe_rtt_round_done = True
         if self._probe_rtt_round_done and now > self._probe_rtt_done_stamp:
-            self._probe_rtt_min_stamp = now
+            self._stamp_probe_rtt(now)
             self.cwnd = max(self.cwnd, self._prior_cwnd)
             self._exit_probe_rtt(now)
 
