@@ -1,0 +1,591 @@
+"""The core's connection (#16, stage 4 part 2): a core pair in memory, interop with
+aioquic's own QuicConnection both ways, loss, malformed input, the phase table.
+
+Everything runs on a virtual clock: an in-memory wire with a fixed one-way
+latency delivers datagrams in order, and the clock jumps to the next arrival
+or the earliest timer. Drops are chosen by datagram index, so every run is the
+same run. Each test runs on both backends of the compiled core modules.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from aioquic.quic import events as aioquic_events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from netsched_client.core import control_frames, keys, packet, protection
+from netsched_client.core.connection import (
+    LIVE,
+    TRANSITIONS,
+    Backends,
+    Connection,
+    ConnectionConfig,
+    ConnectionStateError,
+    Phase,
+    PhaseEvent,
+    next_phase,
+)
+from netsched_client.core.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    StreamDataReceived,
+)
+from netsched_client.core.tls_adapter import TlsConfig
+from netsched_edge.tls import generate_self_signed
+from netsched_lab import memory
+
+ALPN = "netsched/1"
+CLIENT_ADDR = ("10.0.0.1", 50000)
+SERVER_ADDR = ("10.0.0.2", 443)
+BULK = 200_000
+
+
+@pytest.fixture(params=sorted(packet.BACKENDS))
+def backends(request: pytest.FixtureRequest) -> Backends:
+    """Every core module on one backend: "cython" (where built) and "python"."""
+    return Backends.named(request.param)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca_file: Path
+    certificate: Path
+    private_key: Path
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    pair = generate_self_signed(tmp_path_factory.mktemp("core-connection-tls"))
+    return Certificates(pair.ca_certificate, pair.certificate, pair.private_key)
+
+
+def core_configs(certs: Certificates, **options: Any) -> tuple[ConnectionConfig, ConnectionConfig]:
+    """A core client trusting the test CA, a core server presenting its certificate."""
+    certificate = x509.load_pem_x509_certificate(certs.certificate.read_bytes())
+    key = serialization.load_pem_private_key(certs.private_key.read_bytes(), None)
+    client = TlsConfig(
+        is_client=True,
+        alpn_protocols=(ALPN,),
+        server_name="localhost",
+        cafile=str(certs.ca_file),
+    )
+    server = TlsConfig(
+        is_client=False,
+        alpn_protocols=(ALPN,),
+        certificate=certificate,
+        private_key=key,  # type: ignore[arg-type]
+    )
+    return ConnectionConfig(client, **options), ConnectionConfig(server, **options)
+
+
+def aioquic_configs(certs: Certificates) -> tuple[QuicConfiguration, QuicConfiguration]:
+    return memory.quic_configurations(certs.ca_file, certs.certificate, certs.private_key, ALPN)
+
+
+# -- endpoints: one surface over the core and over aioquic -------------------------------------
+
+
+@dataclass
+class Seen:
+    """What an endpoint's application saw."""
+
+    handshake: bool = False
+    streams: dict[int, bytearray] = field(default_factory=dict)
+    ended: set[int] = field(default_factory=set)
+    terminated: tuple[int, bool] | None = None  # (error code, by peer)
+
+
+class Endpoint(Protocol):
+    seen: Seen
+
+    def receive(self, data: bytes, now: float) -> None: ...
+    def send(self, now: float) -> list[bytes]: ...
+    def timer(self) -> float | None: ...
+    def fire(self, now: float) -> None: ...
+    def drain(self) -> None: ...
+    def open_and_send(self, data: bytes) -> int: ...
+    def send_on(self, stream_id: int, data: bytes) -> None: ...
+    def close(self, now: float) -> None: ...
+
+
+class CoreEnd:
+    def __init__(self, connection: Connection, peer: tuple[str, int]) -> None:
+        self.conn = connection
+        self.peer = peer
+        self.seen = Seen()
+
+    def receive(self, data: bytes, now: float) -> None:
+        self.conn.receive(data, self.peer, now)
+
+    def send(self, now: float) -> list[bytes]:
+        return [data for data, _ in self.conn.datagrams_to_send(now)]
+
+    def timer(self) -> float | None:
+        return self.conn.get_timer()
+
+    def fire(self, now: float) -> None:
+        self.conn.handle_timer(now)
+
+    def drain(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                assert event.alpn_protocol == ALPN
+                self.seen.handshake = True
+            elif isinstance(event, StreamDataReceived):
+                self.seen.streams.setdefault(event.stream_id, bytearray()).extend(event.data)
+                if event.end_stream:
+                    self.seen.ended.add(event.stream_id)
+            elif isinstance(event, ConnectionTerminated):
+                self.seen.terminated = (event.error_code, event.by_peer)
+
+    def open_and_send(self, data: bytes) -> int:
+        stream_id = self.conn.open_stream()
+        self.conn.send_stream_data(stream_id, data, end_stream=True)
+        return stream_id
+
+    def send_on(self, stream_id: int, data: bytes) -> None:
+        self.conn.send_stream_data(stream_id, data, end_stream=True)
+
+    def close(self, now: float) -> None:
+        self.conn.close(now)
+
+
+class AioquicEnd:
+    def __init__(
+        self, connection: QuicConnection | None, config: QuicConfiguration, peer: tuple[str, int]
+    ) -> None:
+        self.conn = connection
+        self.config = config
+        self.peer = peer  # an aioquic client drops datagrams from other addresses
+        self.seen = Seen()
+
+    def receive(self, data: bytes, now: float) -> None:
+        if self.conn is None:  # a server: the first Initial names the connection
+            record = packet.parse_packet(data, 0, 8)
+            start, length = record[packet.F_DCID_OFFSET], record[packet.F_DCID_LENGTH]
+            self.conn = QuicConnection(
+                configuration=self.config,
+                original_destination_connection_id=data[start : start + length],
+            )
+        self.conn.receive_datagram(data, self.peer, now)
+
+    def send(self, now: float) -> list[bytes]:
+        if self.conn is None:
+            return []
+        return [data for data, _ in self.conn.datagrams_to_send(now)]
+
+    def timer(self) -> float | None:
+        return None if self.conn is None else self.conn.get_timer()
+
+    def fire(self, now: float) -> None:
+        assert self.conn is not None
+        self.conn.handle_timer(now)
+
+    def drain(self) -> None:
+        while self.conn is not None and (event := self.conn.next_event()) is not None:
+            if isinstance(event, aioquic_events.HandshakeCompleted):
+                self.seen.handshake = True
+            elif isinstance(event, aioquic_events.StreamDataReceived):
+                self.seen.streams.setdefault(event.stream_id, bytearray()).extend(event.data)
+                if event.end_stream:
+                    self.seen.ended.add(event.stream_id)
+            elif isinstance(event, aioquic_events.ConnectionTerminated):
+                self.seen.terminated = (event.error_code, True)
+
+    def open_and_send(self, data: bytes) -> int:
+        assert self.conn is not None
+        stream_id = self.conn.get_next_available_stream_id()
+        self.conn.send_stream_data(stream_id, data, end_stream=True)
+        return stream_id
+
+    def send_on(self, stream_id: int, data: bytes) -> None:
+        assert self.conn is not None
+        self.conn.send_stream_data(stream_id, data, end_stream=True)
+
+    def close(self, now: float) -> None:
+        assert self.conn is not None
+        self.conn.close()
+
+
+# -- the wire ------------------------------------------------------------------------------------
+
+Drop = Callable[[str, int], bool]  # (direction "c2s" / "s2c", index in it) -> dropped
+
+
+@dataclass
+class Wire:
+    """Two endpoints, a one-way latency, deterministic drops, a virtual clock."""
+
+    client: Endpoint
+    server: Endpoint
+    latency: float = 0.010
+    drop: Drop = lambda direction, index: False
+    now: float = 0.0
+    sent: dict[str, int] = field(default_factory=lambda: {"c2s": 0, "s2c": 0})
+    dropped: int = 0
+    _queue: list[tuple[float, int, str, bytes]] = field(default_factory=list)
+    _seq: int = 0
+
+    def _transmit(self) -> None:
+        for direction, source in (("c2s", self.client), ("s2c", self.server)):
+            for data in source.send(self.now):
+                index = self.sent[direction]
+                self.sent[direction] += 1
+                if self.drop(direction, index):
+                    self.dropped += 1
+                    continue
+                self._seq += 1
+                heapq.heappush(self._queue, (self.now + self.latency, self._seq, direction, data))
+
+    def run(self, until: Callable[[], bool], limit: float = 30.0) -> None:
+        """Steps the clock until `until()` holds (AssertionError at `limit` seconds)."""
+        while True:
+            self._transmit()
+            for end in (self.client, self.server):
+                end.drain()
+            if until():
+                return
+            deadlines = [t for t in (self.client.timer(), self.server.timer()) if t is not None]
+            if self._queue:
+                deadlines.append(self._queue[0][0])
+            assert deadlines, "nothing left to happen"
+            self.now = max(self.now, min(deadlines))
+            assert self.now <= limit, f"not done by {limit} s"
+            while self._queue and self._queue[0][0] <= self.now:
+                _, _, direction, data = heapq.heappop(self._queue)
+                (self.server if direction == "c2s" else self.client).receive(data, self.now)
+            for end in (self.client, self.server):
+                deadline = end.timer()
+                if deadline is not None and deadline <= self.now:
+                    end.fire(self.now)
+
+
+def core_pair(certs: Certificates, backends: Backends, seed: int = 1, **options: Any) -> Wire:
+    client_config, server_config = core_configs(certs, **options)
+    rng = random.Random(seed)
+    client = Connection(client_config, rng.randbytes, backends)
+    server = Connection(server_config, rng.randbytes, backends)
+    client.connect(SERVER_ADDR, 0.0)
+    return Wire(CoreEnd(client, SERVER_ADDR), CoreEnd(server, CLIENT_ADDR))
+
+
+def pattern(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def exchange(wire: Wire, size: int = BULK, limit: float = 30.0) -> None:
+    """The client sends `size` bytes on a new stream; the server answers `size` other
+    bytes on the same stream; both arrive whole and ended."""
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake, limit)
+    upload, download = pattern(size, 1), pattern(size, 2)
+    stream_id = wire.client.open_and_send(upload)
+    wire.run(lambda: stream_id in wire.server.seen.ended, limit)
+    assert bytes(wire.server.seen.streams[stream_id]) == upload
+    wire.server.send_on(stream_id, download)
+    wire.run(lambda: stream_id in wire.client.seen.ended, limit)
+    assert bytes(wire.client.seen.streams[stream_id]) == download
+
+
+def close_cleanly(wire: Wire, limit: float = 30.0) -> None:
+    """The client closes (application, NO_ERROR); the server hears it from the peer."""
+    wire.client.close(wire.now)
+    wire.run(lambda: wire.server.seen.terminated is not None, limit)
+    assert wire.server.seen.terminated == (0, True)
+
+
+# -- core and core -------------------------------------------------------------------------------
+
+
+def test_two_core_connections_handshake_exchange_both_ways_and_close(
+    certs: Certificates, backends: Backends
+) -> None:
+    wire = core_pair(certs, backends)
+    exchange(wire)
+    client, server = wire.client, wire.server
+    assert isinstance(client, CoreEnd) and isinstance(server, CoreEnd)
+    assert client.conn.phase is Phase.CONFIRMED and server.conn.phase is Phase.CONFIRMED
+    # Both sides read the other's transport parameters (RFC 9000 §7.4).
+    assert client.conn.peer_transport_parameters is not None
+    assert client.conn.peer_transport_parameters.initial_source_connection_id == (
+        server.conn.host_cid
+    )
+    close_cleanly(wire)
+    assert client.seen.terminated == (0, False)
+    assert server.conn.phase is Phase.DRAINING
+    # Closing and draining each end three PTOs later, and nothing is armed after.
+    wire.run(lambda: client.conn.phase is Phase.CLOSED and server.conn.phase is Phase.CLOSED)
+    assert client.conn.get_timer() is None and server.conn.get_timer() is None
+
+
+def test_a_client_initial_fills_1200_bytes_and_the_handshake_takes_one_round_trip(
+    certs: Certificates, backends: Backends
+) -> None:
+    client_config, _ = core_configs(certs)
+    client = Connection(client_config, random.Random(3).randbytes, backends)
+    client.connect(SERVER_ADDR, 0.0)
+    first = client.datagrams_to_send(0.0)
+    assert [len(data) for data, _ in first] == [1200]
+    assert first[0][1] == SERVER_ADDR
+    wire = core_pair(certs, backends)
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake)
+    # Client Initial out, server flight back (one RTT of 20 ms), then the client's Finished.
+    assert wire.now == pytest.approx(0.030)
+
+
+def test_the_idle_timeout_closes_both_sides_silently(
+    certs: Certificates, backends: Backends
+) -> None:
+    wire = core_pair(certs, backends, idle_timeout=2.0)
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake)
+    wire.run(lambda: wire.client.seen.terminated is not None and wire.server.seen.terminated)
+    assert wire.client.seen.terminated == (0, False)
+    assert 2.0 <= wire.now <= 2.1
+
+
+# -- interop with aioquic ------------------------------------------------------------------------
+
+
+def test_interop_core_client_against_aioquic_server(
+    certs: Certificates, backends: Backends
+) -> None:
+    core_client_config, _ = core_configs(certs)
+    _, server_config = aioquic_configs(certs)
+    client = Connection(core_client_config, random.Random(5).randbytes, backends)
+    client.connect(SERVER_ADDR, 0.0)
+    wire = Wire(CoreEnd(client, SERVER_ADDR), AioquicEnd(None, server_config, CLIENT_ADDR))
+    exchange(wire)
+    close_cleanly(wire)
+    assert client.phase in (Phase.CLOSING, Phase.CLOSED)
+
+
+def test_interop_aioquic_client_against_core_server(
+    certs: Certificates, backends: Backends
+) -> None:
+    client_config, _ = aioquic_configs(certs)
+    _, core_server_config = core_configs(certs)
+    aioquic_client = QuicConnection(configuration=client_config)
+    aioquic_client.connect(SERVER_ADDR, now=0.0)
+    server = Connection(core_server_config, random.Random(6).randbytes, backends)
+    wire = Wire(
+        AioquicEnd(aioquic_client, client_config, SERVER_ADDR), CoreEnd(server, CLIENT_ADDR)
+    )
+    exchange(wire)
+    close_cleanly(wire)
+    assert server.phase is Phase.DRAINING
+
+
+# -- loss ------------------------------------------------------------------------------------------
+
+
+def every(n: int, offset: int = 0) -> Drop:
+    return lambda direction, index: index % n == offset
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        every(5),  # the client's first Initial and the server's first flight's first datagram
+        every(7, 3),
+        lambda direction, index: direction == "s2c" and index in (0, 1, 2, 3),
+        lambda direction, index: index % 10 in (4, 5, 6),  # bursts of three
+    ],
+    ids=["every-5th", "every-7th", "server-flight", "bursts"],
+)
+def test_a_lossy_path_still_completes_the_handshake_and_both_transfers(
+    certs: Certificates, backends: Backends, drop: Drop
+) -> None:
+    wire = core_pair(certs, backends, max_data=64 << 10, max_stream_data=32 << 10)
+    wire.drop = drop
+    exchange(wire, limit=60.0)
+    assert wire.dropped > 0
+    close_cleanly(wire, limit=60.0)
+
+
+def test_a_lossy_path_to_aioquic_completes_too(certs: Certificates, backends: Backends) -> None:
+    core_client_config, _ = core_configs(certs)
+    _, server_config = aioquic_configs(certs)
+    client = Connection(core_client_config, random.Random(8).randbytes, backends)
+    client.connect(SERVER_ADDR, 0.0)
+    wire = Wire(
+        CoreEnd(client, SERVER_ADDR), AioquicEnd(None, server_config, CLIENT_ADDR), drop=every(6, 2)
+    )
+    exchange(wire, limit=60.0)
+    assert wire.dropped > 0
+
+
+# -- malformed input ---------------------------------------------------------------------------
+
+
+def test_garbage_and_truncated_datagrams_raise_nothing_and_change_nothing(
+    certs: Certificates, backends: Backends
+) -> None:
+    wire = core_pair(certs, backends)
+    recorded: list[bytes] = []
+    inner = wire.client.send
+
+    def recording(now: float) -> list[bytes]:
+        out = inner(now)
+        recorded.extend(out)
+        return out
+
+    wire.client.send = recording  # type: ignore[method-assign]
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake)
+    server = wire.server
+    assert isinstance(server, CoreEnd)
+    rng = random.Random(11)
+    junk = [b"", b"\x00", b"\xff" * 5, rng.randbytes(1200), bytes([0x40]) + rng.randbytes(40)]
+    # Every prefix of what the client really sent, and each with one bit flipped.
+    for data in recorded:
+        junk += [data[:cut] for cut in range(0, len(data), 97)]
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x10
+        junk.append(bytes(flipped))
+    for data in junk:
+        server.conn.receive(data, CLIENT_ADDR, wire.now)
+    assert server.conn.phase is Phase.CONFIRMED
+    assert server.conn.next_event() is None
+    exchange(wire, size=20_000)
+
+
+class HandCrafted:
+    """A client written by hand from the core's packet layer: Initial packets with any
+    payload, to a core server, and the server's answer opened with its Initial keys."""
+
+    def __init__(self, backends: Backends, server: Connection) -> None:
+        self.dcid = bytes(range(8))
+        self.scid = bytes(range(8, 16))
+        client_keys, server_keys = keys.initial_keys(packet.VERSION_1, self.dcid)
+        self.seal = protection.protection(client_keys)
+        self.open = protection.protection(server_keys)
+        self.server = server
+        self.pn = 0
+
+    def send_initial(self, payload: bytes, now: float = 0.0) -> list[bytes]:
+        payload = payload + bytes(1160 - len(payload))  # PADDING to a full datagram
+        header = packet.build_long_header(
+            packet.KIND_INITIAL,
+            packet.VERSION_1,
+            self.dcid,
+            self.scid,
+            b"",
+            len(payload) + protection.TAG_LENGTH,
+            self.pn,
+            1,
+        )
+        self.server.receive(self.seal.seal(header, payload, self.pn), CLIENT_ADDR, now)
+        self.pn += 1
+        return [data for data, _ in self.server.datagrams_to_send(now)]
+
+    def close_frame(self, datagram: bytes) -> tuple[bool, int, int, str, int]:
+        """The CONNECTION_CLOSE in the server's Initial answer."""
+        record = packet.parse_packet(datagram, 0, 8)
+        assert record[packet.F_KIND] == packet.KIND_INITIAL
+        _, _, plain = self.open.open(
+            datagram[: record[packet.F_LENGTH]], record[packet.F_PN_OFFSET], -1
+        )
+        pos = 0
+        while plain[pos] == control_frames.PADDING_FRAME:
+            pos += 1
+        return control_frames.parse_connection_close(plain, pos)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error_code", "frame_type"),
+    [
+        (bytes([0x40, 0x99]), 0x07, 0x99),  # unknown frame type: FRAME_ENCODING_ERROR
+        (bytes([0x06, 0x00, 0x7F, 0xFF]), 0x07, 0x06),  # CRYPTO past the packet: FRAME_ENCODING
+        (bytes([0x08, 0x00, 0x01, 0x61]), 0x0A, 0x08),  # STREAM in an Initial: PROTOCOL_VIOLATION
+        (bytes([0x1E]), 0x0A, 0x1E),  # HANDSHAKE_DONE from a client: PROTOCOL_VIOLATION
+        (bytes([0x02, 0x05, 0x00, 0x00, 0x00]), 0x0A, 0x02),  # ACK of a packet never sent
+        (bytes([0x06, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00]), 0x10A, 0x06),  # a ServerHello: alert
+    ],
+    ids=[
+        "unknown-frame",
+        "truncated-crypto",
+        "stream-in-initial",
+        "handshake-done",
+        "ack-unsent",
+        "tls-unexpected-message",
+    ],
+)
+def test_a_malformed_initial_closes_with_the_error_rfc_9000_names(
+    certs: Certificates,
+    backends: Backends,
+    payload: bytes,
+    error_code: int,
+    frame_type: int,
+) -> None:
+    _, server_config = core_configs(certs)
+    server = Connection(server_config, random.Random(9).randbytes, backends)
+    client = HandCrafted(backends, server)
+    answer = client.send_initial(payload)
+    assert server.phase is Phase.CLOSING
+    event = server.next_event()
+    assert isinstance(event, ConnectionTerminated) and event.error_code == error_code
+    # One datagram; not padded: §14.1 pads a server's ack-eliciting Initials, and a close is not.
+    assert len(answer) == 1 and len(answer[0]) < 1200
+    application, code, offending, _, _ = client.close_frame(answer[0])
+    assert (application, code, offending) == (False, error_code, frame_type)
+    # Closing: each later datagram gets the close again, nothing else happens.
+    assert len(client.send_initial(b"\x01")) == 1
+    assert server.next_event() is None
+
+
+def test_an_initial_in_a_short_datagram_is_ignored(certs: Certificates, backends: Backends) -> None:
+    _, server_config = core_configs(certs)
+    server = Connection(server_config, random.Random(9).randbytes, backends)
+    client = HandCrafted(backends, server)
+    header = packet.build_long_header(
+        packet.KIND_INITIAL, packet.VERSION_1, client.dcid, client.scid, b"", 40, 0, 1
+    )
+    server.receive(client.seal.seal(header, bytes([0x01]) + bytes(23), 0), CLIENT_ADDR, 0.0)
+    assert server.phase is Phase.HANDSHAKING
+    assert server.datagrams_to_send(0.0) == []
+    assert server.get_timer() is None
+
+
+# -- the phase table -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("event", list(PhaseEvent))
+def test_every_phase_and_event_moves_by_the_table_or_raises(
+    phase: Phase, event: PhaseEvent
+) -> None:
+    expected = TRANSITIONS[phase].get(event)
+    if expected is None:
+        with pytest.raises(ConnectionStateError):
+            next_phase(phase, event)
+    else:
+        assert next_phase(phase, event) is expected
+
+
+def test_the_table_ends_in_closed_from_every_live_phase() -> None:
+    for phase in LIVE:
+        assert TRANSITIONS[phase][PhaseEvent.IDLE_TIMEOUT] is Phase.CLOSED
+        closing = TRANSITIONS[phase][PhaseEvent.LOCAL_CLOSE]
+        assert TRANSITIONS[closing][PhaseEvent.CLOSE_TIMEOUT] is Phase.CLOSED
+    assert TRANSITIONS[Phase.CLOSED] == {}
+
+
+def test_streams_of_a_closed_connection_refuse_data(
+    certs: Certificates, backends: Backends
+) -> None:
+    wire = core_pair(certs, backends)
+    wire.run(lambda: wire.client.seen.handshake)
+    client = wire.client
+    assert isinstance(client, CoreEnd)
+    stream_id = client.conn.open_stream()
+    client.conn.close(wire.now)
+    with pytest.raises(ConnectionStateError):
+        client.conn.send_stream_data(stream_id, b"late")
