@@ -513,6 +513,42 @@ def test_data_with_no_reply_is_acknowledged(run: Runner, certificate: Certificat
     run(main())
 
 
+def test_a_handler_that_raises_on_a_datagram_ends_its_connection_only(
+    run: Runner, certificate: CertificatePair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application bug while a datagram is handled closes that connection with
+    INTERNAL_ERROR (as a failed flush or timer does); it used to escape into the loop,
+    dropping the rest of the batch for every connection and leaving this one half-updated."""
+
+    def fail(event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            raise RuntimeError("application bug")
+
+    async def main() -> None:
+        async with (
+            quic_server(certificate) as (server, sink),
+            quic_client(server.local_address) as healthy,
+        ):
+            await healthy.established()
+            async with quic_client(server.local_address) as client:
+                driver = await client.established()
+                victim = sink.drivers[-1]
+                victim.add_event_handler(fail)
+                sid = driver.quic.get_next_available_stream_id()
+                driver.quic.send_stream_data(sid, b"x", end_stream=True)
+                driver.transmit()
+                async with asyncio.timeout(PATIENCE_S):
+                    await victim.closed.wait()
+                    await driver.closed.wait()
+            sink.data.clear()  # the victim's stream 0 reached the sink before the bug
+            sink.finished.clear()
+            await _upload(healthy, sink, b"still served")
+
+    run(main())
+    assert "connection failed while handling a datagram" in caplog.text
+    assert "Exception in callback" not in caplog.text
+
+
 def test_transfer_completes_with_loss(run: Runner, certificate: CertificatePair) -> None:
     async def main() -> None:
         lossy = LinkSpec(delay_ms=1.0, loss=0.05)

@@ -407,7 +407,10 @@ class H3Protocol:
     ) -> bool:
         if stream_id in self._aborted:
             return False
-        self._h3.send_headers(stream_id, response_headers(head), end_stream=False)
+        try:  # the peer's STOP_SENDING may be read with the request, before its event
+            self._h3.send_headers(stream_id, response_headers(head), end_stream=False)
+        except (RuntimeError, ValueError, H3Error):
+            return False
         return self.send_body(stream_id, body, end_stream=end_stream)
 
     def send_body(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> bool:

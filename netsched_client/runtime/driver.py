@@ -167,8 +167,12 @@ class ConnectionDriver:
             self.abandon(QuicErrorCode.NO_ERROR, "stateless reset")
             return
         self.last_received = now
-        self.quic.receive_datagram(data, addr, now=now)
-        self._drain_events()
+        try:
+            self.quic.receive_datagram(data, addr, now=now)
+            self._drain_events()
+        except Exception:  # this connection's failure, not the batch's nor the loop's
+            self._ticker.send_now(self._fail("handling a datagram", now))
+            return
         if not self.closed.is_set():
             self._ticker.wake_after_receive(self, now)
 

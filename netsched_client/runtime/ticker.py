@@ -257,7 +257,10 @@ class Ticker:
         self._timer_wakeups += 1
         armed_at = self._armed_at  # a tick below arms the next timer
         if self.read_first is not None:
-            self.read_first()
+            try:
+                self.read_first()
+            except Exception:  # the timers below must run whatever a datagram did
+                log.exception("reading datagrams before the timers failed")
             if self._touched:  # re-arms what the datagrams changed: a deadline they moved
                 self.tick()  # is no longer due (and aioquic re-reads its loss timer)
         now = self._clock()

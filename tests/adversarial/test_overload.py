@@ -11,6 +11,7 @@ the new client was taken on.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aioquic.quic.packet import QuicErrorCode
 from intake_support import eventually
+from request_support import h3_client
 from support import http_backend, service
 
 from netsched_client import NoBackend, open_session
@@ -85,6 +87,34 @@ async def test_a_loop_far_behind_turns_new_work_away_and_recovers(
     assert edge.unready() == []
     shed = edge.dispatcher.metrics.registry.get_sample_value("netsched_edge_overload_shed_total")
     assert shed is not None and shed >= 2
+
+
+def _shed_now(edge: EdgeServer) -> None:
+    """Put the governor into its shedding state as sustained lag would."""
+    for now in range(edge.overload.sustain):
+        edge.overload.observe(1.0, float(now))
+    assert edge.overload.shedding
+
+
+async def test_a_request_stopped_with_its_headers_is_shed_without_an_error(
+    start_edge, start_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HEADERS and STOP_SENDING in one datagram while shedding: aioquic reset our side
+    before the request's event, and the 503 used to raise out of the receive path
+    (found by the 1,000-connection soak, h3 cancels). Now the stream is skipped and the
+    connection serves on."""
+    edge = await _edge(start_edge, start_server)
+    async with h3_client(edge) as client:
+        _shed_now(edge)  # after the handshake: a new client would be refused
+        sid = client._quic.get_next_available_stream_id()
+        headers = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost")]
+        client.h3.send_headers(sid, [*headers, (b":path", b"/api/")], end_stream=True)
+        client._quic.stop_stream(sid, 0x10C)  # H3_REQUEST_CANCELLED, in the same datagram
+        client.transmit()
+        exchange = await client.fetch("GET", "/api/")
+        assert exchange.status == b"503"
+        assert b"overloaded" in exchange.headers.get(b"netsched-message", b"")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_zero_turns_the_governor_off(start_edge, start_server) -> None:
