@@ -40,6 +40,7 @@ from netsched_client.core.events import (
     HandshakeCompleted,
     StreamDataReceived,
 )
+from netsched_client.core.streams import StreamLimitError
 from netsched_client.core.tls_adapter import TlsConfig
 from netsched_edge.tls import generate_self_signed
 from netsched_lab import memory
@@ -232,6 +233,7 @@ class Wire:
     drop: Drop = lambda direction, index: False
     now: float = 0.0
     sent: dict[str, int] = field(default_factory=lambda: {"c2s": 0, "s2c": 0})
+    volume: dict[str, int] = field(default_factory=lambda: {"c2s": 0, "s2c": 0})
     dropped: int = 0
     _queue: list[tuple[float, int, str, bytes]] = field(default_factory=list)
     _seq: int = 0
@@ -241,6 +243,7 @@ class Wire:
             for data in source.send(self.now):
                 index = self.sent[direction]
                 self.sent[direction] += 1
+                self.volume[direction] += len(data)
                 if self.drop(direction, index):
                     self.dropped += 1
                     continue
@@ -421,6 +424,74 @@ def test_a_lossy_path_to_aioquic_completes_too(certs: Certificates, backends: Ba
     )
     exchange(wire, limit=60.0)
     assert wire.dropped > 0
+
+
+def test_an_aioquic_client_moving_to_another_connection_id_is_followed(
+    certs: Certificates, backends: Backends
+) -> None:
+    """aioquic's client switches to our next CID and retires the first (NEW_CONNECTION_ID
+    and RETIRE_CONNECTION_ID both ways); the core server routes the new one, issues a
+    replacement, and the connection carries on."""
+    client_config, _ = aioquic_configs(certs)
+    _, core_server_config = core_configs(certs)
+    aioquic_client = QuicConnection(configuration=client_config)
+    aioquic_client.connect(SERVER_ADDR, now=0.0)
+    server = Connection(core_server_config, random.Random(6).randbytes, backends)
+    wire = Wire(
+        AioquicEnd(aioquic_client, client_config, SERVER_ADDR), CoreEnd(server, CLIENT_ADDR)
+    )
+    dcids: set[bytes] = set()
+    inner = wire.client.send
+
+    def recording(now: float) -> list[bytes]:
+        out = inner(now)
+        for data in out:
+            record = packet.parse_packet(data, 0, 8)
+            if record[packet.F_KIND] == packet.KIND_ONE_RTT:
+                dcids.add(data[1:9])
+        return out
+
+    wire.client.send = recording  # type: ignore[method-assign]
+    exchange(wire, size=10_000)
+    for _ in range(5):  # more than the 4 IDs first issued: replacements are needed
+        aioquic_client.change_connection_id()
+        exchange(wire, size=10_000)
+    assert len(dcids) == 6 and server.host_cid in dcids
+    assert server.phase is Phase.CONFIRMED
+
+
+def test_a_server_sends_at_most_three_times_what_it_received_before_validation(
+    certs: Certificates, backends: Backends
+) -> None:
+    wire = core_pair(certs, backends)
+    wire.drop = lambda direction, index: direction == "c2s" and index >= 1
+    wire.run(lambda: wire.now >= 5.0, limit=6.0)
+    # The client's one 1200-byte Initial arrived: the server's flight and its PTO probes
+    # stop short of 3600 bytes, whatever the PTO asks for.
+    assert 2 <= wire.sent["s2c"] <= 3
+    assert wire.volume["s2c"] <= 3 * 1200
+
+
+def test_stream_limits_grow_as_the_peers_streams_close(
+    certs: Certificates, backends: Backends
+) -> None:
+    """With 2 bidirectional streams allowed, six exchanges one after the other each wait
+    for the MAX_STREAMS the server sends as earlier streams close (RFC 9000 §4.6)."""
+    wire = core_pair(certs, backends, max_streams_bidi=2)
+    client, server = wire.client, wire.server
+    assert isinstance(client, CoreEnd) and isinstance(server, CoreEnd)
+    wire.run(lambda: client.seen.handshake and server.seen.handshake)
+    assert client.conn.streams_available() == 2
+    for round_ in range(6):
+        wire.run(lambda: client.conn.streams_available() > 0)
+        stream_id = client.open_and_send(pattern(3000, round_))
+        assert stream_id == 4 * round_
+        wire.run(lambda sid=stream_id: sid in server.seen.ended)  # type: ignore[misc]
+        server.send_on(stream_id, b"ok")
+        wire.run(lambda sid=stream_id: sid in client.seen.ended)  # type: ignore[misc]
+    with pytest.raises(StreamLimitError):
+        for _ in range(3):
+            client.conn.open_stream()
 
 
 # -- malformed input ---------------------------------------------------------------------------

@@ -324,6 +324,11 @@ class Connection:
         self._idle_since = 0.0
         self._idle_restart_on_send = False
         self._pacing_until = math.inf
+        # RFC 9000 §8.1: until the client's address is validated (its Handshake packet),
+        # a server sends at most 3 times what it received.
+        self._address_validated = self.is_client
+        self._bytes_received = 0
+        self._bytes_sent = 0
         self._table = self._frame_table()
 
     # -- the public surface ---------------------------------------------------------------
@@ -359,6 +364,11 @@ class Connection:
         if self.phase not in LIVE:
             raise ConnectionStateError(f"open_stream while {self.phase.value}")
         return self._streams.open_local(unidirectional)
+
+    def streams_available(self, unidirectional: bool = False) -> int:
+        """How many more streams of that type the peer lets us open now."""
+        count = self._streams.local_counts[not unidirectional]
+        return count.limit - count.opened
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queues `data` on a stream we may send on (opened by `open_stream` or the peer)."""
@@ -415,6 +425,7 @@ class Connection:
         scid = datagram[fields[F_SCID_OFFSET] : fields[F_SCID_OFFSET] + fields[F_SCID_LENGTH]]
         if not self._admits(kind, dcid, scid, len(datagram), addr, now):
             return True
+        self._bytes_received += len(data)
         space = self._spaces.get(_EPOCHS[kind])
         if space is None or space.opener is None:
             return True  # no keys (yet, or any more): dropped, the peer will resend
@@ -454,6 +465,7 @@ class Connection:
             self._peer_scid = scid
             self._adopt_peer_cid(scid)
         if not self.is_client and kind == KIND_HANDSHAKE:
+            self._address_validated = True
             self._discard(Epoch.INITIAL)
 
     def _process_payload(self, space: PacketSpace, pn: int, payload: bytes, rx: Received) -> None:
@@ -1003,6 +1015,7 @@ class Connection:
             if not built:
                 break
             datagrams.append(self._protect(path, built, now))
+            self._bytes_sent += len(datagrams[-1])
             path = self._select_path()
         self._rearm(now)
         return _batch(destination, datagrams)
@@ -1013,7 +1026,16 @@ class Connection:
             return None
         if self.phase is Phase.CLOSING and not self._close_due:
             return None
-        return self._path
+        path = self._path
+        if path is not None and self._amplification_room() < path.max_datagram_size:
+            return None
+        return path
+
+    def _amplification_room(self) -> float:
+        """What a server may still send before the client's address is validated."""
+        if self._address_validated:
+            return math.inf
+        return 3 * self._bytes_received - self._bytes_sent
 
     def _build_datagram(self, path: Path, now: float) -> list[BuiltPacket]:
         """One packet per space that has something to send, coalesced (RFC 9000 §12.2)."""
