@@ -22,6 +22,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from netsched_client.core import control_frames, keys, packet, protection
 from netsched_client.core.connection import (
@@ -610,6 +612,29 @@ def test_a_malformed_initial_closes_with_the_error_rfc_9000_names(
     # Closing: each later datagram gets the close again, nothing else happens.
     assert len(client.send_initial(b"\x01")) == 1
     assert server.next_event() is None
+
+
+KNOWN_ERRORS = {0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x0A, 0x0D}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 0x20), st.binary(max_size=48))
+def test_random_frames_in_an_initial_never_escape_nor_fail_inside(
+    certs: Certificates, frame_type: int, body: bytes
+) -> None:
+    """Whatever frames a client's Initial carries, `receive` raises nothing; the server
+    carries on, drains on the peer's close, or closes with a transport error RFC 9000
+    §20 names (or a TLS alert), never INTERNAL_ERROR."""
+    _, server_config = core_configs(certs)
+    server = Connection(server_config, random.Random(0).randbytes)
+    HandCrafted(Backends(), server).send_initial(bytes([frame_type]) + body)
+    event = server.next_event()
+    if event is None:
+        assert server.phase is Phase.HANDSHAKING
+    else:
+        assert isinstance(event, ConnectionTerminated)
+        if not event.by_peer:  # a CONNECTION_CLOSE the PADDING completed is the peer's
+            assert event.error_code in KNOWN_ERRORS or event.error_code >= 0x100, event
 
 
 def test_an_initial_in_a_short_datagram_is_ignored(certs: Certificates, backends: Backends) -> None:
