@@ -942,7 +942,7 @@ class Connection:
     def _on_pto_timer(self, now: float) -> None:
         """RFC 9002 §6.2.4: the space whose PTO fired probes; a handshake space sends its
         unacknowledged CRYPTO data again with it."""
-        space = min(self._live_spaces(), key=PacketSpace.pto_deadline, default=None)
+        space = min(self._probing_spaces(), key=PacketSpace.pto_deadline, default=None)
         if space is None or space.pto_deadline() > now:
             return
         space.on_pto(now)
@@ -958,6 +958,12 @@ class Connection:
     def _live_spaces(self) -> list[PacketSpace]:
         return [space for space in self._spaces.values() if not space.discarded]
 
+    def _probing_spaces(self) -> list[PacketSpace]:
+        """The spaces whose PTO counts: 1-RTT only once the handshake is confirmed
+        (RFC 9002 §6.2.1); until then the handshake spaces' probes carry it."""
+        confirmed = self.phase is Phase.CONFIRMED
+        return [s for s in self._live_spaces() if confirmed or s.kind != KIND_ONE_RTT]
+
     def _rearm(self, now: float) -> None:
         """Sets every timer from the state now (after receive, send or a timer)."""
         timers = self._timers
@@ -972,7 +978,7 @@ class Connection:
         timers.arm(TimerKind.IDLE, self._idle_deadline())
         spaces = self._live_spaces()
         loss = min((space.loss_time() for space in spaces), default=math.inf)
-        pto = min((space.pto_deadline() for space in spaces), default=math.inf)
+        pto = min((space.pto_deadline() for space in self._probing_spaces()), default=math.inf)
         ack = min(
             (space.acks.ack_due for space in spaces if space.sealer is not None),
             default=math.inf,
