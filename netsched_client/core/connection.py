@@ -72,6 +72,7 @@ from netsched_client.core.events import (
     StreamDataReceived,
     StreamReset,
 )
+from netsched_client.core.key_update import KeyPhases
 from netsched_client.core.ledger import FLAG_ACK_ELICITING, FLAG_IN_FLIGHT, LossResult
 from netsched_client.core.packet import (
     F_DCID_LENGTH,
@@ -99,7 +100,7 @@ from netsched_client.core.path import (
 from netsched_client.core.spaces import PacketSpace, SentFrame, SentKind
 from netsched_client.core.streams import StreamTable
 from netsched_client.core.timers import TimerKind, Timers
-from netsched_client.core.tls_adapter import Epoch, TlsAdapter, TlsConfig
+from netsched_client.core.tls_adapter import Epoch, TlsAdapter, TlsConfig, TrafficKeys
 from netsched_client.core.transport_params import TransportParameterError, TransportParameters
 from netsched_client.proto.cc.base import PathCongestionController
 from netsched_client.proto.cc.bbr import Bbr
@@ -324,6 +325,8 @@ class Connection:
         self._idle_since = 0.0
         self._idle_restart_on_send = False
         self._pacing_until = math.inf
+        self._one_rtt_secrets: dict[bool, TrafficKeys] = {}  # by "sending"
+        self._key_discard_at = math.inf  # the previous key phase's receive keys go then
         # RFC 9000 §8.1: until the client's address is validated (its Handshake packet),
         # a server sends at most 3 times what it received.
         self._address_validated = self.is_client
@@ -431,15 +434,51 @@ class Connection:
             return True  # no keys (yet, or any more): dropped, the peer will resend
         received = space.acks.received
         largest = received.largest() if received else -1
-        try:
-            first, pn, payload = space.opener.open(data, fields[F_PN_OFFSET] - start, largest, 0)
-        except PacketError:
+        opened = self._open(space, data, fields[F_PN_OFFSET] - start, largest, now)
+        if opened is None:
             return True  # RFC 9001 §5.5: a packet that does not open is dropped
+        first, pn, payload = opened
         if first & (0x18 if kind == KIND_ONE_RTT else 0x0C):
             raise Failure(PROTOCOL_VIOLATION, 0, "reserved header bits set")  # RFC 9000 §17.2
         self._on_opened(kind, scid)
         self._process_payload(space, pn, payload, Received(space, dcid, now))
         return True
+
+    def _open(
+        self, space: PacketSpace, data: bytes, pn_offset: int, largest: int, now: float
+    ) -> tuple[int, int, bytes] | None:
+        """(first byte, packet number, payload), or None when it does not open. A 1-RTT
+        packet may carry the peer's next key phase: we follow it both ways (RFC 9001 §6.2)
+        and keep the previous receive keys for three PTOs (§6.5)."""
+        phases = space.key_phases
+        try:
+            if phases is None:
+                assert space.opener is not None
+                opened: tuple[int, int, bytes] = space.opener.open(data, pn_offset, largest, 0)
+                return opened
+            result = phases.open(data, pn_offset, largest)
+        except PacketError:
+            return None
+        if result.updated:
+            space.sealer, space.opener = phases.sealer, phases.opener
+            self._key_discard_at = now + CLOSE_PTOS * self._require_path().pto_period()
+        return result.first, result.pn, result.payload
+
+    def _install_one_rtt_keys(self) -> None:
+        """The 1-RTT keys once TLS gave both directions' secrets."""
+        space = self._spaces[Epoch.ONE_RTT]
+        secrets = self._one_rtt_secrets
+        if space.key_phases is not None or len(secrets) < 2:
+            return
+        phases = KeyPhases(
+            self.version,
+            secrets[True].cipher_suite,
+            secrets[True].secret,
+            secrets[False].secret,
+            self._protection,
+        )
+        space.key_phases = phases
+        space.sealer, space.opener = phases.sealer, phases.opener
 
     def _admits(
         self, kind: int, dcid: bytes, scid: bytes, size: int, addr: Address, now: float
@@ -825,11 +864,15 @@ class Connection:
         tls = self._tls
         assert tls is not None
         for traffic in tls.take_keys():
+            if traffic.epoch is Epoch.ONE_RTT:
+                self._one_rtt_secrets[traffic.sending] = traffic
+                continue
             space = self._spaces[traffic.epoch]
             if traffic.sending:
                 space.sealer = self._protection(traffic.keys)
             else:
                 space.opener = self._protection(traffic.keys)
+        self._install_one_rtt_keys()
         for epoch, data in tls.take_crypto().items():
             self._spaces[epoch].crypto_send.write(data)
         raw = tls.peer_transport_parameters
@@ -934,6 +977,12 @@ class Connection:
         elif self.phase in (Phase.CLOSING, Phase.DRAINING):
             self._advance(PhaseEvent.CLOSE_TIMEOUT)
 
+    def _on_key_discard_timer(self, now: float) -> None:
+        phases = self._spaces[Epoch.ONE_RTT].key_phases
+        if phases is not None:
+            phases.discard_previous()
+        self._key_discard_at = math.inf
+
     def _on_loss_timer(self, now: float) -> None:
         for space in self._live_spaces():
             if space.loss_time() <= now:
@@ -989,6 +1038,7 @@ class Connection:
         timers.arm(TimerKind.PTO, pto if loss == math.inf else math.inf, 0)
         timers.arm(TimerKind.ACK_DELAY, ack, 0)
         timers.arm(TimerKind.PACING, self._pacing_until, 0)
+        timers.arm(TimerKind.KEY_DISCARD, self._key_discard_at)
 
     def _idle_deadline(self) -> float:
         """RFC 9000 §10.1: the smaller of both idle timeouts, at least 3 PTOs, from the last
@@ -1285,7 +1335,9 @@ class Connection:
         dcid = path.tuple.peer_cid
         built: bytes
         if space.kind == KIND_ONE_RTT:
-            built = self._m.packet.build_short_header(dcid, truncated, pn_length)
+            phases = space.key_phases
+            key_phase = phases is not None and phases.phase
+            built = self._m.packet.build_short_header(dcid, truncated, pn_length, key_phase)
         else:
             built = self._m.packet.build_long_header(
                 space.kind,
@@ -1448,6 +1500,7 @@ _ON_LOST: Final[dict[SentKind, _Resolver]] = {
 }
 _ON_TIMER: Final[dict[TimerKind, Callable[[Connection, float], None]]] = {
     TimerKind.IDLE: Connection._on_idle_timer,
+    TimerKind.KEY_DISCARD: Connection._on_key_discard_timer,
     TimerKind.LOSS: Connection._on_loss_timer,
     TimerKind.PTO: Connection._on_pto_timer,
     TimerKind.ACK_DELAY: Connection._on_send_timer,

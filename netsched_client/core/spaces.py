@@ -18,6 +18,7 @@ from enum import Enum
 from types import ModuleType
 
 from netsched_client.core import stream
+from netsched_client.core.key_update import KeyPhases
 from netsched_client.core.ledger import AckResult, Ledger, LossResult
 from netsched_client.core.path import AckState
 from netsched_client.core.protection import PacketProtection
@@ -78,6 +79,7 @@ class PacketSpace:
         self.crypto_recv = backend.RecvStream(CRYPTO_WINDOW)
         self.sealer: PacketProtection | None = None
         self.opener: PacketProtection | None = None
+        self.key_phases: KeyPhases | None = None  # 1-RTT: the keys across key updates
         self.sent: dict[int, list[SentFrame]] = {}  # by packet number
         self.largest_received_time = math.inf  # when the largest packet number arrived
         self.probes = 0  # ack-eliciting packets the PTO asks for
