@@ -462,32 +462,57 @@ def test_an_aioquic_client_moving_to_another_connection_id_is_followed(
     assert server.phase is Phase.CONFIRMED
 
 
+def interop_wire(certs: Certificates, backends: Backends, core_side: str) -> Wire:
+    """A core endpoint on `core_side` and aioquic's QuicConnection on the other."""
+    aioquic_client_config, aioquic_server_config = aioquic_configs(certs)
+    core_client_config, core_server_config = core_configs(certs)
+    if core_side == "server":
+        aioquic_client = QuicConnection(configuration=aioquic_client_config)
+        aioquic_client.connect(SERVER_ADDR, now=0.0)
+        core = Connection(core_server_config, random.Random(12).randbytes, backends)
+        return Wire(
+            AioquicEnd(aioquic_client, aioquic_client_config, SERVER_ADDR),
+            CoreEnd(core, CLIENT_ADDR),
+        )
+    core = Connection(core_client_config, random.Random(12).randbytes, backends)
+    core.connect(SERVER_ADDR, 0.0)
+    return Wire(CoreEnd(core, SERVER_ADDR), AioquicEnd(None, aioquic_server_config, CLIENT_ADDR))
+
+
+@pytest.mark.parametrize("core_side", ["server", "client"])
+def test_eight_concurrent_streams_each_way_with_aioquic_over_loss(
+    certs: Certificates, backends: Backends, core_side: str
+) -> None:
+    wire = interop_wire(certs, backends, core_side)
+    wire.drop = every(8, 5)
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake, 60.0)
+    ids = [wire.client.open_and_send(pattern(25_000, n)) for n in range(8)]
+    wire.run(lambda: wire.server.seen.ended >= set(ids), 60.0)
+    for n, stream_id in enumerate(ids):
+        assert bytes(wire.server.seen.streams[stream_id]) == pattern(25_000, n)
+        wire.server.send_on(stream_id, pattern(25_000, 100 + n))
+    wire.run(lambda: wire.client.seen.ended >= set(ids), 60.0)
+    for n, stream_id in enumerate(ids):
+        assert bytes(wire.client.seen.streams[stream_id]) == pattern(25_000, 100 + n)
+
+
 @pytest.mark.parametrize("core_side", ["server", "client"])
 def test_key_updates_by_aioquic_are_followed_both_ways(
     certs: Certificates, backends: Backends, core_side: str
 ) -> None:
     """aioquic updates its 1-RTT keys (RFC 9001 §6) three times, with lost packets around
     each update; the core follows in both directions and the transfers go on."""
-    aioquic_client_config, aioquic_server_config = aioquic_configs(certs)
-    core_client_config, core_server_config = core_configs(certs)
-    if core_side == "server":
-        aioquic_client = QuicConnection(configuration=aioquic_client_config)
-        aioquic_client.connect(SERVER_ADDR, now=0.0)
-        aioquic_end = AioquicEnd(aioquic_client, aioquic_client_config, SERVER_ADDR)
-        core = Connection(core_server_config, random.Random(12).randbytes, backends)
-        wire = Wire(aioquic_end, CoreEnd(core, CLIENT_ADDR))
-    else:
-        core = Connection(core_client_config, random.Random(12).randbytes, backends)
-        core.connect(SERVER_ADDR, 0.0)
-        aioquic_end = AioquicEnd(None, aioquic_server_config, CLIENT_ADDR)
-        wire = Wire(CoreEnd(core, SERVER_ADDR), aioquic_end)
+    wire = interop_wire(certs, backends, core_side)
+    core = wire.client if core_side == "client" else wire.server
+    aioquic_end = wire.server if core_side == "client" else wire.client
+    assert isinstance(core, CoreEnd) and isinstance(aioquic_end, AioquicEnd)
     wire.drop = every(9, 4)
     exchange(wire, size=30_000, limit=60.0)
     for _ in range(3):
         assert aioquic_end.conn is not None
         aioquic_end.conn.request_key_update()
         exchange(wire, size=30_000, limit=60.0)
-    assert core.phase is Phase.CONFIRMED
+    assert core.conn.phase is Phase.CONFIRMED
 
 
 def test_a_server_sends_at_most_three_times_what_it_received_before_validation(
