@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -525,6 +525,27 @@ def test_a_server_sends_at_most_three_times_what_it_received_before_validation(
     # stop short of 3600 bytes, whatever the PTO asks for.
     assert 2 <= wire.sent["s2c"] <= 3
     assert wire.volume["s2c"] <= 3 * 1200
+
+
+def test_a_client_probes_with_nothing_in_flight_until_its_handshake_is_acknowledged(
+    certs: Certificates, backends: Backends
+) -> None:
+    """RFC 9002 §6.2.2.1: a server flight of three datagrams (a longer certificate chain)
+    loses its second, and the client's acknowledgement is lost: the server has sent
+    all that 3x the client's 1200 bytes allows, the client has nothing in flight. The
+    client's PTO, armed anyway, sends the probe that unblocks the server."""
+    client_config, server_config = core_configs(certs)
+    ca = x509.load_pem_x509_certificate(certs.ca_file.read_bytes())
+    server_tls = replace(server_config.tls, certificate_chain=(ca,) * 4)
+    rng = random.Random(1)
+    client = Connection(client_config, rng.randbytes, backends)
+    server = Connection(replace(server_config, tls=server_tls), rng.randbytes, backends)
+    client.connect(SERVER_ADDR, 0.0)
+    wire = Wire(CoreEnd(client, SERVER_ADDR), CoreEnd(server, CLIENT_ADDR))
+    wire.drop = lambda direction, index: index == 1
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake, limit=5.0)
+    assert wire.volume["s2c"] > 2 * 1200  # more than a flight the limit lets through at once
+    assert wire.now < 2.0
 
 
 def test_stream_limits_grow_as_the_peers_streams_close(

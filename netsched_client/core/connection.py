@@ -325,6 +325,7 @@ class Connection:
         self._idle_since = 0.0
         self._idle_restart_on_send = False
         self._pacing_until = math.inf
+        self._handshake_acked = False  # the peer acknowledged one of our Handshake packets
         self._one_rtt_secrets: dict[bool, TrafficKeys] = {}  # by "sending"
         self._key_discard_at = math.inf  # the previous key phase's receive keys go then
         # RFC 9000 §8.1: until the client's address is validated (its Handshake packet),
@@ -676,6 +677,8 @@ class Connection:
         for pn in acked.pns:
             for frame in space.sent.pop(pn, ()):
                 _ON_ACKED[frame.kind](self, space, frame)
+        if space.kind == KIND_HANDSHAKE and len(acked.pns):
+            self._handshake_acked = True
         self._on_lost(space, lost)
 
     def _on_lost(self, space: PacketSpace, lost: LossResult) -> None:
@@ -912,6 +915,7 @@ class Connection:
     def _confirm(self) -> None:
         """The handshake is confirmed: Initial and Handshake keys go (RFC 9001 §4.9.2)."""
         self._advance(PhaseEvent.HANDSHAKE_CONFIRMED)
+        self._handshake_acked = True  # RFC 9002 §6.2.2.1: confirmation implies it
         self._discard(Epoch.INITIAL)
         self._discard(Epoch.HANDSHAKE)
 
@@ -991,8 +995,8 @@ class Connection:
     def _on_pto_timer(self, now: float) -> None:
         """RFC 9002 §6.2.4: the space whose PTO fired probes; a handshake space sends its
         unacknowledged CRYPTO data again with it."""
-        space = min(self._probing_spaces(), key=PacketSpace.pto_deadline, default=None)
-        if space is None or space.pto_deadline() > now:
+        deadline, space = self._pto()
+        if space is None or deadline > now:
             return
         space.on_pto(now)
         if space.kind != KIND_ONE_RTT:
@@ -1000,6 +1004,23 @@ class Connection:
                 for frame in sent:
                     if frame.kind is SentKind.CRYPTO:
                         space.crypto_send.on_lost(frame.offset, frame.length, False)
+
+    def _pto(self) -> tuple[float, PacketSpace | None]:
+        """The next PTO and the space that probes then. A client whose handshake the
+        server has not acknowledged keeps one armed with nothing in flight (RFC 9002
+        §6.2.2.1), from its last activity: a server held by anti-amplification may be
+        waiting for it. It probes with a Handshake packet, else a padded Initial."""
+        space = min(self._probing_spaces(), key=PacketSpace.pto_deadline, default=None)
+        if space is not None and space.pto_deadline() < math.inf:
+            return space.pto_deadline(), space
+        if not self.is_client or self._handshake_acked or self._path is None:
+            return math.inf, None
+        handshake = self._spaces[Epoch.HANDSHAKE]
+        target = handshake if handshake.sealer is not None else self._spaces[Epoch.INITIAL]
+        if target.discarded:
+            return math.inf, None
+        rtt = target.ledger.rtt
+        return self._idle_since + math.ldexp(rtt.pto_period(0.0), rtt.pto_count), target
 
     def _on_send_timer(self, now: float) -> None:
         """ACK delay and pacing: the send path sends what is due."""
@@ -1027,7 +1048,7 @@ class Connection:
         timers.arm(TimerKind.IDLE, self._idle_deadline())
         spaces = self._live_spaces()
         loss = min((space.loss_time() for space in spaces), default=math.inf)
-        pto = min((space.pto_deadline() for space in self._probing_spaces()), default=math.inf)
+        pto, _ = self._pto()
         ack = min(
             (space.acks.ack_due for space in spaces if space.sealer is not None),
             default=math.inf,
