@@ -347,6 +347,25 @@ def test_a_client_initial_fills_1200_bytes_and_the_handshake_takes_one_round_tri
     assert wire.now == pytest.approx(0.030)
 
 
+def test_an_application_close_during_the_handshake_is_application_error(
+    certs: Certificates, backends: Backends
+) -> None:
+    """RFC 9000 §10.2.3: before 1-RTT keys, an application close goes out as a transport
+    CONNECTION_CLOSE with APPLICATION_ERROR and no reason."""
+    wire = core_pair(certs, backends)
+    client, server = wire.client, wire.server
+    assert isinstance(client, CoreEnd) and isinstance(server, CoreEnd)
+    wire.run(lambda: server.conn.phase is not Phase.HANDSHAKING or wire.now > 0)
+    client.conn.close(wire.now, error_code=7, reason="secret reason")
+    assert client.conn.phase is Phase.CLOSING
+    wire.run(lambda: server.seen.terminated is not None)
+    assert server.seen.terminated == (0x0C, True)
+    assert server.conn.phase is Phase.DRAINING
+    wire.run(lambda: client.conn.phase is Phase.CLOSED)
+    # Closed at 10 ms, for three PTOs at the initial RTT: 3 x (333 + 4 x 166.5 + 25) ms.
+    assert wire.now == pytest.approx(0.010 + 3 * (0.333 + 4 * 0.1665 + 0.025))
+
+
 def test_the_idle_timeout_closes_both_sides_silently(
     certs: Certificates, backends: Backends
 ) -> None:

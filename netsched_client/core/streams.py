@@ -46,7 +46,6 @@ class StreamCount:
     limit: int
     opened: int = 0  # streams of this type opened so far (the next index)
     closed: int = 0  # peer streams closed (only counted for the peer's)
-    blocked_reported: int = -1
 
 
 @dataclass(slots=True)
