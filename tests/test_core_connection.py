@@ -236,6 +236,7 @@ class Wire:
     now: float = 0.0
     sent: dict[str, int] = field(default_factory=lambda: {"c2s": 0, "s2c": 0})
     volume: dict[str, int] = field(default_factory=lambda: {"c2s": 0, "s2c": 0})
+    versions: set[int] = field(default_factory=set)  # of the long headers sent
     dropped: int = 0
     _queue: list[tuple[float, int, str, bytes]] = field(default_factory=list)
     _seq: int = 0
@@ -246,6 +247,8 @@ class Wire:
                 index = self.sent[direction]
                 self.sent[direction] += 1
                 self.volume[direction] += len(data)
+                if data[0] & 0x80:
+                    self.versions.add(int.from_bytes(data[1:5], "big"))
                 if self.drop(direction, index):
                     self.dropped += 1
                     continue
@@ -479,6 +482,32 @@ def test_an_aioquic_client_moving_to_another_connection_id_is_followed(
         exchange(wire, size=10_000)
     assert len(dcids) == 6 and server.host_cid in dcids
     assert server.phase is Phase.CONFIRMED
+
+
+@pytest.mark.parametrize("core_side", ["server", "client"])
+def test_interop_in_quic_version_2(certs: Certificates, backends: Backends, core_side: str) -> None:
+    """RFC 9369 with aioquic: its v2 Initial salt, labels and packet types, both ways."""
+    aioquic_client_config, aioquic_server_config = aioquic_configs(certs)
+    core_client_config, core_server_config = core_configs(certs, version=packet.VERSION_2)
+    if core_side == "server":
+        aioquic_client_config.original_version = packet.VERSION_2
+        aioquic_client = QuicConnection(configuration=aioquic_client_config)
+        aioquic_client.connect(SERVER_ADDR, now=0.0)
+        server = Connection(core_server_config, random.Random(13).randbytes, backends)
+        wire = Wire(
+            AioquicEnd(aioquic_client, aioquic_client_config, SERVER_ADDR),
+            CoreEnd(server, CLIENT_ADDR),
+        )
+    else:
+        client = Connection(core_client_config, random.Random(13).randbytes, backends)
+        client.connect(SERVER_ADDR, 0.0)
+        wire = Wire(
+            CoreEnd(client, SERVER_ADDR), AioquicEnd(None, aioquic_server_config, CLIENT_ADDR)
+        )
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake)
+    assert wire.versions == {packet.VERSION_2}  # every long header, both ways
+    exchange(wire, size=50_000)
+    close_cleanly(wire)
 
 
 def interop_wire(certs: Certificates, backends: Backends, core_side: str) -> Wire:

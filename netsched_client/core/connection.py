@@ -83,6 +83,7 @@ from netsched_client.core.packet import (
     F_PN_OFFSET,
     F_SCID_LENGTH,
     F_SCID_OFFSET,
+    F_VERSION,
     KIND_HANDSHAKE,
     KIND_INITIAL,
     KIND_INVALID,
@@ -427,7 +428,7 @@ class Connection:
         data = datagram[start : start + fields[F_LENGTH]]
         dcid = datagram[fields[F_DCID_OFFSET] : fields[F_DCID_OFFSET] + fields[F_DCID_LENGTH]]
         scid = datagram[fields[F_SCID_OFFSET] : fields[F_SCID_OFFSET] + fields[F_SCID_LENGTH]]
-        if not self._admits(kind, dcid, scid, len(datagram), addr, now):
+        if not self._admits(fields, dcid, scid, len(datagram), addr, now):
             return True
         self._bytes_received += len(data)
         space = self._spaces.get(_EPOCHS[kind])
@@ -482,9 +483,13 @@ class Connection:
         space.sealer, space.opener = phases.sealer, phases.opener
 
     def _admits(
-        self, kind: int, dcid: bytes, scid: bytes, size: int, addr: Address, now: float
+        self, fields: list[int], dcid: bytes, scid: bytes, size: int, addr: Address, now: float
     ) -> bool:
-        """Whether a packet is for this connection (a server's first Initial starts it)."""
+        """Whether a packet is for this connection (a server's first Initial starts it,
+        in the version of that Initial: v1 or v2, RFC 9369)."""
+        kind, version = fields[F_KIND], fields[F_VERSION]
+        if self._tls is not None and kind != KIND_ONE_RTT and version != self.version:
+            return False  # long headers of another version (no version negotiation yet)
         if self._local_cids.lookup(dcid) is not None:
             return True
         if self.is_client or kind != KIND_INITIAL:
@@ -493,6 +498,7 @@ class Connection:
             # RFC 9000 §14.1, §7.2: a first Initial in a full datagram, with a long DCID.
             if size < MIN_INITIAL_DATAGRAM or len(dcid) < MIN_ORIGINAL_DCID or not scid:
                 return False
+            self.version = version
             self._original_dcid = dcid
             self._start(addr, dcid, scid, now)
             return True
