@@ -33,7 +33,8 @@ the DCID, open with the space's keys, parse every frame through one table
 (`frames.FRAMES` joined with `control_frames.ROWS`), record the packet
 (duplicates dropped before any frame acts), then apply the frames. The send
 path, per datagram: select the path -> build one packet per space with keys
-(`_build_packet`, frame writers in a fixed order) -> protect (packet
+(`frame_writer.FrameWriter` fills each; acknowledged and lost frames go back
+through it) -> protect (packet
 numbers, headers, padding, `seal`) -> batch equal-size datagrams for GSO.
 Errors in what the peer sent close the connection with the RFC 9000 §20
 code the exception carries (`error_code`).
@@ -71,6 +72,12 @@ from netsched_client.core.events import (
     HandshakeCompleted,
     StreamDataReceived,
     StreamReset,
+)
+from netsched_client.core.frame_writer import (
+    ACK_DELAY_EXPONENT,
+    MIN_PAYLOAD,
+    FrameWriter,
+    put,
 )
 from netsched_client.core.key_update import KeyPhases
 from netsched_client.core.ledger import FLAG_ACK_ELICITING, FLAG_IN_FLIGHT, LossResult
@@ -116,16 +123,8 @@ APPLICATION_ERROR: Final = 0x0C
 MIN_INITIAL_DATAGRAM: Final = 1200
 # RFC 9000 §7.2: a client's first Destination CID has at least 8 bytes.
 MIN_ORIGINAL_DCID: Final = 8
-ACK_DELAY_EXPONENT: Final = 3  # ours: the default, so the parameter is not sent
-# ACK ranges in one frame: the newest, which are what loss detection needs.
-ACK_RANGES: Final = 32
-# Room a packet needs to be worth building; a control frame's largest size.
-MIN_PAYLOAD: Final = 24
-CONTROL_ROOM: Final = 24
 # Datagrams one poll_transmit builds at most (the runtime polls again after sending).
 MAX_BATCH: Final = 64
-# PATH_RESPONSEs owed at once; more challenges than that are answered in part (§8.2.2).
-MAX_PATH_RESPONSES: Final = 4
 CLOSE_PTOS: Final = 3  # RFC 9000 §10.2: the closing and draining periods
 
 
@@ -316,10 +315,10 @@ class Connection:
             self.is_client, self._local_parameters(b"", None), config.max_window, backends.stream
         )
         self._finished: set[int] = set()  # streams whose end was reported
-        self._cids_to_announce: set[int] = set()  # our sequences owed a NEW_CONNECTION_ID
-        self._retire_in_flight: set[int] = set()
-        self._path_responses: list[bytes] = []
-        self._handshake_done_pending = False
+        self._writer = FrameWriter(
+            backends.stream, self._streams, self._local_cids, self._peer_cids
+        )
+        self._owed = self._writer.owed
         self._close: Failure | None = None
         self._close_due = False  # a CONNECTION_CLOSE is owed (closing: once per arrival)
         self._close_deadline = math.inf
@@ -682,7 +681,7 @@ class Connection:
             raise ProtocolViolation(f"ACK: {exc}") from None  # RFC 9000 §13.1: never sent
         for pn in acked.pns:
             for frame in space.sent.pop(pn, ()):
-                _ON_ACKED[frame.kind](self, space, frame)
+                self._writer.on_acked(space, frame)
         if space.kind == KIND_HANDSHAKE and len(acked.pns):
             self._handshake_acked = True
         self._on_lost(space, lost)
@@ -690,7 +689,7 @@ class Connection:
     def _on_lost(self, space: PacketSpace, lost: LossResult) -> None:
         for pn in lost.pns:
             for frame in space.sent.pop(pn, ()):
-                _ON_LOST[frame.kind](self, space, frame)
+                self._writer.on_lost(space, frame)
 
     def _on_crypto(
         self, data: bytes, offset: int, data_offset: int, length: int, rx: Received
@@ -760,11 +759,11 @@ class Connection:
 
     def _on_retire_cid(self, sequence: int, rx: Received) -> None:
         if self._local_cids.on_retire(0, sequence, rx.dcid) is not None:
-            self._cids_to_announce.discard(sequence)
+            self._owed.new_cids.discard(sequence)
             self._issue_cids()
 
     def _on_path_challenge(self, data: bytes, rx: Received) -> None:
-        self._path_responses = [*self._path_responses, data][-MAX_PATH_RESPONSES:]
+        self._owed.answer(data)
 
     def _on_connection_close(
         self, application: bool, code: int, frame_type: int, reason: str, rx: Received
@@ -894,7 +893,7 @@ class Connection:
             self._events.append(HandshakeCompleted(tls.alpn_protocol))
             self._issue_cids()
             if not self.is_client:
-                self._handshake_done_pending = True
+                self._owed.handshake_done = True
                 self._confirm()
 
     def _apply_peer_parameters(self, peer: TransportParameters) -> None:
@@ -938,7 +937,7 @@ class Connection:
             if self._local_cids.lookup(cid) is not None:
                 continue
             issued = self._local_cids.issue(0, cid, self._random(16))
-            self._cids_to_announce.add(issued.sequence)
+            self._owed.new_cids.add(issued.sequence)
 
     # -- phases and closing -----------------------------------------------------------------
 
@@ -1144,27 +1143,12 @@ class Connection:
         buf = bytearray(budget)
         frames_sent: list[SentFrame] = []
         if self.phase is Phase.CLOSING:
-            pos = _put(buf, 0, self._close_frame(space))
+            pos = put(buf, 0, self._close_frame(space))
             return BuiltPacket(space, buf[:pos], frames_sent, False) if pos else None
-        pos = 0
-        acked = space.acks.ack_due <= now
-        if acked:
-            pos = self._write_ack(space, buf, pos, frames_sent, now)
-        if self._may_send_eliciting(space, path, now):
-            writers = _ONE_RTT_WRITERS if space.kind == KIND_ONE_RTT else _HANDSHAKE_WRITERS
-            for writer in writers:
-                pos = writer(self, space, buf, pos, frames_sent, now)
-        eliciting = any(frame.kind is not SentKind.ACK for frame in frames_sent)
-        if eliciting and not acked and space.acks.ack_eliciting:
-            pos = self._write_ack(space, buf, pos, frames_sent, now)  # it rides along
-        if space.probes and not eliciting:
-            pos = _put(buf, pos, bytes((control_frames.PING_FRAME,)))
-            frames_sent.append(SentFrame(SentKind.PING))
-            eliciting = True
+        allowed = self._may_send_eliciting(space, path, now)
+        pos, frames_sent, eliciting = self._writer.fill(space, buf, now, allowed)
         if not frames_sent:
             return None
-        if eliciting:
-            space.probes = 0
         return BuiltPacket(space, buf[:pos], frames_sent, eliciting)
 
     def _may_send_eliciting(self, space: PacketSpace, path: Path, now: float) -> bool:
@@ -1182,135 +1166,6 @@ class Connection:
                 self._pacing_until = min(self._pacing_until, release)
             return False
         return True
-
-    def _write_ack(
-        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
-    ) -> int:
-        received = space.acks.received
-        if not received:
-            return pos
-        delay = 0
-        if space.kind == KIND_ONE_RTT:
-            delay = max(int((now - space.largest_received_time) * 1e6), 0) >> ACK_DELAY_EXPONENT
-        frame = packet.encode_ack(received, delay, max_ranges=ACK_RANGES)
-        after = _put(buf, pos, frame)
-        if after:
-            space.acks.on_ack_sent()
-            sent.append(SentFrame(SentKind.ACK, received.largest()))
-            return after
-        return pos
-
-    def _write_crypto(
-        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
-    ) -> int:
-        while len(buf) - pos >= MIN_PAYLOAD:
-            written = space.crypto_send.write_frame(buf, pos, len(buf), None)
-            if written is None:
-                break
-            offset, length, _, pos = written
-            sent.append(SentFrame(SentKind.CRYPTO, 0, offset, length))
-        return pos
-
-    def _write_handshake_done(
-        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
-    ) -> int:
-        if not self._handshake_done_pending:
-            return pos
-        after = _put(buf, pos, bytes((control_frames.HANDSHAKE_DONE_FRAME,)))
-        if after:
-            self._handshake_done_pending = False
-            sent.append(SentFrame(SentKind.HANDSHAKE_DONE))
-            return after
-        return pos
-
-    def _write_path_responses(
-        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
-    ) -> int:
-        while self._path_responses and len(buf) - pos >= CONTROL_ROOM:
-            data = self._path_responses.pop(0)
-            pos = _put(buf, pos, control_frames.write_path_data(PATH_RESPONSE_FRAME, data))
-            sent.append(SentFrame(SentKind.PING))  # ack-eliciting, never sent again
-        return pos
-
-    def _write_flow_control(
-        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
-    ) -> int:
-        """MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS and RESET_STREAM owed, while they fit."""
-        table = self._streams
-        table.window_updates(now, space.ledger.rtt.smoothed_rtt)
-        pending = table.pending
-        m = self._m.stream
-        if pending.max_data and len(buf) - pos >= CONTROL_ROOM:
-            pos = m.write_max_data(buf, pos, table.recv_credit.limit)
-            pending.max_data = False
-            sent.append(SentFrame(SentKind.MAX_DATA))
-        for stream_id in sorted(pending.max_stream_data):
-            if len(buf) - pos < CONTROL_ROOM:
-                return pos
-            pending.max_stream_data.discard(stream_id)
-            receiver = table.recv.get(stream_id)
-            if receiver is not None and receiver.final_size < 0:
-                pos = m.write_max_stream_data(buf, pos, stream_id, receiver.credit.limit)
-                sent.append(SentFrame(SentKind.MAX_STREAM_DATA, stream_id))
-        for bidirectional in sorted(pending.max_streams):
-            if len(buf) - pos < CONTROL_ROOM:
-                return pos
-            pending.max_streams.discard(bidirectional)
-            limit = table.peer_counts[bidirectional].limit
-            pos = m.write_max_streams(buf, pos, bidirectional, limit)
-            sent.append(SentFrame(SentKind.MAX_STREAMS, int(bidirectional)))
-        for stream_id, error_code in sorted(pending.resets.items()):
-            if len(buf) - pos < CONTROL_ROOM:
-                return pos
-            del pending.resets[stream_id]
-            final_size = table.send[stream_id].final_size
-            pos = m.write_reset_stream(buf, pos, stream_id, error_code, final_size)
-            sent.append(SentFrame(SentKind.RESET_STREAM, stream_id, error_code))
-        return pos
-
-    def _write_cids(
-        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
-    ) -> int:
-        """NEW_CONNECTION_ID for our IDs not yet announced, RETIRE_CONNECTION_ID owed."""
-        for issued in self._local_cids.active(0):
-            if issued.sequence not in self._cids_to_announce:
-                continue
-            if len(buf) - pos < CONTROL_ROOM + len(issued.cid) + 16:
-                return pos
-            self._cids_to_announce.discard(issued.sequence)
-            frame = control_frames.write_new_connection_id(
-                issued.sequence, 0, issued.cid, issued.reset_token
-            )
-            pos = _put(buf, pos, frame)
-            sent.append(SentFrame(SentKind.NEW_CONNECTION_ID, issued.sequence))
-        for sequence in self._peer_cids.pending_retirements(0):
-            if sequence in self._retire_in_flight or len(buf) - pos < CONTROL_ROOM:
-                continue
-            self._retire_in_flight.add(sequence)
-            pos = _put(buf, pos, control_frames.write_retire_connection_id(sequence))
-            sent.append(SentFrame(SentKind.RETIRE_CONNECTION_ID, sequence))
-        return pos
-
-    def _write_streams(
-        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
-    ) -> int:
-        """STREAM frames, lowest stream first, within both credits; the blocked frames
-        (once per limit) when credit stops data that waits."""
-        table = self._streams
-        for sender in table.sendable():
-            while len(buf) - pos >= MIN_PAYLOAD:
-                written = sender.write_frame(buf, pos, len(buf), table.send_credit)
-                if written is None:
-                    break
-                offset, length, fin, pos = written
-                sent.append(SentFrame(SentKind.STREAM, sender.stream_id, offset, length, fin))
-            limit = sender.take_blocked()
-            if limit >= 0 and len(buf) - pos >= CONTROL_ROOM:
-                pos = self._m.stream.write_stream_data_blocked(buf, pos, sender.stream_id, limit)
-        limit = table.send_credit.take_blocked() if table.sendable() else -1
-        if limit >= 0 and len(buf) - pos >= CONTROL_ROOM:
-            pos = self._m.stream.write_data_blocked(buf, pos, limit)
-        return pos
 
     def _header_bound(self, space: PacketSpace, path: Path) -> int:
         """The longest header a packet of `space` gets (packet number of 4 bytes, a Length
@@ -1398,68 +1253,6 @@ class Connection:
             raise ConnectionStateError("no path yet")
         return self._path
 
-    # -- acknowledgements and losses of what we sent, by frame kind -------------------------
-
-    def _crypto_acked(self, space: PacketSpace, frame: SentFrame) -> None:
-        space.crypto_send.on_acked(frame.offset, frame.length, False)
-
-    def _crypto_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        space.crypto_send.on_lost(frame.offset, frame.length, False)
-
-    def _stream_acked(self, space: PacketSpace, frame: SentFrame) -> None:
-        sender = self._streams.send.get(frame.number)
-        if sender is not None:
-            sender.on_acked(frame.offset, frame.length, frame.fin)
-
-    def _stream_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        sender = self._streams.send.get(frame.number)
-        if sender is not None:
-            sender.on_lost(frame.offset, frame.length, frame.fin)
-
-    def _ack_acked(self, space: PacketSpace, frame: SentFrame) -> None:
-        space.acks.on_ack_acked(frame.number)
-
-    def _max_data_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        self._streams.pending.max_data = True
-
-    def _max_stream_data_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        receiver = self._streams.recv.get(frame.number)
-        if receiver is not None and receiver.final_size < 0:
-            self._streams.pending.max_stream_data.add(frame.number)
-
-    def _max_streams_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        self._streams.pending.max_streams.add(bool(frame.number))
-
-    def _reset_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        if frame.number in self._streams.send:
-            self._streams.pending.resets[frame.number] = frame.offset
-
-    def _new_cid_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        if any(issued.sequence == frame.number for issued in self._local_cids.active(0)):
-            self._cids_to_announce.add(frame.number)
-
-    def _retire_acked(self, space: PacketSpace, frame: SentFrame) -> None:
-        self._peer_cids.on_retire_acked(0, frame.number)
-        self._retire_in_flight.discard(frame.number)
-
-    def _retire_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        self._retire_in_flight.discard(frame.number)
-
-    def _handshake_done_lost(self, space: PacketSpace, frame: SentFrame) -> None:
-        self._handshake_done_pending = True
-
-    def _nothing(self, space: PacketSpace, frame: SentFrame) -> None:
-        """PING and the like: nothing to do when acknowledged or lost."""
-
-
-def _put(buf: bytearray, pos: int, frame: bytes) -> int:
-    """Writes `frame` at `pos`: the offset after, or 0 when it does not fit."""
-    end = pos + len(frame)
-    if end > len(buf):
-        return 0
-    buf[pos:end] = frame
-    return end
-
 
 def _batch(destination: Address, datagrams: list[bytes]) -> list[Transmit]:
     """Runs of equal-size datagrams (the last of a run may be shorter), one Transmit each."""
@@ -1473,9 +1266,6 @@ def _batch(destination: Address, datagrams: list[bytes]) -> list[Transmit]:
     return [Transmit(destination, len(run[0]), b"".join(run)) for run in runs]
 
 
-_Writer = Callable[[Connection, PacketSpace, bytearray, int, list[SentFrame], float], int]
-_Resolver = Callable[[Connection, PacketSpace, SentFrame], None]
-
 _EPOCHS: Final = {
     KIND_INITIAL: Epoch.INITIAL,
     KIND_HANDSHAKE: Epoch.HANDSHAKE,
@@ -1484,47 +1274,6 @@ _EPOCHS: Final = {
 _CLOSE_FRAMES: Final = frozenset(
     {control_frames.TRANSPORT_CLOSE_FRAME, control_frames.APPLICATION_CLOSE_FRAME}
 )
-# The order frames go into a packet: what unblocks the peer first, stream data last.
-_HANDSHAKE_WRITERS: Final[tuple[_Writer, ...]] = (Connection._write_crypto,)
-_ONE_RTT_WRITERS: Final[tuple[_Writer, ...]] = (
-    Connection._write_handshake_done,
-    Connection._write_crypto,
-    Connection._write_path_responses,
-    Connection._write_flow_control,
-    Connection._write_cids,
-    Connection._write_streams,
-)
-_ON_ACKED: Final[dict[SentKind, _Resolver]] = {
-    SentKind.CRYPTO: Connection._crypto_acked,
-    SentKind.STREAM: Connection._stream_acked,
-    SentKind.ACK: Connection._ack_acked,
-    SentKind.RETIRE_CONNECTION_ID: Connection._retire_acked,
-    **{
-        kind: Connection._nothing
-        for kind in (
-            SentKind.PING,
-            SentKind.MAX_DATA,
-            SentKind.MAX_STREAM_DATA,
-            SentKind.MAX_STREAMS,
-            SentKind.RESET_STREAM,
-            SentKind.NEW_CONNECTION_ID,
-            SentKind.HANDSHAKE_DONE,
-        )
-    },
-}
-_ON_LOST: Final[dict[SentKind, _Resolver]] = {
-    SentKind.CRYPTO: Connection._crypto_lost,
-    SentKind.STREAM: Connection._stream_lost,
-    SentKind.ACK: Connection._nothing,
-    SentKind.PING: Connection._nothing,
-    SentKind.MAX_DATA: Connection._max_data_lost,
-    SentKind.MAX_STREAM_DATA: Connection._max_stream_data_lost,
-    SentKind.MAX_STREAMS: Connection._max_streams_lost,
-    SentKind.RESET_STREAM: Connection._reset_lost,
-    SentKind.NEW_CONNECTION_ID: Connection._new_cid_lost,
-    SentKind.RETIRE_CONNECTION_ID: Connection._retire_lost,
-    SentKind.HANDSHAKE_DONE: Connection._handshake_done_lost,
-}
 _ON_TIMER: Final[dict[TimerKind, Callable[[Connection, float], None]]] = {
     TimerKind.IDLE: Connection._on_idle_timer,
     TimerKind.KEY_DISCARD: Connection._on_key_discard_timer,
