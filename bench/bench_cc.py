@@ -44,9 +44,11 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import itertools
 import json
 import multiprocessing as mp
+import random
 import signal
 import statistics
 import tempfile
@@ -56,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 
 from netsched_client import Session, open_session
 from netsched_client.proto import session as native
@@ -68,8 +70,10 @@ from netsched_client.proto.framing import ResponseHead
 from netsched_client.runtime.driver import ConnectionDriver
 from netsched_client.runtime.endpoint import ServerEndpoint, open_server_endpoint
 from netsched_edge.tls import generate_self_signed
+from netsched_lab import impairment, memory
 from netsched_lab.impairment import GilbertElliott, LinkSpec, PathProfile
 from netsched_lab.relay import UdpRelay
+from netsched_lab.seeded import fixed_configurations, seeded_randomness
 
 SERVICE = "bench"
 BASE_RTT_S = 0.050
@@ -135,6 +139,17 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class Cuts:
+    """A flow's loss events over the measurement window, as its paths' windows show them:
+    how many cuts, and the mean share of the flow's whole window (all its paths) each took
+    (NewReno's: one half; a coupled flow's that halves one of two equal paths: a quarter)."""
+
+    count: int
+    mean_share: float
+    mean_window: float  # bytes, all paths
+
+
+@dataclass(frozen=True, slots=True)
 class Flow:
     """One flow of a pair: what the server ran and what arrived in the window."""
 
@@ -143,6 +158,7 @@ class Flow:
     path_bytes: tuple[int, ...]  # bytes received over each path that carried any
     received: int  # in the measurement window
     seconds: float
+    cuts: Cuts | None = None  # the sender's window cuts (virtual runs only)
 
     @property
     def goodput_mbps(self) -> float:
@@ -425,6 +441,172 @@ def run_all(
         server.join(timeout=10)
 
 
+# -- the pairs in virtual time (--virtual) -----------------------------------------------
+
+VIRTUAL_STEP_S = 0.001  # both connections advance in lockstep by this much
+VIRTUAL_CUT = 0.7  # a path's window falling under this share of its last value is a cut
+VIRTUAL_BACKLOG = 1 << 20  # the server keeps this much more queued than has arrived
+
+
+class _SharedBottleneck:
+    """A client address's link in the in-memory lab whose downlink is the pair's one
+    bottleneck: FAIR_LINK in the relay's own model (token bucket, 64 kB tail-drop
+    queue), shared by every path of both flows; the uplink only delays."""
+
+    def __init__(self, downlink: impairment.Link) -> None:
+        self._downlink = downlink
+
+    def arrival(self, now: float, size: int, upstream: bool) -> float | None:
+        if upstream:
+            return now + UP.delay_ms / 1000
+        deliveries = self._downlink.submit(bytes(size), now)
+        return deliveries[0][0] if deliveries else None
+
+
+@dataclasses.dataclass
+class _CountingNet(memory.Net):
+    """A Net that counts the client's stream bytes instead of keeping them."""
+
+    arrived: int = 0
+
+    def _drain_events(self) -> None:
+        while (event := self.client.next_event()) is not None:
+            if isinstance(event, StreamDataReceived):
+                self.arrived += len(event.data)
+        while self.server.next_event() is not None:
+            pass
+
+
+@dataclasses.dataclass
+class _WindowLog:
+    """The server's per-path windows, read once a step: cuts and the flow's mean window."""
+
+    last: dict[int, int] = dataclasses.field(default_factory=dict)
+    cuts: list[float] = dataclasses.field(default_factory=list)
+    windows: list[int] = dataclasses.field(default_factory=list)
+
+    def read(self, quic: NetSchedConnection, counting: bool) -> None:
+        windows = {
+            int(info["path_id"]): int(info["cwnd"])
+            for info in quic.path_info()
+            if info["state"] == "active"
+        }
+        total = sum(self.last.get(path, 0) for path in windows)
+        for path, window in windows.items():
+            before = self.last.get(path)
+            if counting and before and window < VIRTUAL_CUT * before:
+                self.cuts.append((before - window) / total)
+        if counting:
+            self.windows.append(sum(windows.values()))
+        self.last = windows
+
+    def summary(self) -> Cuts:
+        share = statistics.fmean(self.cuts) if self.cuts else 0.0
+        return Cuts(len(self.cuts), share, statistics.fmean(self.windows))
+
+
+def _virtual_net(cc: str, paths: int, bottleneck: _SharedBottleneck) -> _CountingNet:
+    client_cfg, server_cfg = fixed_configurations()
+    server_cfg.congestion_control_algorithm = cc
+    make = functools.partial(NetSchedConnection, max_path_id=3, pmtud=memory.NETWORK_PMTUD)
+    client = make(configuration=client_cfg)
+    server = make(
+        configuration=server_cfg,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    links = {address: bottleneck for address in (memory.C1, memory.C2)[:paths]}
+    net = _CountingNet(client, server, links)  # type: ignore[arg-type]
+    client.connect(memory.SERVER, now=net.now)
+    return net
+
+
+def _lockstep(nets: list[_CountingNet], seconds: float, each_step: Any = None) -> None:
+    for _ in range(round(seconds / VIRTUAL_STEP_S)):
+        for net in nets:
+            net.run(VIRTUAL_STEP_S)
+        if each_step is not None:
+            each_step()
+
+
+def share_virtual(pair: Pair, seed: int, warmup: float, seconds: float) -> Fairness:
+    """`pair` through one shared bottleneck in the in-memory lab, virtual time, seeded:
+    the same run every time, whatever the host's load. The multipath flow opens its
+    second path after the handshakes; then each server sends on a stream of its own
+    (kept VIRTUAL_BACKLOG ahead of what arrived) and goodput counts from `warmup` to
+    `warmup + seconds` later."""
+    with seeded_randomness(seed):
+        bottleneck = _SharedBottleneck(impairment.Link(FAIR_LINK, random.Random(seed)))
+        nets = [_virtual_net(cc, n, bottleneck) for cc, n in zip(pair.ccs, pair.paths, strict=True)]
+        _lockstep(nets, 0.5)
+        for net, paths in zip(nets, pair.paths, strict=True):
+            if paths > 1:
+                net.client.open_path(memory.C2, memory.SERVER, net.now)
+        _lockstep(nets, 0.5)
+        streams = [net.server.get_next_available_stream_id(is_unidirectional=True) for net in nets]
+        pushed = [0] * len(nets)
+        logs = [_WindowLog() for _ in nets]
+        clock = {"counting": False}
+
+        def each_step() -> None:
+            for index, (net, stream_id) in enumerate(zip(nets, streams, strict=True)):
+                if pushed[index] - net.arrived < VIRTUAL_BACKLOG:
+                    net.server.send_stream_data(stream_id, bytes(VIRTUAL_BACKLOG))
+                    pushed[index] += VIRTUAL_BACKLOG
+                logs[index].read(net.server, clock["counting"])
+
+        _lockstep(nets, warmup, each_step)
+        before = [net.arrived for net in nets]
+        clock["counting"] = True
+        _lockstep(nets, seconds, each_step)
+    flows = []
+    for net, cc, log, start in zip(nets, pair.ccs, logs, before, strict=True):
+        coupled = len(net.server.congestion_group.members)
+        path_bytes = tuple(
+            int(info["bytes_received"]) for info in net.client.path_info() if info["bytes_received"]
+        )
+        flows.append(Flow(cc, coupled, path_bytes, net.arrived - start, seconds, log.summary()))
+    return Fairness(pair, (flows[0], flows[1]))
+
+
+def virtual_report(shares: dict[int, list[Fairness]], warmup_s: float, fair_s: float) -> str:
+    """Per pair: each seed's flow goodputs, ratio, Jain's index and window cuts, then
+    the ratio's and Jain's mean over the seeds."""
+    lines = [
+        f"fairness in virtual time: one {RATE_MBPS:g} Mbit/s bottleneck "
+        f"({FAIR_LINK.queue_bytes // 1000} kB queue, the relay's model), 50 ms RTT, "
+        f"goodput from {warmup_s:g} s to {warmup_s + fair_s:g} s; cuts: loss events, "
+        "mean share of the flow's whole window cut, mean whole window (packets)",
+        f"{'pair':10} {'seed':>4} {'flow 1':>34} {'flow 2':>34} {'1 / 2':>6} {'Jain':>6}"
+        f"  {'cuts 1':>18} {'cuts 2':>18}",
+    ]
+    by_pair: dict[str, list[Fairness]] = {}
+    for seed, seed_shares in shares.items():
+        for share in seed_shares:
+            by_pair.setdefault(share.pair.name, []).append(share)
+            first, second = (_flow_cell(flow) for flow in share.flows)
+            cut1, cut2 = (_cuts_cell(flow.cuts) for flow in share.flows)
+            lines.append(
+                f"{share.pair.name:10} {seed:>4} {first:>34} {second:>34} "
+                f"{share.ratio:6.2f} {share.jain:6.3f}  {cut1:>18} {cut2:>18}"
+            )
+    for name, runs in by_pair.items():
+        ratio = statistics.fmean(share.ratio for share in runs)
+        jain = statistics.fmean(share.jain for share in runs)
+        low, high = min(s.ratio for s in runs), max(s.ratio for s in runs)
+        lines.append(
+            f"{name:10} mean over {len(runs)} seeds: 1 / 2 {ratio:.2f} ({low:.2f}-{high:.2f}), "
+            f"Jain {jain:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _cuts_cell(cuts: Cuts | None) -> str:
+    if cuts is None:
+        return "-"
+    packets = cuts.mean_window / 1200
+    return f"{cuts.count} x {cuts.mean_share:.2f}, {packets:.0f}"
+
+
 def report(results: list[Result]) -> str:
     """One row per run; goodput and RTT inflation also as a ratio to reno's in its scenario."""
     reno = {r.scenario: r for r in results if r.cc == "reno"}
@@ -490,7 +672,22 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="*", choices=tuple(PAIRS), default=tuple(PAIRS))
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--fair-s", type=float, default=10.0)
+    parser.add_argument(
+        "--virtual",
+        type=lambda text: [int(seed) for seed in text.split(",")],
+        metavar="SEEDS",
+        help="only the pairs, in the in-memory lab in virtual time, once per seed (1,2,3)",
+    )
     args = parser.parse_args()
+    if args.virtual:
+        per_seed = {
+            seed: [
+                share_virtual(PAIRS[name], seed, args.warmup_s, args.fair_s) for name in args.pairs
+            ]
+            for seed in args.virtual
+        }
+        print(virtual_report(per_seed, args.warmup_s, args.fair_s))
+        return
     results, shares = run_all(
         tuple(args.scenarios),
         tuple(args.ccs),
