@@ -561,6 +561,12 @@ def test_key_updates_by_aioquic_are_followed_both_ways(
         aioquic_end.conn.request_key_update()
         exchange(wire, size=30_000, limit=60.0)
     assert core.conn.phase is Phase.CONFIRMED
+    # The previous keys' discard timer, like every other, is gone once closed. (A close
+    # goes once, and again only for what arrives after: no loss for it here.)
+    wire.drop = lambda direction, index: False
+    close_cleanly(wire, limit=60.0)
+    wire.run(lambda: core.conn.phase is Phase.CLOSED, limit=60.0)
+    assert core.conn.get_timer() is None
 
 
 def test_a_server_sends_at_most_three_times_what_it_received_before_validation(

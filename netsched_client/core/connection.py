@@ -1042,12 +1042,11 @@ class Connection:
     def _rearm(self, now: float) -> None:
         """Sets every timer from the state now (after receive, send or a timer)."""
         timers = self._timers
-        if self.phase is Phase.CLOSED:
-            timers.disarm(TimerKind.IDLE)
-            timers.remove_path(0)
-            return
         if self.phase not in LIVE:
-            timers.arm(TimerKind.IDLE, self._close_deadline)
+            # Closing or draining: only the end of that period; closed: nothing.
+            ending = math.inf if self.phase is Phase.CLOSED else self._close_deadline
+            timers.arm(TimerKind.IDLE, ending)
+            timers.disarm(TimerKind.KEY_DISCARD)
             timers.remove_path(0)
             return
         timers.arm(TimerKind.IDLE, self._idle_deadline())
