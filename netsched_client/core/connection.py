@@ -1050,6 +1050,8 @@ class Connection:
             timers.remove_path(0)
             return
         timers.arm(TimerKind.IDLE, self._idle_deadline())
+        if self._path is None:
+            return
         spaces = self._live_spaces()
         loss = min((space.loss_time() for space in spaces), default=math.inf)
         pto, _ = self._pto()
@@ -1057,8 +1059,6 @@ class Connection:
             (space.acks.ack_due for space in spaces if space.sealer is not None),
             default=math.inf,
         )
-        if self._path is None:
-            return
         timers.arm(TimerKind.LOSS, loss, 0)
         timers.arm(TimerKind.PTO, pto if loss == math.inf else math.inf, 0)
         timers.arm(TimerKind.ACK_DELAY, ack, 0)
@@ -1086,7 +1086,9 @@ class Connection:
         ]
 
     def poll_transmit(self, now: float) -> list[Transmit]:
-        """What to send now, as GSO runs; the timers are re-armed after."""
+        """What to send now, as GSO runs; the timers are re-armed after (unless nothing
+        went and the pacing deadline stayed: then no timer's input moved)."""
+        pacing = self._pacing_until
         self._pacing_until = math.inf
         datagrams: list[bytes] = []
         path = self._select_path()
@@ -1098,7 +1100,8 @@ class Connection:
             datagrams.append(self._protect(path, built, now))
             self._bytes_sent += len(datagrams[-1])
             path = self._select_path()
-        self._rearm(now)
+        if datagrams or self._pacing_until != pacing:
+            self._rearm(now)
         return _batch(destination, datagrams)
 
     def _select_path(self) -> Path | None:

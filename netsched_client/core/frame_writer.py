@@ -186,7 +186,8 @@ class FrameWriter:
         self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
     ) -> int:
         """NEW_CONNECTION_ID for our IDs not yet announced, RETIRE_CONNECTION_ID owed."""
-        for issued in self.local_cids.active(0):
+        announce = self.local_cids.active(0) if self.owed.new_cids else []
+        for issued in announce:
             if issued.sequence not in self.owed.new_cids:
                 continue
             if len(buf) - pos < CONTROL_ROOM + len(issued.cid) + 16:
