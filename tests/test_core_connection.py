@@ -658,6 +658,30 @@ def test_garbage_and_truncated_datagrams_raise_nothing_and_change_nothing(
     exchange(wire, size=20_000)
 
 
+def test_a_stateless_reset_drains_the_client_and_nothing_else_does(
+    certs: Certificates, backends: Backends
+) -> None:
+    """RFC 9000 §10.3.1: a datagram that opens as nothing, short-header shaped, ending with
+    the server's stateless_reset_token: the client drains, silently. The same datagram
+    with another ending is dropped."""
+    wire = core_pair(certs, backends)
+    client = wire.client
+    assert isinstance(client, CoreEnd)
+    wire.run(lambda: client.conn.phase is Phase.CONFIRMED)
+    peer = client.conn.peer_transport_parameters
+    assert peer is not None and peer.stateless_reset_token is not None
+    body = bytes([0x5A]) + random.Random(4).randbytes(30)
+    client.conn.receive(body + bytes(16), SERVER_ADDR, wire.now)
+    client.conn.receive(body + peer.stateless_reset_token[:15], SERVER_ADDR, wire.now)
+    assert client.conn.phase is Phase.CONFIRMED and client.conn.next_event() is None
+    client.conn.receive(body + peer.stateless_reset_token, SERVER_ADDR, wire.now)
+    assert client.conn.phase is Phase.DRAINING
+    event = client.conn.next_event()
+    assert isinstance(event, ConnectionTerminated) and event.reason == "stateless reset"
+    assert event.by_peer
+    assert client.conn.datagrams_to_send(wire.now) == []
+
+
 class HandCrafted:
     """A client written by hand from the core's packet layer: Initial packets with any
     payload, to a core server, and the server's answer opened with its Initial keys."""

@@ -121,6 +121,8 @@ FRAME_ENCODING_ERROR: Final = 0x07
 APPLICATION_ERROR: Final = 0x0C
 # RFC 9000 §14.1: datagrams carrying Initial packets are at least this long.
 MIN_INITIAL_DATAGRAM: Final = 1200
+# RFC 9000 §10.3: a stateless reset is at least 21 bytes (5 unpredictable, 16 token).
+MIN_STATELESS_RESET: Final = 21
 # RFC 9000 §7.2: a client's first Destination CID has at least 8 bytes.
 MIN_ORIGINAL_DCID: Final = 8
 # Datagrams one poll_transmit builds at most (the runtime polls again after sending).
@@ -333,6 +335,7 @@ class Connection:
         self._address_validated = self.is_client
         self._bytes_received = 0
         self._bytes_sent = 0
+        self._packets_opened = 0  # packets that authenticated, all spaces
         self._table = self._frame_table()
 
     # -- the public surface ---------------------------------------------------------------
@@ -399,11 +402,14 @@ class Connection:
         if self.phase in (Phase.DRAINING, Phase.CLOSED):
             return
         try:
+            opened = self._packets_opened
             records = self._m.packet.parse_datagrams([datagram], self.config.cid_length)
             for index in range(0, len(records), RECORD_FIELDS):
                 record = records[index : index + RECORD_FIELDS]
                 if not self._receive_packet(datagram, record, addr, now):
                     break
+            if self._packets_opened == opened and self._is_stateless_reset(datagram):
+                self._on_stateless_reset(now)
             self._streams.release_closed()
         except Failure as failure:
             self._enter_closing(failure, now)
@@ -439,11 +445,27 @@ class Connection:
         if opened is None:
             return True  # RFC 9001 §5.5: a packet that does not open is dropped
         first, pn, payload = opened
+        self._packets_opened += 1
         if first & (0x18 if kind == KIND_ONE_RTT else 0x0C):
             raise Failure(PROTOCOL_VIOLATION, 0, "reserved header bits set")  # RFC 9000 §17.2
         self._on_opened(kind, scid)
         self._process_payload(space, pn, payload, Received(space, dcid, now))
         return True
+
+    def _is_stateless_reset(self, datagram: bytes) -> bool:
+        """RFC 9000 §10.3.1: a datagram none of whose packets opened, shaped like a short
+        header, ending with the reset token of a CID we send to."""
+        if len(datagram) < MIN_STATELESS_RESET or datagram[0] & 0xC0 != 0x40:
+            return False
+        return self._peer_cids.is_stateless_reset(bytes(datagram[-16:]))
+
+    def _on_stateless_reset(self, now: float) -> None:
+        """The peer lost our state: drain, silently (RFC 9000 §10.3.1)."""
+        if self.phase in LIVE:
+            self._events.append(ConnectionTerminated(NO_ERROR, 0, "stateless reset", False, True))
+        self._advance(PhaseEvent.PEER_CLOSE)
+        self._close_due = False
+        self._close_deadline = now + CLOSE_PTOS * self._require_path().pto_period()
 
     def _open(
         self, space: PacketSpace, data: bytes, pn_offset: int, largest: int, now: float
@@ -507,8 +529,9 @@ class Connection:
         """An authenticated packet: a client learns the server's CID from its first one;
         a server drops its Initial keys on the first Handshake packet (RFC 9001 §4.9.1)."""
         if self.is_client and kind != KIND_ONE_RTT and not self._peer_scid and scid:
+            # Sent to from now on; registered with its reset token with the parameters.
             self._peer_scid = scid
-            self._adopt_peer_cid(scid)
+            self._require_path().tuple.peer_cid = scid
         if not self.is_client and kind == KIND_HANDSHAKE:
             self._address_validated = True
             self._discard(Epoch.INITIAL)
@@ -803,7 +826,7 @@ class Connection:
         initial.opener = self._protection(theirs)
         if peer_scid:
             self._peer_scid = peer_scid
-            self._adopt_peer_cid(peer_scid)
+            self._adopt_peer_cid(peer_scid, None)
         reset_token = None if self.is_client else token
         local = self._local_parameters(original_dcid, reset_token)
         self._tls = TlsAdapter(config.tls, self.version, transport_params.encode(local))
@@ -857,11 +880,12 @@ class Connection:
         )
         return made
 
-    def _adopt_peer_cid(self, cid: bytes) -> None:
-        """The peer's sequence-0 CID (its first Source CID): what we send to. Its reset
-        token, if any, comes later in the transport parameters; a placeholder holds the
-        place (stateless-reset detection is not wired yet)."""
-        self._peer_cids.on_new_cid(0, 0, cid, bytes(16), 0)
+    def _adopt_peer_cid(self, cid: bytes, reset_token: bytes | None) -> None:
+        """The peer's sequence-0 CID (its first Source CID), in use from now. A server's
+        comes with its stateless_reset_token; a client's has none (RFC 9000 §18.2), and
+        an unguessable placeholder holds its place so nothing matches it."""
+        token = reset_token if reset_token is not None else self._random(16)
+        self._peer_cids.on_new_cid(0, 0, cid, token, 0)
         chosen = self._peer_cids.choose(0)
         assert chosen is not None
         self._require_path().tuple.peer_cid = chosen.cid
@@ -911,6 +935,8 @@ class Connection:
         ):
             raise TransportParameterError("a server-only parameter from a client")
         self._peer = peer
+        if self.is_client:
+            self._adopt_peer_cid(self._peer_scid, peer.stateless_reset_token)
         self._streams.set_peer(peer)
         self._local_cids.peer_limit = max(peer.active_connection_id_limit, 2)
         path = self._require_path()
