@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from aioquic.buffer import Buffer
 from aioquic.quic import events as aioquic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
@@ -218,6 +221,57 @@ class AioquicEnd:
     def close(self, now: float) -> None:
         assert self.conn is not None
         self.conn.close()
+
+
+class AioquicRetryServer(AioquicEnd):
+    """aioquic's server with Retry on, in memory: the step `QuicServer.datagram_received`
+    takes before a connection exists (asyncio/server.py), through aioquic's public
+    `encode_quic_retry` and `QuicRetryTokenHandler`: a first Initial gets a Retry, one
+    carrying a valid token starts the QuicConnection, told both CIDs."""
+
+    def __init__(self, config: QuicConfiguration) -> None:
+        super().__init__(None, config, CLIENT_ADDR)
+        self._outgoing: list[bytes] = []
+        self.tokens = QuicRetryTokenHandler()
+        self.retries: list[bytes] = []
+        self.retry_cid = bytes(range(40, 48))
+
+    def receive(self, data: bytes, now: float) -> None:
+        if self.conn is None:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+            if not header.token:
+                token = self.tokens.create_token(
+                    address=CLIENT_ADDR,
+                    original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=self.retry_cid,
+                    now=now,
+                )
+                retry = encode_quic_retry(
+                    version=header.version,
+                    source_cid=self.retry_cid,
+                    destination_cid=header.source_cid,
+                    original_destination_cid=header.destination_cid,
+                    retry_token=token,
+                )
+                self.retries.append(retry)
+                self._outgoing.append(retry)
+                return
+            original = self.tokens.validate_token(
+                address=CLIENT_ADDR,
+                destination_cid=header.destination_cid,
+                token=header.token,
+                now=now,
+            )
+            self.conn = QuicConnection(
+                configuration=self.config,
+                original_destination_connection_id=original,
+                retry_source_connection_id=header.destination_cid,
+            )
+        self.conn.receive_datagram(data, self.peer, now)
+
+    def send(self, now: float) -> list[bytes]:
+        out, self._outgoing = self._outgoing, []
+        return out + super().send(now)
 
 
 # -- the wire ------------------------------------------------------------------------------------
@@ -448,6 +502,50 @@ def test_a_lossy_path_to_aioquic_completes_too(certs: Certificates, backends: Ba
     )
     exchange(wire, limit=60.0)
     assert wire.dropped > 0
+
+
+@pytest.mark.parametrize("version", [packet.VERSION_1, packet.VERSION_2])
+def test_a_core_client_follows_a_retry_from_aioquic(
+    certs: Certificates, backends: Backends, version: int
+) -> None:
+    """RFC 9000 §8.1.2, §17.2.5: the client checks the Retry's integrity tag, resends its
+    ClientHello with the token to the Retry's CID under new Initial keys, and checks the
+    server's retry_source_connection_id (§7.3)."""
+    core_client_config, _ = core_configs(certs, version=version)
+    _, server_config = aioquic_configs(certs)
+    client = Connection(core_client_config, random.Random(14).randbytes, backends)
+    client.connect(SERVER_ADDR, 0.0)
+    server = AioquicRetryServer(server_config)
+    wire = Wire(CoreEnd(client, SERVER_ADDR), server)
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake)
+    assert wire.now == pytest.approx(0.050)  # one round trip more than without a Retry
+    assert len(server.retries) == 1
+    exchange(wire, size=50_000)
+    close_cleanly(wire)
+
+
+def test_a_retry_with_a_bad_tag_or_a_second_retry_is_ignored(
+    certs: Certificates, backends: Backends
+) -> None:
+    core_client_config, _ = core_configs(certs)
+    _, server_config = aioquic_configs(certs)
+    client = Connection(core_client_config, random.Random(14).randbytes, backends)
+    client.connect(SERVER_ADDR, 0.0)
+    server = AioquicRetryServer(server_config)
+    server.receive(client.datagrams_to_send(0.0)[0][0], 0.0)
+    retry = server.send(0.0)[0]
+    forged = retry[:-1] + bytes([retry[-1] ^ 1])
+    client.receive(forged, SERVER_ADDR, 0.01)
+    resent = client.datagrams_to_send(0.01)
+    assert resent == []  # nothing new: the forged Retry changed nothing
+    client.receive(retry, SERVER_ADDR, 0.01)
+    first = client.datagrams_to_send(0.01)[0][0]
+    record = packet.parse_packet(first, 0, 8)
+    dcid = first[record[packet.F_DCID_OFFSET] : record[packet.F_DCID_OFFSET] + 8]
+    assert dcid == server.retry_cid and record[packet.F_TOKEN_LENGTH] > 0
+    client.receive(retry, SERVER_ADDR, 0.02)  # a second Retry: ignored
+    assert client.datagrams_to_send(0.02) == []
+    assert client.phase is Phase.HANDSHAKING
 
 
 def test_an_aioquic_client_moving_to_another_connection_id_is_followed(

@@ -90,11 +90,14 @@ from netsched_client.core.packet import (
     F_PN_OFFSET,
     F_SCID_LENGTH,
     F_SCID_OFFSET,
+    F_TOKEN_LENGTH,
+    F_TOKEN_OFFSET,
     F_VERSION,
     KIND_HANDSHAKE,
     KIND_INITIAL,
     KIND_INVALID,
     KIND_ONE_RTT,
+    KIND_RETRY,
     RECORD_FIELDS,
 )
 from netsched_client.core.path import (
@@ -105,6 +108,7 @@ from netsched_client.core.path import (
     PathTuple,
     new_recovery,
 )
+from netsched_client.core.retry import check_retry
 from netsched_client.core.spaces import PacketSpace, SentFrame, SentKind
 from netsched_client.core.streams import StreamTable
 from netsched_client.core.timers import TimerKind, Timers
@@ -336,6 +340,8 @@ class Connection:
         self._bytes_received = 0
         self._bytes_sent = 0
         self._packets_opened = 0  # packets that authenticated, all spaces
+        self._retry_scid: bytes | None = None  # a client's: the Retry's Source CID
+        self._retry_token = b""  # a client's: the token its Initials carry after a Retry
         self._table = self._frame_table()
 
     # -- the public surface ---------------------------------------------------------------
@@ -427,8 +433,11 @@ class Connection:
         kind = fields[F_KIND]
         if kind == KIND_INVALID:
             return False
+        if kind == KIND_RETRY:
+            self._on_retry(datagram, fields)
+            return False  # a Retry has no length: nothing can follow it
         if kind not in (KIND_INITIAL, KIND_HANDSHAKE, KIND_ONE_RTT):
-            return True  # Retry, Version Negotiation, 0-RTT: not in this stage
+            return True  # Version Negotiation, 0-RTT: not in this stage
         start = fields[F_OFFSET]
         data = datagram[start : start + fields[F_LENGTH]]
         dcid = datagram[fields[F_DCID_OFFSET] : fields[F_DCID_OFFSET] + fields[F_DCID_LENGTH]]
@@ -451,6 +460,34 @@ class Connection:
         self._on_opened(kind, scid)
         self._process_payload(space, pn, payload, Received(space, dcid, now))
         return True
+
+    def _on_retry(self, datagram: bytes, fields: list[int]) -> None:
+        """RFC 9000 §17.2.5.2: a client's one Retry, before anything else from the server,
+        sent to our CID in our version, with a token and a valid integrity tag (RFC 9001
+        §5.8): the next Initials go to the Retry's Source CID with its token, under Initial
+        keys for that CID, the ClientHello again; packet numbers carry on."""
+        start, length = fields[F_OFFSET], fields[F_LENGTH]
+        dcid = datagram[fields[F_DCID_OFFSET] : fields[F_DCID_OFFSET] + fields[F_DCID_LENGTH]]
+        scid = datagram[fields[F_SCID_OFFSET] : fields[F_SCID_OFFSET] + fields[F_SCID_LENGTH]]
+        token = datagram[fields[F_TOKEN_OFFSET] : fields[F_TOKEN_OFFSET] + fields[F_TOKEN_LENGTH]]
+        if (
+            not self.is_client
+            or self._path is None
+            or self._peer_scid
+            or self._retry_scid is not None
+            or fields[F_VERSION] != self.version
+            or dcid != self._host_cid
+            or not token
+            or not check_retry(self.version, self._original_dcid, datagram[start : start + length])
+        ):
+            return
+        self._retry_scid, self._retry_token = scid, token
+        self._path.tuple.peer_cid = scid
+        initial = self._spaces[Epoch.INITIAL]
+        client_keys, server_keys = keys.initial_keys(self.version, scid)
+        initial.sealer = self._protection(client_keys)
+        initial.opener = self._protection(server_keys)
+        initial.crypto_send.on_lost(0, initial.crypto_send.next_offset, False)
 
     def _is_stateless_reset(self, datagram: bytes) -> bool:
         """RFC 9000 §10.3.1: a datagram none of whose packets opened, shaped like a short
@@ -928,6 +965,8 @@ class Connection:
         if self.is_client:
             if peer.original_destination_connection_id != self._original_dcid:
                 raise TransportParameterError("original_destination_connection_id mismatch")
+            if peer.retry_source_connection_id != self._retry_scid:
+                raise TransportParameterError("retry_source_connection_id mismatch")
         elif (
             peer.original_destination_connection_id is not None
             or peer.stateless_reset_token is not None
@@ -1201,7 +1240,10 @@ class Connection:
         dcid = len(path.tuple.peer_cid)
         if space.kind == KIND_ONE_RTT:
             return 1 + dcid + 4
-        token = 1 if space.kind == KIND_INITIAL else 0
+        token = 0
+        if space.kind == KIND_INITIAL:
+            token = len(self._m.packet.encode_varint(len(self._retry_token)))
+            token += len(self._retry_token)
         return 1 + 4 + 1 + dcid + 1 + len(self._host_cid) + token + 2 + 4
 
     def _protect(self, path: Path, built: list[BuiltPacket], now: float) -> bytes:
@@ -1254,7 +1296,7 @@ class Connection:
                 self.version,
                 dcid,
                 self._host_cid,
-                b"",
+                self._retry_token if space.kind == KIND_INITIAL else b"",
                 payload + protection.TAG_LENGTH,
                 truncated,
                 pn_length,
