@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netsched_client.core import control_frames, packet, protection, transport_params
+from netsched_client.core import control_frames, packet, protection, retry, transport_params
 from netsched_client.core.errors import FrameError, PacketError
 from netsched_client.core.tls_adapter import (
     CRYPTO_ERROR,
@@ -322,3 +322,26 @@ def test_garbage_frames_raise_only_frame_errors(frame_type: int, body: bytes) ->
             pass
         except PacketError as exc:  # pragma: no cover - the assertion's message
             raise AssertionError(f"{parse.__name__}: {exc!r}") from exc
+
+
+# -- Retry integrity tags ------------------------------------------------------------------------
+
+RETRY_ODCID = bytes.fromhex("8394c8f03e515708")
+RETRY_VECTORS = {
+    # RFC 9001 §A.4 and RFC 9369 §A.4: a Retry to the example client's original DCID.
+    packet.VERSION_1: "ff000000010008f067a5502a4262b5746f6b656e04a265ba2eff4d829058fb3f0f2496ba",
+    packet.VERSION_2: "cf6b3343cf0008f067a5502a4262b5746f6b656ec8646ce8bfe33952d955543665dcc7b6",
+}
+
+
+@pytest.mark.parametrize("version", sorted(RETRY_VECTORS))
+def test_retry_integrity_tags_match_the_rfc_vectors(version: int) -> None:
+    retry_packet = bytes.fromhex(RETRY_VECTORS[version])
+    assert retry.retry_tag(version, RETRY_ODCID, retry_packet[:-16]) == retry_packet[-16:]
+    assert retry.check_retry(version, RETRY_ODCID, retry_packet)
+    assert not retry.check_retry(version, RETRY_ODCID[:-1] + b"\x00", retry_packet)
+    for index in range(len(retry_packet)):
+        flipped = bytearray(retry_packet)
+        flipped[index] ^= 0x01
+        assert not retry.check_retry(version, RETRY_ODCID, bytes(flipped))
+    assert not retry.check_retry(version, RETRY_ODCID, retry_packet[:16])
