@@ -20,15 +20,11 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import HandshakeCompleted
 from fleet_support import EtcdServer
-from test_fleet_loss import Host as EdgeHost
-from test_fleet_rotation import EVERY_S, SCHEDULED_GRACE_S
+from test_fleet_rotation import past_each_grace, sessions_through_a_front
 from test_front import LOCAL, until
 
-from netsched_client import open_session
 from netsched_client.proto.multipath.connection import MultipathConnection
-from netsched_edge.fleet.cid_config import set_cid_schedule
 from netsched_edge.fleet.etcd import Etcd
-from netsched_edge.fleet.front import FleetFront, FrontSettings
 from netsched_edge.fleet.host import CidState, FleetStatus
 from netsched_edge.fleet.layout import Layout
 from netsched_edge.fleet.reissue import MAX_PER_TICK, TICK_S, CidRefresh, codepoint
@@ -246,37 +242,16 @@ async def test_two_path_sessions_outlive_two_rotations_past_their_grace(
     go by hash after the grace, mostly to another host, whose stateless reset ends the
     connection."""
     async with AsyncExitStack() as stack:
-        pair = generate_self_signed(tmp_path)
-        edges = []
-        for i in range(3):
-            (tmp_path / f"edge-{i}").mkdir()
-            fixture = EdgeHost(stack, tmp_path / f"edge-{i}", f"edge-{i}", pair)
-            fixture.backend.gate.set()
-            edges.append((await fixture.start(etcd_server.endpoint, layout))[1])
-        front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
-        await stack.enter_async_context(front)
-        await until(lambda: front.status().members == 3)
-        sessions = []
-        for _ in range(6):
-            session = await open_session(LOCAL, front.local_address[1], paths=[LOCAL, "127.0.0.2"],
-                                         ca_file=str(pair.ca_certificate))  # fmt: skip
-            stack.push_async_callback(session.close)
-            assert (await session.request("api", b"before")).status == 200
-            sessions.append(session)
+        edges, front, sessions, _ = await sessions_through_a_front(
+            stack, etcd_server.endpoint, layout, tmp_path, paths=[LOCAL, "127.0.0.2"]
+        )
         await until(lambda: all([p.state for p in s.paths] == ["active"] * 2 for s in sessions))
         connections = [len(edge.connections) for edge in edges]
-        assert sum(connections) == 6 and sum(1 for n in connections if n) > 1, connections
-
-        first = await set_cid_schedule(etcd, layout, EVERY_S, SCHEDULED_GRACE_S)
-        codepoints = [first.config_rotation]
-        for rotation in range(2):
-            await until(lambda: front.status().codepoints[0] != codepoints[-1], EVERY_S + 3)
-            codepoints.append(front.status().codepoints[0])
-            await until(lambda: front.status().codepoints == (codepoints[-1],),
-                        SCHEDULED_GRACE_S + 3)  # fmt: skip
+        codepoints: list[int] = []
+        async for codepoints in past_each_grace(etcd, layout, front):
             for _ in range(3):  # past the grace: both paths carry requests, ACKs, PINGs
                 for session in sessions:
-                    response = await asyncio.wait_for(session.request("api", b"%d" % rotation), 5)
+                    response = await asyncio.wait_for(session.request("api", b"after"), 5)
                     assert response.status == 200
                 await asyncio.sleep(0.2)
             quics = [q for edge in edges for q in edge.quic_connections()]

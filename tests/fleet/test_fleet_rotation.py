@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from test_fleet_failover import PlainClient
 from test_fleet_loss import Host
 from test_front import LOCAL, Fleet, RealFleet, fleet, short_packet, until
 
-from netsched_client import open_session
+from netsched_client import Session, open_session
 from netsched_edge.fleet.cid_config import (
     FleetCidConfig,
     read_cid_configs,
@@ -31,7 +31,8 @@ from netsched_edge.fleet.cid_config import (
 from netsched_edge.fleet.etcd import Etcd
 from netsched_edge.fleet.front import FleetFront, FrontSettings
 from netsched_edge.fleet.layout import Layout
-from netsched_edge.tls import generate_self_signed
+from netsched_edge.server import EdgeServer
+from netsched_edge.tls import CertificatePair, generate_self_signed
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -233,6 +234,55 @@ async def test_a_schedule_shorter_than_its_grace_is_refused(etcd: Etcd, layout: 
     assert (await read_cid_configs(etcd, layout)).current.rotate_every_s is None
 
 
+async def sessions_through_a_front(
+    stack: AsyncExitStack,
+    endpoint: str,
+    layout: Layout,
+    tmp_path: Path,
+    paths: list[str] | None = None,
+) -> tuple[list[EdgeServer], FleetFront, list[Session], CertificatePair]:
+    """Three real EdgeServers joined with FleetHost behind the front, and six SDK sessions
+    through it (from `paths`, the SDK's default when None) that each had a request
+    answered, spread over more than one host."""
+    pair = generate_self_signed(tmp_path)
+    edges = []
+    for i in range(3):
+        (tmp_path / f"edge-{i}").mkdir()
+        fixture = Host(stack, tmp_path / f"edge-{i}", f"edge-{i}", pair)
+        fixture.backend.gate.set()
+        edges.append((await fixture.start(endpoint, layout))[1])
+    front = FleetFront(FrontSettings(endpoint, (LOCAL, 0), prefix=layout.prefix))
+    await stack.enter_async_context(front)
+    await until(lambda: front.status().members == 3)
+    sessions = []
+    for _ in range(6):
+        session = await open_session(
+            LOCAL, front.local_address[1], paths=paths, ca_file=str(pair.ca_certificate)
+        )
+        stack.push_async_callback(session.close)
+        assert (await session.request("api", b"before")).status == 200
+        sessions.append(session)
+    connections = [len(edge.connections) for edge in edges]
+    assert sum(connections) == 6 and sum(1 for n in connections if n) > 1, connections
+    return edges, front, sessions, pair
+
+
+async def past_each_grace(
+    etcd: Etcd, layout: Layout, front: FleetFront, rotations: int = 2
+) -> AsyncIterator[list[int]]:
+    """Schedule QUIC-LB rotations every EVERY_S with SCHEDULED_GRACE_S of grace; after each
+    of `rotations`, once its grace has passed (the previous codepoint no longer routed),
+    yield the codepoints so far (the current one last)."""
+    first = await set_cid_schedule(etcd, layout, EVERY_S, SCHEDULED_GRACE_S)
+    codepoints = [first.config_rotation]
+    for _ in range(rotations):
+        await until(lambda: front.status().codepoints[0] != codepoints[-1], EVERY_S + 3)
+        codepoints.append(front.status().codepoints[0])
+        await until(lambda: front.status().codepoints == (codepoints[-1],),
+                    SCHEDULED_GRACE_S + 3)  # fmt: skip
+        yield codepoints
+
+
 async def test_connections_older_than_the_grace_move_to_fresh_cids(
     etcd_server: EtcdServer, etcd: Etcd, layout: Layout, tmp_path: Path
 ) -> None:
@@ -243,37 +293,14 @@ async def test_connections_older_than_the_grace_move_to_fresh_cids(
     covering the old ones) and they moved to them. Without that their old CIDs go by hash
     after the grace, mostly to another host, which resets them."""
     async with AsyncExitStack() as stack:
-        pair = generate_self_signed(tmp_path)
-        edges = []
-        for i in range(3):
-            (tmp_path / f"edge-{i}").mkdir()
-            fixture = Host(stack, tmp_path / f"edge-{i}", f"edge-{i}", pair)
-            fixture.backend.gate.set()
-            edges.append((await fixture.start(etcd_server.endpoint, layout))[1])
-        front = FleetFront(FrontSettings(etcd_server.endpoint, (LOCAL, 0), prefix=layout.prefix))
-        await stack.enter_async_context(front)
-        await until(lambda: front.status().members == 3)
-        sessions = []
-        for _ in range(6):
-            session = await open_session(
-                LOCAL, front.local_address[1], ca_file=str(pair.ca_certificate)
-            )
-            stack.push_async_callback(session.close)
-            assert (await session.request("api", b"before")).status == 200
-            sessions.append(session)
+        edges, front, sessions, _ = await sessions_through_a_front(
+            stack, etcd_server.endpoint, layout, tmp_path
+        )
         connections = [len(edge.connections) for edge in edges]
-        assert sum(connections) == 6 and sum(1 for n in connections if n) > 1, connections
-
-        first = await set_cid_schedule(etcd, layout, EVERY_S, SCHEDULED_GRACE_S)
-        codepoints = [first.config_rotation]
-        for rotation in range(2):
-            await until(lambda: front.status().codepoints[0] != codepoints[-1], EVERY_S + 3)
-            codepoints.append(front.status().codepoints[0])
-            # The grace has passed: the previous codepoint is no longer routed.
-            await until(lambda: front.status().codepoints == (codepoints[-1],),
-                        SCHEDULED_GRACE_S + 3)  # fmt: skip
+        codepoints: list[int] = []
+        async for codepoints in past_each_grace(etcd, layout, front):
             for session in sessions:
-                response = await asyncio.wait_for(session.request("api", b"%d" % rotation), 5)
+                response = await asyncio.wait_for(session.request("api", b"after"), 5)
                 assert response.status == 200
             sent_to = [quic.host_cid[0] >> 5 for edge in edges for quic in edge.quic_connections()]
             assert sent_to == [codepoints[-1]] * 6  # every client sends to a fresh CID
