@@ -44,6 +44,7 @@ from netsched_client.core.events import (
     ConnectionTerminated,
     HandshakeCompleted,
     StreamDataReceived,
+    StreamReset,
 )
 from netsched_client.core.streams import StreamLimitError
 from netsched_client.core.tls_adapter import TlsConfig
@@ -108,6 +109,7 @@ class Seen:
     handshake: bool = False
     streams: dict[int, bytearray] = field(default_factory=dict)
     ended: set[int] = field(default_factory=set)
+    resets: dict[int, int] = field(default_factory=dict)  # stream ID -> error code
     terminated: tuple[int, bool] | None = None  # (error code, by peer)
 
 
@@ -151,6 +153,8 @@ class CoreEnd:
                 self.seen.streams.setdefault(event.stream_id, bytearray()).extend(event.data)
                 if event.end_stream:
                     self.seen.ended.add(event.stream_id)
+            elif isinstance(event, StreamReset):
+                self.seen.resets[event.stream_id] = event.error_code
             elif isinstance(event, ConnectionTerminated):
                 self.seen.terminated = (event.error_code, event.by_peer)
 
@@ -205,6 +209,8 @@ class AioquicEnd:
                 self.seen.streams.setdefault(event.stream_id, bytearray()).extend(event.data)
                 if event.end_stream:
                     self.seen.ended.add(event.stream_id)
+            elif isinstance(event, aioquic_events.StreamReset):
+                self.seen.resets[event.stream_id] = event.error_code
             elif isinstance(event, aioquic_events.ConnectionTerminated):
                 self.seen.terminated = (event.error_code, True)
 
@@ -665,6 +671,53 @@ def test_key_updates_by_aioquic_are_followed_both_ways(
     close_cleanly(wire, limit=60.0)
     wire.run(lambda: core.conn.phase is Phase.CLOSED, limit=60.0)
     assert core.conn.get_timer() is None
+
+
+def core_and_aioquic(wire: Wire) -> tuple[CoreEnd, AioquicEnd]:
+    ends = (wire.client, wire.server)
+    core = next(end for end in ends if isinstance(end, CoreEnd))
+    other = next(end for end in ends if isinstance(end, AioquicEnd))
+    return core, other
+
+
+@pytest.mark.parametrize("core_side", ["server", "client"])
+def test_a_core_reset_stream_reaches_aioquic(
+    certs: Certificates, backends: Backends, core_side: str
+) -> None:
+    wire = interop_wire(certs, backends, core_side)
+    core, other = core_and_aioquic(wire)
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake)
+    request = wire.client.open_and_send(b"request")
+    wire.run(lambda: request in wire.server.seen.ended)
+    # The core sends on a stream it may send on: the response, or a stream of its own.
+    target = request if core is wire.server else core.conn.open_stream()
+    core.conn.send_stream_data(target, pattern(300_000, 1))
+    wire.run(lambda: bool(other.seen.streams.get(target)))
+    core.conn.reset_stream(target, 7)
+    wire.run(lambda: target in other.seen.resets)
+    assert other.seen.resets[target] == 7
+    assert len(other.seen.streams[target]) < 300_000
+    exchange(wire, size=20_000)
+
+
+@pytest.mark.parametrize("core_side", ["server", "client"])
+def test_a_core_stop_sending_makes_aioquic_reset(
+    certs: Certificates, backends: Backends, core_side: str
+) -> None:
+    wire = interop_wire(certs, backends, core_side)
+    core, other = core_and_aioquic(wire)
+    wire.run(lambda: wire.client.seen.handshake and wire.server.seen.handshake)
+    request = wire.client.open_and_send(b"request")
+    wire.run(lambda: request in wire.server.seen.ended)
+    assert other.conn is not None
+    # aioquic sends on the request's answer, or on a stream of its own.
+    target = request if core is wire.client else other.conn.get_next_available_stream_id()
+    other.conn.send_stream_data(target, pattern(300_000, 2))
+    wire.run(lambda: bool(core.seen.streams.get(target)))
+    core.conn.stop_stream(target, 9)
+    wire.run(lambda: target in core.seen.resets)
+    assert core.seen.resets[target] == 9  # aioquic resets with the code it was given
+    exchange(wire, size=20_000)
 
 
 def test_a_server_sends_at_most_three_times_what_it_received_before_validation(

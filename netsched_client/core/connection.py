@@ -10,7 +10,8 @@ Nothing here touches a socket, an event loop or a clock: every input carries
     poll_transmit(now) -> [Transmit]       or datagrams_to_send(now): send them all
     get_timer() -> float | None            the next deadline (pure); sleep until it
     handle_timer(now)                      at that deadline, then drain and send again
-    open_stream(), send_stream_data(...), close(now, ...) between those calls
+    open_stream(), send_stream_data(...), reset_stream(...), stop_stream(...),
+    close(now, ...) between those calls
 
 Phases (`TRANSITIONS`; anything else raises `ConnectionStateError`):
 
@@ -391,6 +392,18 @@ class Connection:
         if sender is None:
             raise ValueError(f"stream {stream_id}: no sending side here")
         sender.write(data, end_stream)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """Stops sending on a stream: what waits is dropped, RESET_STREAM goes out."""
+        if self.phase not in LIVE:
+            raise ConnectionStateError(f"reset_stream while {self.phase.value}")
+        self._streams.reset(stream_id, error_code)
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        """Asks the peer to stop sending on a stream (STOP_SENDING)."""
+        if self.phase not in LIVE:
+            raise ConnectionStateError(f"stop_stream while {self.phase.value}")
+        self._streams.stop(stream_id, error_code)
 
     def close(
         self, now: float, error_code: int = NO_ERROR, reason: str = "", application: bool = True

@@ -3,11 +3,12 @@
 `FrameWriter` fills one packet of one packet-number space: an ACK when one is
 due, then (when the connection lets ack-eliciting frames go) its writers in
 a fixed order: HANDSHAKE_DONE, CRYPTO, PATH_RESPONSE, the flow-control
-frames, the connection-ID frames, STREAM data and the blocked frames; an
-ACK rides along with anything else; a PTO probe with nothing else sends a
-PING. Each frame sent is recorded as a `SentFrame`; `on_acked` and
-`on_lost` give the frame's data or duty back to its owner (the CRYPTO or
-stream ring, the streams' owed frames, the connection-ID state, `Owed`).
+frames, RESET_STREAM and STOP_SENDING, the connection-ID frames, STREAM data
+and the blocked frames; an ACK rides along with anything else; a PTO probe
+with nothing else sends a PING. Each frame sent is recorded as a
+`SentFrame`; `on_acked` and `on_lost` give the frame's data or duty back to
+its owner (the CRYPTO or stream ring, the streams' owed frames, the
+connection-ID state, `Owed`).
 The connection owns the packet around it (header, padding, protection).
 """
 
@@ -173,13 +174,27 @@ class FrameWriter:
             limit = table.peer_counts[bidirectional].limit
             pos = m.write_max_streams(buf, pos, bidirectional, limit)
             sent.append(SentFrame(SentKind.MAX_STREAMS, int(bidirectional)))
+        return pos
+
+    def _write_stream_signals(
+        self, space: PacketSpace, buf: bytearray, pos: int, sent: list[SentFrame], now: float
+    ) -> int:
+        """RESET_STREAM and STOP_SENDING owed, while they fit."""
+        table = self.streams
+        pending = table.pending
         for stream_id, error_code in sorted(pending.resets.items()):
             if len(buf) - pos < CONTROL_ROOM:
                 return pos
             del pending.resets[stream_id]
-            final_size = table.send[stream_id].final_size
-            pos = m.write_reset_stream(buf, pos, stream_id, error_code, final_size)
+            final_size = table.send[stream_id].final_size  # kept until the reset is acked
+            pos = self._stream.write_reset_stream(buf, pos, stream_id, error_code, final_size)
             sent.append(SentFrame(SentKind.RESET_STREAM, stream_id, error_code))
+        for stream_id, error_code in sorted(pending.stops.items()):
+            if len(buf) - pos < CONTROL_ROOM:
+                return pos
+            del pending.stops[stream_id]
+            pos = self._stream.write_stop_sending(buf, pos, stream_id, error_code)
+            sent.append(SentFrame(SentKind.STOP_SENDING, stream_id, error_code))
         return pos
 
     def _write_cids(
@@ -261,6 +276,14 @@ class FrameWriter:
         if frame.number in self.streams.send:
             self.streams.pending.resets[frame.number] = frame.offset
 
+    def _reset_acked(self, space: PacketSpace, frame: SentFrame) -> None:
+        self.streams.resets_acked.add(frame.number)
+
+    def _stop_lost(self, space: PacketSpace, frame: SentFrame) -> None:
+        receiver = self.streams.recv.get(frame.number)
+        if receiver is not None and not receiver.is_finished and not receiver.reset_received:
+            self.streams.pending.stops[frame.number] = frame.offset
+
     def _new_cid_lost(self, space: PacketSpace, frame: SentFrame) -> None:
         if any(issued.sequence == frame.number for issued in self.local_cids.active(0)):
             self.owed.new_cids.add(frame.number)
@@ -298,6 +321,7 @@ _ONE_RTT_WRITERS: Final[tuple[Writer, ...]] = (
     FrameWriter._write_crypto,
     FrameWriter._write_path_responses,
     FrameWriter._write_flow_control,
+    FrameWriter._write_stream_signals,
     FrameWriter._write_cids,
     FrameWriter._write_streams,
 )
@@ -306,6 +330,7 @@ _ON_ACKED: Final[dict[SentKind, Resolver]] = {
     SentKind.STREAM: FrameWriter._stream_acked,
     SentKind.ACK: FrameWriter._ack_acked,
     SentKind.RETIRE_CONNECTION_ID: FrameWriter._retire_acked,
+    SentKind.RESET_STREAM: FrameWriter._reset_acked,
     **{
         kind: FrameWriter._nothing
         for kind in (
@@ -313,7 +338,7 @@ _ON_ACKED: Final[dict[SentKind, Resolver]] = {
             SentKind.MAX_DATA,
             SentKind.MAX_STREAM_DATA,
             SentKind.MAX_STREAMS,
-            SentKind.RESET_STREAM,
+            SentKind.STOP_SENDING,
             SentKind.NEW_CONNECTION_ID,
             SentKind.HANDSHAKE_DONE,
         )
@@ -328,6 +353,7 @@ _ON_LOST: Final[dict[SentKind, Resolver]] = {
     SentKind.MAX_STREAM_DATA: FrameWriter._max_stream_data_lost,
     SentKind.MAX_STREAMS: FrameWriter._max_streams_lost,
     SentKind.RESET_STREAM: FrameWriter._reset_lost,
+    SentKind.STOP_SENDING: FrameWriter._stop_lost,
     SentKind.NEW_CONNECTION_ID: FrameWriter._new_cid_lost,
     SentKind.RETIRE_CONNECTION_ID: FrameWriter._retire_lost,
     SentKind.HANDSHAKE_DONE: FrameWriter._handshake_done_lost,

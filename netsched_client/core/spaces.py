@@ -40,6 +40,7 @@ class SentKind(Enum):
     MAX_STREAM_DATA = "max_stream_data"
     MAX_STREAMS = "max_streams"
     RESET_STREAM = "reset_stream"
+    STOP_SENDING = "stop_sending"
     NEW_CONNECTION_ID = "new_connection_id"
     RETIRE_CONNECTION_ID = "retire_connection_id"
     HANDSHAKE_DONE = "handshake_done"
@@ -48,8 +49,9 @@ class SentKind(Enum):
 @dataclass(frozen=True, slots=True)
 class SentFrame:
     """A frame a packet carried, as much as its acknowledgement or loss needs: `number` is
-    the stream ID (STREAM, MAX_STREAM_DATA, RESET_STREAM), the largest packet acknowledged
-    (ACK), the sequence (connection IDs) or 1 for bidirectional (MAX_STREAMS)."""
+    the stream ID (STREAM, MAX_STREAM_DATA, RESET_STREAM, STOP_SENDING), the largest
+    packet acknowledged (ACK), the sequence (connection IDs) or 1 for bidirectional
+    (MAX_STREAMS); `offset` is the error code of RESET_STREAM and STOP_SENDING."""
 
     kind: SentKind
     number: int = 0

@@ -10,7 +10,7 @@ of its type with it, and one past the MAX_STREAMS we advertised is
 STREAM_LIMIT_ERROR; a frame for a locally initiated stream not yet opened
 is STREAM_STATE_ERROR; a frame for a stream already closed and forgotten is
 ignored. A peer stream is closed when its receive side is read to the end
-(or reset) and its send side, if any, is acknowledged (or reset); each
+(or reset) and its send side, if any, is acknowledged (or its reset is); each
 closed peer stream gives the peer one more stream (MAX_STREAMS once half
 the initial count is due).
 """
@@ -56,6 +56,7 @@ class Pending:
     max_stream_data: set[int] = field(default_factory=set)
     max_streams: set[bool] = field(default_factory=set)  # by "bidirectional"
     resets: dict[int, int] = field(default_factory=dict)  # stream ID -> error code
+    stops: dict[int, int] = field(default_factory=dict)  # STOP_SENDING: stream ID -> code
 
 
 class StreamTable:
@@ -81,6 +82,7 @@ class StreamTable:
             False: StreamCount(local.initial_max_streams_uni),
         }
         self.pending = Pending()
+        self.resets_acked: set[int] = set()  # our RESET_STREAMs the peer acknowledged
 
     def set_peer(self, peer: TransportParameters) -> None:
         """The peer's transport parameters: our credit and stream limits."""
@@ -173,12 +175,26 @@ class StreamTable:
     def on_stop_sending(self, stream_id: int, error_code: int) -> None:
         """A STOP_SENDING: reset our side, RESET_STREAM owed (§3.5)."""
         frames.check_stream_direction(stream.STOP_SENDING_FRAME, stream_id, self.is_client)
-        if not self._reach(stream_id):
-            return
-        sender = self.send[stream_id]
+        if self._reach(stream_id):
+            self.reset(stream_id, error_code)
+
+    def reset(self, stream_id: int, error_code: int) -> None:
+        """Stops sending on a stream (the application, or the peer's STOP_SENDING): the data
+        waiting is dropped, RESET_STREAM owed (§3.1)."""
+        sender = self.send.get(stream_id)
+        if sender is None:
+            raise StreamStateError(f"stream {stream_id}: no sending side here")
         if not sender.was_reset and not sender.is_complete:
             sender.reset()
             self.pending.resets[stream_id] = error_code
+
+    def stop(self, stream_id: int, error_code: int) -> None:
+        """The application reads no more of a stream: STOP_SENDING owed (§3.5)."""
+        receiver = self.recv.get(stream_id)
+        if receiver is None:
+            raise StreamStateError(f"stream {stream_id}: no receiving side here")
+        if not receiver.is_finished and not receiver.reset_received:
+            self.pending.stops[stream_id] = error_code
 
     def on_max_stream_data(self, stream_id: int, maximum: int) -> None:
         frames.check_stream_direction(stream.MAX_STREAM_DATA_FRAME, stream_id, self.is_client)
@@ -224,6 +240,7 @@ class StreamTable:
         for stream_id in [sid for sid in self.recv if self._peer_closed(sid)]:
             self.recv.pop(stream_id)
             self.send.pop(stream_id, None)
+            self.resets_acked.discard(stream_id)
             count = self.peer_counts[not is_unidirectional(stream_id)]
             count.closed += 1
         for bidirectional, count in self.peer_counts.items():
@@ -243,4 +260,4 @@ class StreamTable:
         if not (receiver.is_finished or receiver.reset_received):
             return False
         sender = self.send.get(stream_id)
-        return sender is None or sender.is_complete or sender.was_reset
+        return sender is None or sender.is_complete or stream_id in self.resets_acked
