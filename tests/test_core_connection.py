@@ -773,6 +773,10 @@ def test_stream_limits_grow_as_the_peers_streams_close(
     with pytest.raises(StreamLimitError):
         for _ in range(3):
             client.conn.open_stream()
+    # Our six streams, both sides done, are forgotten too: nothing more can go on them.
+    for round_ in range(6):
+        with pytest.raises(ValueError, match="no sending side"):
+            client.conn.send_stream_data(4 * round_, b"late")
 
 
 # -- malformed input ---------------------------------------------------------------------------

@@ -429,7 +429,7 @@ class Connection:
                     break
             if self._packets_opened == opened and self._is_stateless_reset(datagram):
                 self._on_stateless_reset(now)
-            self._streams.release_closed()
+            self._finished.difference_update(self._streams.release_closed())
         except Failure as failure:
             self._enter_closing(failure, now)
         except Exception as exc:  # a bug must close, not escape (h11's ERROR)

@@ -9,10 +9,10 @@ Rules (§2.1, §4.6, §19.8): a peer-initiated stream opens every lower stream
 of its type with it, and one past the MAX_STREAMS we advertised is
 STREAM_LIMIT_ERROR; a frame for a locally initiated stream not yet opened
 is STREAM_STATE_ERROR; a frame for a stream already closed and forgotten is
-ignored. A peer stream is closed when its receive side is read to the end
-(or reset) and its send side, if any, is acknowledged (or its reset is); each
-closed peer stream gives the peer one more stream (MAX_STREAMS once half
-the initial count is due).
+ignored. A stream is closed, and forgotten, when its receive side is read
+to the end (or reset) and its send side is acknowledged (or its reset is);
+each closed peer stream gives the peer one more (MAX_STREAMS once half the
+initial count is due).
 """
 
 from __future__ import annotations
@@ -235,14 +235,16 @@ class StreamTable:
     def has_data(self) -> bool:
         return bool(self.sendable())
 
-    def release_closed(self) -> None:
-        """Forgets closed peer streams and gives the peer a stream for each (MAX_STREAMS)."""
-        for stream_id in [sid for sid in self.recv if self._peer_closed(sid)]:
-            self.recv.pop(stream_id)
+    def release_closed(self) -> list[int]:
+        """Forgets closed streams, ours and the peer's; each closed peer stream gives the
+        peer one more (MAX_STREAMS once half the initial count is due). Returns the IDs."""
+        closed = [stream_id for stream_id in {*self.send, *self.recv} if self._closed(stream_id)]
+        for stream_id in closed:
+            self.recv.pop(stream_id, None)
             self.send.pop(stream_id, None)
             self.resets_acked.discard(stream_id)
-            count = self.peer_counts[not is_unidirectional(stream_id)]
-            count.closed += 1
+            if not is_local(stream_id, self.is_client):
+                self.peer_counts[not is_unidirectional(stream_id)].closed += 1
         for bidirectional, count in self.peer_counts.items():
             initial = (
                 self.local.initial_max_streams_bidi
@@ -252,12 +254,13 @@ class StreamTable:
             if count.closed + initial - count.limit >= max(initial // 2, 1):
                 count.limit = count.closed + initial
                 self.pending.max_streams.add(bidirectional)
+        return closed
 
-    def _peer_closed(self, stream_id: int) -> bool:
-        if is_local(stream_id, self.is_client):
-            return False
-        receiver = self.recv[stream_id]
-        if not (receiver.is_finished or receiver.reset_received):
+    def _closed(self, stream_id: int) -> bool:
+        """Both sides done: the receive side read to its end or reset, the send side
+        acknowledged to its end or its RESET_STREAM acknowledged."""
+        receiver = self.recv.get(stream_id)
+        if receiver is not None and not (receiver.is_finished or receiver.reset_received):
             return False
         sender = self.send.get(stream_id)
         return sender is None or sender.is_complete or stream_id in self.resets_acked
