@@ -11,10 +11,11 @@ state in etcd, for an operator.
     cid-schedule EVERY|off [--grace S]
                       the key rotator rotates the QUIC-LB configuration every EVERY
                       seconds, each replaced one routed S seconds more (EVERY >= S)
-    front --listen ADDR [--probe-interval S]
+    front --listen ADDR [--probe-interval S] [--panic-threshold SHARE]
                       the fleet's front: QUIC on ADDR routed to the members by
                       connection ID (netsched_edge/fleet/front.py), until SIGINT/SIGTERM;
-                      workers that leave health probes unanswered are routed around
+                      workers that leave health probes unanswered are routed around,
+                      unless fewer than SHARE of them answer (then all are routed to)
 
 Exit status: 0 done, 1 a refused config or an etcd error, 2 bad usage.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import math
 import os
 import signal
 import sys
@@ -90,7 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     front.add_argument("--probe-interval", type=float, default=health.interval_s,
                        help="seconds between two health probes of a worker; one is down after "
                        f"{health.down_after} unanswered (default %(default)s)")  # fmt: skip
+    front.add_argument("--panic-threshold", type=share, default=health.panic_threshold,
+                       help="below this share of workers answering probes, every worker is "
+                       "routed to; 0: never (default %(default)s)")  # fmt: skip
     return parser
+
+
+def share(text: str) -> float:
+    """A number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"not a share from 0 to 1: {text!r}")
+    return value
 
 
 def schedule_every(text: str) -> float | None:
@@ -169,7 +185,9 @@ async def _front(opts: argparse.Namespace, layout: Layout) -> int:
             prefix=layout.prefix,
             max_backends=opts.max_backends,
             idle_timeout=opts.idle_timeout,
-            health=HealthSettings(interval_s=opts.probe_interval),
+            health=HealthSettings(
+                interval_s=opts.probe_interval, panic_threshold=opts.panic_threshold
+            ),
         )
         async with FleetFront(settings) as front:
             host, port = front.local_address[:2]

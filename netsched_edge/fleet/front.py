@@ -34,7 +34,9 @@ A host whose machine died, whose process is stopped or whose firewall drops
 packets sends no ICMP: the front's health checks (health.py: a probe that
 every worker must answer with a Version Negotiation packet) mark a worker
 down after `down_after` unanswered probes in a row, with the same effect as a
-refusal, and up again after `up_after` answered ones.
+refusal, and up again after `up_after` answered ones. When fewer than
+`panic_threshold` of the workers answer, the probes' verdicts are ignored
+(health.py says why); refusals still count, they are the worker host's own word.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class FrontStatus:
     members: int
     workers: int
     down: int  # workers routed around: their ports refused, or they left probes unanswered
-    silent: int  # of those, the ones the health checks marked down
+    silent: int  # the ones the health checks mark down (routed around unless in panic)
+    panic: bool  # too few workers answer probes: their verdicts are ignored
     etcd_available: bool
     members_revision: int  # of the member list in use (0: none read yet)
     codepoints: tuple[int, ...]  # the QUIC-LB config rotation codepoints routed, current first
@@ -100,6 +103,8 @@ class FrontStatus:
     def describe(self) -> str:
         source = "etcd reachable" if self.etcd_available else "etcd UNAVAILABLE"
         down = f" ({self.down} down, {self.silent} silent)" if self.down else ""
+        if self.panic:
+            down = f" (PANIC: {self.silent} silent but routed to, {self.down} down)"
         return (
             f"fleet front: {self.members} members, {self.workers} workers{down}; {source}; "
             f"members revision {self.members_revision or 'none'}"
@@ -388,7 +393,8 @@ class FleetFront:
             members=len(self.members),
             workers=len(self.slots.held),
             down=len(self.down.keys() | self.health.down),
-            silent=len(self.health.down),
+            silent=len(self.health.silent),
+            panic=self.health.panic,
             etcd_available=self._follower.etcd_available and self._configs.etcd_available,
             members_revision=self._follower.revision,
             codepoints=tuple(config.config_rotation for config in self.accepted),

@@ -31,6 +31,20 @@ worker more).
 
 Detection time: a worker stopped right after answering is marked down
 between `down_after` and `down_after + 1` periods later.
+
+Panic: the verdicts can be wrong all at once, when the front's own probing
+breaks (its probe socket, its host's firewall dropping the answers): every
+worker would be marked down and nothing routed. So when the share of workers
+up falls below `panic_threshold` (Envoy's rule: panic when the share up is
+*below* it, so 1 of 2 up at 0.5 is no panic), the verdicts are ignored and
+every worker is routed to; probing goes on, and the verdicts are applied
+again as soon as the share is back. Hosts that really died still leave: their
+member lease runs out. The share counts only workers with a verdict of their
+own (answered once, or marked down): a worker that just joined and was never
+answered would otherwise end a panic caused by the front alone for the
+`down_after` rounds it takes to find it silent too. No hysteresis of its own:
+the share changes only when a verdict does, and verdicts already need
+`down_after` misses or `up_after` answers in a row.
 """
 
 from __future__ import annotations
@@ -63,12 +77,19 @@ class HealthSettings:
     down_after: int = 3  # unanswered probes in a row
     up_after: int = 2  # answered probes in a row
     max_probes_per_s: float = 200.0  # over every worker
+    panic_threshold: float = 0.5  # a share of workers up below it: route to all; 0: never
 
     def __post_init__(self) -> None:
         if not all(0 < rate < math.inf for rate in (self.interval_s, self.max_probes_per_s)):
             raise ValueError(f"health checks need positive rates: {self}")
         if self.down_after < 1 or self.up_after < 1:
             raise ValueError(f"health checks need counts of 1 or more: {self}")
+        if not 0 <= self.panic_threshold <= 1:
+            raise ValueError(f"health checks need a panic threshold from 0 to 1: {self}")
+
+    def panics(self, up: int, judged: int) -> bool:
+        """Whether `up` of `judged` workers up is too few to trust the verdicts."""
+        return judged > 0 and up / judged < self.panic_threshold
 
     def period(self, workers: int) -> float:
         """Seconds between two rounds over `workers` workers, within the probe budget."""
@@ -83,6 +104,7 @@ class WorkerHealth:
     misses: int = 0  # in a row, while up
     answers: int = 0  # in a row, while down
     awaited: bytes | None = None  # the reply's CIDs (DCID ‖ SCID) the outstanding probe asks for
+    judged: bool = False  # answered once or marked down: counted in the panic share
 
 
 @dataclass(slots=True)
@@ -91,6 +113,7 @@ class ProbeCounters:
     answered: int = 0  # replies that matched an outstanding probe
     missed: int = 0
     send_errors: int = 0
+    panics: int = 0  # times the share up fell below the panic threshold
 
 
 def probe_datagram(dcid: bytes, scid: bytes) -> bytes:
@@ -124,7 +147,8 @@ def canonical(address: Address) -> Address:
 
 class WorkerProber:
     """Probes the workers `track` names, every round; `on_change` runs when one goes
-    down or up (the front routes again). `run` is the rounds, `close` the sockets."""
+    down or up (the front routes again). `run` is the rounds, `close` the sockets.
+    `silent` is the probes' verdict, `down` the workers to route around (none in panic)."""
 
     def __init__(self, settings: HealthSettings, on_change: Callable[[], None]) -> None:
         self.settings = settings
@@ -132,18 +156,31 @@ class WorkerProber:
         self.workers: dict[Address, WorkerHealth] = {}
         self.counters = ProbeCounters()
         self.changed_at = 0.0  # loop time of the last worker going down or up
+        self.panic = False
         self._by_source: dict[Address, Address] = {}  # canonical -> as the member names it
         self._sockets: dict[int, socket.socket] = {}  # by address family, opened when needed
 
     @property
-    def down(self) -> frozenset[Address]:
+    def silent(self) -> frozenset[Address]:
+        """The workers the probes mark down."""
         return frozenset(address for address, health in self.workers.items() if not health.up)
+
+    @property
+    def down(self) -> frozenset[Address]:
+        """The workers to route around: the silent ones, unless too many are (panic)."""
+        return frozenset() if self.panic else self.silent
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The probe sockets open now, one per address family (the answers' destination)."""
+        return tuple(self._sockets.values())
 
     def track(self, addresses: Iterable[Address]) -> None:
         """Probe these workers from now on (the ones no longer named are forgotten)."""
         wanted = set(addresses)
         self.workers = {a: self.workers.get(a) or WorkerHealth() for a in wanted}
         self._by_source = {canonical(a): a for a in wanted}
+        self._judge_panic()
 
     async def run(self) -> None:
         while True:
@@ -172,7 +209,28 @@ class WorkerProber:
 
     def _changed(self) -> None:
         self.changed_at = asyncio.get_running_loop().time()
+        self._judge_panic()
         self.on_change()
+
+    def _judge_panic(self) -> None:
+        """Enter or leave panic after a verdict or the workers changed (module doc)."""
+        judged = [health for health in self.workers.values() if health.judged]
+        up, threshold = sum(health.up for health in judged), self.settings.panic_threshold
+        panic = self.settings.panics(up, len(judged))
+        if panic == self.panic:
+            return
+        self.panic = panic
+        if panic:
+            self.counters.panics += 1
+            log.warning(
+                "fleet front: only %d of %d workers probed answer (below %g): panic, every "
+                "worker routed to until more answer", up, len(judged), threshold,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "fleet front: %d of %d workers probed answer: panic over, the silent ones "
+                "routed around again", up, len(judged),
+            )  # fmt: skip
 
     def _socket(self, family: int) -> socket.socket:
         sock = self._sockets.get(family)
@@ -222,6 +280,7 @@ class WorkerProber:
         self.counters.answered += 1
         health.awaited = None
         health.misses = 0
+        health.judged = True
         if health.up:
             return False
         health.answers += 1
@@ -241,7 +300,7 @@ class WorkerProber:
         health.misses += 1
         if health.misses < self.settings.down_after:
             return False
-        health.up, health.misses = False, 0
+        health.up, health.misses, health.judged = False, 0, True
         log.warning(
             "fleet front: %s port %d left %d probes unanswered: down (its CIDs go elsewhere)",
             address[0], address[1], self.settings.down_after,

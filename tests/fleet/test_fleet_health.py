@@ -4,6 +4,8 @@ the parsing of the answer, which a peer controls."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aioquic.buffer import Buffer
@@ -62,6 +64,9 @@ def test_a_version_negotiation_with_other_cids_is_not_the_answer() -> None:
         {"max_probes_per_s": float("nan")},
         {"down_after": 0},
         {"up_after": 0},
+        {"panic_threshold": -0.1},
+        {"panic_threshold": 1.5},
+        {"panic_threshold": float("nan")},
     ],
 )
 def test_bad_settings_are_refused(bad: dict[str, float]) -> None:
@@ -73,6 +78,25 @@ def test_the_probe_budget_stretches_the_round() -> None:
     settings = HealthSettings(interval_s=0.5, max_probes_per_s=100)
     assert settings.period(10) == 0.5
     assert settings.period(1000) == 10.0  # 1000 workers at 100 probes a second
+
+
+@pytest.mark.parametrize(
+    ("up", "judged", "threshold", "panic"),
+    [
+        (1, 2, 0.5, False),  # exactly half up: no panic (Envoy: below the threshold only)
+        (0, 2, 0.5, True),
+        (0, 1, 0.5, True),  # a fleet of one: it is routed to anyway
+        (1, 3, 0.5, True),
+        (2, 3, 0.5, False),
+        (3, 10, 0.3, False),  # 3/10 is the threshold as written, not a hair below it
+        (0, 3, 0.0, False),  # 0: never
+        (0, 0, 0.5, False),  # nobody probed yet
+    ],
+)
+def test_panic_is_a_share_up_below_the_threshold(
+    up: int, judged: int, threshold: float, panic: bool
+) -> None:
+    assert HealthSettings(panic_threshold=threshold).panics(up, judged) is panic
 
 
 class Worker(asyncio.DatagramProtocol):
@@ -102,7 +126,7 @@ async def test_one_lost_probe_changes_nothing_three_mark_down_two_answers_up() -
     prober.track([address])
 
     def up() -> bool:
-        return address not in prober.down
+        return address not in prober.silent
 
     async def rounds(count: int) -> None:
         for _ in range(count):
@@ -122,7 +146,93 @@ async def test_one_lost_probe_changes_nothing_three_mark_down_two_answers_up() -
         await rounds(1)  # the second answer in a row: up
         assert verdicts == [False, True] and up()
         prober.track([])  # the member left: nothing is kept, nothing probed
-        assert prober.workers == {} and prober.down == frozenset()
+        assert prober.workers == {} and prober.silent == frozenset()
     finally:
         prober.close()
         transport.close()
+
+
+Workers = Callable[[int], Awaitable[list[tuple[tuple[str, int], Worker]]]]
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[Workers]:
+    """Workers on loopback ports that answer probes (each closed after the test)."""
+    transports: list[asyncio.DatagramTransport] = []
+
+    async def start(count: int) -> list[tuple[tuple[str, int], Worker]]:
+        started = []
+        for _ in range(count):
+            transport, worker = await asyncio.get_running_loop().create_datagram_endpoint(
+                Worker, local_addr=("127.0.0.1", 0)
+            )
+            transports.append(transport)
+            started.append((transport.get_extra_info("sockname")[:2], worker))
+        return started
+
+    try:
+        yield start
+    finally:
+        for transport in transports:
+            transport.close()
+
+
+async def probe_rounds(prober: WorkerProber, count: int) -> None:
+    for _ in range(count):
+        prober.round()
+        await asyncio.sleep(0.05)  # the answers are in the socket by the next round
+
+
+QUICK_DOWN = HealthSettings(down_after=2, up_after=1)
+MUTE = 10**6  # probes a worker leaves unanswered: all of them
+
+
+async def test_too_few_up_is_panic_where_no_worker_is_routed_around(
+    workers: Workers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3 workers: one silent is routed around; two silent (1 of 3 up) is panic, nobody
+    is; a silent one that leaves (its lease ran out) ends it: 1 of 2 up."""
+    caplog.set_level(logging.WARNING, "netsched.edge.fleet")
+    (a, worker_a), (b, worker_b), (c, _) = await workers(3)
+    prober = WorkerProber(QUICK_DOWN, lambda: None)
+    prober.track([a, b, c])
+    try:
+        await probe_rounds(prober, 2)  # every one answered: judged up
+        worker_a.drop = MUTE
+        await probe_rounds(prober, 3)
+        assert prober.silent == prober.down == {a} and not prober.panic
+        worker_b.drop = MUTE
+        await probe_rounds(prober, 3)
+        assert prober.silent == {a, b} and prober.down == frozenset() and prober.panic
+        prober.track([a, c])  # b left
+        assert prober.silent == prober.down == {a} and not prober.panic
+        assert prober.counters.panics == 1
+        panic_logs = [r.getMessage() for r in caplog.records if "panic" in r.getMessage()]
+        assert len(panic_logs) == 2
+        assert "only 1 of 3 workers probed answer" in panic_logs[0]
+        assert "1 of 2 workers probed answer: panic over" in panic_logs[1]
+    finally:
+        prober.close()
+
+
+async def test_a_worker_joining_unheard_does_not_end_a_panic(workers: Workers) -> None:
+    """The front hears nobody (1 of 1 silent: panic); a worker that joins then counts
+    only once it has a verdict of its own, so it cannot end the panic for the rounds
+    before it, too, is found silent."""
+    (old, worker_old), (new, worker_new) = await workers(2)
+    worker_old.drop = worker_new.drop = MUTE
+    prober = WorkerProber(QUICK_DOWN, lambda: None)
+    prober.track([old])
+    try:
+        await probe_rounds(prober, 3)
+        assert prober.panic and prober.silent == {old}
+        prober.track([old, new])
+        for _ in range(QUICK_DOWN.down_after + 1):
+            assert prober.panic and prober.down == frozenset()
+            await probe_rounds(prober, 1)
+        assert prober.silent == {old, new} and prober.counters.panics == 1
+        worker_old.drop = worker_new.drop = 0  # the front hears them again
+        await probe_rounds(prober, 2)
+        assert not prober.panic and prober.silent == frozenset()
+    finally:
+        prober.close()
