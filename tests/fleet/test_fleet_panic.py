@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import struct
@@ -157,7 +158,7 @@ async def test_a_stopped_worker_is_routed_around_no_panic(fleet: Fleet) -> None:
     ids = [await fleet.host(f"edge-{i}") for i in range(2)]
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PROCESS_HOST, stdout=asyncio.subprocess.PIPE,
-        env={"PYTHONPATH": str(Path(__file__).parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
     )  # fmt: skip
     fleet.stack.push_async_callback(process.wait)
     fleet.stack.callback(process.kill)
@@ -192,3 +193,24 @@ def test_the_console_front_refuses_a_threshold_outside_0_to_1(
     assert exited.value.code == 2
     assert f"not a share from 0 to 1: {text!r}" in capsys.readouterr().err
     assert share("0") == 0 and share("1") == 1 and share("0.25") == 0.25
+
+
+async def test_in_panic_a_refusing_worker_is_still_routed_around(fleet: Fleet) -> None:
+    """A refusal is the worker's host saying nothing listens: no trouble of the front's
+    probing fakes it, so panic does not override it."""
+    ids = [await fleet.host(f"edge-{i}") for i in range(3)]
+    front = await fleet.front(QUICK)
+    await until(lambda: front.status().probes.answered >= 3 * QUICK.up_after)
+    config = await fleet.cids()
+    transport, _ = await fleet.client(front)
+    with answers_dropped(front):
+        await until(lambda: front.status().panic, 2.0)
+        closed = fleet.hosts[ids[0]].transport
+        assert closed is not None
+        closed.close()  # its process gone: the port refuses
+        transport.sendto(short_packet(config.for_host(ids[0]).for_worker(0).generate()))
+        await until(lambda: front.status().down == 1)
+        assert front.status().panic and front.status().silent == 3
+        for _ in range(20):
+            transport.sendto(short_packet(config.for_host(ids[0]).for_worker(0).generate()))
+        await until(lambda: sum(fleet.counts()[sid] for sid in ids[1:]) == 20)
