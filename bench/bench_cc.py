@@ -33,8 +33,19 @@ Startup left out), with the share ratio (flow 1 / flow 2) and Jain's fairness
 index (x1 + x2)^2 / (2 (x1^2 + x2^2)). The server names each flow's controller
 and coupled paths in its response head; the bench checks them.
 
+In virtual time (`--virtual SEEDS`, alone): the same pairs in the in-memory lab
+(`netsched_lab.memory`, our connections without sockets or an event loop), each
+connection's every path through one downlink in the relay's own model (FAIR_LINK:
+token bucket, 64 kB tail-drop queue), the connection whose next event is the
+earliest always running first, so that both flows' datagrams reach the link in time
+order. A run replays exactly per seed, whatever the host's load, so runs over several
+seeds tell a controller's share from the noise of one run. Each flow's row adds its
+window cuts (loss events) over the window, the mean share of its whole window (all
+its paths) a cut took, and its mean whole window.
+
     python bench/bench_cc.py [--size-mb 6] [--timeout-s 10] [--scenarios ...] [--ccs ...]
         [--pairs ...] [--warmup-s 2] [--fair-s 10]
+    python bench/bench_cc.py --virtual 1,2,3,4 --pairs reno/reno lia/reno olia/reno --fair-s 30
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import multiprocessing as mp
 import random
 import signal
@@ -443,22 +455,29 @@ def run_all(
 
 # -- the pairs in virtual time (--virtual) -----------------------------------------------
 
-VIRTUAL_STEP_S = 0.001  # both connections advance in lockstep by this much
+VIRTUAL_STEP_S = 0.001  # how often the servers' streams are fed and windows read
 VIRTUAL_CUT = 0.7  # a path's window falling under this share of its last value is a cut
 VIRTUAL_BACKLOG = 1 << 20  # the server keeps this much more queued than has arrived
+VIRTUAL_ACK_JITTER_S = 0.001
 
 
 class _SharedBottleneck:
     """A client address's link in the in-memory lab whose downlink is the pair's one
     bottleneck: FAIR_LINK in the relay's own model (token bucket, 64 kB tail-drop
-    queue), shared by every path of both flows; the uplink only delays."""
+    queue), shared by every path of both flows. The uplink delays, with up to
+    VIRTUAL_ACK_JITTER_S more drawn from the seed (in order): without it every seed
+    gives the same run, and the flows' phases would stay locked."""
 
-    def __init__(self, downlink: impairment.Link) -> None:
+    def __init__(self, downlink: impairment.Link, rng: random.Random) -> None:
         self._downlink = downlink
+        self._rng = rng
+        self._uplink_free = 0.0
 
     def arrival(self, now: float, size: int, upstream: bool) -> float | None:
         if upstream:
-            return now + UP.delay_ms / 1000
+            delay = UP.delay_ms / 1000 + self._rng.random() * VIRTUAL_ACK_JITTER_S
+            self._uplink_free = max(now + delay, self._uplink_free)
+            return self._uplink_free
         deliveries = self._downlink.submit(bytes(size), now)
         return deliveries[0][0] if deliveries else None
 
@@ -520,10 +539,31 @@ def _virtual_net(cc: str, paths: int, bottleneck: _SharedBottleneck) -> _Countin
     return net
 
 
-def _lockstep(nets: list[_CountingNet], seconds: float, each_step: Any = None) -> None:
-    for _ in range(round(seconds / VIRTUAL_STEP_S)):
+def _next_event(net: memory.Net) -> float:
+    """When `net` next has something to do: a timer of either side or a datagram due."""
+    times = [t for t in (net.client.get_timer(), net.server.get_timer()) if t is not None]
+    return min([*times, *(at for at, *_ in net.queue[:1])], default=math.inf)
+
+
+def _advance(nets: list[_CountingNet], seconds: float, each_step: Any = None) -> None:
+    """Runs the connections together for `seconds`, always the one whose next event is
+    the earliest, so that their datagrams reach the shared link in time order (each
+    connection's own clock would let one flow queue ahead of the other); `each_step`
+    every VIRTUAL_STEP_S, with every connection brought to that time."""
+    clock = max(net.now for net in nets)
+    end = clock + seconds
+    while clock < end:
+        tick = min(clock + VIRTUAL_STEP_S, end)
+        while True:
+            due, index = min((_next_event(net), index) for index, net in enumerate(nets))
+            if due > tick:
+                break
+            # At least a microsecond: a timer still due where it fired (aioquic's loss
+            # timer on a rounding edge) moves on, as Net.run moves it on.
+            nets[index].run(max(due - nets[index].now, 1e-6))
         for net in nets:
-            net.run(VIRTUAL_STEP_S)
+            net.run(tick - net.now)
+        clock = tick
         if each_step is not None:
             each_step()
 
@@ -535,13 +575,14 @@ def share_virtual(pair: Pair, seed: int, warmup: float, seconds: float) -> Fairn
     (kept VIRTUAL_BACKLOG ahead of what arrived) and goodput counts from `warmup` to
     `warmup + seconds` later."""
     with seeded_randomness(seed):
-        bottleneck = _SharedBottleneck(impairment.Link(FAIR_LINK, random.Random(seed)))
+        rng = random.Random(seed)
+        bottleneck = _SharedBottleneck(impairment.Link(FAIR_LINK, rng), rng)
         nets = [_virtual_net(cc, n, bottleneck) for cc, n in zip(pair.ccs, pair.paths, strict=True)]
-        _lockstep(nets, 0.5)
+        _advance(nets, 0.5)
         for net, paths in zip(nets, pair.paths, strict=True):
             if paths > 1:
                 net.client.open_path(memory.C2, memory.SERVER, net.now)
-        _lockstep(nets, 0.5)
+        _advance(nets, 0.5)
         streams = [net.server.get_next_available_stream_id(is_unidirectional=True) for net in nets]
         pushed = [0] * len(nets)
         logs = [_WindowLog() for _ in nets]
@@ -554,10 +595,10 @@ def share_virtual(pair: Pair, seed: int, warmup: float, seconds: float) -> Fairn
                     pushed[index] += VIRTUAL_BACKLOG
                 logs[index].read(net.server, clock["counting"])
 
-        _lockstep(nets, warmup, each_step)
+        _advance(nets, warmup, each_step)
         before = [net.arrived for net in nets]
         clock["counting"] = True
-        _lockstep(nets, seconds, each_step)
+        _advance(nets, seconds, each_step)
     flows = []
     for net, cc, log, start in zip(nets, pair.ccs, logs, before, strict=True):
         coupled = len(net.server.congestion_group.members)

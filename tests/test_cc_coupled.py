@@ -321,21 +321,22 @@ class _DropTail:
         self._events: list[tuple[float, int, _Sender, QuicSentPacket | None]] = []
         self._seq = itertools.count()
         self._link_free = 0.0
+        self.now = 0.0
         self.delivered = [0] * len(flows)
         # Each flow's loss events (window cuts): the share of its whole window (all its
         # paths) each took.
         self.cuts: list[list[float]] = [[] for _ in flows]
 
-    def run(self, seconds: float) -> None:
+    def run(self, until: float) -> None:
         for sender in self._senders:
-            self._send(sender, 0.0)
-        while self._events and self._events[0][0] <= seconds:
-            now, _, sender, packet = heapq.heappop(self._events)
+            self._send(sender, self.now)
+        while self._events and self._events[0][0] <= until:
+            self.now, _, sender, packet = heapq.heappop(self._events)
             if packet is None:
                 sender.wake_at = None
             elif packet.packet_number in sender.in_flight:
-                self._acked(sender, packet, now)
-            self._send(sender, now)
+                self._acked(sender, packet, self.now)
+            self._send(sender, self.now)
 
     def _send(self, sender: _Sender, now: float) -> None:
         cc = sender.cc
