@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netsched_client.proto.multipath.recovery import (
-    ACK_GAPS,
-    RATE_MAX_WINDOW_S,
-    CountingRecovery,
-    LossAverage,
-)
+from netsched_client.proto.multipath.recovery import ACK_GAPS, CountingRecovery, LossAverage
 
 
 def _recovery() -> CountingRecovery:
@@ -50,36 +45,3 @@ def test_a_young_paths_loss_is_the_plain_share_then_a_moving_average() -> None:
     assert average.value == pytest.approx(1 / 256)
     average.add(256, lost=False)  # past its memory it forgets at 1/256 per packet
     assert average.value == pytest.approx((1 / 256) * (1 - 1 / 256) ** 256)
-
-
-def _delivered(recovery: CountingRecovery, now: float, total: int) -> None:
-    """An ACK at `now` brought the bytes delivered to `total` (as on_ack_received does)."""
-    recovery._deliveries.append((now, total))
-    recovery._sample_rate(now)
-
-
-def test_the_max_delivery_rate_outlasts_a_burst_of_losses_then_forgets_it() -> None:
-    """A burst of losses lowers the current rate for a while; the bulk cap reads the best
-    rate of the last RATE_MAX_WINDOW_S, which the burst does not lower, and which a
-    path that really slowed down loses once the window has passed."""
-    recovery = _recovery()
-    recovery._rtt_initialized, recovery._rtt_smoothed = True, 0.01
-    assert recovery.max_delivery_rate() is None
-    now, total = 0.0, 0
-    for _ in range(80):  # 5 MB/s: 5 kB a millisecond
-        now, total = now + 0.001, total + 5_000
-        _delivered(recovery, now, total)
-    fast = recovery.delivery_rate()
-    assert fast == pytest.approx(5e6)
-    for _ in range(200):  # then 1 MB/s: a burst of losses, or a slower link
-        now, total = now + 0.001, total + 1_000
-        _delivered(recovery, now, total)
-    slow = recovery.delivery_rate()
-    assert slow is not None and slow < 1.1e6
-    assert recovery.max_delivery_rate() == pytest.approx(5e6, rel=0.01)
-    end = now + RATE_MAX_WINDOW_S
-    while now < end:
-        now, total = now + 0.001, total + 1_000
-        _delivered(recovery, now, total)
-    best = recovery.max_delivery_rate()
-    assert best is not None and best < 1.1e6

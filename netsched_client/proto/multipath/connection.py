@@ -364,7 +364,7 @@ class MultipathConnection(QuicConnection):
             loss=loss.steady_loss_rate,
             recovering=path.recovering(now),
             delivery_rate=rate,
-            bulk_cap=self._bulk_cap(loss, size, loss.max_delivery_rate()) if guard else None,
+            bulk_cap=self._bulk_cap(loss, size, rate) if guard else None,
             repair=self._repair_time(loss),
         )
 
@@ -381,9 +381,7 @@ class MultipathConnection(QuicConnection):
         datagrams (room for deadline data and its copies, which would otherwise wait
         for an ACK behind bulk), and no more than keeps the path's bottleneck queue near
         `bulk_queue_s` once the delivery rate is measured: that rate times (minimum RTT
-        + that queue), two datagrams more so that the rate can grow. `rate` is the best
-        of the last second (`max_delivery_rate`): on the current one, a burst of losses
-        shrank the cap, the cap the rate, and bulk stayed below what the path carries."""
+        + that queue), two datagrams more so that the rate can grow."""
         cwnd = loss.congestion_window
         cap = max(cwnd - self.scheduler.urgent_reserve * datagram_size, cwnd // 2)
         if rate is not None and loss._rtt_initialized:

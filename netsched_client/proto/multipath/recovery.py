@@ -42,9 +42,6 @@ LOSS_MEMORY: Final = 64  # packets: the loss rate's moving average forgets at th
 STEADY_LOSS_MEMORY: Final = 256
 DELIVERY_SAMPLES: Final = 64  # ACKs the delivery rate is measured over
 APP_LIMITED_BYTES: Final = 4 * 1200  # less in flight than this: the sender was idle
-# Seconds the highest recent delivery rate is remembered (`max_delivery_rate`): longer
-# than a burst of losses or a pause in the sender, short next to a change of link.
-RATE_MAX_WINDOW_S: Final = 1.0
 
 
 class CountingRecovery(QuicPacketRecovery):
@@ -72,8 +69,6 @@ class CountingRecovery(QuicPacketRecovery):
         self.delivered = 0
         self._lost_bytes = 0
         self._deliveries: deque[tuple[float, int]] = deque(maxlen=DELIVERY_SAMPLES)
-        # (time, rate) samples, rates falling from the front: the front is the window's max.
-        self._rate_max: deque[tuple[float, float]] = deque()
         # Bumped whenever an ACK, a loss or a timeout changed what is in flight or what
         # the ACKs show: the scheduler's silence deadlines are recomputed only then.
         self.changes = 0
@@ -87,24 +82,6 @@ class CountingRecovery(QuicPacketRecovery):
         if t1 - t0 < self._rtt_smoothed or d1 <= d0:
             return None
         return (d1 - d0) / (t1 - t0)
-
-    def max_delivery_rate(self) -> float | None:
-        """The highest `delivery_rate` of the last RATE_MAX_WINDOW_S, or None before one.
-
-        What the path carried at its best lately: a burst of losses or a sender that
-        paused lowers the current rate for a while, not what the path can carry."""
-        return self._rate_max[0][1] if self._rate_max else None
-
-    def _sample_rate(self, now: float) -> None:
-        rate = self.delivery_rate()
-        samples = self._rate_max
-        while samples and now - samples[0][0] > RATE_MAX_WINDOW_S:
-            samples.popleft()
-        if rate is None:
-            return
-        while samples and samples[-1][1] <= rate:
-            samples.pop()  # a newer, higher sample outlives it
-        samples.append((now, rate))
 
     @property
     def loss_rate(self) -> float:
@@ -186,7 +163,6 @@ class CountingRecovery(QuicPacketRecovery):
                 # over such a stretch (keep-alive PINGs, say) would say the path is slow.
                 self._deliveries.clear()
             self._deliveries.append((now, self.delivered))
-            self._sample_rate(now)
         if self.mtu_probes:  # acknowledged probes are settled
             self.mtu_probes = {n for n in self.mtu_probes if n in space.sent_packets}
         if isinstance(self._cc, ControllerAdapter):
