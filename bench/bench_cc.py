@@ -562,7 +562,8 @@ def _advance(nets: list[_CountingNet], seconds: float, each_step: Any = None) ->
             # timer on a rounding edge) moves on, as Net.run moves it on.
             nets[index].run(max(due - nets[index].now, 1e-6))
         for net in nets:
-            net.run(tick - net.now)
+            if net.now < tick:
+                net.run(tick - net.now)
         clock = tick
         if each_step is not None:
             each_step()
@@ -586,19 +587,17 @@ def share_virtual(pair: Pair, seed: int, warmup: float, seconds: float) -> Fairn
         streams = [net.server.get_next_available_stream_id(is_unidirectional=True) for net in nets]
         pushed = [0] * len(nets)
         logs = [_WindowLog() for _ in nets]
-        clock = {"counting": False}
 
-        def each_step() -> None:
+        def each_step(counting: bool) -> None:
             for index, (net, stream_id) in enumerate(zip(nets, streams, strict=True)):
                 if pushed[index] - net.arrived < VIRTUAL_BACKLOG:
                     net.server.send_stream_data(stream_id, bytes(VIRTUAL_BACKLOG))
                     pushed[index] += VIRTUAL_BACKLOG
-                logs[index].read(net.server, clock["counting"])
+                logs[index].read(net.server, counting)
 
-        _advance(nets, warmup, each_step)
+        _advance(nets, warmup, functools.partial(each_step, False))
         before = [net.arrived for net in nets]
-        clock["counting"] = True
-        _advance(nets, seconds, each_step)
+        _advance(nets, seconds, functools.partial(each_step, True))
     flows = []
     for net, cc, log, start in zip(nets, pair.ccs, logs, before, strict=True):
         coupled = len(net.server.congestion_group.members)
