@@ -46,7 +46,7 @@ async def _three_requests(edge: RunningEdge, ca: Path) -> None:
 
 
 async def _access_lines(edge: RunningEdge, count: int) -> list[str]:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):  # a worker's lines pass through its parent: a loaded host
         while len(lines := [x for x in edge.stderr if "netsched.edge.access" in x]) < count:
             await asyncio.sleep(0.02)
     return lines

@@ -473,6 +473,7 @@ def _footprint(conn: NetSchedConnection) -> dict[str, int]:
     return sizes
 
 
+@pytest.mark.timeout(300)  # ~50 s on an idle 2-core host; past the default 120 s under load
 def test_ten_thousand_paths_on_one_connection_leave_bounded_state(tmp_path: Path) -> None:
     """Over a long connection that opens and closes 10,000 paths, nothing either side keeps
     grows with the number of paths: what they hold after 10,000 is what they held after
