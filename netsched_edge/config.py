@@ -147,8 +147,8 @@ class LimitsConfig:
     body_timeout_s: float = 30.0  # longest silence between two pieces of a request body
     send_timeout_s: float = 30.0  # longest a client may leave response data unacknowledged
     queue_timeout_s: float = 10.0  # longest wait for a backend slot without a deadline
-    # Event-loop lag that, sustained, makes the edge refuse new requests (503) and clients
-    # (CONNECTION_REFUSED) until it catches up (overload.py); 0: never.
+    # Smoothed event-loop lag past which the edge refuses a share of new requests (503)
+    # and clients (CONNECTION_REFUSED), all of them at twice it (overload.py); 0: never.
     shed_loop_lag_ms: float = 500.0
 
 

@@ -979,6 +979,11 @@ class EdgeServer:
             "How late the event loop ran at its last lag sample.",
             registry=registry,
         ).set_function(lambda: governor.last_lag_s)
+        Gauge(
+            "netsched_edge_overload_refused_share",
+            "Share of new requests and clients refused now (from the smoothed loop lag).",
+            registry=registry,
+        ).set_function(lambda: governor.share)
         self._shed_total = Counter(
             "netsched_edge_overload_shed",
             "Requests (503) and new clients (CONNECTION_REFUSED) turned away while overloaded.",
@@ -986,11 +991,10 @@ class EdgeServer:
         )
 
     def overloaded(self) -> str | None:
-        """Why new work is turned away now (the loop is too far behind), or None; each
-        call that answers counts one request or client turned away."""
-        reason = self.overload.reason()
+        """For one new request or client: None to take it, or why it is turned away (the
+        loop is too far behind: overload.py); each refusal is counted."""
+        reason = self.overload.admit()
         if reason is not None:
-            self.overload.count_shed()
             self._shed_total.inc()
         return reason
 
@@ -1018,8 +1022,8 @@ class EdgeServer:
         if self.draining:
             return ["draining"]
         now = asyncio.get_running_loop().time()
-        overload = self.overload.reason()
-        reasons = [] if overload is None else [overload]
+        overload = self.overload
+        reasons = [overload.reason()] if overload.share > 0 else []
         reasons += [
             _no_healthy_backend(name, pool, now)
             for name, pool in sorted(self.dispatcher.pools.items())
