@@ -10,6 +10,7 @@ same run. Each test runs on both backends of the compiled core modules.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -299,6 +300,7 @@ class Wire:
     versions: set[int] = field(default_factory=set)  # of the long headers sent
     dropped: int = 0
     _queue: list[tuple[float, int, str, bytes]] = field(default_factory=list)
+    _fired: dict[int, tuple[float, float]] = field(default_factory=dict)  # by endpoint
     _seq: int = 0
 
     def _transmit(self) -> None:
@@ -323,10 +325,10 @@ class Wire:
                 end.drain()
             if until():
                 return
-            deadlines = [t for t in (self.client.timer(), self.server.timer()) if t is not None]
+            deadlines = [self._deadline(end) for end in (self.client, self.server)]
             if self._queue:
                 deadlines.append(self._queue[0][0])
-            assert deadlines, "nothing left to happen"
+            assert min(deadlines) < math.inf, "nothing left to happen"
             self.now = max(self.now, min(deadlines))
             assert self.now <= limit, f"not done by {limit} s"
             while self._queue and self._queue[0][0] <= self.now:
@@ -336,6 +338,23 @@ class Wire:
                 deadline = end.timer()
                 if deadline is not None and deadline <= self.now:
                     end.fire(self.now)
+
+    def _deadline(self, end: Endpoint) -> float:
+        """An endpoint's next timer. A deadline already past is fired at once (a PTO whose
+        backoff an ACK reset may fall in the past). One still due after it fired at this
+        very time is a timer that does not move: a bug in the core; aioquic has one (its
+        loss timer at the exact deadline re-arms itself there), and a real clock, always a
+        little late, steps over it: so does this one, by a microsecond."""
+        deadline = end.timer()
+        if deadline is None:
+            return math.inf
+        if deadline > self.now:
+            return deadline
+        if self._fired.get(id(end)) != (self.now, deadline):
+            self._fired[id(end)] = (self.now, deadline)
+            return self.now
+        assert not isinstance(end, CoreEnd), f"a core timer stuck at {deadline}"
+        return self.now + 1e-6
 
 
 def core_pair(certs: Certificates, backends: Backends, seed: int = 1, **options: Any) -> Wire:
@@ -725,7 +744,7 @@ def test_a_server_sends_at_most_three_times_what_it_received_before_validation(
 ) -> None:
     wire = core_pair(certs, backends)
     wire.drop = lambda direction, index: direction == "c2s" and index >= 1
-    wire.run(lambda: wire.now >= 5.0, limit=6.0)
+    wire.run(lambda: wire.now >= 5.0, limit=30.0)
     # The client's one 1200-byte Initial arrived: the server's flight and its PTO probes
     # stop short of 3600 bytes, whatever the PTO asks for.
     assert 2 <= wire.sent["s2c"] <= 3
@@ -888,6 +907,7 @@ class HandCrafted:
         (bytes([0x1E]), 0x0A, 0x1E),  # HANDSHAKE_DONE from a client: PROTOCOL_VIOLATION
         (bytes([0x02, 0x05, 0x00, 0x00, 0x00]), 0x0A, 0x02),  # ACK of a packet never sent
         (bytes([0x06, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00]), 0x10A, 0x06),  # a ServerHello: alert
+        (bytes([0x40, 0x00]), 0x0A, 0x00),  # PADDING's type in two bytes: PROTOCOL_VIOLATION
     ],
     ids=[
         "unknown-frame",
@@ -896,6 +916,7 @@ class HandCrafted:
         "handshake-done",
         "ack-unsent",
         "tls-unexpected-message",
+        "padding-type-in-two-bytes",
     ],
 )
 def test_a_malformed_initial_closes_with_the_error_rfc_9000_names(

@@ -614,7 +614,11 @@ class Connection:
         while pos < end:
             frame_type = 0
             try:
-                frame_type, _ = self._m.packet.decode_varint(payload, pos)
+                frame_type, type_end = self._m.packet.decode_varint(payload, pos)
+                if type_end - pos > 1 and frame_type < 0x40:
+                    # §12.4: frame types are minimally encoded (PADDING, PING and
+                    # HANDSHAKE_DONE are then one byte each).
+                    raise Failure(PROTOCOL_VIOLATION, frame_type, "frame type not minimal")
                 row = self._table.get(frame_type)
                 if row is None:
                     raise Failure(FRAME_ENCODING_ERROR, frame_type, "unknown frame type")
@@ -1093,6 +1097,8 @@ class Connection:
         server has not acknowledged keeps one armed with nothing in flight (RFC 9002
         §6.2.2.1), from its last activity: a server held by anti-amplification may be
         waiting for it. It probes with a Handshake packet, else a padded Initial."""
+        if self._path is not None and self._amplification_room() < self._path.max_datagram_size:
+            return math.inf, None  # §6.2.2.1: a server held by the 3x limit arms no PTO
         space = min(self._probing_spaces(), key=PacketSpace.pto_deadline, default=None)
         if space is not None and space.pto_deadline() < math.inf:
             return space.pto_deadline(), space
