@@ -126,6 +126,8 @@ FRAME_ENCODING_ERROR: Final = 0x07
 APPLICATION_ERROR: Final = 0x0C
 # RFC 9000 §14.1: datagrams carrying Initial packets are at least this long.
 MIN_INITIAL_DATAGRAM: Final = 1200
+# A server held by the 3x limit sends nothing smaller than this (an ACK and a little).
+MIN_AMPLIFICATION_ROOM: Final = 64
 # RFC 9000 §10.3: a stateless reset is at least 21 bytes (5 unpredictable, 16 token).
 MIN_STATELESS_RESET: Final = 21
 # RFC 9000 §7.2: a client's first Destination CID has at least 8 bytes.
@@ -1097,7 +1099,7 @@ class Connection:
         server has not acknowledged keeps one armed with nothing in flight (RFC 9002
         §6.2.2.1), from its last activity: a server held by anti-amplification may be
         waiting for it. It probes with a Handshake packet, else a padded Initial."""
-        if self._path is not None and self._amplification_room() < self._path.max_datagram_size:
+        if self._amplification_room() < MIN_AMPLIFICATION_ROOM:
             return math.inf, None  # §6.2.2.1: a server held by the 3x limit arms no PTO
         space = min(self._probing_spaces(), key=PacketSpace.pto_deadline, default=None)
         if space is not None and space.pto_deadline() < math.inf:
@@ -1143,6 +1145,8 @@ class Connection:
             (space.acks.ack_due for space in spaces if space.sealer is not None),
             default=math.inf,
         )
+        if self._amplification_room() < MIN_AMPLIFICATION_ROOM:
+            ack = math.inf  # nothing can go before more arrives, which re-arms it
         timers.arm(TimerKind.LOSS, loss, 0)
         timers.arm(TimerKind.PTO, pto if loss == math.inf else math.inf, 0)
         timers.arm(TimerKind.ACK_DELAY, ack, 0)
@@ -1195,7 +1199,7 @@ class Connection:
         if self.phase is Phase.CLOSING and not self._close_due:
             return None
         path = self._path
-        if path is not None and self._amplification_room() < path.max_datagram_size:
+        if path is not None and self._amplification_room() < MIN_AMPLIFICATION_ROOM:
             return None
         return path
 
@@ -1207,7 +1211,7 @@ class Connection:
 
     def _build_datagram(self, path: Path, now: float) -> list[BuiltPacket]:
         """One packet per space that has something to send, coalesced (RFC 9000 §12.2)."""
-        room = path.max_datagram_size
+        room = int(min(path.max_datagram_size, self._amplification_room()))
         built = []
         for space in self._live_spaces():
             if space.sealer is None:
@@ -1270,7 +1274,8 @@ class Connection:
         initial = next((item for item in built if item.space.kind == KIND_INITIAL), None)
         pad_to = 0
         if initial is not None and (self.is_client or initial.ack_eliciting):
-            pad_to = MIN_INITIAL_DATAGRAM  # RFC 9000 §14.1
+            # RFC 9000 §14.1, within what the 3x limit still allows a server (§8.1).
+            pad_to = int(min(MIN_INITIAL_DATAGRAM, self._amplification_room()))
         sealed: list[bytes] = []
         for index, item in enumerate(built):
             minimum = pad_to - sum(map(len, sealed)) if index == len(built) - 1 else 0
