@@ -138,6 +138,20 @@ def test_time_threshold_is_nine_eighths_of_the_rtt(m: ModuleType) -> None:
     assert list(lost.pns) == [0] and book.loss_time == math.inf
 
 
+def test_a_packet_is_lost_at_exactly_its_loss_time(m: ModuleType) -> None:
+    """The timer is armed at `sent + delay`; at that instant `sent <= now - delay` can
+    round the other way (0.912 + 0.09 - 0.09 < 0.912) and the packet stayed, its timer
+    re-armed at `now`, forever (found by the core connection's seeded loss runs)."""
+    book = make(m)
+    sent = 0.9119999999999999
+    book.on_sent(0, sent, SIZE, FLAGS, 0)
+    book.on_sent(1, sent + 0.005, SIZE, FLAGS, 1)
+    book.on_ack([(1, 2)], 0.0, sent + 0.085)
+    assert len(book.detect_lost(sent + 0.085).pns) == 0
+    lost = book.detect_lost(book.loss_time)
+    assert list(lost.pns) == [0] and book.loss_time == math.inf
+
+
 def test_loss_delay_uses_the_larger_of_latest_and_smoothed_and_granularity(m: ModuleType) -> None:
     rtt = m.RttEstimator()
     rtt.update(0.0001, 0.0, 0.0)

@@ -282,7 +282,9 @@ cdef class Ledger:
                 run_start = INFINITY
             if packet.state != LIVE:
                 continue
-            if packet.sent_time <= now - delay or pn + C_PACKET_THRESHOLD <= self.largest_acked:
+            # `sent + delay <= now`, the very sum the timer is armed at: `sent <= now -
+            # delay` can round the other way at that instant and re-arm it there forever.
+            if packet.sent_time + delay <= now or pn + C_PACKET_THRESHOLD <= self.largest_acked:
                 packet.state = LOST
                 record(result.pns, result.handles, result.flags, packet)
                 result.bytes_lost += self.leave_flight(packet)

@@ -217,7 +217,9 @@ class Ledger:
             if state != _LIVE:
                 continue
             sent_time = entry[0]
-            if sent_time <= now - delay or pn + PACKET_THRESHOLD <= self.largest_acked:
+            # `sent + delay <= now`, the very sum the timer is armed at: `sent <= now -
+            # delay` can round the other way at that instant and re-arm it there forever.
+            if sent_time + delay <= now or pn + PACKET_THRESHOLD <= self.largest_acked:
                 entry[4] = _LOST
                 self._record(result, pn, entry)
                 result.bytes_lost += self._leave_flight(entry)

@@ -28,7 +28,6 @@ from netsched_client.core.tls_adapter import Epoch
 # How much CRYPTO data a space buffers ahead of what TLS consumed (RFC 9000 §7.5: at
 # least 4096; a certificate chain arrives whole in one flight).
 CRYPTO_WINDOW = 1 << 16
-LOSS_TIMER_SLACK = 1e-9
 
 
 class SentKind(Enum):
@@ -105,13 +104,9 @@ class PacketSpace:
         """The losses the loss timer declares. For the 1-RTT space, an ACK of nothing
         through the recovery: it runs loss detection and tells the controller, and its
         result names the packets (`PathRecovery.on_timeout` keeps them to itself)."""
-        # The ledger tests `sent <= now - delay` but arms `sent + delay`: at exactly that
-        # deadline rounding can keep the packet and re-arm the timer at `now`, forever.
-        # A nanosecond past it (far below the 1 ms timer granularity) settles it.
-        at = max(now, self.ledger.loss_time + LOSS_TIMER_SLACK)
         if self.recovery is not None:
-            return self.recovery.on_ack((), 0.0, at)[1]
-        return self.ledger.detect_lost(at)
+            return self.recovery.on_ack((), 0.0, now)[1]
+        return self.ledger.detect_lost(now)
 
     def on_pto(self, now: float) -> None:
         """The PTO fired for this space: back off, and ask for probes (RFC 9002 §6.2.4)."""
